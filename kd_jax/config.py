@@ -1,0 +1,156 @@
+"""The experiment config: defaults shared by every experiment module, and validation.
+
+Experiment modules (``experiments/<group>/<name>.py``) start from
+:func:`base_config` and override what they study. :func:`validate` checks
+every field in plain Python — before any model is built or any function is
+compiled — and raises ``ValueError`` naming the field and the valid choices.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kd_jax import divergences, models, schedules
+from kd_jax.data import DATASETS
+
+METHODS = ("none", "kd", "dkd", "fitnets", "at", "rkd", "sp", "pkt")
+# Methods that match intermediate features; the value is the default layer pairing.
+FEATURE_METHODS = ("fitnets", "at", "rkd", "sp", "pkt")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+PRECISIONS = ("fp32", "bf16")
+TEACHER_CACHES = ("auto", "none", "memory", "disk")
+
+
+def training_config(epochs: float = 5, batch_size: int = 128, optimizer: str = "adamw",
+                    learning_rate: float = 1e-3, lr_schedule: str = "cosine",
+                    weight_decay: float = 1e-4) -> ml_collections.ConfigDict:
+  """Optimisation settings, shared by the teacher's and the student's training."""
+  return ml_collections.ConfigDict(dict(
+      epochs=float(epochs),           # fractional epochs allowed (smoke runs)
+      batch_size=batch_size,
+      eval_batch_size=1000,
+      optimizer=optimizer,
+      learning_rate=learning_rate,    # peak learning rate
+      lr_schedule=lr_schedule,
+      warmup_fraction=0.05,           # of all steps, for warmup_cosine
+      momentum=0.9,                   # sgd with momentum / nesterov
+      weight_decay=weight_decay,
+      grad_clip_norm=0.0,             # 0 disables clipping
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field kd_jax reads, with defaults. Experiment modules override these."""
+  c = ml_collections.ConfigDict()
+  c.experiment = "unnamed"
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="fashion_mnist",
+      train_examples=0,   # 0 = the whole training split; >0 takes the first N (smoke runs)
+      test_examples=0,    # 0 = the whole test split
+      crop_padding=0,     # random crop after zero-padding by this many pixels (0 = off)
+      flip=False,         # random horizontal flip
+  ))
+  c.teacher = ml_collections.ConfigDict(dict(
+      model="cnn",
+      kwargs=ml_collections.ConfigDict(),
+      checkpoint="",      # a directory with a saved teacher to load instead of training
+      seed=0,
+      train=training_config(),
+  ))
+  c.student = ml_collections.ConfigDict(dict(model="mlp", kwargs=ml_collections.ConfigDict()))
+  c.method = "kd"
+  c.divergence = "kl"
+  c.divergence_params = ml_collections.ConfigDict()  # e.g. {"beta": 0.5} for js
+  c.temperature = ml_collections.ConfigDict(dict(schedule="constant", init=4.0))
+  c.alpha = 0.5           # weight of the hard-label CE; a number or a schedule dict
+  c.dkd = ml_collections.ConfigDict(dict(alpha=1.0, beta=8.0, warmup_steps=0))
+  c.feature_weight = 1.0  # weight of the feature/relational term (fitnets, at, rkd, sp, pkt)
+  # student layer -> teacher layer; empty = the method's default pairing (see methods.py).
+  c.feature_layers = ml_collections.ConfigDict()
+  c.seed = 0
+  c.train = training_config()
+  c.baseline = True       # also train the student from scratch with the same budget
+  c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
+  c.precision = "fp32"
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))  # 0 = each epoch
+  c.log_every_steps = 50
+  return c
+
+
+def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with another ``method`` (the teacher and baseline train with 'none')."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.method = method
+  return copy
+
+
+def _choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"{field}: unknown value {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+def _positive(field: str, value, *, integer: bool = False) -> None:
+  kind = int if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    raise ValueError(f"{field} must be a positive {'int' if integer else 'number'}, got {value!r}")
+
+
+def _validate_training(prefix: str, t) -> None:
+  _positive(f"{prefix}.epochs", t.epochs)
+  _positive(f"{prefix}.batch_size", t.batch_size, integer=True)
+  _positive(f"{prefix}.eval_batch_size", t.eval_batch_size, integer=True)
+  _choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
+  _positive(f"{prefix}.learning_rate", t.learning_rate)
+  _choice(f"{prefix}.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+  if not 0 <= t.warmup_fraction < 1:
+    raise ValueError(f"{prefix}.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
+  if t.weight_decay < 0 or t.grad_clip_norm < 0:
+    raise ValueError(f"{prefix}.weight_decay and {prefix}.grad_clip_norm must be >= 0")
+
+
+def _validate_model(prefix: str, spec) -> None:
+  _choice(f"{prefix}.model", spec.model, models.NAMES)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field; raises ``ValueError`` naming the field and valid choices.
+
+  Pure Python (no tracing or compilation). Checks that need the models' shapes —
+  feature layer names, teacher/student class counts — are in
+  :func:`kd_jax.methods.validate_features`, which uses ``jax.eval_shape`` only.
+  """
+  _choice("dataset.name", config.dataset.name, DATASETS)
+  for field in ("train_examples", "test_examples", "crop_padding"):
+    value = config.dataset[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"dataset.{field} must be an int >= 0, got {value!r}")
+  _validate_model("teacher", config.teacher)
+  _validate_model("student", config.student)
+  _validate_training("teacher.train", config.teacher.train)
+  _validate_training("train", config.train)
+  _choice("method", config.method, METHODS)
+  _choice("divergence", config.divergence, divergences.NAMES)
+  schedules.validate(config.temperature, field="temperature", positive=True)
+  schedules.validate(config.alpha, field="alpha", unit_interval=True)
+  for field in ("alpha", "beta"):
+    if config.dkd[field] < 0:
+      raise ValueError(f"dkd.{field} must be >= 0, got {config.dkd[field]}")
+  if config.feature_weight < 0:
+    raise ValueError(f"feature_weight must be >= 0, got {config.feature_weight}")
+  _choice("precision", config.precision, PRECISIONS)
+  _choice("teacher_cache", config.teacher_cache, TEACHER_CACHES)
+  augmented = config.dataset.crop_padding > 0 or config.dataset.flip
+  if augmented and config.teacher_cache in ("memory", "disk"):
+    raise ValueError(
+        f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
+        "dataset.flip): the teacher must see the same random view as the student "
+        "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
+        "Use teacher_cache='none' or 'auto', or turn augmentation off.")
+  for field in ("data", "model"):
+    value = config.mesh[field]
+    if value == 0 or value < -1:
+      raise ValueError(f"mesh.{field} must be a positive int or -1 (the rest), got {value}")
+  if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
+    raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")

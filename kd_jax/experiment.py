@@ -1,0 +1,271 @@
+"""One experiment, end to end: ``run_experiment(config, workdir) -> results``.
+
+Phases, each resumable and skipped once finished:
+
+1. **teacher**  — loaded from ``teacher.checkpoint`` or the teacher cache, else
+   trained (hard labels) and cached for every later run and sweep.
+2. **baseline** — with ``baseline=True``, the student trained from scratch with
+   the same budget (``workdir/baseline``).
+3. **student**  — the student distilled with ``method`` (``workdir/student``).
+
+``results.json`` (DESIGN.md §2.4) is written by process 0 at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from kd_jax import config as config_lib
+from kd_jax import data as data_lib
+from kd_jax import methods, models, parallel, teachers, train
+from kd_jax import metrics as metrics_lib
+
+DEFAULT_TEACHER_DIR = os.path.join("~", ".cache", "kd_jax", "teachers")
+RESULT_FILE = "result.json"
+# Cached teacher outputs above this size stay uncached under teacher_cache="auto".
+AUTO_CACHE_MAX_BYTES = 1 << 30
+
+
+def _dtype(config):
+  return jnp.bfloat16 if config.precision == "bf16" else jnp.float32
+
+
+def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype) -> nnx.Module:
+  return models.create(spec.model, num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
+                       input_shape=tuple(input_shape), **spec.kwargs.to_dict())
+
+
+def load_data(config, mesh):
+  """Both splits on the devices, plus the host labels and the class count."""
+  d = config.dataset
+  splits = {}
+  for split, limit in (("train", d.train_examples), ("test", d.test_examples)):
+    s = data_lib.load_split(d.name, split)
+    images, labels = s.images, s.labels
+    if limit:
+      images, labels = images[:limit], labels[:limit]
+    splits[split] = (images, labels, s.num_classes)
+  num_classes = splits["train"][2]
+  to_device = lambda images, labels: train.DeviceData(
+      *parallel.put_replicated((images, labels.astype(np.int32)), mesh))
+  return (to_device(*splits["train"][:2]), to_device(*splits["test"][:2]),
+          splits["test"][1].astype(np.int64), num_classes, splits["train"][0].shape[1:])
+
+
+def _write_json(path: str, obj) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=float)
+  os.replace(tmp, path)
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def git_commit() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits) -> dict:
+  report = metrics_lib.classification_report(fit.test_logits, labels, teacher_test_logits)
+  report.update(
+      params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
+      best_test_accuracy=fit.best_test_accuracy,
+      history=fit.history,
+      train_seconds=fit.train_seconds,
+      steps=fit.steps,
+      steps_per_second=(fit.steps_run - 1) / fit.train_seconds if fit.train_seconds else None,
+      compile_seconds=fit.compile_seconds)
+  return report
+
+
+def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, teacher_dir,
+                   num_classes, show_progress=True) -> dict:
+  """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
+  if config.teacher.checkpoint:
+    source = os.path.expanduser(config.teacher.checkpoint)
+    info = teachers.load(source, module, num_classes=num_classes)
+    if info is None:
+      raise ValueError(f"teacher.checkpoint: no saved teacher ({teachers.TEACHER_FILE}) in {source}")
+  else:
+    source = os.path.join(os.path.expanduser(teacher_dir), teachers.teacher_key(config))
+    info = teachers.load(source, module, num_classes=num_classes)
+  if info is not None:
+    return {**info, "source": source, "cached": True}
+  logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
+  objective = methods.make_objective(config_lib.with_method(config, "none"))
+  fit = train.fit(name="teacher", module=module, objective=objective,
+                  train_config=config.teacher.train, train_data=train_data, test_data=test_data,
+                  preprocess=preprocess, mesh=mesh, workdir=source + ".train",
+                  seed=config.teacher.seed, show_progress=show_progress,
+                  checkpoint_every_steps=config.checkpoint.every_steps,
+                  keep_checkpoints=config.checkpoint.keep, log_every_steps=config.log_every_steps)
+  nnx.update(module, nnx.state(fit.module))
+  info = {
+      "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
+      "num_classes": num_classes, "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
+      "test_accuracy": metrics_lib.accuracy(fit.test_logits, np.asarray(test_data.labels)),
+      "best_test_accuracy": fit.best_test_accuracy, "train_seconds": fit.train_seconds,
+      "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
+  }
+  teachers.save(source, module, info)
+  shutil.rmtree(source + ".train", ignore_errors=True)
+  return {**info, "source": source, "cached": False}
+
+
+def teacher_outputs_on_train(config, teacher: train.Teacher, train_data, preprocess, mesh,
+                             workdir) -> train.DeviceData:
+  """``train_data`` with the teacher's logits (and features) cached, or unchanged.
+
+  Caching needs fixed views (no augmentation). ``auto`` caches in device memory
+  when the outputs fit in 1 GiB; ``disk`` also keeps them in
+  ``workdir/teacher_outputs.npz`` keyed by teacher and dataset.
+  """
+  mode = config.teacher_cache
+  if mode == "none" or preprocess.augments:
+    return train_data
+  n = train_data.size
+  predict = train.make_predict(teacher.graphdef, preprocess, mesh, teacher.feature_names)
+  abstract = jax.eval_shape(predict, *teacher.variables, train_data,
+                            jax.ShapeDtypeStruct((mesh.shape[parallel.DATA_AXIS],), jnp.int32))
+  per_example = sum(np.prod(x.shape[1:]) * 4 for x in jax.tree.leaves(abstract))
+  if mode == "auto" and per_example * n > AUTO_CACHE_MAX_BYTES:
+    logging.info("teacher outputs need %.1f GB: not cached", per_example * n / 1e9)
+    return train_data
+  cache_path = os.path.join(workdir, "teacher_outputs.npz")
+  key = f"{teachers.teacher_key(config)}:{config.dataset.name}:{n}:{sorted(teacher.feature_names)}"
+  logits = features = None
+  if mode == "disk" and os.path.exists(cache_path):
+    with np.load(cache_path) as f:
+      if str(f["key"]) == key:
+        logits = f["logits"]
+        features = {k[len("feature/"):]: f[k] for k in f.files if k.startswith("feature/")}
+  if logits is None:
+    batch = train.round_up(1000, mesh.shape[parallel.DATA_AXIS])
+    logits, features = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
+    if mode == "disk" and jax.process_index() == 0:
+      np.savez(cache_path, key=key, logits=logits,
+               **{f"feature/{k}": v for k, v in features.items()})
+  cached_logits, cached_features = parallel.put_replicated((logits, features), mesh)
+  return train.DeviceData(train_data.images, train_data.labels, cached_logits, cached_features)
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
+                   teacher_dir: str | None = None, show_progress: bool = True,
+                   stop_at_step: int | None = None) -> dict:
+  """Runs (or resumes) the experiment and returns the ``results.json`` dict.
+
+  Args:
+    config: an experiment config (see kd_jax/config.py); validated first.
+    workdir: where results, checkpoints and logs go; re-running resumes.
+    teacher_dir: the teacher cache (default ``~/.cache/kd_jax/teachers``).
+    show_progress: draw progress bars.
+    stop_at_step: abort the student phase at this step (tests of resumption).
+  """
+  config_lib.validate(config)
+  started = time.perf_counter()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  teacher_dir = teacher_dir or DEFAULT_TEACHER_DIR
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+  dtype = _dtype(config)
+
+  train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
+  build = lambda spec, seed: build_model(spec, num_classes=num_classes, input_shape=input_shape,
+                                         seed=seed, dtype=dtype)
+  teacher_module = build(config.teacher, config.teacher.seed)
+  student_model = build(config.student, config.seed)
+  # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
+  s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
+  pairs = methods.feature_pairs(config, s_shapes, t_shapes)
+  mean, std = data_lib.normalization(config.dataset.name)
+  eval_preprocess = train.Preprocess(mean, std, dtype=dtype)
+  preprocess = train.Preprocess(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
+
+  teacher_info = obtain_teacher(config, module=teacher_module, train_data=train_data,
+                                test_data=test_data, preprocess=preprocess, mesh=mesh,
+                                teacher_dir=teacher_dir, num_classes=num_classes,
+                                show_progress=show_progress)
+  t_graphdef, t_params, t_state = train.split_module(teacher_module)
+  teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
+                       parallel.put_replicated(t_state, mesh))
+  teacher = train.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
+  t_predict = train.make_predict(t_graphdef, eval_preprocess, mesh)
+  eval_batch = train.round_up(min(config.train.eval_batch_size, test_data.size),
+                              mesh.shape[parallel.DATA_AXIS])
+  teacher_test_logits, _ = train.predict_all(t_predict, teacher_variables, test_data, eval_batch,
+                                             mesh)
+  results = {
+      "experiment": config.experiment,
+      "config": config.to_dict(),
+      "git_commit": git_commit(),
+      "teacher": {**metrics_lib.classification_report(teacher_test_logits, test_labels),
+                  "params": teacher_info["params"], "model": config.teacher.model,
+                  "source": teacher_info["source"], "cached": teacher_info["cached"],
+                  "train_seconds": teacher_info.get("train_seconds")},
+  }
+
+  def phase(name, module, objective, teacher_for_step, data):
+    phase_dir = os.path.join(workdir, name)
+    done = _read_json(os.path.join(phase_dir, RESULT_FILE))
+    if done is not None:
+      return done
+    fit = train.fit(name=name, module=module, objective=objective, train_config=config.train,
+                    train_data=data, test_data=test_data, preprocess=preprocess, mesh=mesh,
+                    seed=config.seed, teacher=teacher_for_step, workdir=phase_dir,
+                    checkpoint_every_steps=config.checkpoint.every_steps,
+                    keep_checkpoints=config.checkpoint.keep,
+                    log_every_steps=config.log_every_steps, show_progress=show_progress,
+                    stop_at_step=stop_at_step if name == "student" else None)
+    report = _phase_report(fit, module if name == "baseline" else student_model,
+                           test_labels, teacher_test_logits)
+    _write_json(os.path.join(phase_dir, RESULT_FILE), report)
+    return report
+
+  if config.baseline and config.method != "none":
+    scratch = build(config.student, config.seed)
+    results["baseline"] = phase("baseline", scratch,
+                                methods.make_objective(config_lib.with_method(config, "none")),
+                                None, train_data)
+  if config.method == "none":
+    student_module, student_teacher, data = student_model, None, train_data
+  else:
+    widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
+    student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
+    data = teacher_outputs_on_train(config, teacher, train_data, preprocess, mesh, workdir)
+    student_teacher = None if data.teacher_logits is not None else teacher
+  results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
+                             student_teacher, data)
+  results["student"]["teacher_cached"] = config.method != "none" and student_teacher is None
+  results["timing"] = {
+      "train_seconds": results["student"]["train_seconds"],
+      "steps_per_second": results["student"]["steps_per_second"],
+      "compile_seconds": results["student"]["compile_seconds"],
+      "teacher_train_seconds": teacher_info.get("train_seconds") if not teacher_info["cached"] else 0.0,
+      "baseline_train_seconds": results.get("baseline", {}).get("train_seconds"),
+      "total_seconds": time.perf_counter() - started,
+      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+  }
+  _write_json(os.path.join(workdir, "results.json"), results)
+  return results

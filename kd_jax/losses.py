@@ -1,0 +1,417 @@
+"""Knowledge-distillation objectives built on :mod:`kd_jax.divergences`.
+
+Every loss returns a float32 scalar: the mean over the positions where the optional
+boolean ``mask`` is true. ``mask`` has the leading shape of the per-position values:
+``[B]`` for classification logits ``[B, C]`` or feature batches, ``[B, T]`` for
+sequence logits ``[B, T, V]``. A fully masked batch gives 0 with finite (zero)
+gradients, so a padded last batch needs no special case. For the batch-relational
+losses (RKD, SP, PKT) the mask selects the rows that take part in the relations.
+
+Inputs may be bfloat16; computation is in float32 (float64 inputs stay float64). The losses do not stop gradients:
+the train step differentiates only the student, and the teacher stays frozen there.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kd_jax import divergences
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+def _f32(x: ArrayLike) -> Array:
+  """Upcasts to at least float32 (bf16 in, float32 out; float64 stays float64)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _masked_mean(values: Array, mask: ArrayLike | None) -> Array:
+  """Mean of `values` over the entries where `mask` (a leading-shape prefix) is set.
+
+  Masked-out entries go through `jnp.where`, so garbage there (e.g. padding)
+  cannot leak into the value; an all-false mask gives 0, not 0/0.
+  """
+  if mask is None:
+    return jnp.mean(values)
+  mask = jnp.asarray(mask).astype(bool)
+  if mask.shape != values.shape[:mask.ndim]:
+    raise ValueError(f"mask shape {mask.shape} must be a leading prefix of the "
+                     f"per-position shape {values.shape}")
+  mask = jnp.broadcast_to(
+      mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape)
+  total = jnp.sum(jnp.where(mask, values, 0.0))
+  return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+
+
+def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+  """x / max(‖x‖, eps), with finite gradients at x = 0 (unlike x / sqrt(Σx²))."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def _check_python_number(value: Any, name: str, low: float, low_inclusive: bool,
+                         high: float | None = None) -> None:
+  """Range-checks Python numbers; traced values (from schedules) pass through."""
+  if not isinstance(value, (int, float)):
+    return
+  too_low = value < low if low_inclusive else value <= low
+  if too_low or (high is not None and value > high):
+    bound = (f"in [{low}, {high}]" if high is not None else
+             f"{'>=' if low_inclusive else '>'} {low}")
+    raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
+            labels: ArrayLike | None, *, divergence: str = "kl",
+            temperature: ArrayLike = 1.0, alpha: ArrayLike = 0.5,
+            mask: ArrayLike | None = None, **div_params: Any) -> Array:
+  r"""Hinton et al. logit distillation: hard-label CE plus a softened divergence.
+
+  .. math::
+    \ell = \alpha\,\mathrm{CE}(z_s, y) + (1-\alpha)\,s(T)\,D(z_s, z_t; T),
+    \qquad s(T) = T^2 \text{ for probability divergences, else } 1
+
+  CE is the softmax cross-entropy of the student logits at T = 1. The T² factor
+  keeps the soft-target gradients at the same scale as T changes (Hinton's
+  ∂(T²·KL)/∂z_s = T·(q − p)); it applies to ``kl, reverse_kl, js, skew_kl,
+  skew_reverse_kl, tvd`` and not to ``cosine`` / ``mse``, which ignore T.
+
+  Args:
+    student_logits: ``[..., C]``.
+    teacher_logits: ``[..., C]``, same shape.
+    labels: integer class ids ``[...]``; may be ``None`` when ``alpha == 0``
+      (a Python number), i.e. pure distillation on unlabelled data.
+    divergence: a name from :data:`kd_jax.divergences.NAMES`.
+    temperature: T > 0; a Python number or a traced scalar from a schedule.
+    alpha: weight of the cross-entropy, in [0, 1]; number or traced scalar.
+      α = 1 is plain cross-entropy, α = 0 pure distillation.
+    mask: optional boolean ``[...]`` (or a leading prefix of it).
+    **div_params: divergence parameters, e.g. ``beta`` for ``js``.
+
+  Returns:
+    float32 scalar, the mean over the unmasked positions.
+
+  References:
+    Hinton, Vinyals & Dean, *Distilling the Knowledge in a Neural Network*, 2015.
+
+  Example:
+    >>> s = jnp.array([[2.0, 0.0, -1.0]]); t = jnp.array([[3.0, 1.0, -2.0]])
+    >>> loss = kd_loss(s, t, jnp.array([0]), temperature=4.0, alpha=0.5)
+  """
+  _check_python_number(temperature, "temperature", 0.0, low_inclusive=False)
+  _check_python_number(alpha, "alpha", 0.0, low_inclusive=True, high=1.0)
+  div_fn = divergences.get(divergence)
+  static_alpha = alpha if isinstance(alpha, (int, float)) else None
+  if labels is None and static_alpha != 0:
+    raise ValueError("labels may be None only when alpha == 0 (pure distillation)")
+
+  per_position = 0.0
+  # Static α of exactly 0 or 1 skips the unused term (and its compute) entirely.
+  if static_alpha != 0:
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        _f32(student_logits), jnp.asarray(labels))
+    per_position = alpha * ce
+  if static_alpha != 1:
+    d = div_fn(student_logits, teacher_logits, temperature=temperature,
+               **div_params)
+    if divergence in divergences.PROBABILITY_DIVERGENCES:
+      d = jnp.square(temperature) * d
+    per_position = per_position + (1.0 - alpha) * d
+  return _masked_mean(jnp.asarray(per_position), mask)
+
+
+def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
+             labels: ArrayLike, *, alpha: ArrayLike = 1.0, beta: ArrayLike = 8.0,
+             temperature: ArrayLike = 4.0, mask: ArrayLike | None = None) -> Array:
+  r"""Decoupled knowledge distillation (DKD).
+
+  With p = softmax(z_t / T), q = softmax(z_s / T) and target class y:
+
+  .. math::
+    \mathrm{TCKD} &= \mathrm{KL}\big([p_y, 1-p_y]\,\|\,[q_y, 1-q_y]\big) \\
+    \mathrm{NCKD} &= \mathrm{KL}(\hat p\,\|\,\hat q), \quad
+        \hat p_i = p_i / (1 - p_y),\ i \ne y \\
+    \ell &= T^2(\alpha\,\mathrm{TCKD} + \beta\,\mathrm{NCKD})
+
+  so that KL(p‖q) = TCKD + (1 − p_y)·NCKD (the paper's decomposition). Every
+  quantity is computed in log space (log 1−p_y = logsumexp of the non-target
+  logits − logsumexp of all), so it stays finite for confident teachers.
+
+  Args:
+    student_logits: ``[..., C]`` with C ≥ 2.
+    teacher_logits: ``[..., C]``.
+    labels: integer target classes ``[...]``.
+    alpha: TCKD weight. beta: NCKD weight. temperature: T > 0.
+    mask: optional boolean ``[...]`` (or a leading prefix).
+
+  Returns:
+    float32 scalar, the mean over the unmasked positions.
+
+  References:
+    Zhao, Cui, Song, Qiu & Liang, *Decoupled Knowledge Distillation*, CVPR 2022.
+
+  Example:
+    >>> s = jnp.array([[2.0, 0.0, -1.0]]); t = jnp.array([[3.0, 1.0, -2.0]])
+    >>> loss = dkd_loss(s, t, jnp.array([0]), alpha=1.0, beta=8.0, temperature=4.0)
+  """
+  _check_python_number(temperature, "temperature", 0.0, low_inclusive=False)
+  kl = divergences.get("kl")
+  zs = _f32(student_logits) / temperature
+  zt = _f32(teacher_logits) / temperature
+  is_target = jax.nn.one_hot(labels, zs.shape[-1], dtype=bool)
+
+  def binary_log_probs(z):
+    # [log p_y, log(1 − p_y)]: a normalised log-distribution, so it serves as logits.
+    lse = jax.nn.logsumexp(z, axis=-1)
+    log_target = jnp.sum(jnp.where(is_target, z, 0.0), axis=-1) - lse
+    log_rest = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, z), axis=-1) - lse
+    return jnp.stack([log_target, log_rest], axis=-1)
+
+  tckd = kl(binary_log_probs(zs), binary_log_probs(zt))
+  # Masking the target with -inf on both sides leaves the renormalised non-target
+  # distributions; the divergences are exact and finite for shared -inf entries.
+  nckd = kl(jnp.where(is_target, -jnp.inf, zs), jnp.where(is_target, -jnp.inf, zt))
+  per_position = jnp.square(temperature) * (alpha * tckd + beta * nckd)
+  return _masked_mean(per_position, mask)
+
+
+def hint_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
+              mask: ArrayLike | None = None) -> Array:
+  r"""FitNets hint loss: mean squared error between (adapted) feature maps.
+
+  .. math:: \ell = \operatorname{mean}\,(f_s - f_t)^2
+
+  The mean runs over every element; with a mask, over the elements of the
+  unmasked leading positions. The adapter mapping the student width to the
+  teacher's is part of the student model, so shapes must match here.
+
+  Args:
+    student_features: ``[B, ...]`` (e.g. NHWC ``[B, H, W, C]`` or ``[B, D]``).
+    teacher_features: same shape.
+    mask: optional boolean leading prefix, e.g. ``[B]``.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Romero et al., *FitNets: Hints for Thin Deep Nets*, ICLR 2015.
+
+  Example:
+    >>> hint_loss(jnp.ones((2, 4)), jnp.zeros((2, 4)))  # = 1.0
+  """
+  s, t = _f32(student_features), _f32(teacher_features)
+  if s.shape != t.shape:
+    raise ValueError(f"hint_loss needs equal shapes (adapt the student first); "
+                     f"got student {s.shape} and teacher {t.shape}")
+  sq = jnp.square(s - t)
+  lead = 1 if mask is None else jnp.ndim(mask)
+  return _masked_mean(jnp.mean(sq, axis=tuple(range(lead, sq.ndim))), mask)
+
+
+def _attention_map(f: Array, p: float) -> Array:
+  """[B, H, W, C] -> L2-normalised [B, H·W] of the channel mean of |f|^p."""
+  a = jnp.mean(jnp.abs(f) ** p, axis=-1)
+  return _l2_normalize(a.reshape(a.shape[0], -1))
+
+
+def attention_transfer_loss(student_features: ArrayLike,
+                            teacher_features: ArrayLike, p: float = 2, *,
+                            mask: ArrayLike | None = None) -> Array:
+  r"""Activation-based attention transfer.
+
+  .. math::
+    a = \frac{Q}{\|Q\|_2},\quad Q = \operatorname{vec}\Big(\tfrac{1}{C}\sum_c |f_{\cdot\cdot c}|^p\Big)
+    \in \mathbb{R}^{HW}, \qquad
+    \ell = \frac{1}{B\,HW} \sum_b \|a_{s,b} - a_{t,b}\|_2^2
+
+  i.e. the mean of (a_s − a_t)² over the batch and the H·W spatial positions (the
+  reduction of the authors' code). Channel counts may differ; H and W must match.
+
+  Args:
+    student_features: NHWC ``[B, H, W, C_s]``.
+    teacher_features: NHWC ``[B, H, W, C_t]``.
+    p: exponent of the activation magnitude (2 in the paper).
+    mask: optional boolean ``[B]``.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Zagoruyko & Komodakis, *Paying More Attention to Attention*, ICLR 2017.
+
+  Example:
+    >>> f = jnp.ones((2, 4, 4, 8))
+    >>> attention_transfer_loss(f, jnp.ones((2, 4, 4, 16)))  # = 0.0
+  """
+  s, t = _f32(student_features), _f32(teacher_features)
+  if s.ndim != 4 or t.ndim != 4 or s.shape[:3] != t.shape[:3]:
+    raise ValueError("attention_transfer_loss needs NHWC maps with equal B, H, W; "
+                     f"got student {s.shape} and teacher {t.shape}")
+  diff = _attention_map(s, p) - _attention_map(t, p)
+  return _masked_mean(jnp.mean(jnp.square(diff), axis=-1), mask)
+
+
+def _flatten_rows(x: ArrayLike) -> Array:
+  x = _f32(x)
+  return x.reshape(x.shape[0], -1)
+
+
+def _row_mask(mask: ArrayLike | None, batch: int) -> Array:
+  if mask is None:
+    return jnp.ones((batch,), bool)
+  mask = jnp.asarray(mask).astype(bool)
+  if mask.shape != (batch,):
+    raise ValueError(f"mask must have shape ({batch},), got {mask.shape}")
+  return mask
+
+
+def _weighted_mean(values: Array, weights: Array) -> Array:
+  total = jnp.sum(jnp.where(weights, values, 0.0))
+  return total / jnp.maximum(jnp.sum(weights), 1).astype(jnp.float32)
+
+
+def _rkd_potentials(x: Array, pair: Array, eps: float = 1e-12):
+  """Mean-normalised distances [B, B] and angle cosines [B, B, B] (vertex first)."""
+  diff = x[None, :, :] - x[:, None, :]  # diff[i, j] = x_j - x_i
+  dist = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(diff), axis=-1), eps))
+  mean_dist = _weighted_mean(dist, pair)
+  dist = dist / jnp.maximum(mean_dist, eps)
+  unit = _l2_normalize(diff)
+  cosines = jnp.einsum("ijd,ikd->ijk", unit, unit)
+  return dist, cosines
+
+
+def rkd_loss(student_embeddings: ArrayLike, teacher_embeddings: ArrayLike,
+             distance_weight: float = 25.0, angle_weight: float = 50.0, *,
+             mask: ArrayLike | None = None) -> Array:
+  r"""Relational knowledge distillation: distance- and angle-wise potentials.
+
+  .. math::
+    \psi_D(i,j) = \frac{\|x_i - x_j\|_2}{\mu},\ \
+    \mu = \operatorname{mean}_{i \ne j} \|x_i - x_j\|_2, \qquad
+    \psi_A(i,j,k) = \langle e_{ij}, e_{ik} \rangle,\ e_{ij} = \frac{x_j - x_i}{\|x_j - x_i\|} \\
+    \ell = w_D \operatorname{mean}_{i \ne j} h(\psi_D^s - \psi_D^t)
+         + w_A \operatorname{mean}_{i,j,k\ \mathrm{distinct}} h(\psi_A^s - \psi_A^t)
+
+  with h the smooth-L1 (Huber, δ = 1) loss. The means run over the paper's sets of
+  distinct pairs and triplets of (unmasked) rows; the authors' code averages over
+  all B² / B³ entries instead, whose degenerate ones add zeros, which scales the
+  terms by (B−1)/B and (B−1)(B−2)/B². Embedding widths may differ.
+
+  Args:
+    student_embeddings: ``[B, D_s]`` (trailing axes are flattened).
+    teacher_embeddings: ``[B, D_t]``.
+    distance_weight: w_D. angle_weight: w_A.
+    mask: optional boolean ``[B]``, the rows that take part.
+
+  Returns:
+    float32 scalar; 0 with fewer than 2 (distance) / 3 (angle) rows.
+
+  References:
+    Park, Kim, Lu & Cho, *Relational Knowledge Distillation*, CVPR 2019.
+
+  Example:
+    >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> rkd_loss(x, 3.0 * x)  # = 0.0: both potentials are scale invariant
+  """
+  s, t = _flatten_rows(student_embeddings), _flatten_rows(teacher_embeddings)
+  batch = s.shape[0]
+  rows = _row_mask(mask, batch)
+  eye = jnp.eye(batch, dtype=bool)
+  pair = rows[:, None] & rows[None, :] & ~eye
+  triplet = pair[:, :, None] & pair[:, None, :] & ~eye[None, :, :]
+  dist_s, cos_s = _rkd_potentials(s, pair)
+  dist_t, cos_t = _rkd_potentials(t, pair)
+  distance = _weighted_mean(optax.huber_loss(dist_s, dist_t, delta=1.0), pair)
+  angle = _weighted_mean(optax.huber_loss(cos_s, cos_t, delta=1.0), triplet)
+  return distance_weight * distance + angle_weight * angle
+
+
+def _normalized_gram(x: Array, rows: Array) -> Array:
+  """Row-L2-normalised Gram matrix of the unmasked rows (masked rows and cols 0)."""
+  x = jnp.where(rows[:, None], x, 0.0)
+  return _l2_normalize(x @ x.T)
+
+
+def similarity_preserving_loss(student_features: ArrayLike,
+                               teacher_features: ArrayLike, *,
+                               mask: ArrayLike | None = None) -> Array:
+  r"""Similarity-preserving KD: match the batch's pairwise-similarity structure.
+
+  .. math::
+    \tilde G = \mathrm{rownorm}(Q Q^\top),\ Q \in \mathbb{R}^{B \times D}, \qquad
+    \ell = \frac{1}{B^2}\,\|\tilde G_s - \tilde G_t\|_F^2
+
+  Q is the flattened feature batch; each Gram row is divided by its L2 norm. With
+  a mask, B is the number of unmasked rows and the Gram matrices span only them.
+
+  Args:
+    student_features: ``[B, ...]`` (flattened to ``[B, D_s]``).
+    teacher_features: ``[B, ...]`` (flattened to ``[B, D_t]``).
+    mask: optional boolean ``[B]``.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Tung & Mori, *Similarity-Preserving Knowledge Distillation*, ICCV 2019.
+
+  Example:
+    >>> x = jnp.eye(3)
+    >>> similarity_preserving_loss(x, 2.0 * x)  # = 0.0
+  """
+  s, t = _flatten_rows(student_features), _flatten_rows(teacher_features)
+  rows = _row_mask(mask, s.shape[0])
+  sq = jnp.sum(jnp.square(_normalized_gram(s, rows) - _normalized_gram(t, rows)))
+  count = jnp.maximum(jnp.sum(rows), 1).astype(jnp.float32)
+  return sq / jnp.square(count)
+
+
+def _conditional_probs(x: Array, pair: Array) -> Array:
+  """P[i, j] ∝ (cos(x_i, x_j) + 1)/2 over the valid j of each row."""
+  unit = _l2_normalize(x)
+  kernel = jnp.where(pair, (unit @ unit.T + 1.0) / 2.0, 0.0)
+  row_sum = jnp.sum(kernel, axis=-1, keepdims=True)
+  return kernel / jnp.where(row_sum > 0, row_sum, 1.0)
+
+
+def pkt_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
+             eps: float = 1e-7, mask: ArrayLike | None = None) -> Array:
+  r"""Probabilistic knowledge transfer: match conditional similarity distributions.
+
+  .. math::
+    p_{j|i} = \frac{K_t(i,j)}{\sum_k K_t(i,k)},\
+    K(i,j) = \tfrac{1}{2}(\cos(x_i, x_j) + 1) \in [0, 1], \qquad
+    \ell = \frac{1}{B^2} \sum_{i,j} p_{j|i} \log\frac{p_{j|i} + \epsilon}{q_{j|i} + \epsilon}
+
+  (q from the student), i.e. KL(teacher‖student) averaged over the B×B entries;
+  the sums include j = i and ε = 1e-7, as in the authors' implementation. With a
+  mask, only unmasked rows take part (B is their number). Widths may differ.
+
+  Args:
+    student_features: ``[B, ...]`` (flattened to ``[B, D_s]``).
+    teacher_features: ``[B, ...]`` (flattened to ``[B, D_t]``).
+    eps: smoothing inside the log (keeps zero-similarity entries finite).
+    mask: optional boolean ``[B]``.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Passalis & Tefas, *Learning Deep Representations with Probabilistic Knowledge
+    Transfer*, ECCV 2018.
+
+  Example:
+    >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> pkt_loss(x, 5.0 * x)  # ≈ 0.0: cosines are scale invariant
+  """
+  s, t = _flatten_rows(student_features), _flatten_rows(teacher_features)
+  rows = _row_mask(mask, s.shape[0])
+  pair = rows[:, None] & rows[None, :]
+  p = _conditional_probs(t, pair)
+  q = _conditional_probs(s, pair)
+  return _weighted_mean(p * jnp.log((p + eps) / (q + eps)), pair)

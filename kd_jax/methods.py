@@ -1,0 +1,197 @@
+"""Distillation methods: which teacher outputs a method needs, and its training objective.
+
+Every method's loss is built from the same two terms:
+
+    loss = logit_term + feature_weight · feature_term
+
+* ``logit_term`` — ``kd_loss(..., divergence, temperature(step), alpha(step))``
+  for every method except ``none`` (hard-label CE only) and ``dkd``
+  (CE + min(1, step / dkd.warmup_steps) · DKD, as in Zhao et al. 2022).
+  With ``alpha=1`` it is plain cross-entropy, which is what the feature
+  methods' experiment modules use by default (FitNets, AT, RKD, SP and PKT
+  were all published as CE + feature term).
+* ``feature_term`` — the method's feature or relational loss, summed over its
+  (student layer → teacher layer) pairs.
+
+FitNets regresses the student's features onto the teacher's through a learned
+adapter (a linear map on the channel axis, i.e. a 1×1 convolution for maps);
+the adapters are part of the student's trainable state (:class:`Student`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from kd_jax import losses, schedules
+
+# The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
+_FEATURE_LOSSES = {
+    "fitnets": losses.hint_loss,
+    "at": losses.attention_transfer_loss,
+    "rkd": losses.rkd_loss,
+    "sp": losses.similarity_preserving_loss,
+    "pkt": losses.pkt_loss,
+}
+# Methods whose feature term compares spatial maps [B, H, W, C] rather than vectors.
+_SPATIAL_METHODS = ("at",)
+
+
+def feature_pairs(config, student_features: dict, teacher_features: dict) -> dict[str, str]:
+  """The (student layer → teacher layer) pairs a method matches, validated.
+
+  ``config.feature_layers`` wins when set. Otherwise FitNets, RKD, SP and PKT
+  match the penultimate ``embedding`` vectors (defined for every model), and AT
+  matches every spatial map name the two models share.
+
+  Args:
+    config: the experiment config.
+    student_features, teacher_features: ``{name: shape}`` from
+      :func:`kd_jax.models.feature_shapes`.
+
+  Raises:
+    ValueError: naming ``feature_layers`` and the valid names, when a layer does
+      not exist or the shapes cannot be compared by the method.
+  """
+  method = config.method
+  if method not in _FEATURE_LOSSES:
+    return {}
+  pairs = dict(config.feature_layers)
+  if not pairs:
+    if method in _SPATIAL_METHODS:
+      shared = [n for n in student_features if n in teacher_features and n != "embedding"
+                and student_features[n][1:3] == teacher_features[n][1:3]]
+      if not shared:
+        raise ValueError(
+            f"method={method!r} needs spatial feature maps of equal height and width in "
+            f"student and teacher; student {config.student.model} has "
+            f"{_describe(student_features)}, teacher {config.teacher.model} has "
+            f"{_describe(teacher_features)}. Set feature_layers.")
+      pairs = {n: n for n in shared}
+    else:
+      pairs = {"embedding": "embedding"}
+  for s_name, t_name in pairs.items():
+    if s_name not in student_features:
+      raise ValueError(f"feature_layers: student layer {s_name!r} does not exist; "
+                       f"valid: {', '.join(student_features)}")
+    if t_name not in teacher_features:
+      raise ValueError(f"feature_layers: teacher layer {t_name!r} does not exist; "
+                       f"valid: {', '.join(teacher_features)}")
+    s_shape, t_shape = student_features[s_name], teacher_features[t_name]
+    if method in ("fitnets", "at") and s_shape[1:-1] != t_shape[1:-1]:
+      raise ValueError(
+          f"feature_layers: {method} needs equal spatial shapes; student {s_name} "
+          f"{s_shape[1:-1]} vs teacher {t_name} {t_shape[1:-1]}")
+    if method == "at" and len(s_shape) != 4:
+      raise ValueError(f"feature_layers: at needs NHWC maps; student {s_name} has shape {s_shape}")
+  return pairs
+
+
+def _describe(shapes: dict) -> str:
+  return ", ".join(f"{n}{tuple(s[1:])}" for n, s in shapes.items())
+
+
+class Student(nnx.Module):
+  """The trainable side of a run: the student model plus FitNets adapters.
+
+  ``__call__`` returns ``(logits, features)`` with ``features`` keyed by the
+  student layer names of ``pairs``, adapted to the teacher's width for FitNets.
+  """
+
+  def __init__(self, model: nnx.Module, pairs: dict[str, str], adapter_widths: dict[str, tuple],
+               *, rngs: nnx.Rngs):
+    self.model = model
+    self.pairs = dict(pairs)
+    # FitNets' regressor: a linear map on the channel axis (1×1 conv for NHWC maps).
+    self.adapters = nnx.Dict({
+        name: nnx.Linear(s_width, t_width, rngs=rngs)
+        for name, (s_width, t_width) in adapter_widths.items()})
+
+  def __call__(self, x, *, train: bool = False):
+    if not self.pairs:
+      return self.model(x, train=train), {}
+    logits, features = self.model(x, train=train, return_features=True)
+    selected = {}
+    for name in self.pairs:
+      f = features[name]
+      if name in self.adapters:
+        f = self.adapters[name](f.astype(jnp.float32))
+      selected[name] = f
+    return logits, selected
+
+
+def adapter_widths(config, pairs, student_features, teacher_features) -> dict[str, tuple[int, int]]:
+  """FitNets adapters: ``{student layer: (student width, teacher width)}``."""
+  if config.method != "fitnets":
+    return {}
+  return {s: (student_features[s][-1], teacher_features[t][-1]) for s, t in pairs.items()}
+
+
+def masked_cross_entropy(logits, labels, mask=None):
+  """Mean softmax cross-entropy with integer labels over the rows where ``mask`` is true."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  if mask is None:
+    return jnp.mean(ce)
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
+  """Builds ``objective(step, student_out, teacher_out, labels, mask) -> (loss, metrics)``.
+
+  ``pairs`` are the resolved (student layer → teacher layer) pairs of
+  :func:`feature_pairs`; features are keyed by student layer on the student side
+  and by teacher layer on the teacher side.
+
+  ``student_out`` / ``teacher_out`` are ``(logits, features)`` pairs; the teacher's
+  is ``None`` for ``method='none'``. Temperature and α follow their schedules
+  as functions of the traced ``step``.
+  """
+  method = config.method
+  temperature = schedules.make(config.temperature, field="temperature", positive=True)
+  alpha = schedules.make(config.alpha, field="alpha", unit_interval=True)
+  div_params = dict(config.divergence_params)
+  feature_loss = _FEATURE_LOSSES.get(method)
+  pairs = dict(pairs or {})
+  dkd = config.dkd
+
+  def objective(step, student_out, teacher_out, labels, mask):
+    s_logits, s_features = student_out
+    metrics = {}
+    if method == "none":
+      loss = masked_cross_entropy(s_logits, labels, mask)
+      return loss, {"loss": loss}
+    t_logits, t_features = teacher_out
+    t = temperature(step)
+    metrics["temperature"] = t
+    if method == "dkd":
+      ce = masked_cross_entropy(s_logits, labels, mask)
+      ramp = jnp.minimum(1.0, step / dkd.warmup_steps) if dkd.warmup_steps else 1.0
+      distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
+                                temperature=t, mask=mask)
+      loss = ce + ramp * distill
+      metrics.update(ce=ce, dkd=distill)
+    else:
+      a = alpha(step)
+      metrics["alpha"] = a
+      loss = losses.kd_loss(s_logits, t_logits, labels, divergence=config.divergence,
+                            temperature=t, alpha=a, mask=mask, **div_params)
+    if feature_loss is not None:
+      feature_term = sum(_masked_feature_loss(feature_loss, s_features[s], t_features[t_name], mask)
+                         for s, t_name in pairs.items())
+      metrics["feature_loss"] = feature_term
+      loss = loss + config.feature_weight * feature_term
+    metrics["loss"] = loss
+    return loss, metrics
+
+  return objective
+
+
+def _masked_feature_loss(fn, student_feature, teacher_feature, mask):
+  student_feature = student_feature.astype(jnp.float32)
+  teacher_feature = jax.lax.stop_gradient(teacher_feature.astype(jnp.float32))
+  return fn(student_feature, teacher_feature, mask=mask)

@@ -1,0 +1,155 @@
+"""Sweep plots (matplotlib, Agg backend: PNG files, no display needed).
+
+Both functions take the summary rows that `kd_jax.sweep.write_summary` builds:
+``{"point": {grid key: value}, "test_accuracy_mean", "test_accuracy_ci95_low",
+"test_accuracy_ci95_high", "test_accuracy_n", ...}`` with accuracies as fractions;
+plots show percentages. Shaded bands and error bars are the 95% Student t intervals
+over seeds (`kd_jax.stats.mean_ci`); a point with one seed has none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: sweeps run on headless machines.
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib import ticker  # noqa: E402
+
+from kd_jax.stats import Interval, format_value  # noqa: E402
+
+_ACC = "test_accuracy"
+
+
+def _percent(row: Mapping[str, Any]) -> tuple[float, float, float]:
+  """(mean, low, high) of the final test accuracy in %; low = high = mean without a CI."""
+  mean = row[f"{_ACC}_mean"] * 100
+  low, high = row[f"{_ACC}_ci95_low"] * 100, row[f"{_ACC}_ci95_high"] * 100
+  return (mean, mean, mean) if math.isnan(low) else (mean, low, high)
+
+
+def _label(point: Mapping[str, Any], keys: Sequence[str]) -> str:
+  return ", ".join(f"{k}={format_value(point[k])}" for k in keys) or "base config"
+
+
+def _baseline(ax, baseline: Interval | None, vertical: bool = False) -> None:
+  """Dashed line at the from-scratch student's accuracy, shaded with its CI."""
+  if baseline is None:
+    return
+  mean = baseline.mean * 100
+  half = 0.0 if math.isnan(baseline.half_width) else baseline.half_width * 100
+  label = (f"baseline, no teacher: {mean:.2f}"
+           + (f" ± {half:.2f}" if half else "") + f" % (n={baseline.n})")
+  line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
+  line(mean, color="black", linestyle="--", linewidth=1.2, label=label)
+  if half:
+    span(mean - half, mean + half, color="black", alpha=0.1, linewidth=0)
+
+
+def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
+  ns = sorted({int(r[f"{_ACC}_n"]) for r in rows if r[f"{_ACC}_n"]})
+  seeds = "/".join(map(str, ns)) or "0"
+  return f"mean over n={seeds} seeds, shading/bars: 95% t-interval"
+
+
+def plot_accuracy_vs_temperature(
+    rows: Sequence[Mapping[str, Any]], path: str, *, temperature_key: str | None = None,
+    baseline: Interval | None = None, title: str | None = None) -> None:
+  """Final test accuracy vs distillation temperature, one line per other setting.
+
+  x: temperature on a log2 axis; y: final test accuracy (%); one line (with its 95%
+  CI band) per combination of the other grid keys, e.g. per divergence; the
+  from-scratch baseline as a dashed horizontal line with its band.
+
+  Args:
+    rows: summary rows (see the module docstring).
+    path: the PNG to write.
+    temperature_key: the grid key holding T; default the first of ``temperature``,
+      ``temperature.init`` found in the rows' points.
+    baseline: the baseline's accuracy interval (fractions), or None.
+    title: the first title line, e.g. the experiment name.
+  """
+  keys = list(rows[0]["point"])
+  temperature_key = temperature_key or next(
+      k for k in keys if k in ("temperature", "temperature.init"))
+  others = [k for k in keys if k != temperature_key]
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(tuple(row["point"][k] for k in others), []).append(row)
+
+  fig, ax = plt.subplots(figsize=(7.5, 5), dpi=130)
+  temperatures = sorted({float(r["point"][temperature_key]) for r in rows})
+  for group, members in groups.items():
+    members = sorted(members, key=lambda r: float(r["point"][temperature_key]))
+    x = [float(r["point"][temperature_key]) for r in members]
+    mean, low, high = zip(*(_percent(r) for r in members))
+    name = ", ".join(map(format_value, group)) if len(others) == 1 else _label(
+        dict(zip(others, group)), others)
+    (line,) = ax.plot(x, mean, marker="o", linewidth=1.8, label=name)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
+  _baseline(ax, baseline)
+
+  ax.set_xscale("log", base=2)
+  ax.xaxis.set_major_locator(ticker.FixedLocator(temperatures))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlabel(f"distillation temperature T  ({temperature_key}, log\u2082 scale)")
+  ax.set_ylabel("student final test accuracy (%)")
+  ax.set_title(f"{title or 'sweep'}\nstudent accuracy vs temperature "
+               f"({_seeds_note(rows)})", fontsize=10)
+  ax.grid(True, alpha=0.3)
+  ax.legend(title=" / ".join(others) if len(others) == 1 else None, fontsize=8,
+            title_fontsize=8, loc="best")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
+                     baseline: Interval | None = None, title: str | None = None) -> None:
+  """Horizontal bars of final test accuracy per grid point, with 95% CI error bars.
+
+  One bar per row, in the given order from the top (pass rows sorted best first), each
+  labelled with its grid values and its ``mean ± CI``; the baseline is a dashed
+  vertical line with its band. The accuracy axis is zoomed to the data (it does not
+  start at 0) so that differences of a few tenths of a point stay visible.
+
+  Args:
+    rows: summary rows (see the module docstring); rows without results are skipped.
+    path: the PNG to write.
+    baseline: the baseline's accuracy interval (fractions), or None.
+    title: the first title line, e.g. the experiment name.
+  """
+  rows = [r for r in rows if r[f"{_ACC}_n"]]
+  keys = list(rows[0]["point"]) if rows else []
+  fig, ax = plt.subplots(figsize=(8, 1.6 + 0.42 * max(len(rows), 1)), dpi=130)
+  y = list(range(len(rows)))[::-1]
+  stats = [_percent(r) for r in rows]
+  mean = [m for m, _, _ in stats]
+  err = [[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]]
+  ax.barh(y, mean, xerr=err, height=0.65, color="tab:blue", alpha=0.75,
+          error_kw=dict(ecolor="black", capsize=4, linewidth=1.2))
+  for yi, (m, lo, hi) in zip(y, stats):
+    text = f"{m:.2f} ± {hi - m:.2f}" if hi > m else f"{m:.2f} (n=1)"
+    ax.text(hi, yi, "  " + text, va="center", fontsize=8,
+            bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+  ax.set_yticks(y, [_label(r["point"], keys) for r in rows], fontsize=8)
+  _baseline(ax, baseline, vertical=True)
+
+  values = [v for s in stats for v in s[1:]]
+  if baseline is not None:
+    values.append(baseline.mean * 100)
+  if values:
+    span = max(max(values) - min(values), 0.5)
+    ax.set_xlim(min(values) - 0.3 * span, max(values) + 0.6 * span)  # room for labels
+  ax.set_xlabel("student final test accuracy (%)  (axis does not start at 0)")
+  ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows)}", fontsize=10)
+  ax.grid(True, axis="x", alpha=0.3)
+  if baseline is not None:
+    ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

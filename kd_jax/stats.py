@@ -1,0 +1,318 @@
+"""Confidence intervals for results over seeds, and their aggregation.
+
+Pure numpy/scipy: no JAX, no files. The sweep (`kd_jax.sweep`) feeds these the
+`results.json` dicts of each run and writes what they return.
+
+Why Student t and paired differences: sweeps have few seeds (3-5), so a normal
+interval would be too narrow (t_{0.975, 2} = 4.30 vs z = 1.96); and the knowledge
+distillation gain is measured on the *same* seeds as the from-scratch baseline, so the
+seed-to-seed variance they share cancels in the paired difference (a paired t
+interval), giving an honest and much tighter interval than comparing two independent
+means. See e.g. Dror et al. 2018, "The Hitchhiker's Guide to Testing Statistical
+Significance in Natural Language Processing".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+# (results.json key inside "student"/"baseline", human-readable name). The first is the
+# headline metric of every summary: accuracy after the *last* training step.
+METRICS = (
+    ("test_accuracy", "final test accuracy"),
+    ("best_test_accuracy", "best-step test accuracy"),
+    ("agreement", "agreement with teacher"),
+    ("kl_to_teacher", "KL(teacher || student)"),
+    ("ece", "expected calibration error"),
+)
+
+
+class Interval(NamedTuple):
+  """Mean of a sample with a two-sided Student t confidence interval.
+
+  Unpacks as ``mean, std, half_width, n``; the interval is
+  ``[mean - half_width, mean + half_width]``.
+  """
+
+  mean: float
+  std: float
+  half_width: float
+  n: int
+
+  @property
+  def low(self) -> float:
+    return self.mean - self.half_width
+
+  @property
+  def high(self) -> float:
+    return self.mean + self.half_width
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Interval:
+  r"""Sample mean with a two-sided Student t confidence interval.
+
+  .. math::
+    \bar x = \frac{1}{n}\sum_i x_i, \quad
+    s = \sqrt{\frac{1}{n-1}\sum_i (x_i - \bar x)^2}, \quad
+    h = t_{(1+c)/2,\, n-1} \, \frac{s}{\sqrt n}
+
+  This is the interval of `scipy.stats.t.interval(c, n - 1, loc=mean, scale=sem)`.
+  It assumes the per-seed values are independent draws from a roughly normal
+  distribution (reasonable for accuracies far from 0 and 1).
+
+  With n = 1 the spread is unknown: ``std`` and ``half_width`` are NaN (not 0, which
+  would claim perfect certainty). Non-finite inputs propagate to the outputs.
+
+  Args:
+    values: the per-seed values, shape [n] (any iterable of numbers), n >= 1.
+    confidence: the coverage c of the interval, in (0, 1).
+
+  Returns:
+    `Interval(mean, std, half_width, n)`; ``std`` uses ddof=1.
+
+  Example:
+    >>> mean_ci([1.0, 2.0, 3.0])  # half width = t_{0.975,2} / sqrt(3) = 2.484...
+    Interval(mean=2.0, std=1.0, half_width=2.4841..., n=3)
+  """
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+  x = np.asarray(list(values), dtype=np.float64)
+  if x.ndim != 1 or x.size == 0:
+    raise ValueError(f"mean_ci needs a non-empty 1-D sample, got shape {x.shape}.")
+  n = int(x.size)
+  mean = float(np.mean(x))
+  if n == 1:
+    return Interval(mean, math.nan, math.nan, 1)
+  std = float(np.std(x, ddof=1))
+  t = float(scipy_stats.t.ppf(0.5 + confidence / 2.0, df=n - 1))
+  return Interval(mean, std, t * std / math.sqrt(n), n)
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Interval:
+  r"""Mean of the paired differences ``a_i - b_i`` with a paired t interval.
+
+  .. math::
+    d_i = a_i - b_i, \qquad \text{result} = \text{mean\_ci}(d)
+
+  ``a[i]`` and ``b[i]`` must come from the same seed (same data order and
+  initialisation), e.g. the distilled student and the student trained from scratch:
+  the KD gain. Differencing first removes the variance the two share.
+
+  Args:
+    a: shape [n], e.g. student test accuracies per seed.
+    b: shape [n], e.g. baseline test accuracies for the same seeds, same order.
+    confidence: the coverage of the interval, in (0, 1).
+
+  Returns:
+    `Interval` of the differences (see `mean_ci`; NaN spread when n = 1).
+
+  Example:
+    >>> paired_difference([0.90, 0.80], [0.85, 0.78])  # d = [0.05, 0.02]
+    Interval(mean=0.035, std=0.0212..., half_width=0.1906..., n=2)
+  """
+  a_arr = np.asarray(a, dtype=np.float64)
+  b_arr = np.asarray(b, dtype=np.float64)
+  if a_arr.shape != b_arr.shape:
+    raise ValueError(
+        "paired_difference needs one b per a (same seeds, same order), got shapes "
+        f"{a_arr.shape} and {b_arr.shape}."
+    )
+  return mean_ci(a_arr - b_arr, confidence)
+
+
+def _interval_columns(prefix: str, values: Sequence[float], confidence: float):
+  """Flat CSV columns ``<prefix>_{mean,std,ci95_low,ci95_high,n}`` (NaN when empty)."""
+  if values:
+    interval = mean_ci(values, confidence)
+    mean, std, low, high, n = (
+        interval.mean, interval.std, interval.low, interval.high, interval.n)
+  else:
+    mean = std = low = high = math.nan
+    n = 0
+  return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_ci95_low": low,
+          f"{prefix}_ci95_high": high, f"{prefix}_n": n}
+
+
+def _metric(results: Mapping[str, Any], model: str, key: str) -> float | None:
+  value = (results.get(model) or {}).get(key)
+  return None if value is None else float(value)
+
+
+def aggregate_point(
+    results: Sequence[Mapping[str, Any]], confidence: float = 0.95
+) -> dict[str, float | int]:
+  """Summarises the `results.json` dicts of one grid point (one per finished seed).
+
+  Columns, each as ``_mean, _std, _ci95_low, _ci95_high, _n`` (see `mean_ci`):
+  every `METRICS` key of the distilled student (``test_accuracy`` ...),
+  ``baseline_test_accuracy`` and ``kd_gain`` = `paired_difference` of the student's
+  and the baseline's final test accuracy over the seeds that have both (all NaN with
+  n = 0 when no run trained a baseline). A metric missing from a run is skipped for
+  that run only, so its ``_n`` may be smaller than the number of seeds.
+
+  Args:
+    results: the per-seed results dicts (DESIGN §2.4), possibly empty.
+    confidence: the coverage of every interval.
+
+  Returns:
+    A flat dict of floats/ints, the numeric columns of `summary.csv`.
+  """
+  row: dict[str, float | int] = {}
+  for key, _ in METRICS:
+    values = [v for r in results if (v := _metric(r, "student", key)) is not None]
+    row.update(_interval_columns(key, values, confidence))
+  pairs = [
+      (s, b) for r in results
+      if (s := _metric(r, "student", "test_accuracy")) is not None
+      and (b := _metric(r, "baseline", "test_accuracy")) is not None
+  ]
+  row.update(_interval_columns(
+      "baseline_test_accuracy", [b for _, b in pairs], confidence))
+  row.update(_interval_columns("kd_gain", [s - b for s, b in pairs], confidence))
+  return row
+
+
+def baseline_over_seeds(
+    results: Iterable[Mapping[str, Any]], confidence: float = 0.95
+) -> Interval | None:
+  """The from-scratch baseline's final accuracy, pooled over the whole sweep.
+
+  The baseline does not depend on the distillation settings a grid varies, so every
+  point trains it again for the same seeds; values are first averaged per seed (they
+  should be identical up to nondeterminism) and the interval is taken over seeds.
+
+  Args:
+    results: results dicts of all finished runs; ``config.seed`` identifies the seed.
+    confidence: the coverage of the interval.
+
+  Returns:
+    `Interval` over distinct seeds, or None when no run has a baseline.
+  """
+  by_seed: dict[Any, list[float]] = {}
+  for r in results:
+    accuracy = _metric(r, "baseline", "test_accuracy")
+    if accuracy is not None:
+      by_seed.setdefault((r.get("config") or {}).get("seed"), []).append(accuracy)
+  if not by_seed:
+    return None
+  return mean_ci([float(np.mean(v)) for v in by_seed.values()], confidence)
+
+
+# ----------------------------------------------------------------- summary tables
+# Pure formatting of the rows that `kd_jax.sweep` writes to summary.csv/summary.md.
+
+
+def format_value(value: Any) -> str:
+  """A grid value for people: 4.0 -> '4', True -> 'true', 'kl' -> 'kl'."""
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))
+  return str(value)
+
+
+def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+  """Best final (headline) accuracy first; points without results last."""
+  def key(row):
+    mean = row["test_accuracy_mean"]
+    return (math.isnan(mean), -mean if not math.isnan(mean) else 0.0)
+  return sorted(rows, key=key)
+
+
+def csv_columns(keys: Sequence[str]) -> list[str]:
+  """summary.csv header: point slug, grid keys, then 5 columns per statistic."""
+  stats = [key for key, _ in METRICS] + ["baseline_test_accuracy", "kd_gain"]
+  numeric = [f"{s}_{c}" for s in stats for c in ("mean", "std", "ci95_low",
+                                                   "ci95_high", "n")]
+  return ["point", *keys, *numeric, "runs_failed", "runs_pending"]
+
+
+def _pm(mean: float, half: float, scale: float = 100.0, digits: int = 2,
+        sign: bool = False) -> str:
+  """``mean ± half`` after scaling; 'n/a' for a missing value, no ± when n = 1."""
+  if math.isnan(mean):
+    return "n/a"
+  text = f"{mean * scale:{'+' if sign else ''}.{digits}f}"
+  return text + (f" ± {half * scale:.{digits}f}" if not math.isnan(half) else " (n=1)")
+
+
+def _column(row: Mapping[str, Any], stat: str, **kwargs) -> str:
+  mean = row[f"{stat}_mean"]
+  return _pm(mean, (row[f"{stat}_ci95_high"] - mean), **kwargs)
+
+
+def markdown_summary(
+    rows: Sequence[Mapping[str, Any]], *, keys: Sequence[str], experiment: str | None,
+    grid: Mapping[str, Sequence[Any]], seeds: Sequence[Any],
+    status_counts: Mapping[str, int], teacher_accuracies: Sequence[float],
+    baseline: Interval | None, failures: Sequence[str], plots: Sequence[str],
+    confidence: float = 0.95) -> str:
+  """The human-readable summary.md: header, table sorted by final accuracy, notes.
+
+  Args:
+    rows: per point, ``{"point": {key: value}, **aggregate_point(...), "runs_failed",
+      "runs_pending"}``.
+    keys: the grid keys (table columns, in flag order).
+    experiment: the config's experiment name.
+    grid: key -> swept values.
+    seeds: the seeds of every point.
+    status_counts: run status -> number of runs.
+    teacher_accuracies: final test accuracy of each distinct teacher seen.
+    baseline: `baseline_over_seeds`, or None without baselines.
+    failures: one line per failed run.
+    plots: PNG file names to embed.
+    confidence: the coverage the intervals were computed with.
+  """
+  level = f"{confidence:.0%}"
+  lines = [f"# Sweep summary: {experiment or 'unnamed experiment'}", ""]
+  if teacher_accuracies:
+    lo, hi = min(teacher_accuracies), max(teacher_accuracies)
+    lines.append(f"**Teacher** final test accuracy: {lo:.2%}" if lo == hi else
+                 f"**Teachers** ({len(teacher_accuracies)}) final test accuracy: "
+                 f"{np.mean(teacher_accuracies):.2%} (range {lo:.2%} – {hi:.2%})")
+  if baseline is not None:
+    lines.append(f"**Baseline** (student trained from scratch, no teacher) final test "
+                 f"accuracy: {_pm(baseline.mean, baseline.half_width)} % over "
+                 f"{baseline.n} seed(s)")
+  axes = " × ".join(f"`{k}` ∈ {{{', '.join(map(format_value, v))}}}" for k, v in grid.items())
+  counts = ", ".join(f"{n} {status}" for status, n in status_counts.items() if n)
+  lines += ["", f"Grid: {axes or '(none: the base config)'}; seeds "
+            f"{', '.join(map(str, seeds))}. Runs: {counts}.", ""]
+  has_gain = any(row["kd_gain_n"] for row in rows)
+  header = ["#", *(f"`{k}`" for k in keys), "**final test acc. %** (headline)",
+            "best-step test acc. %", *(["KD gain (pp, paired)"] if has_gain else []),
+            "agreement %", "KL(teacher‖student)", "ECE %", "n"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for rank, row in enumerate(sort_rows(rows), 1):
+    cells = [str(rank), *(format_value(row["point"][k]) for k in keys),
+             "**" + _column(row, "test_accuracy") + "**",
+             _column(row, "best_test_accuracy"),
+             *([_column(row, "kd_gain", sign=True)] if has_gain else []),
+             _column(row, "agreement"),
+             _column(row, "kl_to_teacher", scale=1.0, digits=4),
+             _column(row, "ece"),
+             str(row["test_accuracy_n"]) + (f" ({row['runs_failed']} failed)"
+                                            if row["runs_failed"] else "")]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += [
+      "", f"Values are mean ± half-width of the {level} confidence interval over the "
+      "n seeds of each point (Student t with n − 1 degrees of freedom; n = 1 gives no "
+      "interval). **Final** test accuracy, after the last training step, is the "
+      "headline; **best-step** is the maximum over the evaluations during training, "
+      "which selects on the test set and is optimistic, so it is shown for comparison "
+      "only.",
+  ]
+  if has_gain:
+    lines.append("KD gain = student − baseline final test accuracy in percentage "
+                 "points, paired over the same seeds (paired t interval).")
+  lines += [""] + [f"![{name}]({name})" for name in plots]
+  if failures:
+    lines += ["", "## Failed runs", "", *(f"- {line}" for line in failures)]
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,512 @@
+r"""Ablation sweeps: a grid of config overrides × seeds, resumable, with summaries.
+
+Command line (DESIGN §2.4)::
+
+    python -m kd_jax.sweep --config=experiments/fashion_mnist/kd.py --workdir=DIR \
+        --grid divergence=kl,js,cosine --grid temperature.init=1,4,8 --seeds 3
+
+Every point of the cartesian product of the ``--grid`` flags, for every seed
+``config.seed + i`` (i < ``--seeds``), is an ordinary `kd_jax.main.run_experiment` run
+in its own workdir ``DIR/runs/<point slug>/seed<seed>``, e.g.
+``DIR/runs/divergence=js,temperature.init=4/seed1``. The teacher is cached by its
+config in ``--teacher_dir``, so it trains once for the whole sweep.
+
+``DIR/sweep.json`` records the base config, the grid, the points and every run's
+status: ``pending``, ``running`` (started and not finished: an interrupted run looks
+like this), ``done`` or ``failed`` (with the error and the traceback's tail). A run is
+done when its ``results.json`` exists. Re-running the same command skips done runs,
+resumes unfinished ones from their checkpoints and retries failed ones; a run that
+raises is recorded and the sweep goes on. At the end it writes ``DIR/summary.csv``,
+``DIR/summary.md`` and PNG plots (`write_summary`); ``--summarize_only`` redoes just
+that, e.g. while a sweep is still running.
+
+Grid values are typed like the field they override (`parse_grid`). A schedule field
+(a group with an ``init`` key, like ``temperature``) also takes a bare number:
+``--grid temperature=1,4`` means a constant schedule, i.e. it sets
+``temperature.schedule='constant'`` and ``temperature.init``; other keys of the group
+(a warm-up, say) are kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+
+from kd_jax import stats
+
+Point = dict[str, Any]
+RunFn = Callable[..., dict]
+
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+_SLUG_SAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+_MAX_SLUG = 180  # file names are limited to 255 bytes; leave room for a hash suffix.
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def _split_values(text: str) -> list[str]:
+  """Splits on commas outside brackets, so tuple values like ``(16,32)`` survive."""
+  parts, depth, current = [], 0, []
+  for char in text:
+    depth += char in "([{"
+    depth -= char in ")]}"
+    if char == "," and depth == 0:
+      parts.append("".join(current).strip())
+      current = []
+    else:
+      current.append(char)
+  parts.append("".join(current).strip())
+  return parts
+
+
+def _resolve(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
+  """The current value of a dotted key and its field type; ValueError if unknown."""
+  node, path = config, []
+  for name in key.split("."):
+    where = ".".join(path) or "the top level"
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ValueError(f"--grid key {key!r}: {where} is a {type(node).__name__}, "
+                       "not a group of fields, so it has no field {name!r}.")
+    if name not in node:
+      raise ValueError(f"--grid key {key!r}: no field {name!r} at {where}; valid keys "
+                       f"there: {', '.join(sorted(node.keys())) or '(none)'}.")
+    parent, node = node, node[name]
+    path.append(name)
+  return node, parent.get_type(name)
+
+
+def _parse_value(key: str, text: str, current: Any, field_type: type) -> Any:
+  """Converts one grid value to the type of the field it overrides."""
+  def bad(expected: str) -> ValueError:
+    return ValueError(f"--grid {key}: cannot read {text!r} as {expected} (the type of "
+                      f"{key} in the config, currently {current!r}).")
+
+  if isinstance(current, ml_collections.ConfigDict):
+    if "init" not in current:
+      raise ValueError(f"--grid key {key!r} is a group of fields, not a value; grid one "
+                       f"of them instead: {', '.join(f'{key}.{k}' for k in current)}.")
+    # Schedule shorthand: `temperature=4` is the constant schedule at 4.
+    return _parse_value(key, text, current.init, type(current.init))
+  if field_type is bool:
+    if text.lower() not in _BOOLS:
+      raise bad("a bool (true/false/1/0)")
+    return _BOOLS[text.lower()]
+  if field_type in (int, float):
+    try:
+      return field_type(text)
+    except ValueError:
+      raise bad(field_type.__name__) from None
+  if field_type in (tuple, list):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise bad(f"a {field_type.__name__} literal like (16,32)") from None
+    if not isinstance(value, (tuple, list)):
+      raise bad(f"a {field_type.__name__} literal like (16,32)")
+    return field_type(value)
+  if field_type is type(None):  # An unset field: take the most specific literal.
+    for convert in (int, float):
+      try:
+        return convert(text)
+      except ValueError:
+        pass
+    return _BOOLS.get(text.lower(), text) if text.lower() in ("true", "false") else text
+  if field_type is str:
+    return text
+  raise ValueError(f"--grid {key}: fields of type {field_type.__name__} cannot be "
+                   "swept from the command line.")
+
+
+def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[Point]:
+  """Parses ``--grid key=v1,v2,...`` flags into the cartesian product of points.
+
+  Args:
+    specs: e.g. ``["divergence=kl,js", "temperature.init=1,4,8"]``. Keys are config
+      fields, nested with dots. Values are comma-separated (commas inside brackets
+      belong to a tuple value) and typed like the field: int, float, str, bool
+      (true/false/1/0), tuple/list as a Python literal; a group with an ``init`` key
+      (a schedule) takes a number, meaning the constant schedule at that value.
+    config: the base config; fixes the valid keys and the value types.
+
+  Returns:
+    One ``{key: value}`` dict per point, keys in flag order; the last flag varies
+    fastest. No specs gives the single empty point (just the base config).
+
+  Raises:
+    ValueError: malformed spec, unknown key (naming it and the valid keys at that
+      level), a value of the wrong type, a key given twice or overlapping another
+      (``temperature`` and ``temperature.init``), or a value repeated within a key.
+
+  Example:
+    >>> parse_grid(["divergence=kl,js", "temperature.init=1,4"], config)
+    [{'divergence': 'kl', 'temperature.init': 1.0}, {'divergence': 'kl',
+     'temperature.init': 4.0}, {'divergence': 'js', ...}, ...]
+  """
+  axes: dict[str, list[Any]] = {}
+  for spec in specs:
+    key, sep, text = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or not text.strip():
+      raise ValueError(f"--grid {spec!r}: expected key=value1,value2,... .")
+    for other in axes:
+      if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+        raise ValueError(f"--grid key {key!r} given twice (or overlapping {other!r}); "
+                         "list all its values in one flag: key=v1,v2.")
+    current, field_type = _resolve(config, key)
+    values = [_parse_value(key, t, current, field_type) for t in _split_values(text)]
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+      raise ValueError(f"--grid {key}: value(s) {', '.join(repeated)} given twice.")
+    axes[key] = values
+  return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def apply_point(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the point's overrides (see `parse_grid` for shorthands)."""
+  config = copy.deepcopy(config)
+  for key, value in point.items():
+    *parents, name = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if isinstance(node[name], ml_collections.ConfigDict):
+      if "schedule" in node[name]:
+        node[name].schedule = "constant"
+      node[name].init = value
+    else:
+      node[name] = value
+  return config
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, (tuple, list)):  # (16, 32) -> 16_32: no brackets in paths.
+    return "_".join(map(stats.format_value, value))
+  return stats.format_value(value)
+
+
+def slugify(point: Point) -> str:
+  """A readable, filesystem-safe directory name for a point.
+
+  ``{"divergence": "js", "temperature.init": 4.0}`` -> ``divergence=js,temperature.init=4``.
+  Characters outside ``[A-Za-z0-9._+-]`` in values are %-escaped; overlong names are
+  cut and given a hash suffix; the empty point is ``base``.
+  """
+  if not point:
+    return "base"
+  slug = ",".join(
+      f"{key}={_SLUG_SAFE.sub(lambda m: f'%{ord(m.group()):02X}', _format_value(value))}"
+      for key, value in point.items())
+  if len(slug) > _MAX_SLUG:
+    slug = slug[:_MAX_SLUG - 11] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:10]
+  return slug
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the sweep: a grid point at one seed."""
+  slug: str
+  point: Point
+  seed: int
+  config: ml_collections.ConfigDict
+  workdir: str  # relative to the sweep's workdir
+
+  @property
+  def name(self) -> str:
+    return f"{self.slug}/seed{self.seed}"
+
+
+def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
+              num_seeds: int | None = None) -> list[Run]:
+  """Every point × seed, seed-major: a partial sweep has every point at n = 1 first.
+
+  Seeds are ``config.seed + i`` for ``i < num_seeds``; ``num_seeds=None`` means one
+  seed and allows ``seed`` as a grid key instead.
+  """
+  if num_seeds is not None:
+    if num_seeds < 1:
+      raise ValueError(f"--seeds must be >= 1, got {num_seeds}.")
+    if any("seed" in point for point in points):
+      raise ValueError("--grid seed=... and --seeds both set the seed; use one of them.")
+  seeds = [config.seed + i for i in range(num_seeds or 1)] if "seed" in config else [None]
+  if seeds == [None] and num_seeds:
+    raise ValueError("--seeds needs a `seed` field in the config.")
+  slugs = [slugify(point) for point in points]
+  if len(set(slugs)) != len(slugs):
+    raise ValueError(f"two grid points share a directory name: {slugs}.")
+  runs = []
+  for seed in seeds:
+    for slug, point in zip(slugs, points):
+      run_config = apply_point(config, point)
+      if num_seeds is not None:
+        run_config.seed = seed
+      seed_value = run_config.get("seed", 0)
+      runs.append(Run(slug, point, seed_value, run_config,
+                      os.path.join("runs", slug, f"seed{seed_value}")))
+  return runs
+
+
+def _default_run_fn() -> RunFn:
+  from kd_jax.main import run_experiment  # Imports JAX; only needed to really train.
+  return run_experiment
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _write_json(path: str, data: dict) -> None:
+  """Atomic write, so a kill never leaves a truncated sweep.json behind."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+def _read_results(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except json.JSONDecodeError:
+    logging.warning("Ignoring unreadable %s; the run will be redone.", path)
+    return None
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str,
+              points: Sequence[Point] = ({},), *, num_seeds: int | None = None,
+              teacher_dir: str | None = None, run_fn: RunFn | None = None) -> dict:
+  """Runs every point × seed (skipping finished runs), then writes the summary.
+
+  Args:
+    config: the base config.
+    workdir: the sweep directory (created if needed).
+    points: from `parse_grid`.
+    num_seeds: seeds per point (see `plan_runs`).
+    teacher_dir: passed to ``run_fn``; None lets it use its default cache.
+    run_fn: ``run_fn(config, workdir, *, teacher_dir=...) -> results dict``; it must
+      resume from checkpoints in ``workdir`` and write ``workdir/results.json`` (if it
+      only returns the dict, the sweep writes it). Default:
+      `kd_jax.main.run_experiment`.
+
+  Returns:
+    The sweep record, as written to ``workdir/sweep.json``.
+
+  Raises:
+    ValueError: bad grid/seeds, or ``workdir`` holds a sweep of another base config
+      (its results would silently mix with these; use a new workdir).
+  """
+  runs = plan_runs(config, points, num_seeds)
+  os.makedirs(workdir, exist_ok=True)
+  record_path = os.path.join(workdir, "sweep.json")
+  old = _read_results(record_path) or {}
+  if old and old.get("config") != _config_json(config):
+    raise ValueError(f"{workdir} holds a sweep of a different base config (see "
+                     f"{record_path}); use another --workdir.")
+  old_runs = {r["name"]: r for r in old.get("runs", [])}
+  keys = list(points[0]) if points else []
+  record = {
+      "experiment": config.get("experiment"),
+      "config": _config_json(config),
+      "grid": {k: list(dict.fromkeys(p[k] for p in points)) for k in keys},
+      "seeds": list(dict.fromkeys(r.seed for r in runs)),
+      "points": [{"slug": slugify(p), "values": p} for p in points],
+      "runs": [],
+  }
+  for run in runs:
+    entry = dict(old_runs.get(run.name, {}), name=run.name, point=run.slug,
+                 seed=run.seed, workdir=run.workdir)
+    done = os.path.exists(os.path.join(workdir, run.workdir, "results.json"))
+    entry["status"] = "done" if done else entry.get("status", "pending")
+    record["runs"].append(entry)
+  _write_json(record_path, record)
+
+  run_fn = run_fn or _default_run_fn()
+  todo = [i for i, e in enumerate(record["runs"]) if e["status"] != "done"]
+  logging.info("Sweep %s: %d runs, %d already done.", workdir, len(runs),
+               len(runs) - len(todo))
+  elapsed = []
+  for count, index in enumerate(todo):
+    run, entry = runs[index], record["runs"][index]
+    finished = sum(e["status"] == "done" for e in record["runs"])
+    failed = sum(e["status"] == "failed" for e in record["runs"])
+    eta = _eta(sum(elapsed) / len(elapsed) * (len(todo) - count)) if elapsed else "?"
+    logging.info("[sweep %d/%d done, %d failed, ETA %s] running %s", finished,
+                 len(runs), failed, eta, run.name)
+    run_dir = os.path.join(workdir, run.workdir)
+    os.makedirs(run_dir, exist_ok=True)
+    for stale in ("error", "traceback"):
+      entry.pop(stale, None)
+    entry["status"] = "running"
+    _write_json(record_path, record)
+    start = time.time()
+    try:
+      results = run_fn(run.config, run_dir, teacher_dir=teacher_dir)
+      results_path = os.path.join(run_dir, "results.json")
+      if not os.path.exists(results_path):
+        _write_json(results_path, results)
+      entry["status"] = "done"
+    except Exception as e:  # pylint: disable=broad-except
+      # One bad point must not cost the rest of the sweep; KeyboardInterrupt still stops.
+      entry.update(status="failed", error=f"{type(e).__name__}: {e}",
+                   traceback="".join(traceback.format_exc().splitlines(True)[-20:]))
+      logging.error("Run %s failed: %s", run.name, entry["error"])
+    entry["seconds"] = round(time.time() - start, 3)
+    elapsed.append(entry["seconds"])
+    _write_json(record_path, record)
+  logging.info("Sweep %s finished: %d done, %d failed.", workdir,
+               sum(e["status"] == "done" for e in record["runs"]),
+               sum(e["status"] == "failed" for e in record["runs"]))
+  write_summary(workdir)
+  return record
+
+
+# --------------------------------------------------------------------------- summary
+
+TEMPERATURE_KEYS = ("temperature", "temperature.init")
+
+
+def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
+  """Writes summary.csv, summary.md and the PNG plots from sweep.json and results.
+
+  Reads every run's ``results.json`` afresh (the source of truth), so it can run
+  while the sweep is still going. The temperature plot is drawn when the grid varies
+  ``temperature`` or ``temperature.init``; the bar chart always.
+
+  Returns:
+    The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
+    "runs_failed", "runs_pending"}``.
+  """
+  from kd_jax import plots  # matplotlib is slow to import; only needed here.
+
+  with open(os.path.join(workdir, "sweep.json")) as f:
+    record = json.load(f)
+  by_point: dict[str, list[dict]] = {p["slug"]: [] for p in record["points"]}
+  failed = {slug: 0 for slug in by_point}
+  status_counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
+  failures, all_results = [], []
+  for entry in record["runs"]:
+    results = _read_results(os.path.join(workdir, entry["workdir"], "results.json"))
+    status = "done" if results is not None else entry["status"]
+    status_counts[status] = status_counts.get(status, 0) + 1
+    if results is not None:
+      by_point[entry["point"]].append(results)
+      all_results.append(results)
+    elif status == "failed":
+      failed[entry["point"]] += 1
+      failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
+  runs_per_point = len(record["seeds"])
+  rows = [{"point": p["values"], "slug": p["slug"],
+           **stats.aggregate_point(by_point[p["slug"]], confidence),
+           "runs_failed": failed[p["slug"]],
+           "runs_pending": runs_per_point - len(by_point[p["slug"]]) - failed[p["slug"]]}
+          for p in record["points"]]
+  keys = list(record["grid"])
+  with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, stats.csv_columns(keys), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({**row, "point": row["slug"],
+                       **{k: stats.format_value(v) for k, v in row["point"].items()}})
+
+  baseline = stats.baseline_over_seeds(all_results, confidence)
+  teachers = sorted({r["teacher"]["test_accuracy"] for r in all_results
+                     if (r.get("teacher") or {}).get("test_accuracy") is not None})
+  title = _plot_title(record)
+  written = []
+  temperature_key = next((k for k in keys if k in TEMPERATURE_KEYS), None)
+  if temperature_key and len(record["grid"][temperature_key]) > 1:
+    plots.plot_accuracy_vs_temperature(
+        rows, os.path.join(workdir, "accuracy_vs_temperature.png"),
+        temperature_key=temperature_key, baseline=baseline, title=title)
+    written.append("accuracy_vs_temperature.png")
+  plots.plot_methods_bar(stats.sort_rows(rows), os.path.join(workdir, "methods_bar.png"),
+                         baseline=baseline, title=title)
+  written.append("methods_bar.png")
+  text = stats.markdown_summary(
+      rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
+      seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
+      baseline=baseline, failures=failures, plots=written, confidence=confidence)
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write(text)
+  return rows
+
+
+def _plot_title(record: dict) -> str:
+  """Names the experiment and the settings the grid holds fixed."""
+  config, grid = record["config"], record["grid"]
+  fixed = [f"{k}={config[k]}" for k in ("method", "divergence")
+           if k in config and k not in grid]
+  models = [(config.get(k) or {}).get("model") for k in ("student", "teacher")]
+  if all(models):
+    fixed.insert(0, f"student {models[0]} ← teacher {models[1]}")
+  return ", ".join([record.get("experiment") or "sweep", *fixed])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _define_flags() -> None:
+  """Shares --config/--workdir/--teacher_dir with kd_jax.main when it defines them.
+
+  absl flags are process-global, so defining a name twice would raise.
+  """
+  from ml_collections import config_flags
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  if "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None, "Sweep directory.")
+  if "teacher_dir" not in flags.FLAGS:
+    flags.DEFINE_string("teacher_dir", None, "Teacher cache shared by all runs.")
+  flags.DEFINE_multi_string("grid", [], "key=v1,v2,... (repeatable; nested keys with "
+                            "dots); the sweep runs the cartesian product.")
+  flags.DEFINE_integer("seeds", None, "Seeds per point: config.seed + 0 .. N-1.")
+  flags.DEFINE_bool("summarize_only", False, "Only (re)write the summary and plots.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  if FLAGS.summarize_only:
+    write_summary(FLAGS.workdir)
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required.")
+  points = parse_grid(FLAGS.grid, FLAGS.config)
+  from kd_jax import config as kd_config  # Fail on bad values before any training.
+  for run in plan_runs(FLAGS.config, points, FLAGS.seeds):
+    kd_config.validate(run.config)
+  run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=FLAGS.seeds,
+            teacher_dir=FLAGS.teacher_dir)
+
+
+if __name__ == "__main__":
+  import kd_jax.main  # noqa: F401  Registers its flags first, so _define_flags reuses them.
+  _define_flags()
+  app.run(main)

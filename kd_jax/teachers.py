@@ -1,0 +1,89 @@
+"""The teacher: trained once, cached by a hash of its config, loaded by every later run.
+
+A cached teacher lives in ``TEACHER_DIR/<key>/`` with ``teacher.json`` (its
+config, parameter count, test accuracy, training time) and ``variables/`` (an
+orbax checkpoint of every variable: parameters and BatchNorm statistics).
+``<key>`` hashes everything that changes the trained weights: the model and its
+kwargs, the training data (dataset, subset size, augmentation), the training
+settings, the seed and the precision. A teacher named by
+``config.teacher.checkpoint`` is loaded from a directory of the same layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+TEACHER_FILE = "teacher.json"
+
+
+def teacher_key(config: ml_collections.ConfigDict) -> str:
+  """A short, stable hash of what determines the teacher's trained weights."""
+  d = config.dataset
+  identity = {
+      "model": config.teacher.model,
+      "kwargs": config.teacher.kwargs.to_dict(),
+      "train": config.teacher.train.to_dict(),
+      "seed": config.teacher.seed,
+      "precision": config.precision,
+      "data": {"name": d.name, "train_examples": d.train_examples,
+               "crop_padding": d.crop_padding, "flip": d.flip},
+  }
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+  return f"{config.teacher.model}-{digest}"
+
+
+def save(directory: str, module: nnx.Module, info: dict) -> None:
+  """Writes a trained teacher (atomically: a half-written teacher is never loaded)."""
+  tmp = directory + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(tmp, "variables"), nnx.state(module))
+  if jax.process_index() == 0:
+    with open(os.path.join(tmp, TEACHER_FILE), "w") as f:
+      json.dump(info, f, indent=2)
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.replace(tmp, directory)
+
+
+def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None:
+  """Loads a saved teacher's variables into ``module``; returns its info, or None if absent.
+
+  Raises:
+    ValueError: the saved teacher does not fit ``module`` (another model, or
+      another number of classes than the dataset's), naming ``teacher.checkpoint``.
+  """
+  info_path = os.path.join(directory, TEACHER_FILE)
+  if not os.path.exists(info_path):
+    return None
+  with open(info_path) as f:
+    info = json.load(f)
+  if info.get("num_classes") != num_classes:
+    raise ValueError(
+        f"teacher.checkpoint: the teacher in {directory} predicts {info.get('num_classes')} "
+        f"classes but the dataset (and so the student) has {num_classes}")
+  target = nnx.state(module)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(os.path.join(os.path.abspath(directory), "variables"),
+                                      abstract)
+  except (ValueError, KeyError) as e:
+    raise ValueError(
+        f"teacher.checkpoint: the teacher in {directory} ({info.get('model')}, "
+        f"{info.get('num_classes')} classes) does not fit the configured teacher: {e}") from e
+  nnx.update(module, restored)
+  logging.info("loaded teacher %s (test accuracy %.4f) from %s", info.get("model"),
+               info.get("test_accuracy", float("nan")), directory)
+  return info

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from kd_jax import divergences, models, schedules
-from kd_jax.data import DATASETS
+from kd_jax.data import NAMES as DATASETS
 
 METHODS = ("none", "kd", "dkd", "fitnets", "at", "rkd", "sp", "pkt")
 # Methods that match intermediate features; the value is the default layer pairing.

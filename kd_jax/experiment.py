@@ -96,7 +96,8 @@ def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits) -> 
       train_seconds=fit.train_seconds,
       steps=fit.steps,
       steps_per_second=(fit.steps_run - 1) / fit.train_seconds if fit.train_seconds else None,
-      compile_seconds=fit.compile_seconds)
+      compile_seconds=fit.compile_seconds,
+      step_compiles=fit.step_compiles)
   return report
 
 
@@ -199,7 +200,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
   s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
   pairs = methods.feature_pairs(config, s_shapes, t_shapes)
-  mean, std = data_lib.normalization(config.dataset.name)
+  mean, std = data_lib.augment.FASHION_MNIST_MEAN, data_lib.augment.FASHION_MNIST_STD  # TODO per dataset
   eval_preprocess = train.Preprocess(mean, std, dtype=dtype)
   preprocess = train.Preprocess(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
 

@@ -10,6 +10,7 @@ over seeds (`kd_jax.stats.mean_ci`); a point with one seed has none.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,9 +20,10 @@ matplotlib.use("Agg")  # Files only: sweeps run on headless machines.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from kd_jax.stats import Interval, format_value  # noqa: E402
+from kd_jax.stats import Interval, format_value, sort_rows  # noqa: E402
 
 _ACC = "test_accuracy"
+TEMPERATURE_KEYS = ("temperature", "temperature.init")
 
 
 def _percent(row: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -49,10 +51,12 @@ def _baseline(ax, baseline: Interval | None, vertical: bool = False) -> None:
     span(mean - half, mean + half, color="black", alpha=0.1, linewidth=0)
 
 
-def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
+def _seeds_note(rows: Sequence[Mapping[str, Any]], what: str) -> str:
+  """How many seeds each point averages, and what the ``what`` (bands, bars) show."""
   ns = sorted({int(r[f"{_ACC}_n"]) for r in rows if r[f"{_ACC}_n"]})
-  seeds = "/".join(map(str, ns)) or "0"
-  return f"mean over n={seeds} seeds, shading/bars: 95% t-interval"
+  if ns in ([], [1]):
+    return "one seed per point: no confidence interval"
+  return f"mean over n={'/'.join(map(str, ns))} seeds; {what}: 95% t-interval"
 
 
 def plot_accuracy_vs_temperature(
@@ -73,8 +77,7 @@ def plot_accuracy_vs_temperature(
     title: the first title line, e.g. the experiment name.
   """
   keys = list(rows[0]["point"])
-  temperature_key = temperature_key or next(
-      k for k in keys if k in ("temperature", "temperature.init"))
+  temperature_key = temperature_key or next(k for k in keys if k in TEMPERATURE_KEYS)
   others = [k for k in keys if k != temperature_key]
   groups: dict[tuple, list[Mapping[str, Any]]] = {}
   for row in rows:
@@ -96,10 +99,10 @@ def plot_accuracy_vs_temperature(
   ax.xaxis.set_major_locator(ticker.FixedLocator(temperatures))
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.xaxis.set_minor_locator(ticker.NullLocator())
-  ax.set_xlabel(f"distillation temperature T  ({temperature_key}, log\u2082 scale)")
+  ax.set_xlabel(f"distillation temperature T  ({temperature_key}, log₂ scale)")
   ax.set_ylabel("student final test accuracy (%)")
   ax.set_title(f"{title or 'sweep'}\nstudent accuracy vs temperature "
-               f"({_seeds_note(rows)})", fontsize=10)
+               f"({_seeds_note(rows, 'bands')})", fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(title=" / ".join(others) if len(others) == 1 else None, fontsize=8,
             title_fontsize=8, loc="best")
@@ -146,10 +149,50 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     span = max(max(values) - min(values), 0.5)
     ax.set_xlim(min(values) - 0.3 * span, max(values) + 0.6 * span)  # room for labels
   ax.set_xlabel("student final test accuracy (%)  (axis does not start at 0)")
-  ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows)}", fontsize=10)
+  ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows, 'error bars')}", fontsize=10)
   ax.grid(True, axis="x", alpha=0.3)
   if baseline is not None:
     ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def _title(config: Mapping[str, Any], grid: Mapping[str, Any]) -> str:
+  """Names the experiment and the settings the grid holds fixed."""
+  fixed = [f"{k}={config[k]}" for k in ("method", "divergence")
+           if k in config and k not in grid]
+  models = [(config.get(k) or {}).get("model") for k in ("student", "teacher")]
+  if all(models):
+    fixed.insert(0, f"student {models[0]} ← teacher {models[1]}")
+  return ", ".join([config.get("experiment") or "sweep", *fixed])
+
+
+def write_plots(rows: Sequence[Mapping[str, Any]], directory: str, *,
+                grid: Mapping[str, Sequence[Any]], config: Mapping[str, Any],
+                baseline: Interval | None = None) -> list[str]:
+  """Writes the plots that apply to a sweep; returns their file names.
+
+  ``accuracy_vs_temperature.png`` when the grid varies ``temperature`` or
+  ``temperature.init`` (two values or more), lines in grid order; ``methods_bar.png``
+  always, best final accuracy on top.
+
+  Args:
+    rows: summary rows, in grid order.
+    directory: where the PNGs go.
+    grid: grid key -> swept values.
+    config: the base config as a dict (for the title).
+    baseline: the baseline's accuracy interval, or None.
+  """
+  title = _title(config, grid)
+  written = []
+  temperature_key = next((k for k in grid if k in TEMPERATURE_KEYS), None)
+  if temperature_key and len(grid[temperature_key]) > 1:
+    written.append("accuracy_vs_temperature.png")
+    plot_accuracy_vs_temperature(rows, os.path.join(directory, written[-1]),
+                                 temperature_key=temperature_key, baseline=baseline,
+                                 title=title)
+  written.append("methods_bar.png")
+  plot_methods_bar(sort_rows(rows), os.path.join(directory, written[-1]),
+                   baseline=baseline, title=title)
+  return written

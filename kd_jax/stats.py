@@ -236,11 +236,12 @@ def csv_columns(keys: Sequence[str]) -> list[str]:
 
 def _pm(mean: float, half: float, scale: float = 100.0, digits: int = 2,
         sign: bool = False) -> str:
-  """``mean ± half`` after scaling; 'n/a' for a missing value, no ± when n = 1."""
+  """``mean ± half`` after scaling; 'n/a' for a missing value, no ± when n = 1 (the
+  table's n column says why)."""
   if math.isnan(mean):
     return "n/a"
   text = f"{mean * scale:{'+' if sign else ''}.{digits}f}"
-  return text + (f" ± {half * scale:.{digits}f}" if not math.isnan(half) else " (n=1)")
+  return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
 
 
 def _column(row: Mapping[str, Any], stat: str, **kwargs) -> str:
@@ -274,16 +275,16 @@ def markdown_summary(
   lines = [f"# Sweep summary: {experiment or 'unnamed experiment'}", ""]
   if teacher_accuracies:
     lo, hi = min(teacher_accuracies), max(teacher_accuracies)
-    lines.append(f"**Teacher** final test accuracy: {lo:.2%}" if lo == hi else
-                 f"**Teachers** ({len(teacher_accuracies)}) final test accuracy: "
+    lines.append(f"- **Teacher** final test accuracy: {lo:.2%}" if lo == hi else
+                 f"- **Teachers** ({len(teacher_accuracies)}) final test accuracy: "
                  f"{np.mean(teacher_accuracies):.2%} (range {lo:.2%} – {hi:.2%})")
   if baseline is not None:
-    lines.append(f"**Baseline** (student trained from scratch, no teacher) final test "
+    lines.append(f"- **Baseline** (student trained from scratch, no teacher) final test "
                  f"accuracy: {_pm(baseline.mean, baseline.half_width)} % over "
                  f"{baseline.n} seed(s)")
   axes = " × ".join(f"`{k}` ∈ {{{', '.join(map(format_value, v))}}}" for k, v in grid.items())
   counts = ", ".join(f"{n} {status}" for status, n in status_counts.items() if n)
-  lines += ["", f"Grid: {axes or '(none: the base config)'}; seeds "
+  lines += [f"- Grid: {axes or '(none: the base config)'}; seeds "
             f"{', '.join(map(str, seeds))}. Runs: {counts}.", ""]
   has_gain = any(row["kd_gain_n"] for row in rows)
   header = ["#", *(f"`{k}`" for k in keys), "**final test acc. %** (headline)",

@@ -33,6 +33,7 @@ import ast
 import copy
 import csv
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -40,7 +41,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ml_collections
@@ -81,7 +82,7 @@ def _resolve(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
     where = ".".join(path) or "the top level"
     if not isinstance(node, ml_collections.ConfigDict):
       raise ValueError(f"--grid key {key!r}: {where} is a {type(node).__name__}, "
-                       "not a group of fields, so it has no field {name!r}.")
+                       f"not a group of fields, so it has no field {name!r}.")
     if name not in node:
       raise ValueError(f"--grid key {key!r}: no field {name!r} at {where}; valid keys "
                        f"there: {', '.join(sorted(node.keys())) or '(none)'}.")
@@ -120,12 +121,14 @@ def _parse_value(key: str, text: str, current: Any, field_type: type) -> Any:
       raise bad(f"a {field_type.__name__} literal like (16,32)")
     return field_type(value)
   if field_type is type(None):  # An unset field: take the most specific literal.
+    if text.lower() in ("true", "false"):
+      return text.lower() == "true"
     for convert in (int, float):
       try:
         return convert(text)
       except ValueError:
         pass
-    return _BOOLS.get(text.lower(), text) if text.lower() in ("true", "false") else text
+    return text
   if field_type is str:
     return text
   raise ValueError(f"--grid {key}: fields of type {field_type.__name__} cannot be "
@@ -168,7 +171,10 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[
         raise ValueError(f"--grid key {key!r} given twice (or overlapping {other!r}); "
                          "list all its values in one flag: key=v1,v2.")
     current, field_type = _resolve(config, key)
-    values = [_parse_value(key, t, current, field_type) for t in _split_values(text)]
+    texts = _split_values(text)
+    if "" in texts:
+      raise ValueError(f"--grid {spec!r}: empty value (a stray comma?).")
+    values = [_parse_value(key, t, current, field_type) for t in texts]
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
       raise ValueError(f"--grid {key}: value(s) {', '.join(repeated)} given twice.")
@@ -245,21 +251,20 @@ def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
       raise ValueError(f"--seeds must be >= 1, got {num_seeds}.")
     if any("seed" in point for point in points):
       raise ValueError("--grid seed=... and --seeds both set the seed; use one of them.")
-  seeds = [config.seed + i for i in range(num_seeds or 1)] if "seed" in config else [None]
-  if seeds == [None] and num_seeds:
-    raise ValueError("--seeds needs a `seed` field in the config.")
+    if "seed" not in config:
+      raise ValueError("--seeds needs a `seed` field in the config.")
   slugs = [slugify(point) for point in points]
   if len(set(slugs)) != len(slugs):
     raise ValueError(f"two grid points share a directory name: {slugs}.")
   runs = []
-  for seed in seeds:
+  for i in range(num_seeds or 1):
     for slug, point in zip(slugs, points):
       run_config = apply_point(config, point)
       if num_seeds is not None:
-        run_config.seed = seed
-      seed_value = run_config.get("seed", 0)
-      runs.append(Run(slug, point, seed_value, run_config,
-                      os.path.join("runs", slug, f"seed{seed_value}")))
+        run_config.seed = config.seed + i
+      seed = run_config.get("seed", 0)
+      runs.append(Run(slug, point, seed, run_config,
+                      os.path.join("runs", slug, f"seed{seed}")))
   return runs
 
 
@@ -289,6 +294,15 @@ def _read_results(path: str) -> dict | None:
   except json.JSONDecodeError:
     logging.warning("Ignoring unreadable %s; the run will be redone.", path)
     return None
+
+
+def _unique(values: Iterable[Any]) -> list[Any]:
+  """Distinct values in first-seen order (grid values may be unhashable lists)."""
+  out = []
+  for value in values:
+    if value not in out:
+      out.append(value)
+  return out
 
 
 def _eta(seconds: float) -> str:
@@ -331,16 +345,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   record = {
       "experiment": config.get("experiment"),
       "config": _config_json(config),
-      "grid": {k: list(dict.fromkeys(p[k] for p in points)) for k in keys},
-      "seeds": list(dict.fromkeys(r.seed for r in runs)),
+      "grid": {k: _unique(p[k] for p in points) for k in keys},
+      "seeds": _unique(r.seed for r in runs),
       "points": [{"slug": slugify(p), "values": p} for p in points],
       "runs": [],
   }
   for run in runs:
     entry = dict(old_runs.get(run.name, {}), name=run.name, point=run.slug,
                  seed=run.seed, workdir=run.workdir)
-    done = os.path.exists(os.path.join(workdir, run.workdir, "results.json"))
-    entry["status"] = "done" if done else entry.get("status", "pending")
+    if os.path.exists(os.path.join(workdir, run.workdir, "results.json")):
+      entry["status"] = "done"
+      entry.pop("error", None)
+      entry.pop("traceback", None)
+    entry.setdefault("status", "pending")
     record["runs"].append(entry)
   _write_json(record_path, record)
 
@@ -353,13 +370,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     run, entry = runs[index], record["runs"][index]
     finished = sum(e["status"] == "done" for e in record["runs"])
     failed = sum(e["status"] == "failed" for e in record["runs"])
-    eta = _eta(sum(elapsed) / len(elapsed) * (len(todo) - count)) if elapsed else "?"
+    # The first run also trains the teacher and compiles: leave it out once others exist.
+    typical = elapsed[1:] or elapsed
+    eta = _eta(sum(typical) / len(typical) * (len(todo) - count)) if typical else "?"
     logging.info("[sweep %d/%d done, %d failed, ETA %s] running %s", finished,
                  len(runs), failed, eta, run.name)
     run_dir = os.path.join(workdir, run.workdir)
     os.makedirs(run_dir, exist_ok=True)
-    for stale in ("error", "traceback"):
-      entry.pop(stale, None)
+    entry.pop("error", None)
+    entry.pop("traceback", None)
     entry["status"] = "running"
     _write_json(record_path, record)
     start = time.time()
@@ -386,15 +405,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
 
 # --------------------------------------------------------------------------- summary
 
-TEMPERATURE_KEYS = ("temperature", "temperature.init")
-
-
 def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
   """Writes summary.csv, summary.md and the PNG plots from sweep.json and results.
 
   Reads every run's ``results.json`` afresh (the source of truth), so it can run
-  while the sweep is still going. The temperature plot is drawn when the grid varies
-  ``temperature`` or ``temperature.init``; the bar chart always.
+  while the sweep is still going. Plots: see `kd_jax.plots.write_plots`.
 
   Returns:
     The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
@@ -406,23 +421,24 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
     record = json.load(f)
   by_point: dict[str, list[dict]] = {p["slug"]: [] for p in record["points"]}
   failed = {slug: 0 for slug in by_point}
+  planned = {slug: 0 for slug in by_point}
   status_counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
   failures, all_results = [], []
   for entry in record["runs"]:
     results = _read_results(os.path.join(workdir, entry["workdir"], "results.json"))
     status = "done" if results is not None else entry["status"]
     status_counts[status] = status_counts.get(status, 0) + 1
+    planned[entry["point"]] += 1
     if results is not None:
       by_point[entry["point"]].append(results)
       all_results.append(results)
     elif status == "failed":
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
-  runs_per_point = len(record["seeds"])
   rows = [{"point": p["values"], "slug": p["slug"],
            **stats.aggregate_point(by_point[p["slug"]], confidence),
            "runs_failed": failed[p["slug"]],
-           "runs_pending": runs_per_point - len(by_point[p["slug"]]) - failed[p["slug"]]}
+           "runs_pending": planned[p["slug"]] - len(by_point[p["slug"]]) - failed[p["slug"]]}
           for p in record["points"]]
   keys = list(record["grid"])
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
@@ -435,17 +451,8 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
   baseline = stats.baseline_over_seeds(all_results, confidence)
   teachers = sorted({r["teacher"]["test_accuracy"] for r in all_results
                      if (r.get("teacher") or {}).get("test_accuracy") is not None})
-  title = _plot_title(record)
-  written = []
-  temperature_key = next((k for k in keys if k in TEMPERATURE_KEYS), None)
-  if temperature_key and len(record["grid"][temperature_key]) > 1:
-    plots.plot_accuracy_vs_temperature(
-        rows, os.path.join(workdir, "accuracy_vs_temperature.png"),
-        temperature_key=temperature_key, baseline=baseline, title=title)
-    written.append("accuracy_vs_temperature.png")
-  plots.plot_methods_bar(stats.sort_rows(rows), os.path.join(workdir, "methods_bar.png"),
-                         baseline=baseline, title=title)
-  written.append("methods_bar.png")
+  written = plots.write_plots(rows, workdir, grid=record["grid"],
+                              config=record["config"], baseline=baseline)
   text = stats.markdown_summary(
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
@@ -455,32 +462,11 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
   return rows
 
 
-def _plot_title(record: dict) -> str:
-  """Names the experiment and the settings the grid holds fixed."""
-  config, grid = record["config"], record["grid"]
-  fixed = [f"{k}={config[k]}" for k in ("method", "divergence")
-           if k in config and k not in grid]
-  models = [(config.get(k) or {}).get("model") for k in ("student", "teacher")]
-  if all(models):
-    fixed.insert(0, f"student {models[0]} ← teacher {models[1]}")
-  return ", ".join([record.get("experiment") or "sweep", *fixed])
-
-
 # --------------------------------------------------------------------------- CLI
 
 
 def _define_flags() -> None:
-  """Shares --config/--workdir/--teacher_dir with kd_jax.main when it defines them.
-
-  absl flags are process-global, so defining a name twice would raise.
-  """
-  from ml_collections import config_flags
-  if "config" not in flags.FLAGS:
-    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  if "workdir" not in flags.FLAGS:
-    flags.DEFINE_string("workdir", None, "Sweep directory.")
-  if "teacher_dir" not in flags.FLAGS:
-    flags.DEFINE_string("teacher_dir", None, "Teacher cache shared by all runs.")
+  """The sweep's own flags; --config, --workdir, --teacher_dir, --progress: kd_jax.main's."""
   flags.DEFINE_multi_string("grid", [], "key=v1,v2,... (repeatable; nested keys with "
                             "dots); the sweep runs the cartesian product.")
   flags.DEFINE_integer("seeds", None, "Seeds per point: config.seed + 0 .. N-1.")
@@ -490,23 +476,27 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from kd_jax import config as config_lib
+  from kd_jax import main as train_main
   FLAGS = flags.FLAGS
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
   if FLAGS.summarize_only:
     write_summary(FLAGS.workdir)
     return
   if FLAGS.config is None:
-    raise app.UsageError("--config is required.")
+    raise app.UsageError("--config is required (unless --summarize_only).")
   points = parse_grid(FLAGS.grid, FLAGS.config)
-  from kd_jax import config as kd_config  # Fail on bad values before any training.
   for run in plan_runs(FLAGS.config, points, FLAGS.seeds):
-    kd_config.validate(run.config)
+    try:  # Every point's values are checked before anything trains.
+      config_lib.validate(run.config)
+    except ValueError as e:
+      raise ValueError(f"grid point {run.slug}: {e}") from None
+  run_fn = functools.partial(train_main.run_experiment, show_progress=FLAGS.progress)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=FLAGS.seeds,
-            teacher_dir=FLAGS.teacher_dir)
+            teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 
 
 if __name__ == "__main__":
-  import kd_jax.main  # noqa: F401  Registers its flags first, so _define_flags reuses them.
+  from kd_jax import main as _train_main  # noqa: F401  Defines the flags the sweep shares.
   _define_flags()
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

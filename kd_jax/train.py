@@ -115,10 +115,10 @@ class Preprocess:
   dtype: Any = jnp.float32
 
   def __call__(self, images, rng=None):
-    x = augment_lib.normalize(images, self.mean, self.std)
-    if rng is not None and (self.crop_padding or self.flip):
-      x = augment_lib.augment(rng, x, crop_padding=self.crop_padding, flip=self.flip)
-    return x.astype(self.dtype)
+    if rng is not None and self.augments:
+      # On raw pixels, so that crop padding is black background, not the normalised mean.
+      images = augment_lib.augment(rng, images, crop_padding=self.crop_padding, flip=self.flip)
+    return augment_lib.normalize(images, self.mean, self.std).astype(self.dtype)
 
   @property
   def augments(self) -> bool:
@@ -212,7 +212,7 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     grads, (new_model_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = TrainState(step=state.step + 1, params=params, model_state=new_model_state,
                            opt_state=opt_state)
     return new_state, metrics
@@ -280,6 +280,7 @@ class FitResult:
   steps: int
   steps_run: int               # steps run in this call
   compile_seconds: float
+  step_compiles: int           # compilations of the train step in this call (1 expected)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -424,7 +425,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   steps_run = total_steps - start_step
   return FitResult(module=trained, test_logits=test_logits, history=meta["history"],
                    best_test_accuracy=meta["best_test_accuracy"], train_seconds=train_seconds,
-                   steps=total_steps, steps_run=steps_run, compile_seconds=compile_seconds)
+                   steps=total_steps, steps_run=steps_run, compile_seconds=compile_seconds,
+                   step_compiles=train_step.jitted._cache_size())  # pylint: disable=protected-access
 
 
 def _summary_writer(logdir: str):

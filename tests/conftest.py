@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny experiment config on real Fashion-MNIST (skipped when it is absent)."""
+
+import os
+
+import pytest
+
+FASHION_MNIST = os.environ.get("KD_JAX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+
+
+def have_fashion_mnist() -> bool:
+  return os.path.exists(os.path.join(FASHION_MNIST, "train-images-idx3-ubyte.gz")) or \
+      os.path.exists(os.path.join(FASHION_MNIST, "train-images-idx3-ubyte"))
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not have_fashion_mnist(),
+    reason="Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist")
+
+
+def tiny_config(method="kd", **overrides):
+  """Seconds-long runs: 256 training and 200 test images, tiny models."""
+  from kd_jax.config import base_config
+  c = base_config()
+  c.experiment = "test"
+  c.dataset.train_examples = 200     # 4 steps of 64: the last one ragged (8 real rows)
+  c.dataset.test_examples = 150
+  c.teacher.model = "cnn"
+  c.teacher.kwargs = dict(widths=(4, 8))
+  c.teacher.train.epochs = 1
+  c.teacher.train.batch_size = 64
+  c.student.model = "cnn"
+  c.student.kwargs = dict(widths=(4, 4))
+  c.method = method
+  c.train.epochs = 2
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 64
+  c.baseline = False
+  c.log_every_steps = 1
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return c
+
+
+@pytest.fixture
+def idx_source(monkeypatch):
+  """Reads the IDX files directly (TFDS's own path is covered in test_data.py)."""
+  monkeypatch.setenv("KD_JAX_DATA_SOURCE", "idx")

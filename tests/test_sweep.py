@@ -1,0 +1,379 @@
+"""Tests for kd_jax.sweep: grid parsing, resumability, failure isolation, summary files.
+
+Runs use a fake ``run_fn`` whose results follow a formula, so every aggregate below is
+checked against values computed by hand from that formula.
+"""
+
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from kd_jax import sweep
+
+T_975_1 = 12.706204736174704  # t_{0.975} with 1 degree of freedom (tables).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def base_config():
+  """The fields of kd_jax.config.base_config() these tests need, in the same shapes."""
+  return ml_collections.ConfigDict(dict(
+      experiment="toy",
+      seed=10,
+      method="kd",
+      divergence="kl",
+      temperature=dict(schedule="linear", init=4.0, end=1.0, steps=100),
+      alpha=0.5,
+      baseline=True,
+      train=dict(epochs=5.0, batch_size=128, optimizer="adamw"),
+      student=dict(model="mlp", kwargs=dict(hidden=(64,))),
+      teacher=dict(model="cnn"),
+  ))
+
+
+# ----------------------------------------------------------------- grid parsing
+
+
+def test_parse_grid_types_order_and_nesting():
+  points = sweep.parse_grid(
+      ["divergence=kl,js", "temperature.init=1,4", "train.batch_size=32",
+       "baseline=false", "student.kwargs.hidden=(32,),(64,64)"], base_config())
+  assert len(points) == 8
+  # Cartesian product in flag order, the last flag varying fastest.
+  assert points[0] == {"divergence": "kl", "temperature.init": 1.0,
+                       "train.batch_size": 32, "baseline": False,
+                       "student.kwargs.hidden": (32,)}
+  assert points[1]["student.kwargs.hidden"] == (64, 64)
+  assert [p["temperature.init"] for p in points[:4]] == [1.0, 1.0, 4.0, 4.0]
+  assert [p["divergence"] for p in points] == ["kl"] * 4 + ["js"] * 4
+  assert type(points[0]["temperature.init"]) is float
+  assert type(points[0]["train.batch_size"]) is int
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("False", False), ("1", True),
+                                         ("0", False)])
+def test_parse_grid_bools(text, value):
+  assert sweep.parse_grid([f"baseline={text}"], base_config()) == [{"baseline": value}]
+
+
+def test_no_grid_is_the_base_config():
+  assert sweep.parse_grid([], base_config()) == [{}]
+
+
+def test_schedule_shorthand_means_constant():
+  config = base_config()
+  points = sweep.parse_grid(["temperature=2,8"], config)
+  assert points == [{"temperature": 2.0}, {"temperature": 8.0}]
+  applied = sweep.apply_point(config, points[1])
+  assert applied.temperature.schedule == "constant"
+  assert applied.temperature.init == 8.0
+  assert applied.temperature.steps == 100  # the rest of the group is kept
+  assert config.temperature.schedule == "linear"  # the base config is not touched
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("divergense=kl", ["'divergense'", "divergence", "temperature"]),
+    ("temperature.int=1", ["'temperature.int'", "'int'", "init", "schedule"]),
+    ("student.kwargs.width=3", ["'width'", "hidden"]),
+    ("divergence.beta=1", ["'divergence.beta'", "str"]),
+])
+def test_unknown_key_names_it_and_the_valid_keys(spec, names):
+  with pytest.raises(ValueError) as error:
+    sweep.parse_grid([spec], base_config())
+  for name in names:
+    assert name in str(error.value)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("train.batch_size=3.5", "int"),
+    ("temperature.init=hot", "float"),
+    ("temperature=hot", "float"),
+    ("baseline=maybe", "bool"),
+    ("student.kwargs.hidden=64", "tuple"),
+])
+def test_bad_value_names_key_and_type(spec, expected):
+  key = spec.partition("=")[0]
+  with pytest.raises(ValueError, match=expected) as error:
+    sweep.parse_grid([spec], base_config())
+  assert key in str(error.value)
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["divergence=kl", "divergence=js"], "twice"),
+    (["temperature=1,2", "temperature.init=4"], "overlapping"),
+    (["divergence=kl,js,kl"], "kl given twice"),
+    (["divergence"], "key=value1"),
+    (["divergence="], "key=value1"),
+    (["divergence=kl,"], "empty value"),
+    (["train=1"], "train.batch_size"),  # a group without `init`: grid its fields
+])
+def test_malformed_grids(specs, message):
+  with pytest.raises(ValueError, match=message):
+    sweep.parse_grid(specs, base_config())
+
+
+def test_seed_in_grid_conflicts_with_seeds():
+  points = sweep.parse_grid(["seed=1,2"], base_config())
+  with pytest.raises(ValueError, match="seed"):
+    sweep.plan_runs(base_config(), points, num_seeds=3)
+  runs = sweep.plan_runs(base_config(), points)  # without --seeds it is an ordinary key
+  assert [r.seed for r in runs] == [1, 2]
+
+
+def test_plan_runs_seeds_and_workdirs():
+  config = base_config()
+  points = sweep.parse_grid(["divergence=kl,js"], config)
+  runs = sweep.plan_runs(config, points, num_seeds=2)
+  # Seed-major, seeds = config.seed + i.
+  assert [(r.slug, r.seed) for r in runs] == [
+      ("divergence=kl", 10), ("divergence=js", 10), ("divergence=kl", 11),
+      ("divergence=js", 11)]
+  assert [r.config.seed for r in runs] == [10, 10, 11, 11]
+  assert [r.config.divergence for r in runs] == ["kl", "js", "kl", "js"]
+  assert runs[3].workdir == os.path.join("runs", "divergence=js", "seed11")
+  assert config.seed == 10 and config.divergence == "kl"
+
+
+@pytest.mark.parametrize("point, slug", [
+    ({"divergence": "js", "temperature.init": 4.0}, "divergence=js,temperature.init=4"),
+    ({"alpha": 0.25, "baseline": True}, "alpha=0.25,baseline=true"),
+    ({"student.kwargs.hidden": (32, 64)}, "student.kwargs.hidden=32_64"),
+    ({"teacher.checkpoint": "a/b c"}, "teacher.checkpoint=a%2Fb%20c"),
+    ({}, "base"),
+])
+def test_slugify(point, slug):
+  assert sweep.slugify(point) == slug
+
+
+def test_long_slugs_are_cut_and_stay_distinct():
+  slugs = {sweep.slugify({"experiment": "x" * 300 + str(i)}) for i in range(2)}
+  assert len(slugs) == 2 and all(len(s) <= 180 for s in slugs)
+
+
+# ----------------------------------------------------------------- fake runs
+
+TEMPERATURES = (1.0, 4.0)
+
+
+def fake_accuracy(config):
+  """Student: 0.80 + 0.02·[T = 4] + 0.01·(seed − 10); baseline: 0.75 + 0.002·(seed − 10)."""
+  seed_offset = config.seed - 10
+  student = 0.80 + 0.02 * (config.temperature.init == 4.0) + 0.01 * seed_offset
+  return student, 0.75 + 0.002 * seed_offset
+
+
+class FakeRun:
+  """A run_fn that records its calls and writes results.json like run_experiment."""
+
+  def __init__(self, fail_when=None, interrupt_on_call=None):
+    self.calls = []
+    self.fail_when = fail_when
+    self.interrupt_on_call = interrupt_on_call
+
+  def __call__(self, config, workdir, *, teacher_dir=None):
+    self.calls.append(os.path.relpath(workdir, os.path.dirname(os.path.dirname(
+        os.path.dirname(workdir)))))
+    self.teacher_dir = teacher_dir
+    if len(self.calls) == self.interrupt_on_call:
+      with open(os.path.join(workdir, "checkpoint"), "w") as f:
+        f.write("half trained")
+      raise KeyboardInterrupt  # the user (or a kill) stops the sweep mid-run
+    if self.fail_when and self.fail_when(config):
+      raise RuntimeError(f"diverged at T={config.temperature.init}")
+    student, baseline = fake_accuracy(config)
+    results = {
+        "experiment": config.experiment, "config": config.to_dict(),
+        "teacher": {"params": 100, "test_accuracy": 0.9},
+        "student": {"params": 10, "test_accuracy": student,
+                    "best_test_accuracy": student + 0.005, "agreement": 0.85,
+                    "kl_to_teacher": 0.3, "ece": 0.04},
+        "baseline": {"params": 10, "test_accuracy": baseline,
+                     "best_test_accuracy": baseline, "agreement": 0.8,
+                     "kl_to_teacher": 0.5, "ece": 0.05},
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f)
+    return results
+
+
+def _sweep(workdir, run_fn, grid=("temperature=1,4",), seeds=2, config=None):
+  config = config or base_config()
+  points = sweep.parse_grid(list(grid), config)
+  return sweep.run_sweep(config, str(workdir), points, num_seeds=seeds,
+                         teacher_dir="/teachers", run_fn=run_fn)
+
+
+def _statuses(workdir):
+  with open(os.path.join(workdir, "sweep.json")) as f:
+    return {r["name"]: r["status"] for r in json.load(f)["runs"]}
+
+
+def check_sweep_outputs(workdir, num_points, num_seeds, temperature_plot=True):
+  """Every file the sweep promises exists and is well formed (reusable by real sweeps)."""
+  names = ["sweep.json", "summary.csv", "summary.md", "methods_bar.png"]
+  names += ["accuracy_vs_temperature.png"] if temperature_plot else []
+  for name in names:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  for name in names:
+    if name.endswith(".png"):
+      with open(os.path.join(workdir, name), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+      assert os.path.getsize(os.path.join(workdir, name)) > 10_000, name  # not blank
+  with open(os.path.join(workdir, "summary.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == num_points
+  assert all(int(r["test_accuracy_n"]) == num_seeds for r in rows)
+  return rows
+
+
+def test_smoke_sweep_2_points_2_seeds_writes_all_files(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  fake = FakeRun()
+  record = _sweep(tmp_path, fake)
+  assert len(fake.calls) == 4 and fake.teacher_dir == "/teachers"
+  assert set(_statuses(tmp_path).values()) == {"done"}
+  assert record["grid"] == {"temperature": [1.0, 4.0]} and record["seeds"] == [10, 11]
+  rows = check_sweep_outputs(tmp_path, num_points=2, num_seeds=2)
+
+  # T = 4: student [0.82, 0.83]; baseline [0.750, 0.752]; gain d = [0.070, 0.078].
+  row = {r["temperature"]: r for r in rows}["4"]
+  assert row["point"] == "temperature=4"
+  assert float(row["test_accuracy_mean"]) == pytest.approx(0.825)
+  assert float(row["test_accuracy_std"]) == pytest.approx(0.01 / math.sqrt(2))
+  half = T_975_1 * 0.01 / math.sqrt(2) / math.sqrt(2)
+  assert float(row["test_accuracy_ci95_low"]) == pytest.approx(0.825 - half)
+  assert float(row["test_accuracy_ci95_high"]) == pytest.approx(0.825 + half)
+  assert float(row["best_test_accuracy_mean"]) == pytest.approx(0.830)
+  assert float(row["kd_gain_mean"]) == pytest.approx(0.074)
+  assert float(row["kd_gain_ci95_high"]) == pytest.approx(
+      0.074 + T_975_1 * (0.008 / math.sqrt(2)) / math.sqrt(2))
+
+  with open(tmp_path / "summary.md") as f:
+    md = f.read()
+  # Sorted by final accuracy: T=4 (82.50) before T=1 (80.50); labelled headline/best.
+  assert md.index("| 1 | 4 | **82.50 ± ") < md.index("| 2 | 1 | **80.50 ± ")
+  assert "(headline)" in md and "best-step" in md and "KD gain" in md
+  assert "+7.40 ± " in md  # the paired gain in percentage points
+  assert "- **Teacher** final test accuracy: 90.00%" in md
+  assert "Student t" in md and "paired" in md
+  assert "![accuracy_vs_temperature.png](accuracy_vs_temperature.png)" in md
+  assert any("ETA" in m and "done" in m for m in caplog.messages)
+
+
+def test_resume_after_interrupt_recomputes_nothing_finished(tmp_path):
+  interrupted = FakeRun(interrupt_on_call=3)
+  with pytest.raises(KeyboardInterrupt):
+    _sweep(tmp_path, interrupted)
+  before = _statuses(tmp_path)
+  assert sorted(before.values()) == ["done", "done", "pending", "running"]
+  finished = {name for name, status in before.items() if status == "done"}
+  unfinished = set(before) - finished
+  mtimes = {n: os.path.getmtime(tmp_path / "runs" / n / "results.json") for n in finished}
+
+  resumed = FakeRun()
+  _sweep(tmp_path, resumed)
+  assert set(resumed.calls) == {os.path.join("runs", n) for n in unfinished}
+  assert len(resumed.calls) == 2
+  running = next(n for n, s in before.items() if s == "running")
+  # The interrupted run got its own workdir back, checkpoint included, to resume from.
+  assert (tmp_path / "runs" / running / "checkpoint").exists()
+  assert {n: os.path.getmtime(tmp_path / "runs" / n / "results.json")
+          for n in finished} == mtimes
+  assert set(_statuses(tmp_path).values()) == {"done"}
+
+  again = FakeRun()
+  _sweep(tmp_path, again)
+  assert again.calls == []
+
+
+def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path):
+  failing = FakeRun(fail_when=lambda config: config.temperature.init == 1.0)
+  _sweep(tmp_path, failing)
+  assert len(failing.calls) == 4
+  with open(tmp_path / "sweep.json") as f:
+    runs = {r["name"]: r for r in json.load(f)["runs"]}
+  bad = runs["temperature=1/seed10"]
+  assert bad["status"] == "failed"
+  assert bad["error"] == "RuntimeError: diverged at T=1.0"
+  assert "Traceback" in bad["traceback"] and "raise RuntimeError" in bad["traceback"]
+  assert runs["temperature=4/seed11"]["status"] == "done"
+
+  rows = {r["temperature"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+  assert rows["1"]["test_accuracy_n"] == "0" and rows["1"]["runs_failed"] == "2"
+  assert rows["4"]["test_accuracy_n"] == "2"
+  md = (tmp_path / "summary.md").read_text()
+  assert "## Failed runs" in md and "diverged at T=1.0" in md
+
+  retry = FakeRun()  # a re-run retries the failed runs only
+  _sweep(tmp_path, retry)
+  assert sorted(retry.calls) == [os.path.join("runs", "temperature=1", s)
+                                 for s in ("seed10", "seed11")]
+  assert set(_statuses(tmp_path).values()) == {"done"}
+  with open(tmp_path / "sweep.json") as f:
+    assert all("error" not in r for r in json.load(f)["runs"])
+
+
+def test_single_seed_and_divergence_grid(tmp_path):
+  # n = 1 has no interval (NaN: no ±); no temperature axis -> bars only.
+  _sweep(tmp_path, FakeRun(), grid=("divergence=kl,js",), seeds=1)
+  rows = check_sweep_outputs(tmp_path, num_points=2, num_seeds=1, temperature_plot=False)
+  assert not (tmp_path / "accuracy_vs_temperature.png").exists()
+  assert rows[0]["test_accuracy_ci95_low"] == "nan"
+  table = [line for line in (tmp_path / "summary.md").read_text().splitlines()
+           if line.startswith("| 1 |")]
+  assert table == ["| 1 | kl | **82.00** | 82.50 | +7.00 | 85.00 | 0.3000 | 4.00 | 1 |"]
+
+
+def test_run_fn_that_only_returns_results(tmp_path):
+  def returns_only(config, workdir, *, teacher_dir=None):
+    student, _ = fake_accuracy(config)
+    return {"student": {"test_accuracy": student}, "config": config.to_dict()}
+  _sweep(tmp_path, returns_only, seeds=1)
+  with open(tmp_path / "runs" / "temperature=4" / "seed10" / "results.json") as f:
+    assert json.load(f)["student"]["test_accuracy"] == pytest.approx(0.82)
+
+
+def test_workdir_of_another_base_config_is_refused(tmp_path):
+  _sweep(tmp_path, FakeRun(), seeds=1)
+  other = base_config()
+  other.alpha = 0.9
+  with pytest.raises(ValueError, match="different base config"):
+    _sweep(tmp_path, FakeRun(), seeds=1, config=other)
+  more = FakeRun()  # the same base config with more seeds extends the sweep
+  _sweep(tmp_path, more, seeds=2)
+  assert len(more.calls) == 2
+
+
+def test_cli_summarize_only(tmp_path):
+  _sweep(tmp_path, FakeRun())
+  os.remove(tmp_path / "summary.md")
+  result = subprocess.run(
+      [sys.executable, "-m", "kd_jax.sweep", f"--workdir={tmp_path}", "--summarize_only"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "82.50 ± " in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_checks_every_point_before_training(tmp_path):
+  config_file = tmp_path / "config.py"
+  config_file.write_text("from kd_jax import config\n\n\n"
+                         "def get_config():\n  return config.base_config()\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "kd_jax.sweep", f"--config={config_file}",
+       f"--workdir={tmp_path / 'sweep'}", "--grid", "divergence=kl,jss", "--seeds", "2"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "grid point divergence=jss" in result.stderr and "divergence" in result.stderr
+  assert not (tmp_path / "sweep" / "runs").exists()  # nothing started
+
+
+# Real-training smoke sweep (hook): once kd_jax.main.run_experiment trains end to end,
+# add a test that runs `sweep.run_sweep(config, workdir, points, num_seeds=2)` with the
+# default run_fn on a tiny config (a few hundred examples, one epoch) and checks it with
+# `check_sweep_outputs(workdir, num_points=2, num_seeds=2)`; mark it slow if > 30 s.

@@ -28,6 +28,12 @@ data:
 	    echo "note: Fashion-MNIST missing; install it with: sudo apt-get install dataset-fashion-mnist"; \
 	  fi; \
 	fi
+	@# Prepare TFDS's fashion_mnist offline from those files once (needs TensorFlow; skipped without).
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('tensorflow') else 1)" 2>/dev/null && \
+	  $(PY) -c "from kd_jax import data; from kd_jax.data import fashion_mnist as f; \
+	    import os; d = data.default_data_dir(); \
+	    os.path.isdir(os.path.join(d, 'fashion_mnist')) or f.prepare_tfds(d, f.resolve_local_dir())" \
+	  2>/dev/null || true
 
 test: install
 	$(PY) -m pytest -q tests

@@ -28,13 +28,11 @@ from flax import nnx
 
 from kd_jax import config as config_lib
 from kd_jax import data as data_lib
-from kd_jax import methods, models, parallel, teachers, train
+from kd_jax import methods, models, parallel, teacher_cache, teachers, train
 from kd_jax import metrics as metrics_lib
 
 DEFAULT_TEACHER_DIR = os.path.join("~", ".cache", "kd_jax", "teachers")
 RESULT_FILE = "result.json"
-# Cached teacher outputs above this size stay uncached under teacher_cache="auto".
-AUTO_CACHE_MAX_BYTES = 1 << 30
 
 
 def _dtype(config):
@@ -135,43 +133,6 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
   return {**info, "source": source, "cached": False}
 
 
-def teacher_outputs_on_train(config, teacher: train.Teacher, train_data, preprocess, mesh,
-                             workdir) -> train.DeviceData:
-  """``train_data`` with the teacher's logits (and features) cached, or unchanged.
-
-  Caching needs fixed views (no augmentation). ``auto`` caches in device memory
-  when the outputs fit in 1 GiB; ``disk`` also keeps them in
-  ``workdir/teacher_outputs.npz`` keyed by teacher and dataset.
-  """
-  mode = config.teacher_cache
-  if mode == "none" or preprocess.augments:
-    return train_data
-  n = train_data.size
-  predict = train.make_predict(teacher.graphdef, preprocess, mesh, teacher.feature_names)
-  abstract = jax.eval_shape(predict, *teacher.variables, train_data,
-                            jax.ShapeDtypeStruct((mesh.shape[parallel.DATA_AXIS],), jnp.int32))
-  per_example = sum(np.prod(x.shape[1:]) * 4 for x in jax.tree.leaves(abstract))
-  if mode == "auto" and per_example * n > AUTO_CACHE_MAX_BYTES:
-    logging.info("teacher outputs need %.1f GB: not cached", per_example * n / 1e9)
-    return train_data
-  cache_path = os.path.join(workdir, "teacher_outputs.npz")
-  key = f"{teachers.teacher_key(config)}:{config.dataset.name}:{n}:{sorted(teacher.feature_names)}"
-  logits = features = None
-  if mode == "disk" and os.path.exists(cache_path):
-    with np.load(cache_path) as f:
-      if str(f["key"]) == key:
-        logits = f["logits"]
-        features = {k[len("feature/"):]: f[k] for k in f.files if k.startswith("feature/")}
-  if logits is None:
-    batch = train.round_up(1000, mesh.shape[parallel.DATA_AXIS])
-    logits, features = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
-    if mode == "disk" and jax.process_index() == 0:
-      np.savez(cache_path, key=key, logits=logits,
-               **{f"feature/{k}": v for k, v in features.items()})
-  cached_logits, cached_features = parallel.put_replicated((logits, features), mesh)
-  return train.DeviceData(train_data.images, train_data.labels, cached_logits, cached_features)
-
-
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    teacher_dir: str | None = None, show_progress: bool = True,
                    stop_at_step: int | None = None) -> dict:
@@ -254,7 +215,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_outputs_on_train(config, teacher, train_data, preprocess, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data)

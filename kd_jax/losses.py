@@ -7,10 +7,11 @@ sequence logits ``[B, T, V]``. A fully masked batch gives 0 with finite (zero)
 gradients, so a padded last batch needs no special case. For the batch-relational
 losses (RKD, SP, PKT) the mask selects the rows that take part in the relations.
 
-Inputs may be bfloat16; computation is in float32 (float64 inputs stay float64). The losses do not stop gradients:
-the train step differentiates only the student, and the teacher stays frozen there.
+Inputs may be bfloat16; computation is in float32 (float64 stays float64). The
+losses do not stop gradients: the train step differentiates only the student.
 """
 
+import numbers
 from typing import Any
 
 import jax
@@ -41,10 +42,11 @@ def _masked_mean(values: Array, mask: ArrayLike | None) -> Array:
   if mask.shape != values.shape[:mask.ndim]:
     raise ValueError(f"mask shape {mask.shape} must be a leading prefix of the "
                      f"per-position shape {values.shape}")
-  mask = jnp.broadcast_to(
-      mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape)
-  total = jnp.sum(jnp.where(mask, values, 0.0))
-  return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+  expanded = mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
+  total = jnp.sum(jnp.where(expanded, values, 0.0))
+  # Each mask entry covers values.size / mask.size trailing positions.
+  count = jnp.sum(mask) * (values.size // max(mask.size, 1))
+  return total / jnp.maximum(count, 1).astype(jnp.float32)
 
 
 def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
@@ -53,15 +55,9 @@ def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def _check_python_number(value: Any, name: str, low: float, low_inclusive: bool,
-                         high: float | None = None) -> None:
-  """Range-checks Python numbers; traced values (from schedules) pass through."""
-  if not isinstance(value, (int, float)):
-    return
-  too_low = value < low if low_inclusive else value <= low
-  if too_low or (high is not None and value > high):
-    bound = (f"in [{low}, {high}]" if high is not None else
-             f"{'>=' if low_inclusive else '>'} {low}")
+def _require(value: Any, name: str, ok, bound: str) -> None:
+  """Checks Python numbers with `ok`; traced values (from schedules) pass through."""
+  if isinstance(value, numbers.Real) and not ok(value):
     raise ValueError(f"{name} must be {bound}, got {value}")
 
 
@@ -102,10 +98,10 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     >>> s = jnp.array([[2.0, 0.0, -1.0]]); t = jnp.array([[3.0, 1.0, -2.0]])
     >>> loss = kd_loss(s, t, jnp.array([0]), temperature=4.0, alpha=0.5)
   """
-  _check_python_number(temperature, "temperature", 0.0, low_inclusive=False)
-  _check_python_number(alpha, "alpha", 0.0, low_inclusive=True, high=1.0)
+  _require(temperature, "temperature", lambda v: v > 0, "> 0")
+  _require(alpha, "alpha", lambda v: 0 <= v <= 1, "in [0, 1]")
   div_fn = divergences.get(divergence)
-  static_alpha = alpha if isinstance(alpha, (int, float)) else None
+  static_alpha = alpha if isinstance(alpha, numbers.Real) else None
   if labels is None and static_alpha != 0:
     raise ValueError("labels may be None only when alpha == 0 (pure distillation)")
 
@@ -145,7 +141,8 @@ def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     student_logits: ``[..., C]`` with C ≥ 2.
     teacher_logits: ``[..., C]``.
     labels: integer target classes ``[...]``.
-    alpha: TCKD weight. beta: NCKD weight. temperature: T > 0.
+    alpha: TCKD weight (≥ 0). beta: NCKD weight (≥ 0). temperature: T > 0;
+      each a Python number or a traced scalar.
     mask: optional boolean ``[...]`` (or a leading prefix).
 
   Returns:
@@ -158,7 +155,9 @@ def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     >>> s = jnp.array([[2.0, 0.0, -1.0]]); t = jnp.array([[3.0, 1.0, -2.0]])
     >>> loss = dkd_loss(s, t, jnp.array([0]), alpha=1.0, beta=8.0, temperature=4.0)
   """
-  _check_python_number(temperature, "temperature", 0.0, low_inclusive=False)
+  _require(temperature, "temperature", lambda v: v > 0, "> 0")
+  _require(alpha, "alpha", lambda v: v >= 0, ">= 0")
+  _require(beta, "beta", lambda v: v >= 0, ">= 0")
   kl = divergences.get("kl")
   zs = _f32(student_logits) / temperature
   zt = _f32(teacher_logits) / temperature
@@ -224,8 +223,9 @@ def attention_transfer_loss(student_features: ArrayLike,
   r"""Activation-based attention transfer.
 
   .. math::
-    a = \frac{Q}{\|Q\|_2},\quad Q = \operatorname{vec}\Big(\tfrac{1}{C}\sum_c |f_{\cdot\cdot c}|^p\Big)
-    \in \mathbb{R}^{HW}, \qquad
+    a = \frac{Q}{\|Q\|_2},\quad
+    Q = \operatorname{vec}\Big(\tfrac{1}{C}\sum_c |f_{\cdot\cdot c}|^p\Big)
+        \in \mathbb{R}^{HW}, \qquad
     \ell = \frac{1}{B\,HW} \sum_b \|a_{s,b} - a_{t,b}\|_2^2
 
   i.e. the mean of (a_s − a_t)² over the batch and the H·W spatial positions (the
@@ -255,9 +255,12 @@ def attention_transfer_loss(student_features: ArrayLike,
   return _masked_mean(jnp.mean(jnp.square(diff), axis=-1), mask)
 
 
-def _flatten_rows(x: ArrayLike) -> Array:
-  x = _f32(x)
-  return x.reshape(x.shape[0], -1)
+def _flatten_rows(student: ArrayLike, teacher: ArrayLike) -> tuple[Array, Array]:
+  """[B, ...] pair -> [B, D_s], [B, D_t]; the widths may differ, B may not."""
+  s, t = _f32(student), _f32(teacher)
+  if s.shape[:1] != t.shape[:1]:
+    raise ValueError(f"student and teacher batches differ: {s.shape} vs {t.shape}")
+  return s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
 
 
 def _row_mask(mask: ArrayLike | None, batch: int) -> Array:
@@ -293,14 +296,16 @@ def rkd_loss(student_embeddings: ArrayLike, teacher_embeddings: ArrayLike,
   .. math::
     \psi_D(i,j) = \frac{\|x_i - x_j\|_2}{\mu},\ \
     \mu = \operatorname{mean}_{i \ne j} \|x_i - x_j\|_2, \qquad
-    \psi_A(i,j,k) = \langle e_{ij}, e_{ik} \rangle,\ e_{ij} = \frac{x_j - x_i}{\|x_j - x_i\|} \\
+    \psi_A(i,j,k) = \langle e_{ij}, e_{ik} \rangle,\
+    e_{ij} = \frac{x_j - x_i}{\|x_j - x_i\|} \\
     \ell = w_D \operatorname{mean}_{i \ne j} h(\psi_D^s - \psi_D^t)
          + w_A \operatorname{mean}_{i,j,k\ \mathrm{distinct}} h(\psi_A^s - \psi_A^t)
 
   with h the smooth-L1 (Huber, δ = 1) loss. The means run over the paper's sets of
   distinct pairs and triplets of (unmasked) rows; the authors' code averages over
   all B² / B³ entries instead, whose degenerate ones add zeros, which scales the
-  terms by (B−1)/B and (B−1)(B−2)/B². Embedding widths may differ.
+  terms by (B−1)/B and (B−1)(B−2)/B². Embedding widths may differ. Memory is
+  O(B²·D + B³) for the angle term, fine for the usual B ≤ 256.
 
   Args:
     student_embeddings: ``[B, D_s]`` (trailing axes are flattened).
@@ -316,9 +321,9 @@ def rkd_loss(student_embeddings: ArrayLike, teacher_embeddings: ArrayLike,
 
   Example:
     >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    >>> rkd_loss(x, 3.0 * x)  # = 0.0: both potentials are scale invariant
+    >>> rkd_loss(x, 3.0 * x)  # ≈ 0.0: both potentials are scale invariant
   """
-  s, t = _flatten_rows(student_embeddings), _flatten_rows(teacher_embeddings)
+  s, t = _flatten_rows(student_embeddings, teacher_embeddings)
   batch = s.shape[0]
   rows = _row_mask(mask, batch)
   eye = jnp.eye(batch, dtype=bool)
@@ -364,7 +369,7 @@ def similarity_preserving_loss(student_features: ArrayLike,
     >>> x = jnp.eye(3)
     >>> similarity_preserving_loss(x, 2.0 * x)  # = 0.0
   """
-  s, t = _flatten_rows(student_features), _flatten_rows(teacher_features)
+  s, t = _flatten_rows(student_features, teacher_features)
   rows = _row_mask(mask, s.shape[0])
   sq = jnp.sum(jnp.square(_normalized_gram(s, rows) - _normalized_gram(t, rows)))
   count = jnp.maximum(jnp.sum(rows), 1).astype(jnp.float32)
@@ -386,7 +391,8 @@ def pkt_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
   .. math::
     p_{j|i} = \frac{K_t(i,j)}{\sum_k K_t(i,k)},\
     K(i,j) = \tfrac{1}{2}(\cos(x_i, x_j) + 1) \in [0, 1], \qquad
-    \ell = \frac{1}{B^2} \sum_{i,j} p_{j|i} \log\frac{p_{j|i} + \epsilon}{q_{j|i} + \epsilon}
+    \ell = \frac{1}{B^2} \sum_{i,j}
+        p_{j|i} \log\frac{p_{j|i} + \epsilon}{q_{j|i} + \epsilon}
 
   (q from the student), i.e. KL(teacher‖student) averaged over the B×B entries;
   the sums include j = i and ε = 1e-7, as in the authors' implementation. With a
@@ -409,7 +415,7 @@ def pkt_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
     >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     >>> pkt_loss(x, 5.0 * x)  # ≈ 0.0: cosines are scale invariant
   """
-  s, t = _flatten_rows(student_features), _flatten_rows(teacher_features)
+  s, t = _flatten_rows(student_features, teacher_features)
   rows = _row_mask(mask, s.shape[0])
   pair = rows[:, None] & rows[None, :]
   p = _conditional_probs(t, pair)

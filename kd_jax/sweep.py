@@ -405,8 +405,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
 
 # --------------------------------------------------------------------------- summary
 
-def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
-  """Writes summary.csv, summary.md and the PNG plots from sweep.json and results.
+def write_summary(workdir: str) -> list[dict]:
+  """Writes summary.csv, summary.md and the PNG plots (95% t-intervals) for a sweep.
 
   Reads every run's ``results.json`` afresh (the source of truth), so it can run
   while the sweep is still going. Plots: see `kd_jax.plots.write_plots`.
@@ -436,7 +436,7 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
   rows = [{"point": p["values"], "slug": p["slug"],
-           **stats.aggregate_point(by_point[p["slug"]], confidence),
+           **stats.aggregate_point(by_point[p["slug"]]),
            "runs_failed": failed[p["slug"]],
            "runs_pending": planned[p["slug"]] - len(by_point[p["slug"]]) - failed[p["slug"]]}
           for p in record["points"]]
@@ -448,7 +448,7 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
       writer.writerow({**row, "point": row["slug"],
                        **{k: stats.format_value(v) for k, v in row["point"].items()}})
 
-  baseline = stats.baseline_over_seeds(all_results, confidence)
+  baseline = stats.baseline_over_seeds(all_results)
   teachers = sorted({r["teacher"]["test_accuracy"] for r in all_results
                      if (r.get("teacher") or {}).get("test_accuracy") is not None})
   written = plots.write_plots(rows, workdir, grid=record["grid"],
@@ -456,7 +456,7 @@ def write_summary(workdir: str, confidence: float = 0.95) -> list[dict]:
   text = stats.markdown_summary(
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
-      baseline=baseline, failures=failures, plots=written, confidence=confidence)
+      baseline=baseline, failures=failures, plots=written)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
   return rows

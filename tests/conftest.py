@@ -49,3 +49,9 @@ def tiny_config(method="kd", **overrides):
 def idx_source(monkeypatch):
   """Reads the IDX files directly (TFDS's own path is covered in test_data.py)."""
   monkeypatch.setenv("KD_JAX_DATA_SOURCE", "idx")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+  """One teacher cache for the whole session: the tiny teacher trains once."""
+  return str(tmp_path_factory.mktemp("teachers"))

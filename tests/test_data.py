@@ -113,15 +113,10 @@ def test_missing_dataset_names_debian_package(tmp_path, monkeypatch, source):
 # ------------------------------------------------------ Fashion-MNIST arrays
 
 
-@pytest.fixture
-def idx_source(monkeypatch):
-  monkeypatch.setenv("KD_JAX_DATA_SOURCE", "idx")
-
-
 @requires_idx
+@pytest.mark.usefixtures("idx_source")  # conftest.py: KD_JAX_DATA_SOURCE=idx
 @pytest.mark.parametrize("split,count", [("train", 60_000), ("test", 10_000)])
-def test_fashion_mnist_from_idx(idx_source, split, count):
-  del idx_source
+def test_fashion_mnist_from_idx(split, count):
   ds = data.load_split("fashion_mnist", split)
   assert ds.source == "idx"
   assert ds.images.shape == (count, 28, 28, 1) and ds.images.dtype == np.uint8
@@ -136,9 +131,9 @@ def test_fashion_mnist_from_idx(idx_source, split, count):
 
 
 @requires_idx
-def test_plain_idx_files_and_env_dir(tmp_path, monkeypatch, idx_source):
+@pytest.mark.usefixtures("idx_source")
+def test_plain_idx_files_and_env_dir(tmp_path, monkeypatch):
   """Un-gzipped files in KD_JAX_FASHION_MNIST_DIR give the same arrays."""
-  del idx_source
   for images_file, labels_file, _ in fashion_mnist.IDX_FILES.values():
     for name in (images_file, labels_file):
       with gzip.open(os.path.join(fashion_mnist.DEFAULT_IDX_DIR, name + ".gz")) as f:
@@ -152,8 +147,8 @@ def test_plain_idx_files_and_env_dir(tmp_path, monkeypatch, idx_source):
 
 
 @requires_idx
-def test_normalize_constants_are_training_set_moments(idx_source):
-  del idx_source
+@pytest.mark.usefixtures("idx_source")
+def test_normalize_constants_are_training_set_moments():
   images = data.load_split("fashion_mnist", "train").images
   # Exact moments from the histogram of the 256 pixel values, in float64.
   counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)

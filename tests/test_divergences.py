@@ -61,6 +61,12 @@ def divergence(name, **params):
   return functools.partial(divergences.get(name), **params)
 
 
+def value_and_grads(fn, student, teacher):
+  """Value of Σ fn and its gradients w.r.t. both inputs."""
+  return jax.value_and_grad(lambda s, t: jnp.sum(fn(s, t)), (0, 1))(
+      student, teacher)
+
+
 # ----------------------------------------------------------------------------
 # Independent float64 references (NumPy / SciPy, log space so that logits of
 # magnitude 1e4 at high temperature do not underflow the mixtures).
@@ -141,17 +147,17 @@ def test_unknown_name_lists_valid_names():
     ("mse", {"temperature": 0}, "temperature"),
 ])
 def test_invalid_params_raise(name, params, field):
-  x = jnp.zeros((2, 3))
+  x = np.zeros((2, 3), np.float32)
   with pytest.raises(ValueError, match=field):
     divergences.get(name)(x, x, **params)
 
 
 def test_unexpected_param_and_shape_mismatch():
-  x = jnp.zeros((2, 3))
+  x = np.zeros((2, 3), np.float32)
   with pytest.raises(TypeError):
     divergences.kl(x, x, beta=0.5)
   with pytest.raises(ValueError, match="same shape"):
-    divergences.kl(x, jnp.zeros((2, 4)))
+    divergences.kl(x, np.zeros((2, 4), np.float32))
 
 
 def test_docstring_examples():
@@ -220,11 +226,11 @@ def test_closed_form_probability(name, params, expected, temperature):
 
 
 @pytest.mark.parametrize("student, teacher, expected", [
-    ((1.0, 0.0), (1.0, 1.0), 1 - 1 / math.sqrt(2)),
+    ((1.0, 0.0, 0.0), (1.0, 1.0, 0.0), 1 - 1 / math.sqrt(2)),
     ((1.0, 2.0, 3.0), (2.0, 4.0, 6.0), 0.0),
     ((1.0, 2.0, 3.0), (-1.0, -2.0, -3.0), 2.0),
     ((1.0, 0.0, 0.0), (0.0, 5.0, 0.0), 1.0),
-    ((3.0, 4.0), (4.0, 3.0), 1 - 24 / 25),
+    ((3.0, 4.0, 0.0), (4.0, 3.0, 0.0), 1 - 24 / 25),
 ])
 @pytest.mark.parametrize("temperature", [1.0, 7.0])
 def test_closed_form_cosine(student, teacher, expected, temperature):
@@ -234,18 +240,24 @@ def test_closed_form_cosine(student, teacher, expected, temperature):
 
 
 def test_cosine_of_zero_vector_is_finite():
-  zero, x = jnp.zeros(3), jnp.array([1.0, 2.0, 3.0])
-  value, grads = jax.value_and_grad(divergences.cosine, (0, 1))(zero, x)
-  np.testing.assert_allclose(value, 1.0)
+  zero = jnp.zeros((2, 4, 10))
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((2, 4, 10)),
+                  jnp.float32)
+  np.testing.assert_allclose(divergences.cosine(zero, x), 1.0)
+  _, grads = value_and_grads(divergences.cosine, zero, x)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
+@pytest.mark.parametrize("student, teacher, expected", [
+    ((1.0, 2.0, 3.0), (1.0, 0.0, 0.0), 13 / 3),
+    ((0.0, 0.0, 0.0), (2.0, -2.0, 2.0), 4.0),
+    ((1.5, -1.5, 0.5), (1.5, -1.5, 0.5), 0.0),
+])
 @pytest.mark.parametrize("temperature", [1.0, 7.0])
-def test_closed_form_mse(temperature):
-  value = divergences.mse(jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
-                          jnp.array([[1.0, 0.0, 0.0], [2.0, -2.0, 2.0]]),
+def test_closed_form_mse(student, teacher, expected, temperature):
+  value = divergences.mse(jnp.array(student), jnp.array(teacher),
                           temperature=temperature)
-  np.testing.assert_allclose(value, [13 / 3, 4.0], rtol=1e-6)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------
@@ -338,9 +350,14 @@ def test_js_traced_endpoints_match_static():
 
 
 def test_disjoint_supports_reach_the_bounds():
-  # One-hot teacher and student on different classes: JS(½) = ln 2, TVD = 1.
-  teacher = jnp.array([[1e4, -1e4, -1e4], [0.0, 0.0, -jnp.inf]])
-  student = jnp.array([[-1e4, 1e4, -1e4], [-jnp.inf, -jnp.inf, 0.0]])
+  # Teacher and student put their mass on disjoint classes: JS(½) = ln 2 and
+  # TVD = 1. Row 0 uses huge finite logits, row 1 −inf off the support.
+  teacher = np.full((2, 4, 10), -1e4, np.float32)
+  student = np.full((2, 4, 10), -1e4, np.float32)
+  teacher[0, :, 0] = student[0, :, 1] = 1e4
+  teacher[1], student[1] = -np.inf, -np.inf
+  teacher[1, :, :5] = np.arange(5)
+  student[1, :, 5:] = -np.arange(5)
   np.testing.assert_allclose(divergences.js(student, teacher), LN2, rtol=1e-6)
   np.testing.assert_allclose(divergences.tvd(student, teacher), 1.0, rtol=1e-6)
 
@@ -374,11 +391,6 @@ def test_check_grads_float64(name, params):
 # ----------------------------------------------------------------------------
 
 
-def _value_and_grads(fn, student, teacher):
-  return jax.value_and_grad(lambda s, t: jnp.sum(fn(s, t)), (0, 1))(
-      student, teacher)
-
-
 @pytest.mark.parametrize("name, params", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 20.0])
 def test_huge_logits_finite(name, params, temperature):
@@ -387,7 +399,7 @@ def test_huge_logits_finite(name, params, temperature):
   fn = divergence(name, temperature=temperature, **params)
   s32, t32 = jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32)
   value = fn(s32, t32)
-  total, grads = _value_and_grads(fn, s32, t32)
+  total, grads = value_and_grads(fn, s32, t32)
   assert bool(jnp.isfinite(total))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
   expected = reference(name, np.asarray(s32), np.asarray(t32),
@@ -411,7 +423,7 @@ def test_shared_masked_vocabulary(name, params):
       reference(name, student[..., ~masked], teacher[..., ~masked],
                 temperature=1.5, **params),
       rtol=2e-4, atol=2e-6)
-  _, grads = _value_and_grads(fn, s32, t32)
+  _, grads = value_and_grads(fn, s32, t32)
   for grad in grads:
     assert bool(jnp.all(jnp.isfinite(grad)))
     np.testing.assert_array_equal(grad[..., masked], 0.0)

@@ -219,14 +219,15 @@ def test_kd_sequence_mask_full_and_prefix():
   s, t = rand(2, 2, 3, 5), rand(3, 2, 3, 5)
   labels = np.array([[0, 1, 2], [3, 4, 0]], np.int32)
   per_pos = 0.5 * np_ce(s, labels) + 0.5 * np_kl(s, t, 1.0)
+  kd = jax.jit(losses.kd_loss)
   mask = np.array([[True, True, False], [False, True, False]])
-  np.testing.assert_allclose(losses.kd_loss(s, t, labels, mask=mask),
-                             per_pos[mask].mean(), rtol=1e-5)
+  np.testing.assert_allclose(kd(s, t, labels, mask=mask), per_pos[mask].mean(),
+                             rtol=1e-5)
   rows = np.array([False, True])
-  np.testing.assert_allclose(losses.kd_loss(s, t, labels, mask=rows),
-                             per_pos[1].mean(), rtol=1e-5)
+  np.testing.assert_allclose(kd(s, t, labels, mask=rows), per_pos[1].mean(),
+                             rtol=1e-5)
   with pytest.raises(ValueError, match="mask shape"):
-    losses.kd_loss(s, t, labels, mask=np.ones((3,), bool))
+    kd(s, t, labels, mask=np.ones((3,), bool))
 
 
 def test_kd_large_logits_and_shared_minus_inf():
@@ -401,7 +402,7 @@ def test_feature_losses_mask_selects_rows(name):
   s_pad, t_pad = s.copy(), t.copy()
   s_pad[~mask] = 1e3
   t_pad[~mask] = -7.0
-  np.testing.assert_allclose(fn(s_pad, t_pad, mask=mask),
+  np.testing.assert_allclose(jax.jit(fn)(s_pad, t_pad, mask=mask),
                              reference(s[mask], t[mask]), rtol=1e-5)
 
 

@@ -28,10 +28,10 @@ def _final_student_state(workdir):
 
 
 @pytest.mark.parametrize("method", config_lib.METHODS)
-def test_every_method_runs_end_to_end(method, tmp_path):
+def test_every_method_runs_end_to_end(method, tmp_path, teacher_dir):
   overrides = {"feature_layers": {"conv2": "conv2"}} if method == "fitnets" else {}
   c = tiny_config(method, **overrides)
-  results = run_experiment(c, str(tmp_path / "run"), teacher_dir=str(tmp_path / "teachers"),
+  results = run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir,
                            show_progress=False)
   with open(tmp_path / "run" / "results.json") as f:
     on_disk = json.load(f)
@@ -64,8 +64,8 @@ def test_teacher_is_trained_once_and_cached(tmp_path):
   assert len(os.listdir(teachers)) == 1
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
-  teachers = str(tmp_path / "teachers")
+def test_resumed_run_matches_uninterrupted_run(tmp_path, teacher_dir):
+  teachers = teacher_dir
   c = tiny_config(**{"checkpoint.every_steps": 2, "baseline": True})
   straight = run_experiment(c, str(tmp_path / "straight"), teacher_dir=teachers,
                             show_progress=False)
@@ -87,26 +87,26 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
                                                         "compile_seconds": resumed["baseline"]["compile_seconds"]}
 
 
-def test_checkpoints_keep_last_n(tmp_path):
+def test_checkpoints_keep_last_n(tmp_path, teacher_dir):
   c = tiny_config(**{"checkpoint.every_steps": 1, "checkpoint.keep": 2})
-  run_experiment(c, str(tmp_path / "run"), teacher_dir=str(tmp_path / "t"), show_progress=False)
+  run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False)
   assert sorted(os.listdir(tmp_path / "run" / "student" / "checkpoints")) == ["7", "8"]
 
 
-def test_one_compile_across_epochs_with_ragged_last_batch(tmp_path):
+def test_one_compile_across_epochs_with_ragged_last_batch(tmp_path, teacher_dir):
   # 200 examples / batch 64 = 3 full batches + 1 of 8: two epochs, 8 steps, one compile.
   results = run_experiment(tiny_config(), str(tmp_path / "run"),
-                           teacher_dir=str(tmp_path / "t"), show_progress=False)
+                           teacher_dir=teacher_dir, show_progress=False)
   assert results["student"]["steps"] == 8
   assert results["student"]["step_compiles"] == 1
 
 
-def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, teacher_dir):
   c = tiny_config(**{"checkpoint.every_steps": 2})
   c.train.learning_rate = 1e30   # diverges within a few steps
   c.train.optimizer = "sgd"
   with pytest.raises(train.NonFiniteLossError, match="loss became"):
-    run_experiment(c, str(tmp_path / "run"), teacher_dir=str(tmp_path / "t"),
+    run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir,
                    show_progress=False)
   steps = os.listdir(tmp_path / "run" / "student" / "checkpoints")
   for step in steps:     # whatever was saved was saved before the loss went bad
@@ -140,8 +140,8 @@ def _losses_on_devices(devices, tmp_path, teachers):
     return losses, json.load(f)
 
 
-def test_one_device_and_four_devices_give_the_same_losses(tmp_path):
-  teachers = str(tmp_path / "teachers")   # the 1-device run trains it, the 4-device run loads it
+def test_one_device_and_four_devices_give_the_same_losses(tmp_path, teacher_dir):
+  teachers = teacher_dir
   losses_1, results_1 = _losses_on_devices(1, tmp_path, teachers)
   losses_4, results_4 = _losses_on_devices(4, tmp_path, teachers)
   assert results_4["timing"]["devices"] == 4

@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from kd_jax.data import augment
 from kd_jax.data import fashion_mnist
 from kd_jax.data.core import DatasetNotFoundError
 from kd_jax.data.core import Split
@@ -42,7 +43,7 @@ SPLITS = ("train", "test")
 SOURCES = ("auto", "tfds", "idx")
 
 __all__ = ["NAMES", "SPLITS", "SOURCES", "DatasetNotFoundError", "Split",
-           "load_split", "default_data_dir"]
+           "augment", "load_split", "default_data_dir"]
 
 
 def default_data_dir() -> str:
@@ -87,7 +88,7 @@ def load_split(name: str, split: str, *,
   return _load_cached(name, split, data_dir, local_dir, source)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, data_dir: str, local_dir: str,
                  source: str) -> Split:
   dataset = _DATASETS[name]

@@ -35,6 +35,10 @@ data:
 	    os.path.isdir(os.path.join(d, 'fashion_mnist')) or f.prepare_tfds(d, f.resolve_local_dir())" \
 	  2>/dev/null || true
 
+# The default experiment: teacher (trained once, cached), from-scratch baseline, distilled student.
+run: install
+	$(PY) -m kd_jax.main --config=experiments/fashion_mnist/kd.py --workdir=runs/default
+
 test: install
 	$(PY) -m pytest -q tests
 

@@ -72,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = training_config()
   c.baseline = True       # also train the student from scratch with the same budget
   c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
+  # True: under augmentation the teacher sees the un-augmented image while the student sees
+  # its augmented view, so the teacher's outputs can be cached (see kd_jax/teacher_cache.py).
+  # Cheaper, but gives up consistent teaching (Beyer et al. 2022): the targets no longer
+  # match the student's view, which costs accuracy in long augmented runs.
+  c.teacher_fixed_views = False
   c.precision = "fp32"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))  # 0 = each epoch
@@ -141,13 +146,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"feature_weight must be >= 0, got {config.feature_weight}")
   _choice("precision", config.precision, PRECISIONS)
   _choice("teacher_cache", config.teacher_cache, TEACHER_CACHES)
+  if not isinstance(config.teacher_fixed_views, bool):
+    raise ValueError(f"teacher_fixed_views must be True or False, got {config.teacher_fixed_views!r}")
   augmented = config.dataset.crop_padding > 0 or config.dataset.flip
-  if augmented and config.teacher_cache in ("memory", "disk"):
+  if augmented and config.teacher_cache in ("memory", "disk") and not config.teacher_fixed_views:
     raise ValueError(
         f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
         "dataset.flip): the teacher must see the same random view as the student "
         "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
-        "Use teacher_cache='none' or 'auto', or turn augmentation off.")
+        "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
+        "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
+  if config.teacher_fixed_views and config.teacher_cache == "none":
+    raise ValueError(
+        "teacher_fixed_views=True needs cached teacher outputs (they are the un-augmented "
+        "views); set teacher_cache to 'auto', 'memory' or 'disk'.")
   for field in ("data", "model"):
     value = config.mesh[field]
     if value == 0 or value < -1:

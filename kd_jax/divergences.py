@@ -48,11 +48,6 @@ ArrayLike = jax.typing.ArrayLike
 Divergence = Callable[..., jax.Array]
 
 
-# ----------------------------------------------------------------------------
-# Validation and shared helpers.
-# ----------------------------------------------------------------------------
-
-
 def _is_python_number(value) -> bool:
   # numbers.Real covers Python and NumPy scalars; jax arrays (possibly traced)
   # are deliberately left unchecked.
@@ -114,9 +109,10 @@ def _log_mixture(log_a: jax.Array, log_b: jax.Array, weight) -> jax.Array:
   """log(w·a + (1−w)·b), computed with logaddexp.
 
   A Python weight of exactly 0 or 1 returns the endpoint itself, so no log(0)
-  is formed. Entries where both a and b are 0 are given log-mixture 0 instead of
-  −inf; callers only read the mixture where a or b is positive, and this keeps
-  the logaddexp gradient free of ``−inf − (−inf)``.
+  is formed; a traced endpoint gives a −inf log-weight, which logaddexp turns
+  into an exact zero contribution with zero gradient. Entries where both a and
+  b are 0 get log-mixture 0 instead of −inf: callers only read the mixture
+  where a > 0, and this keeps the gradient free of ``−inf − (−inf)``.
   """
   if _is_python_number(weight):
     if weight == 0:
@@ -138,11 +134,6 @@ def _shared_mask_safe(student_logits, teacher_logits):
   student, teacher = _upcast(student_logits, teacher_logits)
   valid = ~((student == -jnp.inf) & (teacher == -jnp.inf))
   return (jnp.where(valid, student, 0.0), jnp.where(valid, teacher, 0.0), valid)
-
-
-# ----------------------------------------------------------------------------
-# Divergences on probabilities.
-# ----------------------------------------------------------------------------
 
 
 def kl(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
@@ -356,11 +347,6 @@ def tvd(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
   return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
 
 
-# ----------------------------------------------------------------------------
-# Distances on raw vectors (temperature has no effect).
-# ----------------------------------------------------------------------------
-
-
 def cosine(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
            temperature: float | jax.Array = 1.0,
            epsilon: float = 1e-8) -> jax.Array:
@@ -434,10 +420,6 @@ def mse(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
   count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(student.dtype)
   return jnp.sum(jnp.square(student - teacher), axis=-1) / count
 
-
-# ----------------------------------------------------------------------------
-# Registry.
-# ----------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Divergence] = {
     "kl": kl,

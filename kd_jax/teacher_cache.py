@@ -1,14 +1,44 @@
 """Teacher-output caching: the teacher's forward pass once per dataset, not once per step.
 
-When the student sees fixed (un-augmented) inputs, the teacher's outputs for
-every training example are computed once and held next to the data on the
-devices; the KD step then gathers them by index and costs the same as a
-student-only step. With augmentation the teacher must see the student's view
-(consistent teaching, Beyer et al. 2022), so nothing is cached.
+A KD step costs a student step plus one teacher forward pass; with a teacher
+``F_t`` FLOPs per example and a student ``F_s``, the ratio to a student-only step
+is ``1 + F_t / (3 F_s)`` (forward + backward ≈ 3 forwards). When the teacher's
+input is fixed — no augmentation, or ``teacher_fixed_views=True`` — its outputs
+for the whole training set are computed once, held next to the images on the
+devices, and gathered by example index inside the step, so the KD step costs
+what a student-only step costs.
+
+``config.teacher_cache``:
+
+* ``"none"``   — the teacher runs inside every step on the student's view.
+* ``"memory"`` — outputs computed once at start-up and held on the devices.
+* ``"disk"``   — as ``memory``, and also stored in ``workdir/teacher_outputs.npz``
+  so a rerun or resume with the same teacher and data skips the computation.
+  The file records an identity (:func:`cache_identity`): the teacher (its key
+  and a fingerprint of its variables), the dataset (name, subset size, a
+  fingerprint of the images and labels), the requested feature names and the
+  preprocessing. Any difference recomputes and overwrites it.
+* ``"auto"``   — ``memory`` when the inputs are fixed and the outputs fit in
+  :data:`AUTO_CACHE_MAX_BYTES`, else ``none``.
+
+With augmentation the teacher should see the student's random view
+(consistent teaching, Beyer et al. 2022, "Knowledge distillation: A good
+teacher is patient and consistent"), so ``memory``/``disk`` are refused there
+unless ``teacher_fixed_views=True``: the teacher then sees the un-augmented
+image (its outputs are the targets for every augmented view of it), which is
+what makes them cacheable — cheaper, but weaker targets for long augmented runs.
+
+Example (fixed views, outputs held on the devices)::
+
+    data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, workdir)
+    data.teacher_logits.shape    # (N, num_classes), float32
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 
 import jax
@@ -20,40 +50,186 @@ from kd_jax import parallel, teachers, train
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
 AUTO_CACHE_MAX_BYTES = 1 << 30
+CACHE_FILE = "teacher_outputs.npz"
+# Bump when the file layout or the identity fields change: old files are then recomputed.
+FORMAT_VERSION = 1
 
 
-def attach(config, teacher: train.Teacher, train_data, preprocess, mesh,
-                             workdir) -> train.DeviceData:
-  """``train_data`` with the teacher's logits (and features) cached, or unchanged.
+def refusal_message(mode: str) -> str:
+  return (f"teacher_cache={mode!r} with augmentation (dataset.crop_padding/dataset.flip): "
+          "the teacher must see the same random view as the student (consistent teaching, "
+          "Beyer et al. 2022), so its outputs cannot be cached. Use teacher_cache='none' or "
+          "'auto', turn augmentation off, or set teacher_fixed_views=True (the teacher then "
+          "sees the un-augmented image).")
 
-  Caching needs fixed views (no augmentation). ``auto`` caches in device memory
-  when the outputs fit in 1 GiB; ``disk`` also keeps them in
-  ``workdir/teacher_outputs.npz`` keyed by teacher and dataset.
+
+def resolve_mode(config, preprocess: train.Preprocess) -> str:
+  """``"none"``, ``"memory"`` or ``"disk"`` for this run (``auto`` before its size check).
+
+  Raises:
+    ValueError: ``memory``/``disk`` requested while the student's views are
+      augmented and ``teacher_fixed_views`` is off.
   """
   mode = config.teacher_cache
-  if mode == "none" or preprocess.augments:
+  fixed = not preprocess.augments or config.get("teacher_fixed_views", False)
+  if mode in ("memory", "disk") and not fixed:
+    raise ValueError(refusal_message(mode))
+  if mode == "auto":
+    return "memory" if fixed else "none"
+  return mode
+
+
+def fingerprint(tree) -> str:
+  """A 16-hex-digit digest of every array in ``tree``, computed where the arrays live.
+
+  Each leaf's bits, read as uint32 words ``w_i``, give two sums modulo 2³²:
+  ``Σ w_i`` and ``Σ w_i·h(i)`` with ``h`` a multiplicative hash of the position,
+  so changed values and moved values both change the digest. Integer sums wrap
+  exactly, so the result does not depend on the reduction order, the device
+  count or the sharding; only two scalars per leaf leave the devices.
+
+  Example::
+
+    >>> fingerprint({"w": jnp.ones(3)}) == fingerprint({"w": jnp.ones(3)})
+    True
+  """
+  leaves = jax.tree.leaves(tree)
+  sums = jax.device_get(jax.jit(lambda xs: [_leaf_sums(x) for x in xs])(leaves))
+  described = [(list(np.shape(x)), str(x.dtype), [int(s) for s in pair])
+               for x, pair in zip(leaves, sums)]
+  return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
+def _leaf_sums(x):
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    words = x.astype(jnp.uint32)
+  else:
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  words = words.reshape(-1)
+  position = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
+  return jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * position, dtype=jnp.uint32)
+
+
+def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
+                   preprocess: train.Preprocess) -> dict:
+  """What the cached outputs depend on; the disk cache is reused only on an exact match."""
+  d = config.dataset
+  checkpoint = config.teacher.checkpoint
+  return {
+      "format": FORMAT_VERSION,
+      "teacher": (os.path.abspath(os.path.expanduser(checkpoint)) if checkpoint
+                  else teachers.teacher_key(config)),
+      "teacher_variables": fingerprint(teacher.variables),
+      "dataset": d.name,
+      "train_examples": d.train_examples,
+      "examples": train_data.size,
+      "data": fingerprint((train_data.images, train_data.labels)),
+      "features": sorted(teacher.feature_names),
+      # The teacher's input: normalisation and compute dtype (never the augmentation).
+      "preprocess": {"mean": float(preprocess.mean), "std": float(preprocess.std),
+                     "dtype": jnp.dtype(preprocess.dtype).name},
+  }
+
+
+def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
+           preprocess: train.Preprocess, mesh, workdir: str) -> train.DeviceData:
+  """``train_data`` with the teacher's logits (and features) cached, or unchanged.
+
+  Args:
+    config: the experiment config (``teacher_cache``, ``teacher_fixed_views``,
+      ``dataset``, ``teacher``, ``train.eval_batch_size``).
+    teacher: the frozen teacher, with the feature names the method needs.
+    train_data: the training split on the devices.
+    preprocess: the student's preprocessing; the teacher's outputs are computed
+      on its un-augmented output.
+    mesh: the device mesh.
+    workdir: where the ``disk`` cache file lives.
+
+  Returns:
+    ``train_data``, with ``teacher_logits`` float32 [N, classes] and
+    ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
+
+  Raises:
+    ValueError: caching refused under augmentation (see :func:`resolve_mode`), or
+      ``teacher_fixed_views=True`` with outputs too large for ``auto``.
+  """
+  mode = resolve_mode(config, preprocess)
+  if mode == "none":
+    if config.teacher_cache == "auto":
+      logging.info("teacher outputs not cached: the student's views are augmented")
     return train_data
-  n = train_data.size
+  data_devices = mesh.shape[parallel.DATA_AXIS]
   predict = train.make_predict(teacher.graphdef, preprocess, mesh, teacher.feature_names)
   abstract = jax.eval_shape(predict, *teacher.variables, train_data,
-                            jax.ShapeDtypeStruct((mesh.shape[parallel.DATA_AXIS],), jnp.int32))
-  per_example = sum(np.prod(x.shape[1:]) * 4 for x in jax.tree.leaves(abstract))
-  if mode == "auto" and per_example * n > AUTO_CACHE_MAX_BYTES:
-    logging.info("teacher outputs need %.1f GB: not cached", per_example * n / 1e9)
+                            jax.ShapeDtypeStruct((data_devices,), jnp.int32))
+  per_example = sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+  total = int(per_example) * train_data.size
+  if config.teacher_cache == "auto" and total > AUTO_CACHE_MAX_BYTES:
+    if config.get("teacher_fixed_views", False):
+      raise ValueError(
+          f"teacher_fixed_views=True needs the teacher's outputs cached, but they take "
+          f"{total / 1e9:.1f} GB (over teacher_cache='auto''s {AUTO_CACHE_MAX_BYTES / 1e9:.1f} GB); "
+          "set teacher_cache='memory' to cache them anyway, or teacher_fixed_views=False")
+    logging.info("teacher outputs need %.1f GB: not cached", total / 1e9)
     return train_data
-  cache_path = os.path.join(workdir, "teacher_outputs.npz")
-  key = f"{teachers.teacher_key(config)}:{config.dataset.name}:{n}:{sorted(teacher.feature_names)}"
-  logits = features = None
-  if mode == "disk" and os.path.exists(cache_path):
-    with np.load(cache_path) as f:
-      if str(f["key"]) == key:
-        logits = f["logits"]
-        features = {k[len("feature/"):]: f[k] for k in f.files if k.startswith("feature/")}
-  if logits is None:
-    batch = train.round_up(1000, mesh.shape[parallel.DATA_AXIS])
-    logits, features = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
-    if mode == "disk" and jax.process_index() == 0:
-      np.savez(cache_path, key=key, logits=logits,
-               **{f"feature/{k}": v for k, v in features.items()})
+
+  identity = cache_identity(config, teacher, train_data, preprocess)
+  path = os.path.join(workdir, CACHE_FILE)
+  outputs = _load(path, identity, abstract) if mode == "disk" else None
+  if not _every_process(outputs is not None):
+    batch = train.round_up(min(config.train.eval_batch_size, train_data.size), data_devices)
+    outputs = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
+    logging.info("teacher outputs computed for %d examples (%.1f MB)", train_data.size, total / 1e6)
+    if mode == "disk":
+      _save(path, identity, *outputs)
+  logits, features = outputs
   cached_logits, cached_features = parallel.put_replicated((logits, features), mesh)
   return train.DeviceData(train_data.images, train_data.labels, cached_logits, cached_features)
+
+
+def _every_process(flag: bool) -> bool:
+  # All processes must take the same branch: recomputing runs collectives.
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _load(path: str, identity: dict, abstract):
+  """The cached ``(logits, features)`` if ``path`` holds outputs for ``identity``, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      stored = json.loads(str(f["identity"]))
+      if stored != identity:
+        changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        logging.info("teacher output cache %s is stale (changed: %s); recomputing", path,
+                     ", ".join(changed))
+        return None
+      logits = f["logits"]
+      features = {name: f[f"feature/{name}"].astype(abstract[1][name].dtype)
+                  for name in abstract[1]}
+  except (OSError, KeyError, ValueError) as e:
+    logging.warning("teacher output cache %s is unreadable (%s); recomputing", path, e)
+    return None
+  logging.info("teacher outputs loaded from %s", path)
+  return logits, features
+
+
+def _save(path: str, identity: dict, logits: np.ndarray, features: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  buffer = io.BytesIO()
+  # float32 on disk: numpy has no portable bfloat16; the cast back on load is exact.
+  np.savez(buffer, identity=np.asarray(json.dumps(identity, sort_keys=True)),
+           logits=np.asarray(logits, np.float32),
+           **{f"feature/{k}": np.asarray(v, np.float32) for k, v in features.items()})
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(buffer.getvalue())
+  os.replace(tmp, path)     # a half-written cache is never read

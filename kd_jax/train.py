@@ -136,7 +136,9 @@ def forward(graphdef, params, model_state, x, *, train: bool, feature_names=()):
   Returns ``((logits, features), new_model_state)``; ``features`` holds
   ``feature_names`` (for a raw model) or the student's matched layers.
   """
-  module = nnx.merge(graphdef, params, model_state)
+  # copy=True: fresh Variables at this trace level, so BatchNorm may update its
+  # statistics inside jax.grad (merging the outer trace's Variables would not allow it).
+  module = nnx.merge(graphdef, params, model_state, copy=True)
   if hasattr(module, "pairs"):               # a methods.Student wrapper
     out = module(x, train=train)
   elif feature_names:

@@ -240,8 +240,8 @@ def test_closed_form_cosine(student, teacher, expected, temperature):
 
 
 def test_cosine_of_zero_vector_is_finite():
-  zero = jnp.zeros((2, 4, 10))
-  x = jnp.asarray(np.random.default_rng(9).standard_normal((2, 4, 10)),
+  zero = jnp.zeros((4, 10))
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 10)),
                   jnp.float32)
   np.testing.assert_allclose(divergences.cosine(zero, x), 1.0)
   _, grads = value_and_grads(divergences.cosine, zero, x)
@@ -351,13 +351,13 @@ def test_js_traced_endpoints_match_static():
 
 def test_disjoint_supports_reach_the_bounds():
   # Teacher and student put their mass on disjoint classes: JS(½) = ln 2 and
-  # TVD = 1. Row 0 uses huge finite logits, row 1 −inf off the support.
-  teacher = np.full((2, 4, 10), -1e4, np.float32)
-  student = np.full((2, 4, 10), -1e4, np.float32)
-  teacher[0, :, 0] = student[0, :, 1] = 1e4
-  teacher[1], student[1] = -np.inf, -np.inf
-  teacher[1, :, :5] = np.arange(5)
-  student[1, :, 5:] = -np.arange(5)
+  # TVD = 1. Rows 0-1 use huge finite logits, rows 2-3 −inf off the support.
+  teacher = np.full((4, 10), -1e4, np.float32)
+  student = np.full((4, 10), -1e4, np.float32)
+  teacher[:2, 0] = student[:2, 1] = 1e4
+  teacher[2:], student[2:] = -np.inf, -np.inf
+  teacher[2:, :5] = np.arange(5)
+  student[2:, 5:] = -np.arange(5)
   np.testing.assert_allclose(divergences.js(student, teacher), LN2, rtol=1e-6)
   np.testing.assert_allclose(divergences.tvd(student, teacher), 1.0, rtol=1e-6)
 
@@ -451,6 +451,12 @@ _logits = hnp.arrays(np.float32, (4, 10),
 _settings = hypothesis.settings(max_examples=25, deadline=None)
 
 
+def _rounding_slack(student, teacher, temperature):
+  # float32 log-probabilities carry an error of a few ulp of |logits| / T.
+  scale = max(np.max(np.abs(student)), np.max(np.abs(teacher))) / temperature
+  return 1e-6 * (1.0 + scale)
+
+
 @_settings
 @hypothesis.given(student=_logits, teacher=_logits,
                   temperature=st.sampled_from(TEMPERATURES),
@@ -460,7 +466,8 @@ def test_non_negative(student, teacher, temperature, case):
   value = divergences.get(name)(student, teacher, temperature=temperature,
                                 **params)
   assert bool(jnp.all(jnp.isfinite(value)))
-  assert float(jnp.min(value)) >= -1e-5
+  assert float(jnp.min(value)) >= -_rounding_slack(student, teacher,
+                                                   temperature)
 
 
 @_settings
@@ -470,9 +477,10 @@ def test_bounds(student, teacher, temperature):
   js = divergences.js(student, teacher, temperature=temperature)
   tvd = divergences.tvd(student, teacher, temperature=temperature)
   cosine = divergences.cosine(student, teacher)
-  assert float(jnp.max(js)) <= LN2 + 1e-6
-  assert float(jnp.max(tvd)) <= 1 + 1e-6
-  assert float(jnp.max(cosine)) <= 2 + 1e-6
+  slack = _rounding_slack(student, teacher, temperature)
+  assert float(jnp.max(js)) <= LN2 + slack
+  assert float(jnp.max(tvd)) <= 1 + slack
+  assert float(jnp.max(cosine)) <= 2 + slack
 
 
 @_settings
@@ -483,5 +491,6 @@ def test_bounds(student, teacher, temperature):
 def test_symmetric(student, teacher, temperature, case):
   name, params = case
   fn = divergence(name, temperature=temperature, **params)
-  np.testing.assert_allclose(fn(student, teacher), fn(teacher, student),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      fn(student, teacher), fn(teacher, student), rtol=1e-5,
+      atol=_rounding_slack(student, teacher, temperature))

@@ -281,6 +281,26 @@ def test_cnn_matches_numpy_reference(batch_norm):
     np.testing.assert_allclose(feats[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("first_kernel", [5, 4])
+def test_cnn_flatten_head_matches_numpy_reference(first_kernel):
+  model = models.create("cnn", num_classes=3, rngs=_rngs(0), widths=(4, 6),
+                        first_kernel=first_kernel, first_stride=2, head="flatten",
+                        hidden=5, input_shape=(9, 9, 1))
+  x = np.random.default_rng(1).normal(size=(2, 9, 9, 1))
+  h = _relu(_conv(x, _np(model.convs[0].kernel), stride=2) + _np(model.convs[0].bias))
+  h = _relu(_conv(h, _np(model.convs[1].kernel), stride=2) + _np(model.convs[1].bias))
+  emb = _relu(h.reshape(2, -1) @ _np(model.hidden.kernel) + _np(model.hidden.bias))
+  want = emb @ _np(model.head.kernel) + _np(model.head.bias)
+  np.testing.assert_allclose(model(jnp.asarray(x, jnp.float32)), want, rtol=1e-4, atol=1e-5)
+  # The default experiment's teacher, by hand: (25x32+32) + (9x32x64+64) + (7x7x64x256+256)
+  # + (256x10+10).
+  teacher = models.create("cnn", num_classes=10, rngs=_rngs(0), widths=(32, 64), first_kernel=5,
+                          first_stride=2, head="flatten", hidden=256)
+  assert _num_params(teacher) == 824_970
+  with pytest.raises(ValueError, match="head"):
+    models.create("cnn", num_classes=3, rngs=_rngs(0), head="max")
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8"])
 def test_bfloat16_compute_float32_outputs(name):
   kwargs = {"batch_norm": True} if name == "cnn" else {}
@@ -338,6 +358,33 @@ def test_jitted_split_merge_step_updates_batch_stats():
   # Same structure/dtypes in and out, so a second call reuses the compilation.
   step(params, new_stats, x)
   assert step._cache_size() == 1
+
+
+def test_jitted_merge_call_split_round_trip():
+  # The plain functional pattern: the whole state in, the whole state out.
+  build = functools.partial(models.create, "cnn", num_classes=10,
+                            batch_norm=True)
+  model, reference = build(rngs=_rngs(0)), build(rngs=_rngs(0))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def forward(state, x):
+    m = nnx.merge(graphdef, state)
+    logits = m(x, train=True)
+    return logits, nnx.split(m)[1]
+
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 28, 28, 1)),
+                  jnp.float32)
+  logits, new_state = forward(state, x)
+  np.testing.assert_allclose(logits, reference(x, train=True), rtol=1e-5,
+                             atol=1e-5)
+  want = nnx.state(reference)
+  assert jax.tree.structure(new_state) == jax.tree.structure(want)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               new_state, want)
+  old_mean = np.asarray(state["norms"][0]["mean"][...])
+  assert not np.allclose(new_state["norms"][0]["mean"][...], old_mean)
 
 
 def test_unknown_name_lists_valid_names():

@@ -17,6 +17,16 @@ Parameters are float32 (``nnx.Param``); BatchNorm running statistics are
 ``nnx.BatchStat``. ``dtype`` is the computation dtype; logits are float32, features
 are in the computation dtype.
 
+In a pure jitted step, merge the module inside the innermost transform that calls
+it with ``train=True``; under ``jax.grad`` pass ``copy=True`` so the BatchNorm
+statistics are fresh Variables of that trace (NNX refuses to update Variables
+created in an outer trace)::
+
+    def loss_fn(params, batch_stats, x):
+      model = nnx.merge(graphdef, params, batch_stats, copy=True)
+      logits = model(x, train=True)
+      return loss(logits), nnx.state(model, nnx.BatchStat)
+
 Models and their kwargs (besides ``input_shape``):
   mlp:  hidden=(256,)
   cnn:  widths=(32, 64, 128), batch_norm=False, hidden=None

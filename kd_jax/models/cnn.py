@@ -1,10 +1,13 @@
 """A small convolutional classifier for 28x28 images (a fast student).
 
-Stage i (i = 1..len(widths)) is a 3x3 convolution to ``widths[i-1]`` channels
-(+ BatchNorm if ``batch_norm``) + ReLU; stage 1 has stride 1 and every later stage
-stride 2. Downsampling uses strided convolutions rather than max-pooling because
-XLA:CPU's max-pool backward pass (select-and-scatter) is slow. Then global average
-pooling, an optional Dense+ReLU ``hidden`` layer, and the linear classifier.
+Stage i (i = 1..len(widths)) is a convolution to ``widths[i-1]`` channels
+(+ BatchNorm if ``batch_norm``) + ReLU; stage 1 has a ``first_kernel`` kernel and
+``first_stride`` stride, every later stage a 3x3 kernel and stride 2. Downsampling
+uses strided convolutions rather than max-pooling because XLA:CPU's max-pool
+backward pass (select-and-scatter) is slow. Then ``head="gap"`` (global average
+pooling) or ``head="flatten"`` (keeps the spatial layout: more accurate on
+Fashion-MNIST, more parameters), an optional Dense+ReLU ``hidden`` layer, and the
+linear classifier.
 
 With the defaults on [B, 28, 28, 1]: conv1 [B,28,28,32], conv2 [B,14,14,64],
 conv3 [B,7,7,128], embedding [B,128]; 93,962 parameters for 10 classes.
@@ -47,26 +50,39 @@ class CNN(nnx.Module):
   def __init__(self, *, num_classes: int, rngs: nnx.Rngs, dtype=jnp.float32,
                input_shape: Sequence[int] = (28, 28, 1),
                widths: Sequence[int] = (32, 64, 128), batch_norm: bool = False,
-               hidden: int | None = None):
+               hidden: int | None = None, first_kernel: int = 3, first_stride: int = 1,
+               head: str = "gap"):
     self.input_shape = common.as_image_shape(input_shape, "cnn")
     if not widths:
       raise ValueError("cnn: widths must name at least one conv stage")
+    if head not in ("gap", "flatten"):
+      raise ValueError(f"cnn: head must be 'gap' or 'flatten', got {head!r}")
     self.dtype = dtype
+    self.head_kind = head
     channels = (self.input_shape[-1],) + tuple(int(w) for w in widths)
+    kernels = [first_kernel] + [3] * (len(widths) - 1)
+    strides = [first_stride] + [2] * (len(widths) - 1)
     self.convs = nnx.List([
-        nnx.Conv(c_in, c_out, (3, 3), strides=1 if i == 0 else 2, padding=1,
+        nnx.Conv(c_in, c_out, (k, k), strides=stride, padding=k // 2,
                  use_bias=not batch_norm, dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=common.CONV_INIT, rngs=rngs)
-        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:]))
+        for c_in, c_out, k, stride in zip(channels[:-1], channels[1:], kernels, strides)
     ])
     self.norms = nnx.List(
         [common.batch_norm(c, dtype=dtype, rngs=rngs) for c in channels[1:]]
         if batch_norm else [])
+    pooled = channels[-1]
+    if head == "flatten":
+      height, width = self.input_shape[:2]
+      for k, stride in zip(kernels, strides):  # padding k // 2 on each side
+        height = (height + 2 * (k // 2) - k) // stride + 1
+        width = (width + 2 * (k // 2) - k) // stride + 1
+      pooled = height * width * channels[-1]
     self.hidden = (
-        nnx.Linear(channels[-1], hidden, dtype=dtype, param_dtype=jnp.float32,
+        nnx.Linear(pooled, hidden, dtype=dtype, param_dtype=jnp.float32,
                    bias_init=nnx.initializers.zeros_init(), rngs=rngs)
         if hidden else None)
-    self.head = common.classifier(hidden or channels[-1], num_classes,
+    self.head = common.classifier(hidden or pooled, num_classes,
                                   dtype=dtype, rngs=rngs)
     self.feature_names = tuple(
         f"conv{i + 1}" for i in range(len(widths))) + ("embedding",)
@@ -74,7 +90,7 @@ class CNN(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool = False,
                return_features: bool = False):
     """Returns logits [B, num_classes] (and a feature dict if requested)."""
-    common.check_input(x, self.input_shape, "cnn", spatial=False)
+    common.check_input(x, self.input_shape, "cnn", spatial=self.head_kind == "flatten")
     h = x.astype(self.dtype)
     features = {}
     for i, conv in enumerate(self.convs):
@@ -83,7 +99,7 @@ class CNN(nnx.Module):
         h = self.norms[i](h, use_running_average=not train)
       h = jax.nn.relu(h)
       features[f"conv{i + 1}"] = h
-    h = jnp.mean(h, axis=(1, 2))
+    h = jnp.mean(h, axis=(1, 2)) if self.head_kind == "gap" else h.reshape(h.shape[0], -1)
     if self.hidden is not None:
       h = jax.nn.relu(self.hidden(h))
     features["embedding"] = h

@@ -20,6 +20,7 @@ from flax import nnx
 # CIFAR ResNets of He et al. 2016 (untruncated, like torch.nn.init.kaiming_normal_).
 CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 # BatchNorm momentum 0.9: running = 0.9 * running + 0.1 * batch (PyTorch's 0.1).
+# Flax averages the biased batch variance (PyTorch the unbiased one).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

@@ -6,10 +6,25 @@
   (any cluster, or several processes on one machine), or
 * the environment describes a multi-process job that JAX detects by itself:
   a TPU VM pod slice (``TPU_WORKER_HOSTNAMES`` with several hosts), a SLURM job
-  with several tasks (``SLURM_NTASKS`` > 1), or ``JAX_COORDINATOR_ADDRESS``.
+  with several tasks (``SLURM_NTASKS`` > 1, started with ``srun``), an Open MPI
+  job (``OMPI_COMM_WORLD_SIZE`` > 1, started with ``mpirun``), or
+  ``JAX_COORDINATOR_ADDRESS``.
 
-Otherwise it does nothing and the run is single-process. On CPU, processes
-exchange collectives through gloo.
+Otherwise it does nothing and the run is single-process. It must run before
+anything touches a JAX device (``kd_jax.main`` and ``kd_jax.sweep`` call it
+first). Every process then runs the same program: the mesh spans all devices
+of all processes (:mod:`kd_jax.parallel`), checkpoints are saved and restored
+by all of them (orbax coordinates), and only process 0 writes results, logs and
+plots. On CPU, processes exchange collectives through gloo; GPUs and TPUs use
+NCCL and ICI. On SLURM with GPUs, JAX gives each task the GPU numbered by its
+``SLURM_LOCALID``: start one task per GPU.
+
+Example (two processes on one machine, e.g. to try multi-host on a laptop)::
+
+    python -m kd_jax.main ... --coordinator_address=127.0.0.1:12345 \
+        --num_processes=2 --process_id=0 &
+    python -m kd_jax.main ... --coordinator_address=127.0.0.1:12345 \
+        --num_processes=2 --process_id=1
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ def cluster_detected(environ=os.environ) -> bool:
   tpu_hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
   return (len([h for h in tpu_hosts.split(",") if h]) > 1
           or int(environ.get("SLURM_NTASKS", "1") or 1) > 1
+          or int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
           or bool(environ.get("JAX_COORDINATOR_ADDRESS")))
 
 
@@ -71,6 +87,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def initialize_from_flags(flag_values=flags.FLAGS) -> bool:
+  """:func:`initialize` with the ``--coordinator_address/--num_processes/--process_id`` flags."""
   return initialize(flag_values[_COORDINATOR].value, flag_values[_NUM_PROCESSES].value,
                     flag_values[_PROCESS_ID].value)
 

@@ -5,7 +5,10 @@ Phases, each resumable and skipped once finished:
 1. **teacher**  — loaded from ``teacher.checkpoint`` or the teacher cache, else
    trained (hard labels) and cached for every later run and sweep.
 2. **baseline** — with ``baseline=True``, the student trained from scratch with
-   the same budget (``workdir/baseline``).
+   the same budget. It depends neither on the method nor on its hyper-parameters,
+   so it is cached next to the teacher cache (``TEACHER_DIR/../baselines/<key>``,
+   see :func:`kd_jax.teachers.baseline_key`) and shared by every point of a sweep
+   with the same seed; ``workdir/baseline/result.json`` is a copy.
 3. **student**  — the student distilled with ``method`` (``workdir/student``).
 
 ``results.json`` (DESIGN.md §2.4) is written by process 0 at the end.
@@ -129,13 +132,14 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
       "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
   }
   teachers.save(source, module, info)
-  shutil.rmtree(source + ".train", ignore_errors=True)
+  if jax.process_index() == 0:  # teachers.save ends at a barrier: every process is done with it
+    shutil.rmtree(source + ".train", ignore_errors=True)
   return {**info, "source": source, "cached": False}
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    teacher_dir: str | None = None, show_progress: bool = True,
-                   stop_at_step: int | None = None) -> dict:
+                   stop_at_step: int | None = None, mesh=None) -> dict:
   """Runs (or resumes) the experiment and returns the ``results.json`` dict.
 
   Args:
@@ -144,13 +148,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     teacher_dir: the teacher cache (default ``~/.cache/kd_jax/teachers``).
     show_progress: draw progress bars.
     stop_at_step: abort the student phase at this step (tests of resumption).
+    mesh: a ``("data", "model")`` mesh to run on instead of ``config.mesh`` over
+      all devices (e.g. one over a subset of them: scaling tests and benchmarks).
   """
   config_lib.validate(config)
   started = time.perf_counter()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   teacher_dir = teacher_dir or DEFAULT_TEACHER_DIR
-  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+  if mesh is None:
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
   dtype = _dtype(config)
 
   train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
@@ -188,8 +195,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                   "train_seconds": teacher_info.get("train_seconds")},
   }
 
-  def phase(name, module, objective, teacher_for_step, data):
-    phase_dir = os.path.join(workdir, name)
+  def phase(name, module, objective, teacher_for_step, data, phase_dir=None):
+    phase_dir = phase_dir or os.path.join(workdir, name)
     done = _read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done
@@ -207,9 +214,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
 
   if config.baseline and config.method != "none":
     scratch = build(config.student, config.seed)
+    # Shared by every run with the same student, data, budget, seed and teacher
+    # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
+    shared_dir = os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir))),
+                              "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
-                                None, train_data)
+                                None, train_data, phase_dir=shared_dir)
+    os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
+    _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
   if config.method == "none":
     student_module, student_teacher, data = student_model, None, train_data
   else:
@@ -227,7 +240,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       "teacher_train_seconds": teacher_info.get("train_seconds") if not teacher_info["cached"] else 0.0,
       "baseline_train_seconds": results.get("baseline", {}).get("train_seconds"),
       "total_seconds": time.perf_counter() - started,
-      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+      "devices": mesh.size, "mesh": dict(mesh.shape), "processes": jax.process_count(),
+      "platform": mesh.devices.flat[0].platform,
   }
   _write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -473,6 +473,20 @@ def _define_flags() -> None:
   flags.DEFINE_bool("summarize_only", False, "Only (re)write the summary and plots.")
 
 
+def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str],
+                 seeds: int | None) -> tuple[list[str], int | None]:
+  """The experiment module's own sweep (``config.sweep.grid`` / ``.seeds``) unless flags say otherwise.
+
+  An experiment module that *is* a study (e.g. temperature_sweep.py) carries its
+  grid, so ``python -m kd_jax.sweep --config=that.py --workdir=DIR`` reproduces it.
+  """
+  own = config.get("sweep")
+  if own is None:
+    return list(grid), seeds
+  return (list(grid) or list(own.get("grid", ())),
+          seeds if seeds is not None else own.get("seeds"))
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -484,14 +498,15 @@ def main(argv: Sequence[str]) -> None:
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
-  points = parse_grid(FLAGS.grid, FLAGS.config)
-  for run in plan_runs(FLAGS.config, points, FLAGS.seeds):
+  grid, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.seeds)
+  points = parse_grid(grid, FLAGS.config)
+  for run in plan_runs(FLAGS.config, points, seeds):
     try:  # Every point's values are checked before anything trains.
       config_lib.validate(run.config)
     except ValueError as e:
       raise ValueError(f"grid point {run.slug}: {e}") from None
   run_fn = functools.partial(train_main.run_experiment, show_progress=FLAGS.progress)
-  run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=FLAGS.seeds,
+  run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 
 

@@ -21,6 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 TEACHER_FILE = "teacher.json"
 
@@ -37,24 +38,59 @@ def teacher_key(config: ml_collections.ConfigDict) -> str:
       "data": {"name": d.name, "train_examples": d.train_examples,
                "crop_padding": d.crop_padding, "flip": d.flip},
   }
-  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-  return f"{config.teacher.model}-{digest}"
+  return f"{config.teacher.model}-{_digest(identity)}"
+
+
+def baseline_key(config: ml_collections.ConfigDict) -> str:
+  """A hash of what determines the from-scratch baseline's report.
+
+  The baseline does not depend on the method, divergence, temperature or α, so
+  every point of a sweep with the same seed shares one; its agreement and
+  KL-to-teacher depend on the teacher, which is part of the key.
+  """
+  identity = {
+      "student": config.student.to_dict(),
+      "train": config.train.to_dict(),
+      "data": config.dataset.to_dict(),
+      "seed": config.seed,
+      "precision": config.precision,
+      "teacher": config.teacher.checkpoint or teacher_key(config),
+  }
+  return f"{config.student.model}-{_digest(identity)}"
+
+
+def _digest(identity: dict) -> str:
+  return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save(directory: str, module: nnx.Module, info: dict) -> None:
-  """Writes a trained teacher (atomically: a half-written teacher is never loaded)."""
+  """Writes a trained teacher (atomically: a half-written teacher is never loaded).
+
+  Every process calls it (the orbax save is collective); only process 0 touches
+  the directories, between barriers, so that processes sharing a file system
+  never race.
+  """
   tmp = directory + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
+  primary = jax.process_index() == 0
+  if primary:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(tmp)
+  _barrier("kd_jax.teachers.save:tmp")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(tmp, "variables"), nnx.state(module))
-  if jax.process_index() == 0:
+  if primary:
     with open(os.path.join(tmp, TEACHER_FILE), "w") as f:
       json.dump(info, f, indent=2)
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.replace(tmp, directory)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  _barrier("kd_jax.teachers.save:done")
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None:

@@ -16,6 +16,13 @@ device once, as uint8, and a batch is a vector of example indices plus a
 validity mask. Gathering, normalising and augmenting happen inside the step.
 The ragged last batch of an epoch is padded with index 0 and masked out of
 the loss, so the step keeps one shape and compiles once.
+
+Several devices and hosts: the batch is split over the mesh's ``data`` axis
+and each process contributes only its own rows (see :mod:`kd_jax.parallel`);
+the student's state is replicated, so every process holds the same parameters.
+All processes run :func:`fit` in lockstep (the steps and the orbax checkpoint
+saves and restores are collective); only process 0 writes ``metrics.jsonl``,
+TensorBoard events and the progress bar.
 """
 
 from __future__ import annotations
@@ -237,9 +244,11 @@ def make_predict(graphdef, preprocess: Preprocess, mesh, feature_names=()):
                                     feature_names=feature_names)
     return logits.astype(jnp.float32), features
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  return jax.jit(predict_fn, in_shardings=(None, None, parallel.replicated(mesh), batch_sharding),
-                 out_shardings=batch_sharding)
+  # Outputs are replicated (all-gathered inside the program) so that every process
+  # can read them: NumPy cannot read an array whose shards live on other hosts.
+  return jax.jit(predict_fn,
+                 in_shardings=(None, None, parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
 
 
 def padded_batches(num_examples: int, batch_size: int, order: np.ndarray | None = None):
@@ -254,11 +263,16 @@ def padded_batches(num_examples: int, batch_size: int, order: np.ndarray | None 
 
 
 def predict_all(predict, variables, data: DeviceData, batch_size: int, mesh):
-  """Runs ``predict`` over a whole split; returns host arrays with the padding removed."""
-  sharding = parallel.batch_sharding(mesh)
+  """Runs ``predict`` over a whole split; returns host arrays with the padding removed.
+
+  Exact whatever the device and process count: every example is predicted once,
+  the padded rows of the last batch are dropped, and every process gets all rows.
+  """
+  rows = parallel.process_rows(mesh, batch_size)
   logits, features, n = [], {}, data.size
   for index, mask in padded_batches(n, batch_size):
-    out_logits, out_features = predict(*variables, data, parallel.put_sharded(index, sharding))
+    out_logits, out_features = predict(*variables, data,
+                                       parallel.global_batch(index[rows], mesh, batch_size))
     valid = int(mask.sum())
     logits.append(np.asarray(out_logits)[:valid])
     for name, f in out_features.items():
@@ -326,7 +340,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
                                mesh)
   predict = make_predict(graphdef, preprocess, mesh)
   eval_batch = round_up(min(t.eval_batch_size, test_data.size), data_devices)
-  batch_sharding = parallel.batch_sharding(mesh)
+  rows = parallel.process_rows(mesh, t.batch_size)   # this process's share of every batch
   base_key = jax.random.key(seed)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
@@ -379,8 +393,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
       order = _epoch_order(seed, epoch, n)
       index, mask = next(iter(padded_batches(
           n, t.batch_size, order[position * t.batch_size:(position + 1) * t.batch_size])))
-      batch = parallel.put_sharded({"index": index, "mask": mask}, {"index": batch_sharding,
-                                                                    "mask": batch_sharding})
+      batch = parallel.global_batch({"index": index[rows], "mask": mask[rows]}, mesh, t.batch_size)
       rng = jax.random.fold_in(base_key, step)
       if step == start_step:
         compile_start = time.perf_counter()

@@ -30,14 +30,14 @@ def get_config(arg=None):
   c.experiment = "fashion_mnist/kd"
   teacher_spec(c)
   c.student.model = "mlp"
-  c.student.kwargs = dict(hidden=(32,))
+  c.student.kwargs = dict(hidden=(128,))
   c.method = "kd"
   c.divergence = "kl"
   c.temperature = dict(schedule="constant", init=4.0)
-  c.alpha = 0.1
+  c.alpha = 0.5
   c.train.epochs = 20
   c.train.batch_size = 128
-  c.train.learning_rate = 3e-3
+  c.train.learning_rate = 3e-3  # adamw, cosine decay
   c.baseline = True
   if arg == "smoke":
     apply_smoke(c)

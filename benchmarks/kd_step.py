@@ -1,0 +1,132 @@
+r"""The KD step's cost over a student-only step, beside its FLOP floor; the cached-teacher step.
+
+    python benchmarks/kd_step.py [--quick] [--pair default|resnet] [--precision fp32|bf16]
+
+A KD step runs the student's forward and backward passes (≈ 3 forward passes)
+plus the teacher's forward pass, so at best it costs
+
+    ideal_ratio = 1 + F_teacher_fwd / (3 · F_student_fwd)
+
+student-only steps, with FLOPs per batch from XLA's cost analysis of the CPU
+lowering (teacher in eval mode, student in train mode). Three steps are timed,
+all built by ``train.make_train_step`` over the same device-resident batches:
+
+* student-only (``method='none'``, hard-label CE);
+* KD (the default experiment's logit KD; the teacher runs inside the step);
+* cached KD (``teacher_cache='memory'``: teacher logits gathered by index).
+
+Writes ``benchmarks/results/kd_step.json`` with ``kd_over_student``,
+``ideal_ratio``, ``cached_over_student`` (targets: ``kd_over_student`` ≤ 1.2 ×
+``ideal_ratio``; ``cached_over_student`` ≤ 1.05), the step times, and the model
+FLOPs utilisation: training FLOPs per step (cost analysis) over the step time,
+against the dense matmul rate measured in the same run and precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+import common
+from kd_jax import config as config_lib
+from kd_jax import methods, teacher_cache, train
+
+
+def student_training_flops(module, batch_size, input_shape, dtype) -> float:
+  """FLOPs of the student's forward + backward pass on one batch (CE loss)."""
+  graphdef, params, model_state = train.split_module(module)
+  x = jnp.zeros((batch_size, *input_shape), dtype)
+  labels = jnp.zeros((batch_size,), jnp.int32)
+
+  def grads(p, s, x, y):
+    loss = lambda p: methods.masked_cross_entropy(
+        train.forward(graphdef, p, s, x, train=True)[0][0], y)
+    return jax.grad(loss)(p)
+
+  return common.cpu_flops(grads, params, model_state, x, labels)
+
+
+def main(argv=None) -> dict:
+  parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+  args = parser.parse_args(argv)
+  steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
+  config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
+  config.teacher_cache = "memory"
+  setup = common.build(config, args.data)
+  mesh, b = setup.mesh, config.train.batch_size
+  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  batches = common.device_batches(setup, count=8)
+
+  student_graphdef, student_state = common.initial_state(setup.student_model, optimizer, mesh)
+  student_step = train.make_train_step(
+      student_graphdef, methods.make_objective(config_lib.with_method(config, "none")),
+      optimizer, setup.preprocess, None, setup.train_data, mesh)
+  kd_objective = methods.make_objective(config)
+  kd_graphdef, kd_state = common.initial_state(setup.student, optimizer, mesh)
+  kd_step = train.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
+                                  setup.teacher, setup.train_data, mesh)
+  with tempfile.TemporaryDirectory() as workdir:
+    cached_data = teacher_cache.attach(config, setup.teacher, setup.train_data, setup.preprocess,
+                                       mesh, workdir)
+  _, cached_state = common.initial_state(setup.student, optimizer, mesh)
+  cached_step = train.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
+                                      None, cached_data, mesh)
+  times = common.time_steps({
+      "student": common.step_runner(student_step, student_state, batches),
+      "kd": common.step_runner(kd_step, kd_state, batches),
+      "cached": common.step_runner(cached_step, cached_state, batches),
+  }, steps=steps, repeats=repeats)
+
+  f_teacher = common.forward_flops(setup.teacher_module, b, setup.input_shape, setup.dtype,
+                                   train_mode=False)
+  f_student = common.forward_flops(setup.student_model, b, setup.input_shape, setup.dtype,
+                                   train_mode=True)
+  f_student_train = student_training_flops(setup.student_model, b, setup.input_shape, setup.dtype)
+  ideal = 1 + f_teacher / (3 * f_student)
+  t_student, t_kd, t_cached = (times[k]["median_s"] for k in ("student", "kd", "cached"))
+  kd_over_student = t_kd / t_student
+  cached_over_student = t_cached / t_student
+
+  on_cpu = jax.devices()[0].platform == "cpu"
+  n = (1024 if args.quick else 2048) if on_cpu else 8192
+  matmul_rate = common.matmul_flops_per_second(setup.dtype, n)
+  kd_flops = f_teacher + f_student_train
+  results = {
+      "kd_over_student": kd_over_student,
+      "ideal_ratio": ideal,
+      "cached_over_student": cached_over_student,
+      "kd_over_ideal": kd_over_student / ideal,
+      "step_seconds": {k: v["median_s"] for k, v in times.items()},
+      "step_seconds_detail": times,
+      "samples_per_second": {k: b / v["median_s"] for k, v in times.items()},
+      "flops_per_step": {"teacher_forward": f_teacher, "student_forward": f_student,
+                         "student_forward_backward": f_student_train, "kd_training": kd_flops},
+      "matmul_flops_per_second": matmul_rate, "matmul_size": n,
+      "mfu": {"kd": kd_flops / t_kd / matmul_rate,
+              "student": f_student_train / t_student / matmul_rate},
+      "steps": steps, "repeats": repeats, **common.model_summary(setup),
+  }
+  common.print_table(f"KD step vs student-only step ({common.device_description()}, "
+                     f"{config.teacher.model} → {config.student.model}, batch {b}, "
+                     f"{config.precision})", [
+      ("student-only step (ms)", t_student * 1e3),
+      ("KD step (ms)", t_kd * 1e3),
+      ("cached-teacher KD step (ms)", t_cached * 1e3),
+      ("teacher forward GFLOP / batch", f_teacher / 1e9),
+      ("student forward GFLOP / batch", f_student / 1e9),
+      ("ideal ratio 1 + F_t / (3 F_s)", ideal),
+      ("KD / student-only", kd_over_student),
+      ("KD / student-only ÷ ideal", kd_over_student / ideal, common.target(kd_over_student / ideal, 1.2)),
+      ("cached / student-only", cached_over_student, common.target(cached_over_student, 1.05)),
+      (f"matmul rate ({config.precision}, n={n}) TFLOP/s", matmul_rate / 1e12),
+      ("MFU of the KD step", results["mfu"]["kd"]),
+  ])
+  print("wrote", common.write_results("kd_step", results, args.tag))
+  return results
+
+
+if __name__ == "__main__":
+  main()

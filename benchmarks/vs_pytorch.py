@@ -62,7 +62,7 @@ def torch_runner(setup: common.Setup, compile_step: bool):
   t = config.train
   optimizer = torch.optim.AdamW(student.parameters(), lr=t.learning_rate,
                                 weight_decay=t.weight_decay)
-  images = torch.from_numpy(np.asarray(setup.train_data.images)).permute(0, 3, 1, 2).contiguous()
+  images = torch.from_numpy(np.array(setup.train_data.images)).permute(0, 3, 1, 2).contiguous()
   images, labels = images.to(device), torch.from_numpy(np.asarray(setup.train_data.labels)).long().to(device)
   mean, std = setup.preprocess.mean, setup.preprocess.std
   temperature, alpha = float(config.temperature.init), float(config.alpha)
@@ -107,7 +107,11 @@ def torch_runner(setup: common.Setup, compile_step: bool):
 def main(argv=None) -> dict:
   parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
   parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="PyTorch CPU threads (0: its default, one per core)")
   args = parser.parse_args(argv)
+  if torch is not None and args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
   config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
   setup = common.build(config, args.data)

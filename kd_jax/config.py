@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
       test_examples=0,    # 0 = the whole test split
       crop_padding=0,     # random crop after zero-padding by this many pixels (0 = off)
       flip=False,         # random horizontal flip
+      # Classes left out of the student's transfer set (baseline and distilled
+      # student; the teacher sees them): Hinton et al. 2015 §3's "omitted class".
+      omit_classes=(),
   ))
   c.teacher = ml_collections.ConfigDict(dict(
       model="cnn",
@@ -131,6 +134,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.dataset[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ValueError(f"dataset.{field} must be an int >= 0, got {value!r}")
+  omit = config.dataset.omit_classes
+  if not isinstance(omit, (tuple, list)) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in omit):
+    raise ValueError(f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
   _validate_model("teacher", config.teacher)
   _validate_model("student", config.student)
   _validate_training("teacher.train", config.teacher.train)

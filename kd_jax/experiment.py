@@ -64,6 +64,22 @@ def load_data(config, mesh):
           splits["test"][1].astype(np.int64), num_classes, splits["train"][0].shape[1:])
 
 
+def transfer_set(config, train_data: train.DeviceData, num_classes: int) -> train.DeviceData:
+  """The students' training data: ``train_data`` less ``dataset.omit_classes``.
+
+  Raises:
+    ValueError: naming ``dataset.omit_classes`` when a class id is out of range.
+  """
+  omit = tuple(config.dataset.omit_classes)
+  if not omit:
+    return train_data
+  if max(omit) >= num_classes:
+    raise ValueError(f"dataset.omit_classes: class ids must be in [0, {num_classes}), got {omit}")
+  labels = np.asarray(train_data.labels.addressable_data(0))
+  keep = np.flatnonzero(~np.isin(labels, omit))
+  return train.DeviceData(train_data.images[keep], train_data.labels[keep])
+
+
 def _write_json(path: str, obj) -> None:
   if jax.process_index() != 0:
     return
@@ -88,8 +104,14 @@ def git_commit() -> str | None:
     return None
 
 
-def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits) -> dict:
+def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits,
+                  omitted_classes=()) -> dict:
   report = metrics_lib.classification_report(fit.test_logits, labels, teacher_test_logits)
+  if omitted_classes:
+    report["omitted_classes"] = metrics_lib.bias_corrected(fit.test_logits, labels,
+                                                           omitted_classes)
+    report["per_class_accuracy"] = metrics_lib.per_class_accuracy(
+        fit.test_logits, labels, fit.test_logits.shape[-1])
   report.update(
       params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
       best_test_accuracy=fit.best_test_accuracy,
@@ -161,6 +183,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   dtype = _dtype(config)
 
   train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
+  student_train_data = transfer_set(config, train_data, num_classes)
   build = lambda spec, seed: build_model(spec, num_classes=num_classes, input_shape=input_shape,
                                          seed=seed, dtype=dtype)
   teacher_module = build(config.teacher, config.teacher.seed)
@@ -208,7 +231,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                     log_every_steps=config.log_every_steps, show_progress=show_progress,
                     stop_at_step=stop_at_step if name == "student" else None)
     report = _phase_report(fit, module if name == "baseline" else student_model,
-                           test_labels, teacher_test_logits)
+                           test_labels, teacher_test_logits, config.dataset.omit_classes)
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return report
 
@@ -220,15 +243,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                               "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
-                                None, train_data, phase_dir=shared_dir)
+                                None, student_train_data, phase_dir=shared_dir)
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
   if config.method == "none":
-    student_module, student_teacher, data = student_model, None, train_data
+    student_module, student_teacher, data = student_model, None, student_train_data
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, student_train_data, preprocess, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data)

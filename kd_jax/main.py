@@ -32,9 +32,17 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on the cons
 distributed.define_flags()
 
 
+def quiet_logging() -> None:
+  """WARNING and above unless --verbosity is given: orbax and TFDS log every save and
+  read at INFO, which buries the progress bar. ``--verbosity=0`` brings them back."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_logging()
   distributed.initialize_from_flags()
   config = _CONFIG.value
   config_lib.validate(config)

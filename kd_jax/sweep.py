@@ -373,8 +373,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     # The first run also trains the teacher and compiles: leave it out once others exist.
     typical = elapsed[1:] or elapsed
     eta = _eta(sum(typical) / len(typical) * (len(todo) - count)) if typical else "?"
-    logging.info("[sweep %d/%d done, %d failed, ETA %s] running %s", finished,
-                 len(runs), failed, eta, run.name)
+    print(f"[sweep {finished}/{len(runs)} done, {failed} failed, ETA {eta}] running {run.name}",
+          flush=True)
     run_dir = os.path.join(workdir, run.workdir)
     os.makedirs(run_dir, exist_ok=True)
     entry.pop("error", None)
@@ -493,6 +493,7 @@ def main(argv: Sequence[str]) -> None:
   from kd_jax import config as config_lib
   from kd_jax import main as train_main
   FLAGS = flags.FLAGS
+  train_main.quiet_logging()
   if FLAGS.summarize_only:
     write_summary(FLAGS.workdir)
     return

@@ -1,0 +1,28 @@
+r"""Attention transfer (Zagoruyko & Komodakis 2017): CE + β·Σ‖a_s − a_t‖² over matched conv stages.
+
+    python -m kd_jax.main --config=experiments/fashion_mnist/at.py --workdir=runs/at
+    python -m kd_jax.main --config=experiments/fashion_mnist/at.py:smoke --workdir=/tmp/at_smoke
+
+Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
+the cached teacher is reused). AT needs spatial maps, so the student is a narrow CNN with the teacher's 14x14 and 7x7 stages (both matched).
+Run time on the 2-core CPU: about the default experiment's student phase (see the README);
+the loss weights are the published defaults, not tuned on Fashion-MNIST.
+"""
+
+from experiments.fashion_mnist import kd
+
+
+def get_config(arg=None):
+  c = kd.get_config()
+  c.experiment = "fashion_mnist/at"
+  c.method = "at"
+  c.alpha = 1.0
+  c.feature_weight = 1000.0          # the paper's β
+  # A small CNN student with the teacher's spatial plan (14x14, 7x7), so the maps can be compared.
+  c.student.model = "cnn"
+  c.student.kwargs = dict(widths=(8, 16), first_kernel=5, first_stride=2, head="flatten", hidden=64)
+  if arg == "smoke":
+    kd.apply_smoke(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  return c

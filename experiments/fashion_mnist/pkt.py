@@ -1,0 +1,25 @@
+r"""Probabilistic knowledge transfer (Passalis & Tefas 2018): CE + KL between cosine-similarity distributions.
+
+    python -m kd_jax.main --config=experiments/fashion_mnist/pkt.py --workdir=runs/pkt
+    python -m kd_jax.main --config=experiments/fashion_mnist/pkt.py:smoke --workdir=/tmp/pkt_smoke
+
+Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
+the cached teacher is reused). The distributions are over the batch's penultimate embeddings.
+Run time on the 2-core CPU: about the default experiment's student phase (see the README);
+the loss weights are the published defaults, not tuned on Fashion-MNIST.
+"""
+
+from experiments.fashion_mnist import kd
+
+
+def get_config(arg=None):
+  c = kd.get_config()
+  c.experiment = "fashion_mnist/pkt"
+  c.method = "pkt"
+  c.alpha = 1.0
+  c.feature_weight = 30000.0         # as in the CRD benchmark (Tian et al. 2020)
+  if arg == "smoke":
+    kd.apply_smoke(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  return c

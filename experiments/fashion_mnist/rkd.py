@@ -1,0 +1,25 @@
+r"""Relational KD (Park et al. 2019): CE + distance- and angle-wise relations of embeddings.
+
+    python -m kd_jax.main --config=experiments/fashion_mnist/rkd.py --workdir=runs/rkd
+    python -m kd_jax.main --config=experiments/fashion_mnist/rkd.py:smoke --workdir=/tmp/rkd_smoke
+
+Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
+the cached teacher is reused). The relations are computed between the penultimate embeddings of a batch.
+Run time on the 2-core CPU: about the default experiment's student phase (see the README);
+the loss weights are the published defaults, not tuned on Fashion-MNIST.
+"""
+
+from experiments.fashion_mnist import kd
+
+
+def get_config(arg=None):
+  c = kd.get_config()
+  c.experiment = "fashion_mnist/rkd"
+  c.method = "rkd"
+  c.alpha = 1.0
+  c.feature_weight = 1.0             # rkd_loss carries the paper's 25 (distance) and 50 (angle)
+  if arg == "smoke":
+    kd.apply_smoke(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  return c

@@ -1,0 +1,25 @@
+r"""Similarity-preserving KD (Tung & Mori 2019): CE + γ·‖G_s − G_t‖²_F / B².
+
+    python -m kd_jax.main --config=experiments/fashion_mnist/sp.py --workdir=runs/sp
+    python -m kd_jax.main --config=experiments/fashion_mnist/sp.py:smoke --workdir=/tmp/sp_smoke
+
+Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
+the cached teacher is reused). The Gram matrices are of the penultimate embeddings.
+Run time on the 2-core CPU: about the default experiment's student phase (see the README);
+the loss weights are the published defaults, not tuned on Fashion-MNIST.
+"""
+
+from experiments.fashion_mnist import kd
+
+
+def get_config(arg=None):
+  c = kd.get_config()
+  c.experiment = "fashion_mnist/sp"
+  c.method = "sp"
+  c.alpha = 1.0
+  c.feature_weight = 3000.0          # the paper's γ
+  if arg == "smoke":
+    kd.apply_smoke(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  return c

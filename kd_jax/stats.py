@@ -32,6 +32,17 @@ METRICS = (
 )
 
 
+# Hinton et al.'s omitted-class study (dataset.omit_classes): accuracy on the classes the
+# students never saw, before and after the bias correction (kd_jax.metrics.bias_corrected).
+OMITTED_CLASS_COLUMNS = (
+    ("omitted_student", "student", "accuracy"),
+    ("omitted_student_corrected", "student", "corrected_accuracy"),
+    ("omitted_baseline", "baseline", "accuracy"),
+    ("omitted_baseline_corrected", "baseline", "corrected_accuracy"),
+    ("student_corrected_test_accuracy", "student", "corrected_test_accuracy"),
+)
+
+
 class Interval(NamedTuple):
   """Mean of a sample with a two-sided Student t confidence interval.
 
@@ -176,6 +187,10 @@ def aggregate_point(
   row.update(_interval_columns(
       "baseline_test_accuracy", [b for _, b in pairs], confidence))
   row.update(_interval_columns("kd_gain", [s - b for s, b in pairs], confidence))
+  for column, model, key in OMITTED_CLASS_COLUMNS:
+    values = [r[model]["omitted_classes"][key] for r in results
+              if "omitted_classes" in (r.get(model) or {})]
+    row.update(_interval_columns(column, values, confidence))
   return row
 
 
@@ -228,7 +243,8 @@ def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def csv_columns(keys: Sequence[str]) -> list[str]:
   """summary.csv header: point slug, grid keys, then 5 columns per statistic."""
-  stats = [key for key, _ in METRICS] + ["baseline_test_accuracy", "kd_gain"]
+  stats = ([key for key, _ in METRICS] + ["baseline_test_accuracy", "kd_gain"]
+           + [column for column, _, _ in OMITTED_CLASS_COLUMNS])
   numeric = [f"{s}_{c}" for s in stats for c in ("mean", "std", "ci95_low",
                                                    "ci95_high", "n")]
   return ["point", *keys, *numeric, "runs_failed", "runs_pending"]
@@ -313,6 +329,19 @@ def markdown_summary(
   if has_gain:
     lines.append("KD gain = student − baseline final test accuracy in percentage "
                  "points, paired over the same seeds (paired t interval).")
+  if any(row.get("omitted_student_n") for row in rows):
+    lines += ["", "## Omitted classes (Hinton et al. 2015 §3)", "",
+              "Accuracy % on the test examples of the classes left out of the students' "
+              "transfer set, before → after adding the bias shift that maximises overall "
+              "test accuracy (as in the paper).", "",
+              "| # | distilled student | from scratch | distilled, overall test acc. after "
+              "correction |", "|---|---|---|---|"]
+    for rank, row in enumerate(sort_rows(rows), 1):
+      lines.append(
+          f"| {rank} | {_column(row, 'omitted_student')} → "
+          f"{_column(row, 'omitted_student_corrected')} | {_column(row, 'omitted_baseline')} → "
+          f"{_column(row, 'omitted_baseline_corrected')} | "
+          f"{_column(row, 'student_corrected_test_accuracy')} |")
   lines += [""] + [f"![{name}]({name})" for name in plots]
   if failures:
     lines += ["", "## Failed runs", "", *(f"- {line}" for line in failures)]

@@ -121,6 +121,23 @@ def test_aggregate_point_columns():
   assert set(stats.csv_columns([])) >= set(row)
 
 
+def test_aggregate_point_omitted_class_columns():
+  def omitted(accuracy, corrected, overall=0.9):
+    return {"classes": [9], "accuracy": accuracy, "bias_shift": 2.0,
+            "corrected_accuracy": corrected, "corrected_test_accuracy": overall}
+  results = [_results(0, 0.87, 0.80, omitted_classes=omitted(0.70, 0.90)),
+             _results(1, 0.86, 0.79, omitted_classes=omitted(0.74, 0.94))]
+  for r in results:
+    r["baseline"]["omitted_classes"] = omitted(0.0, 0.0, 0.8)
+  row = stats.aggregate_point(results)
+  assert row["omitted_student_mean"] == pytest.approx(0.72)
+  assert row["omitted_student_corrected_mean"] == pytest.approx(0.92)
+  # [0.90, 0.94]: s = 0.02 * sqrt(2), half width t_{0.975,1} * s / sqrt(2) = 12.7062 * 0.02.
+  assert row["omitted_student_corrected_ci95_high"] - 0.92 == pytest.approx(12.706204736 * 0.02)
+  assert row["omitted_baseline_mean"] == 0.0 and row["omitted_baseline_n"] == 2
+  assert stats.aggregate_point([_results(0, 0.8)])["omitted_student_n"] == 0
+
+
 def test_aggregate_point_without_results_or_baselines():
   empty = stats.aggregate_point([])
   assert empty["test_accuracy_n"] == 0 and math.isnan(empty["test_accuracy_mean"])

@@ -59,6 +59,8 @@ def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       help="real Fashion-MNIST, random images of its shape, or real when present")
   parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--train_examples", type=int, default=0,
+                      help="use the first N training examples (0: all); bounds the teacher-cache pass")
   parser.add_argument("--tag", default="", help="results file suffix: <script>-<tag>.json")
   return parser
 
@@ -69,7 +71,7 @@ def steps_and_repeats(args, *, quick=(20, 3), full=(100, 5)) -> tuple[int, int]:
 
 
 def load_experiment_config(pair: str = "default", precision: str = "fp32",
-                           batch_size: int | None = None):
+                           batch_size: int | None = None, train_examples: int = 0):
   """The default experiment's config (experiments/fashion_mnist/kd.py), with the chosen pair."""
   path = os.path.join(ROOT, "experiments", "fashion_mnist", "kd.py")
   spec = importlib.util.spec_from_file_location("kd_experiment", path)
@@ -82,6 +84,7 @@ def load_experiment_config(pair: str = "default", precision: str = "fp32",
   config.precision = precision
   if batch_size:
     config.train.batch_size = batch_size
+  config.dataset.train_examples = train_examples
   config.baseline = False
   return config
 

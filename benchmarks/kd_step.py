@@ -53,7 +53,8 @@ def main(argv=None) -> dict:
   parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
   args = parser.parse_args(argv)
   steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
-  config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
+  config = common.load_experiment_config(args.pair, args.precision, args.batch_size,
+                                            args.train_examples)
   config.teacher_cache = "memory"
   setup = common.build(config, args.data)
   mesh, b = setup.mesh, config.train.batch_size

@@ -216,7 +216,8 @@ def startup_child(args) -> None:
   jax.monitoring.register_event_listener(
       lambda event, **kw: hits.append(1) if event == "/jax/compilation_cache/cache_hits" else None)
   imported = time.perf_counter()
-  config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
+  config = common.load_experiment_config(args.pair, args.precision, args.batch_size,
+                                            args.train_examples)
   setup = common.build(config, args.data)
   built = time.perf_counter()
   optimizer = train.make_optimizer(config.train, total_steps=1000)
@@ -231,7 +232,8 @@ def startup_child(args) -> None:
 
 
 def start_up(args) -> dict:
-  passed = ["--pair", args.pair, "--precision", args.precision, "--data", args.data]
+  passed = ["--pair", args.pair, "--precision", args.precision, "--data", args.data,
+            "--train_examples", str(args.train_examples)]
   if args.batch_size:
     passed += ["--batch_size", str(args.batch_size)]
   runs = []
@@ -257,7 +259,8 @@ def main(argv=None) -> dict:
     return {}
   steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
   compile_log = CompileLog()
-  config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
+  config = common.load_experiment_config(args.pair, args.precision, args.batch_size,
+                                            args.train_examples)
   config.dataset.test_examples = 1000       # the final evaluation is a fixed cost anyway
   setup = common.build(config, args.data)
   n1, n2 = (10, 10 + 5 * steps) if args.quick else (20, 20 + 5 * steps)

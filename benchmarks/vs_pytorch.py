@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
-  config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
+  config = common.load_experiment_config(args.pair, args.precision, args.batch_size,
+                                            args.train_examples)
   setup = common.build(config, args.data)
   b = config.train.batch_size
   optimizer = train.make_optimizer(config.train, total_steps=10_000)

@@ -80,6 +80,14 @@ def transfer_set(config, train_data: train.DeviceData, num_classes: int) -> trai
   return train.DeviceData(train_data.images[keep], train_data.labels[keep])
 
 
+def host_device():
+  """This process's CPU device (host memory), or None when JAX runs without the CPU backend."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return None
+
+
 def _write_json(path: str, obj) -> None:
   if jax.process_index() != 0:
     return
@@ -186,7 +194,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   student_train_data = transfer_set(config, train_data, num_classes)
   build = lambda spec, seed: build_model(spec, num_classes=num_classes, input_shape=input_shape,
                                          seed=seed, dtype=dtype)
-  teacher_module = build(config.teacher, config.teacher.seed)
+  # A teacher split over `model` may not fit on one accelerator: build and load it in
+  # host memory; put_sharded below then copies each device only its shard.
+  with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
+    teacher_module = build(config.teacher, config.teacher.seed)
   student_model = build(config.student, config.seed)
   # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
   s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)

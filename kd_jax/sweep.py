@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -277,8 +278,16 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def _is_primary() -> bool:
+  """Whether this process writes the sweep's files: the only one, or process 0 of several."""
+  jax = sys.modules.get("jax")   # no JAX imported: a summary-only, single-process run
+  return jax is None or jax.process_index() == 0
+
+
 def _write_json(path: str, data: dict) -> None:
-  """Atomic write, so a kill never leaves a truncated sweep.json behind."""
+  """Atomic write, so a kill never leaves a truncated sweep.json behind (process 0 only)."""
+  if not _is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(data, f, indent=1, default=str)
@@ -399,7 +408,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Sweep %s finished: %d done, %d failed.", workdir,
                sum(e["status"] == "done" for e in record["runs"]),
                sum(e["status"] == "failed" for e in record["runs"]))
-  write_summary(workdir)
+  if _is_primary():
+    write_summary(workdir)
   return record
 
 
@@ -499,6 +509,9 @@ def main(argv: Sequence[str]) -> None:
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
+  # Several hosts run the same sweep in lockstep, every run on all their devices.
+  from kd_jax import distributed
+  distributed.initialize_from_flags()
   grid, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.seeds)
   points = parse_grid(grid, FLAGS.config)
   for run in plan_runs(FLAGS.config, points, seeds):

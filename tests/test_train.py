@@ -1,9 +1,7 @@
-"""End-to-end training: every method, resumption, one compile, NaN handling, multi-device."""
+"""End-to-end training: every method, resumption, one compile, NaN handling."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -113,35 +111,4 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, t
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
-_MULTI_DEVICE_SCRIPT = """
-import json, sys
-sys.path.insert(0, {root!r})
-from tests.conftest import tiny_config
-from kd_jax.experiment import run_experiment
-c = tiny_config(**{{"mesh.data": {devices}}})
-run_experiment(c, {workdir!r}, teacher_dir={teachers!r}, show_progress=False)
-"""
-
-
-def _losses_on_devices(devices, tmp_path, teachers):
-  workdir = str(tmp_path / f"d{devices}")
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", KD_JAX_DATA_SOURCE="idx")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = _MULTI_DEVICE_SCRIPT.format(root=root, devices=devices, workdir=workdir,
-                                       teachers=teachers)
-  subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=root,
-                 capture_output=True)
-  with open(os.path.join(workdir, "student", "metrics.jsonl")) as f:
-    losses = [json.loads(line)["loss"] for line in f]
-  with open(os.path.join(workdir, "results.json")) as f:
-    return losses, json.load(f)
-
-
-def test_one_device_and_four_devices_give_the_same_losses(tmp_path, teacher_dir):
-  teachers = teacher_dir
-  losses_1, results_1 = _losses_on_devices(1, tmp_path, teachers)
-  losses_4, results_4 = _losses_on_devices(4, tmp_path, teachers)
-  assert results_4["timing"]["devices"] == 4
-  np.testing.assert_allclose(losses_4, losses_1, rtol=2e-5, atol=1e-6)
-  assert results_4["student"]["test_accuracy"] == results_1["student"]["test_accuracy"]
+# Multi-device and multi-process runs: tests/test_parallel.py and tests/test_multihost.py.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -48,7 +49,8 @@ def main(argv) -> None:
   config_lib.validate(config)
   results = run_experiment(config, _WORKDIR.value, teacher_dir=_TEACHER_DIR.value,
                            show_progress=_PROGRESS.value)
-  print(summary_table(results))
+  if jax.process_index() == 0:
+    print(summary_table(results))
 
 
 def summary_table(results: dict) -> str:

@@ -2,7 +2,16 @@
 
 import os
 
+import jax
 import pytest
+
+from tests import multidevice
+
+# One persistent XLA cache for the session and its subprocesses: the tiny models'
+# initialisers and steps recur across tests, and compiling dominates their run time.
+jax.config.update("jax_compilation_cache_dir", multidevice.CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 FASHION_MNIST = os.environ.get("KD_JAX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 

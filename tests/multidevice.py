@@ -18,15 +18,15 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE = os.path.join(tempfile.gettempdir(), f"kd_jax_test_xla_cache_{os.getuid()}")
+CACHE = os.path.join(tempfile.gettempdir(), f"kd_jax_test_xla_cache_{os.getuid()}")
 
 
 def env(devices: int, **extra) -> dict:
   """The environment of a subprocess with ``devices`` CPU devices."""
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
               JAX_PLATFORMS="cpu", KD_JAX_DATA_SOURCE="idx", PYTHONPATH=ROOT,
-              JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+              JAX_COMPILATIONCACHE_DIR=CACHE, JAX_PERSISTENTCACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENTCACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
 
 
 def start(script: str, devices: int, *args: str) -> subprocess.Popen:

@@ -232,8 +232,7 @@ def check_sweep_outputs(workdir, num_points, num_seeds, temperature_plot=True):
   return rows
 
 
-def test_smoke_sweep_2_points_2_seeds_writes_all_files(tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+def test_smoke_sweep_2_points_2_seeds_writes_all_files(tmp_path, capsys):
   fake = FakeRun()
   record = _sweep(tmp_path, fake)
   assert len(fake.calls) == 4 and fake.teacher_dir == "/teachers"
@@ -263,7 +262,8 @@ def test_smoke_sweep_2_points_2_seeds_writes_all_files(tmp_path, caplog):
   assert "- **Teacher** final test accuracy: 90.00%" in md
   assert "Student t" in md and "paired" in md
   assert "![accuracy_vs_temperature.png](accuracy_vs_temperature.png)" in md
-  assert any("ETA" in m and "done" in m for m in caplog.messages)
+  progress = capsys.readouterr().out.splitlines()
+  assert any(line.startswith("[sweep 3/4 done, 0 failed, ETA ") for line in progress), progress
 
 
 def test_resume_after_interrupt_recomputes_nothing_finished(tmp_path):

@@ -11,7 +11,6 @@ checkpoints and skips finished phases.
 
 from __future__ import annotations
 
-import os
 
 import jax
 from absl import app, flags, logging

@@ -198,6 +198,7 @@ def test_bf16_loss_curve_tracks_fp32(tmp_path, teacher_dir):
   # in float32 from bf16 activations, stays within 0.5% of fp32's at every step.
   np.testing.assert_allclose(losses_bf16, losses_fp32, rtol=BF16_LOSS_RTOL)
   assert not np.array_equal(losses_bf16, losses_fp32)   # bf16 really computed something else
+  assert bf16["config"]["precision"] == "bf16" and bf16["teacher"]["cached"]
   # Parameters and optimiser state stay float32.
   with ocp.StandardCheckpointer() as checkpointer:
     state = checkpointer.restore(tmp_path / "bf16" / "student" / "checkpoints" / "8" / "state")

@@ -6,7 +6,6 @@ checked against values computed by hand from that formula.
 
 import csv
 import json
-import logging
 import math
 import os
 import subprocess

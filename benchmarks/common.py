@@ -9,8 +9,8 @@ and the median of repeats, prints a table and writes
 Pairs (``--pair``):
 
 * ``default`` — the default experiment's pair (experiments/fashion_mnist/kd.py):
-  a strided CNN teacher with a flatten head and an MLP(32) student. Tiny: on a
-  GPU its steps are launch-bound.
+  a strided CNN teacher with a flatten head and an MLP student. Tiny: on a GPU
+  its steps are launch-bound.
 * ``resnet``  — the KD literature's resnet32x4 → resnet8x4 (CRD benchmark), on
   the same 28×28 images: large enough to keep a GPU busy.
 """
@@ -181,7 +181,8 @@ def time_steps(runners: dict[str, Callable[[int], Any]], *, steps: int, repeats:
   Every repeat runs at least ``steps`` steps of a runner back to back — more for
   fast steps, so that a repeat lasts ``min_repeat_seconds`` — and blocks once at
   the end, so dispatch overlaps device work as in a training loop. Runners take
-  turns within a repeat, so a change of machine load hits them all alike.
+  turns within a repeat, so a change of machine load hits them all alike; ratios
+  are best taken per repeat (:func:`paired_ratio`).
   """
   counts = {}
   for name, run in runners.items():
@@ -191,14 +192,21 @@ def time_steps(runners: dict[str, Callable[[int], Any]], *, steps: int, repeats:
     per_step = (time.perf_counter() - start) / steps
     counts[name] = max(steps, math.ceil(min_repeat_seconds / max(per_step, 1e-9)))
   per_step = {name: [] for name in runners}
-  for _ in range(repeats):
-    for name, run in runners.items():
+  for r in range(repeats):
+    # Alternate the order, so that no runner always follows the same neighbour.
+    for name, run in (list(runners.items()) if r % 2 == 0 else list(runners.items())[::-1]):
       start = time.perf_counter()
       jax.block_until_ready(run(counts[name]))
       per_step[name].append((time.perf_counter() - start) / counts[name])
   return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
                  "steps_per_repeat": counts[name], "repeats_s": t}
           for name, t in per_step.items()}
+
+
+def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
+  """Median over repeats of the per-repeat time ratio (the two ran back to back in each)."""
+  return statistics.median(a / b for a, b in zip(times[numerator]["repeats_s"],
+                                                  times[denominator]["repeats_s"]))
 
 
 def step_runner(step: train.TrainStep, state, batches, seed: int = 0):

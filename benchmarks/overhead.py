@@ -165,12 +165,11 @@ def library_vs_bare(setup: common.Setup, n1: int, n2: int, repeats: int) -> dict
       jax.block_until_ready(run(n2 - n1))
       times[name].append((time.perf_counter() - start) / (n2 - n1))
   median = {k: statistics.median(v) for k, v in times.items()}
-  best = {k: min(v) for k, v in times.items()}
+  paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
   return {"library_step_seconds": median["fit"], "bare_step_seconds": median["bare"],
-          "library_over_bare": median["fit"] / median["bare"],
-          "library_over_bare_from_min": best["fit"] / best["bare"],
-          "step_fn_over_bare": median["library_step_plain_loop"] / median["bare"],
-          "loop_over_step_fn": median["fit"] / median["library_step_plain_loop"],
+          "library_over_bare": paired("fit", "bare"),
+          "step_fn_over_bare": paired("library_step_plain_loop", "bare"),
+          "loop_over_step_fn": paired("fit", "library_step_plain_loop"),
           "median_s": median, "repeats_s": times, "fit_steps": [n1, n2]}
 
 
@@ -198,9 +197,8 @@ def real_vs_synthetic(setup: common.Setup, steps: int, repeats: int) -> dict:
       "synthetic": common.step_runner(synthetic_step, synthetic_state, fixed_batch),
   }, steps=steps, repeats=repeats)
   return {"real_step_seconds": times["real"]["median_s"],
-          "real_over_synthetic_from_min": times["real"]["min_s"] / times["synthetic"]["min_s"],
           "synthetic_step_seconds": times["synthetic"]["median_s"],
-          "real_over_synthetic": times["real"]["median_s"] / times["synthetic"]["median_s"],
+          "real_over_synthetic": common.paired_ratio(times, "real", "synthetic"),
           "detail": times}
 
 

@@ -94,7 +94,7 @@ def fingerprint(tree) -> str:
     True
   """
   leaves = jax.tree.leaves(tree)
-  sums = jax.device_get(jax.jit(lambda xs: [_leaf_sums(x) for x in xs])(leaves))
+  sums = jax.device_get(_all_sums(leaves))
   described = [(list(np.shape(x)), str(x.dtype), [int(s) for s in pair])
                for x, pair in zip(leaves, sums)]
   return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
@@ -111,6 +111,9 @@ def _leaf_sums(x):
   words = words.reshape(-1)
   position = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
   return jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * position, dtype=jnp.uint32)
+
+
+_all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
 def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
@@ -176,9 +179,11 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
     logging.info("teacher outputs need %.1f GB: not cached", total / 1e9)
     return train_data
 
-  identity = cache_identity(config, teacher, train_data, preprocess)
-  path = os.path.join(workdir, CACHE_FILE)
-  outputs = _load(path, identity, abstract) if mode == "disk" else None
+  outputs = None
+  if mode == "disk":
+    identity = cache_identity(config, teacher, train_data, preprocess)
+    path = os.path.join(workdir, CACHE_FILE)
+    outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
     batch = train.round_up(min(config.train.eval_batch_size, train_data.size), data_devices)
     outputs = train.predict_all(predict, teacher.variables, train_data, batch, mesh)

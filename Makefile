@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data test test-slow run bench clean
+.PHONY: install data test test-slow run bench bench-deps clean
 
 install: $(STAMP) data
 
@@ -44,6 +44,23 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+# Benchmarks (issue 6): each prints a table and writes benchmarks/results/<script>.json.
+#   make bench                                  full runs (~2–4 min on 2 CPU cores)
+#   make bench BENCH_FLAGS=--quick              fewer steps and repeats (~2 min)
+#   make bench BENCH_FLAGS="--precision bf16"   on a GPU (add --pair resnet for a GPU-sized pair)
+BENCH_FLAGS ?=
+
+# PyTorch is a benchmark-only dependency; vs_pytorch.py times kd_jax alone without it.
+bench-deps: install
+	$(PY) -m pip install -q -r benchmarks/requirements.txt || \
+	  echo "note: PyTorch could not be installed; vs_pytorch.py will time kd_jax only"
+
+bench: bench-deps
+	$(PY) benchmarks/kd_step.py $(BENCH_FLAGS)
+	$(PY) benchmarks/overhead.py $(BENCH_FLAGS)
+	$(PY) benchmarks/vs_pytorch.py $(BENCH_FLAGS)
+	$(PY) benchmarks/scaling.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

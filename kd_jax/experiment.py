@@ -202,7 +202,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
   s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
   pairs = methods.feature_pairs(config, s_shapes, t_shapes)
-  mean, std = data_lib.augment.FASHION_MNIST_MEAN, data_lib.augment.FASHION_MNIST_STD  # TODO per dataset
+  mean, std = data_lib.normalization(config.dataset.name)
   eval_preprocess = train.Preprocess(mean, std, dtype=dtype)
   preprocess = train.Preprocess(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
 

@@ -43,7 +43,16 @@ SPLITS = ("train", "test")
 SOURCES = ("auto", "tfds", "idx")
 
 __all__ = ["NAMES", "SPLITS", "SOURCES", "DatasetNotFoundError", "Split",
-           "augment", "load_split", "default_data_dir"]
+           "augment", "load_split", "default_data_dir", "normalization"]
+
+
+def normalization(name: str) -> tuple[float, float]:
+  """The training split's pixel mean and standard deviation on the [0, 1] scale."""
+  from kd_jax.data import augment
+  means = {"fashion_mnist": (augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD)}
+  if name not in means:
+    raise ValueError(f"unknown dataset name={name!r}; valid names: {NAMES}")
+  return means[name]
 
 
 def default_data_dir() -> str:

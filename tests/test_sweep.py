@@ -5,6 +5,7 @@ checked against values computed by hand from that formula.
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -372,7 +373,17 @@ def test_cli_checks_every_point_before_training(tmp_path):
   assert not (tmp_path / "sweep" / "runs").exists()  # nothing started
 
 
-# Real-training smoke sweep (hook): once kd_jax.main.run_experiment trains end to end,
-# add a test that runs `sweep.run_sweep(config, workdir, points, num_seeds=2)` with the
-# default run_fn on a tiny config (a few hundred examples, one epoch) and checks it with
-# `check_sweep_outputs(workdir, num_points=2, num_seeds=2)`; mark it slow if > 30 s.
+@pytest.mark.usefixtures("idx_source")
+def test_real_smoke_sweep_2_points_2_seeds(tmp_path, teacher_dir):
+  from kd_jax.experiment import run_experiment
+  from tests.conftest import have_fashion_mnist, tiny_config
+  if not have_fashion_mnist():
+    pytest.skip("Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist")
+  config = tiny_config(baseline=True)
+  points = sweep.parse_grid(["temperature.init=1,4"], config)
+  sweep.run_sweep(config, str(tmp_path), points, num_seeds=2, teacher_dir=teacher_dir,
+                  run_fn=functools.partial(run_experiment, show_progress=False))
+  rows = check_sweep_outputs(str(tmp_path), num_points=2, num_seeds=2)
+  for row in rows:   # real accuracies, and a paired gain over the two seeds
+    assert 0 <= float(row["test_accuracy_mean"]) <= 1
+    assert int(row["kd_gain_n"]) == 2

@@ -21,8 +21,4 @@ def get_config(arg=None):
   # A small CNN student with the teacher's spatial plan (14x14, 7x7), so the maps can be compared.
   c.student.model = "cnn"
   c.student.kwargs = dict(widths=(8, 16), first_kernel=5, first_stride=2, head="flatten", hidden=64)
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -18,8 +18,4 @@ def get_config(arg=None):
   c.method = "dkd"
   c.dkd = dict(alpha=1.0, beta=8.0, warmup_steps=469)  # the paper's β=8; one epoch of warm-up
   c.temperature = dict(schedule="constant", init=4.0)
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -19,8 +19,4 @@ def get_config(arg=None):
   c.alpha = 1.0                      # hard-label CE; the hint is the only teacher signal
   c.feature_weight = 1.0
   c.feature_layers = {"embedding": "embedding"}  # MLP hidden (128) -> CNN dense (256), linear adapter
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -41,6 +41,11 @@ def get_config(arg=None):
   c.train.batch_size = 128
   c.train.learning_rate = 3e-3  # adamw, cosine decay
   c.baseline = True
+  return apply_arg(c, arg)
+
+
+def apply_arg(c, arg):
+  """``:smoke`` shrinks the run (`apply_smoke`); any other argument is an error."""
   if arg == "smoke":
     apply_smoke(c)
   elif arg:

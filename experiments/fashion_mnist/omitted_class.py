@@ -36,8 +36,5 @@ def get_config(arg=None):
   c.train.epochs = 10
   c.sweep = dict(grid=(), seeds=3)
   if arg == "smoke":
-    kd.apply_smoke(c)
     c.sweep = dict(grid=(), seeds=1)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -18,8 +18,4 @@ def get_config(arg=None):
   c.method = "pkt"
   c.alpha = 1.0
   c.feature_weight = 30000.0         # as in the CRD benchmark (Tian et al. 2020)
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

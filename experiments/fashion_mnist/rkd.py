@@ -18,8 +18,4 @@ def get_config(arg=None):
   c.method = "rkd"
   c.alpha = 1.0
   c.feature_weight = 1.0             # rkd_loss carries the paper's 25 (distance) and 50 (angle)
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -18,8 +18,4 @@ def get_config(arg=None):
   c.method = "sp"
   c.alpha = 1.0
   c.feature_weight = 3000.0          # the paper's γ
-  if arg == "smoke":
-    kd.apply_smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

@@ -32,8 +32,5 @@ def get_config(arg=None):
   c.sweep = dict(grid=("divergence=kl,js,cosine,reverse_kl", "temperature.init=1,2,4,8,16"),
                  seeds=3)
   if arg == "smoke":
-    kd.apply_smoke(c)
     c.sweep = dict(grid=("divergence=kl,cosine", "temperature.init=1,4"), seeds=2)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  return c
+  return kd.apply_arg(c, arg)

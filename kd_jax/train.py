@@ -252,15 +252,19 @@ def make_predict(graphdef, preprocess: Preprocess, mesh, feature_names=()):
                  out_shardings=parallel.replicated(mesh))
 
 
+def pad_batch(index: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(index, mask)`` of fixed size ``batch_size``: ``index`` padded with 0, masked out."""
+  valid = len(index)
+  mask = np.zeros(batch_size, bool)
+  mask[:valid] = True
+  return np.pad(index, (0, batch_size - valid)).astype(np.int32), mask
+
+
 def padded_batches(num_examples: int, batch_size: int, order: np.ndarray | None = None):
-  """Yields ``(index, mask)`` of fixed size ``batch_size``; the last one padded with index 0."""
+  """Yields ``pad_batch`` batches over ``order`` (default ``range(num_examples)``)."""
   order = np.arange(num_examples) if order is None else order
   for start in range(0, num_examples, batch_size):
-    index = order[start:start + batch_size]
-    valid = len(index)
-    mask = np.zeros(batch_size, bool)
-    mask[:valid] = True
-    yield np.pad(index, (0, batch_size - valid)).astype(np.int32), mask
+    yield pad_batch(order[start:start + batch_size], batch_size)
 
 
 def predict_all(predict, variables, data: DeviceData, batch_size: int, mesh):
@@ -394,8 +398,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
         raise KeyboardInterrupt(f"stop_at_step={stop_at_step}")
       epoch, position = divmod(step, steps_per_epoch)
       order = _epoch_order(seed, epoch, n)
-      index, mask = next(iter(padded_batches(
-          n, t.batch_size, order[position * t.batch_size:(position + 1) * t.batch_size])))
+      index, mask = pad_batch(order[position * t.batch_size:(position + 1) * t.batch_size],
+                              t.batch_size)
       batch = parallel.global_batch({"index": index[rows], "mask": mask[rows]}, mesh, t.batch_size)
       rng = jax.random.fold_in(base_key, step)
       if step == start_step:

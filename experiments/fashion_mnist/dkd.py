@@ -5,8 +5,8 @@ r"""Decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD, each with T².
 
 Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
 the cached teacher is reused). The DKD term ramps up linearly over its warm-up steps, as in the paper.
-Run time on the 2-core CPU: about the default experiment's student phase (see the README);
-the loss weights are the published defaults, not tuned on Fashion-MNIST.
+Measured on the 2-core CPU (cached teacher and baseline, seed 0, shared machine):
+58 s, student 88.79% vs 89.24% from scratch (−0.45 points). The loss weights are the published defaults, not tuned on Fashion-MNIST.
 """
 
 from experiments.fashion_mnist import kd

@@ -5,8 +5,8 @@ r"""Probabilistic knowledge transfer (Passalis & Tefas 2018): CE + KL between co
 
 Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
 the cached teacher is reused). The distributions are over the batch's penultimate embeddings.
-Run time on the 2-core CPU: about the default experiment's student phase (see the README);
-the loss weights are the published defaults, not tuned on Fashion-MNIST.
+Measured on the 2-core CPU (cached teacher and baseline, seed 0, shared machine):
+35 s, student 89.08% vs 89.24% from scratch (−0.16 points). The loss weights are the published defaults, not tuned on Fashion-MNIST.
 """
 
 from experiments.fashion_mnist import kd

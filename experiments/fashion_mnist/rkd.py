@@ -5,8 +5,8 @@ r"""Relational KD (Park et al. 2019): CE + distance- and angle-wise relations of
 
 Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
 the cached teacher is reused). The relations are computed between the penultimate embeddings of a batch.
-Run time on the 2-core CPU: about the default experiment's student phase (see the README);
-the loss weights are the published defaults, not tuned on Fashion-MNIST.
+Measured on the 2-core CPU (cached teacher and baseline, seed 0, shared machine):
+642 s (the angle term is O(B³·D) per step: 15 steps/s), student 89.07% vs 89.24% from scratch (−0.17 points). The loss weights are the published defaults, not tuned on Fashion-MNIST.
 """
 
 from experiments.fashion_mnist import kd

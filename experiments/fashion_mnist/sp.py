@@ -5,8 +5,8 @@ r"""Similarity-preserving KD (Tung & Mori 2019): CE + γ·‖G_s − G_t‖²_F 
 
 Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
 the cached teacher is reused). The Gram matrices are of the penultimate embeddings.
-Run time on the 2-core CPU: about the default experiment's student phase (see the README);
-the loss weights are the published defaults, not tuned on Fashion-MNIST.
+Measured on the 2-core CPU (cached teacher and baseline, seed 0, shared machine):
+33 s, student 89.12% vs 89.24% from scratch (−0.12 points). The loss weights are the published defaults, not tuned on Fashion-MNIST.
 """
 
 from experiments.fashion_mnist import kd

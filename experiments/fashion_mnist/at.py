@@ -5,8 +5,9 @@ r"""Attention transfer (Zagoruyko & Komodakis 2017): CE + β·Σ‖a_s − a_t�
 
 Teacher, data and budget are the default experiment's (experiments/fashion_mnist/kd.py;
 the cached teacher is reused). AT needs spatial maps, so the student is a narrow CNN with the teacher's 14x14 and 7x7 stages (both matched).
-Run time and results of the full run: not yet measured (its :smoke run is tested in
-tests/test_experiments.py). The loss weights are the published defaults, not tuned here.
+Measured on the 2-core CPU (cached teacher, seed 0, shared machine): 172 s, student
+(52k parameters) 90.18% vs 90.27% from scratch (−0.09 points). The loss weights are the
+published defaults, not tuned on Fashion-MNIST.
 """
 
 from experiments.fashion_mnist import kd

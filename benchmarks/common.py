@@ -162,16 +162,13 @@ def device_batches(setup: Setup, count: int, seed: int = 0) -> list:
 
 
 def host_batches(setup: Setup, seed: int = 0):
-  """Endless batches made on the host each step, as ``train.fit`` makes them."""
-  n, b = setup.train_data.size, setup.config.train.batch_size
-  sharding = {"index": parallel.batch_sharding(setup.mesh),
-              "mask": parallel.batch_sharding(setup.mesh)}
-  epoch = 0
+  """Endless batches fed as ``train.fit`` feeds them (:class:`train.BatchFeeder`)."""
+  feeder = train.BatchFeeder(setup.train_data.size, setup.config.train.batch_size, seed,
+                             setup.mesh)
+  step = 0
   while True:
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    for index, mask in train.padded_batches(n, b, order):
-      yield parallel.put_sharded({"index": index, "mask": mask}, sharding)
-    epoch += 1
+    yield feeder(step)
+    step += 1
 
 
 def time_steps(runners: dict[str, Callable[[int], Any]], *, steps: int, repeats: int,
@@ -210,16 +207,19 @@ def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
 
 
 def step_runner(step: train.TrainStep, state, batches, seed: int = 0):
-  """``run(k)``: k train steps from the current state; keeps the (donated) state threaded."""
+  """``run(k)``: k train steps from the current state; keeps the (donated) state threaded.
+
+  Passes one replicated base key, as ``train.fit`` does (the step folds in its step count).
+  """
   holder = {"state": state, "i": 0}
-  key = jax.random.key(seed)
+  key = train.replicated_key(seed, state.step.sharding.mesh)
   is_list = isinstance(batches, list)
 
   def run(k):
     metrics = None
     for _ in range(k):
       batch = batches[holder["i"] % len(batches)] if is_list else next(batches)
-      holder["state"], metrics = step(holder["state"], batch, jax.random.fold_in(key, holder["i"]))
+      holder["state"], metrics = step(holder["state"], batch, key)
       holder["i"] += 1
     return metrics
 

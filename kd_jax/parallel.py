@@ -21,12 +21,14 @@ shape; ``-1`` means "all the devices that are left"::
 (Fashion-MNIST is 47 MB as uint8), so every process loads the whole split and
 places it, replicated, on every device once (:func:`put_replicated`); a batch is
 then a vector of example indices (plus a validity mask) and the gather,
-normalisation and augmentation run inside the jitted step. Each step, every
-process derives the same global index vector from the seed, keeps only the rows
+normalisation and augmentation run inside the jitted step. Each epoch, every
+process derives the same permutation from the seed, keeps only the batch rows
 its own devices hold (:func:`process_rows`) and builds the global, data-sharded
-batch from that process-local share with ``jax.make_array_from_process_local_data``
-(:func:`global_batch`) — the multi-host input pattern, where no process ever
-materialises another's shard. A dataset too large to replicate would keep the
+batches of the whole epoch from that process-local share with
+``jax.make_array_from_process_local_data`` (:func:`global_batch`) — the
+multi-host input pattern, where no process ever materialises another's shard.
+(:class:`kd_jax.train.BatchFeeder` does this once an epoch rather than once a
+step: a transfer per step costs more host time than a small step's compute.) A dataset too large to replicate would keep the
 same step and sharding: each host would load only its ``process_rows`` examples
 and pass them to :func:`global_batch` instead of indices.
 
@@ -96,9 +98,13 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  """Leading (batch) axis split over ``data``; the rest replicated (also over ``model``)."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharding(mesh, *, stacked: bool = False) -> NamedSharding:
+  """Batch axis split over ``data``; the rest replicated (also over ``model``).
+
+  The batch axis is the leading one, or the second with ``stacked=True`` (arrays
+  holding many batches, ``[steps, batch, ...]``).
+  """
+  return NamedSharding(mesh, P(None, DATA_AXIS) if stacked else P(DATA_AXIS))
 
 
 def fsdp_spec(shape: tuple[int, ...], model_size: int) -> P:
@@ -159,16 +165,23 @@ def process_rows(mesh, global_batch: int) -> np.ndarray:
   return np.array(sorted(rows), dtype=np.int64)
 
 
-def global_batch(local_tree, mesh, global_size: int):
+def global_batch(local_tree, mesh, global_size: int, *, stacked: bool = False):
   """A data-sharded global batch from this process's rows (see :func:`process_rows`).
 
   Args:
-    local_tree: host arrays whose leading axis holds exactly this process's
+    local_tree: host arrays whose batch axis holds exactly this process's
       rows, in ascending order.
     mesh: the mesh; the batch is split over ``data``.
     global_size: the batch size summed over all processes.
+    stacked: the arrays hold many batches, ``[steps, rows, ...]``; the batch
+      axis is then the second.
   """
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
-          sharding, np.asarray(x), (global_size,) + np.shape(x)[1:]), local_tree)
+  sharding = batch_sharding(mesh, stacked=stacked)
+  axis = 1 if stacked else 0
+
+  def make(x):
+    x = np.asarray(x)
+    shape = x.shape[:axis] + (global_size,) + x.shape[axis + 1:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  return jax.tree.map(make, local_tree)

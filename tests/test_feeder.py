@@ -1,0 +1,73 @@
+"""The training loop's host side: batches fed an epoch at a time, the step's own key, TensorBoard."""
+
+import importlib.util
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import parallel, train
+
+
+def _mesh():
+  return parallel.make_mesh(1, 1, jax.devices()[:1])
+
+
+def test_each_epoch_feeds_every_example_once_in_the_seeded_order():
+  n, b, seed = 10, 4, 3              # 3 steps an epoch, the last holding 2 examples
+  feeder = train.BatchFeeder(n, b, seed, _mesh())
+  assert feeder.steps_per_epoch == 3
+  for epoch in range(2):
+    order = train.epoch_order(seed, epoch, n)
+    batches = [feeder(epoch * 3 + position) for position in range(3)]
+    index = np.concatenate([np.asarray(x["index"]) for x in batches])
+    mask = np.concatenate([np.asarray(x["mask"]) for x in batches])
+    np.testing.assert_array_equal(mask, np.arange(12) < n)
+    np.testing.assert_array_equal(index[:n], order)     # batch k = order[k*b:(k+1)*b]
+    np.testing.assert_array_equal(index[n:], 0)         # padding rows point at example 0
+  assert not np.array_equal(train.epoch_order(seed, 0, n), train.epoch_order(seed, 1, n))
+
+
+def test_a_fresh_feeder_resumes_mid_epoch_with_the_same_batch():
+  running = train.BatchFeeder(50, 8, 0, _mesh())
+  for step in range(13):
+    expected = running(step)
+  resumed = train.BatchFeeder(50, 8, 0, _mesh())(12)
+  for key in ("index", "mask"):
+    np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(expected[key]))
+
+
+def test_fed_batches_are_sharded_over_data():
+  mesh = _mesh()
+  batch = train.BatchFeeder(20, 4, 0, mesh)(0)
+  assert batch["index"].shape == (4,) and batch["index"].dtype == np.int32
+  assert batch["index"].sharding.is_equivalent_to(parallel.batch_sharding(mesh), 1)
+
+
+def test_stacked_global_batch_splits_the_second_axis():
+  mesh = _mesh()
+  stacked = np.arange(12, dtype=np.int32).reshape(3, 4)
+  batches = parallel.global_batch({"index": stacked}, mesh, 4, stacked=True)["index"]
+  assert batches.sharding.spec == parallel.batch_sharding(mesh, stacked=True).spec
+  np.testing.assert_array_equal(np.asarray(batches), stacked)
+
+
+def test_replicated_key_is_the_seed_key_on_every_device():
+  key = train.replicated_key(7, _mesh())
+  np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(7)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("tensorboardX") is None,
+                    reason="needs torch and tensorboardX installed")
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+  code = ("import sys; from kd_jax import train; "
+          f"w = train._summary_writer({str(tmp_path)!r}); w.add_scalar('x', 1.0, 0); w.close(); "
+          "assert 'torch' not in sys.modules, 'torch was imported'; "
+          "import torch; print('torch importable afterwards', torch.__version__)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert "torch importable afterwards" in out.stdout
+  assert list(tmp_path.glob("events.out.tfevents.*"))

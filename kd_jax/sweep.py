@@ -503,15 +503,14 @@ def main(argv: Sequence[str]) -> None:
   from kd_jax import config as config_lib
   from kd_jax import main as train_main
   FLAGS = flags.FLAGS
-  train_main.quiet_logging()
   if FLAGS.summarize_only:
+    train_main.quiet_logging()
     write_summary(FLAGS.workdir)
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
   # Several hosts run the same sweep in lockstep, every run on all their devices.
-  from kd_jax import distributed
-  distributed.initialize_from_flags()
+  train_main.setup_process()
   grid, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.seeds)
   points = parse_grid(grid, FLAGS.config)
   for run in plan_runs(FLAGS.config, points, seeds):

@@ -13,6 +13,7 @@ from flax import nnx
 
 from kd_jax import config as config_lib
 from kd_jax import methods, models
+from tests import multidevice
 from tests.conftest import needs_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,12 +43,13 @@ def test_unknown_config_argument_is_rejected():
     _module("kd").get_config("fast")
 
 
-def _run_cli(tmp_path, module, *extra):
+def _run_cli(tmp_path, module, *extra, compilation_cache=multidevice.CACHE):
   env = dict(os.environ, KD_JAX_DATA_SOURCE="idx", JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   cmd = [sys.executable, "-m", "kd_jax.main",
          f"--config=experiments/fashion_mnist/{module}.py:smoke",
          f"--workdir={tmp_path / module}", f"--teacher_dir={tmp_path / 'teachers'}",
-         "--noprogress", *extra]
+         f"--compilation_cache_dir={compilation_cache}", "--noprogress", *extra]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / module / "results.json") as f:
@@ -57,7 +59,8 @@ def _run_cli(tmp_path, module, *extra):
 @needs_fashion_mnist
 def test_cli_smoke_run_prints_the_table_and_writes_results(tmp_path):
   stdout, results = _run_cli(tmp_path, "kd", "--config.divergence=js",
-                             "--config.temperature.init=2")
+                             "--config.temperature.init=2",
+                             compilation_cache=tmp_path / "xla")
   assert results["config"]["divergence"] == "js"
   assert results["config"]["temperature"]["init"] == 2.0
   assert results["experiment"] == "fashion_mnist/kd"
@@ -66,6 +69,10 @@ def test_cli_smoke_run_prints_the_table_and_writes_results(tmp_path):
   assert "KD gain" in stdout and "student (kd)" in stdout
   assert os.path.exists(tmp_path / "kd" / "student" / "metrics.jsonl")
   assert glob.glob(str(tmp_path / "kd" / "student" / "tb" / "events.out.tfevents.*"))
+  # The persistent compilation cache is on by default and holds the run's programs,
+  # the train steps included.
+  cached = os.listdir(tmp_path / "xla")
+  assert any("step_fn" in name for name in cached), cached[:20]
 
 
 @needs_fashion_mnist

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite of issue 6 (bf16), in one command:
+#
+#   bash benchmarks/gpu_suite.sh            # PYTHON=... to pick the interpreter
+#
+# Needs jax with CUDA, flax, optax, orbax, absl, ml_collections and, for the
+# PyTorch comparison, a CUDA build of torch; installs nothing itself (GPU hosts
+# are often offline). Writes benchmarks/results/<script>-gpu-<pair>-bf16.json for
+# both pairs: the default experiment's (tiny: launch-bound on a GPU) and
+# resnet32x4 → resnet8x4 (large enough to fill one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c "import jax, sys; d = jax.devices()[0]; print('device:', d.device_kind); \
+sys.exit(0 if d.platform == 'gpu' else 'no GPU: jax.devices() = %s' % jax.devices())"
+for pair in resnet default; do
+  "$PYTHON" benchmarks/kd_step.py --precision bf16 --pair "$pair" --tag "gpu-$pair-bf16"
+  "$PYTHON" benchmarks/vs_pytorch.py --precision bf16 --pair "$pair" --tag "gpu-$pair-bf16"
+done
+"$PYTHON" benchmarks/overhead.py --precision bf16 --tag gpu-default-bf16
+"$PYTHON" benchmarks/scaling.py --quick --tag gpu

@@ -22,7 +22,8 @@ less time than a host-to-device transfer plus eager dispatches (measured on a
 2-core CPU: ~0.8 ms for the default experiment's cached-teacher step against
 ~0.3 ms of per-step host work before this design): an epoch's index batches go
 to the devices in one transfer (:class:`BatchFeeder`), the step derives its
-random key from ``state.step`` itself, and metrics are read one step late.
+random key from ``state.step`` itself, and metrics are read in windows of
+:data:`READ_METRICS_EVERY` steps, never waiting on the step just dispatched.
 
 Several devices and hosts: the batch is split over the mesh's ``data`` axis
 and each process contributes only its own rows (see :mod:`kd_jax.parallel`);
@@ -302,6 +303,14 @@ def round_up(value: int, multiple: int) -> int:
 
 # --------------------------------------------------------------------------- the loop
 
+# The loop reads metrics (loss NaN checks, logging) once per this many steps, not
+# every step: each read waits for the device, and the host's wake-up after that
+# wait costs ~10% of a 1 ms step on a busy 2-core CPU. A NaN/Inf loss is still
+# caught at its exact step, at most this many steps later, and always before
+# a checkpoint is saved.
+READ_METRICS_EVERY = 32
+
+
 @dataclasses.dataclass
 class FitResult:
   module: nnx.Module           # the trained module (a methods.Student)
@@ -382,10 +391,10 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the "
                      f"{data_devices} data-parallel devices (mesh.data)")
   n = train_data.size
-  steps_per_epoch = math.ceil(n / t.batch_size)
+  feeder = BatchFeeder(n, t.batch_size, seed, mesh)
+  steps_per_epoch = feeder.steps_per_epoch
   total_steps = max(1, round(t.epochs * steps_per_epoch))
   optimizer = make_optimizer(t, total_steps)
-  feeder = BatchFeeder(n, t.batch_size, seed, mesh)
 
   graphdef, params, model_state = split_module(module)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
@@ -413,22 +422,32 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   writer = _summary_writer(os.path.join(workdir, "tb"))
   bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
                   disable=not show_progress or jax.process_index() != 0, dynamic_ncols=True)
-  pending = None         # metrics of the previous step, read one step late
+  unread = []            # (step, device metrics) of dispatched steps not yet read
   last_saved = restored[2] if restored else None
   compile_seconds = 0.0
   timer_start = None
   test_logits = None
 
-  def check(step_metrics, step):
-    # np.asarray per leaf: a quarter of jax.device_get's host time on a dict of scalars.
-    host = {k: np.asarray(v) for k, v in step_metrics.items()}
-    loss = float(host["loss"])
-    if not math.isfinite(loss):
-      raise NonFiniteLossError(
-          f"{name}: the loss became {loss} at step {step}. Stopping; the last good checkpoint "
-          f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
-          "or check the inputs.")
-    return host
+  def read_metrics(*, keep_newest: bool):
+    """Checks the loss of every unread step and logs the due ones, in one wait for the device.
+
+    ``keep_newest`` leaves the step just dispatched unread: the host then waits
+    only for the step before it, so the device always has work queued.
+    Raises NonFiniteLossError naming the first step whose loss is NaN/Inf.
+    """
+    ready = unread[:-1] if keep_newest else unread[:]
+    del unread[:len(ready)]
+    for step, step_metrics in ready:
+      loss = float(np.asarray(step_metrics["loss"]))
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"{name}: the loss became {loss} at step {step}. Stopping; the last good checkpoint "
+            f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
+            "or check the inputs.")
+      if step % log_every_steps == 0 or step == total_steps - 1:
+        # np.asarray per leaf: ~6 µs for the step's five scalars against ~58 µs for
+        # jax.device_get (2-core CPU).
+        log({k: np.asarray(v) for k, v in step_metrics.items()}, step)
 
   def log(host, step):
     record = {"step": step, **{k: float(v) for k, v in host.items()}}
@@ -453,17 +472,15 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
         timer_start = time.perf_counter()
       else:
         state, step_metrics = train_step(state, batch, base_key)
-      if pending is not None:
-        host = check(pending[1], pending[0])
-        if pending[0] % log_every_steps == 0 or pending[0] == total_steps - 1:
-          log(host, pending[0])
-      pending = (step, step_metrics)
+      unread.append((step, step_metrics))
+      if len(unread) > READ_METRICS_EVERY:
+        read_metrics(keep_newest=True)
       bar.update(1)
       done = step + 1
       end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
       periodic = checkpoint_every_steps and done % checkpoint_every_steps == 0
       if end_of_epoch or periodic:
-        check(pending[1], pending[0])  # never save a state that followed a NaN loss
+        read_metrics(keep_newest=False)  # never save a state that followed a NaN loss
         if end_of_epoch:
           test_logits, test_accuracy = evaluate(state)
           meta["history"].append({"step": done, "epoch": done / steps_per_epoch,
@@ -474,9 +491,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
           logging.info("%s: step %d test accuracy %.4f", name, done, test_accuracy)
         checkpointer.save(done, state, meta)
         last_saved = done
-    if pending is not None:
-      host = check(pending[1], pending[0])
-      log(host, pending[0])
+    read_metrics(keep_newest=False)
   finally:
     bar.close()
     if writer is not None:

@@ -1,10 +1,13 @@
 """The training loop's host side: batches fed an epoch at a time, the step's own key, TensorBoard."""
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -71,3 +74,50 @@ def test_tensorboard_writer_does_not_import_torch(tmp_path):
   assert out.returncode == 0, out.stderr
   assert "torch importable afterwards" in out.stdout
   assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def _fit_mlp(tmp_path, objective, *, epochs, log_every_steps=1):
+  from flax import nnx
+  from kd_jax import config as config_lib
+  from kd_jax import methods, models
+  mesh = _mesh()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (80, 4, 4, 1), dtype=np.uint8)
+  labels = rng.integers(0, 3, 80).astype(np.int32)
+  data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
+  t = config_lib.base_config().train
+  t.batch_size, t.epochs, t.optimizer = 8, epochs, "sgd"
+  module = methods.Student(models.create("mlp", num_classes=3, rngs=nnx.Rngs(0), hidden=(4,),
+                                         input_shape=(4, 4, 1)), {}, {}, rngs=nnx.Rngs(1))
+  return train.fit(name="t", module=module, objective=objective, train_config=t,
+                   train_data=data, test_data=data, preprocess=train.Preprocess(0.0, 255.0),
+                   mesh=mesh, workdir=str(tmp_path), seed=0, show_progress=False,
+                   log_every_steps=log_every_steps)
+
+
+def _cross_entropy_until(bad_step):
+  """Cross-entropy whose value is NaN from ``bad_step`` on (its gradient stays finite)."""
+  from kd_jax import methods
+
+  def objective(step, student_out, teacher_out, labels, mask):
+    loss = methods.masked_cross_entropy(student_out[0], labels, mask)
+    loss = loss + jax.lax.stop_gradient(jnp.where(step >= bad_step, jnp.nan, 0.0))
+    return loss, {"loss": loss}
+  return objective
+
+
+def test_nan_loss_is_reported_at_its_exact_step_between_metric_reads(tmp_path):
+  # 10 steps an epoch, 6 epochs: step 45 lies inside a window of READ_METRICS_EVERY steps
+  # and away from the end-of-epoch reads, yet the error names it.
+  assert train.READ_METRICS_EVERY > 5
+  with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 45\b"):
+    _fit_mlp(tmp_path, _cross_entropy_until(45), epochs=6)
+  # The checkpoint after epoch 4 (step 40) is kept; nothing after the NaN was saved.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["30", "40"]
+
+
+def test_every_due_step_is_logged_once_in_order(tmp_path):
+  _fit_mlp(tmp_path, _cross_entropy_until(10**9), epochs=7, log_every_steps=4)  # 70 steps
+  with open(tmp_path / "metrics.jsonl") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == list(range(0, 70, 4)) + [69]   # and the last step

@@ -4,9 +4,11 @@ r"""kd_jax against a plain PyTorch loop: the same pair, KD loss, optimiser and b
 
 Both sides train the student of the default experiment by logit KD with the
 teacher run in every step (no caching), from the whole training set held on
-the device, with a batch of example indices made on the host each step:
+the device, with batches of example indices drawn on the host:
 
-* kd_jax — ``train.make_train_step`` (the library's compiled step);
+* kd_jax — ``train.make_train_step`` (the library's compiled step), fed as
+  ``train.fit`` feeds it (``train.BatchFeeder``: an epoch's index batches sent
+  to the device at once);
 * PyTorch eager — a loop written for this benchmark: gather, normalise, teacher
   forward under ``no_grad``, student forward, α·CE + (1−α)·T²·KL(p_T ‖ p_S),
   backward, ``AdamW``; NCHW layout; bf16 by ``autocast``;

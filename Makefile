@@ -49,6 +49,7 @@ test-slow: install
 #   make bench                                  full runs (~2–4 min on 2 CPU cores)
 #   make bench BENCH_FLAGS=--quick              fewer steps and repeats (~2 min)
 #   make bench BENCH_FLAGS="--precision bf16"   on a GPU (add --pair resnet for a GPU-sized pair)
+#   bash benchmarks/gpu_suite.sh                the whole bf16 GPU suite, installing nothing
 BENCH_FLAGS ?=
 
 # PyTorch is a benchmark-only dependency; vs_pytorch.py times kd_jax alone without it.

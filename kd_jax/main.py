@@ -11,6 +11,7 @@ checkpoints and skips finished phases.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import jax
@@ -63,7 +64,13 @@ def enable_compilation_cache(directory: str) -> None:
     return
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+  # JAX refuses to use the cache at all when a size cap is set without filelock
+  # (a requirement of kd_jax); uncapped beats silently uncached.
+  if importlib.util.find_spec("filelock") is not None:
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+  else:
+    logging.warning("filelock is not installed: the compilation cache in %s is not size-capped",
+                    directory)
 
 
 def setup_process() -> None:

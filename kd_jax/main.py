@@ -54,10 +54,10 @@ def enable_compilation_cache(directory: str) -> None:
   Every program is cached, not only those that took JAX's default 1 s to
   compile: most of a kd_jax run's start-up is many small compilations (the
   eager model initialisation's ops, the eval step). Measured on a 2-core CPU
-  (benchmarks/overhead.py, ``cold_start_seconds`` / ``warm_start_seconds``):
-  a fresh process reaches its first KD step in 6.2 s with an empty cache and
-  2.8 s with a filled one. The cache is capped at 1 GiB (least recently used
-  entries are evicted). A directory set through ``JAX_COMPILATION_CACHE_DIR``
+  (benchmarks/overhead.py, ``cold_start_seconds`` / ``warm_start_seconds``,
+  7 runs): a fresh process reaches its first KD step in 6.1–8.6 s with an
+  empty cache and 2.6–3.5 s with a filled one. The cache is capped at 1 GiB
+  (least recently used entries are evicted; the cap needs ``filelock``). A directory set through ``JAX_COMPILATION_CACHE_DIR``
   is left as it is.
   """
   if not directory or jax.config.jax_compilation_cache_dir:

@@ -28,9 +28,10 @@ batches of the whole epoch from that process-local share with
 ``jax.make_array_from_process_local_data`` (:func:`global_batch`) — the
 multi-host input pattern, where no process ever materialises another's shard.
 (:class:`kd_jax.train.BatchFeeder` does this once an epoch rather than once a
-step: a transfer per step costs more host time than a small step's compute.) A dataset too large to replicate would keep the
-same step and sharding: each host would load only its ``process_rows`` examples
-and pass them to :func:`global_batch` instead of indices.
+step: a transfer per step costs more host time than a small step's compute.)
+A dataset too large to replicate would keep the same step and sharding: each
+host would load only its ``process_rows`` examples and pass them to
+:func:`global_batch` instead of indices.
 
 Arrays that leave the devices (logits for evaluation, metrics, parameters to
 save) are replicated first, inside the compiled function, because NumPy cannot

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_suite.sh            # PYTHON=... to pick the interpreter
 #
-# Needs jax with CUDA, flax, optax, orbax, absl, ml_collections and, for the
+# Needs jax with CUDA, flax, optax, orbax, absl, ml_collections, filelock and, for the
 # PyTorch comparison, a CUDA build of torch; installs nothing itself (GPU hosts
 # are often offline). Writes benchmarks/results/<script>-gpu-<pair>-bf16.json for
 # both pairs: the default experiment's (tiny: launch-bound on a GPU) and

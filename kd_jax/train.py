@@ -36,6 +36,7 @@ TensorBoard events and the progress bar.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -316,6 +317,13 @@ class FitResult:
   step_compiles: int           # compilations of the train step in this call (1 expected)
 
 
+@functools.lru_cache(maxsize=None)
+def _batch_selector(mesh):
+  """``select(batches, position)``, compiled once per mesh: a sweep runs many fits in one process."""
+  return jax.jit(lambda batches, position: jax.tree.map(lambda a: a[position], batches),
+                 out_shardings=parallel.batch_sharding(mesh))
+
+
 def replicated_key(seed: int, mesh) -> jax.Array:
   """The run's base key, placed on every device once (an uncommitted key is copied every step)."""
   return jax.random.wrap_key_data(
@@ -343,8 +351,7 @@ class BatchFeeder:
     self.steps_per_epoch = math.ceil(num_examples / batch_size)
     self._rows = parallel.process_rows(mesh, batch_size)
     self._epoch, self._batches = None, None
-    self._select = jax.jit(lambda batches, position: jax.tree.map(lambda a: a[position], batches),
-                           out_shardings=parallel.batch_sharding(mesh))
+    self._select = _batch_selector(mesh)
 
   def __call__(self, step: int):
     epoch, position = divmod(step, self.steps_per_epoch)
@@ -414,34 +421,33 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   writer = _summary_writer(os.path.join(workdir, "tb"))
   bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
                   disable=not show_progress or jax.process_index() != 0, dynamic_ncols=True)
-  unread = []            # (step, device metrics) of dispatched steps not yet read
+  pending = None         # (step, device metrics) of the last step dispatched, read one step late
   last_saved = restored[2] if restored else None
   compile_seconds = 0.0
   timer_start = None
   test_logits = None
 
-  def read_metrics(*, keep_newest: bool):
-    """Checks the loss of every unread step and logs the due ones.
+  def read_metrics(step, step_metrics):
+    """Checks one step's loss and logs the step when it is due.
 
-    ``keep_newest`` leaves the step just dispatched unread: the host then waits
-    only for the step before it, so the device always has work queued. (Reading
-    every 32 steps instead measured no faster on the 2-core CPU: the library /
-    bare ratio of benchmarks/overhead.py was 1.01–1.05 either way.)
-    Raises NonFiniteLossError naming the first step whose loss is NaN/Inf.
+    The loop reads each step while the next one runs, so the host never waits
+    on the step it has just dispatched. (Reading every 32 steps instead measured
+    no faster on the 2-core CPU: the library / bare ratio of
+    benchmarks/overhead.py was 1.01–1.05 either way.)
+
+    Raises:
+      NonFiniteLossError: the loss is NaN/Inf.
     """
-    ready = unread[:-1] if keep_newest else unread[:]
-    del unread[:len(ready)]
-    for step, step_metrics in ready:
-      loss = float(np.asarray(step_metrics["loss"]))
-      if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"{name}: the loss became {loss} at step {step}. Stopping; the last good checkpoint "
-            f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
-            "or check the inputs.")
-      if step % log_every_steps == 0 or step == total_steps - 1:
-        # np.asarray per leaf: ~6 µs for the step's five scalars against ~58 µs for
-        # jax.device_get (2-core CPU).
-        log({k: np.asarray(v) for k, v in step_metrics.items()}, step)
+    loss = float(np.asarray(step_metrics["loss"]))
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"{name}: the loss became {loss} at step {step}. Stopping; the last good checkpoint "
+          f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
+          "or check the inputs.")
+    if step % log_every_steps == 0 or step == total_steps - 1:
+      # np.asarray per leaf: ~6 µs for the step's five scalars against ~58 µs for
+      # jax.device_get (2-core CPU).
+      log({k: np.asarray(v) for k, v in step_metrics.items()}, step)
 
   def log(host, step):
     record = {"step": step, **{k: float(v) for k, v in host.items()}}
@@ -466,14 +472,16 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
         timer_start = time.perf_counter()
       else:
         state, step_metrics = train_step(state, batch, base_key)
-      unread.append((step, step_metrics))
-      read_metrics(keep_newest=True)      # the previous step's: read one step late
+      if pending is not None:
+        read_metrics(*pending)            # the previous step's, while this one runs
+      pending = (step, step_metrics)
       bar.update(1)
       done = step + 1
       end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
       periodic = checkpoint_every_steps and done % checkpoint_every_steps == 0
       if end_of_epoch or periodic:
-        read_metrics(keep_newest=False)  # never save a state that followed a NaN loss
+        read_metrics(*pending)           # never save a state that followed a NaN loss
+        pending = None
         if end_of_epoch:
           test_logits, test_accuracy = evaluate(state)
           meta["history"].append({"step": done, "epoch": done / steps_per_epoch,
@@ -484,7 +492,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
           logging.info("%s: step %d test accuracy %.4f", name, done, test_accuracy)
         checkpointer.save(done, state, meta)
         last_saved = done
-    read_metrics(keep_newest=False)
+    if pending is not None:
+      read_metrics(*pending)
   finally:
     bar.close()
     if writer is not None:

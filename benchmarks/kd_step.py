@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 import common
 from kd_jax import config as config_lib
-from kd_jax import methods, teacher_cache, train
+from kd_jax import losses, methods, teacher_cache, train
 
 
 def student_training_flops(module, batch_size, input_shape, dtype) -> float:
@@ -42,7 +42,7 @@ def student_training_flops(module, batch_size, input_shape, dtype) -> float:
   labels = jnp.zeros((batch_size,), jnp.int32)
 
   def grads(p, s, x, y):
-    loss = lambda p: methods.masked_cross_entropy(
+    loss = lambda p: losses.cross_entropy(
         train.forward(graphdef, p, s, x, train=True)[0][0], y)
     return jax.grad(loss)(p)
 

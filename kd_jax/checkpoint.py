@@ -6,7 +6,9 @@ A checkpoint holds two items:
   saved with ``StandardSave`` so sharded arrays are written by the processes
   that own their shards and restored onto the target shardings.
 * ``meta``  — a small JSON dict (best accuracy so far, the epoch's eval history),
-  so that a resumed run reports the same ``best_test_accuracy``.
+  so that a resumed run reports the same ``best_test_accuracy``, and the
+  identity of the run that wrote it (:func:`kd_jax.workdir.identity_record`),
+  so that a run never resumes another config's checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
+
+  def latest_meta(self) -> dict | None:
+    """The ``meta`` item of the latest checkpoint alone (no state restored), or None."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
 
   def restore(self, target_state, step: int | None = None):
     """Restores onto ``target_state``'s structure, shapes, dtypes and shardings.

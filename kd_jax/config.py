@@ -8,10 +8,14 @@ compiled — and raises ``ValueError`` naming the field and the valid choices.
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 import ml_collections
 
 from kd_jax import divergences, models, schedules
 from kd_jax.data import NAMES as DATASETS
+from kd_jax.errors import ConfigError
 
 METHODS = ("none", "kd", "dkd", "fitnets", "at", "rkd", "sp", "pkt")
 # Methods that match intermediate features; the value is the default layer pairing.
@@ -94,15 +98,40 @@ def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collection
   return copy
 
 
+def resolve_field(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
+  """The current value of the dotted field ``key`` and its type.
+
+  Raises:
+    ConfigError: no such field, naming the first unknown part, the valid
+      fields at that level and the closest match.
+  """
+  node, path = config, []
+  for name in key.split("."):
+    where = ".".join(path) or "the top level"
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(key, f"{where} is a {type(node).__name__}, not a group of fields, "
+                        f"so it has no field {name!r}.")
+    if name not in node:
+      close = difflib.get_close_matches(name, list(node.keys()), n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ConfigError(key, f"no field {name!r} at {where}.{hint} Valid fields there: "
+                        f"{', '.join(sorted(node.keys())) or '(none)'}.")
+    parent, node = node, node[name]
+    path.append(name)
+  return node, parent.get_type(name)
+
+
 def _choice(field: str, value, choices) -> None:
   if value not in choices:
-    raise ValueError(f"{field}: unknown value {value!r}; valid choices: {', '.join(map(str, choices))}")
+    raise ConfigError(field, f"{field}: unknown value {value!r}; valid choices: "
+                      f"{', '.join(map(str, choices))}")
 
 
 def _positive(field: str, value, *, integer: bool = False) -> None:
   kind = int if integer else (int, float)
   if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-    raise ValueError(f"{field} must be a positive {'int' if integer else 'number'}, got {value!r}")
+    raise ConfigError(field, f"{field} must be a positive {'int' if integer else 'number'}, "
+                      f"got {value!r}")
 
 
 def _validate_training(prefix: str, t) -> None:
@@ -113,9 +142,11 @@ def _validate_training(prefix: str, t) -> None:
   _positive(f"{prefix}.learning_rate", t.learning_rate)
   _choice(f"{prefix}.lr_schedule", t.lr_schedule, LR_SCHEDULES)
   if not 0 <= t.warmup_fraction < 1:
-    raise ValueError(f"{prefix}.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
-  if t.weight_decay < 0 or t.grad_clip_norm < 0:
-    raise ValueError(f"{prefix}.weight_decay and {prefix}.grad_clip_norm must be >= 0")
+    raise ConfigError(f"{prefix}.warmup_fraction",
+                      f"{prefix}.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
+  for field in ("weight_decay", "grad_clip_norm"):
+    if t[field] < 0:
+      raise ConfigError(f"{prefix}.{field}", f"{prefix}.{field} must be >= 0, got {t[field]}")
 
 
 def _validate_model(prefix: str, spec) -> None:
@@ -133,43 +164,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("train_examples", "test_examples", "crop_padding"):
     value = config.dataset[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"dataset.{field} must be an int >= 0, got {value!r}")
+      raise ConfigError(f"dataset.{field}", f"dataset.{field} must be an int >= 0, got {value!r}")
   omit = config.dataset.omit_classes
   if not isinstance(omit, (tuple, list)) or not all(
       isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in omit):
-    raise ValueError(f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
+    raise ConfigError("dataset.omit_classes",
+                      f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
   _validate_model("teacher", config.teacher)
   _validate_model("student", config.student)
   _validate_training("teacher.train", config.teacher.train)
   _validate_training("train", config.train)
   _choice("method", config.method, METHODS)
   _choice("divergence", config.divergence, divergences.NAMES)
-  schedules.validate(config.temperature, field="temperature", positive=True)
-  schedules.validate(config.alpha, field="alpha", unit_interval=True)
+  for field, bounds in (("temperature", dict(positive=True)), ("alpha", dict(unit_interval=True))):
+    try:
+      schedules.validate(config[field], field=field, **bounds)
+    except ValueError as e:
+      raise ConfigError(field, str(e)) from None
   for field in ("alpha", "beta"):
     if config.dkd[field] < 0:
-      raise ValueError(f"dkd.{field} must be >= 0, got {config.dkd[field]}")
+      raise ConfigError(f"dkd.{field}", f"dkd.{field} must be >= 0, got {config.dkd[field]}")
   if config.feature_weight < 0:
-    raise ValueError(f"feature_weight must be >= 0, got {config.feature_weight}")
+    raise ConfigError("feature_weight", f"feature_weight must be >= 0, got {config.feature_weight}")
   _choice("precision", config.precision, PRECISIONS)
   _choice("teacher_cache", config.teacher_cache, TEACHER_CACHES)
   if not isinstance(config.teacher_fixed_views, bool):
-    raise ValueError(f"teacher_fixed_views must be True or False, got {config.teacher_fixed_views!r}")
+    raise ConfigError("teacher_fixed_views", "teacher_fixed_views must be True or False, got "
+                      f"{config.teacher_fixed_views!r}")
   augmented = config.dataset.crop_padding > 0 or config.dataset.flip
   if augmented and config.teacher_cache in ("memory", "disk") and not config.teacher_fixed_views:
-    raise ValueError(
+    raise ConfigError("teacher_cache",
         f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
         "dataset.flip): the teacher must see the same random view as the student "
         "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
         "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
         "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
   if config.teacher_fixed_views and config.teacher_cache == "none":
-    raise ValueError(
+    raise ConfigError("teacher_fixed_views",
         "teacher_fixed_views=True needs cached teacher outputs (they are the un-augmented "
         "views); set teacher_cache to 'auto', 'memory' or 'disk'.")
   for field in ("data", "model"):
     value = config.mesh[field]
     if value == 0 or value < -1:
-      raise ValueError(f"mesh.{field} must be a positive int or -1 (the rest), got {value}")
-  if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
-    raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
+      raise ConfigError(f"mesh.{field}",
+                        f"mesh.{field} must be a positive int or -1 (the rest), got {value}")
+  if config.checkpoint.every_steps < 0:
+    raise ConfigError("checkpoint.every_steps", "checkpoint.every_steps must be >= 0, got "
+                      f"{config.checkpoint.every_steps}")
+  if config.checkpoint.keep < 1:
+    raise ConfigError("checkpoint.keep", f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}")

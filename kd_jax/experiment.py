@@ -33,18 +33,32 @@ from kd_jax import config as config_lib
 from kd_jax import data as data_lib
 from kd_jax import methods, models, parallel, teacher_cache, teachers, train
 from kd_jax import metrics as metrics_lib
+from kd_jax import workdir as workdir_lib
+from kd_jax.errors import ConfigError
 
 DEFAULT_TEACHER_DIR = os.path.join("~", ".cache", "kd_jax", "teachers")
-RESULT_FILE = "result.json"
+RESULT_FILE = "result.json"   # a finished phase's report, in its directory
 
 
 def _dtype(config):
   return jnp.bfloat16 if config.precision == "bf16" else jnp.float32
 
 
-def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype) -> nnx.Module:
-  return models.create(spec.model, num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
-                       input_shape=tuple(input_shape), **spec.kwargs.to_dict())
+def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
+                role: str = "student") -> nnx.Module:
+  """Builds ``spec.model`` with ``spec.kwargs``.
+
+  Raises:
+    ConfigError: the kwargs do not fit the model (an unknown name or a bad value),
+      naming ``<role>.kwargs``.
+  """
+  kwargs = spec.kwargs.to_dict()
+  try:
+    return models.create(spec.model, num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
+                         input_shape=tuple(input_shape), **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{role}.kwargs",
+                      f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
 
 
 def load_data(config, mesh):
@@ -74,7 +88,8 @@ def transfer_set(config, train_data: train.DeviceData, num_classes: int) -> trai
   if not omit:
     return train_data
   if max(omit) >= num_classes:
-    raise ValueError(f"dataset.omit_classes: class ids must be in [0, {num_classes}), got {omit}")
+    raise ConfigError("dataset.omit_classes", f"dataset.omit_classes: class ids must be in "
+                      f"[0, {num_classes}), got {omit}")
   labels = np.asarray(train_data.labels.addressable_data(0))
   keep = np.flatnonzero(~np.isin(labels, omit))
   return train.DeviceData(train_data.images[keep], train_data.labels[keep])
@@ -125,8 +140,11 @@ def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits,
       best_test_accuracy=fit.best_test_accuracy,
       history=fit.history,
       train_seconds=fit.train_seconds,
+      eval_seconds=fit.eval_seconds,
+      checkpoint_seconds=fit.checkpoint_seconds,
       steps=fit.steps,
-      steps_per_second=(fit.steps_run - 1) / fit.train_seconds if fit.train_seconds else None,
+      resumed_from_step=fit.resumed_from_step,
+      steps_per_second=fit.steps_per_second,
       compile_seconds=fit.compile_seconds,
       step_compiles=fit.step_compiles)
   return report
@@ -139,7 +157,8 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
     source = os.path.expanduser(config.teacher.checkpoint)
     info = teachers.load(source, module, num_classes=num_classes)
     if info is None:
-      raise ValueError(f"teacher.checkpoint: no saved teacher ({teachers.TEACHER_FILE}) in {source}")
+      raise ConfigError("teacher.checkpoint",
+                        f"teacher.checkpoint: no saved teacher ({teachers.TEACHER_FILE}) in {source}")
   else:
     source = os.path.join(os.path.expanduser(teacher_dir), teachers.teacher_key(config))
     info = teachers.load(source, module, num_classes=num_classes)
@@ -151,6 +170,7 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
                   train_config=config.teacher.train, train_data=train_data, test_data=test_data,
                   preprocess=preprocess, mesh=mesh, workdir=source + ".train",
                   seed=config.teacher.seed, show_progress=show_progress,
+                  identity=teachers.teacher_identity(config),
                   checkpoint_every_steps=config.checkpoint.every_steps,
                   keep_checkpoints=config.checkpoint.keep, log_every_steps=config.log_every_steps)
   nnx.update(module, nnx.state(fit.module))
@@ -172,6 +192,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    stop_at_step: int | None = None, mesh=None) -> dict:
   """Runs (or resumes) the experiment and returns the ``results.json`` dict.
 
+  A workdir belongs to one config (:mod:`kd_jax.workdir`): the first run records
+  it; a run with different result fields is refused before anything runs. When
+  the workdir's run has finished, its stored ``results.json`` is returned as it
+  is (nothing is loaded, trained or rewritten).
+
   Args:
     config: an experiment config (see kd_jax/config.py); validated first.
     workdir: where results, checkpoints and logs go; re-running resumes.
@@ -180,11 +205,19 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     stop_at_step: abort the student phase at this step (tests of resumption).
     mesh: a ``("data", "model")`` mesh to run on instead of ``config.mesh`` over
       all devices (e.g. one over a subset of them: scaling tests and benchmarks).
+
+  Raises:
+    ConfigError: an invalid config (before anything runs).
+    WorkdirConflictError: ``workdir`` or its checkpoints belong to another config.
+    DatasetNotFoundError: the dataset is not installed.
   """
   config_lib.validate(config)
   started = time.perf_counter()
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  finished = workdir_lib.finished_results(workdir, config)
+  if finished is not None:
+    return finished
+  workdir_lib.claim(workdir, config, write=jax.process_index() == 0)
   teacher_dir = teacher_dir or DEFAULT_TEACHER_DIR
   if mesh is None:
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
@@ -192,12 +225,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
   student_train_data = transfer_set(config, train_data, num_classes)
-  build = lambda spec, seed: build_model(spec, num_classes=num_classes, input_shape=input_shape,
-                                         seed=seed, dtype=dtype)
+  build = lambda spec, seed, role="student": build_model(
+      spec, num_classes=num_classes, input_shape=input_shape, seed=seed, dtype=dtype, role=role)
   # A teacher split over `model` may not fit on one accelerator: build and load it in
   # host memory; put_sharded below then copies each device only its shard.
   with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
-    teacher_module = build(config.teacher, config.teacher.seed)
+    teacher_module = build(config.teacher, config.teacher.seed, "teacher")
   student_model = build(config.student, config.seed)
   # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
   s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
@@ -229,7 +262,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                   "train_seconds": teacher_info.get("train_seconds")},
   }
 
-  def phase(name, module, objective, teacher_for_step, data, phase_dir=None):
+  def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None):
     phase_dir = phase_dir or os.path.join(workdir, name)
     done = _read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
@@ -240,7 +273,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                     checkpoint_every_steps=config.checkpoint.every_steps,
                     keep_checkpoints=config.checkpoint.keep,
                     log_every_steps=config.log_every_steps, show_progress=show_progress,
-                    stop_at_step=stop_at_step if name == "student" else None)
+                    stop_at_step=stop_at_step if name == "student" else None,
+                    identity=identity)
     report = _phase_report(fit, module if name == "baseline" else student_model,
                            test_labels, teacher_test_logits, config.dataset.omit_classes)
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
@@ -254,7 +288,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                               "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
-                                None, student_train_data, phase_dir=shared_dir)
+                                None, student_train_data, teachers.baseline_identity(config),
+                                phase_dir=shared_dir)
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
   if config.method == "none":
@@ -265,7 +300,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     data = teacher_cache.attach(config, teacher, student_train_data, preprocess, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
-                             student_teacher, data)
+                             student_teacher, data, workdir_lib.result_fields(config))
   results["student"]["teacher_cached"] = config.method != "none" and student_teacher is None
   results["timing"] = {
       "train_seconds": results["student"]["train_seconds"],
@@ -274,8 +309,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       "teacher_train_seconds": teacher_info.get("train_seconds") if not teacher_info["cached"] else 0.0,
       "baseline_train_seconds": results.get("baseline", {}).get("train_seconds"),
       "total_seconds": time.perf_counter() - started,
+      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "devices": mesh.size, "mesh": dict(mesh.shape), "processes": jax.process_count(),
       "platform": mesh.devices.flat[0].platform,
   }
-  _write_json(os.path.join(workdir, "results.json"), results)
+  _write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
   return results

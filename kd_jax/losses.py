@@ -38,15 +38,57 @@ def _masked_mean(values: Array, mask: ArrayLike | None) -> Array:
   """
   if mask is None:
     return jnp.mean(values)
-  mask = jnp.asarray(mask).astype(bool)
-  if mask.shape != values.shape[:mask.ndim]:
-    raise ValueError(f"mask shape {mask.shape} must be a leading prefix of the "
-                     f"per-position shape {values.shape}")
+  mask = _checked_mask(mask, values.shape)
   expanded = mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
   total = jnp.sum(jnp.where(expanded, values, 0.0))
   # Each mask entry covers values.size / mask.size trailing positions.
   count = jnp.sum(mask) * (values.size // max(mask.size, 1))
   return total / jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def _checked_mask(mask: ArrayLike, shape: tuple) -> Array:
+  mask = jnp.asarray(mask).astype(bool)
+  if mask.shape != shape[:mask.ndim]:
+    raise ValueError(f"mask shape {mask.shape} must be a leading prefix of the "
+                     f"per-position shape {shape}")
+  return mask
+
+
+def _valid_labels(labels: ArrayLike, mask: ArrayLike | None) -> Array:
+  """Integer labels with the masked-out entries set to 0.
+
+  Padding labels (e.g. -100) would index outside the classes: the gathered
+  log-probability is NaN, and ``jnp.where`` hides that in the value but not
+  in every backward pass. A valid class id there keeps everything finite.
+  """
+  labels = jnp.asarray(labels)
+  if mask is None:
+    return labels
+  mask = _checked_mask(mask, labels.shape)
+  mask = mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
+  return jnp.where(mask, labels, 0)
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> Array:
+  """Mean softmax cross-entropy with integer ``labels`` over the positions where ``mask`` is true.
+
+  Args:
+    logits: ``[..., C]``, any float dtype (computed in float32).
+    labels: integer class ids ``[...]``; values under the mask may be anything
+      (e.g. -100 padding) without producing a NaN.
+    mask: optional boolean ``[...]`` (or a leading prefix of it).
+
+  Returns:
+    float32 scalar.
+
+  Example:
+    >>> round(float(cross_entropy(jnp.zeros((2, 4)), jnp.array([1, -100]),
+    ...                           mask=jnp.array([True, False]))), 4)  # log 4
+    1.3863
+  """
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      _f32(logits), _valid_labels(labels, mask))
+  return _masked_mean(ce, mask)
 
 
 def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
@@ -109,7 +151,7 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   # Static α of exactly 0 or 1 skips the unused term (and its compute) entirely.
   if static_alpha != 0:
     ce = optax.softmax_cross_entropy_with_integer_labels(
-        _f32(student_logits), jnp.asarray(labels))
+        _f32(student_logits), _valid_labels(labels, mask))
     per_position = alpha * ce
   if static_alpha != 1:
     d = div_fn(student_logits, teacher_logits, temperature=temperature,
@@ -161,7 +203,7 @@ def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   kl = divergences.get("kl")
   zs = _f32(student_logits) / temperature
   zt = _f32(teacher_logits) / temperature
-  is_target = jax.nn.one_hot(labels, zs.shape[-1], dtype=bool)
+  is_target = jax.nn.one_hot(_valid_labels(labels, mask), zs.shape[-1], dtype=bool)
 
   def binary_log_probs(z):
     # [log p_y, log(1 − p_y)]: a normalised log-distribution, so it serves as logits.

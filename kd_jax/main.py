@@ -3,10 +3,15 @@ r"""Runs one distillation experiment: teacher (trained once, cached), baseline, 
     python -m kd_jax.main --config=experiments/fashion_mnist/kd.py --workdir=runs/kd \
         [--config.divergence=js --config.temperature.init=8 ...] [--teacher_dir=DIR]
 
-Writes ``WORKDIR/results.json`` (keys in DESIGN.md §2.4), and per phase
-(``baseline/``, ``student/``) orbax checkpoints, ``metrics.jsonl`` and
-TensorBoard events. Re-running with the same workdir resumes from the latest
-checkpoints and skips finished phases.
+Writes ``WORKDIR/results.json`` (keys: docs/results.md), ``WORKDIR/config.json``
+(the config the workdir belongs to), and per phase (``baseline/``, ``student/``)
+orbax checkpoints, ``metrics.jsonl`` and TensorBoard events. Re-running with the
+same workdir resumes from the latest checkpoints and skips finished phases; a
+finished run prints its stored table. A different config in the same workdir is
+refused (kd_jax/workdir.py): use a new workdir per config.
+
+Mistakes (an invalid value, an unknown ``--config.*`` field, a missing dataset, a
+refused workdir) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kd_jax import cli, distributed, report
 from kd_jax import config as config_lib
-from kd_jax import distributed
+from kd_jax import workdir as workdir_lib
 from kd_jax.experiment import DEFAULT_TEACHER_DIR, run_experiment
 
 __all__ = ["run_experiment", "main"]
@@ -53,12 +59,10 @@ def enable_compilation_cache(directory: str) -> None:
 
   Every program is cached, not only those that took JAX's default 1 s to
   compile: most of a kd_jax run's start-up is many small compilations (the
-  eager model initialisation's ops, the eval step). Measured on a 2-core CPU
-  (benchmarks/overhead.py, ``cold_start_seconds`` / ``warm_start_seconds``,
-  7 runs): a fresh process reaches its first KD step in 6.1–8.6 s with an
-  empty cache and 2.6–3.5 s with a filled one. The cache is capped at 1 GiB
-  (least recently used entries are evicted; the cap needs ``filelock``). A directory set through ``JAX_COMPILATION_CACHE_DIR``
-  is left as it is.
+  eager model initialisation's ops, the eval step); benchmarks/overhead.py
+  measures start-up with an empty and a filled cache. The cache is capped at
+  1 GiB (least recently used entries are evicted; the cap needs ``filelock``).
+  A directory set through ``JAX_COMPILATION_CACHE_DIR`` is left as it is.
   """
   if not directory or jax.config.jax_compilation_cache_dir:
     return
@@ -83,37 +87,26 @@ def setup_process() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  setup_process()
+  quiet_logging()
   config = _CONFIG.value
   config_lib.validate(config)
-  results = run_experiment(config, _WORKDIR.value, teacher_dir=_TEACHER_DIR.value,
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  finished = workdir_lib.finished_results(workdir, config)
+  if finished is not None:     # answers without loading data, models or JAX programs
+    print(f"{workdir} holds this config's finished run (finished "
+          f"{finished.get('timing', {}).get('finished_at', 'earlier')}); nothing was run. "
+          "Its results:")
+    print(report.summary_table(finished))
+    print(report.where_to_look(workdir, finished))
+    return
+  setup_process()
+  results = run_experiment(config, workdir, teacher_dir=_TEACHER_DIR.value,
                            show_progress=_PROGRESS.value)
   if jax.process_index() == 0:
-    print(summary_table(results))
-
-
-def summary_table(results: dict) -> str:
-  """The console table: params, test accuracy, agreement with the teacher, KD gain."""
-  rows = [("teacher", results["teacher"])]
-  if "baseline" in results:
-    rows.append(("student (from scratch)", results["baseline"]))
-  rows.append((f"student ({results['config']['method']})", results["student"]))
-  lines = [f"{'model':<26}{'params':>10}{'test acc':>10}{'best acc':>10}{'agree':>8}{'ECE':>7}",
-           "-" * 71]
-  for label, r in rows:
-    agree = f"{r['agreement']:.3f}" if "agreement" in r else "-"
-    best = f"{r['best_test_accuracy']:.2%}" if "best_test_accuracy" in r else "-"
-    lines.append(f"{label:<26}{r['params']:>10,}{r['test_accuracy']:>10.2%}{best:>10}"
-                 f"{agree:>8}{r['ece']:>7.3f}")
-  if "baseline" in results:
-    gain = results["student"]["test_accuracy"] - results["baseline"]["test_accuracy"]
-    lines.append(f"KD gain (final-step accuracy, student − from scratch): {gain * 100:+.2f} points")
-  timing = results["timing"]
-  lines.append(f"student training: {timing['train_seconds']:.1f} s, "
-               f"{timing['steps_per_second']:.1f} steps/s; whole run {timing['total_seconds']:.1f} s")
-  return "\n".join(lines)
+    print(report.summary_table(results))
+    print(report.where_to_look(workdir, results))
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main, "kd_jax.main")

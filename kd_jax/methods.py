@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from kd_jax import losses, schedules
+from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
 _FEATURE_LOSSES = {
@@ -66,8 +67,8 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
       shared = [n for n in student_features if n in teacher_features and n != "embedding"
                 and student_features[n][1:3] == teacher_features[n][1:3]]
       if not shared:
-        raise ValueError(
-            f"method={method!r} needs spatial feature maps of equal height and width in "
+        raise ConfigError(
+            "feature_layers", f"method={method!r} needs spatial feature maps of equal height and width in "
             f"student and teacher; student {config.student.model} has "
             f"{_describe(student_features)}, teacher {config.teacher.model} has "
             f"{_describe(teacher_features)}. Set feature_layers.")
@@ -76,18 +77,19 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
       pairs = {"embedding": "embedding"}
   for s_name, t_name in pairs.items():
     if s_name not in student_features:
-      raise ValueError(f"feature_layers: student layer {s_name!r} does not exist; "
-                       f"valid: {', '.join(student_features)}")
+      raise ConfigError("feature_layers", f"feature_layers: student layer {s_name!r} does not "
+                        f"exist; valid: {', '.join(student_features)}")
     if t_name not in teacher_features:
-      raise ValueError(f"feature_layers: teacher layer {t_name!r} does not exist; "
-                       f"valid: {', '.join(teacher_features)}")
+      raise ConfigError("feature_layers", f"feature_layers: teacher layer {t_name!r} does not "
+                        f"exist; valid: {', '.join(teacher_features)}")
     s_shape, t_shape = student_features[s_name], teacher_features[t_name]
     if method in ("fitnets", "at") and s_shape[1:-1] != t_shape[1:-1]:
-      raise ValueError(
-          f"feature_layers: {method} needs equal spatial shapes; student {s_name} "
+      raise ConfigError(
+          "feature_layers", f"feature_layers: {method} needs equal spatial shapes; student {s_name} "
           f"{s_shape[1:-1]} vs teacher {t_name} {t_shape[1:-1]}")
     if method == "at" and len(s_shape) != 4:
-      raise ValueError(f"feature_layers: at needs NHWC maps; student {s_name} has shape {s_shape}")
+      raise ConfigError("feature_layers",
+                        f"feature_layers: at needs NHWC maps; student {s_name} has shape {s_shape}")
   return pairs
 
 
@@ -131,15 +133,6 @@ def adapter_widths(config, pairs, student_features, teacher_features) -> dict[st
   return {s: (student_features[s][-1], teacher_features[t][-1]) for s, t in pairs.items()}
 
 
-def masked_cross_entropy(logits, labels, mask=None):
-  """Mean softmax cross-entropy with integer labels over the rows where ``mask`` is true."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  if mask is None:
-    return jnp.mean(ce)
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
   """Builds ``objective(step, student_out, teacher_out, labels, mask) -> (loss, metrics)``.
 
@@ -152,8 +145,13 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
   as functions of the traced ``step``.
   """
   method = config.method
-  temperature = schedules.make(config.temperature, field="temperature", positive=True)
-  alpha = schedules.make(config.alpha, field="alpha", unit_interval=True)
+  # A constant schedule reaches the losses as a Python number, so that α = 1 (the
+  # feature methods' default) skips the divergence instead of computing 0 · D,
+  # which is NaN wherever D is infinite (see losses.kd_loss).
+  temperature = schedules.make(config.temperature, field="temperature", positive=True,
+                               constant_as_number=True)
+  alpha = schedules.make(config.alpha, field="alpha", unit_interval=True,
+                         constant_as_number=True)
   div_params = dict(config.divergence_params)
   feature_loss = _FEATURE_LOSSES.get(method)
   pairs = dict(pairs or {})
@@ -163,23 +161,33 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
     s_logits, s_features = student_out
     metrics = {}
     if method == "none":
-      loss = masked_cross_entropy(s_logits, labels, mask)
+      loss = losses.cross_entropy(s_logits, labels, mask)
       return loss, {"loss": loss}
     t_logits, t_features = teacher_out
     t = temperature(step)
     metrics["temperature"] = t
     if method == "dkd":
-      ce = masked_cross_entropy(s_logits, labels, mask)
+      ce = losses.cross_entropy(s_logits, labels, mask)
       ramp = jnp.minimum(1.0, step / dkd.warmup_steps) if dkd.warmup_steps else 1.0
       distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
                                 temperature=t, mask=mask)
       loss = ce + ramp * distill
       metrics.update(ce=ce, dkd=distill)
     else:
+      # kd_loss's α·CE + (1−α)·T²·D with the two terms logged apart ("ce", "distill"):
+      # both are means over the same mask, so the sum is kd_loss's value. A term whose
+      # static weight is 0 is neither computed nor logged.
       a = alpha(step)
       metrics["alpha"] = a
-      loss = losses.kd_loss(s_logits, t_logits, labels, divergence=config.divergence,
-                            temperature=t, alpha=a, mask=mask, **div_params)
+      static_alpha = a if isinstance(a, float) else None   # None: scheduled, both terms
+      loss = 0.0
+      if static_alpha != 0:
+        metrics["ce"] = losses.cross_entropy(s_logits, labels, mask)
+        loss = a * metrics["ce"]
+      if static_alpha != 1:
+        metrics["distill"] = losses.kd_loss(s_logits, t_logits, None, divergence=config.divergence,
+                                            temperature=t, alpha=0.0, mask=mask, **div_params)
+        loss = loss + (1.0 - a) * metrics["distill"]
     if feature_loss is not None:
       feature_term = sum(_masked_feature_loss(feature_loss, s_features[s], t_features[t_name], mask)
                          for s, t_name in pairs.items())

@@ -48,6 +48,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from kd_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 # Teacher arrays with fewer elements stay replicated under FSDP: splitting a bias
@@ -61,25 +63,25 @@ def mesh_shape(data: int = -1, model: int = 1, num_devices: int | None = None) -
   Example: ``mesh_shape(-1, 2, num_devices=8) == (4, 2)``.
 
   Raises:
-    ValueError: naming ``mesh.data``/``mesh.model`` when a size is not a
+    ConfigError: naming ``mesh.data``/``mesh.model`` when a size is not a
       positive int or -1, both are -1, or they do not multiply to the device count.
   """
   n = jax.device_count() if num_devices is None else num_devices
   for name, value in (("mesh.data", data), ("mesh.model", model)):
     if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
-      raise ValueError(f"{name} must be a positive int or -1 (the rest), got {value!r}")
+      raise ConfigError(name, f"{name} must be a positive int or -1 (the rest), got {value!r}")
   if data == -1 and model == -1:
-    raise ValueError("mesh.data and mesh.model cannot both be -1 (the rest)")
+    raise ConfigError("mesh", "mesh.data and mesh.model cannot both be -1 (the rest)")
   if data == -1:
     if n % model:
-      raise ValueError(f"mesh.model={model} does not divide the {n} devices")
+      raise ConfigError("mesh.model", f"mesh.model={model} does not divide the {n} devices")
     data = n // model
   if model == -1:
     if n % data:
-      raise ValueError(f"mesh.data={data} does not divide the {n} devices")
+      raise ConfigError("mesh.data", f"mesh.data={data} does not divide the {n} devices")
     model = n // data
   if data * model != n:
-    raise ValueError(f"mesh.data × mesh.model = {data}×{model} must equal the {n} devices")
+    raise ConfigError("mesh", f"mesh.data × mesh.model = {data}×{model} must equal the {n} devices")
   return data, model
 
 

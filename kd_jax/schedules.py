@@ -112,7 +112,12 @@ def validate(spec: Any, *, field: str, positive: bool = False,
 
 def _normalise(spec: Any, *, field: str, positive: bool,
                unit_interval: bool) -> dict[str, Any]:
-  """Validates `spec` and returns it with every default filled in."""
+  """Validates `spec` and returns it with every default filled in.
+
+  A bare number is named by `field` itself in errors (``alpha must be in [0, 1]``),
+  since that is what the user wrote, not ``alpha.init``.
+  """
+  bare = isinstance(spec, numbers.Real) and not isinstance(spec, bool)
   spec = _as_dict(spec, field)
   unknown = sorted(set(spec) - set(_KEYS))
   if unknown:
@@ -130,8 +135,9 @@ def _normalise(spec: Any, *, field: str, positive: bool,
     raise ValueError(f"{field}.init is required")
 
   checks = dict(positive=positive, unit_interval=unit_interval)
-  init = _check_number(spec["init"], f"{field}.init")
-  _check_range(init, f"{field}.init", **checks)
+  init_name = field if bare else f"{field}.init"
+  init = _check_number(spec["init"], init_name)
+  _check_range(init, init_name, **checks)
   end = _check_number(spec.get("end", init), f"{field}.end")
   _check_range(end, f"{field}.end", **checks)
 
@@ -162,7 +168,7 @@ def _normalise(spec: Any, *, field: str, positive: bool,
 
 
 def make(spec: Any, *, field: str = "temperature", positive: bool = False,
-         unit_interval: bool = False) -> Schedule:
+         unit_interval: bool = False, constant_as_number: bool = False) -> Schedule:
   """Builds a jittable ``step -> float32 value`` function from a spec.
 
   Args:
@@ -170,10 +176,13 @@ def make(spec: Any, *, field: str = "temperature", positive: bool = False,
     field: config field name for error messages.
     positive: require every value to be > 0 (temperatures).
     unit_interval: require every value to lie in [0, 1] (loss weights).
+    constant_as_number: a constant schedule without warm-up returns its value as
+      a Python float, so that callers can branch on it at trace time (``kd_loss``
+      skips a term whose static weight is 0).
 
   Returns:
     A function of an integer step (Python int or traced int scalar) returning a
-    float32 scalar.
+    float32 scalar (a Python float for a constant with ``constant_as_number``).
 
   Raises:
     ValueError: if `spec` is invalid; see :func:`validate`.
@@ -188,6 +197,8 @@ def make(spec: Any, *, field: str = "temperature", positive: bool = False,
   s = _normalise(spec, field=field, positive=positive,
                  unit_interval=unit_interval)
   init, end, steps = s["init"], s["end"], s["steps"]
+  if constant_as_number and s["schedule"] == "constant" and not s["warmup_steps"]:
+    return lambda step: float(init)
   if s["schedule"] == "constant":
     main = optax.constant_schedule(init)
   elif s["schedule"] == "linear":

@@ -138,17 +138,21 @@ def paired_difference(
   return mean_ci(a_arr - b_arr, confidence)
 
 
-def _interval_columns(prefix: str, values: Sequence[float], confidence: float):
-  """Flat CSV columns ``<prefix>_{mean,std,ci95_low,ci95_high,n}`` (NaN when empty)."""
-  if values:
-    interval = mean_ci(values, confidence)
-    mean, std, low, high, n = (
-        interval.mean, interval.std, interval.low, interval.high, interval.n)
-  else:
+def _columns(prefix: str, interval: Interval | None):
+  """Flat CSV columns ``<prefix>_{mean,std,ci95_low,ci95_high,n}`` (NaN, n = 0 for None)."""
+  if interval is None:
     mean = std = low = high = math.nan
     n = 0
+  else:
+    mean, std, low, high, n = (
+        interval.mean, interval.std, interval.low, interval.high, interval.n)
   return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_ci95_low": low,
           f"{prefix}_ci95_high": high, f"{prefix}_n": n}
+
+
+def _interval_columns(prefix: str, values: Sequence[float], confidence: float):
+  """`_columns` of `mean_ci` over ``values`` (NaN when empty)."""
+  return _columns(prefix, mean_ci(values, confidence) if values else None)
 
 
 def _metric(results: Mapping[str, Any], model: str, key: str) -> float | None:
@@ -186,7 +190,8 @@ def aggregate_point(
   ]
   row.update(_interval_columns(
       "baseline_test_accuracy", [b for _, b in pairs], confidence))
-  row.update(_interval_columns("kd_gain", [s - b for s, b in pairs], confidence))
+  row.update(_columns("kd_gain", paired_difference(
+      [s for s, _ in pairs], [b for _, b in pairs], confidence) if pairs else None))
   for column, model, key in OMITTED_CLASS_COLUMNS:
     values = [r[model]["omitted_classes"][key] for r in results
               if "omitted_classes" in (r.get(model) or {})]

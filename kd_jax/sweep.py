@@ -49,6 +49,8 @@ import ml_collections
 from absl import app, flags, logging
 
 from kd_jax import stats
+from kd_jax import workdir as workdir_lib
+from kd_jax.errors import ConfigError, WorkdirConflictError
 
 Point = dict[str, Any]
 RunFn = Callable[..., dict]
@@ -78,29 +80,22 @@ def _split_values(text: str) -> list[str]:
 
 def _resolve(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
   """The current value of a dotted key and its field type; ValueError if unknown."""
-  node, path = config, []
-  for name in key.split("."):
-    where = ".".join(path) or "the top level"
-    if not isinstance(node, ml_collections.ConfigDict):
-      raise ValueError(f"--grid key {key!r}: {where} is a {type(node).__name__}, "
-                       f"not a group of fields, so it has no field {name!r}.")
-    if name not in node:
-      raise ValueError(f"--grid key {key!r}: no field {name!r} at {where}; valid keys "
-                       f"there: {', '.join(sorted(node.keys())) or '(none)'}.")
-    parent, node = node, node[name]
-    path.append(name)
-  return node, parent.get_type(name)
+  from kd_jax import config as config_lib  # Imports JAX (through the models).
+  try:
+    return config_lib.resolve_field(config, key)
+  except ValueError as e:
+    raise ConfigError(key, f"--grid key {key!r}: {e}") from None
 
 
 def _parse_value(key: str, text: str, current: Any, field_type: type) -> Any:
   """Converts one grid value to the type of the field it overrides."""
   def bad(expected: str) -> ValueError:
-    return ValueError(f"--grid {key}: cannot read {text!r} as {expected} (the type of "
+    return ConfigError(key, f"--grid {key}: cannot read {text!r} as {expected} (the type of "
                       f"{key} in the config, currently {current!r}).")
 
   if isinstance(current, ml_collections.ConfigDict):
     if "init" not in current:
-      raise ValueError(f"--grid key {key!r} is a group of fields, not a value; grid one "
+      raise ConfigError(None, f"--grid key {key!r} is a group of fields, not a value; grid one "
                        f"of them instead: {', '.join(f'{key}.{k}' for k in current)}.")
     # Schedule shorthand: `temperature=4` is the constant schedule at 4.
     return _parse_value(key, text, current.init, type(current.init))
@@ -132,7 +127,7 @@ def _parse_value(key: str, text: str, current: Any, field_type: type) -> Any:
     return text
   if field_type is str:
     return text
-  raise ValueError(f"--grid {key}: fields of type {field_type.__name__} cannot be "
+  raise ConfigError(None, f"--grid {key}: fields of type {field_type.__name__} cannot be "
                    "swept from the command line.")
 
 
@@ -166,19 +161,19 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[
     key, sep, text = spec.partition("=")
     key = key.strip()
     if not sep or not key or not text.strip():
-      raise ValueError(f"--grid {spec!r}: expected key=value1,value2,... .")
+      raise ConfigError(None, f"--grid {spec!r}: expected key=value1,value2,... .")
     for other in axes:
       if key == other or key.startswith(other + ".") or other.startswith(key + "."):
-        raise ValueError(f"--grid key {key!r} given twice (or overlapping {other!r}); "
+        raise ConfigError(None, f"--grid key {key!r} given twice (or overlapping {other!r}); "
                          "list all its values in one flag: key=v1,v2.")
     current, field_type = _resolve(config, key)
     texts = _split_values(text)
     if "" in texts:
-      raise ValueError(f"--grid {spec!r}: empty value (a stray comma?).")
+      raise ConfigError(None, f"--grid {spec!r}: empty value (a stray comma?).")
     values = [_parse_value(key, t, current, field_type) for t in texts]
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
-      raise ValueError(f"--grid {key}: value(s) {', '.join(repeated)} given twice.")
+      raise ConfigError(None, f"--grid {key}: value(s) {', '.join(repeated)} given twice.")
     axes[key] = values
   return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
@@ -249,14 +244,14 @@ def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
   """
   if num_seeds is not None:
     if num_seeds < 1:
-      raise ValueError(f"--seeds must be >= 1, got {num_seeds}.")
+      raise ConfigError(None, f"--seeds must be >= 1, got {num_seeds}.")
     if any("seed" in point for point in points):
-      raise ValueError("--grid seed=... and --seeds both set the seed; use one of them.")
+      raise ConfigError(None, "--grid seed=... and --seeds both set the seed; use one of them.")
     if "seed" not in config:
-      raise ValueError("--seeds needs a `seed` field in the config.")
+      raise ConfigError(None, "--seeds needs a `seed` field in the config.")
   slugs = [slugify(point) for point in points]
   if len(set(slugs)) != len(slugs):
-    raise ValueError(f"two grid points share a directory name: {slugs}.")
+    raise ConfigError(None, f"two grid points share a directory name: {slugs}.")
   runs = []
   for i in range(num_seeds or 1):
     for slug, point in zip(slugs, points):
@@ -339,16 +334,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     The sweep record, as written to ``workdir/sweep.json``.
 
   Raises:
-    ValueError: bad grid/seeds, or ``workdir`` holds a sweep of another base config
-      (its results would silently mix with these; use a new workdir).
+    ConfigError: bad grid/seeds.
+    WorkdirConflictError: ``workdir`` holds a sweep of another base config, or a
+      run directory holds results of another config (they would silently mix
+      with these; use a new workdir).
   """
   runs = plan_runs(config, points, num_seeds)
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, "sweep.json")
   old = _read_results(record_path) or {}
-  if old and old.get("config") != _config_json(config):
-    raise ValueError(f"{workdir} holds a sweep of a different base config (see "
-                     f"{record_path}); use another --workdir.")
+  if old and workdir_lib.result_fields(old["config"]) != workdir_lib.result_fields(config):
+    raise WorkdirConflictError(workdir_lib.conflict_message(
+        f"--workdir={workdir} (a sweep)", workdir_lib.result_fields(old["config"]),
+        workdir_lib.result_fields(config),
+        "Use a new --workdir for this sweep (the earlier sweep's results are kept)."))
   old_runs = {r["name"]: r for r in old.get("runs", [])}
   keys = list(points[0]) if points else []
   record = {
@@ -362,6 +361,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   for run in runs:
     entry = dict(old_runs.get(run.name, {}), name=run.name, point=run.slug,
                  seed=run.seed, workdir=run.workdir)
+    # A run's workdir belongs to its config: stale results of another config are refused.
+    workdir_lib.claim(os.path.join(workdir, run.workdir), run.config, write=False)
     if os.path.exists(os.path.join(workdir, run.workdir, "results.json")):
       entry["status"] = "done"
       entry.pop("error", None)
@@ -517,14 +518,15 @@ def main(argv: Sequence[str]) -> None:
     try:  # Every point's values are checked before anything trains.
       config_lib.validate(run.config)
     except ValueError as e:
-      raise ValueError(f"grid point {run.slug}: {e}") from None
+      raise ConfigError(None, f"grid point {run.slug}: {e}") from None
   run_fn = functools.partial(train_main.run_experiment, show_progress=FLAGS.progress)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 
 
 if __name__ == "__main__":
+  from kd_jax import cli
   from kd_jax import main as _train_main  # noqa: F401  Defines the flags the sweep shares.
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main, "kd_jax.sweep")

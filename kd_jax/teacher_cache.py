@@ -47,6 +47,7 @@ import numpy as np
 from absl import logging
 
 from kd_jax import parallel, teachers, train
+from kd_jax.errors import ConfigError
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
 AUTO_CACHE_MAX_BYTES = 1 << 30
@@ -73,7 +74,7 @@ def resolve_mode(config, preprocess: train.Preprocess) -> str:
   mode = config.teacher_cache
   fixed = not preprocess.augments or config.get("teacher_fixed_views", False)
   if mode in ("memory", "disk") and not fixed:
-    raise ValueError(refusal_message(mode))
+    raise ConfigError("teacher_cache", refusal_message(mode))
   if mode == "auto":
     return "memory" if fixed else "none"
   return mode
@@ -172,8 +173,8 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
   total = int(per_example) * train_data.size
   if config.teacher_cache == "auto" and total > AUTO_CACHE_MAX_BYTES:
     if config.get("teacher_fixed_views", False):
-      raise ValueError(
-          f"teacher_fixed_views=True needs the teacher's outputs cached, but they take "
+      raise ConfigError(
+          "teacher_fixed_views", f"teacher_fixed_views=True needs the teacher's outputs cached, but they take "
           f"{total / 1e9:.1f} GB (over teacher_cache='auto''s {AUTO_CACHE_MAX_BYTES / 1e9:.1f} GB); "
           "set teacher_cache='memory' to cache them anyway, or teacher_fixed_views=False")
     logging.info("teacher outputs need %.1f GB: not cached", total / 1e9)

@@ -11,7 +11,6 @@ settings, the seed and the precision. A teacher named by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,44 +22,51 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from kd_jax import workdir as workdir_lib
+from kd_jax.errors import ConfigError
+
 TEACHER_FILE = "teacher.json"
 
 
-def teacher_key(config: ml_collections.ConfigDict) -> str:
-  """A short, stable hash of what determines the teacher's trained weights."""
+def teacher_identity(config: ml_collections.ConfigDict) -> dict:
+  """What determines the teacher's trained weights (not how it is evaluated or logged)."""
   d = config.dataset
-  identity = {
+  return {
       "model": config.teacher.model,
       "kwargs": config.teacher.kwargs.to_dict(),
-      "train": config.teacher.train.to_dict(),
+      "train": workdir_lib.without_fields(config.teacher.train, ["eval_batch_size"]),
       "seed": config.teacher.seed,
       "precision": config.precision,
       "data": {"name": d.name, "train_examples": d.train_examples,
                "crop_padding": d.crop_padding, "flip": d.flip},
   }
-  return f"{config.teacher.model}-{_digest(identity)}"
 
 
-def baseline_key(config: ml_collections.ConfigDict) -> str:
-  """A hash of what determines the from-scratch baseline's report.
+def teacher_key(config: ml_collections.ConfigDict) -> str:
+  """A short, stable hash of :func:`teacher_identity`: the teacher cache's directory name."""
+  return f"{config.teacher.model}-{workdir_lib.digest(teacher_identity(config))}"
+
+
+def baseline_identity(config: ml_collections.ConfigDict) -> dict:
+  """What determines the from-scratch baseline's report.
 
   The baseline does not depend on the method, divergence, temperature or α, so
   every point of a sweep with the same seed shares one; its agreement and
-  KL-to-teacher depend on the teacher, which is part of the key.
+  KL-to-teacher depend on the teacher, which is part of the identity.
   """
-  identity = {
+  return {
       "student": config.student.to_dict(),
-      "train": config.train.to_dict(),
+      "train": workdir_lib.without_fields(config.train, ["eval_batch_size"]),
       "data": config.dataset.to_dict(),
       "seed": config.seed,
       "precision": config.precision,
       "teacher": config.teacher.checkpoint or teacher_key(config),
   }
-  return f"{config.student.model}-{_digest(identity)}"
 
 
-def _digest(identity: dict) -> str:
-  return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def baseline_key(config: ml_collections.ConfigDict) -> str:
+  """A short hash of :func:`baseline_identity`: the shared baseline's directory name."""
+  return f"{config.student.model}-{workdir_lib.digest(baseline_identity(config))}"
 
 
 def save(directory: str, module: nnx.Module, info: dict) -> None:
@@ -106,8 +112,8 @@ def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None
   with open(info_path) as f:
     info = json.load(f)
   if info.get("num_classes") != num_classes:
-    raise ValueError(
-        f"teacher.checkpoint: the teacher in {directory} predicts {info.get('num_classes')} "
+    raise ConfigError(
+        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} predicts {info.get('num_classes')} "
         f"classes but the dataset (and so the student) has {num_classes}")
   target = nnx.state(module)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -116,8 +122,8 @@ def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None
       restored = checkpointer.restore(os.path.join(os.path.abspath(directory), "variables"),
                                       abstract)
   except (ValueError, KeyError) as e:
-    raise ValueError(
-        f"teacher.checkpoint: the teacher in {directory} ({info.get('model')}, "
+    raise ConfigError(
+        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} ({info.get('model')}, "
         f"{info.get('num_classes')} classes) does not fit the configured teacher: {e}") from e
   nnx.update(module, restored)
   logging.info("loaded teacher %s (test accuracy %.4f) from %s", info.get("model"),

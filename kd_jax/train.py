@@ -40,7 +40,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +54,10 @@ from absl import logging
 from flax import nnx
 
 from kd_jax import parallel
+from kd_jax import workdir as workdir_lib
 from kd_jax.checkpoint import Checkpointer
+from kd_jax.errors import ConfigError, WorkdirConflictError
+from kd_jax.run_log import RunLog
 from kd_jax.data import augment as augment_lib
 from kd_jax import metrics as metrics_lib
 
@@ -310,11 +312,23 @@ class FitResult:
   test_logits: np.ndarray      # final-step logits on the full test split
   history: list                # one eval record per epoch
   best_test_accuracy: float
-  train_seconds: float         # wall time of the steps run in this call (excluding resume)
+  train_seconds: float         # wall time of this call's loop, after the first (compiling) step
+  eval_seconds: float          # of which evaluating the test split
+  checkpoint_seconds: float    # of which saving checkpoints
   steps: int
   steps_run: int               # steps run in this call
+  resumed_from_step: int       # 0 for a fresh run
   compile_seconds: float
   step_compiles: int           # compilations of the train step in this call (1 expected)
+
+  @property
+  def steps_per_second(self) -> float | None:
+    """Training steps per second of this call, evaluation and checkpoint time excluded.
+
+    Counts the steps after the first (which compiles); None when fewer than two ran.
+    """
+    stepping = self.train_seconds - self.eval_seconds - self.checkpoint_seconds
+    return (self.steps_run - 1) / stepping if self.steps_run > 1 and stepping > 0 else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -371,24 +385,33 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
         workdir: str, seed: int, teacher: Teacher | None = None,
         checkpoint_every_steps: int = 0, keep_checkpoints: int = 2,
         log_every_steps: int = 50, show_progress: bool = True,
-        stop_at_step: int | None = None) -> FitResult:
+        stop_at_step: int | None = None, identity: dict | None = None) -> FitResult:
   """Trains ``module`` and returns it with its final test logits.
 
   Resumes from the latest checkpoint in ``workdir/checkpoints``. Writes
-  ``workdir/metrics.jsonl`` and TensorBoard events under ``workdir/tb``.
+  ``workdir/metrics.jsonl`` and TensorBoard events under ``workdir/tb``
+  (:mod:`kd_jax.run_log`: each step once, also across a resume).
   ``stop_at_step`` aborts with ``KeyboardInterrupt`` when that step is reached
   (without saving), to test resumption the way a kill would exercise it.
+  ``identity`` (a JSON-able dict of what the phase's results depend on) is
+  stored in every checkpoint; a checkpoint with another identity is refused,
+  before anything compiles.
 
   Raises:
     NonFiniteLossError: the training loss became NaN/Inf (the last good
       checkpoint is kept; nothing is saved after the bad step).
+    WorkdirConflictError: the checkpoints belong to a different ``identity``.
   """
   os.makedirs(workdir, exist_ok=True)
   t = train_config
   data_devices = mesh.shape[parallel.DATA_AXIS]
   if t.batch_size % data_devices:
-    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the "
-                     f"{data_devices} data-parallel devices (mesh.data)")
+    raise ConfigError("train.batch_size", f"train.batch_size={t.batch_size} must be divisible "
+                      f"by the {data_devices} data-parallel devices (mesh.data)")
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
+  record = workdir_lib.identity_record(identity) if identity is not None else None
+  if record is not None:
+    _check_checkpoint_identity(checkpointer, record)
   n = train_data.size
   feeder = BatchFeeder(n, t.batch_size, seed, mesh)
   steps_per_epoch = feeder.steps_per_epoch
@@ -405,8 +428,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   eval_batch = round_up(min(t.eval_batch_size, test_data.size), data_devices)
   base_key = replicated_key(seed, mesh)
 
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
-  meta = {"history": [], "best_test_accuracy": 0.0}
+  meta = {"history": [], "best_test_accuracy": 0.0, "identity": record}
   restored = checkpointer.restore(state)
   if restored is not None:
     state, meta, _ = restored
@@ -417,13 +439,14 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
     logits, _ = predict_all(predict, (state.params, state.model_state), test_data, eval_batch, mesh)
     return logits, metrics_lib.accuracy(logits, np.asarray(test_data.labels))
 
-  log_path = os.path.join(workdir, "metrics.jsonl")
-  writer = _summary_writer(os.path.join(workdir, "tb"))
+  run_log = RunLog(workdir, resume_step=start_step, resumed_evals=meta["history"])
   bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
                   disable=not show_progress or jax.process_index() != 0, dynamic_ncols=True)
+  # The progress bar shows the last epoch's test accuracy next to the running train metrics.
+  shown = {"test_acc": f"{meta['history'][-1]['test_accuracy']:.2%}" if meta["history"] else "-"}
   pending = None         # (step, device metrics) of the last step dispatched, read one step late
   last_saved = restored[2] if restored else None
-  compile_seconds = 0.0
+  compile_seconds = eval_seconds = checkpoint_seconds = 0.0
   timer_start = None
   test_logits = None
 
@@ -431,9 +454,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
     """Checks one step's loss and logs the step when it is due.
 
     The loop reads each step while the next one runs, so the host never waits
-    on the step it has just dispatched. (Reading every 32 steps instead measured
-    no faster on the 2-core CPU: the library / bare ratio of
-    benchmarks/overhead.py was 1.01–1.05 either way.)
+    on the step it has just dispatched.
 
     Raises:
       NonFiniteLossError: the loss is NaN/Inf.
@@ -445,19 +466,11 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
           f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
           "or check the inputs.")
     if step % log_every_steps == 0 or step == total_steps - 1:
-      # np.asarray per leaf: ~6 µs for the step's five scalars against ~58 µs for
-      # jax.device_get (2-core CPU).
-      log({k: np.asarray(v) for k, v in step_metrics.items()}, step)
-
-  def log(host, step):
-    record = {"step": step, **{k: float(v) for k, v in host.items()}}
-    bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}", refresh=False)
-    if jax.process_index() == 0:
-      with open(log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-      for k, v in record.items():
-        if k != "step" and writer is not None:
-          writer.add_scalar(f"train/{k}", v, step)
+      # np.asarray per leaf: cheaper than one jax.device_get of the whole dict.
+      record = {"step": step, **{k: float(np.asarray(v)) for k, v in step_metrics.items()}}
+      shown.update(loss=f"{record['loss']:.4f}", train_acc=f"{record['accuracy']:.2%}")
+      bar.set_postfix(shown, refresh=False)
+      run_log.train(record)
 
   try:
     for step in range(start_step, total_steps):
@@ -483,55 +496,51 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
         read_metrics(*pending)           # never save a state that followed a NaN loss
         pending = None
         if end_of_epoch:
+          eval_start = time.perf_counter()
           test_logits, test_accuracy = evaluate(state)
-          meta["history"].append({"step": done, "epoch": done / steps_per_epoch,
-                                  "test_accuracy": test_accuracy})
+          eval_seconds += time.perf_counter() - eval_start
+          evaluation = {"step": done, "epoch": done / steps_per_epoch,
+                        "test_accuracy": test_accuracy}
+          meta["history"].append(evaluation)
           meta["best_test_accuracy"] = max(meta["best_test_accuracy"], test_accuracy)
-          if writer is not None:
-            writer.add_scalar("test/accuracy", test_accuracy, done)
+          run_log.eval(evaluation)
+          shown["test_acc"] = f"{test_accuracy:.2%}"
+          bar.set_postfix(shown)
           logging.info("%s: step %d test accuracy %.4f", name, done, test_accuracy)
+        save_start = time.perf_counter()
         checkpointer.save(done, state, meta)
+        checkpoint_seconds += time.perf_counter() - save_start
         last_saved = done
     if pending is not None:
       read_metrics(*pending)
   finally:
     bar.close()
-    if writer is not None:
-      writer.close()
+    run_log.close()
     checkpointer.close()
 
   train_seconds = time.perf_counter() - timer_start if timer_start else 0.0
   if test_logits is None:     # nothing left to run: the checkpoint was final
     test_logits, _ = evaluate(state)
   trained = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
-  steps_run = total_steps - start_step
   return FitResult(module=trained, test_logits=test_logits, history=meta["history"],
                    best_test_accuracy=meta["best_test_accuracy"], train_seconds=train_seconds,
-                   steps=total_steps, steps_run=steps_run, compile_seconds=compile_seconds,
+                   eval_seconds=eval_seconds, checkpoint_seconds=checkpoint_seconds,
+                   steps=total_steps, steps_run=total_steps - start_step,
+                   resumed_from_step=start_step, compile_seconds=compile_seconds,
                    step_compiles=train_step.jitted._cache_size())  # pylint: disable=protected-access
 
 
-def _summary_writer(logdir: str):
-  """A TensorBoard writer on process 0 (tensorboardX: no TensorFlow needed).
-
-  tensorboardX imports PyTorch at import time when it is installed (only to
-  accept torch tensors, which kd_jax never logs): ~1 s on an idle 2-core CPU,
-  several seconds under load. Unless the process already has torch, it is
-  hidden from that one import (``sys.modules["torch"] = None`` makes
-  ``import torch`` raise ImportError, tensorboardX's own fallback) and
-  restored at once, so later ``import torch`` works as usual.
-  """
-  if jax.process_index() != 0:
-    return None
-  hide_torch = "torch" not in sys.modules
-  if hide_torch:
-    sys.modules["torch"] = None
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:
-    logging.warning("tensorboardX is not installed; no TensorBoard events are written")
-    return None
-  finally:
-    if hide_torch:
-      del sys.modules["torch"]
-  return SummaryWriter(logdir)
+def _check_checkpoint_identity(checkpointer: Checkpointer, record: dict) -> None:
+  """Refuses checkpoints written for another identity (reads only their small metadata)."""
+  meta = checkpointer.latest_meta()
+  if meta is None or (meta.get("identity") or {}).get("key") == record["key"]:
+    return
+  recorded = (meta.get("identity") or {}).get("fields")
+  if recorded is None:
+    raise WorkdirConflictError(
+        f"the checkpoints in {checkpointer.directory} do not record the config they were "
+        "trained with (written by an older kd_jax), so they cannot be resumed safely; use "
+        "a new --workdir.")
+  raise WorkdirConflictError(workdir_lib.conflict_message(
+      f"the checkpoints in {checkpointer.directory}", recorded, record["fields"],
+      "Use a new --workdir for this config (the earlier run's checkpoints are kept)."))

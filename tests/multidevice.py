@@ -25,8 +25,8 @@ def env(devices: int, **extra) -> dict:
   """The environment of a subprocess with ``devices`` CPU devices."""
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
               JAX_PLATFORMS="cpu", KD_JAX_DATA_SOURCE="idx", PYTHONPATH=ROOT,
-              JAX_COMPILATIONCACHE_DIR=CACHE, JAX_PERSISTENTCACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENTCACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+              JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
 
 
 def start(script: str, devices: int, *args: str) -> subprocess.Popen:
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 def student_losses(workdir: str) -> list[float]:
   with open(os.path.join(workdir, "student", "metrics.jsonl")) as f:
-    return [json.loads(line)["loss"] for line in f]
+    return [record["loss"] for line in f if "loss" in (record := json.loads(line))]
 
 
 _DEVICE_RUNS = r"""

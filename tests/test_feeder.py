@@ -66,8 +66,9 @@ def test_replicated_key_is_the_seed_key_on_every_device():
                     or importlib.util.find_spec("tensorboardX") is None,
                     reason="needs torch and tensorboardX installed")
 def test_tensorboard_writer_does_not_import_torch(tmp_path):
-  code = ("import sys; from kd_jax import train; "
-          f"w = train._summary_writer({str(tmp_path)!r}); w.add_scalar('x', 1.0, 0); w.close(); "
+  code = ("import sys; from kd_jax import run_log; "
+          f"w = run_log._summary_writer({str(tmp_path)!r}, None); w.add_scalar('x', 1.0, 0); "
+          "w.close(); "
           "assert 'torch' not in sys.modules, 'torch was imported'; "
           "import torch; print('torch importable afterwards', torch.__version__)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -97,10 +98,10 @@ def _fit_mlp(tmp_path, objective, *, epochs, log_every_steps=1):
 
 def _cross_entropy_until(bad_step):
   """Cross-entropy whose value is NaN from ``bad_step`` on (its gradient stays finite)."""
-  from kd_jax import methods
+  from kd_jax import losses
 
   def objective(step, student_out, teacher_out, labels, mask):
-    loss = methods.masked_cross_entropy(student_out[0], labels, mask)
+    loss = losses.cross_entropy(student_out[0], labels, mask)
     loss = loss + jax.lax.stop_gradient(jnp.where(step >= bad_step, jnp.nan, 0.0))
     return loss, {"loss": loss}
   return objective
@@ -117,5 +118,9 @@ def test_nan_loss_is_reported_at_its_exact_step(tmp_path):
 def test_every_due_step_is_logged_once_in_order(tmp_path):
   _fit_mlp(tmp_path, _cross_entropy_until(10**9), epochs=7, log_every_steps=4)  # 70 steps
   with open(tmp_path / "metrics.jsonl") as f:
-    steps = [json.loads(line)["step"] for line in f]
+    records = [json.loads(line) for line in f]
+  steps = [r["step"] for r in records if "loss" in r]
   assert steps == list(range(0, 70, 4)) + [69]   # and the last step
+  # One eval record after each of the 7 epochs, in order among the train records.
+  assert [r["step"] for r in records if "test_accuracy" in r] == list(range(10, 71, 10))
+  assert [r["step"] for r in records] == sorted(r["step"] for r in records)

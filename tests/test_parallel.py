@@ -6,6 +6,8 @@ tests below compare what those runs wrote.
 """
 
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ from kd_jax import config as config_lib
 from kd_jax import methods, models, parallel, train
 from kd_jax.experiment import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
+from tests import multidevice
 from tests.multidevice import device_runs, student_losses
 
 # Float32 sums over 64 examples split 4 or 8 ways are added in another order:
@@ -226,3 +229,13 @@ def test_bf16_loss_curve_tracks_fp32_on_the_smoke_config(tmp_path, teacher_dir):
   # (measured: at most 0.4%, and test accuracies 0.6 points apart).
   np.testing.assert_allclose(losses_bf16, losses_fp32, rtol=0.02)
   assert abs(bf16["student"]["test_accuracy"] - fp32["student"]["test_accuracy"]) <= 0.02
+
+
+def test_subprocess_environment_turns_on_the_shared_compilation_cache():
+  # JAX reads JAX_<OPTION> for each option: a misspelt name is silently ignored.
+  code = ("import jax; c = jax.config; print(c.jax_compilation_cache_dir, "
+          "c.jax_persistent_cache_min_compile_time_secs, "
+          "c.jax_persistent_cache_min_entry_size_bytes, jax.device_count())")
+  out = subprocess.run([sys.executable, "-c", code], env=multidevice.env(3), capture_output=True,
+                       text=True, timeout=120, check=True).stdout.split()
+  assert out == [multidevice.CACHE, "0.0", "0", "3"]

@@ -114,13 +114,14 @@ def test_jit_with_traced_step():
     ({"schedule": "constant"}, {}, "temperature.init is required"),
     ({"schedule": "constant", "init": 0}, dict(positive=True),
      "temperature.init must be > 0, got 0"),
-    (0.0, dict(positive=True), "temperature.init must be > 0, got 0.0"),
+    # A bare number is named as written: `alpha`, not `alpha.init`.
+    (0.0, dict(positive=True), "temperature must be > 0, got 0.0"),
     ({"schedule": "linear", "init": 4.0, "end": -1.0, "steps": 3},
      dict(positive=True), "temperature.end must be > 0, got -1.0"),
     ({"schedule": "linear", "init": 0.5, "end": 1.5, "steps": 3},
      dict(field="alpha", unit_interval=True), "alpha.end must be in [0, 1], got 1.5"),
     (1.2, dict(field="alpha", unit_interval=True),
-     "alpha.init must be in [0, 1], got 1.2"),
+     "alpha must be in [0, 1], got 1.2"),
     ({"schedule": "linear", "init": 1.0, "tau": 3}, {},
      "temperature: unknown key(s) 'tau'; valid: end, init, schedule, steps, "
      "warmup_init, warmup_steps"),

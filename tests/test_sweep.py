@@ -343,8 +343,11 @@ def test_workdir_of_another_base_config_is_refused(tmp_path):
   _sweep(tmp_path, FakeRun(), seeds=1)
   other = base_config()
   other.alpha = 0.9
-  with pytest.raises(ValueError, match="different base config"):
+  with pytest.raises(ValueError, match="(?s)different config.*alpha: 0.5 → 0.9"):
     _sweep(tmp_path, FakeRun(), seeds=1, config=other)
+  neutral = base_config()   # a field that changes no result may differ
+  neutral.log_every_steps = 7
+  _sweep(tmp_path, FakeRun(), seeds=1, config=neutral)
   more = FakeRun()  # the same base config with more seeds extends the sweep
   _sweep(tmp_path, more, seeds=2)
   assert len(more.calls) == 2

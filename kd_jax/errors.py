@@ -1,0 +1,28 @@
+"""The errors a person can fix: bad config values, unknown fields, refused workdirs.
+
+The command-line entry points (:mod:`kd_jax.cli`) print these as one short
+message and exit with status 2; every other exception is a bug and keeps its
+traceback. Both subclass ``ValueError``, so library callers that catch
+``ValueError`` (and the contract of DESIGN.md §2.3) are unchanged.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+  """An invalid config value, named by its dotted ``field`` (``"alpha"``, ``"train.epochs"``).
+
+  ``field`` is None when the error is not about one field (e.g. two flags that
+  conflict); the command line then shows the message as it is.
+  """
+
+  def __init__(self, field: str | None, message: str):
+    super().__init__(message)
+    self.field = field
+
+
+class WorkdirConflictError(ConfigError):
+  """A workdir (or checkpoint) that belongs to a run of a different config (DESIGN §5.6)."""
+
+  def __init__(self, message: str):
+    super().__init__(None, message)

@@ -31,7 +31,7 @@ from flax import nnx
 
 from kd_jax import config as config_lib
 from kd_jax import data as data_lib
-from kd_jax import methods, models, parallel, teacher_cache, teachers, train
+from kd_jax import methods, models, parallel, run_log, teacher_cache, teachers, train
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
@@ -139,6 +139,7 @@ def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits,
       params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
       best_test_accuracy=fit.best_test_accuracy,
       history=fit.history,
+      wall_seconds=fit.wall_seconds,
       train_seconds=fit.train_seconds,
       eval_seconds=fit.eval_seconds,
       checkpoint_seconds=fit.checkpoint_seconds,
@@ -178,11 +179,16 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
       "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
       "num_classes": num_classes, "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
       "test_accuracy": metrics_lib.accuracy(fit.test_logits, np.asarray(test_data.labels)),
-      "best_test_accuracy": fit.best_test_accuracy, "train_seconds": fit.train_seconds,
+      "best_test_accuracy": fit.best_test_accuracy, "train_seconds": fit.wall_seconds,
       "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
   }
   teachers.save(source, module, info)
   if jax.process_index() == 0:  # teachers.save ends at a barrier: every process is done with it
+    # Keep the training logs next to the cached teacher; drop its checkpoints.
+    os.makedirs(os.path.join(source, "logs"), exist_ok=True)
+    for name in (run_log.METRICS_FILE, "tb"):
+      if os.path.exists(os.path.join(source + ".train", name)):
+        shutil.move(os.path.join(source + ".train", name), os.path.join(source, "logs", name))
     shutil.rmtree(source + ".train", ignore_errors=True)
   return {**info, "source": source, "cached": False}
 
@@ -259,6 +265,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       "teacher": {**metrics_lib.classification_report(teacher_test_logits, test_labels),
                   "params": teacher_info["params"], "model": config.teacher.model,
                   "source": teacher_info["source"], "cached": teacher_info["cached"],
+                  "logs": os.path.join(teacher_info["source"], "logs"),
                   "train_seconds": teacher_info.get("train_seconds")},
   }
 
@@ -277,8 +284,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                     identity=identity)
     report = _phase_report(fit, module if name == "baseline" else student_model,
                            test_labels, teacher_test_logits, config.dataset.omit_classes)
+    report["logs"] = phase_dir
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
-    return report
+    return {**report, "ran_now": True}
 
   if config.baseline and config.method != "none":
     scratch = build(config.student, config.seed)
@@ -307,11 +315,19 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       "steps_per_second": results["student"]["steps_per_second"],
       "compile_seconds": results["student"]["compile_seconds"],
       "teacher_train_seconds": teacher_info.get("train_seconds") if not teacher_info["cached"] else 0.0,
-      "baseline_train_seconds": results.get("baseline", {}).get("train_seconds"),
+      # What this invocation spent: 0 for a baseline another run had already trained.
+      "baseline_train_seconds": (results["baseline"]["wall_seconds"]
+                                 if results.get("baseline", {}).get("ran_now") else
+                                 0.0 if "baseline" in results else None),
+      "student_wall_seconds": (results["student"]["wall_seconds"]
+                               if results["student"].get("ran_now") else 0.0),
       "total_seconds": time.perf_counter() - started,
       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "devices": mesh.size, "mesh": dict(mesh.shape), "processes": jax.process_count(),
       "platform": mesh.devices.flat[0].platform,
   }
+  for name in ("baseline", "student"):
+    if name in results:
+      results[name].pop("ran_now", None)
   _write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
   return results

@@ -96,7 +96,7 @@ def main(argv) -> None:
     print(f"{workdir} holds this config's finished run (finished "
           f"{finished.get('timing', {}).get('finished_at', 'earlier')}); nothing was run. "
           "Its results:")
-    print(report.summary_table(finished))
+    print(report.summary_table(finished, recorded=True))
     print(report.where_to_look(workdir, finished))
     return
   setup_process()

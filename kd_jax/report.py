@@ -17,8 +17,12 @@ def _seconds(value) -> str:
   return "-" if value is None else f"{value:.1f} s"
 
 
-def summary_table(results: dict) -> str:
-  """The console table: params, final and best test accuracy, agreement, ECE, KD gain."""
+def summary_table(results: dict, *, recorded: bool = False) -> str:
+  """The console table: params, final and best test accuracy, agreement, ECE, KD gain.
+
+  ``recorded``: the results are a stored record (a finished run shown again), so
+  the timing line describes the run that produced them, not this invocation.
+  """
   rows = [("teacher", results["teacher"])]
   if "baseline" in results:
     rows.append(("student (from scratch)", results["baseline"]))
@@ -41,29 +45,29 @@ def summary_table(results: dict) -> str:
                    f"from scratch ({scratch:.2%}), so distillation cannot be expected to help "
                    "here; :smoke configs train a deliberately small teacher to test the "
                    "pipeline, not to measure KD.")
-  lines.append(_timing_line(results))
+  lines.append(_timing_line(results, "that run" if recorded else "this run"))
   return "\n".join(lines)
 
 
-def _timing_line(results: dict) -> str:
+def _timing_line(results: dict, label: str) -> str:
+  """What the run did and how long each phase took (wall time, compilation included)."""
   timing, student, teacher = results["timing"], results["student"], results["teacher"]
   if teacher.get("cached"):
-    teacher_part = "teacher loaded from its cache"
+    parts = ["teacher loaded from its cache"]
   else:
-    teacher_part = f"teacher trained in {_seconds(timing.get('teacher_train_seconds'))}"
-  parts = [teacher_part]
+    parts = [f"teacher trained in {_seconds(timing.get('teacher_train_seconds'))}"]
   if "baseline" in results:
     parts.append(f"from-scratch student {_seconds(timing.get('baseline_train_seconds'))}")
   resumed = student.get("resumed_from_step") or 0
-  steps_run = student["steps"] - resumed
-  student_part = f"distilled student {steps_run} steps in {_seconds(timing.get('train_seconds'))}"
+  student_part = (f"distilled student {student['steps'] - resumed} steps in "
+                  f"{_seconds(timing.get('student_wall_seconds'))}")
   if resumed:
     student_part += f" (resumed at step {resumed} of {student['steps']})"
   rate = timing.get("steps_per_second")
   if rate:
-    student_part += f", {rate:.0f} steps/s without evaluation"
+    student_part += f", {rate:.0f} steps/s after compiling, without evaluation"
   parts.append(student_part)
-  return f"this run: {'; '.join(parts)}; {_seconds(timing.get('total_seconds'))} in all."
+  return f"{label}: {'; '.join(parts)}; {_seconds(timing.get('total_seconds'))} in all."
 
 
 def where_to_look(workdir: str, results: dict | None = None) -> str:

@@ -312,6 +312,7 @@ class FitResult:
   test_logits: np.ndarray      # final-step logits on the full test split
   history: list                # one eval record per epoch
   best_test_accuracy: float
+  wall_seconds: float          # wall time of this call, set-up and compilation included
   train_seconds: float         # wall time of this call's loop, after the first (compiling) step
   eval_seconds: float          # of which evaluating the test split
   checkpoint_seconds: float    # of which saving checkpoints
@@ -402,6 +403,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
       checkpoint is kept; nothing is saved after the bad step).
     WorkdirConflictError: the checkpoints belong to a different ``identity``.
   """
+  called = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   t = train_config
   data_devices = mesh.shape[parallel.DATA_AXIS]
@@ -523,7 +525,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
     test_logits, _ = evaluate(state)
   trained = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
   return FitResult(module=trained, test_logits=test_logits, history=meta["history"],
-                   best_test_accuracy=meta["best_test_accuracy"], train_seconds=train_seconds,
+                   best_test_accuracy=meta["best_test_accuracy"],
+                   wall_seconds=time.perf_counter() - called, train_seconds=train_seconds,
                    eval_seconds=eval_seconds, checkpoint_seconds=checkpoint_seconds,
                    steps=total_steps, steps_run=total_steps - start_step,
                    resumed_from_step=start_step, compile_seconds=compile_seconds,

@@ -255,6 +255,48 @@ def test_already_prepared_tfds_matches_idx(monkeypatch):
                                   _sorted_rows(from_idx.images, from_idx.labels))
 
 
+@requires_idx
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
+                    reason="tensorflow_datasets not installed")
+def test_decoded_arrays_are_cached_next_to_the_tfds_files(tmp_path, monkeypatch):
+  import shutil
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  prepared = tfds.builder("fashion_mnist", data_dir=data.default_data_dir()).data_path
+  if not (prepared / "dataset_info.json").exists():
+    pytest.skip(f"no prepared TFDS fashion_mnist in {data.default_data_dir()}")
+  version_dir = tmp_path / "fashion_mnist" / prepared.name
+  shutil.copytree(prepared, version_dir,
+                  ignore=shutil.ignore_patterns(fashion_mnist.DECODED_DIR))
+  monkeypatch.setenv("KD_JAX_DATA_SOURCE", "tfds")
+  load = lambda: data.load_split("fashion_mnist", "test", data_dir=tmp_path)
+  decoded = load()
+  cached = list((version_dir / fashion_mnist.DECODED_DIR).glob("test-*.npz"))
+  assert len(cached) == 1
+  # A second process reads the cache: nothing is decoded (decoding would fail here).
+  data._load_cached.cache_clear()
+  def no_decoding(*args, **kwargs):
+    raise AssertionError("decoded again")
+  with monkeypatch.context() as patch:
+    patch.setattr(tfds.core.DatasetBuilder, "as_data_source", no_decoding)
+    again = load()
+  assert again.source == "tfds"
+  np.testing.assert_array_equal(again.images, decoded.images)
+  np.testing.assert_array_equal(again.labels, decoded.labels)
+  # Re-preparing changes the source files: the cache is stale, decoded afresh and replaced.
+  record = next(version_dir.glob("fashion_mnist-test.array_record*"))
+  os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 10**9))
+  data._load_cached.cache_clear()
+  calls = []
+  original = tfds.core.DatasetBuilder.as_data_source
+  with monkeypatch.context() as patch:
+    patch.setattr(tfds.core.DatasetBuilder, "as_data_source",
+                  lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    fresh = load()
+  assert calls and fresh.images.shape == decoded.images.shape
+  renewed = list((version_dir / fashion_mnist.DECODED_DIR).glob("test-*.npz"))
+  assert len(renewed) == 1 and renewed != cached
+
+
 @pytest.mark.slow  # Preparing TFDS fashion_mnist takes ~25 s on 2 free cores.
 @requires_idx
 @pytest.mark.skipif(not HAVE_TF_TFDS, reason="needs TensorFlow and TFDS")

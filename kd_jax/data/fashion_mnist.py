@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
+import hashlib
 import importlib.util
+import json
 import inspect
 import os
 import pathlib
@@ -41,6 +44,7 @@ from kd_jax.data import idx
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 TFDS_NAME = "fashion_mnist"
+DECODED_DIR = "kd_jax_decoded"   # decoded arrays, inside the TFDS dataset's directory
 NUM_CLASSES = 10
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -196,14 +200,71 @@ def _exclusive_lock(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _decoded_cache(builder, split: str) -> tuple[str, str]:
+  """``(path, key)`` of the decoded arrays of ``split``, next to the TFDS files.
+
+  The key hashes the name, size and modification time of every file of the
+  split and of ``dataset_info.json``: re-preparing the dataset changes it.
+  """
+  data_dir = os.fspath(builder.data_dir)
+  files = sorted(glob.glob(os.path.join(data_dir, f"{TFDS_NAME}-{split}.*")))
+  files.append(os.path.join(data_dir, "dataset_info.json"))
+  stats = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+  key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+  return os.path.join(data_dir, DECODED_DIR, f"{split}-{key}.npz"), key
+
+
+def _decode_array_records(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every record of ``split`` (PNG images: seconds for Fashion-MNIST's train split).
+
+  The decoded arrays are kept next to the TFDS files (:func:`_decoded_cache`), so
+  each process after the first reads them back instead of decoding again. A
+  read-only data directory just skips the cache.
+  """
+  path, _ = _decoded_cache(builder, split)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return f["images"], f["labels"]
+  except (OSError, KeyError, ValueError):
+    pass    # absent or unreadable: decode
+  with _absl_level(logging.ERROR):  # TFDS warns that OpenCV is missing; PIL decodes fine
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(range(len(source)))
+  images = np.stack([r["image"] for r in records]).astype(np.uint8)
+  labels = np.array([r["label"] for r in records]).astype(np.int32)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for stale in glob.glob(os.path.join(os.path.dirname(path), f"{split}-*.npz")):
+      os.remove(stale)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+      np.savez(f, images=images, labels=labels)
+    os.replace(tmp, path)      # readers never see a half-written file
+  except OSError as e:
+    logging.info("Not caching decoded %s %s arrays in %s: %s", TFDS_NAME, split, path, e)
+  return images, labels
+
+
+@contextlib.contextmanager
+def _absl_level(level: int):
+  """Shows only absl logs at ``level`` or above for the duration (quiets third-party warnings).
+
+  absl's verbosity grows with detail (ERROR = -2 < WARNING = -1 < INFO = 0), so
+  the quieter of the two settings is the smaller.
+  """
+  previous = logging.get_verbosity()
+  logging.set_verbosity(min(level, previous))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(previous)
+
+
 def _read_tfds(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
   from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
 
   if builder.info.file_format == file_adapters.FileFormat.ARRAY_RECORD:
-    source = builder.as_data_source(split=split)
-    records = source.__getitems__(range(len(source)))
-    images = np.stack([r["image"] for r in records])
-    labels = np.array([r["label"] for r in records])
+    images, labels = _decode_array_records(builder, split)
   elif _importable("tensorflow"):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 

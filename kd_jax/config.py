@@ -9,6 +9,9 @@ compiled — and raises ``ValueError`` naming the field and the valid choices.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
+import types
 from typing import Any
 
 import ml_collections
@@ -89,6 +92,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))  # 0 = each epoch
   c.log_every_steps = 50
   return c
+
+
+def load_sibling(path: str, name: str) -> types.ModuleType:
+  """The experiment module ``name``.py next to ``path``, loaded by its file path.
+
+  ``--config=`` loads an experiment module by path, so ``import experiments...``
+  inside it works only from the repository root; modules that build on another
+  (e.g. every Fashion-MNIST method on ``kd.py``) use this instead::
+
+      kd = config.load_sibling(__file__, "kd")
+  """
+  file = os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"kd_jax_experiment_{name}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:

@@ -37,18 +37,23 @@ def _label(point: Mapping[str, Any], keys: Sequence[str]) -> str:
   return ", ".join(f"{k}={format_value(point[k])}" for k in keys) or "base config"
 
 
-def _baseline(ax, baseline: Interval | None, vertical: bool = False) -> None:
-  """Dashed line at the from-scratch student's accuracy, shaded with its CI."""
+def _references(ax, baseline: Interval | None, teacher: float | None,
+                vertical: bool = False) -> None:
+  """The teacher (dotted) and the from-scratch baseline (dashed, shaded CI), with legend labels."""
+  line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
+  if teacher is not None:
+    line(teacher * 100, color="tab:green", linestyle=":", linewidth=1.5,
+         label=f"teacher: {teacher * 100:.2f} %")
   if baseline is None:
     return
   mean = baseline.mean * 100
   half = 0.0 if math.isnan(baseline.half_width) else baseline.half_width * 100
   label = (f"baseline, no teacher: {mean:.2f}"
            + (f" ± {half:.2f}" if half else "") + f" % (n={baseline.n})")
-  line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
   line(mean, color="black", linestyle="--", linewidth=1.2, label=label)
   if half:
-    span(mean - half, mean + half, color="black", alpha=0.1, linewidth=0)
+    span(mean - half, mean + half, color="black", alpha=0.1, linewidth=0,
+         label="baseline 95% CI")
 
 
 def _seeds_note(rows: Sequence[Mapping[str, Any]], what: str) -> str:
@@ -61,12 +66,14 @@ def _seeds_note(rows: Sequence[Mapping[str, Any]], what: str) -> str:
 
 def plot_accuracy_vs_temperature(
     rows: Sequence[Mapping[str, Any]], path: str, *, temperature_key: str | None = None,
-    baseline: Interval | None = None, title: str | None = None) -> None:
+    baseline: Interval | None = None, teacher: float | None = None,
+    title: str | None = None) -> None:
   """Final test accuracy vs distillation temperature, one line per other setting.
 
   x: temperature on a log2 axis; y: final test accuracy (%); one line (with its 95%
   CI band) per combination of the other grid keys, e.g. per divergence; the
-  from-scratch baseline as a dashed horizontal line with its band.
+  from-scratch baseline as a dashed horizontal line with its band and the
+  teacher as a dotted one, all in the legend.
 
   Args:
     rows: summary rows (see the module docstring).
@@ -74,6 +81,7 @@ def plot_accuracy_vs_temperature(
     temperature_key: the grid key holding T; default the first of ``temperature``,
       ``temperature.init`` found in the rows' points.
     baseline: the baseline's accuracy interval (fractions), or None.
+    teacher: the teacher's final test accuracy (fraction), or None.
     title: the first title line, e.g. the experiment name.
   """
   keys = list(rows[0]["point"])
@@ -93,7 +101,7 @@ def plot_accuracy_vs_temperature(
         dict(zip(others, group)), others)
     (line,) = ax.plot(x, mean, marker="o", linewidth=1.8, label=name)
     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
-  _baseline(ax, baseline)
+  _references(ax, baseline, teacher)
 
   ax.set_xscale("log", base=2)
   ax.xaxis.set_major_locator(ticker.FixedLocator(temperatures))
@@ -112,7 +120,8 @@ def plot_accuracy_vs_temperature(
 
 
 def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
-                     baseline: Interval | None = None, title: str | None = None) -> None:
+                     baseline: Interval | None = None, teacher: float | None = None,
+                     title: str | None = None) -> None:
   """Horizontal bars of final test accuracy per grid point, with 95% CI error bars.
 
   One bar per row, in the given order from the top (pass rows sorted best first), each
@@ -124,6 +133,7 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     rows: summary rows (see the module docstring); rows without results are skipped.
     path: the PNG to write.
     baseline: the baseline's accuracy interval (fractions), or None.
+    teacher: the teacher's final test accuracy (fraction), or None.
     title: the first title line, e.g. the experiment name.
   """
   rows = [r for r in rows if r[f"{_ACC}_n"]]
@@ -140,18 +150,20 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     ax.text(hi, yi, "  " + text, va="center", fontsize=8,
             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
   ax.set_yticks(y, [_label(r["point"], keys) for r in rows], fontsize=8)
-  _baseline(ax, baseline, vertical=True)
+  _references(ax, baseline, teacher, vertical=True)
 
   values = [v for s in stats for v in s[1:]]
   if baseline is not None:
     values.append(baseline.mean * 100)
+  if teacher is not None:
+    values.append(teacher * 100)
   if values:
     span = max(max(values) - min(values), 0.5)
     ax.set_xlim(min(values) - 0.3 * span, max(values) + 0.6 * span)  # room for labels
   ax.set_xlabel("student final test accuracy (%)  (axis does not start at 0)")
   ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows, 'error bars')}", fontsize=10)
   ax.grid(True, axis="x", alpha=0.3)
-  if baseline is not None:
+  if baseline is not None or teacher is not None:
     ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   fig.savefig(path)
@@ -170,7 +182,7 @@ def _title(config: Mapping[str, Any], grid: Mapping[str, Any]) -> str:
 
 def write_plots(rows: Sequence[Mapping[str, Any]], directory: str, *,
                 grid: Mapping[str, Sequence[Any]], config: Mapping[str, Any],
-                baseline: Interval | None = None) -> list[str]:
+                baseline: Interval | None = None, teacher: float | None = None) -> list[str]:
   """Writes the plots that apply to a sweep; returns their file names.
 
   ``accuracy_vs_temperature.png`` when the grid varies ``temperature`` or
@@ -183,6 +195,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], directory: str, *,
     grid: grid key -> swept values.
     config: the base config as a dict (for the title).
     baseline: the baseline's accuracy interval, or None.
+    teacher: the teacher's final test accuracy (the mean when runs had several), or None.
   """
   title = _title(config, grid)
   written = []
@@ -191,8 +204,8 @@ def write_plots(rows: Sequence[Mapping[str, Any]], directory: str, *,
     written.append("accuracy_vs_temperature.png")
     plot_accuracy_vs_temperature(rows, os.path.join(directory, written[-1]),
                                  temperature_key=temperature_key, baseline=baseline,
-                                 title=title)
+                                 teacher=teacher, title=title)
   written.append("methods_bar.png")
   plot_methods_bar(sort_rows(rows), os.path.join(directory, written[-1]),
-                   baseline=baseline, title=title)
+                   baseline=baseline, teacher=teacher, title=title)
   return written

@@ -324,6 +324,7 @@ def markdown_summary(
                                             if row["runs_failed"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   lines += [
+      "", "Rows are sorted by final test accuracy, best first (`#` is the rank).",
       "", f"Values are mean ± half-width of the {level} confidence interval over the "
       "n seeds of each point (Student t with n − 1 degrees of freedom; n = 1 gives no "
       "interval). **Final** test accuracy, after the last training step, is the "
@@ -334,6 +335,12 @@ def markdown_summary(
   if has_gain:
     lines.append("KD gain = student − baseline final test accuracy in percentage "
                  "points, paired over the same seeds (paired t interval).")
+  if any(0 < row["test_accuracy_n"] < 3 for row in rows):
+    lines += ["", f"**Too few seeds for a usable interval:** with n = 2 the t interval has "
+              "one degree of freedom (t = 12.71 for 95%), so its half-width is about 9× "
+              "the standard deviation and it can extend past what a metric can take (below 0 for ECE, "
+              "above 100% for accuracy). Run at least 3 seeds per point (`--seeds 3`) "
+              "before reading differences from this table."]
   if any(row.get("omitted_student_n") for row in rows):
     lines += ["", "## Omitted classes (Hinton et al. 2015 §3)", "",
               "Accuracy % on the test examples of the classes left out of the students' "

@@ -406,12 +406,24 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     entry["seconds"] = round(time.time() - start, 3)
     elapsed.append(entry["seconds"])
     _write_json(record_path, record)
-  logging.info("Sweep %s finished: %d done, %d failed.", workdir,
-               sum(e["status"] == "done" for e in record["runs"]),
-               sum(e["status"] == "failed" for e in record["runs"]))
   if _is_primary():
     write_summary(workdir)
+    print(finished_message(workdir, record), flush=True)
   return record
+
+
+def finished_message(workdir: str, record: dict) -> str:
+  """What a sweep prints at the end (also when every run was already done): the counts,
+  summary.md's table and the paths of the summary files."""
+  done = sum(e["status"] == "done" for e in record["runs"])
+  failed = sum(e["status"] == "failed" for e in record["runs"])
+  with open(os.path.join(workdir, "summary.md")) as f:
+    table = [line.rstrip() for line in f if line.startswith("|")]
+  return "\n".join([
+      f"[sweep {done}/{len(record['runs'])} done, {failed} failed] {workdir}",
+      *table,
+      f"summary: {os.path.join(workdir, 'summary.md')} (sorted by final test accuracy; "
+      f"95% intervals over seeds), {os.path.join(workdir, 'summary.csv')}, plots *.png"])
 
 
 # --------------------------------------------------------------------------- summary
@@ -462,8 +474,9 @@ def write_summary(workdir: str) -> list[dict]:
   baseline = stats.baseline_over_seeds(all_results)
   teachers = sorted({r["teacher"]["test_accuracy"] for r in all_results
                      if (r.get("teacher") or {}).get("test_accuracy") is not None})
-  written = plots.write_plots(rows, workdir, grid=record["grid"],
-                              config=record["config"], baseline=baseline)
+  written = plots.write_plots(rows, workdir, grid=record["grid"], config=record["config"],
+                              baseline=baseline,
+                              teacher=sum(teachers) / len(teachers) if teachers else None)
   text = stats.markdown_summary(
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -56,6 +57,12 @@ def _run_cli(tmp_path, module, *extra, compilation_cache=multidevice.CACHE):
     return out.stdout, json.load(f)
 
 
+def _cli(*args, env_extra=None, module="kd_jax.main", timeout=300):
+  env = dict(os.environ, KD_JAX_DATA_SOURCE="idx", JAX_PLATFORMS="cpu", **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
 @needs_fashion_mnist
 def test_cli_smoke_run_prints_the_table_and_writes_results(tmp_path):
   stdout, results = _run_cli(tmp_path, "kd", "--config.divergence=js",
@@ -66,26 +73,100 @@ def test_cli_smoke_run_prints_the_table_and_writes_results(tmp_path):
   assert results["experiment"] == "fashion_mnist/kd"
   for phase in ("teacher", "baseline", "student"):
     assert 0 <= results[phase]["test_accuracy"] <= 1
-  assert "KD gain" in stdout and "student (kd)" in stdout
-  assert os.path.exists(tmp_path / "kd" / "student" / "metrics.jsonl")
+  # Training learns: the smoke teacher is far above chance (10%), the student's loss falls.
+  assert results["teacher"]["test_accuracy"] > 0.6
+  losses = [r["loss"] for r in map(json.loads, open(tmp_path / "kd" / "student" / "metrics.jsonl"))
+            if "loss" in r]
+  assert np.mean(losses[-3:]) < 0.5 * losses[0]
+  assert "KD gain" in stdout and "student (kd)" in stdout and "this run:" in stdout
   assert glob.glob(str(tmp_path / "kd" / "student" / "tb" / "events.out.tfevents.*"))
   # The persistent compilation cache is on by default and holds the run's programs,
   # the train steps included.
   cached = os.listdir(tmp_path / "xla")
   assert any("step_fn" in name for name in cached), cached[:20]
 
+  # Re-running the finished run prints its record and rewrites nothing.
+  record = (tmp_path / "kd" / "results.json").read_text()
+  again, _ = _run_cli(tmp_path, "kd", "--config.divergence=js", "--config.temperature.init=2",
+                      "--config.log_every_steps=7")     # a field that changes no result
+  assert "finished run" in again and "nothing was run" in again and "that run:" in again
+  assert (tmp_path / "kd" / "results.json").read_text() == record
 
-@needs_fashion_mnist
-def test_cli_rejects_bad_flag_value_before_compiling(tmp_path):
-  env = dict(os.environ, KD_JAX_DATA_SOURCE="idx", JAX_PLATFORMS="cpu")
+  # Another config in the same workdir is refused, naming each differing field.
+  refused = _cli("--config=experiments/fashion_mnist/kd.py:smoke", f"--workdir={tmp_path / 'kd'}",
+                 f"--teacher_dir={tmp_path / 'teachers'}", "--config.divergence=tvd",
+                 "--config.temperature.init=9")
+  assert refused.returncode == 2, refused.stderr
+  assert 'divergence: "js" → "tvd"' in refused.stderr
+  assert "temperature.init: 2.0 → 9.0" in refused.stderr and "new --workdir" in refused.stderr
+  assert "Traceback" not in refused.stderr
+  assert (tmp_path / "kd" / "results.json").read_text() == record
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.temprature.init=2"],
+     "--config.temprature.init=2: no field 'temprature' at the top level. Did you mean "
+     "'temperature'?"),
+    (["--config.alpha=1.5"], "--config.alpha=1.5: alpha must be in [0, 1], got 1.5"),
+    (["--config.divergence=hellinger"],
+     "--config.divergence=hellinger: divergence: unknown value 'hellinger'; valid choices: kl,"),
+    (["--config.train.epochs=-1"], "--config.train.epochs=-1: train.epochs must be a positive"),
+    (["--config.student.kwargs.hiddne=3"], "no field 'hiddne' at student.kwargs. Did you mean "
+                                            "'hidden'?"),
+    (["--config.student.kwargs.hidden=(0,)"], "student.kwargs"),
+    (["--config.alpha=abc"], "--config.alpha=abc: could not convert string to float"),
+    (["--config.mesh.data=3"], "--config.mesh.data=3: mesh.data × mesh.model = 3×1 must equal"),
+])
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
+  out = _cli("--config=experiments/fashion_mnist/kd.py:smoke", f"--workdir={tmp_path / 'w'}",
+             f"--teacher_dir={tmp_path / 't'}", *args)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.startswith("kd_jax.main: error: ")
+  assert message in out.stderr
+  assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3
+  assert not os.path.exists(tmp_path / "t")          # nothing was trained
+
+
+@pytest.mark.parametrize("config, message", [
+    ("experiments/fashion_mnist/kd.py:fast",
+     "--config=experiments/fashion_mnist/kd.py:fast: ValueError: unknown config argument "
+     "'fast'; valid: smoke"),
+    ("experiments/fashion_mnist/nope.py", "no such file 'experiments/fashion_mnist/nope.py'"),
+])
+def test_cli_bad_config_file_prints_one_line_and_exits_2(tmp_path, config, message):
+  out = _cli(f"--config={config}", f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_missing_dataset_names_the_package_and_exits_2(tmp_path):
+  out = _cli("--config=experiments/fashion_mnist/kd.py:smoke", f"--workdir={tmp_path / 'w'}",
+             f"--teacher_dir={tmp_path / 't'}",
+             env_extra={"KD_JAX_FASHION_MNIST_DIR": str(tmp_path / "none")})
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "apt-get install dataset-fashion-mnist" in out.stderr
+  assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3
+
+
+def test_cli_unexpected_errors_keep_their_traceback():
+  code = ("from kd_jax import cli\n"
+          "def main(argv):\n  raise RuntimeError('a bug')\n"
+          "cli.run(main, 'prog')\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1
+  assert "Traceback" in out.stderr and "RuntimeError: a bug" in out.stderr
+
+
+def test_experiment_modules_run_from_any_directory(tmp_path):
+  # Modules that build on kd.py import it by path, not as the `experiments` package.
   out = subprocess.run(
-      [sys.executable, "-m", "kd_jax.main", "--config=experiments/fashion_mnist/kd.py:smoke",
-       f"--workdir={tmp_path / 'w'}", f"--teacher_dir={tmp_path / 't'}",
-       "--config.divergence=hellinger"], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
-  assert out.returncode != 0
-  assert "divergence: unknown value 'hellinger'; valid choices" in out.stderr
-  assert not os.path.exists(tmp_path / "t")
+      [sys.executable, "-c", "from kd_jax import cli; import sys; "
+       "print(cli.load_config_file(sys.argv[1]).method)",
+       os.path.join(ROOT, "experiments", "fashion_mnist", "at.py:smoke")],
+      cwd=tmp_path, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=""))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "at"
 
 
 @needs_fashion_mnist

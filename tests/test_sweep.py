@@ -371,8 +371,9 @@ def test_cli_checks_every_point_before_training(tmp_path):
       [sys.executable, "-m", "kd_jax.sweep", f"--config={config_file}",
        f"--workdir={tmp_path / 'sweep'}", "--grid", "divergence=kl,jss", "--seeds", "2"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert "grid point divergence=jss" in result.stderr and "divergence" in result.stderr
+  assert result.returncode == 2
+  assert result.stderr.startswith("kd_jax.sweep: error: grid point divergence=jss")
+  assert "Traceback" not in result.stderr
   assert not (tmp_path / "sweep" / "runs").exists()  # nothing started
 
 
@@ -390,3 +391,26 @@ def test_real_smoke_sweep_2_points_2_seeds(tmp_path, teacher_dir):
   for row in rows:   # real accuracies, and a paired gain over the two seeds
     assert 0 <= float(row["test_accuracy_mean"]) <= 1
     assert int(row["kd_gain_n"]) == 2
+
+
+def test_a_finished_sweep_ends_with_its_counts_table_and_path(tmp_path, capsys):
+  _sweep(tmp_path, FakeRun())
+  first = capsys.readouterr().out
+  again = FakeRun()
+  _sweep(tmp_path, again)              # everything done: nothing runs, the same ending
+  second = capsys.readouterr().out
+  assert again.calls == []
+  for out in (first, second):
+    assert f"[sweep 4/4 done, 0 failed] {tmp_path}" in out
+    assert f"summary: {tmp_path / 'summary.md'}" in out
+    assert "| 1 |" in out and "| 2 |" in out      # the ranked table rows
+  assert "running" not in second
+
+
+def test_summary_says_how_rows_are_sorted_and_when_n_is_too_small(tmp_path):
+  _sweep(tmp_path, FakeRun(), seeds=2)
+  text = (tmp_path / "summary.md").read_text()
+  assert "Rows are sorted by final test accuracy, best first" in text
+  assert "Too few seeds for a usable interval" in text
+  _sweep(tmp_path / "three", FakeRun(), seeds=3)
+  assert "Too few seeds" not in (tmp_path / "three" / "summary.md").read_text()

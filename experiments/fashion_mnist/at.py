@@ -10,7 +10,9 @@ Measured on the 2-core CPU (cached teacher, seed 0, shared machine): 172 s, stud
 published defaults, not tuned on Fashion-MNIST.
 """
 
-from experiments.fashion_mnist import kd
+from kd_jax import config as config_lib
+
+kd = config_lib.load_sibling(__file__, "kd")
 
 
 def get_config(arg=None):

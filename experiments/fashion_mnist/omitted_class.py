@@ -22,7 +22,9 @@ distilled student 74.9% uncorrected and 91.9% after a bias shift of 2.5–3.0
 (overall test accuracy 87.1% → 88.2%).
 """
 
-from experiments.fashion_mnist import kd
+from kd_jax import config as config_lib
+
+kd = config_lib.load_sibling(__file__, "kd")
 
 OMITTED_CLASS = 9   # "Ankle boot"
 

@@ -21,7 +21,9 @@ and JS at T=2 (89.49 ± 0.29); T ≥ 8 falls below the baseline (KL T=16: 88.41 
 cosine 88.36 ± 0.10 at every T. Full table: README, "Running ablations".
 """
 
-from experiments.fashion_mnist import kd
+from kd_jax import config as config_lib
+
+kd = config_lib.load_sibling(__file__, "kd")
 
 
 def get_config(arg=None):

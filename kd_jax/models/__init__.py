@@ -107,6 +107,12 @@ def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=jnp.float32,
         f" accepts {list(accepted)}")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  for key, value in kwargs.items():
+    # Sizes (widths, kernels, strides, depths) are positive: a 0 would build a layer
+    # with no units, which fails deep inside an initialiser instead of here.
+    sizes = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, int) and not isinstance(v, bool) and v <= 0 for v in sizes):
+      raise ValueError(f"model {name!r}: {key} must hold positive sizes, got {value!r}")
   return _BUILDERS[name](num_classes=num_classes, rngs=rngs, dtype=dtype,
                          **kwargs)
 

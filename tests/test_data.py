@@ -18,11 +18,11 @@ from kd_jax import data
 from kd_jax.data import augment
 from kd_jax.data import fashion_mnist
 from kd_jax.data import idx
+from tests.conftest import skip_or_fail, skip_unless
 
 HAVE_IDX = fashion_mnist.has_idx_files(fashion_mnist.DEFAULT_IDX_DIR)
-requires_idx = pytest.mark.skipif(
-    not HAVE_IDX,
-    reason=f"Fashion-MNIST IDX files absent from {fashion_mnist.DEFAULT_IDX_DIR}"
+requires_idx = skip_unless(
+    HAVE_IDX, f"Fashion-MNIST IDX files absent from {fashion_mnist.DEFAULT_IDX_DIR}"
     " (sudo apt-get install dataset-fashion-mnist)")
 HAVE_TF_TFDS = all(importlib.util.find_spec(m) is not None
                    for m in ("tensorflow", "tensorflow_datasets"))
@@ -234,14 +234,14 @@ def _sorted_rows(images, labels):
 
 
 @requires_idx
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
-                    reason="tensorflow_datasets not installed")
+@skip_unless(importlib.util.find_spec("tensorflow_datasets") is not None,
+             "tensorflow_datasets not installed")
 def test_already_prepared_tfds_matches_idx(monkeypatch):
   """Compares an existing TFDS copy in the default data dir (never prepares)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder("fashion_mnist", data_dir=data.default_data_dir())
   if not (builder.data_path / "dataset_info.json").exists():
-    pytest.skip(f"no prepared TFDS fashion_mnist in {data.default_data_dir()}")
+    skip_or_fail(f"no prepared TFDS fashion_mnist in {data.default_data_dir()} (make data)")
   monkeypatch.setenv("KD_JAX_DATA_SOURCE", "tfds")
   from_tfds = data.load_split("fashion_mnist", "test")
   monkeypatch.setenv("KD_JAX_DATA_SOURCE", "idx")
@@ -256,14 +256,14 @@ def test_already_prepared_tfds_matches_idx(monkeypatch):
 
 
 @requires_idx
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
-                    reason="tensorflow_datasets not installed")
+@skip_unless(importlib.util.find_spec("tensorflow_datasets") is not None,
+             "tensorflow_datasets not installed")
 def test_decoded_arrays_are_cached_next_to_the_tfds_files(tmp_path, monkeypatch):
   import shutil
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   prepared = tfds.builder("fashion_mnist", data_dir=data.default_data_dir()).data_path
   if not (prepared / "dataset_info.json").exists():
-    pytest.skip(f"no prepared TFDS fashion_mnist in {data.default_data_dir()}")
+    skip_or_fail(f"no prepared TFDS fashion_mnist in {data.default_data_dir()} (make data)")
   version_dir = tmp_path / "fashion_mnist" / prepared.name
   shutil.copytree(prepared, version_dir,
                   ignore=shutil.ignore_patterns(fashion_mnist.DECODED_DIR))
@@ -299,7 +299,7 @@ def test_decoded_arrays_are_cached_next_to_the_tfds_files(tmp_path, monkeypatch)
 
 @pytest.mark.slow  # Preparing TFDS fashion_mnist takes ~25 s on 2 free cores.
 @requires_idx
-@pytest.mark.skipif(not HAVE_TF_TFDS, reason="needs TensorFlow and TFDS")
+@skip_unless(HAVE_TF_TFDS, "needs TensorFlow and TFDS")
 def test_offline_tfds_preparation_matches_idx(tmp_path, monkeypatch):
   data_dir = tmp_path / "tfds"
   monkeypatch.setenv("KD_JAX_DATA_SOURCE", "tfds")

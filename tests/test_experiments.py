@@ -175,3 +175,21 @@ def test_experiment_modules_run_from_any_directory(tmp_path):
 def test_every_module_smoke_run(name, tmp_path):
   _, results = _run_cli(tmp_path, name)
   assert 0 <= results["student"]["test_accuracy"] <= 1
+  # The module's method really trained the student: its own loss term is non-zero.
+  method = results["config"]["method"]
+  term = {"kd": "distill", "dkd": "dkd"}.get(method, "feature_loss")
+  records = [json.loads(line) for line in open(tmp_path / name / "student" / "metrics.jsonl")]
+  assert all(r[term] > 0 for r in records if "loss" in r), (method, term)
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_temperature_sweep_module_smoke_run(tmp_path):
+  # A study module: its own grid (2 divergences × 2 temperatures) × 2 seeds.
+  out = _cli("--config=experiments/fashion_mnist/temperature_sweep.py:smoke",
+             f"--workdir={tmp_path / 'sweep'}", f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress",
+             module="kd_jax.sweep", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"[sweep 8/8 done, 0 failed] {tmp_path / 'sweep'}" in out.stdout
+  assert os.path.getsize(tmp_path / "sweep" / "summary.md") > 0

@@ -100,7 +100,7 @@ def test_two_processes_train_and_cache_the_teacher_and_resume_together(tmp_path,
   assert all("interrupted at step 5" in out for out in outputs)
   assert sorted(os.listdir(tmp_path / "pair" / "student" / "checkpoints")) == ["2", "4"]
   (key,) = os.listdir(teachers)                  # saved once, atomically: no .tmp left
-  assert sorted(os.listdir(teachers / key)) == ["teacher.json", "variables"]
+  assert sorted(os.listdir(teachers / key)) == ["logs", "teacher.json", "variables"]
   _run_pair(tmp_path / "pair", teachers, overrides)
   with open(tmp_path / "pair" / "results.json") as f:
     results = json.load(f)

@@ -380,9 +380,9 @@ def test_cli_checks_every_point_before_training(tmp_path):
 @pytest.mark.usefixtures("idx_source")
 def test_real_smoke_sweep_2_points_2_seeds(tmp_path, teacher_dir):
   from kd_jax.experiment import run_experiment
-  from tests.conftest import have_fashion_mnist, tiny_config
+  from tests.conftest import MISSING_FASHION_MNIST, have_fashion_mnist, skip_or_fail, tiny_config
   if not have_fashion_mnist():
-    pytest.skip("Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist")
+    skip_or_fail(MISSING_FASHION_MNIST)
   config = tiny_config(baseline=True)
   points = sweep.parse_grid(["temperature.init=1,4"], config)
   sweep.run_sweep(config, str(tmp_path), points, num_seeds=2, teacher_dir=teacher_dir,

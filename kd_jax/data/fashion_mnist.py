@@ -153,6 +153,15 @@ def _local_builder():
     def _split_generators(self, dl_manager):
       return super()._split_generators(_LocalDownloads(dl_manager, self._idx_dir))
 
+    # TFDS prints "Downloading and preparing dataset ..." to stdout, which is
+    # wrong here (nothing is downloaded); say what happens instead, once, in the log.
+    def _log_download_bytes(self):
+      logging.info("Preparing TFDS %s in %s from the IDX files in %s (no download).",
+                   TFDS_NAME, self.data_dir, self._idx_dir)
+
+    def _log_download_done(self):
+      logging.info("TFDS %s prepared in %s.", TFDS_NAME, self.data_dir)
+
   return LocalFashionMNIST
 
 

@@ -46,11 +46,11 @@ run: install
 
 # The whole suite, smoke runs of every experiment module included (what CI runs).
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 # Without the tests marked slow (end-to-end smoke runs, TFDS preparation).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks (issue 6): each prints a table and writes benchmarks/results/<script>.json.
 #   make bench                                  full runs (~2–4 min on 2 CPU cores)

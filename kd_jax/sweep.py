@@ -152,9 +152,11 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[
       (``temperature`` and ``temperature.init``), or a value repeated within a key.
 
   Example:
-    >>> parse_grid(["divergence=kl,js", "temperature.init=1,4"], config)
+    >>> from kd_jax.config import base_config
+    >>> parse_grid(["divergence=kl,js", "temperature.init=1,4"], base_config())
     [{'divergence': 'kl', 'temperature.init': 1.0}, {'divergence': 'kl',
-     'temperature.init': 4.0}, {'divergence': 'js', ...}, ...]
+     'temperature.init': 4.0}, {'divergence': 'js', 'temperature.init': 1.0},
+     {'divergence': 'js', 'temperature.init': 4.0}]
   """
   axes: dict[str, list[Any]] = {}
   for spec in specs:

@@ -2,7 +2,7 @@ r"""What kd_jax adds around the computation: loop, input pipeline, compilation, 
 
     python benchmarks/overhead.py [--quick] [--pair default|resnet] [--precision fp32|bf16]
 
-Four measurements on the default experiment's KD step:
+Measurements on the default experiment's KD step, and of the command line:
 
 * ``library_over_bare`` — seconds per step of ``train.fit`` (the real loop:
   batches fed an epoch at a time, metrics and NaN checks read one step late,
@@ -29,6 +29,10 @@ Four measurements on the default experiment's KD step:
   process that loads the data, builds the models and runs the first KD step,
   with JAX's persistent compilation cache in an empty directory (cold) and
   then again (warm, the compiled step read back from the cache).
+* ``cli`` — the command line's start-up on the :smoke config (`cli_start_up`):
+  a first run with nothing cached, a second with everything cached, a finished
+  run answering from its record (``finished_run_seconds``, target ≤ 3 s), and
+  reading the training split with and without its decoded arrays cached.
 
 Writes ``benchmarks/results/overhead.json``.
 """
@@ -312,6 +316,55 @@ def start_up(args) -> dict:
           "cold": runs[0], "warm": runs[1]}
 
 
+def cli_start_up() -> dict:
+  """Start-up of the command line on the :smoke config, each in a fresh process.
+
+  * ``first_run_seconds`` — ``python -m kd_jax.main`` with nothing cached: an empty
+    compilation cache, no trained teacher or baseline, no decoded dataset (a copy
+    of the prepared TFDS files in a temporary data directory);
+  * ``second_run_seconds`` — the same config in a new workdir: the teacher,
+    baseline, compiled programs and decoded arrays are all cached;
+  * ``finished_run_seconds`` — the first run's workdir again: the finished run
+    answers from its record;
+  * ``decode_seconds`` / ``decoded_load_seconds`` — reading the training split
+    when its PNGs must be decoded, and when the decoded arrays are cached.
+  """
+  import shutil
+  from kd_jax import data
+  prepared = os.path.join(data.default_data_dir(), "fashion_mnist")
+  with tempfile.TemporaryDirectory() as tmp:
+    # As a user runs it: TFDS when it is prepared (benchmarks/common.py reads IDX files).
+    env = dict(os.environ, KD_JAX_DATA_DIR=os.path.join(tmp, "tfds"), KD_JAX_DATA_SOURCE="auto")
+    source = "idx"
+    if os.path.isdir(prepared):
+      source = "tfds"
+      shutil.copytree(prepared, os.path.join(tmp, "tfds", "fashion_mnist"),
+                      ignore=shutil.ignore_patterns("kd_jax_decoded"))
+    else:
+      env["KD_JAX_DATA_SOURCE"] = "idx"
+
+    def timed(args):
+      start = time.perf_counter()
+      subprocess.run(args, check=True, capture_output=True, text=True, env=env, cwd=common.ROOT)
+      return time.perf_counter() - start
+
+    load = [sys.executable, "-c", "from kd_jax import data; data.load_split('fashion_mnist', 'train')"]
+    decode = timed(load)
+    decoded = timed(load)
+    cli = lambda workdir: [
+        sys.executable, "-m", "kd_jax.main", "--config=experiments/fashion_mnist/kd.py:smoke",
+        f"--workdir={os.path.join(tmp, workdir)}", f"--teacher_dir={os.path.join(tmp, 'teachers')}",
+        f"--compilation_cache_dir={os.path.join(tmp, 'xla')}", "--noprogress"]
+    shutil.rmtree(os.path.join(tmp, "tfds", "fashion_mnist", "3.0.1", "kd_jax_decoded"),
+                  ignore_errors=True)
+    first = timed(cli("a"))
+    second = timed(cli("b"))
+    finished = timed(cli("a"))
+  return {"source": source, "first_run_seconds": first, "second_run_seconds": second,
+          "finished_run_seconds": finished, "decode_seconds": decode,
+          "decoded_load_seconds": decoded}
+
+
 def main(argv=None) -> dict:
   parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
   parser.add_argument("--startup_child", action="store_true", help=argparse.SUPPRESS)
@@ -345,6 +398,7 @@ def main(argv=None) -> dict:
   pipeline = real_vs_synthetic(setup, steps, repeats)
   epoch_costs = epoch_end(setup, repeats)
   startup = start_up(args)
+  cli = cli_start_up()
   results = {
       "library_over_bare": loop["library_over_bare"],
       "library_over_bare_uncached": loop_uncached["library_over_bare"],
@@ -353,7 +407,9 @@ def main(argv=None) -> dict:
       "warm_start_seconds": startup["warm_start_seconds"],
       "cold_start_seconds": startup["cold_start_seconds"],
       "epoch_end_seconds": epoch_costs["epoch_end_seconds"],
-      "loop": loop, "loop_uncached": loop_uncached, "epoch_end": epoch_costs, "input_pipeline": pipeline, "compilation": compiled, "start_up": startup,
+      "finished_run_seconds": cli["finished_run_seconds"],
+      "loop": loop, "loop_uncached": loop_uncached, "epoch_end": epoch_costs,
+      "input_pipeline": pipeline, "compilation": compiled, "start_up": startup, "cli": cli,
       **common.model_summary(setup),
   }
   common.print_table(f"kd_jax overheads ({common.device_description()}, "
@@ -385,6 +441,12 @@ def main(argv=None) -> dict:
                                        f"{startup['warm']['first_step_seconds']:.2f}"),
       ("  persistent-cache hits cold / warm", f"{startup['cold']['cache_hits']} / "
                                               f"{startup['warm']['cache_hits']}"),
+      (f"smoke CLI run, nothing cached ({cli['source']} data) (s)", cli["first_run_seconds"]),
+      ("smoke CLI run, everything cached (s)", cli["second_run_seconds"]),
+      ("finished run answering from its record (s)", cli["finished_run_seconds"],
+       common.target(cli["finished_run_seconds"], 3.0)),
+      ("training split: decoding / decoded arrays cached (s)",
+       f"{cli['decode_seconds']:.2f} / {cli['decoded_load_seconds']:.2f}"),
   ])
   print("wrote", common.write_results("overhead", results, args.tag))
   return results

@@ -3,7 +3,7 @@
 The command-line entry points (:mod:`kd_jax.cli`) print these as one short
 message and exit with status 2; every other exception is a bug and keeps its
 traceback. Both subclass ``ValueError``, so library callers that catch
-``ValueError`` (and the contract of DESIGN.md §2.3) are unchanged.
+``ValueError`` (and the documented contract of config validation) are unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 class WorkdirConflictError(ConfigError):
-  """A workdir (or checkpoint) that belongs to a run of a different config (DESIGN §5.6)."""
+  """A workdir (or checkpoint) that belongs to a run of a different config (docs/results.md)."""
 
   def __init__(self, message: str):
     super().__init__(None, message)

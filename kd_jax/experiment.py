@@ -11,7 +11,7 @@ Phases, each resumable and skipped once finished:
    with the same seed; ``workdir/baseline/result.json`` is a copy.
 3. **student**  — the student distilled with ``method`` (``workdir/student``).
 
-``results.json`` (DESIGN.md §2.4) is written by process 0 at the end.
+``results.json`` (docs/results.md) is written by process 0 at the end.
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ def _timing_line(results: dict, label: str) -> str:
   else:
     parts = [f"teacher trained in {_seconds(timing.get('teacher_train_seconds'))}"]
   if "baseline" in results:
-    parts.append(f"from-scratch student {_seconds(timing.get('baseline_train_seconds'))}")
+    seconds = timing.get("baseline_train_seconds")
+    parts.append("from-scratch student from its cache" if seconds == 0 else
+                 f"from-scratch student {_seconds(seconds)}")
   resumed = student.get("resumed_from_step") or 0
   student_part = (f"distilled student {student['steps'] - resumed} steps in "
                   f"{_seconds(timing.get('student_wall_seconds'))}")

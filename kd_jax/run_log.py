@@ -9,8 +9,7 @@
 
 TensorBoard events (``WORKDIR/tb``, tags ``train/<metric>`` and ``test/<metric>``)
 carry the same values. View them with
-``tensorboard --logdir WORKDIR`` (TensorBoard ships with TensorFlow, or
-``pip install tensorboard``).
+``tensorboard --logdir WORKDIR`` (``make install`` installs TensorBoard).
 
 A run resumed from the checkpoint after ``n`` steps has already logged steps past
 ``n`` before it stopped; it logs them again. So that each step appears once,
@@ -67,8 +66,7 @@ class RunLog:
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     os.replace(tmp, self.path)
-    self._writer = _summary_writer(os.path.join(workdir, "tb"),
-                                   purge_step=resume_step if resume_step else None)
+    self._writer = _summary_writer(os.path.join(workdir, "tb"), resume_step)
     for record in resumed_evals:
       if record["step"] == resume_step:
         self._scalars("test", record)
@@ -99,8 +97,13 @@ class RunLog:
       self._writer.close()
 
 
-def _summary_writer(logdir: str, purge_step: int | None):
+def _summary_writer(logdir: str, resume_step: int):
   """A tensorboardX writer (no TensorFlow needed), or None when it is not installed.
+
+  Event files are named ``events.out.tfevents.<unix second>.<host>``; the
+  ``.resume<step>`` suffix keeps a writer that resumes within the same second
+  from reopening (and truncating) the previous file, and sorts it after that
+  file, which TensorBoard needs to apply the purge in order.
 
   tensorboardX imports PyTorch at import time when it is installed (only to
   accept torch tensors, which kd_jax never logs), which costs about a second.
@@ -120,4 +123,5 @@ def _summary_writer(logdir: str, purge_step: int | None):
   finally:
     if hide_torch:
       del sys.modules["torch"]
-  return SummaryWriter(logdir, purge_step=purge_step)
+  return SummaryWriter(logdir, purge_step=resume_step or None,
+                       filename_suffix=f".resume{resume_step:09d}")

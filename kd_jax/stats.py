@@ -173,7 +173,7 @@ def aggregate_point(
   that run only, so its ``_n`` may be smaller than the number of seeds.
 
   Args:
-    results: the per-seed results dicts (DESIGN §2.4), possibly empty.
+    results: the per-seed results dicts (docs/results.md), possibly empty.
     confidence: the coverage of every interval.
 
   Returns:

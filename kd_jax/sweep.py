@@ -1,6 +1,6 @@
 r"""Ablation sweeps: a grid of config overrides × seeds, resumable, with summaries.
 
-Command line (DESIGN §2.4)::
+Command line::
 
     python -m kd_jax.sweep --config=experiments/fashion_mnist/kd.py --workdir=DIR \
         --grid divergence=kl,js,cosine --grid temperature.init=1,4,8 --seeds 3

@@ -17,10 +17,9 @@ validity mask. Gathering, normalising and augmenting happen inside the step.
 The ragged last batch of an epoch is padded with index 0 and masked out of
 the loss, so the step keeps one shape and compiles once.
 
-The loop keeps host work per step small, because a small model's step takes
-less time than a host-to-device transfer plus eager dispatches (measured on a
-2-core CPU: ~0.8 ms for the default experiment's cached-teacher step against
-~0.3 ms of per-step host work before this design): an epoch's index batches go
+The loop keeps host work per step small, because a small model's step can take
+less time than a host-to-device transfer plus eager dispatches (measured in
+docs/performance.md, benchmarks/overhead.py): an epoch's index batches go
 to the devices in one transfer (:class:`BatchFeeder`), the step derives its
 random key from ``state.step`` itself, and metrics are read one step late, so
 the host never waits on the step it has just dispatched.
@@ -356,9 +355,9 @@ class BatchFeeder:
   At the first step of each epoch the whole epoch's padded batches,
   ``[steps_per_epoch, batch_size]``, go to the devices in one transfer (each
   process sends only its own rows); each step then selects its batch with one
-  small jitted call. Measured on a 2-core CPU: ~9 µs of host time per step,
-  against ~115 µs for padding and transferring every batch on its own
-  (``make_array_from_process_local_data`` per step).
+  small jitted call, instead of padding and transferring every batch on its own
+  (``make_array_from_process_local_data`` per step), whose host time can exceed
+  a small model's step (benchmarks/overhead.py).
   """
 
   def __init__(self, num_examples: int, batch_size: int, seed: int, mesh):

@@ -1,4 +1,4 @@
-"""A workdir belongs to one config (DESIGN.md §5.6).
+"""A workdir belongs to one config (docs/results.md, "One workdir, one config").
 
 The first run in a workdir records its config in ``WORKDIR/config.json``.
 A later run or resume whose *result fields* differ is refused before anything

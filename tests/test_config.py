@@ -58,3 +58,27 @@ def test_shape_errors_before_any_training(overrides, message, tmp_path):
     run_experiment(tiny_config(**overrides), str(tmp_path / "run"), teacher_dir=str(teachers),
                    show_progress=False)
   assert not teachers.exists() or not any(teachers.iterdir())   # no teacher was trained
+
+
+def test_cache_keys_ignore_only_fields_that_change_no_result():
+  from kd_jax import teachers, workdir
+  base = tiny_config()
+  neutral = tiny_config(log_every_steps=9, **{"train.eval_batch_size": 7,
+                                              "teacher.train.eval_batch_size": 7,
+                                              "checkpoint.every_steps": 3})
+  assert teachers.teacher_key(neutral) == teachers.teacher_key(base)
+  assert teachers.baseline_key(neutral) == teachers.baseline_key(base)
+  assert workdir.result_fields(neutral) == workdir.result_fields(base)
+  for field, value in (("teacher.train.epochs", 3.0), ("teacher.seed", 1),
+                       ("dataset.train_examples", 100), ("precision", "bf16")):
+    changed = tiny_config(**{field: value})
+    assert teachers.teacher_key(changed) != teachers.teacher_key(base), field
+    assert workdir.result_fields(changed) != workdir.result_fields(base), field
+  for field, value in (("train.epochs", 3.0), ("seed", 1), ("student.kwargs", {"widths": (4, 8)})):
+    assert teachers.baseline_key(tiny_config(**{field: value})) != teachers.baseline_key(base)
+  # The method's settings do not change the teacher or the baseline, only the run.
+  kd_settings = tiny_config(alpha=0.9, divergence="js")
+  assert teachers.teacher_key(kd_settings) == teachers.teacher_key(base)
+  assert teachers.baseline_key(kd_settings) == teachers.baseline_key(base)
+  assert workdir.differences(workdir.result_fields(base), workdir.result_fields(kd_settings)) == [
+      'alpha: 0.5 → 0.9', 'divergence: "kl" → "js"']

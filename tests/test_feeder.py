@@ -67,7 +67,7 @@ def test_replicated_key_is_the_seed_key_on_every_device():
                     reason="needs torch and tensorboardX installed")
 def test_tensorboard_writer_does_not_import_torch(tmp_path):
   code = ("import sys; from kd_jax import run_log; "
-          f"w = run_log._summary_writer({str(tmp_path)!r}, None); w.add_scalar('x', 1.0, 0); "
+          f"w = run_log._summary_writer({str(tmp_path)!r}, 0); w.add_scalar('x', 1.0, 0); "
           "w.close(); "
           "assert 'torch' not in sys.modules, 'torch was imported'; "
           "import torch; print('torch importable afterwards', torch.__version__)")

@@ -60,6 +60,10 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_dir):
   assert student["test_accuracy"] == pytest.approx(history[-1])
   assert student["best_test_accuracy"] == max(history)
   assert on_disk["timing"]["train_seconds"] > 0
+  # Throughput counts training alone: evaluation and checkpoint time are taken out.
+  assert student["eval_seconds"] > 0 and student["checkpoint_seconds"] > 0
+  stepping = student["train_seconds"] - student["eval_seconds"] - student["checkpoint_seconds"]
+  assert student["steps_per_second"] == pytest.approx(7 / stepping)
   records = _records(tmp_path / "run" / "student" / "metrics.jsonl")
   steps = [r for r in records if "loss" in r]
   evals = [r for r in records if "test_accuracy" in r]
@@ -139,9 +143,23 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
   assert straight["teacher"]["source"].startswith(str(tmp_path / "cache_a"))
   for key in ("test_accuracy", "history"):
     assert resumed["baseline"][key] == straight["baseline"][key], key
-  # Each step is logged once, with the same values as the uninterrupted run.
+  # Each step is logged once, with the same values as the uninterrupted run, in
+  # metrics.jsonl and in the TensorBoard events as TensorBoard reads them back.
   assert (_records(tmp_path / "resumed" / "student" / "metrics.jsonl")
           == _records(tmp_path / "straight" / "student" / "metrics.jsonl"))
+  resumed_events = _tensorboard_scalars(tmp_path / "resumed" / "student" / "tb")
+  assert [step for step, _ in resumed_events["train/loss"]] == list(range(8))
+  assert [step for step, _ in resumed_events["test/accuracy"]] == [4, 8]
+  assert resumed_events == _tensorboard_scalars(tmp_path / "straight" / "student" / "tb")
+
+
+def _tensorboard_scalars(logdir):
+  """``{tag: [(step, value), ...]}`` as TensorBoard shows them (purges applied)."""
+  from tensorboard.backend.event_processing import event_accumulator
+  accumulator = event_accumulator.EventAccumulator(str(logdir))
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"]}
 
 
 def test_rerun_of_a_finished_run_returns_its_record_unchanged(tmp_path, teacher_dir):

@@ -12,13 +12,13 @@ divergence are the only things that change the student's objective. Each run als
 trains its from-scratch baseline with the same seed, so the KD gain is a paired
 difference.
 
-``cosine`` compares raw logits and ignores T (DESIGN.md §2.1): its row is flat by
+``cosine`` compares raw logits and ignores T (docs/objectives.md): its row is flat by
 construction, a built-in control for the sweep's noise.
 
 Measured (2-core CPU, 60 runs, 27 min of run time; final test accuracy, mean ± 95% CI
 over 3 seeds; baseline 89.02 ± 0.42%, teacher 91.88%): best KL at T=2 (89.47 ± 0.14)
 and JS at T=2 (89.49 ± 0.29); T ≥ 8 falls below the baseline (KL T=16: 88.41 ± 0.28);
-cosine 88.36 ± 0.10 at every T. Full table: README, "Running ablations".
+cosine 88.36 ± 0.10 at every T. Full table: docs/ablations.md.
 """
 
 from kd_jax import config as config_lib

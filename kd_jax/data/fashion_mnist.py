@@ -5,9 +5,11 @@ Sources, tried in this order by `load` with `source="auto"`:
 1. A prepared TFDS `fashion_mnist` dataset in `data_dir`, read back without
    TensorFlow through `builder.as_data_source()` (needs `array_record` and
    pillow; a dataset prepared as TFRecords is read with TensorFlow when it is
-   importable).
+   importable). The decoded arrays are kept in `kd_jax_decoded/` inside the
+   dataset's directory, keyed by the name, size and modification time of its
+   files, so only the first process decodes the PNGs.
 2. When it is not prepared and TensorFlow and TFDS are importable, it is prepared
-   there (once, ~25 s on 2 CPU cores) from the local IDX files, never from the
+   there (once) from the local IDX files, never from the
    internet: `_local_builder()` subclasses TFDS's own `FashionMNIST` builder and
    serves the URLs its `_split_generators` asks for from `idx_dir`. kd_jax
    prepares it with `disable_shuffling`, so records stay in IDX file order and
@@ -169,15 +171,15 @@ def prepare_tfds(data_dir: str, idx_dir: str) -> pathlib.Path:
   """Prepares TFDS `fashion_mnist` in `data_dir` from IDX files in `idx_dir`.
 
   Offline: no URL is fetched and GCS is not tried. Needs TensorFlow and TFDS.
-  Writes ArrayRecord files so reading back needs no TensorFlow. Takes ~25 s on
-  2 CPU cores. Returns the dataset directory.
+  Writes ArrayRecord files so reading back needs no TensorFlow. Returns the
+  dataset directory.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if not has_idx_files(idx_dir):
     raise core.DatasetNotFoundError(not_found_message(idx_dir, data_dir))
   builder = _local_builder()(idx_dir=idx_dir, data_dir=data_dir)
-  logging.info("Preparing TFDS %s in %s from %s (one-off, ~25 s).",
+  logging.info("Preparing TFDS %s in %s from %s (one-off).",
                TFDS_NAME, data_dir, idx_dir)
   # Parallel runs (sweeps, pytest-xdist) would otherwise all prepare at once
   # and all but one fail; after the lock, TFDS reuses the finished copy.
@@ -224,7 +226,7 @@ def _decoded_cache(builder, split: str) -> tuple[str, str]:
 
 
 def _decode_array_records(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every record of ``split`` (PNG images: seconds for Fashion-MNIST's train split).
+  """Every record of ``split``, its PNG images decoded.
 
   The decoded arrays are kept next to the TFDS files (:func:`_decoded_cache`), so
   each process after the first reads them back instead of decoding again. A

@@ -12,6 +12,7 @@ losses do not stop gradients: the train step differentiates only the student.
 """
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -106,7 +107,8 @@ def _require(value: Any, name: str, ok, bound: str) -> None:
 def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
             labels: ArrayLike | None, *, divergence: str = "kl",
             temperature: ArrayLike = 1.0, alpha: ArrayLike = 0.5,
-            mask: ArrayLike | None = None, **div_params: Any) -> Array:
+            mask: ArrayLike | None = None,
+            divergence_params: Mapping[str, Any] | None = None, **div_params: Any) -> Array:
   r"""Hinton et al. logit distillation: hard-label CE plus a softened divergence.
 
   .. math::
@@ -128,7 +130,10 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     alpha: weight of the cross-entropy, in [0, 1]; number or traced scalar.
       α = 1 is plain cross-entropy, α = 0 pure distillation.
     mask: optional boolean ``[...]`` (or a leading prefix of it).
-    **div_params: divergence parameters, e.g. ``beta`` for ``js``.
+    divergence_params: divergence parameters as a mapping. Needed for the skew
+      divergences' ``alpha``, whose name is taken by the CE weight here:
+      ``kd_loss(..., alpha=0.5, divergence="skew_kl", divergence_params={"alpha": 0.1})``.
+    **div_params: divergence parameters by keyword, e.g. ``beta=0.5`` for ``js``.
 
   Returns:
     float32 scalar, the mean over the unmasked positions.
@@ -143,6 +148,7 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   """
   _require(temperature, "temperature", lambda v: v > 0, "> 0")
   _require(alpha, "alpha", lambda v: 0 <= v <= 1, "in [0, 1]")
+  div_params = {**(divergence_params or {}), **div_params}
   div_fn = divergences.get(divergence)
   static_alpha = alpha if isinstance(alpha, numbers.Real) else None
   if labels is None and static_alpha != 0:

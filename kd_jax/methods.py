@@ -186,7 +186,8 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
         loss = a * metrics["ce"]
       if static_alpha != 1:
         metrics["distill"] = losses.kd_loss(s_logits, t_logits, None, divergence=config.divergence,
-                                            temperature=t, alpha=0.0, mask=mask, **div_params)
+                                            temperature=t, alpha=0.0, mask=mask,
+                                            divergence_params=div_params)
         loss = loss + (1.0 - a) * metrics["distill"]
     if feature_loss is not None:
       feature_term = sum(_masked_feature_loss(feature_loss, s_features[s], t_features[t_name], mask)

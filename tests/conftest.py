@@ -66,7 +66,9 @@ def tiny_config(method="kd", **overrides):
   c.train.eval_batch_size = 64
   c.baseline = False
   c.log_every_steps = 1
+  from kd_jax.config import resolve_field
   for key, value in overrides.items():
+    resolve_field(c, key)      # a misspelt key fails instead of adding a field nobody reads
     target = c
     *path, last = key.split(".")
     for part in path:

@@ -22,6 +22,9 @@ MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(ROOT, "experiments", "fashion_mnist", "*.py")) if not p.endswith("__init__.py"))
 
 
+assert MODULES, "no experiment modules found"    # an empty parametrization would skip silently
+
+
 def _module(name):
   return importlib.import_module(f"experiments.fashion_mnist.{name}")
 
@@ -180,6 +183,10 @@ def test_every_module_smoke_run(name, tmp_path):
   term = {"kd": "distill", "dkd": "dkd"}.get(method, "feature_loss")
   records = [json.loads(line) for line in open(tmp_path / name / "student" / "metrics.jsonl")]
   assert all(r[term] > 0 for r in records if "loss" in r), (method, term)
+  omitted = results["config"]["dataset"]["omit_classes"]
+  if omitted:   # the omitted-class study reports those classes before and after correction
+    for phase in ("student", "baseline"):
+      assert results[phase]["omitted_classes"]["classes"] == omitted
 
 
 @needs_fashion_mnist

@@ -548,3 +548,13 @@ def test_padding_labels_under_the_mask_give_finite_values_and_gradients(pad):
                              rtol=1e-5)
   np.testing.assert_allclose(losses.cross_entropy(s, labels, mask),
                              np_ce(s, clean)[mask].mean(), rtol=1e-5)
+
+
+def test_kd_loss_takes_the_skew_divergences_alpha_through_divergence_params():
+  # `alpha` is kd_loss's CE weight, so skew_kl's own alpha goes in divergence_params.
+  from tests.test_divergences import reference
+  got = losses.kd_loss(LOGITS_S, LOGITS_T, LABELS, divergence="skew_kl", temperature=2.0,
+                       alpha=0.25, divergence_params={"alpha": 0.3})
+  expected = np.mean(0.25 * np_ce(LOGITS_S, LABELS) + 0.75 * 4.0 * reference(
+      "skew_kl", LOGITS_S, LOGITS_T, temperature=2.0, alpha=0.3))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -391,6 +391,14 @@ def test_real_smoke_sweep_2_points_2_seeds(tmp_path, teacher_dir):
   for row in rows:   # real accuracies, and a paired gain over the two seeds
     assert 0 <= float(row["test_accuracy_mean"]) <= 1
     assert int(row["kd_gain_n"]) == 2
+  # Each point trained at its own temperature; the baseline (no teacher) is shared.
+  for temperature in (1, 4):
+    for seed in (0, 1):
+      run = tmp_path / "runs" / f"temperature.init={temperature}" / f"seed{seed}"
+      records = [json.loads(line) for line in open(run / "student" / "metrics.jsonl")]
+      assert {r["temperature"] for r in records if "loss" in r} == {float(temperature)}
+  assert rows[0]["baseline_test_accuracy_mean"] == rows[1]["baseline_test_accuracy_mean"]
+  assert rows[0]["kl_to_teacher_mean"] != rows[1]["kl_to_teacher_mean"]
 
 
 def test_a_finished_sweep_ends_with_its_counts_table_and_path(tmp_path, capsys):

@@ -31,6 +31,12 @@ Models and their kwargs (besides ``input_shape``):
   mlp:  hidden=(256,)
   cnn:  widths=(32, 64, 128), batch_norm=False, hidden=None
   resnet8/14/20/32/44/56/110, resnet8x4, resnet32x4: none (see `resnet.CONFIGS`).
+
+The language model ``gpt`` (`kd_jax.models.gpt`) takes token ids ``[B, T]`` and
+returns ``[B, T, vocab_size]`` logits; it is created without ``num_classes``::
+
+    model = models.create("gpt", vocab_size=20, max_len=64, num_layers=2,
+                          num_heads=4, dim=64, rngs=nnx.Rngs(0))
 """
 
 from collections.abc import Callable, Sequence
@@ -42,12 +48,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kd_jax.models import cnn
+from kd_jax.models import gpt
 from kd_jax.models import mlp
 from kd_jax.models import resnet
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": mlp.MLP,
     "cnn": cnn.CNN,
+    "gpt": gpt.GPT,
     **{
         name: functools.partial(resnet.ResNet, depth=depth, widths=widths,
                                 name=name)
@@ -55,6 +63,8 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     },
 }
 NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# Language models: token ids in, [B, T, vocab_size] logits out; no num_classes.
+SEQUENCE_MODELS = ("gpt",)
 
 # Arguments that `create` supplies itself, and those fixed by a registered name.
 _RESERVED = {"num_classes", "rngs", "dtype"}
@@ -70,7 +80,7 @@ def _model_kwargs(name: str) -> tuple[str, ...]:
   return tuple(p for p in params if p not in _RESERVED | fixed | {"self"})
 
 
-def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=jnp.float32,
+def create(name: str, *, rngs: nnx.Rngs, num_classes: int | None = None, dtype=jnp.float32,
            **kwargs) -> nnx.Module:
   """Builds a registered model.
 
@@ -105,7 +115,7 @@ def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=jnp.float32,
     raise TypeError(
         f"model {name!r} got unexpected keyword argument(s) {unknown}; it"
         f" accepts {list(accepted)}")
-  if not isinstance(num_classes, int) or num_classes < 1:
+  if name not in SEQUENCE_MODELS and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
   for key, value in kwargs.items():
     # Sizes (widths, kernels, strides, depths) are positive: a 0 would build a layer
@@ -113,6 +123,8 @@ def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=jnp.float32,
     sizes = value if isinstance(value, (tuple, list)) else (value,)
     if any(isinstance(v, int) and not isinstance(v, bool) and v <= 0 for v in sizes):
       raise ValueError(f"model {name!r}: {key} must hold positive sizes, got {value!r}")
+  if name in SEQUENCE_MODELS:
+    return _BUILDERS[name](rngs=rngs, dtype=dtype, **kwargs)
   return _BUILDERS[name](num_classes=num_classes, rngs=rngs, dtype=dtype,
                          **kwargs)
 

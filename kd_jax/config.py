@@ -169,7 +169,8 @@ def _validate_training(prefix: str, t) -> None:
 
 
 def _validate_model(prefix: str, spec) -> None:
-  _choice(f"{prefix}.model", spec.model, models.NAMES)
+  # Image classification is the only task of these configs so far: image models only.
+  _choice(f"{prefix}.model", spec.model, models.IMAGE_MODELS)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -130,7 +130,7 @@ def _cifar_resnet_params(depth, widths, in_channels, num_classes):
 
 # --------------------------------------------------------------------- tests
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3)])
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", models.IMAGE_MODELS)
 def test_output_and_feature_shapes(name, input_shape):
   model = _cached_model(name, input_shape, 10)
   h, w, _ = input_shape

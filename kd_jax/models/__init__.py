@@ -65,6 +65,7 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
 NAMES: tuple[str, ...] = tuple(_BUILDERS)
 # Language models: token ids in, [B, T, vocab_size] logits out; no num_classes.
 SEQUENCE_MODELS = ("gpt",)
+IMAGE_MODELS: tuple[str, ...] = tuple(n for n in NAMES if n not in SEQUENCE_MODELS)
 
 # Arguments that `create` supplies itself, and those fixed by a registered name.
 _RESERVED = {"num_classes", "rngs", "dtype"}

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the teacher/student pair, timing, FLOPs, JSON output.
 
 Every benchmark builds its models and steps from kd_jax's public pieces
-(``experiment.build_model``, ``experiment.load_data``, ``train.make_train_step``,
+(``classification.build_model``, ``classification.load_data``, ``train.make_train_step``,
 ``methods.make_objective`` ...), times them with warm-up, ``block_until_ready``
 and the median of repeats, prints a table and writes
 ``benchmarks/results/<script>[-<tag>].json``.
@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from kd_jax import data as data_lib  # noqa: E402
-from kd_jax import experiment, methods, parallel, train  # noqa: E402
+from kd_jax import methods, parallel, train  # noqa: E402
+from kd_jax.tasks import classification  # noqa: E402
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 PAIRS = ("default", "resnet")
@@ -103,7 +104,7 @@ class Setup:
   teacher_module: nnx.Module
   student_model: nnx.Module     # the raw student (student-only steps)
   student: methods.Student      # the KD wrapper (same computation for logit KD)
-  preprocess: train.Preprocess
+  preprocess: train.Classification
   dtype: Any
 
 
@@ -115,7 +116,7 @@ def build(config, data_mode: str = "auto") -> Setup:
   source = "synthetic"
   if data_mode != "synthetic":
     try:
-      train_data, test_data, _, num_classes, input_shape = experiment.load_data(config, mesh)
+      train_data, test_data, _, num_classes, input_shape = classification.load_data(config, mesh)
       source = config.dataset.name
     except data_lib.DatasetNotFoundError:
       if data_mode == "real":
@@ -129,7 +130,7 @@ def build(config, data_mode: str = "auto") -> Setup:
     train_data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
     test_n = config.dataset.test_examples or 10000
     test_data = train.DeviceData(*parallel.put_replicated((images[:test_n], labels[:test_n]), mesh))
-  make = lambda spec, seed: experiment.build_model(spec, num_classes=num_classes,
+  make = lambda spec, seed: classification.build_model(spec, num_classes=num_classes,
                                                    input_shape=input_shape, seed=seed, dtype=dtype)
   teacher_module = make(config.teacher, config.teacher.seed)
   student_model = make(config.student, config.seed)
@@ -137,7 +138,7 @@ def build(config, data_mode: str = "auto") -> Setup:
   teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
   student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(config.seed + 1))
   d = config.dataset
-  preprocess = train.Preprocess(data_lib.augment.FASHION_MNIST_MEAN,
+  preprocess = train.Classification(data_lib.augment.FASHION_MNIST_MEAN,
                                 data_lib.augment.FASHION_MNIST_STD, d.crop_padding, d.flip, dtype)
   return Setup(config, mesh, train_data, test_data, source, num_classes, tuple(input_shape), teacher,
                teacher_module, student_model, student, preprocess, dtype)

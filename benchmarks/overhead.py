@@ -153,7 +153,7 @@ def run_fit(setup: common.Setup, steps: int, workdir: str) -> train.FitResult:
   module = methods.Student(setup.student_model, pairs, {}, rngs=nnx.Rngs(config.seed + 1))
   return train.fit(name="bench", module=module, objective=methods.make_objective(config, pairs),
                    train_config=t, train_data=setup.train_data, test_data=setup.test_data,
-                   preprocess=setup.preprocess, mesh=setup.mesh, workdir=workdir,
+                   task=setup.preprocess, mesh=setup.mesh, workdir=workdir,
                    seed=config.seed, teacher=None if cached else setup.teacher,
                    log_every_steps=config.log_every_steps,
                    show_progress=False)

@@ -25,13 +25,13 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 
 from kd_jax import config as config_lib
 from kd_jax import data as data_lib
 from kd_jax import methods, models, parallel, run_log, teacher_cache, teachers, train
+from kd_jax.tasks import classification
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
@@ -42,57 +42,6 @@ RESULT_FILE = "result.json"   # a finished phase's report, in its directory
 
 def _dtype(config):
   return jnp.bfloat16 if config.precision == "bf16" else jnp.float32
-
-
-def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
-                role: str = "student") -> nnx.Module:
-  """Builds ``spec.model`` with ``spec.kwargs``.
-
-  Raises:
-    ConfigError: the kwargs do not fit the model (an unknown name or a bad value),
-      naming ``<role>.kwargs``.
-  """
-  kwargs = spec.kwargs.to_dict()
-  try:
-    return models.create(spec.model, num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
-                         input_shape=tuple(input_shape), **kwargs)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"{role}.kwargs",
-                      f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
-
-
-def load_data(config, mesh):
-  """Both splits on the devices, plus the host labels and the class count."""
-  d = config.dataset
-  splits = {}
-  for split, limit in (("train", d.train_examples), ("test", d.test_examples)):
-    s = data_lib.load_split(d.name, split)
-    images, labels = s.images, s.labels
-    if limit:
-      images, labels = images[:limit], labels[:limit]
-    splits[split] = (images, labels, s.num_classes)
-  num_classes = splits["train"][2]
-  to_device = lambda images, labels: train.DeviceData(
-      *parallel.put_replicated((images, labels.astype(np.int32)), mesh))
-  return (to_device(*splits["train"][:2]), to_device(*splits["test"][:2]),
-          splits["test"][1].astype(np.int64), num_classes, splits["train"][0].shape[1:])
-
-
-def transfer_set(config, train_data: train.DeviceData, num_classes: int) -> train.DeviceData:
-  """The students' training data: ``train_data`` less ``dataset.omit_classes``.
-
-  Raises:
-    ValueError: naming ``dataset.omit_classes`` when a class id is out of range.
-  """
-  omit = tuple(config.dataset.omit_classes)
-  if not omit:
-    return train_data
-  if max(omit) >= num_classes:
-    raise ConfigError("dataset.omit_classes", f"dataset.omit_classes: class ids must be in "
-                      f"[0, {num_classes}), got {omit}")
-  labels = np.asarray(train_data.labels.addressable_data(0))
-  keep = np.flatnonzero(~np.isin(labels, omit))
-  return train.DeviceData(train_data.images[keep], train_data.labels[keep])
 
 
 def host_device():
@@ -127,31 +76,7 @@ def git_commit() -> str | None:
     return None
 
 
-def _phase_report(fit: train.FitResult, module, labels, teacher_test_logits,
-                  omitted_classes=()) -> dict:
-  report = metrics_lib.classification_report(fit.test_logits, labels, teacher_test_logits)
-  if omitted_classes:
-    report["omitted_classes"] = metrics_lib.bias_corrected(fit.test_logits, labels,
-                                                           omitted_classes)
-    report["per_class_accuracy"] = metrics_lib.per_class_accuracy(
-        fit.test_logits, labels, fit.test_logits.shape[-1])
-  report.update(
-      params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
-      best_test_accuracy=fit.best_test_accuracy,
-      history=fit.history,
-      wall_seconds=fit.wall_seconds,
-      train_seconds=fit.train_seconds,
-      eval_seconds=fit.eval_seconds,
-      checkpoint_seconds=fit.checkpoint_seconds,
-      steps=fit.steps,
-      resumed_from_step=fit.resumed_from_step,
-      steps_per_second=fit.steps_per_second,
-      compile_seconds=fit.compile_seconds,
-      step_compiles=fit.step_compiles)
-  return report
-
-
-def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, teacher_dir,
+def obtain_teacher(config, *, module, train_data, test_data, task, mesh, teacher_dir,
                    num_classes, show_progress=True) -> dict:
   """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
   if config.teacher.checkpoint:
@@ -169,7 +94,7 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
   objective = methods.make_objective(config_lib.with_method(config, "none"))
   fit = train.fit(name="teacher", module=module, objective=objective,
                   train_config=config.teacher.train, train_data=train_data, test_data=test_data,
-                  preprocess=preprocess, mesh=mesh, workdir=source + ".train",
+                  task=task, mesh=mesh, workdir=source + ".train",
                   seed=config.teacher.seed, show_progress=show_progress,
                   identity=teachers.teacher_identity(config),
                   checkpoint_every_steps=config.checkpoint.every_steps,
@@ -178,8 +103,8 @@ def obtain_teacher(config, *, module, train_data, test_data, preprocess, mesh, t
   info = {
       "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
       "num_classes": num_classes, "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
-      "test_accuracy": metrics_lib.accuracy(fit.test_logits, np.asarray(test_data.labels)),
-      "best_test_accuracy": fit.best_test_accuracy, "train_seconds": fit.wall_seconds,
+      "test_accuracy": fit.final["test_accuracy"],
+      "best_test_accuracy": fit.best, "train_seconds": fit.wall_seconds,
       "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
   }
   teachers.save(source, module, info)
@@ -229,9 +154,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
   dtype = _dtype(config)
 
-  train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
-  student_train_data = transfer_set(config, train_data, num_classes)
-  build = lambda spec, seed, role="student": build_model(
+  train_data, test_data, test_labels, num_classes, input_shape = classification.load_data(
+      config, mesh)
+  student_train_data = classification.transfer_set(config, train_data, num_classes)
+  build = lambda spec, seed, role="student": classification.build_model(
       spec, num_classes=num_classes, input_shape=input_shape, seed=seed, dtype=dtype, role=role)
   # A teacher split over `model` may not fit on one accelerator: build and load it in
   # host memory; put_sharded below then copies each device only its shard.
@@ -242,18 +168,18 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
   pairs = methods.feature_pairs(config, s_shapes, t_shapes)
   mean, std = data_lib.normalization(config.dataset.name)
-  eval_preprocess = train.Preprocess(mean, std, dtype=dtype)
-  preprocess = train.Preprocess(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
+  task = classification.Classification(mean, std, config.dataset.crop_padding,
+                                       config.dataset.flip, dtype)
 
   teacher_info = obtain_teacher(config, module=teacher_module, train_data=train_data,
-                                test_data=test_data, preprocess=preprocess, mesh=mesh,
+                                test_data=test_data, task=task, mesh=mesh,
                                 teacher_dir=teacher_dir, num_classes=num_classes,
                                 show_progress=show_progress)
   t_graphdef, t_params, t_state = train.split_module(teacher_module)
   teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
                        parallel.put_replicated(t_state, mesh))
   teacher = train.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
-  t_predict = train.make_predict(t_graphdef, eval_preprocess, mesh)
+  t_predict = train.make_predict(t_graphdef, task, mesh)
   eval_batch = train.round_up(min(config.train.eval_batch_size, test_data.size),
                               mesh.shape[parallel.DATA_AXIS])
   teacher_test_logits, _ = train.predict_all(t_predict, teacher_variables, test_data, eval_batch,
@@ -275,15 +201,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     if done is not None:
       return done
     fit = train.fit(name=name, module=module, objective=objective, train_config=config.train,
-                    train_data=data, test_data=test_data, preprocess=preprocess, mesh=mesh,
+                    train_data=data, test_data=test_data, task=task, mesh=mesh,
                     seed=config.seed, teacher=teacher_for_step, workdir=phase_dir,
                     checkpoint_every_steps=config.checkpoint.every_steps,
                     keep_checkpoints=config.checkpoint.keep,
                     log_every_steps=config.log_every_steps, show_progress=show_progress,
                     stop_at_step=stop_at_step if name == "student" else None,
                     identity=identity)
-    report = _phase_report(fit, module if name == "baseline" else student_model,
-                           test_labels, teacher_test_logits, config.dataset.omit_classes)
+    report = classification.phase_report(fit, module if name == "baseline" else student_model,
+                                         test_labels, teacher_test_logits,
+                                         config.dataset.omit_classes)
     report["logs"] = phase_dir
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
@@ -305,7 +232,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, student_train_data, preprocess, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, student_train_data, task, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))

@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from kd_jax import losses, schedules

@@ -30,7 +30,7 @@ what makes them cacheable — cheaper, but weaker targets for long augmented run
 
 Example (fixed views, outputs held on the devices)::
 
-    data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, train_data, task, mesh, workdir)
     data.teacher_logits.shape    # (N, num_classes), float32
 """
 
@@ -64,7 +64,7 @@ def refusal_message(mode: str) -> str:
           "sees the un-augmented image).")
 
 
-def resolve_mode(config, preprocess: train.Preprocess) -> str:
+def resolve_mode(config, task: train.Classification) -> str:
   """``"none"``, ``"memory"`` or ``"disk"`` for this run (``auto`` before its size check).
 
   Raises:
@@ -72,7 +72,7 @@ def resolve_mode(config, preprocess: train.Preprocess) -> str:
       augmented and ``teacher_fixed_views`` is off.
   """
   mode = config.teacher_cache
-  fixed = not preprocess.augments or config.get("teacher_fixed_views", False)
+  fixed = not task.augments or config.get("teacher_fixed_views", False)
   if mode in ("memory", "disk") and not fixed:
     raise ConfigError("teacher_cache", refusal_message(mode))
   if mode == "auto":
@@ -118,7 +118,7 @@ _all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
 def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
-                   preprocess: train.Preprocess) -> dict:
+                   task: train.Classification) -> dict:
   """What the cached outputs depend on; the disk cache is reused only on an exact match."""
   d = config.dataset
   checkpoint = config.teacher.checkpoint
@@ -133,13 +133,13 @@ def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
       "data": fingerprint((train_data.images, train_data.labels)),
       "features": sorted(teacher.feature_names),
       # The teacher's input: normalisation and compute dtype (never the augmentation).
-      "preprocess": {"mean": float(preprocess.mean), "std": float(preprocess.std),
-                     "dtype": jnp.dtype(preprocess.dtype).name},
+      "preprocess": {"mean": float(task.mean), "std": float(task.std),
+                     "dtype": jnp.dtype(task.dtype).name},
   }
 
 
 def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
-           preprocess: train.Preprocess, mesh, workdir: str) -> train.DeviceData:
+           task: train.Classification, mesh, workdir: str) -> train.DeviceData:
   """``train_data`` with the teacher's logits (and features) cached, or unchanged.
 
   Args:
@@ -147,8 +147,8 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
       ``dataset``, ``teacher``, ``train.eval_batch_size``).
     teacher: the frozen teacher, with the feature names the method needs.
     train_data: the training split on the devices.
-    preprocess: the student's preprocessing; the teacher's outputs are computed
-      on its un-augmented output.
+    task: the classification task (the student's preprocessing); the teacher's
+      outputs are computed on its un-augmented inputs.
     mesh: the device mesh.
     workdir: where the ``disk`` cache file lives.
 
@@ -160,13 +160,13 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
     ValueError: caching refused under augmentation (see :func:`resolve_mode`), or
       ``teacher_fixed_views=True`` with outputs too large for ``auto``.
   """
-  mode = resolve_mode(config, preprocess)
+  mode = resolve_mode(config, task)
   if mode == "none":
     if config.teacher_cache == "auto":
       logging.info("teacher outputs not cached: the student's views are augmented")
     return train_data
   data_devices = mesh.shape[parallel.DATA_AXIS]
-  predict = train.make_predict(teacher.graphdef, preprocess, mesh, teacher.feature_names)
+  predict = train.make_predict(teacher.graphdef, task, mesh, teacher.feature_names)
   abstract = jax.eval_shape(predict, *teacher.variables, train_data,
                             jax.ShapeDtypeStruct((data_devices,), jnp.int32))
   per_example = sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
@@ -182,7 +182,7 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
 
   outputs = None
   if mode == "disk":
-    identity = cache_identity(config, teacher, train_data, preprocess)
+    identity = cache_identity(config, teacher, train_data, task)
     path = os.path.join(workdir, CACHE_FILE)
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):

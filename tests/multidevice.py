@@ -88,18 +88,19 @@ run("2x2", mesh, teacher_cache="none")
 
 # The trained teacher placed FSDP-style on the 2×2 mesh, against the same teacher on one device.
 from kd_jax import experiment, teachers, train
+from kd_jax.tasks import classification
 from kd_jax.data import augment
 config = tiny_config()
 one = parallel.make_mesh(1, 1, devices[:1])
-_, test_data, _, num_classes, input_shape = experiment.load_data(config, mesh)
-_, test_data_one, _, _, _ = experiment.load_data(config, one)
-module = experiment.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
+_, test_data, _, num_classes, input_shape = classification.load_data(config, mesh)
+_, test_data_one, _, _, _ = classification.load_data(config, one)
+module = classification.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
                                 seed=0, dtype=np.float32)
 teachers.load(out["2x2"]["results"]["teacher"]["source"], module, num_classes=num_classes)
 graphdef, params, model_state = train.split_module(module)
 sharded = (parallel.put_sharded(params, parallel.teacher_shardings(mesh, params)),
            parallel.put_replicated(model_state, mesh))
-preprocess = train.Preprocess(augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD)
+preprocess = train.Classification(augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD)
 logits_sharded, _ = train.predict_all(train.make_predict(graphdef, preprocess, mesh), sharded,
                                       test_data, 64, mesh)
 logits_one, _ = train.predict_all(train.make_predict(graphdef, preprocess, one),

@@ -88,16 +88,17 @@ def test_transfer_set_leaves_out_exactly_the_omitted_classes():
   import jax
   import numpy as np
   from kd_jax import config as config_lib
-  from kd_jax import experiment, parallel, train
+  from kd_jax import parallel, train
+  from kd_jax.tasks import classification
   mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
   labels = np.array([0, 3, 1, 3, 2, 0, 3], np.int32)
   images = np.arange(7, dtype=np.uint8).reshape(7, 1, 1, 1)
   data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
   config = config_lib.base_config()
   config.dataset.omit_classes = (3, 0)
-  kept = experiment.transfer_set(config, data, num_classes=4)
+  kept = classification.transfer_set(config, data, num_classes=4)
   np.testing.assert_array_equal(np.asarray(kept.labels), [1, 2])
   np.testing.assert_array_equal(np.asarray(kept.images)[:, 0, 0, 0], [2, 4])  # rows kept in order
   config.dataset.omit_classes = (4,)
   with pytest.raises(ValueError, match=r"dataset.omit_classes: class ids must be in \[0, 4\)"):
-    experiment.transfer_set(config, data, num_classes=4)
+    classification.transfer_set(config, data, num_classes=4)

@@ -101,7 +101,7 @@ def _fit_mlp(tmp_path, objective, *, epochs, log_every_steps=1):
   module = methods.Student(models.create("mlp", num_classes=3, rngs=nnx.Rngs(0), hidden=(4,),
                                          input_shape=(4, 4, 1)), {}, {}, rngs=nnx.Rngs(1))
   return train.fit(name="t", module=module, objective=objective, train_config=t,
-                   train_data=data, test_data=data, preprocess=train.Preprocess(0.0, 255.0),
+                   train_data=data, test_data=data, task=train.Classification(0.0, 255.0),
                    mesh=mesh, workdir=str(tmp_path), seed=0, show_progress=False,
                    log_every_steps=log_every_steps)
 

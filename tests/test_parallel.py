@@ -167,7 +167,7 @@ def _lowered_kd_step(dtype) -> str:
                            model_state=model_state, opt_state=optimizer.init(params))
   data = train.DeviceData(jnp.zeros((16, 28, 28, 1), jnp.uint8), jnp.zeros((16,), jnp.int32))
   step = train.make_train_step(graphdef, methods.make_objective(config, {}), optimizer,
-                               train.Preprocess(0.3, 0.35, dtype=dtype),
+                               train.Classification(0.3, 0.35, dtype=dtype),
                                train.Teacher(t_graphdef, (t_params, t_state)), data, mesh)
   batch = {"index": jnp.arange(8, dtype=jnp.int32), "mask": jnp.ones(8, bool)}
   return step.jitted.lower(state, (t_params, t_state), data, batch, jax.random.key(0)).as_text()

@@ -11,6 +11,7 @@ from flax import nnx
 
 from kd_jax import config as config_lib
 from kd_jax import experiment, methods, models, parallel, teacher_cache, train
+from kd_jax.tasks import classification
 from kd_jax.data import augment
 from tests.conftest import needs_fashion_mnist, tiny_config
 
@@ -27,7 +28,7 @@ def _config(method="kd", **overrides):
 
 
 def _teacher(config, mesh, num_classes, input_shape, feature_names=(), seed=None):
-  module = experiment.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
+  module = classification.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
                                   seed=config.teacher.seed if seed is None else seed,
                                   dtype=jnp.float32)
   graphdef, params, state = train.split_module(module)
@@ -36,12 +37,12 @@ def _teacher(config, mesh, num_classes, input_shape, feature_names=(), seed=None
 
 
 def _preprocess(config):
-  return train.Preprocess(MEAN, STD, config.dataset.crop_padding, config.dataset.flip)
+  return train.Classification(MEAN, STD, config.dataset.crop_padding, config.dataset.flip)
 
 
 def _setup(config):
   mesh = parallel.make_mesh()
-  train_data, _, _, num_classes, input_shape = experiment.load_data(config, mesh)
+  train_data, _, _, num_classes, input_shape = classification.load_data(config, mesh)
   return mesh, train_data, num_classes, input_shape
 
 
@@ -49,10 +50,10 @@ def _setup(config):
 def test_cached_and_uncached_steps_give_the_same_loss_and_gradients(method, tmp_path):
   config = _config(method, teacher_cache="memory")
   mesh, train_data, num_classes, input_shape = _setup(config)
-  student_model = experiment.build_model(config.student, num_classes=num_classes,
+  student_model = classification.build_model(config.student, num_classes=num_classes,
                                          input_shape=input_shape, seed=1, dtype=jnp.float32)
   s_shapes = models.feature_shapes(student_model)
-  t_model = experiment.build_model(config.teacher, num_classes=num_classes,
+  t_model = classification.build_model(config.teacher, num_classes=num_classes,
                                    input_shape=input_shape, seed=0, dtype=jnp.float32)
   pairs = methods.feature_pairs(config, s_shapes, models.feature_shapes(t_model))
   assert bool(pairs) == (method == "at")      # "at" exercises cached feature maps too

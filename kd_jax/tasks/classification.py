@@ -1,0 +1,165 @@
+"""Image classification as a task of the engine (:mod:`kd_jax.tasks`).
+
+The split lives on the devices as uint8 images and int32 labels
+(:class:`DeviceData`). A step gathers its examples by index, augments the
+training views on the device (random crop, flip) and normalises them; the
+targets are the labels and the loss mask is the batch's validity mask ``[B]``.
+Evaluation predicts the whole test split and reports its accuracy (the headline
+``test_accuracy``); :func:`phase_report` adds agreement with the teacher,
+KL to the teacher and calibration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kd_jax import data as data_lib
+from kd_jax import metrics as metrics_lib
+from kd_jax import models, parallel, step
+from kd_jax.data import augment as augment_lib
+from kd_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """A split held on the devices (replicated): uint8 images, int32 labels.
+
+  ``teacher_logits`` / ``teacher_features`` hold the teacher's outputs for
+  every example when the teacher is cached (fixed, un-augmented inputs).
+  """
+  images: jax.Array
+  labels: jax.Array
+  teacher_logits: jax.Array | None = None
+  teacher_features: dict | None = None
+
+  @property
+  def size(self) -> int:
+    return int(self.images.shape[0])
+
+
+jax.tree_util.register_dataclass(
+    DeviceData, data_fields=["images", "labels", "teacher_logits", "teacher_features"],
+    meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """The batch side of the task: uint8 → normalised float, plus on-device augmentation.
+
+  ``mean``/``std`` normalise pixels scaled to [0, 1]; ``crop_padding`` and ``flip``
+  augment the training views (never the evaluation inputs); ``dtype`` is the
+  model's compute dtype.
+  """
+  mean: float
+  std: float
+  crop_padding: int = 0
+  flip: bool = False
+  dtype: Any = jnp.float32
+  headline: ClassVar[str] = "test_accuracy"
+
+  def preprocess(self, images, rng=None):
+    if rng is not None and self.augments:
+      # On raw pixels, so that crop padding is black background, not the normalised mean.
+      images = augment_lib.augment(rng, images, crop_padding=self.crop_padding, flip=self.flip)
+    return augment_lib.normalize(images, self.mean, self.std).astype(self.dtype)
+
+  @property
+  def augments(self) -> bool:
+    return bool(self.crop_padding or self.flip)
+
+  def train_batch(self, data: DeviceData, index, mask, rng):
+    """``(images [B, H, W, C], labels [B], mask [B])`` of a training batch (inside the step)."""
+    return self.preprocess(data.images[index], rng), data.labels[index], mask
+
+  def eval_inputs(self, data: DeviceData, index):
+    return self.preprocess(data.images[index])
+
+  def train_metrics(self, logits, labels, mask) -> dict:
+    correct = (jnp.argmax(logits, -1) == labels) & mask
+    return {"accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(mask), 1)}
+
+  def evaluate(self, predict, variables, data: DeviceData, batch_size: int, mesh):
+    """``({"test_accuracy": a}, logits [N, C])`` of a model on the whole split."""
+    logits, _ = step.predict_all(predict, variables, data, batch_size, mesh)
+    return {"test_accuracy": metrics_lib.accuracy(logits, np.asarray(data.labels))}, logits
+
+
+def load_data(config, mesh):
+  """Both splits on the devices, plus the host labels, the class count and the image shape."""
+  d = config.dataset
+  splits = {}
+  for split, limit in (("train", d.train_examples), ("test", d.test_examples)):
+    s = data_lib.load_split(d.name, split)
+    images, labels = s.images, s.labels
+    if limit:
+      images, labels = images[:limit], labels[:limit]
+    splits[split] = (images, labels, s.num_classes)
+  num_classes = splits["train"][2]
+  to_device = lambda images, labels: DeviceData(
+      *parallel.put_replicated((images, labels.astype(np.int32)), mesh))
+  return (to_device(*splits["train"][:2]), to_device(*splits["test"][:2]),
+          splits["test"][1].astype(np.int64), num_classes, splits["train"][0].shape[1:])
+
+
+def transfer_set(config, train_data: DeviceData, num_classes: int) -> DeviceData:
+  """The students' training data: ``train_data`` less ``dataset.omit_classes``.
+
+  Raises:
+    ConfigError: naming ``dataset.omit_classes`` when a class id is out of range.
+  """
+  omit = tuple(config.dataset.omit_classes)
+  if not omit:
+    return train_data
+  if max(omit) >= num_classes:
+    raise ConfigError("dataset.omit_classes", f"dataset.omit_classes: class ids must be in "
+                      f"[0, {num_classes}), got {omit}")
+  labels = np.asarray(train_data.labels.addressable_data(0))
+  keep = np.flatnonzero(~np.isin(labels, omit))
+  return DeviceData(train_data.images[keep], train_data.labels[keep])
+
+
+def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
+                role: str = "student") -> nnx.Module:
+  """Builds ``spec.model`` with ``spec.kwargs``.
+
+  Raises:
+    ConfigError: the kwargs do not fit the model (an unknown name or a bad value),
+      naming ``<role>.kwargs``.
+  """
+  kwargs = spec.kwargs.to_dict()
+  try:
+    return models.create(spec.model, num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
+                         input_shape=tuple(input_shape), **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{role}.kwargs",
+                      f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
+
+
+def phase_report(fit, module, labels, teacher_test_logits, omitted_classes=()) -> dict:
+  """A trained student's ``results.json`` entry (docs/results.md) from its final test logits."""
+  logits = fit.test_outputs
+  report = metrics_lib.classification_report(logits, labels, teacher_test_logits)
+  if omitted_classes:
+    report["omitted_classes"] = metrics_lib.bias_corrected(logits, labels, omitted_classes)
+    report["per_class_accuracy"] = metrics_lib.per_class_accuracy(logits, labels,
+                                                                  logits.shape[-1])
+  report.update(
+      params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
+      best_test_accuracy=fit.best,
+      history=fit.history,
+      wall_seconds=fit.wall_seconds,
+      train_seconds=fit.train_seconds,
+      eval_seconds=fit.eval_seconds,
+      checkpoint_seconds=fit.checkpoint_seconds,
+      steps=fit.steps,
+      resumed_from_step=fit.resumed_from_step,
+      steps_per_second=fit.steps_per_second,
+      compile_seconds=fit.compile_seconds,
+      step_compiles=fit.step_compiles)
+  return report

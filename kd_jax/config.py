@@ -16,13 +16,11 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import divergences, models, schedules
+from kd_jax import divergences, methods, models, schedules
 from kd_jax.data import NAMES as DATASETS
 from kd_jax.errors import ConfigError
 
-METHODS = ("none", "kd", "dkd", "fitnets", "at", "rkd", "sp", "pkt")
-# Methods that match intermediate features; the value is the default layer pairing.
-FEATURE_METHODS = ("fitnets", "at", "rkd", "sp", "pkt")
+METHODS = tuple(methods.REGISTRY)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRECISIONS = ("fp32", "bf16")

@@ -1,6 +1,6 @@
-"""Distillation methods: which teacher outputs a method needs, and its training objective.
+"""Distillation methods: a registry from name to objective, and the features a method matches.
 
-Every method's loss is built from the same two terms:
+Every method (:data:`REGISTRY`) builds its loss from the same two terms:
 
     loss = logit_term + feature_weight · feature_term
 
@@ -20,7 +20,9 @@ the adapters are part of the student's trainable state (:class:`Student`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,64 +134,104 @@ def adapter_widths(config, pairs, student_features, teacher_features) -> dict[st
   return {s: (student_features[s][-1], teacher_features[t][-1]) for s, t in pairs.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a method's terms read from the config, resolved once (schedules built)."""
+  temperature: Callable       # step -> T (a Python float for a constant schedule)
+  alpha: Callable             # step -> α (likewise)
+  divergence: str
+  divergence_params: dict
+  dkd: Any
+
+
+def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
+  """``none``: cross-entropy on the labels; the teacher is not used."""
+  ce = losses.cross_entropy(s_logits, labels, mask)
+  return ce, {}
+
+
+def _hinton(settings, step, s_logits, t_logits, labels, mask):
+  """``kd`` (and the logit term of the feature methods): α·CE + (1−α)·T²·D (Hinton et al. 2015).
+
+  kd_loss's value with its two terms logged apart ("ce", "distill"): both are
+  means over the same mask, so their weighted sum is kd_loss's. A term whose
+  static weight is 0 is neither computed nor logged.
+  """
+  t, a = settings.temperature(step), settings.alpha(step)
+  metrics = {"temperature": t, "alpha": a}
+  static_alpha = a if isinstance(a, float) else None   # None: scheduled, both terms
+  loss = 0.0
+  if static_alpha != 0:
+    metrics["ce"] = losses.cross_entropy(s_logits, labels, mask)
+    loss = a * metrics["ce"]
+  if static_alpha != 1:
+    metrics["distill"] = losses.kd_loss(s_logits, t_logits, None, divergence=settings.divergence,
+                                        temperature=t, alpha=0.0, mask=mask,
+                                        divergence_params=settings.divergence_params)
+    loss = loss + (1.0 - a) * metrics["distill"]
+  return loss, metrics
+
+
+def _decoupled(settings, step, s_logits, t_logits, labels, mask):
+  """``dkd``: CE + min(1, step / dkd.warmup_steps) · DKD (Zhao et al. 2022)."""
+  dkd, t = settings.dkd, settings.temperature(step)
+  ce = losses.cross_entropy(s_logits, labels, mask)
+  ramp = jnp.minimum(1.0, step / dkd.warmup_steps) if dkd.warmup_steps else 1.0
+  distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
+                            temperature=t, mask=mask)
+  return ce + ramp * distill, {"temperature": t, "ce": ce, "dkd": distill}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A distillation method: its logit term, and its feature term (None: none)."""
+  logit_term: Callable        # (settings, step, s_logits, t_logits, labels, mask) -> (loss, metrics)
+  feature_loss: Callable | None = None   # (student feature, teacher feature, mask) -> scalar
+  uses_teacher: bool = True
+
+
+# name -> method. A new method is an entry here (and, if it matches features, a pairing
+# rule in feature_pairs); the engine and the configs pick it up from this registry.
+REGISTRY: dict[str, Method] = {
+    "none": Method(_hard_labels, uses_teacher=False),
+    "kd": Method(_hinton),
+    "dkd": Method(_decoupled),
+    **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
+}
+
+
 def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
   """Builds ``objective(step, student_out, teacher_out, labels, mask) -> (loss, metrics)``.
 
-  ``pairs`` are the resolved (student layer → teacher layer) pairs of
-  :func:`feature_pairs`; features are keyed by student layer on the student side
-  and by teacher layer on the teacher side.
+  ``loss = logit_term + feature_weight · feature_term`` for ``config.method``'s
+  entry of :data:`REGISTRY`. ``pairs`` are the resolved (student layer → teacher
+  layer) pairs of :func:`feature_pairs`; features are keyed by student layer on
+  the student side and by teacher layer on the teacher side.
 
   ``student_out`` / ``teacher_out`` are ``(logits, features)`` pairs; the teacher's
   is ``None`` for ``method='none'``. Temperature and α follow their schedules
   as functions of the traced ``step``.
   """
-  method = config.method
+  method = REGISTRY[config.method]
   # A constant schedule reaches the losses as a Python number, so that α = 1 (the
   # feature methods' default) skips the divergence instead of computing 0 · D,
   # which is NaN wherever D is infinite (see losses.kd_loss).
-  temperature = schedules.make(config.temperature, field="temperature", positive=True,
-                               constant_as_number=True)
-  alpha = schedules.make(config.alpha, field="alpha", unit_interval=True,
-                         constant_as_number=True)
-  div_params = dict(config.divergence_params)
-  feature_loss = _FEATURE_LOSSES.get(method)
+  settings = Settings(
+      temperature=schedules.make(config.temperature, field="temperature", positive=True,
+                                 constant_as_number=True),
+      alpha=schedules.make(config.alpha, field="alpha", unit_interval=True,
+                           constant_as_number=True),
+      divergence=config.divergence, divergence_params=dict(config.divergence_params),
+      dkd=config.dkd)
   pairs = dict(pairs or {})
-  dkd = config.dkd
 
   def objective(step, student_out, teacher_out, labels, mask):
     s_logits, s_features = student_out
-    metrics = {}
-    if method == "none":
-      loss = losses.cross_entropy(s_logits, labels, mask)
-      return loss, {"loss": loss}
-    t_logits, t_features = teacher_out
-    t = temperature(step)
-    metrics["temperature"] = t
-    if method == "dkd":
-      ce = losses.cross_entropy(s_logits, labels, mask)
-      ramp = jnp.minimum(1.0, step / dkd.warmup_steps) if dkd.warmup_steps else 1.0
-      distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
-                                temperature=t, mask=mask)
-      loss = ce + ramp * distill
-      metrics.update(ce=ce, dkd=distill)
-    else:
-      # kd_loss's α·CE + (1−α)·T²·D with the two terms logged apart ("ce", "distill"):
-      # both are means over the same mask, so the sum is kd_loss's value. A term whose
-      # static weight is 0 is neither computed nor logged.
-      a = alpha(step)
-      metrics["alpha"] = a
-      static_alpha = a if isinstance(a, float) else None   # None: scheduled, both terms
-      loss = 0.0
-      if static_alpha != 0:
-        metrics["ce"] = losses.cross_entropy(s_logits, labels, mask)
-        loss = a * metrics["ce"]
-      if static_alpha != 1:
-        metrics["distill"] = losses.kd_loss(s_logits, t_logits, None, divergence=config.divergence,
-                                            temperature=t, alpha=0.0, mask=mask,
-                                            divergence_params=div_params)
-        loss = loss + (1.0 - a) * metrics["distill"]
-    if feature_loss is not None:
-      feature_term = sum(_masked_feature_loss(feature_loss, s_features[s], t_features[t_name], mask)
+    t_logits, t_features = teacher_out if method.uses_teacher else (None, {})
+    loss, metrics = method.logit_term(settings, step, s_logits, t_logits, labels, mask)
+    if method.feature_loss is not None:
+      feature_term = sum(_masked_feature_loss(method.feature_loss, s_features[s],
+                                              t_features[t_name], mask)
                          for s, t_name in pairs.items())
       metrics["feature_loss"] = feature_term
       loss = loss + config.feature_weight * feature_term

@@ -422,3 +422,14 @@ def test_summary_says_how_rows_are_sorted_and_when_n_is_too_small(tmp_path):
   assert "Too few seeds for a usable interval" in text
   _sweep(tmp_path / "three", FakeRun(), seeds=3)
   assert "Too few seeds" not in (tmp_path / "three" / "summary.md").read_text()
+
+
+def test_a_run_directory_holding_another_configs_results_is_refused(tmp_path):
+  _sweep(tmp_path, FakeRun(), seeds=1)
+  # Someone ran another config by hand in one of the sweep's run directories.
+  path = tmp_path / "runs" / "temperature=4" / "seed10" / "results.json"
+  results = json.loads(path.read_text())
+  results["config"]["divergence"] = "tvd"
+  path.write_text(json.dumps(results))
+  with pytest.raises(ValueError, match='(?s)runs/temperature=4/seed10.*divergence: "tvd" → "kl"'):
+    _sweep(tmp_path, FakeRun(), seeds=1)

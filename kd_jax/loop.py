@@ -121,8 +121,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   state = parallel.put_replicated(state, mesh)
   train_step = step_lib.make_train_step(graphdef, objective, optimizer, task, teacher,
                                         train_data, mesh)
-  predict = step_lib.make_predict(graphdef, task, mesh)
   eval_batch = feeding.round_up(min(t.eval_batch_size, test_data.size), data_devices)
+  evaluator = task.evaluator(graphdef, test_data, eval_batch, mesh)
   base_key = feeding.replicated_key(seed, mesh)
   headline = task.headline
   better = max if getattr(task, "higher_is_better", True) else min
@@ -135,7 +135,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   start_step = int(state.step)
 
   def evaluate(state):
-    return task.evaluate(predict, (state.params, state.model_state), test_data, eval_batch, mesh)
+    return evaluator((state.params, state.model_state))
 
   run_log = RunLog(workdir, resume_step=start_step, resumed_evals=meta["history"])
   bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name, unit="step",

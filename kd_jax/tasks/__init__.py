@@ -10,10 +10,11 @@ A task object tells the engine, inside the jitted step and on the host:
   includes ``mask``.
 * ``eval_inputs(data, index)`` — the model's inputs for evaluation (no augmentation).
 * ``train_metrics(logits, targets, loss_mask) -> dict`` — metrics logged each step.
-* ``evaluate(predict, variables, data, batch_size, mesh) -> (metrics, outputs)`` —
-  the model on a whole held-out split; ``metrics`` holds the task's ``headline``
-  (a class attribute; ``higher_is_better`` defaults to True) and ``outputs`` is
-  whatever the task's report needs.
+* ``evaluator(graphdef, data, batch_size, mesh)`` — compiles what evaluation needs
+  once and returns ``evaluate(variables) -> (metrics, outputs)``: the model on a
+  whole held-out split; ``metrics`` holds the task's ``headline`` (a class
+  attribute; ``higher_is_better`` defaults to True) and ``outputs`` is whatever
+  the task's report needs.
 
 ``data`` is a pytree with a ``size`` and the optional cached teacher outputs
 ``teacher_logits`` / ``teacher_features`` (indexed by example, aligned with

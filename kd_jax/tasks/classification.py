@@ -84,10 +84,16 @@ class Classification:
     correct = (jnp.argmax(logits, -1) == labels) & mask
     return {"accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(mask), 1)}
 
-  def evaluate(self, predict, variables, data: DeviceData, batch_size: int, mesh):
-    """``({"test_accuracy": a}, logits [N, C])`` of a model on the whole split."""
-    logits, _ = step.predict_all(predict, variables, data, batch_size, mesh)
-    return {"test_accuracy": metrics_lib.accuracy(logits, np.asarray(data.labels))}, logits
+  def evaluator(self, graphdef, data: DeviceData, batch_size: int, mesh):
+    """``evaluate(variables) -> ({"test_accuracy": a}, logits [N, C])`` on the whole split."""
+    predict = step.make_predict(graphdef, self, mesh)
+    labels = np.asarray(data.labels)
+
+    def evaluate(variables):
+      logits, _ = step.predict_all(predict, variables, data, batch_size, mesh)
+      return {"test_accuracy": metrics_lib.accuracy(logits, labels)}, logits
+
+    return evaluate
 
 
 def load_data(config, mesh):

@@ -1,0 +1,179 @@
+"""The language-modelling task on the one engine: loss masks, per-token means, token-level KD,
+training, evaluation, resumption and compilation counts."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from kd_jax import config as config_lib
+from kd_jax import divergences, losses, methods, models, parallel, train
+from kd_jax.data import arithmetic as ar
+from kd_jax.tasks import lm
+from tests.test_divergences import reference
+from tests.test_losses import np_ce, rand
+
+TOKENIZER = ar.CharTokenizer()
+DIFFICULTY = ar.Difficulty(steps=2, digits=1)
+MAX_LEN = 28
+
+
+def _mesh():
+  return parallel.make_mesh(1, 1, jax.devices()[:1])
+
+
+def _split(name, size, seed=0):
+  problems = ar.generate_split(name, size, seed=seed, difficulty=DIFFICULTY)
+  tokens, prompt_lengths, lengths = ar.encode_pairs(problems, TOKENIZER, MAX_LEN)
+  return problems, tokens, prompt_lengths, lengths
+
+
+def _task(problems, prompt_lengths, lengths):
+  return lm.LanguageModeling(TOKENIZER, prompt_lengths, np.array([p.answer for p in problems]),
+                             ar.check_answer, int((lengths - prompt_lengths).max()) + 2)
+
+
+def test_response_mask_keeps_the_response_and_eos_even_when_pad_is_eos():
+  # Row: BOS a b = | r r EOS | PAD PAD  (prompt 4 tokens, length 7, max_len 9)
+  mask = lm.response_mask(np.array([4]), np.array([7]), 9)
+  # Target j is token j+1: tokens 4, 5 (response) and 6 (EOS) count; 1-3 (prompt), 7-8 (pad) not.
+  assert mask[0].tolist() == [False, False, False, True, True, True, False, False]
+  # The mask comes from lengths, so a pad id equal to the EOS id changes nothing.
+  tokens = np.array([[1, 5, 6, 7, 8, 9, 2, 2, 2]])
+  task = _task([ar.Problem("", "", 0)], np.array([4]), np.array([7]))
+  data = lm.token_data(tokens, np.array([4]), np.array([7]), _mesh())
+  inputs, targets, loss_mask = task.train_batch(data, jnp.array([0]), jnp.array([True]), None)
+  assert targets[0, 5] == 2 and bool(loss_mask[0, 5])        # the EOS is a target
+  assert not bool(loss_mask[0, 6])                           # the padding after it is not
+
+
+def _kd_objective(divergence="kl", alpha=0.5, temperature=2.0):
+  c = ml_collections.ConfigDict({**config_lib.base_config().to_dict(), "divergence": divergence,
+                                 "alpha": alpha, "temperature": temperature})
+  objective = methods.make_objective(c)
+  return lambda s, t, y, m: objective(jnp.int32(0), (s, {}), (t, {}), y, m)[0]
+
+
+def test_masked_tokens_change_neither_loss_nor_gradient():
+  s, t = rand(1, 2, 5, 7), rand(2, 2, 5, 7)
+  labels = np.array([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]], np.int32)
+  mask = np.array([[False, True, True, True, False], [False, False, True, True, True]])
+  objective = _kd_objective()
+  loss, grad = jax.value_and_grad(objective)(s, t, labels, mask)
+  s2, t2, labels2 = s.copy(), t.copy(), labels.copy()
+  s2[~mask] = 1e4 * rand(3, int((~mask).sum()), 7)          # huge student logits there
+  t2[~mask] = -t2[~mask]
+  labels2[~mask] = -100                                      # and padding labels
+  loss2, grad2 = jax.value_and_grad(objective)(s2, t2, labels2, mask)
+  assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
+  np.testing.assert_allclose(grad2, grad, rtol=1e-5, atol=1e-8)
+  np.testing.assert_array_equal(np.asarray(grad)[~mask], 0.0)
+
+
+def test_the_loss_is_a_mean_over_tokens_not_over_sequences():
+  # One sequence with 4 response tokens and one with 1: each token weighs 1/5.
+  s, t = rand(4, 2, 4, 6), rand(5, 2, 4, 6)
+  labels = np.array([[0, 1, 2, 3], [4, 5, 0, 0]], np.int32)
+  mask = np.array([[True, True, True, True], [False, True, False, False]])
+  ce = np_ce(s, labels)
+  kl = reference("kl", s, t, temperature=2.0)
+  per_token = 0.5 * ce + 0.5 * 4.0 * kl
+  got = float(_kd_objective()(s, t, labels, mask))
+  assert got == pytest.approx(per_token[mask].mean(), rel=1e-5)
+  per_sequence = np.mean([per_token[0].mean(), per_token[1, 1]])
+  assert abs(got - per_sequence) > 1e-3                     # the two conventions differ here
+
+
+@pytest.mark.parametrize("name", divergences.NAMES)
+def test_token_level_kd_with_every_divergence(name):
+  s, t = rand(6, 2, 3, 8), rand(7, 2, 3, 8)
+  labels = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+  mask = np.array([[True, True, False], [True, False, True]])
+  scale = 4.0 if name in divergences.PROBABILITY_DIVERGENCES else 1.0
+  expected = (0.25 * np_ce(s, labels) + 0.75 * scale * reference(name, s, t, temperature=2.0))
+  got = float(_kd_objective(name, alpha=0.25)(s, t, labels, mask))
+  assert got == pytest.approx(expected[mask].mean(), rel=1e-5, abs=1e-7)
+  direct = losses.kd_loss(s, t, labels, divergence=name, temperature=2.0, alpha=0.25, mask=mask)
+  assert got == pytest.approx(float(direct), rel=1e-5, abs=1e-7)
+
+
+def _gpt(seed=0, **kw):
+  options = dict(vocab_size=TOKENIZER.vocab_size, max_len=MAX_LEN + 16, num_layers=2,
+                 num_heads=4, dim=48)
+  return models.create("gpt", rngs=nnx.Rngs(seed), **{**options, **kw})
+
+
+def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none", train_size=512):
+  mesh = _mesh()
+  problems, tokens, prompt_lengths, lengths = _split("train", train_size)
+  test_problems, test_tokens, test_prompt_lengths, test_lengths = _split("test", 64)
+  train_data = lm.token_data(tokens, prompt_lengths, lengths, mesh)
+  test_data = lm.token_data(test_tokens, test_prompt_lengths, test_lengths, mesh)
+  task = _task(test_problems, test_prompt_lengths, test_lengths)
+  c = config_lib.base_config()
+  c.method = method
+  c.train.batch_size, c.train.epochs, c.train.learning_rate = 32, epochs, 3e-3
+  c.train.eval_batch_size = 32
+  module = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
+  return train.fit(name="lm", module=module, objective=methods.make_objective(c),
+                   train_config=c.train, train_data=train_data, test_data=test_data, task=task,
+                   mesh=mesh, workdir=str(tmp_path), seed=0, teacher=teacher,
+                   show_progress=False, log_every_steps=1, stop_at_step=stop_at_step)
+
+
+def test_an_lm_trains_on_the_engine_and_is_evaluated(tmp_path):
+  fit = _fit(tmp_path, epochs=3.0)
+  assert fit.step_compiles == 1                             # one compile, ragged batches included
+  records = [r for r in map(__import__("json").loads, open(tmp_path / "metrics.jsonl"))
+             if "loss" in r]
+  assert np.mean([r["loss"] for r in records[-5:]]) < 0.6 * np.mean(
+      [r["loss"] for r in records[:5]])
+  assert set(fit.final) == {"exact_match", "nll", "token_accuracy"}
+  assert 0.0 <= fit.final["exact_match"] <= 1.0
+  assert fit.final["token_accuracy"] > 0.4 and fit.final["nll"] < 2.0
+  assert [h["step"] for h in fit.history] == [16, 32, 48]
+
+
+def test_token_level_kd_from_a_live_teacher_and_its_evaluation(tmp_path):
+  teacher_fit = _fit(tmp_path / "teacher", epochs=2.0)
+  graphdef, params, model_state = train.split_module(teacher_fit.module)
+  teacher = train.Teacher(graphdef, (params, model_state))
+  student = _fit(tmp_path / "student", epochs=1.0, teacher=teacher, method="kd")
+  records = [r for r in map(__import__("json").loads, open(tmp_path / "student" / "metrics.jsonl"))
+             if "loss" in r]
+  assert all(r["distill"] > 0 and np.isfinite(r["loss"]) for r in records)
+  # The evaluation against a reference model reports per-token KL and agreement.
+  problems, tokens, prompt_lengths, lengths = _split("test", 64)
+  data = lm.token_data(tokens, prompt_lengths, lengths, _mesh())
+  s_graphdef, s_params, s_state = train.split_module(student.module)
+  evaluate = _task(problems, prompt_lengths, lengths).evaluator(
+      s_graphdef, data, 32, _mesh(), reference=(graphdef, (params, model_state)))
+  metrics, _ = evaluate((s_params, s_state))
+  assert metrics["kl_to_teacher"] > 0 and 0 <= metrics["agreement"] <= 1
+  itself = _task(problems, prompt_lengths, lengths).evaluator(
+      graphdef, data, 32, _mesh(), reference=(graphdef, (params, model_state)))
+  same, _ = itself((params, model_state))
+  assert same["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6) and same["agreement"] == 1.0
+  assert same["exact_match"] == teacher_fit.final["exact_match"]
+
+
+def test_an_lm_run_resumes_bit_identically(tmp_path):
+  straight = _fit(tmp_path / "straight")
+  with pytest.raises(KeyboardInterrupt):
+    _fit(tmp_path / "resumed", stop_at_step=21)      # checkpoint after epoch 1 (step 16)
+  resumed = _fit(tmp_path / "resumed")
+  assert resumed.resumed_from_step == 16
+  for tree_a, tree_b in ((nnx.state(straight.module), nnx.state(resumed.module)),):
+    jax.tree.map(np.testing.assert_array_equal, tree_a, tree_b)
+  assert resumed.final == straight.final
+
+
+def test_the_gold_continuation_passes_the_checker_and_a_cut_one_does_not():
+  problems, tokens, prompt_lengths, lengths = _split("test", 8)
+  task = _task(problems, prompt_lengths, lengths)
+  for i, p in enumerate(problems):
+    continuation = tokens[i, prompt_lengths[i]:lengths[i]]      # response + EOS
+    assert task.check(TOKENIZER.decode(continuation), p.answer)
+    assert not task.check(TOKENIZER.decode(continuation[:-3]), p.answer)

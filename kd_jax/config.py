@@ -17,10 +17,14 @@ from typing import Any
 import ml_collections
 
 from kd_jax import divergences, methods, models, schedules
-from kd_jax.data import NAMES as DATASETS
+from kd_jax.data import NAMES as IMAGE_DATASETS
+from kd_jax.tasks.lm import DATASETS as LANGUAGE_DATASETS
 from kd_jax.errors import ConfigError
 
 METHODS = tuple(methods.REGISTRY)
+# Language models: fine-tuning on the gold text (none) and token-level KD so far.
+LANGUAGE_METHODS = ("none", "kd")
+DATASETS = (*IMAGE_DATASETS, *LANGUAGE_DATASETS)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -108,6 +112,27 @@ def load_sibling(path: str, name: str) -> types.ModuleType:
   return module
 
 
+def arithmetic_dataset(*, train_examples: int = 8000, test_examples: int = 500, steps: int = 3,
+                       digits: int = 2, ops: str = "+-", seed: int = 0,
+                       max_len: int = 64) -> ml_collections.ConfigDict:
+  """The arithmetic reasoning task's data (kd_jax/data/arithmetic.py) as a ``dataset`` block."""
+  return ml_collections.ConfigDict(dict(
+      name="arithmetic", train_examples=train_examples, test_examples=test_examples,
+      steps=steps, digits=digits, ops=ops,
+      seed=seed,          # the problem generator's seed (the split of a problem is its hash)
+      max_len=max_len))   # tokens per (prompt, response) row
+
+
+def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
+                    num_samples: int = 4, pass_at_k=(1, 4)) -> ml_collections.ConfigDict:
+  """How language-model answers are sampled for pass@k (greedy decoding gives exact match).
+
+  Its own temperature: ``temperature`` of the config is the distillation loss's.
+  """
+  return ml_collections.ConfigDict(dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                        num_samples=num_samples, pass_at_k=tuple(pass_at_k)))
+
+
 def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
   """A copy of ``config`` with another ``method`` (the teacher and baseline train with 'none')."""
   copy = ml_collections.ConfigDict(config.to_dict())
@@ -166,33 +191,20 @@ def _validate_training(prefix: str, t) -> None:
       raise ConfigError(f"{prefix}.{field}", f"{prefix}.{field} must be >= 0, got {t[field]}")
 
 
-def _validate_model(prefix: str, spec) -> None:
-  # Image classification is the only task of these configs so far: image models only.
-  _choice(f"{prefix}.model", spec.model, models.IMAGE_MODELS)
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every field; raises ``ValueError`` naming the field and valid choices.
+  """Checks every field; raises ``ConfigError`` (a ``ValueError``) naming the field and choices.
 
   Pure Python (no tracing or compilation). Checks that need the models' shapes —
-  feature layer names, teacher/student class counts — are in
-  :func:`kd_jax.methods.validate_features`, which uses ``jax.eval_shape`` only.
+  feature layer names — are in :func:`kd_jax.methods.feature_pairs`, which uses
+  ``jax.eval_shape`` only.
   """
   _choice("dataset.name", config.dataset.name, DATASETS)
-  for field in ("train_examples", "test_examples", "crop_padding"):
-    value = config.dataset[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ConfigError(f"dataset.{field}", f"dataset.{field} must be an int >= 0, got {value!r}")
-  omit = config.dataset.omit_classes
-  if not isinstance(omit, (tuple, list)) or not all(
-      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in omit):
-    raise ConfigError("dataset.omit_classes",
-                      f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
-  _validate_model("teacher", config.teacher)
-  _validate_model("student", config.student)
+  if config.dataset.name in LANGUAGE_DATASETS:
+    _validate_language_task(config)
+  else:
+    _validate_image_task(config)
   _validate_training("teacher.train", config.teacher.train)
   _validate_training("train", config.train)
-  _choice("method", config.method, METHODS)
   _choice("divergence", config.divergence, divergences.NAMES)
   for field, bounds in (("temperature", dict(positive=True)), ("alpha", dict(unit_interval=True))):
     try:
@@ -209,14 +221,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.teacher_fixed_views, bool):
     raise ConfigError("teacher_fixed_views", "teacher_fixed_views must be True or False, got "
                       f"{config.teacher_fixed_views!r}")
-  augmented = config.dataset.crop_padding > 0 or config.dataset.flip
-  if augmented and config.teacher_cache in ("memory", "disk") and not config.teacher_fixed_views:
-    raise ConfigError("teacher_cache",
-        f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
-        "dataset.flip): the teacher must see the same random view as the student "
-        "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
-        "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
-        "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
   if config.teacher_fixed_views and config.teacher_cache == "none":
     raise ConfigError("teacher_fixed_views",
         "teacher_fixed_views=True needs cached teacher outputs (they are the un-augmented "
@@ -231,3 +235,56 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"{config.checkpoint.every_steps}")
   if config.checkpoint.keep < 1:
     raise ConfigError("checkpoint.keep", f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
+
+
+def _nonnegative_ints(prefix: str, node, fields, minimum: int = 0) -> None:
+  for field in fields:
+    value = node[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ConfigError(f"{prefix}.{field}",
+                        f"{prefix}.{field} must be an int >= {minimum}, got {value!r}")
+
+
+def _validate_image_task(config) -> None:
+  _nonnegative_ints("dataset", config.dataset, ("train_examples", "test_examples", "crop_padding"))
+  omit = config.dataset.omit_classes
+  if not isinstance(omit, (tuple, list)) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in omit):
+    raise ConfigError("dataset.omit_classes",
+                      f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
+  for role in ("teacher", "student"):
+    _choice(f"{role}.model", config[role].model, models.IMAGE_MODELS)
+  _choice("method", config.method, METHODS)
+  augmented = config.dataset.crop_padding > 0 or config.dataset.flip
+  if augmented and config.teacher_cache in ("memory", "disk") and not config.teacher_fixed_views:
+    raise ConfigError("teacher_cache",
+        f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
+        "dataset.flip): the teacher must see the same random view as the student "
+        "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
+        "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
+        "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
+
+
+def _validate_language_task(config) -> None:
+  d = config.dataset
+  _nonnegative_ints("dataset", d, ("train_examples", "test_examples", "steps", "digits"), 1)
+  _nonnegative_ints("dataset", d, ("seed",))
+  _nonnegative_ints("dataset", d, ("max_len",), 8)
+  if not d.ops or set(d.ops) - set("+-*"):
+    raise ConfigError("dataset.ops", f"dataset.ops must be a non-empty subset of '+-*', "
+                      f"got {d.ops!r}")
+  for role in ("teacher", "student"):
+    _choice(f"{role}.model", config[role].model, models.SEQUENCE_MODELS)
+  _choice("method", config.method, LANGUAGE_METHODS)
+  sampling = config.get("sampling")
+  if sampling is None:
+    raise ConfigError("sampling", "a language-model config needs a sampling block "
+                      "(kd_jax.config.sampling_config())")
+  if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+    raise ConfigError("sampling", "sampling.temperature must be >= 0, sampling.top_k >= 0 and "
+                      f"sampling.top_p in (0, 1]; got {sampling.to_dict()}")
+  _nonnegative_ints("sampling", sampling, ("num_samples",), 1)
+  bad = [k for k in sampling.pass_at_k if not isinstance(k, int) or not 1 <= k <= sampling.num_samples]
+  if bad:
+    raise ConfigError("sampling.pass_at_k", f"sampling.pass_at_k values must be ints in [1, "
+                      f"sampling.num_samples={sampling.num_samples}], got {list(sampling.pass_at_k)}")

@@ -29,9 +29,8 @@ from absl import logging
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import data as data_lib
 from kd_jax import methods, models, parallel, run_log, teacher_cache, teachers, train
-from kd_jax.tasks import classification
+from kd_jax import tasks
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
@@ -76,25 +75,43 @@ def git_commit() -> str | None:
     return None
 
 
-def obtain_teacher(config, *, module, train_data, test_data, task, mesh, teacher_dir,
-                   num_classes, show_progress=True) -> dict:
+def _fit_report(fit: train.FitResult, module, headline: str) -> dict:
+  """The task-independent fields of a trained phase's report: size, best, history, timing."""
+  return {
+      "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
+      f"best_{headline}": fit.best,
+      "history": fit.history,
+      "wall_seconds": fit.wall_seconds,
+      "train_seconds": fit.train_seconds,
+      "eval_seconds": fit.eval_seconds,
+      "checkpoint_seconds": fit.checkpoint_seconds,
+      "steps": fit.steps,
+      "resumed_from_step": fit.resumed_from_step,
+      "steps_per_second": fit.steps_per_second,
+      "compile_seconds": fit.compile_seconds,
+      "step_compiles": fit.step_compiles,
+  }
+
+
+def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress=True) -> dict:
   """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
   if config.teacher.checkpoint:
     source = os.path.expanduser(config.teacher.checkpoint)
-    info = teachers.load(source, module, num_classes=num_classes)
+    info = teachers.load(source, module, num_classes=prepared.num_outputs)
     if info is None:
       raise ConfigError("teacher.checkpoint",
                         f"teacher.checkpoint: no saved teacher ({teachers.TEACHER_FILE}) in {source}")
   else:
     source = os.path.join(os.path.expanduser(teacher_dir), teachers.teacher_key(config))
-    info = teachers.load(source, module, num_classes=num_classes)
+    info = teachers.load(source, module, num_classes=prepared.num_outputs)
   if info is not None:
     return {**info, "source": source, "cached": True}
   logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
   objective = methods.make_objective(config_lib.with_method(config, "none"))
   fit = train.fit(name="teacher", module=module, objective=objective,
-                  train_config=config.teacher.train, train_data=train_data, test_data=test_data,
-                  task=task, mesh=mesh, workdir=source + ".train",
+                  train_config=config.teacher.train, train_data=prepared.train_data,
+                  test_data=prepared.test_data, task=prepared.task, mesh=mesh,
+                  workdir=source + ".train",
                   seed=config.teacher.seed, show_progress=show_progress,
                   identity=teachers.teacher_identity(config),
                   checkpoint_every_steps=config.checkpoint.every_steps,
@@ -102,9 +119,9 @@ def obtain_teacher(config, *, module, train_data, test_data, task, mesh, teacher
   nnx.update(module, nnx.state(fit.module))
   info = {
       "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
-      "num_classes": num_classes, "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
-      "test_accuracy": fit.final["test_accuracy"],
-      "best_test_accuracy": fit.best, "train_seconds": fit.wall_seconds,
+      "num_classes": prepared.num_outputs,
+      "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
+      **fit.final, f"best_{prepared.task.headline}": fit.best, "train_seconds": fit.wall_seconds,
       "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
   }
   teachers.save(source, module, info)
@@ -154,41 +171,35 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
   dtype = _dtype(config)
 
-  train_data, test_data, test_labels, num_classes, input_shape = classification.load_data(
-      config, mesh)
-  student_train_data = classification.transfer_set(config, train_data, num_classes)
-  build = lambda spec, seed, role="student": classification.build_model(
-      spec, num_classes=num_classes, input_shape=input_shape, seed=seed, dtype=dtype, role=role)
+  prepared = tasks.prepare(config, mesh, dtype)
+  task, test_data = prepared.task, prepared.test_data
   # A teacher split over `model` may not fit on one accelerator: build and load it in
   # host memory; put_sharded below then copies each device only its shard.
   with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
-    teacher_module = build(config.teacher, config.teacher.seed, "teacher")
-  student_model = build(config.student, config.seed)
-  # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
-  s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_module)
+    teacher_module = prepared.build(config.teacher, config.teacher.seed, "teacher")
+  student_model = prepared.build(config.student, config.seed)
+  s_shapes = t_shapes = {}
+  if methods.REGISTRY[config.method].feature_loss is not None:
+    # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
+    s_shapes = models.feature_shapes(student_model)
+    t_shapes = models.feature_shapes(teacher_module)
   pairs = methods.feature_pairs(config, s_shapes, t_shapes)
-  mean, std = data_lib.normalization(config.dataset.name)
-  task = classification.Classification(mean, std, config.dataset.crop_padding,
-                                       config.dataset.flip, dtype)
 
-  teacher_info = obtain_teacher(config, module=teacher_module, train_data=train_data,
-                                test_data=test_data, task=task, mesh=mesh,
-                                teacher_dir=teacher_dir, num_classes=num_classes,
-                                show_progress=show_progress)
+  teacher_info = obtain_teacher(config, module=teacher_module, prepared=prepared, mesh=mesh,
+                                teacher_dir=teacher_dir, show_progress=show_progress)
   t_graphdef, t_params, t_state = train.split_module(teacher_module)
   teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
                        parallel.put_replicated(t_state, mesh))
   teacher = train.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
-  t_predict = train.make_predict(t_graphdef, task, mesh)
   eval_batch = train.round_up(min(config.train.eval_batch_size, test_data.size),
                               mesh.shape[parallel.DATA_AXIS])
-  teacher_test_logits, _ = train.predict_all(t_predict, teacher_variables, test_data, eval_batch,
-                                             mesh)
+  teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
   results = {
       "experiment": config.experiment,
+      "headline": task.headline,
       "config": config.to_dict(),
       "git_commit": git_commit(),
-      "teacher": {**metrics_lib.classification_report(teacher_test_logits, test_labels),
+      "teacher": {**teacher_report,
                   "params": teacher_info["params"], "model": config.teacher.model,
                   "source": teacher_info["source"], "cached": teacher_info["cached"],
                   "logs": os.path.join(teacher_info["source"], "logs"),
@@ -208,31 +219,31 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                     log_every_steps=config.log_every_steps, show_progress=show_progress,
                     stop_at_step=stop_at_step if name == "student" else None,
                     identity=identity)
-    report = classification.phase_report(fit, module if name == "baseline" else student_model,
-                                         test_labels, teacher_test_logits,
-                                         config.dataset.omit_classes)
-    report["logs"] = phase_dir
+    trained = getattr(fit.module, "model", fit.module)     # without FitNets adapters
+    report = {**prepared.student_report(fit, trained, reference, eval_batch),
+              **_fit_report(fit, trained, task.headline), "logs": phase_dir}
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
 
   if config.baseline and config.method != "none":
-    scratch = build(config.student, config.seed)
+    scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
     # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
     shared_dir = os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir))),
                               "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
-                                None, student_train_data, teachers.baseline_identity(config),
+                                None, prepared.student_train_data,
+                                teachers.baseline_identity(config),
                                 phase_dir=shared_dir)
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
   if config.method == "none":
-    student_module, student_teacher, data = student_model, None, student_train_data
+    student_module, student_teacher, data = student_model, None, prepared.student_train_data
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, student_train_data, task, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, prepared.student_train_data, task, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))

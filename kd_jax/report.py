@@ -17,29 +17,57 @@ def _seconds(value) -> str:
   return "-" if value is None else f"{value:.1f} s"
 
 
+def _number(value) -> str:
+  return "-" if value is None else f"{value:.4f}"
+
+
+def _pass_at_k(row) -> str:
+  passes = row.get("pass_at_k") or {}
+  return _pct(passes[max(passes, key=int)]) if passes else "-"
+
+
+# headline -> (columns: (title, result key and its format, or a row -> text getter), legend)
+_TABLES = {
+    "test_accuracy": (
+        [("test acc", "test_accuracy", _pct), ("best acc", "best_test_accuracy", _pct),
+         ("agree", "agreement", _pct), ("ECE", "ece", _pct)],
+        "test acc: after the last step; best acc: best end-of-epoch accuracy; agree: top-1 "
+        "agreement with the teacher; ECE: expected calibration error (15 bins)."),
+    "exact_match": (
+        [("exact", "exact_match", _pct), ("pass@k", _pass_at_k, None),
+         ("nll/tok", "nll", _number), ("tok acc", "token_accuracy", _pct),
+         ("KL→T/tok", "kl_to_teacher", _number), ("agree", "agreement", _pct)],
+        "exact: greedy answers correct (held-out problems); pass@k: at least one of k sampled "
+        "answers correct (the largest k); nll and tok acc: teacher-forced on the gold "
+        "responses; KL→T: KL(teacher ‖ model) per token; agree: argmax agreement with the "
+        "teacher per token."),
+}
+
+
 def summary_table(results: dict, *, recorded: bool = False) -> str:
-  """The console table: params, final and best test accuracy, agreement, ECE, KD gain.
+  """The console table of the task's metrics for teacher, baseline and student, and the KD gain.
 
   ``recorded``: the results are a stored record (a finished run shown again), so
   the timing line describes the run that produced them, not this invocation.
   """
+  headline = results.get("headline", "test_accuracy")
+  columns, legend = _TABLES[headline]
   rows = [("teacher", results["teacher"])]
   if "baseline" in results:
     rows.append(("student (from scratch)", results["baseline"]))
   rows.append((f"student ({results['config']['method']})", results["student"]))
-  lines = [f"{'model':<26}{'params':>10}{'test acc':>10}{'best acc':>10}{'agree':>9}{'ECE':>8}",
-           "-" * 73]
+  header = f"{'model':<26}{'params':>10}" + "".join(f"{title:>10}" for title, _, _ in columns)
+  lines = [header, "-" * len(header)]
   for label, r in rows:
-    lines.append(f"{label:<26}{r['params']:>10,}{_pct(r['test_accuracy']):>10}"
-                 f"{_pct(r.get('best_test_accuracy')):>10}{_pct(r.get('agreement')):>9}"
-                 f"{_pct(r.get('ece')):>8}")
-  lines.append("test acc: after the last step; best acc: best end-of-epoch accuracy; agree: "
-               "top-1 agreement with the teacher; ECE: expected calibration error (15 bins).")
+    cells = [key(r) if callable(key) else fmt(r.get(key)) for _, key, fmt in columns]
+    lines.append(f"{label:<26}{r['params']:>10,}" + "".join(f"{c:>10}" for c in cells))
+  lines.append(legend)
   if "baseline" in results:
-    teacher = results["teacher"]["test_accuracy"]
-    scratch = results["baseline"]["test_accuracy"]
-    gain = results["student"]["test_accuracy"] - scratch
-    lines.append(f"KD gain (student − from scratch, final-step accuracy): {gain * 100:+.2f} points")
+    teacher = results["teacher"][headline]
+    scratch = results["baseline"][headline]
+    gain = results["student"][headline] - scratch
+    lines.append(f"KD gain (student − from scratch, final {headline.replace('_', ' ')}): "
+                 f"{gain * 100:+.2f} points")
     if teacher <= scratch:
       lines.append(f"note: the teacher ({teacher:.2%}) is no better than the student trained "
                    f"from scratch ({scratch:.2%}), so distillation cannot be expected to help "

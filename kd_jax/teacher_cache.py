@@ -36,6 +36,7 @@ Example (fixed views, outputs held on the devices)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -53,7 +54,7 @@ from kd_jax.errors import ConfigError
 AUTO_CACHE_MAX_BYTES = 1 << 30
 CACHE_FILE = "teacher_outputs.npz"
 # Bump when the file layout or the identity fields change: old files are then recomputed.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def refusal_message(mode: str) -> str:
@@ -64,7 +65,7 @@ def refusal_message(mode: str) -> str:
           "sees the un-augmented image).")
 
 
-def resolve_mode(config, task: train.Classification) -> str:
+def resolve_mode(config, task) -> str:
   """``"none"``, ``"memory"`` or ``"disk"`` for this run (``auto`` before its size check).
 
   Raises:
@@ -117,8 +118,7 @@ def _leaf_sums(x):
 _all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
-def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
-                   task: train.Classification) -> dict:
+def cache_identity(config, teacher: train.Teacher, train_data, task) -> dict:
   """What the cached outputs depend on; the disk cache is reused only on an exact match."""
   d = config.dataset
   checkpoint = config.teacher.checkpoint
@@ -130,16 +130,20 @@ def cache_identity(config, teacher: train.Teacher, train_data: train.DeviceData,
       "dataset": d.name,
       "train_examples": d.train_examples,
       "examples": train_data.size,
-      "data": fingerprint((train_data.images, train_data.labels)),
+      "data": fingerprint(inputs_of(train_data)),
       "features": sorted(teacher.feature_names),
-      # The teacher's input: normalisation and compute dtype (never the augmentation).
-      "preprocess": {"mean": float(task.mean), "std": float(task.std),
-                     "dtype": jnp.dtype(task.dtype).name},
+      # How the task turns the data into the teacher's inputs (never the augmentation).
+      "inputs": task.input_identity(),
   }
 
 
-def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
-           task: train.Classification, mesh, workdir: str) -> train.DeviceData:
+def inputs_of(data):
+  """The arrays of a split, without any cached teacher outputs."""
+  return dataclasses.replace(data, teacher_logits=None, teacher_features=None)
+
+
+def attach(config, teacher: train.Teacher, train_data,
+           task, mesh, workdir: str):
   """``train_data`` with the teacher's logits (and features) cached, or unchanged.
 
   Args:
@@ -193,7 +197,8 @@ def attach(config, teacher: train.Teacher, train_data: train.DeviceData,
       _save(path, identity, *outputs)
   logits, features = outputs
   cached_logits, cached_features = parallel.put_replicated((logits, features), mesh)
-  return train.DeviceData(train_data.images, train_data.labels, cached_logits, cached_features)
+  return dataclasses.replace(train_data, teacher_logits=cached_logits,
+                             teacher_features=cached_features)
 
 
 def _every_process(flag: bool) -> bool:

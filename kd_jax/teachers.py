@@ -29,16 +29,18 @@ TEACHER_FILE = "teacher.json"
 
 
 def teacher_identity(config: ml_collections.ConfigDict) -> dict:
-  """What determines the teacher's trained weights (not how it is evaluated or logged)."""
-  d = config.dataset
+  """What determines the teacher's trained weights (not how it is evaluated or logged).
+
+  The dataset block less what only the students or the evaluation see
+  (``test_examples``, ``omit_classes``).
+  """
   return {
       "model": config.teacher.model,
       "kwargs": config.teacher.kwargs.to_dict(),
       "train": workdir_lib.without_fields(config.teacher.train, ["eval_batch_size"]),
       "seed": config.teacher.seed,
       "precision": config.precision,
-      "data": {"name": d.name, "train_examples": d.train_examples,
-               "crop_padding": d.crop_padding, "flip": d.flip},
+      "data": workdir_lib.without_fields(config.dataset, ["test_examples", "omit_classes"]),
   }
 
 

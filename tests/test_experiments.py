@@ -200,3 +200,64 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"[sweep 8/8 done, 0 failed] {tmp_path / 'sweep'}" in out.stdout
   assert os.path.getsize(tmp_path / "sweep" / "summary.md") > 0
+
+
+ARITHMETIC = ("sft", "token_kd")
+
+
+@pytest.mark.parametrize("name", ARITHMETIC)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_arithmetic_configs_are_valid(name, arg):
+  c = cli_load(f"experiments/arithmetic/{name}.py" + (f":{arg}" if arg else ""))
+  config_lib.validate(c)
+  assert f"--config=experiments/arithmetic/{name}.py" in importlib.import_module(
+      f"experiments.arithmetic.{name}").__doc__
+
+
+def cli_load(spec):
+  from kd_jax import cli
+  return cli.load_config_file(os.path.join(ROOT, spec))
+
+
+def test_language_configs_refuse_image_models_methods_and_vocab_mismatch(tmp_path):
+  c = cli_load("experiments/arithmetic/token_kd.py:smoke")
+  c.student.model = "mlp"
+  with pytest.raises(ValueError, match="student.model: unknown value 'mlp'; valid choices: gpt"):
+    config_lib.validate(c)
+  c = cli_load("experiments/arithmetic/token_kd.py:smoke")
+  c.method = "dkd"
+  with pytest.raises(ValueError, match="method: unknown value 'dkd'; valid choices: none, kd"):
+    config_lib.validate(c)
+  c = cli_load("experiments/arithmetic/token_kd.py:smoke")
+  c.teacher.kwargs.vocab_size = 32
+  from kd_jax.experiment import run_experiment
+  with pytest.raises(ValueError, match="teacher vocab_size=32 but the task's tokenizer has 19"):
+    run_experiment(c, str(tmp_path / "w"), teacher_dir=str(tmp_path / "t"), show_progress=False)
+  c.student.kwargs.vocab_size = 40
+  with pytest.raises(ValueError, match="teacher vocab_size=32 but student vocab_size=40"):
+    run_experiment(c, str(tmp_path / "w2"), teacher_dir=str(tmp_path / "t"), show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARITHMETIC)
+def test_arithmetic_module_smoke_run(name, tmp_path):
+  out = _cli(f"--config=experiments/arithmetic/{name}.py:smoke", f"--workdir={tmp_path / name}",
+             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / name / "results.json") as f:
+    results = json.load(f)
+  assert results["headline"] == "exact_match" and "exact" in out.stdout
+  phases = ("teacher", "baseline", "student") if name == "token_kd" else ("teacher", "student")
+  for phase in phases:
+    r = results[phase]
+    for key in ("params", "exact_match", "pass_at_k", "token_accuracy", "nll",
+                "generation_tokens_per_second"):
+      assert key in r, (phase, key)
+    assert 0 <= r["exact_match"] <= 1 and r["nll"] > 0
+    assert set(r["pass_at_k"]) == {"1", "2"}
+  for phase in phases[1:]:
+    assert results[phase]["kl_to_teacher"] >= 0 and 0 <= results[phase]["agreement"] <= 1
+  records = [json.loads(line) for line in open(tmp_path / name / "student" / "metrics.jsonl")]
+  term = "distill" if name == "token_kd" else "loss"
+  assert all(r[term] > 0 for r in records if "loss" in r)

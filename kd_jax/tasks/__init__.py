@@ -16,9 +16,56 @@ A task object tells the engine, inside the jitted step and on the host:
   attribute; ``higher_is_better`` defaults to True) and ``outputs`` is whatever
   the task's report needs.
 
-``data`` is a pytree with a ``size`` and the optional cached teacher outputs
+For caches of teacher outputs (:mod:`kd_jax.teacher_cache`) a task also says
+whether it ``augments`` the training inputs and gives ``input_identity()``, what
+turns stored data into model inputs.
+
+``data`` is a dataclass pytree with a ``size`` and the optional cached teacher outputs
 ``teacher_logits`` / ``teacher_features`` (indexed by example, aligned with
 ``inputs``).
 
-Tasks: :mod:`kd_jax.tasks.classification` (images → classes).
+Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
+:mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs).
+Each task module's ``prepare(config, mesh, dtype)`` gives the experiment a
+:class:`Prepared`: the config flows config → task → engine → report.
 """
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """One experiment's task, data and task-specific steps, as :mod:`kd_jax.experiment` uses them.
+
+  Attributes:
+    task: the batch/evaluation object described above.
+    train_data, test_data: the splits on the devices.
+    student_train_data: the students' transfer set (``train_data`` unless the
+      task leaves examples out).
+    num_outputs: classes, or the vocabulary size: what a saved teacher must predict.
+    build: ``build(spec, seed, role) -> module`` for a config's ``teacher``/``student``.
+    evaluate_teacher: ``(graphdef, variables, batch_size) -> (report, reference)``:
+      the teacher's ``results.json`` fields and what the students' reports compare
+      against (its test logits, or the teacher itself).
+    student_report: ``(fit, module, reference, batch_size) -> dict``: a trained
+      student's task metrics (the engine adds timing and history).
+  """
+  task: Any
+  train_data: Any
+  student_train_data: Any
+  test_data: Any
+  num_outputs: int
+  build: Callable
+  evaluate_teacher: Callable
+  student_report: Callable
+
+
+def prepare(config, mesh, dtype) -> Prepared:
+  """The task family of ``config.dataset.name``, prepared on ``mesh``."""
+  from kd_jax.tasks import classification, lm  # pylint: disable=g-import-not-at-top
+  family = lm if config.dataset.name in lm.DATASETS else classification
+  return family.prepare(config, mesh, dtype)

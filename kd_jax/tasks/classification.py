@@ -21,7 +21,7 @@ from flax import nnx
 
 from kd_jax import data as data_lib
 from kd_jax import metrics as metrics_lib
-from kd_jax import models, parallel, step
+from kd_jax import models, parallel, step, tasks
 from kd_jax.data import augment as augment_lib
 from kd_jax.errors import ConfigError
 
@@ -72,6 +72,11 @@ class Classification:
   @property
   def augments(self) -> bool:
     return bool(self.crop_padding or self.flip)
+
+  def input_identity(self) -> dict:
+    """What turns the stored images into model inputs (for caches of teacher outputs)."""
+    return {"mean": float(self.mean), "std": float(self.std),
+            "dtype": jnp.dtype(self.dtype).name}
 
   def train_batch(self, data: DeviceData, index, mask, rng):
     """``(images [B, H, W, C], labels [B], mask [B])`` of a training batch (inside the step)."""
@@ -147,25 +152,35 @@ def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
                       f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
 
 
-def phase_report(fit, module, labels, teacher_test_logits, omitted_classes=()) -> dict:
-  """A trained student's ``results.json`` entry (docs/results.md) from its final test logits."""
-  logits = fit.test_outputs
+def prepare(config, mesh, dtype) -> tasks.Prepared:
+  """The classification experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`)."""
+  train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
+  mean, std = data_lib.normalization(config.dataset.name)
+  task = Classification(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
+
+  def build(spec, seed, role="student"):
+    return build_model(spec, num_classes=num_classes, input_shape=input_shape, seed=seed,
+                       dtype=dtype, role=role)
+
+  def evaluate_teacher(graphdef, variables, batch_size):
+    logits, _ = step.predict_all(step.make_predict(graphdef, task, mesh), variables, test_data,
+                                 batch_size, mesh)
+    return metrics_lib.classification_report(logits, test_labels), logits
+
+  def student_report(fit, module, teacher_test_logits, batch_size):
+    del batch_size
+    return phase_report(fit.test_outputs, test_labels, teacher_test_logits,
+                        config.dataset.omit_classes)
+
+  return tasks.Prepared(task, train_data, transfer_set(config, train_data, num_classes),
+                        test_data, num_classes, build, evaluate_teacher, student_report)
+
+
+def phase_report(logits, labels, teacher_test_logits, omitted_classes=()) -> dict:
+  """A student's classification metrics from its final test logits (docs/results.md)."""
   report = metrics_lib.classification_report(logits, labels, teacher_test_logits)
   if omitted_classes:
     report["omitted_classes"] = metrics_lib.bias_corrected(logits, labels, omitted_classes)
     report["per_class_accuracy"] = metrics_lib.per_class_accuracy(logits, labels,
                                                                   logits.shape[-1])
-  report.update(
-      params=metrics_lib.count_params(nnx.state(module, nnx.Param)),
-      best_test_accuracy=fit.best,
-      history=fit.history,
-      wall_seconds=fit.wall_seconds,
-      train_seconds=fit.train_seconds,
-      eval_seconds=fit.eval_seconds,
-      checkpoint_seconds=fit.checkpoint_seconds,
-      steps=fit.steps,
-      resumed_from_step=fit.resumed_from_step,
-      steps_per_second=fit.steps_per_second,
-      compile_seconds=fit.compile_seconds,
-      step_compiles=fit.step_compiles)
   return report

@@ -23,6 +23,7 @@ Logits of the whole split never reach the host, only per-batch sums.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -31,8 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import feeding, parallel, step
+from kd_jax import feeding, models, parallel, step, tasks
 from kd_jax import generate as generate_lib
+from kd_jax.data import arithmetic as ar
+from kd_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,11 @@ class LanguageModeling:
   check: Callable[[str, object], bool]
   max_new_tokens: int
   headline: ClassVar[str] = "exact_match"
+
+  augments: ClassVar[bool] = False      # the inputs are fixed: teacher outputs can be cached
+
+  def input_identity(self) -> dict:
+    return {"inputs": "tokens[:, :-1]"}
 
   def train_batch(self, data: TokenData, index, mask, rng):
     del rng
@@ -170,3 +178,110 @@ def _token_sums_fn(graphdef, reference_graphdef, mesh):
   return jax.jit(sums, in_shardings=(None, None, replicated, parallel.batch_sharding(mesh),
                                      parallel.batch_sharding(mesh)),
                  out_shardings=replicated)
+
+
+# --------------------------------------------------------------------------- the experiment
+
+DATASETS = ("arithmetic",)
+
+
+def pass_at_k(num_samples: int, num_correct, k: int) -> float:
+  """The unbiased pass@k of Chen et al. 2021, averaged over problems.
+
+  pass@k = 1 − C(n − c, k) / C(n, k) per problem, with n samples of which c are
+  correct (k ≤ n).
+  """
+  c = np.asarray(num_correct)
+  if k > num_samples:
+    raise ValueError(f"pass@{k} needs at least {k} samples, got {num_samples}")
+  fail = np.ones(c.shape)
+  for i in range(k):   # C(n−c, k) / C(n, k) = Π_{i<k} (n − c − i) / (n − i)
+    fail *= np.clip(num_samples - c - i, 0, None) / (num_samples - i)
+  return float(np.mean(1.0 - fail))
+
+
+def generation_report(task: LanguageModeling, module, data: TokenData, sampling) -> dict:
+  """``generation_tokens_per_second`` (greedy, whole split, after compiling) and
+  ``pass_at_k`` (``sampling.num_samples`` answers per prompt at the sampling settings)."""
+  model = getattr(module, "model", module)
+  graphdef, state = nnx.split(model)
+  prompt_len = int(task.prompt_lengths.max())
+  prompts = np.asarray(data.tokens[:, :prompt_len])
+  run = lambda **kw: generate_lib.generate(
+      graphdef, state, prompts, task.prompt_lengths, max_new_tokens=task.max_new_tokens,
+      eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id, **kw)
+  jax.block_until_ready(run())                  # compiles
+  start = time.perf_counter()
+  _, lengths = jax.block_until_ready(run())
+  speed = float(np.sum(lengths)) / (time.perf_counter() - start)
+  correct = np.zeros(len(prompts))
+  for i in range(sampling.num_samples):
+    tokens, _ = run(rng=jax.random.key(i), temperature=sampling.temperature,
+                    top_k=sampling.top_k, top_p=sampling.top_p)
+    correct += [task.check(task.tokenizer.decode(row), a)
+                for row, a in zip(np.asarray(tokens), task.answers)]
+  return {"generation_tokens_per_second": speed,
+          "pass_at_k": {str(k): pass_at_k(sampling.num_samples, correct, k)
+                        for k in sampling.pass_at_k}}
+
+
+def prepare(config, mesh, dtype) -> tasks.Prepared:
+  """The arithmetic experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
+
+  Raises:
+    ConfigError: a model's ``vocab_size`` differs from the task's tokenizer (or the
+      teacher's from the student's), naming both sizes.
+  """
+  d = config.dataset
+  difficulty = ar.Difficulty(steps=d.steps, digits=d.digits, ops=d.ops)
+  tokenizer = ar.CharTokenizer()
+  train_problems = ar.generate_split("train", d.train_examples, seed=d.seed,
+                                     difficulty=difficulty)
+  test_problems = ar.generate_split("test", d.test_examples, seed=d.seed, difficulty=difficulty)
+  train_arrays = ar.encode_pairs(train_problems, tokenizer, d.max_len)
+  tokens, prompt_lengths, lengths = ar.encode_pairs(test_problems, tokenizer, d.max_len)
+  task = LanguageModeling(tokenizer, prompt_lengths, np.array([p.answer for p in test_problems]),
+                          ar.check_answer, int((lengths - prompt_lengths).max()) + 4)
+  train_data = token_data(*train_arrays, mesh)
+  test_data = token_data(tokens, prompt_lengths, lengths, mesh)
+  check_vocabularies(config, tokenizer.vocab_size)
+
+  def build(spec, seed, role="student"):
+    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": d.max_len + task.max_new_tokens,
+              **spec.kwargs.to_dict()}
+    try:
+      return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{role}.kwargs",
+                        f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
+
+  def evaluate_teacher(graphdef, variables, batch_size):
+    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
+    module = nnx.merge(graphdef, *variables)
+    metrics.update(generation_report(task, module, test_data, config.sampling))
+    return metrics, (graphdef, variables)
+
+  def student_report(fit, module, teacher, batch_size):
+    graphdef, params, model_state = step.split_module(module)
+    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh, reference=teacher)(
+        (params, model_state))
+    metrics.update(generation_report(task, module, test_data, config.sampling))
+    return metrics
+
+  return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
+                        evaluate_teacher, student_report)
+
+
+def check_vocabularies(config, vocab_size: int) -> None:
+  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
+  teacher = config.teacher.kwargs.get("vocab_size")
+  student = config.student.kwargs.get("vocab_size")
+  if teacher is not None and student is not None and teacher != student:
+    raise ConfigError("student.kwargs.vocab_size",
+                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
+                      "and student must share one tokenizer")
+  for role, size in (("teacher", teacher), ("student", student)):
+    if size is not None and size != vocab_size:
+      raise ConfigError(f"{role}.kwargs.vocab_size",
+                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
+                        "tokens: teacher and student must share one tokenizer")

@@ -22,14 +22,16 @@ from matplotlib import ticker  # noqa: E402
 
 from kd_jax.stats import Interval, format_value, sort_rows  # noqa: E402
 
-_ACC = "test_accuracy"
+def _acc(row) -> str:
+  """The row's headline metric (a fraction: accuracy or exact match)."""
+  return row.get("headline", "test_accuracy")
 TEMPERATURE_KEYS = ("temperature", "temperature.init")
 
 
 def _percent(row: Mapping[str, Any]) -> tuple[float, float, float]:
-  """(mean, low, high) of the final test accuracy in %; low = high = mean without a CI."""
-  mean = row[f"{_ACC}_mean"] * 100
-  low, high = row[f"{_ACC}_ci95_low"] * 100, row[f"{_ACC}_ci95_high"] * 100
+  """(mean, low, high) of the final headline metric in %; low = high = mean without a CI."""
+  mean = row[f"{_acc(row)}_mean"] * 100
+  low, high = row[f"{_acc(row)}_ci95_low"] * 100, row[f"{_acc(row)}_ci95_high"] * 100
   return (mean, mean, mean) if math.isnan(low) else (mean, low, high)
 
 
@@ -58,7 +60,7 @@ def _references(ax, baseline: Interval | None, teacher: float | None,
 
 def _seeds_note(rows: Sequence[Mapping[str, Any]], what: str) -> str:
   """How many seeds each point averages, and what the ``what`` (bands, bars) show."""
-  ns = sorted({int(r[f"{_ACC}_n"]) for r in rows if r[f"{_ACC}_n"]})
+  ns = sorted({int(r[f"{_acc(r)}_n"]) for r in rows if r[f"{_acc(r)}_n"]})
   if ns in ([], [1]):
     return "one seed per point: no confidence interval"
   return f"mean over n={'/'.join(map(str, ns))} seeds; {what}: 95% t-interval"
@@ -108,7 +110,7 @@ def plot_accuracy_vs_temperature(
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlabel(f"distillation temperature T  ({temperature_key}, log₂ scale)")
-  ax.set_ylabel("student final test accuracy (%)")
+  ax.set_ylabel(f"student final {_acc(rows[0]).replace('_', ' ')} (%)")
   ax.set_title(f"{title or 'sweep'}\nstudent accuracy vs temperature "
                f"({_seeds_note(rows, 'bands')})", fontsize=10)
   ax.grid(True, alpha=0.3)
@@ -136,7 +138,7 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     teacher: the teacher's final test accuracy (fraction), or None.
     title: the first title line, e.g. the experiment name.
   """
-  rows = [r for r in rows if r[f"{_ACC}_n"]]
+  rows = [r for r in rows if r[f"{_acc(r)}_n"]]
   keys = list(rows[0]["point"]) if rows else []
   fig, ax = plt.subplots(figsize=(8, 1.6 + 0.42 * max(len(rows), 1)), dpi=130)
   y = list(range(len(rows)))[::-1]
@@ -160,7 +162,8 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
   if values:
     span = max(max(values) - min(values), 0.5)
     ax.set_xlim(min(values) - 0.3 * span, max(values) + 0.6 * span)  # room for labels
-  ax.set_xlabel("student final test accuracy (%)  (axis does not start at 0)")
+  name = _acc(rows[0]).replace("_", " ") if rows else "test accuracy"
+  ax.set_xlabel(f"student final {name} (%)  (axis does not start at 0)")
   ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows, 'error bars')}", fontsize=10)
   ax.grid(True, axis="x", alpha=0.3)
   if baseline is not None or teacher is not None:

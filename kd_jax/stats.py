@@ -21,15 +21,35 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats as scipy_stats
 
-# (results.json key inside "student"/"baseline", human-readable name). The first is the
-# headline metric of every summary: accuracy after the *last* training step.
-METRICS = (
-    ("test_accuracy", "final test accuracy"),
-    ("best_test_accuracy", "best-step test accuracy"),
-    ("agreement", "agreement with teacher"),
-    ("kl_to_teacher", "KL(teacher || student)"),
-    ("ece", "expected calibration error"),
-)
+# Per headline metric (results.json "headline"): the student metrics a summary reports,
+# as (results.json key inside "student"/"baseline", human-readable name). The first is
+# the headline itself, after the *last* training step; the second its best epoch.
+METRICS_BY_HEADLINE = {
+    "test_accuracy": (
+        ("test_accuracy", "final test accuracy"),
+        ("best_test_accuracy", "best-step test accuracy"),
+        ("agreement", "agreement with teacher"),
+        ("kl_to_teacher", "KL(teacher || student)"),
+        ("ece", "expected calibration error"),
+    ),
+    "exact_match": (
+        ("exact_match", "final exact match"),
+        ("best_exact_match", "best-epoch exact match"),
+        ("agreement", "agreement with teacher (per token)"),
+        ("kl_to_teacher", "KL(teacher || student) per token"),
+        ("nll", "nll per token"),
+    ),
+}
+METRICS = METRICS_BY_HEADLINE["test_accuracy"]
+
+
+def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
+  """The headline metric of a set of results.json dicts (classification's when unsaid)."""
+  names = {r.get("headline", "test_accuracy") for r in results} or {"test_accuracy"}
+  if len(names) > 1:
+    raise ValueError(f"results with different headline metrics cannot be summarised together: "
+                     f"{sorted(names)}")
+  return names.pop()
 
 
 # Hinton et al.'s omitted-class study (dataset.omit_classes): accuracy on the classes the
@@ -161,35 +181,38 @@ def _metric(results: Mapping[str, Any], model: str, key: str) -> float | None:
 
 
 def aggregate_point(
-    results: Sequence[Mapping[str, Any]], confidence: float = 0.95
-) -> dict[str, float | int]:
+    results: Sequence[Mapping[str, Any]], confidence: float = 0.95,
+    headline: str | None = None) -> dict[str, float | int | str]:
   """Summarises the `results.json` dicts of one grid point (one per finished seed).
 
   Columns, each as ``_mean, _std, _ci95_low, _ci95_high, _n`` (see `mean_ci`):
-  every `METRICS` key of the distilled student (``test_accuracy`` ...),
-  ``baseline_test_accuracy`` and ``kd_gain`` = `paired_difference` of the student's
-  and the baseline's final test accuracy over the seeds that have both (all NaN with
-  n = 0 when no run trained a baseline). A metric missing from a run is skipped for
-  that run only, so its ``_n`` may be smaller than the number of seeds.
+  every `METRICS_BY_HEADLINE` key of the distilled student (``test_accuracy`` ...),
+  ``baseline_<headline>`` and ``kd_gain`` = `paired_difference` of the student's
+  and the baseline's final headline metric over the seeds that have both (all NaN
+  with n = 0 when no run trained a baseline). A metric missing from a run is
+  skipped for that run only, so its ``_n`` may be smaller than the number of seeds.
+  ``headline`` names the headline metric (a string column).
 
   Args:
     results: the per-seed results dicts (docs/results.md), possibly empty.
     confidence: the coverage of every interval.
+    headline: default `headline_of(results)`.
 
   Returns:
-    A flat dict of floats/ints, the numeric columns of `summary.csv`.
+    A flat dict, the columns of `summary.csv`.
   """
-  row: dict[str, float | int] = {}
-  for key, _ in METRICS:
+  headline = headline or headline_of(results)
+  row: dict[str, float | int | str] = {"headline": headline}
+  for key, _ in METRICS_BY_HEADLINE[headline]:
     values = [v for r in results if (v := _metric(r, "student", key)) is not None]
     row.update(_interval_columns(key, values, confidence))
   pairs = [
       (s, b) for r in results
-      if (s := _metric(r, "student", "test_accuracy")) is not None
-      and (b := _metric(r, "baseline", "test_accuracy")) is not None
+      if (s := _metric(r, "student", headline)) is not None
+      and (b := _metric(r, "baseline", headline)) is not None
   ]
   row.update(_interval_columns(
-      "baseline_test_accuracy", [b for _, b in pairs], confidence))
+      f"baseline_{headline}", [b for _, b in pairs], confidence))
   row.update(_columns("kd_gain", paired_difference(
       [s for s, _ in pairs], [b for _, b in pairs], confidence) if pairs else None))
   for column, model, key in OMITTED_CLASS_COLUMNS:
@@ -200,9 +223,9 @@ def aggregate_point(
 
 
 def baseline_over_seeds(
-    results: Iterable[Mapping[str, Any]], confidence: float = 0.95
-) -> Interval | None:
-  """The from-scratch baseline's final accuracy, pooled over the whole sweep.
+    results: Iterable[Mapping[str, Any]], confidence: float = 0.95,
+    headline: str = "test_accuracy") -> Interval | None:
+  """The from-scratch baseline's final headline metric, pooled over the whole sweep.
 
   The baseline does not depend on the distillation settings a grid varies, so every
   point trains it again for the same seeds; values are first averaged per seed (they
@@ -217,7 +240,7 @@ def baseline_over_seeds(
   """
   by_seed: dict[Any, list[float]] = {}
   for r in results:
-    accuracy = _metric(r, "baseline", "test_accuracy")
+    accuracy = _metric(r, "baseline", headline)
     if accuracy is not None:
       by_seed.setdefault((r.get("config") or {}).get("seed"), []).append(accuracy)
   if not by_seed:
@@ -239,20 +262,21 @@ def format_value(value: Any) -> str:
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-  """Best final (headline) accuracy first; points without results last."""
+  """Best final headline metric first; points without results last."""
   def key(row):
-    mean = row["test_accuracy_mean"]
+    mean = row[f"{row.get('headline', 'test_accuracy')}_mean"]
     return (math.isnan(mean), -mean if not math.isnan(mean) else 0.0)
   return sorted(rows, key=key)
 
 
-def csv_columns(keys: Sequence[str]) -> list[str]:
+def csv_columns(keys: Sequence[str], headline: str = "test_accuracy") -> list[str]:
   """summary.csv header: point slug, grid keys, then 5 columns per statistic."""
-  stats = ([key for key, _ in METRICS] + ["baseline_test_accuracy", "kd_gain"]
+  stats = ([key for key, _ in METRICS_BY_HEADLINE[headline]]
+           + [f"baseline_{headline}", "kd_gain"]
            + [column for column, _, _ in OMITTED_CLASS_COLUMNS])
   numeric = [f"{s}_{c}" for s in stats for c in ("mean", "std", "ci95_low",
                                                    "ci95_high", "n")]
-  return ["point", *keys, *numeric, "runs_failed", "runs_pending"]
+  return ["point", *keys, "headline", *numeric, "runs_failed", "runs_pending"]
 
 
 def _pm(mean: float, half: float, scale: float = 100.0, digits: int = 2,
@@ -275,8 +299,8 @@ def markdown_summary(
     grid: Mapping[str, Sequence[Any]], seeds: Sequence[Any],
     status_counts: Mapping[str, int], teacher_accuracies: Sequence[float],
     baseline: Interval | None, failures: Sequence[str], plots: Sequence[str],
-    confidence: float = 0.95) -> str:
-  """The human-readable summary.md: header, table sorted by final accuracy, notes.
+    confidence: float = 0.95, headline: str = "test_accuracy") -> str:
+  """The human-readable summary.md: header, table sorted by the final headline metric, notes.
 
   Args:
     rows: per point, ``{"point": {key: value}, **aggregate_point(...), "runs_failed",
@@ -286,48 +310,55 @@ def markdown_summary(
     grid: key -> swept values.
     seeds: the seeds of every point.
     status_counts: run status -> number of runs.
-    teacher_accuracies: final test accuracy of each distinct teacher seen.
+    teacher_accuracies: final headline metric of each distinct teacher seen.
     baseline: `baseline_over_seeds`, or None without baselines.
     failures: one line per failed run.
     plots: PNG file names to embed.
     confidence: the coverage the intervals were computed with.
+    headline: the headline metric (`METRICS_BY_HEADLINE`).
   """
   level = f"{confidence:.0%}"
+  (_, final_name), (best_key, best_name), *_, (last_key, last_name) = \
+      METRICS_BY_HEADLINE[headline]
+  final_name = final_name.removeprefix("final ")
   lines = [f"# Sweep summary: {experiment or 'unnamed experiment'}", ""]
   if teacher_accuracies:
     lo, hi = min(teacher_accuracies), max(teacher_accuracies)
-    lines.append(f"- **Teacher** final test accuracy: {lo:.2%}" if lo == hi else
-                 f"- **Teachers** ({len(teacher_accuracies)}) final test accuracy: "
+    lines.append(f"- **Teacher** final {final_name}: {lo:.2%}" if lo == hi else
+                 f"- **Teachers** ({len(teacher_accuracies)}) final {final_name}: "
                  f"{np.mean(teacher_accuracies):.2%} (range {lo:.2%} – {hi:.2%})")
   if baseline is not None:
-    lines.append(f"- **Baseline** (student trained from scratch, no teacher) final test "
-                 f"accuracy: {_pm(baseline.mean, baseline.half_width)} % over "
+    lines.append(f"- **Baseline** (student trained from scratch, no teacher) final "
+                 f"{final_name}: {_pm(baseline.mean, baseline.half_width)} % over "
                  f"{baseline.n} seed(s)")
   axes = " × ".join(f"`{k}` ∈ {{{', '.join(map(format_value, v))}}}" for k, v in grid.items())
   counts = ", ".join(f"{n} {status}" for status, n in status_counts.items() if n)
   lines += [f"- Grid: {axes or '(none: the base config)'}; seeds "
             f"{', '.join(map(str, seeds))}. Runs: {counts}.", ""]
   has_gain = any(row["kd_gain_n"] for row in rows)
-  header = ["#", *(f"`{k}`" for k in keys), "**final test acc. %** (headline)",
-            "best-step test acc. %", *(["KD gain (pp, paired)"] if has_gain else []),
-            "agreement %", "KL(teacher‖student)", "ECE %", "n"]
+  last_percent = last_key == "ece"      # ECE is a fraction; nll is not
+  header = ["#", *(f"`{k}`" for k in keys), f"**final {final_name} %** (headline)",
+            f"{best_name} %", *(["KD gain (pp, paired)"] if has_gain else []),
+            "agreement %", "KL(teacher‖student)",
+            "ECE %" if last_percent else last_name, "n"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for rank, row in enumerate(sort_rows(rows), 1):
     cells = [str(rank), *(format_value(row["point"][k]) for k in keys),
-             "**" + _column(row, "test_accuracy") + "**",
-             _column(row, "best_test_accuracy"),
+             "**" + _column(row, headline) + "**",
+             _column(row, best_key),
              *([_column(row, "kd_gain", sign=True)] if has_gain else []),
              _column(row, "agreement"),
              _column(row, "kl_to_teacher", scale=1.0, digits=4),
-             _column(row, "ece"),
-             str(row["test_accuracy_n"]) + (f" ({row['runs_failed']} failed)"
+             _column(row, last_key) if last_percent else _column(row, last_key, scale=1.0,
+                                                                 digits=4),
+             str(row[f"{headline}_n"]) + (f" ({row['runs_failed']} failed)"
                                             if row["runs_failed"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   lines += [
-      "", "Rows are sorted by final test accuracy, best first (`#` is the rank).",
+      "", f"Rows are sorted by final {final_name}, best first (`#` is the rank).",
       "", f"Values are mean ± half-width of the {level} confidence interval over the "
       "n seeds of each point (Student t with n − 1 degrees of freedom; n = 1 gives no "
-      "interval). **Final** test accuracy, after the last training step, is the "
+      f"interval). **Final** {final_name}, after the last training step, is the "
       "headline; **best-step** is the maximum over the evaluations during training, "
       "which selects on the test set and is optimistic, so it is shown for comparison "
       "only.",
@@ -335,7 +366,7 @@ def markdown_summary(
   if has_gain:
     lines.append("KD gain = student − baseline final test accuracy in percentage "
                  "points, paired over the same seeds (paired t interval).")
-  if any(0 < row["test_accuracy_n"] < 3 for row in rows):
+  if any(0 < row[f"{headline}_n"] < 3 for row in rows):
     lines += ["", f"**Too few seeds for a usable interval:** with n = 2 the t interval has "
               "one degree of freedom (t = 12.71 for 95%), so its half-width is about 9× "
               "the standard deviation and it can extend past what a metric can take (below 0 for ECE, "

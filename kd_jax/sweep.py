@@ -460,29 +460,30 @@ def write_summary(workdir: str) -> list[dict]:
     elif status == "failed":
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
+  headline = stats.headline_of(all_results)
   rows = [{"point": p["values"], "slug": p["slug"],
-           **stats.aggregate_point(by_point[p["slug"]]),
+           **stats.aggregate_point(by_point[p["slug"]], headline=headline),
            "runs_failed": failed[p["slug"]],
            "runs_pending": planned[p["slug"]] - len(by_point[p["slug"]]) - failed[p["slug"]]}
           for p in record["points"]]
   keys = list(record["grid"])
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, stats.csv_columns(keys), extrasaction="ignore")
+    writer = csv.DictWriter(f, stats.csv_columns(keys, headline), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
       writer.writerow({**row, "point": row["slug"],
                        **{k: stats.format_value(v) for k, v in row["point"].items()}})
 
-  baseline = stats.baseline_over_seeds(all_results)
-  teachers = sorted({r["teacher"]["test_accuracy"] for r in all_results
-                     if (r.get("teacher") or {}).get("test_accuracy") is not None})
+  baseline = stats.baseline_over_seeds(all_results, headline=headline)
+  teachers = sorted({r["teacher"][headline] for r in all_results
+                     if (r.get("teacher") or {}).get(headline) is not None})
   written = plots.write_plots(rows, workdir, grid=record["grid"], config=record["config"],
                               baseline=baseline,
                               teacher=sum(teachers) / len(teachers) if teachers else None)
   text = stats.markdown_summary(
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
-      baseline=baseline, failures=failures, plots=written)
+      baseline=baseline, failures=failures, plots=written, headline=headline)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
   return rows

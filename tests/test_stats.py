@@ -164,3 +164,30 @@ def test_sort_rows_best_final_accuracy_first_missing_last():
                                          (8, "8"), ("js", "js")])
 def test_format_value(value, text):
   assert stats.format_value(value) == text
+
+
+def test_a_language_model_sweep_is_summarised_by_exact_match():
+  def result(seed, student, baseline):
+    return {"headline": "exact_match", "config": {"seed": seed},
+            "teacher": {"exact_match": 0.9},
+            "student": {"exact_match": student, "best_exact_match": student, "nll": 0.2,
+                        "agreement": 0.8, "kl_to_teacher": 0.1},
+            "baseline": {"exact_match": baseline}}
+  better = stats.aggregate_point([result(0, 0.6, 0.4), result(1, 0.7, 0.5)])
+  worse = stats.aggregate_point([result(0, 0.5, 0.4), result(1, 0.45, 0.5)])
+  assert better["headline"] == "exact_match"
+  assert better["exact_match_mean"] == pytest.approx(0.65)
+  assert better["kd_gain_mean"] == pytest.approx(0.2)           # paired: (0.2 + 0.2) / 2
+  assert better["baseline_exact_match_mean"] == pytest.approx(0.45)
+  rows = [{"point": {"t": 1}, **worse, "runs_failed": 0},
+          {"point": {"t": 2}, **better, "runs_failed": 0}]
+  assert [r["point"]["t"] for r in stats.sort_rows(rows)] == [2, 1]
+  text = stats.markdown_summary(rows, keys=["t"], experiment="x", grid={"t": [1, 2]},
+                                seeds=[0, 1], status_counts={"done": 4},
+                                teacher_accuracies=[0.9], baseline=None, failures=[], plots=[],
+                                headline="exact_match")
+  assert "**final exact match %** (headline)" in text and "nll per token" in text
+  assert "Rows are sorted by final exact match" in text
+  assert "| 1 | 2 | **65.00 ±" in text
+  with pytest.raises(ValueError, match="different headline metrics"):
+    stats.headline_of([result(0, 0.5, 0.4), {"student": {"test_accuracy": 0.9}}])

@@ -105,8 +105,9 @@ def _gpt(seed=0, **kw):
   return models.create("gpt", rngs=nnx.Rngs(seed), **{**options, **kw})
 
 
-def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none", train_size=512):
-  mesh = _mesh()
+def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none", train_size=512,
+         mesh=None):
+  mesh = mesh or _mesh()
   problems, tokens, prompt_lengths, lengths = _split("train", train_size)
   test_problems, test_tokens, test_prompt_lengths, test_lengths = _split("test", 64)
   train_data = lm.token_data(tokens, prompt_lengths, lengths, mesh)
@@ -177,3 +178,26 @@ def test_the_gold_continuation_passes_the_checker_and_a_cut_one_does_not():
     continuation = tokens[i, prompt_lengths[i]:lengths[i]]      # response + EOS
     assert task.check(TOKENIZER.decode(continuation), p.answer)
     assert not task.check(TOKENIZER.decode(continuation[:-3]), p.answer)
+
+
+_LOSSES_SCRIPT = """
+import json, sys, tempfile
+import jax, numpy as np
+sys.path.insert(0, '.')
+from tests import test_lm
+from kd_jax import parallel
+mesh = parallel.make_mesh(jax.device_count(), 1)
+with tempfile.TemporaryDirectory() as tmp:
+  test_lm._fit(tmp, epochs=0.5, mesh=mesh)
+  print(json.dumps([r['loss'] for r in map(json.loads, open(tmp + '/metrics.jsonl'))
+                    if 'loss' in r]))
+"""
+
+
+def test_one_and_four_devices_give_the_same_lm_losses(tmp_path):
+  from tests import multidevice
+  one = multidevice.finish(multidevice.start(_LOSSES_SCRIPT, 1)).strip().splitlines()[-1]
+  four = multidevice.finish(multidevice.start(_LOSSES_SCRIPT, 4)).strip().splitlines()[-1]
+  one, four = np.array(__import__("json").loads(one)), np.array(__import__("json").loads(four))
+  assert len(one) == 8
+  np.testing.assert_allclose(four, one, rtol=2e-5)

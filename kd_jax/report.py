@@ -55,7 +55,9 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
   rows = [("teacher", results["teacher"])]
   if "baseline" in results:
     rows.append(("student (from scratch)", results["baseline"]))
-  rows.append((f"student ({results['config']['method']})", results["student"]))
+  method = results["config"]["method"]
+  rows.append((f"student ({method})" if method != "none" else "student (no teacher)",
+               results["student"]))
   header = f"{'model':<26}{'params':>10}" + "".join(f"{title:>10}" for title, _, _ in columns)
   lines = [header, "-" * len(header)]
   for label, r in rows:
@@ -89,7 +91,8 @@ def _timing_line(results: dict, label: str) -> str:
     parts.append("from-scratch student from its cache" if seconds == 0 else
                  f"from-scratch student {_seconds(seconds)}")
   resumed = student.get("resumed_from_step") or 0
-  student_part = (f"distilled student {student['steps'] - resumed} steps in "
+  name = "distilled student" if results["config"]["method"] != "none" else "student"
+  student_part = (f"{name} {student['steps'] - resumed} steps in "
                   f"{_seconds(timing.get('student_wall_seconds'))}")
   if resumed:
     student_part += f" (resumed at step {resumed} of {student['steps']})"

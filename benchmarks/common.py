@@ -49,10 +49,10 @@ RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 PAIRS = ("default", "resnet")
 
 
-def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_flags(parser: argparse.ArgumentParser, pairs=PAIRS) -> argparse.ArgumentParser:
   parser.add_argument("--quick", action="store_true",
                       help="fewer steps and repeats (a 2-core CPU run in minutes)")
-  parser.add_argument("--pair", choices=PAIRS, default="default")
+  parser.add_argument("--pair", choices=pairs, default="default")
   parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
   parser.add_argument("--batch_size", type=int, default=None,
                       help="default: the experiment's (128)")

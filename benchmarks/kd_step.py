@@ -1,6 +1,10 @@
 r"""The KD step's cost over a student-only step, beside its FLOP floor; the cached-teacher step.
 
-    python benchmarks/kd_step.py [--quick] [--pair default|resnet] [--precision fp32|bf16]
+    python benchmarks/kd_step.py [--quick] [--pair default|resnet|lm] [--precision fp32|bf16]
+
+``--pair lm`` times the arithmetic experiment's GPTs (experiments/arithmetic/token_kd.py):
+the token-KD step over the SFT step, against the same FLOP floor (results in
+``kd_step-lm.json``).
 
 A KD step runs the student's forward and backward passes (≈ 3 forward passes)
 plus the teacher's forward pass, so at best it costs
@@ -25,14 +29,17 @@ against the dense matmul rate measured in the same run and precision.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 import common
+from kd_jax import cli, losses, methods, parallel, tasks, teacher_cache, train
 from kd_jax import config as config_lib
-from kd_jax import losses, methods, teacher_cache, train
 
 
 def student_training_flops(module, batch_size, input_shape, dtype) -> float:
@@ -49,10 +56,85 @@ def student_training_flops(module, batch_size, input_shape, dtype) -> float:
   return common.cpu_flops(grads, params, model_state, x, labels)
 
 
+def lm_pair(args, steps: int, repeats: int) -> dict:
+  """The arithmetic experiment's GPT pair: token-KD step over SFT step, and the cached step."""
+  config = cli.load_config_file(os.path.join(common.ROOT, "experiments", "arithmetic",
+                                             "token_kd.py"))
+  config.precision = args.precision
+  if args.batch_size:
+    config.train.batch_size = args.batch_size
+  config.teacher_cache = "memory"
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+  dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
+  prepared = tasks.prepare(config, mesh, dtype)
+  data, task, b = prepared.train_data, prepared.task, config.train.batch_size
+  teacher_module = prepared.build(config.teacher, config.teacher.seed, "teacher")
+  student_model = prepared.build(config.student, config.seed)
+  t_graphdef, t_params, t_state = train.split_module(teacher_module)
+  teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
+  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  rng = np.random.default_rng(0)
+  sharding = parallel.batch_sharding(mesh)
+  batches = [parallel.put_sharded({"index": rng.choice(data.size, b, replace=False).astype(np.int32),
+                                   "mask": np.ones(b, bool)}, {"index": sharding, "mask": sharding})
+             for _ in range(8)]
+  sft_objective = methods.make_objective(config_lib.with_method(config, "none"))
+  kd_objective = methods.make_objective(config)
+  student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(1))
+  graphdef, states = None, []
+  for _ in range(3):
+    graphdef, state = common.initial_state(student, optimizer, mesh)
+    states.append(state)
+  with tempfile.TemporaryDirectory() as workdir:
+    cached_data = teacher_cache.attach(config, teacher, data, task, mesh, workdir)
+  runners = {
+      "student": train.make_train_step(graphdef, sft_objective, optimizer, task, None, data, mesh),
+      "kd": train.make_train_step(graphdef, kd_objective, optimizer, task, teacher, data, mesh),
+      "cached": train.make_train_step(graphdef, kd_objective, optimizer, task, None,
+                                      cached_data, mesh)}
+  times = common.time_steps({name: common.step_runner(step, state, batches)
+                             for (name, step), state in zip(runners.items(), states)},
+                            steps=steps, repeats=repeats)
+  tokens = jnp.zeros((b, data.tokens.shape[1] - 1), jnp.int32)
+
+  def forward_flops(module, train_mode):
+    g, p, st = train.split_module(module)
+    return common.cpu_flops(lambda p, st, x: train.forward(g, p, st, x, train=train_mode)[0][0],
+                            p, st, tokens)
+
+  f_teacher, f_student = forward_flops(teacher_module, False), forward_flops(student_model, True)
+  ideal = 1 + f_teacher / (3 * f_student)
+  kd_over_student = common.paired_ratio(times, "kd", "student")
+  results = {"kd_over_student": kd_over_student, "ideal_ratio": ideal,
+             "kd_over_ideal": kd_over_student / ideal,
+             "cached_over_student": common.paired_ratio(times, "cached", "student"),
+             "step_seconds": {k: v["median_s"] for k, v in times.items()},
+             "tokens_per_second": {k: b * tokens.shape[1] / v["median_s"] for k, v in times.items()},
+             "flops_per_step": {"teacher_forward": f_teacher, "student_forward": f_student},
+             "params": {"teacher": teacher_module.num_params(), "student": student_model.num_params()},
+             "batch": [b, int(tokens.shape[1])], "steps": steps, "repeats": repeats}
+  common.print_table(f"token-KD step vs SFT step ({common.device_description()}, GPT "
+                     f"{results['params']['teacher']:,} → {results['params']['student']:,} "
+                     f"params, batch {b}×{tokens.shape[1]}, {config.precision})", [
+      ("SFT step (ms)", times["student"]["median_s"] * 1e3),
+      ("token-KD step (ms)", times["kd"]["median_s"] * 1e3),
+      ("cached-teacher token-KD step (ms)", times["cached"]["median_s"] * 1e3),
+      ("ideal ratio 1 + F_t / (3 F_s)", ideal),
+      ("KD / SFT", kd_over_student),
+      ("KD / SFT ÷ ideal", kd_over_student / ideal, common.target(kd_over_student / ideal, 1.2)),
+      ("cached / SFT", results["cached_over_student"]),
+  ])
+  print("wrote", common.write_results("kd_step", results, args.tag or "lm"))
+  return results
+
+
 def main(argv=None) -> dict:
-  parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+  parser = common.add_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
+                            pairs=(*common.PAIRS, "lm"))
   args = parser.parse_args(argv)
   steps, repeats = common.steps_and_repeats(args, quick=(20, 5), full=(100, 7))
+  if args.pair == "lm":
+    return lm_pair(args, steps, repeats)
   config = common.load_experiment_config(args.pair, args.precision, args.batch_size,
                                             args.train_examples)
   config.teacher_cache = "memory"

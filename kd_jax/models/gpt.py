@@ -300,15 +300,12 @@ class GPT(nnx.Module):
     up to its own. Returns ``(logits [B, L, V] float32, new_cache)``.
     """
     length = cache[0][0].shape[1]
-    slots = jnp.arange(length)
-    allowed = slots[None, None, :] <= positions[:, :, None]                   # [B, L, S]
-    # One-hot writes: the same shapes for every step, whatever each row's position.
-    place = (positions[:, :, None] == slots[None, None, :]).astype(self.dtype)  # [B, L, S]
-    written = jnp.any(place > 0, axis=1)[:, :, None, None]                       # [B, S, 1, 1]
+    allowed = jnp.arange(length)[None, None, :] <= positions[:, :, None]        # [B, L, S]
+    rows = jnp.arange(tokens.shape[0])[:, None]
 
     def write(old, new):
-      scattered = jnp.einsum("bls,blkh->bskh", place, new.astype(self.dtype))
-      return jnp.where(written, scattered, old)
+      # A scatter of each row's keys/values to its own positions (distinct per row).
+      return old.at[rows, positions].set(new.astype(old.dtype), unique_indices=True)
 
     x = self.embed_tokens(tokens)
     new_cache = []

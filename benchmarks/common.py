@@ -104,7 +104,7 @@ class Setup:
   teacher_module: nnx.Module
   student_model: nnx.Module     # the raw student (student-only steps)
   student: methods.Student      # the KD wrapper (same computation for logit KD)
-  preprocess: train.Classification
+  preprocess: train.Classification     # the classification task: the batches' preprocessing
   dtype: Any
 
 

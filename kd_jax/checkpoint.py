@@ -5,8 +5,8 @@ A checkpoint holds two items:
 * ``state`` — the training pytree (step, parameters, optimiser state, ...),
   saved with ``StandardSave`` so sharded arrays are written by the processes
   that own their shards and restored onto the target shardings.
-* ``meta``  — a small JSON dict (best accuracy so far, the epoch's eval history),
-  so that a resumed run reports the same ``best_test_accuracy``, and the
+* ``meta``  — a small JSON dict (the best value of the task's headline metric so
+  far, the epochs' eval history), so that a resumed run reports the same, and the
   identity of the run that wrote it (:func:`kd_jax.workdir.identity_record`),
   so that a run never resumes another config's checkpoint.
 """

@@ -225,7 +225,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
 
-  if config.baseline and config.method != "none":
+  uses_teacher = methods.REGISTRY[config.method].uses_teacher
+  if config.baseline and uses_teacher:
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
     # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
@@ -238,7 +239,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                                 phase_dir=shared_dir)
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
-  if config.method == "none":
+  if not uses_teacher:
     student_module, student_teacher, data = student_model, None, prepared.student_train_data
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
@@ -247,7 +248,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))
-  results["student"]["teacher_cached"] = config.method != "none" and student_teacher is None
+  results["student"]["teacher_cached"] = uses_teacher and student_teacher is None
   results["timing"] = {
       "train_seconds": results["student"]["train_seconds"],
       "steps_per_second": results["student"]["steps_per_second"],

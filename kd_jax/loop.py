@@ -47,7 +47,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class FitResult:
-  module: nnx.Module           # the trained module (a methods.Student)
+  module: nnx.Module           # the trained module (a methods.Student, or the bare model)
   final: dict                  # the task's metrics after the last step (its headline among them)
   test_outputs: Any            # what the task's final evaluation returned (classification: logits)
   history: list                # one eval record per epoch: {"step", "epoch", **metrics}
@@ -168,8 +168,9 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
       # np.asarray per leaf: cheaper than one jax.device_get of the whole dict.
       record = {"step": step, **{k: float(np.asarray(v)) for k, v in step_metrics.items()}}
       shown["loss"] = f"{record['loss']:.4f}"
-      if "accuracy" in record:
-        shown["train_acc"] = _format("accuracy", record["accuracy"])
+      for key in record:                    # the task's train accuracy (accuracy, token_accuracy)
+        if key.endswith("accuracy"):
+          shown[f"train_{key}"] = _format(key, record[key])
       bar.set_postfix(shown, refresh=False)
       run_log.train(record)
 

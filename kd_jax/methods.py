@@ -60,7 +60,7 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
       not exist or the shapes cannot be compared by the method.
   """
   method = config.method
-  if method not in _FEATURE_LOSSES:
+  if REGISTRY[method].feature_loss is None:
     return {}
   pairs = dict(config.feature_layers)
   if not pairs:

@@ -1,8 +1,9 @@
 """Sweep plots (matplotlib, Agg backend: PNG files, no display needed).
 
 Both functions take the summary rows that `kd_jax.sweep.write_summary` builds:
-``{"point": {grid key: value}, "test_accuracy_mean", "test_accuracy_ci95_low",
-"test_accuracy_ci95_high", "test_accuracy_n", ...}`` with accuracies as fractions;
+``{"point": {grid key: value}, "headline": "test_accuracy", "test_accuracy_mean",
+"test_accuracy_ci95_low", "test_accuracy_ci95_high", "test_accuracy_n", ...}`` (or the
+columns of another headline metric, e.g. ``exact_match``) with fractions;
 plots show percentages. Shaded bands and error bars are the 95% Student t intervals
 over seeds (`kd_jax.stats.mean_ci`); a point with one seed has none.
 """
@@ -22,10 +23,12 @@ from matplotlib import ticker  # noqa: E402
 
 from kd_jax.stats import Interval, format_value, sort_rows  # noqa: E402
 
+TEMPERATURE_KEYS = ("temperature", "temperature.init")
+
+
 def _acc(row) -> str:
   """The row's headline metric (a fraction: accuracy or exact match)."""
   return row.get("headline", "test_accuracy")
-TEMPERATURE_KEYS = ("temperature", "temperature.init")
 
 
 def _percent(row: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -70,9 +73,9 @@ def plot_accuracy_vs_temperature(
     rows: Sequence[Mapping[str, Any]], path: str, *, temperature_key: str | None = None,
     baseline: Interval | None = None, teacher: float | None = None,
     title: str | None = None) -> None:
-  """Final test accuracy vs distillation temperature, one line per other setting.
+  """The final headline metric vs distillation temperature, one line per other setting.
 
-  x: temperature on a log2 axis; y: final test accuracy (%); one line (with its 95%
+  x: temperature on a log2 axis; y: the final headline metric (%); one line (with its 95%
   CI band) per combination of the other grid keys, e.g. per divergence; the
   from-scratch baseline as a dashed horizontal line with its band and the
   teacher as a dotted one, all in the legend.
@@ -83,7 +86,7 @@ def plot_accuracy_vs_temperature(
     temperature_key: the grid key holding T; default the first of ``temperature``,
       ``temperature.init`` found in the rows' points.
     baseline: the baseline's accuracy interval (fractions), or None.
-    teacher: the teacher's final test accuracy (fraction), or None.
+    teacher: the teacher's final headline metric (fraction), or None.
     title: the first title line, e.g. the experiment name.
   """
   keys = list(rows[0]["point"])
@@ -124,7 +127,7 @@ def plot_accuracy_vs_temperature(
 def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
                      baseline: Interval | None = None, teacher: float | None = None,
                      title: str | None = None) -> None:
-  """Horizontal bars of final test accuracy per grid point, with 95% CI error bars.
+  """Horizontal bars of the final headline metric per grid point, with 95% CI error bars.
 
   One bar per row, in the given order from the top (pass rows sorted best first), each
   labelled with its grid values and its ``mean ± CI``; the baseline is a dashed
@@ -135,7 +138,7 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     rows: summary rows (see the module docstring); rows without results are skipped.
     path: the PNG to write.
     baseline: the baseline's accuracy interval (fractions), or None.
-    teacher: the teacher's final test accuracy (fraction), or None.
+    teacher: the teacher's final headline metric (fraction), or None.
     title: the first title line, e.g. the experiment name.
   """
   rows = [r for r in rows if r[f"{_acc(r)}_n"]]
@@ -198,7 +201,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], directory: str, *,
     grid: grid key -> swept values.
     config: the base config as a dict (for the title).
     baseline: the baseline's accuracy interval, or None.
-    teacher: the teacher's final test accuracy (the mean when runs had several), or None.
+    teacher: the teacher's final headline metric (the mean when runs had several), or None.
   """
   title = _title(config, grid)
   written = []

@@ -40,7 +40,6 @@ METRICS_BY_HEADLINE = {
         ("nll", "nll per token"),
     ),
 }
-METRICS = METRICS_BY_HEADLINE["test_accuracy"]
 
 
 def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
@@ -364,7 +363,7 @@ def markdown_summary(
       "only.",
   ]
   if has_gain:
-    lines.append("KD gain = student − baseline final test accuracy in percentage "
+    lines.append(f"KD gain = student − baseline final {final_name} in percentage "
                  "points, paired over the same seeds (paired t interval).")
   if any(0 < row[f"{headline}_n"] < 3 for row in rows):
     lines += ["", f"**Too few seeds for a usable interval:** with n = 2 the t interval has "

@@ -424,7 +424,7 @@ def finished_message(workdir: str, record: dict) -> str:
   return "\n".join([
       f"[sweep {done}/{len(record['runs'])} done, {failed} failed] {workdir}",
       *table,
-      f"summary: {os.path.join(workdir, 'summary.md')} (sorted by final test accuracy; "
+      f"summary: {os.path.join(workdir, 'summary.md')} (sorted by the final headline metric; "
       f"95% intervals over seeds), {os.path.join(workdir, 'summary.csv')}, plots *.png"])
 
 

@@ -16,8 +16,9 @@ what a student-only step costs.
   so a rerun or resume with the same teacher and data skips the computation.
   The file records an identity (:func:`cache_identity`): the teacher (its key
   and a fingerprint of its variables), the dataset (name, subset size, a
-  fingerprint of the images and labels), the requested feature names and the
-  preprocessing. Any difference recomputes and overwrites it.
+  fingerprint of its arrays: images and labels, or token rows), the requested
+  feature names and what the task does to the data before the teacher sees it
+  (``task.input_identity()``). Any difference recomputes and overwrites it.
 * ``"auto"``   — ``memory`` when the inputs are fixed and the outputs fit in
   :data:`AUTO_CACHE_MAX_BYTES`, else ``none``.
 
@@ -31,7 +32,7 @@ what makes them cacheable — cheaper, but weaker targets for long augmented run
 Example (fixed views, outputs held on the devices)::
 
     data = teacher_cache.attach(config, teacher, train_data, task, mesh, workdir)
-    data.teacher_logits.shape    # (N, num_classes), float32
+    data.teacher_logits.shape    # (N, num_classes) float32; (N, L - 1, V) for token rows
 """
 
 from __future__ import annotations
@@ -151,14 +152,14 @@ def attach(config, teacher: train.Teacher, train_data,
       ``dataset``, ``teacher``, ``train.eval_batch_size``).
     teacher: the frozen teacher, with the feature names the method needs.
     train_data: the training split on the devices.
-    task: the classification task (the student's preprocessing); the teacher's
-      outputs are computed on its un-augmented inputs.
+    task: the task (:mod:`kd_jax.tasks`); the teacher's outputs are computed on its
+      evaluation inputs (never augmented).
     mesh: the device mesh.
     workdir: where the ``disk`` cache file lives.
 
   Returns:
-    ``train_data``, with ``teacher_logits`` float32 [N, classes] and
-    ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
+    ``train_data``, with ``teacher_logits`` float32 [N, classes] ([N, L - 1, V] for
+    token rows) and ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
 
   Raises:
     ValueError: caching refused under augmentation (see :func:`resolve_mode`), or

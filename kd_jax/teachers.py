@@ -1,7 +1,8 @@
 """The teacher: trained once, cached by a hash of its config, loaded by every later run.
 
 A cached teacher lives in ``TEACHER_DIR/<key>/`` with ``teacher.json`` (its
-config, parameter count, test accuracy, training time) and ``variables/`` (an
+config, parameter count, final evaluation, training time), ``logs/`` (its
+training's metrics.jsonl and TensorBoard events) and ``variables/`` (an
 orbax checkpoint of every variable: parameters and BatchNorm statistics).
 ``<key>`` hashes everything that changes the trained weights: the model and its
 kwargs, the training data (dataset, subset size, augmentation), the training
@@ -63,6 +64,8 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
       "seed": config.seed,
       "precision": config.precision,
       "teacher": config.teacher.checkpoint or teacher_key(config),
+      # A language model's report includes sampled answers (pass@k).
+      **({"sampling": config.sampling.to_dict()} if "sampling" in config else {}),
   }
 
 
@@ -105,8 +108,9 @@ def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None
   """Loads a saved teacher's variables into ``module``; returns its info, or None if absent.
 
   Raises:
-    ValueError: the saved teacher does not fit ``module`` (another model, or
-      another number of classes than the dataset's), naming ``teacher.checkpoint``.
+    ConfigError: the saved teacher does not fit ``module`` (another model, or
+      another number of outputs — classes, or vocabulary size — than the task's),
+      naming ``teacher.checkpoint``.
   """
   info_path = os.path.join(directory, TEACHER_FILE)
   if not os.path.exists(info_path):
@@ -115,8 +119,9 @@ def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None
     info = json.load(f)
   if info.get("num_classes") != num_classes:
     raise ConfigError(
-        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} predicts {info.get('num_classes')} "
-        f"classes but the dataset (and so the student) has {num_classes}")
+        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} has "
+        f"{info.get('num_classes')} outputs (classes or vocabulary) but the task (and so the "
+        f"student) has {num_classes}")
   target = nnx.state(module)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
@@ -125,9 +130,9 @@ def load(directory: str, module: nnx.Module, *, num_classes: int) -> dict | None
                                       abstract)
   except (ValueError, KeyError) as e:
     raise ConfigError(
-        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} ({info.get('model')}, "
-        f"{info.get('num_classes')} classes) does not fit the configured teacher: {e}") from e
+        "teacher.checkpoint", f"teacher.checkpoint: the teacher in {directory} "
+        f"({info.get('model')}, {info.get('num_classes')} outputs) does not fit the configured "
+        f"teacher: {e}") from e
   nnx.update(module, restored)
-  logging.info("loaded teacher %s (test accuracy %.4f) from %s", info.get("model"),
-               info.get("test_accuracy", float("nan")), directory)
+  logging.info("loaded teacher %s from %s", info.get("model"), directory)
   return info

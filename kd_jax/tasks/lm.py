@@ -116,6 +116,9 @@ class LanguageModeling:
     ``reference``: ``(graphdef, variables)`` of a teacher for ``kl_to_teacher`` and
     ``agreement``.
     """
+    if data.size != len(self.answers):
+      raise ValueError(f"the task holds the answers of {len(self.answers)} problems but the "
+                       f"split to evaluate has {data.size}")
     sums = _token_sums_fn(graphdef, reference[0] if reference else None, mesh)
     prompt_len = int(self.prompt_lengths.max())
 
@@ -139,16 +142,27 @@ class LanguageModeling:
 
   def _exact_match(self, graphdef, variables, data: TokenData, prompt_len: int) -> float:
     module = nnx.merge(graphdef, *variables)
+    tokens, _ = self.generate(module, data, prompt_len)
+    return float(np.mean(self.correct(tokens)))
+
+  def generate(self, module, data: TokenData, prompt_len: int, **sampling):
+    """``(tokens, lengths)`` generated from every prompt of ``data`` (host arrays).
+
+    Runs on this process's devices, the whole split as one batch (one compilation
+    per split and sampling setting). ``sampling``: ``generate``'s
+    rng/temperature/top_k/top_p.
+    """
     model = getattr(module, "model", module)          # a methods.Student wraps the model
-    model_graphdef, model_state = nnx.split(model)
+    graphdef, state = nnx.split(model)
     prompts = np.asarray(data.tokens[:, :prompt_len])
-    generated, _ = generate_lib.generate(model_graphdef, model_state, prompts,
-                                         self.prompt_lengths, max_new_tokens=self.max_new_tokens,
-                                         eos_id=self.tokenizer.eos_id,
-                                         pad_id=self.tokenizer.pad_id)
-    hits = [self.check(self.tokenizer.decode(row), answer)
-            for row, answer in zip(np.asarray(generated), self.answers)]
-    return float(np.mean(hits))
+    return jax.device_get(generate_lib.generate(
+        graphdef, state, prompts, self.prompt_lengths, max_new_tokens=self.max_new_tokens,
+        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, **sampling))
+
+  def correct(self, tokens) -> np.ndarray:
+    """Whether each generated row's answer is right (bool ``[N]``)."""
+    return np.array([self.check(self.tokenizer.decode(row), answer)
+                     for row, answer in zip(np.asarray(tokens), self.answers)])
 
 
 def _token_sums_fn(graphdef, reference_graphdef, mesh):
@@ -203,23 +217,17 @@ def pass_at_k(num_samples: int, num_correct, k: int) -> float:
 def generation_report(task: LanguageModeling, module, data: TokenData, sampling) -> dict:
   """``generation_tokens_per_second`` (greedy, whole split, after compiling) and
   ``pass_at_k`` (``sampling.num_samples`` answers per prompt at the sampling settings)."""
-  model = getattr(module, "model", module)
-  graphdef, state = nnx.split(model)
   prompt_len = int(task.prompt_lengths.max())
-  prompts = np.asarray(data.tokens[:, :prompt_len])
-  run = lambda **kw: generate_lib.generate(
-      graphdef, state, prompts, task.prompt_lengths, max_new_tokens=task.max_new_tokens,
-      eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id, **kw)
-  jax.block_until_ready(run())                  # compiles
+  task.generate(module, data, prompt_len)                  # compiles
   start = time.perf_counter()
-  _, lengths = jax.block_until_ready(run())
+  _, lengths = task.generate(module, data, prompt_len)
   speed = float(np.sum(lengths)) / (time.perf_counter() - start)
-  correct = np.zeros(len(prompts))
+  correct = np.zeros(data.size)
   for i in range(sampling.num_samples):
-    tokens, _ = run(rng=jax.random.key(i), temperature=sampling.temperature,
-                    top_k=sampling.top_k, top_p=sampling.top_p)
-    correct += [task.check(task.tokenizer.decode(row), a)
-                for row, a in zip(np.asarray(tokens), task.answers)]
+    tokens, _ = task.generate(module, data, prompt_len, rng=jax.random.key(i),
+                              temperature=sampling.temperature, top_k=sampling.top_k,
+                              top_p=sampling.top_p)
+    correct += task.correct(tokens)
   return {"generation_tokens_per_second": speed,
           "pass_at_k": {str(k): pass_at_k(sampling.num_samples, correct, k)
                         for k in sampling.pass_at_k}}
@@ -232,23 +240,35 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     ConfigError: a model's ``vocab_size`` differs from the task's tokenizer (or the
       teacher's from the student's), naming both sizes.
   """
+  if jax.process_count() > 1:
+    # Evaluation generates on each process's own devices from whole-split arrays.
+    raise ConfigError(None, "language-model experiments run in one process for now "
+                      f"(this run has {jax.process_count()}); use one host's devices")
   d = config.dataset
   difficulty = ar.Difficulty(steps=d.steps, digits=d.digits, ops=d.ops)
   tokenizer = ar.CharTokenizer()
   train_problems = ar.generate_split("train", d.train_examples, seed=d.seed,
                                      difficulty=difficulty)
   test_problems = ar.generate_split("test", d.test_examples, seed=d.seed, difficulty=difficulty)
-  train_arrays = ar.encode_pairs(train_problems, tokenizer, d.max_len)
-  tokens, prompt_lengths, lengths = ar.encode_pairs(test_problems, tokenizer, d.max_len)
+  try:
+    train_arrays = ar.encode_pairs(train_problems, tokenizer, d.max_len)
+    tokens, prompt_lengths, lengths = ar.encode_pairs(test_problems, tokenizer, d.max_len)
+  except ValueError as e:
+    raise ConfigError("dataset.max_len", f"dataset.max_len: {e}") from None
   task = LanguageModeling(tokenizer, prompt_lengths, np.array([p.answer for p in test_problems]),
                           ar.check_answer, int((lengths - prompt_lengths).max()) + 4)
   train_data = token_data(*train_arrays, mesh)
   test_data = token_data(tokens, prompt_lengths, lengths, mesh)
   check_vocabularies(config, tokenizer.vocab_size)
 
+  needed_len = d.max_len + task.max_new_tokens     # a row, or a prompt and its generation
+
   def build(spec, seed, role="student"):
-    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": d.max_len + task.max_new_tokens,
-              **spec.kwargs.to_dict()}
+    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": needed_len, **spec.kwargs.to_dict()}
+    if kwargs["max_len"] < needed_len:
+      raise ConfigError(f"{role}.kwargs.max_len", f"{role}.kwargs.max_len={kwargs['max_len']} "
+                        f"is below the {needed_len} positions the task needs (dataset.max_len + "
+                        "the generation budget); leave it unset")
     try:
       return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
     except (TypeError, ValueError) as e:

@@ -24,6 +24,9 @@ from kd_jax.errors import ConfigError
 METHODS = tuple(methods.REGISTRY)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
 LANGUAGE_METHODS = ("none", "kd")
+# What a language-model student trains on: the gold responses, or the teacher's
+# verified answers to the gold prompts (sequence-level KD, kd_jax/transfer.py).
+STUDENT_DATA = ("gold", "transfer")
 DATASETS = (*IMAGE_DATASETS, *LANGUAGE_DATASETS)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -82,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.feature_layers = ml_collections.ConfigDict()
   c.seed = 0
   c.train = training_config()
+  # The students' budget in optimiser steps when > 0 (instead of train.epochs): equal
+  # budgets for students whose training sets differ in size (a teacher-written set).
+  c.train.steps = 0
   c.baseline = True       # also train the student from scratch with the same budget
   c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
   # True: under augmentation the teacher sees the un-augmented image while the student sees
@@ -131,6 +137,18 @@ def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 
   """
   return ml_collections.ConfigDict(dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                         num_samples=num_samples, pass_at_k=tuple(pass_at_k)))
+
+
+def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
+                    label_free: bool = False) -> ml_collections.ConfigDict:
+  """How the teacher writes a transfer set (kd_jax/transfer.py) for ``student_data="transfer"``.
+
+  ``k`` samples per gold training prompt at the sampling settings; the verified
+  ones are kept (``label_free``: the samples agreeing with the majority answer).
+  """
+  return ml_collections.ConfigDict(dict(
+      k=k, label_free=label_free,
+      sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p)))
 
 
 def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
@@ -205,6 +223,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_image_task(config)
   _validate_training("teacher.train", config.teacher.train)
   _validate_training("train", config.train)
+  _nonnegative_ints("train", config.train, ("steps",))
   _choice("divergence", config.divergence, divergences.NAMES)
   for field, bounds in (("temperature", dict(positive=True)), ("alpha", dict(unit_interval=True))):
     try:
@@ -276,6 +295,18 @@ def _validate_language_task(config) -> None:
   for role in ("teacher", "student"):
     _choice(f"{role}.model", config[role].model, models.SEQUENCE_MODELS)
   _choice("method", config.method, LANGUAGE_METHODS)
+  _choice("student_data", config.get("student_data", "gold"), STUDENT_DATA)
+  if config.get("student_data") == "transfer":
+    t = config.get("transfer")
+    if t is None:
+      raise ConfigError("transfer", "student_data='transfer' needs a transfer block "
+                        "(kd_jax.config.transfer_config())")
+    _nonnegative_ints("transfer", t, ("k",), 1)
+    s = t.sampling
+    if s.temperature <= 0 or s.top_k < 0 or not 0 < s.top_p <= 1:
+      raise ConfigError("transfer.sampling", "transfer.sampling.temperature must be > 0 (k "
+                        "samples must differ), top_k >= 0 and top_p in (0, 1]; got "
+                        f"{s.to_dict()}")
   sampling = config.get("sampling")
   if sampling is None:
     raise ConfigError("sampling", "a language-model config needs a sampling block "

@@ -194,11 +194,19 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   eval_batch = train.round_up(min(config.train.eval_batch_size, test_data.size),
                               mesh.shape[parallel.DATA_AXIS])
   teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
+  student_train_data, written = prepared.student_train_data, None
+  if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
+    student_train_data, written = prepared.teacher_data(
+        teacher_module, {"teacher": teacher_info["source"], "key": teacher_info.get("key"),
+                         "variables": teacher_cache.fingerprint(nnx.state(teacher_module))},
+        os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir))),
+                     "transfer_sets"))
   results = {
       "experiment": config.experiment,
       "headline": task.headline,
       "config": config.to_dict(),
       "git_commit": git_commit(),
+      **({"transfer_set": written} if written is not None else {}),
       "teacher": {**teacher_report,
                   "params": teacher_info["params"], "model": config.teacher.model,
                   "source": teacher_info["source"], "cached": teacher_info["cached"],
@@ -240,11 +248,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
   if not uses_teacher:
-    student_module, student_teacher, data = student_model, None, prepared.student_train_data
+    student_module, student_teacher, data = student_model, None, student_train_data
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, prepared.student_train_data, task, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, student_train_data, task, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))

@@ -112,7 +112,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   n = train_data.size
   feeder = feeding.BatchFeeder(n, t.batch_size, seed, mesh)
   steps_per_epoch = feeder.steps_per_epoch
-  total_steps = max(1, round(t.epochs * steps_per_epoch))
+  # A fixed number of steps when the config gives one, else the epochs' worth.
+  total_steps = t.get("steps") or max(1, round(t.epochs * steps_per_epoch))
   optimizer = optim.make_optimizer(t, total_steps)
 
   graphdef, params, model_state = step_lib.split_module(module)

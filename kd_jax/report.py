@@ -44,6 +44,14 @@ _TABLES = {
 }
 
 
+def _student_label(results: dict) -> str:
+  """The distilled student's method, and whether it trained on teacher-written data."""
+  method = results["config"]["method"]
+  if "transfer_set" in results:      # sequence-level KD (and token KD on top with kd)
+    return "seqkd" if method == "none" else f"seqkd+{method}"
+  return method if method != "none" else "no teacher"
+
+
 def summary_table(results: dict, *, recorded: bool = False) -> str:
   """The console table of the task's metrics for teacher, baseline and student, and the KD gain.
 
@@ -55,9 +63,7 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
   rows = [("teacher", results["teacher"])]
   if "baseline" in results:
     rows.append(("student (from scratch)", results["baseline"]))
-  method = results["config"]["method"]
-  rows.append((f"student ({method})" if method != "none" else "student (no teacher)",
-               results["student"]))
+  rows.append((f"student ({_student_label(results)})", results["student"]))
   header = f"{'model':<26}{'params':>10}" + "".join(f"{title:>10}" for title, _, _ in columns)
   lines = [header, "-" * len(header)]
   for label, r in rows:

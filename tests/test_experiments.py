@@ -202,7 +202,7 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
   assert os.path.getsize(tmp_path / "sweep" / "summary.md") > 0
 
 
-ARITHMETIC = ("sft", "token_kd")
+ARITHMETIC = ("sft", "token_kd", "seqkd")
 
 
 @pytest.mark.parametrize("name", ARITHMETIC)
@@ -248,7 +248,7 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
   with open(tmp_path / name / "results.json") as f:
     results = json.load(f)
   assert results["headline"] == "exact_match" and "exact" in out.stdout
-  phases = ("teacher", "baseline", "student") if name == "token_kd" else ("teacher", "student")
+  phases = ("teacher", "baseline", "student") if "baseline" in results else ("teacher", "student")
   for phase in phases:
     r = results[phase]
     for key in ("params", "exact_match", "pass_at_k", "token_accuracy", "nll",
@@ -261,3 +261,7 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
   records = [json.loads(line) for line in open(tmp_path / name / "student" / "metrics.jsonl")]
   term = "distill" if name == "token_kd" else "loss"
   assert all(r[term] > 0 for r in records if "loss" in r)
+  if name == "seqkd":   # trained on the teacher's accepted answers, for the gold budget in steps
+    written = results["transfer_set"]
+    assert written["accepted"] > 0 and written["samples"] == 2 * 512
+    assert [r["step"] for r in records if "loss" in r][-1] == 7

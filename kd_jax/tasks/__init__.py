@@ -53,6 +53,9 @@ class Prepared:
       against (its test logits, or the teacher itself).
     student_report: ``(fit, module, reference, batch_size) -> dict``: a trained
       student's task metrics (the engine adds timing and history).
+    teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
+      the students' training data written by the teacher (sequence-level KD), when
+      the config asks for it (``student_data="transfer"``); None otherwise.
   """
   task: Any
   train_data: Any
@@ -62,6 +65,7 @@ class Prepared:
   build: Callable
   evaluate_teacher: Callable
   student_report: Callable
+  teacher_data: Callable | None = None
 
 
 def prepare(config, mesh, dtype) -> Prepared:

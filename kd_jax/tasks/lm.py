@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import feeding, models, parallel, step, tasks
+from kd_jax import feeding, models, parallel, step, tasks, transfer
 from kd_jax import generate as generate_lib
 from kd_jax.data import arithmetic as ar
 from kd_jax.errors import ConfigError
@@ -288,8 +288,44 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     metrics.update(generation_report(task, module, test_data, config.sampling))
     return metrics
 
+  def teacher_data(teacher_module, teacher_identity, cache_dir):
+    """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""
+    t = config.transfer
+    prompt_len = int(train_arrays[1].max())
+    written = transfer.build(
+        teacher_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=t.k,
+        sampling=t.sampling, max_new_tokens=task.max_new_tokens, decode=tokenizer.decode,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
+        identity=teacher_identity, answers=[p.answer for p in train_problems],
+        check=ar.check_answer, extract=ar.extract_answer, label_free=t.label_free,
+        seed=config.seed)
+    if not len(written.prompt_index):
+      raise ConfigError("transfer", f"the teacher's transfer set is empty: none of its "
+                        f"{written.stats['samples']} samples passed the verifier. Train the "
+                        "teacher longer, sample more (transfer.k) or use transfer.label_free")
+    rows, prompt_lengths, lengths = transfer_rows(written, train_arrays[0], train_arrays[1],
+                                                  d.max_len)
+    return token_data(rows, prompt_lengths, lengths, mesh), written.stats
+
   return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
-                        evaluate_teacher, student_report)
+                        evaluate_teacher, student_report,
+                        teacher_data if config.get("student_data") == "transfer" else None)
+
+
+def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):
+  """Token rows ``prompt + accepted response`` (``encode_pairs`` layout) of a transfer set.
+
+  A response longer than the row has room for is cut at ``max_len`` (so it has no
+  EOS); every accepted answer of the arithmetic task fits.
+  """
+  rows = np.zeros((len(written.prompt_index), max_len), np.int32)
+  row_prompt_lengths = prompt_lengths[written.prompt_index].astype(np.int32)
+  lengths = np.zeros(len(rows), np.int32)
+  for i, (p, response, n) in enumerate(zip(written.prompt_index, written.responses,
+                                           written.lengths)):
+    row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
+    rows[i, :len(row)], lengths[i] = row, len(row)
+  return rows, row_prompt_lengths, lengths
 
 
 def check_vocabularies(config, vocab_size: int) -> None:

@@ -21,9 +21,11 @@ from kd_jax.data import NAMES as IMAGE_DATASETS
 from kd_jax.tasks.lm import DATASETS as LANGUAGE_DATASETS
 from kd_jax.errors import ConfigError
 
-METHODS = tuple(methods.REGISTRY)
+# Methods of language models only (on-policy distillation samples from the student).
+LANGUAGE_ONLY_METHODS = ("gkd",)
+METHODS = tuple(m for m in methods.REGISTRY if m not in LANGUAGE_ONLY_METHODS)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
-LANGUAGE_METHODS = ("none", "kd")
+LANGUAGE_METHODS = ("none", "kd", "gkd")
 # What a language-model student trains on: the gold responses, or the teacher's
 # verified answers to the gold prompts (sequence-level KD, kd_jax/transfer.py).
 STUDENT_DATA = ("gold", "transfer")
@@ -137,6 +139,13 @@ def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 
   """
   return ml_collections.ConfigDict(dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                         num_samples=num_samples, pass_at_k=tuple(pass_at_k)))
+
+
+def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
+               temperature: float = 1.0) -> ml_collections.ConfigDict:
+  """On-policy distillation (``method="gkd"``): a fraction λ of the batches is sampled by the
+  student at ``temperature``; every batch is scored with T²·JSD(β) against the teacher."""
+  return ml_collections.ConfigDict(dict(fraction=fraction, beta=beta, temperature=temperature))
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -296,6 +305,15 @@ def _validate_language_task(config) -> None:
     _choice(f"{role}.model", config[role].model, models.SEQUENCE_MODELS)
   _choice("method", config.method, LANGUAGE_METHODS)
   _choice("student_data", config.get("student_data", "gold"), STUDENT_DATA)
+  if config.method == "gkd":
+    g = config.get("gkd")
+    if g is None:
+      raise ConfigError("gkd", "method='gkd' needs a gkd block (kd_jax.config.gkd_config())")
+    for field in ("fraction", "beta"):
+      if not 0 <= g[field] <= 1:
+        raise ConfigError(f"gkd.{field}", f"gkd.{field} must be in [0, 1], got {g[field]}")
+    if g.temperature <= 0:
+      raise ConfigError("gkd.temperature", f"gkd.temperature must be > 0, got {g.temperature}")
   if config.get("student_data") == "transfer":
     t = config.get("transfer")
     if t is None:

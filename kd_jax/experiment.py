@@ -173,6 +173,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
 
   prepared = tasks.prepare(config, mesh, dtype)
   task, test_data = prepared.task, prepared.test_data
+  student_task = prepared.student_task or task
   # A teacher split over `model` may not fit on one accelerator: build and load it in
   # host memory; put_sharded below then copies each device only its shard.
   with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
@@ -220,7 +221,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     if done is not None:
       return done
     fit = train.fit(name=name, module=module, objective=objective, train_config=config.train,
-                    train_data=data, test_data=test_data, task=task, mesh=mesh,
+                    train_data=data, test_data=test_data,
+                    task=student_task if name == "student" else task, mesh=mesh,
                     seed=config.seed, teacher=teacher_for_step, workdir=phase_dir,
                     checkpoint_every_steps=config.checkpoint.every_steps,
                     keep_checkpoints=config.checkpoint.keep,
@@ -252,7 +254,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, student_train_data, task, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh, workdir)
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))

@@ -126,6 +126,16 @@ def generate(graphdef, state, prompts, prompt_lengths, *, max_new_tokens: int, r
                    top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, pad_id=pad_id)
 
 
+def sample_in_trace(graphdef, state, prompts, prompt_lengths, rng, *, max_new_tokens: int,
+                    temperature: float, eos_id: int | None, pad_id: int, top_k: int = 0,
+                    top_p: float = 1.0):
+  """:func:`generate` for callers already inside a jitted function (traced arguments, no
+  checks): on-policy distillation samples from the student inside the train step."""
+  return _generate(graphdef, state, prompts, prompt_lengths, rng, max_new_tokens=max_new_tokens,
+                   temperature=float(temperature), top_k=top_k, top_p=top_p, eos_id=eos_id,
+                   pad_id=pad_id)
+
+
 def compilations() -> int:
   """How many programs :func:`generate` has compiled in this process (one per shape)."""
   return _generate._cache_size()  # pylint: disable=protected-access

@@ -142,6 +142,7 @@ class Settings:
   divergence: str
   divergence_params: dict
   dkd: Any
+  gkd: Any = None             # the gkd block of a language-model config
 
 
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
@@ -182,6 +183,17 @@ def _decoupled(settings, step, s_logits, t_logits, labels, mask):
   return ce + ramp * distill, {"temperature": t, "ce": ce, "dkd": distill}
 
 
+def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
+  """``gkd``: T²·JSD(β) between teacher and student on every batch, gold or student-sampled
+  (Agarwal et al. 2024, "On-Policy Distillation of Language Models"); no CE term. β
+  follows TRL: 0 gives KL(teacher ‖ student), 1 KL(student ‖ teacher). Which batches
+  the student samples is the task's (``gkd.fraction``, kd_jax/tasks/lm.py)."""
+  t = settings.temperature(step)
+  distill = losses.kd_loss(s_logits, t_logits, None, divergence="js", temperature=t, alpha=0.0,
+                           mask=mask, divergence_params={"beta": settings.gkd.beta})
+  return distill, {"temperature": t, "distill": distill}
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A distillation method: its logit term, and its feature term (None: none)."""
@@ -196,6 +208,7 @@ REGISTRY: dict[str, Method] = {
     "none": Method(_hard_labels, uses_teacher=False),
     "kd": Method(_hinton),
     "dkd": Method(_decoupled),
+    "gkd": Method(_generalized_jsd),
     **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
 }
 
@@ -222,7 +235,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       alpha=schedules.make(config.alpha, field="alpha", unit_interval=True,
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
-      dkd=config.dkd)
+      dkd=config.dkd, gkd=config.get("gkd"))
   pairs = dict(pairs or {})
 
   def objective(step, student_out, teacher_out, labels, mask):

@@ -116,7 +116,10 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     index = batch["index"]
     # A fresh key every step without a host dispatch; a resumed run draws the same keys.
     rng = jax.random.fold_in(rng, state.step)
-    inputs, targets, loss_mask = task.train_batch(data, index, batch["mask"], rng)
+    # The student being trained, for tasks that sample their batches from it (on-policy).
+    policy = (graphdef, state.params, state.model_state)
+    inputs, targets, loss_mask, batch_metrics = task.train_batch(data, index, batch["mask"], rng,
+                                                                 policy=policy)
     if data.teacher_logits is not None:        # cached teacher outputs
       teacher_out = (data.teacher_logits[index],
                      {n: f[index] for n, f in (data.teacher_features or {}).items()})
@@ -128,7 +131,7 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     def loss_fn(params):
       student_out, new_model_state = forward(graphdef, params, state.model_state, inputs, train=True)
       loss, metrics = objective(state.step, student_out, teacher_out, targets, loss_mask)
-      metrics.update(task.train_metrics(student_out[0], targets, loss_mask))
+      metrics.update(task.train_metrics(student_out[0], targets, loss_mask), **batch_metrics)
       return loss, (new_model_state, metrics)
 
     grads, (new_model_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)

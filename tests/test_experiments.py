@@ -202,7 +202,7 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
   assert os.path.getsize(tmp_path / "sweep" / "summary.md") > 0
 
 
-ARITHMETIC = ("sft", "token_kd", "seqkd")
+ARITHMETIC = ("sft", "token_kd", "seqkd", "gkd")
 
 
 @pytest.mark.parametrize("name", ARITHMETIC)
@@ -259,9 +259,11 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
   for phase in phases[1:]:
     assert results[phase]["kl_to_teacher"] >= 0 and 0 <= results[phase]["agreement"] <= 1
   records = [json.loads(line) for line in open(tmp_path / name / "student" / "metrics.jsonl")]
-  term = "distill" if name == "token_kd" else "loss"
+  term = "distill" if name in ("token_kd", "gkd") else "loss"
   assert all(r[term] > 0 for r in records if "loss" in r)
   if name == "seqkd":   # trained on the teacher's accepted answers, for the gold budget in steps
     written = results["transfer_set"]
     assert written["accepted"] > 0 and written["samples"] == 2 * 512
     assert [r["step"] for r in records if "loss" in r][-1] == 7
+  if name == "gkd":     # some batches sampled by the student itself
+    assert {r["on_policy"] for r in records if "loss" in r} <= {0.0, 1.0}

@@ -1,6 +1,8 @@
 """The language-modelling task on the one engine: loss masks, per-token means, token-level KD,
 training, evaluation, resumption and compilation counts."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,7 +46,8 @@ def test_response_mask_keeps_the_response_and_eos_even_when_pad_is_eos():
   tokens = np.array([[1, 5, 6, 7, 8, 9, 2, 2, 2]])
   task = _task([ar.Problem("", "", 0)], np.array([4]), np.array([7]))
   data = lm.token_data(tokens, np.array([4]), np.array([7]), _mesh())
-  inputs, targets, loss_mask = task.train_batch(data, jnp.array([0]), jnp.array([True]), None)
+  inputs, targets, loss_mask, _ = task.train_batch(data, jnp.array([0]), jnp.array([True]),
+                                                   None)
   assert targets[0, 5] == 2 and bool(loss_mask[0, 5])        # the EOS is a target
   assert not bool(loss_mask[0, 6])                           # the padding after it is not
 
@@ -100,21 +103,23 @@ def test_token_level_kd_with_every_divergence(name):
 
 
 def _gpt(seed=0, **kw):
-  options = dict(vocab_size=TOKENIZER.vocab_size, max_len=MAX_LEN + 16, num_layers=2,
+  options = dict(vocab_size=TOKENIZER.vocab_size, max_len=MAX_LEN + 32, num_layers=2,
                  num_heads=4, dim=48)
   return models.create("gpt", rngs=nnx.Rngs(seed), **{**options, **kw})
 
 
 def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none", train_size=512,
-         mesh=None):
+         mesh=None, on_policy=0.0):
   mesh = mesh or _mesh()
   problems, tokens, prompt_lengths, lengths = _split("train", train_size)
   test_problems, test_tokens, test_prompt_lengths, test_lengths = _split("test", 64)
   train_data = lm.token_data(tokens, prompt_lengths, lengths, mesh)
   test_data = lm.token_data(test_tokens, test_prompt_lengths, test_lengths, mesh)
-  task = _task(test_problems, test_prompt_lengths, test_lengths)
+  task = dataclasses.replace(_task(test_problems, test_prompt_lengths, test_lengths),
+                             on_policy=on_policy)
   c = config_lib.base_config()
   c.method = method
+  c.gkd = config_lib.gkd_config(fraction=on_policy, beta=0.3)
   c.train.batch_size, c.train.epochs, c.train.learning_rate = 32, epochs, 3e-3
   c.train.eval_batch_size = 32
   module = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
@@ -201,3 +206,69 @@ def test_one_and_four_devices_give_the_same_lm_losses(tmp_path):
   one, four = np.array(__import__("json").loads(one)), np.array(__import__("json").loads(four))
   assert len(one) == 8
   np.testing.assert_allclose(four, one, rtol=2e-5)
+
+
+# --------------------------------------------------------------------------- GKD
+
+
+def _teacher(tmp_path):
+  fit = _fit(tmp_path / "teacher", epochs=1.0)
+  graphdef, params, model_state = train.split_module(fit.module)
+  return train.Teacher(graphdef, (params, model_state))
+
+
+def test_gkd_with_lambda_0_is_the_kd_step_with_jsd(tmp_path):
+  teacher = _teacher(tmp_path)
+  mesh = _mesh()
+  problems, tokens, prompt_lengths, lengths = _split("train", 64)
+  data = lm.token_data(tokens, prompt_lengths, lengths, mesh)
+  c = config_lib.base_config()
+  gkd = ml_collections.ConfigDict({**c.to_dict(), "method": "gkd",
+                                   "gkd": config_lib.gkd_config(fraction=0.0, beta=0.3)})
+  kd = ml_collections.ConfigDict({**c.to_dict(), "method": "kd", "divergence": "js",
+                                  "divergence_params": {"beta": 0.3}, "alpha": 0.0})
+  student = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
+  optimizer = train.make_optimizer(c.train, 100)
+  batch = {"index": jnp.arange(32, dtype=jnp.int32), "mask": jnp.ones(32, bool)}
+  outs = []
+  for config, on_policy in ((gkd, 0.0), (kd, 0.0)):
+    task = dataclasses.replace(_task(problems, prompt_lengths, lengths), on_policy=on_policy)
+    graphdef, params, model_state = train.split_module(student)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             model_state=model_state, opt_state=optimizer.init(params))
+    step = train.make_train_step(graphdef, methods.make_objective(config), optimizer, task,
+                                 teacher, data, mesh)
+    outs.append(step(parallel.put_replicated(state, mesh), batch, jax.random.key(0)))
+  (gkd_state, gkd_metrics), (kd_state, kd_metrics) = outs
+  assert float(gkd_metrics["loss"]) == pytest.approx(float(kd_metrics["loss"]), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+               gkd_state.params, kd_state.params)
+
+
+def test_gkd_with_lambda_1_samples_every_batch_and_compiles_once(tmp_path):
+  teacher = _teacher(tmp_path)
+  fit = _fit(tmp_path / "gkd", epochs=1.0, teacher=teacher, method="gkd", on_policy=1.0)
+  records = [r for r in map(__import__("json").loads, open(tmp_path / "gkd" / "metrics.jsonl"))
+             if "loss" in r]
+  assert len(records) == 16 and all(r["on_policy"] == 1.0 for r in records)
+  assert all(np.isfinite(r["loss"]) and r["distill"] > 0 for r in records)
+  assert fit.step_compiles == 1
+
+
+def test_gkd_mixes_batches_and_resumes_bit_identically(tmp_path):
+  teacher = _teacher(tmp_path)
+  run = lambda name, **kw: _fit(tmp_path / name, epochs=2.0, teacher=teacher, method="gkd",
+                                on_policy=0.5, **kw)
+  straight = run("straight")
+  flags = [r["on_policy"] for r in map(__import__("json").loads,
+                                       open(tmp_path / "straight" / "metrics.jsonl"))
+           if "loss" in r]
+  assert 0 < sum(flags) < len(flags)                     # both kinds of batches occur
+  with pytest.raises(KeyboardInterrupt):
+    run("resumed", stop_at_step=21)
+  resumed = run("resumed")
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(straight.module),
+               nnx.state(resumed.module))
+  assert ([r for r in map(__import__("json").loads, open(tmp_path / "resumed" / "metrics.jsonl"))]
+          == [r for r in map(__import__("json").loads,
+                             open(tmp_path / "straight" / "metrics.jsonl"))])

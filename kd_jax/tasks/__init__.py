@@ -2,12 +2,14 @@
 
 A task object tells the engine, inside the jitted step and on the host:
 
-* ``train_batch(data, index, mask, rng) -> (inputs, targets, loss_mask)`` — a
-  training batch from the device-resident split ``data``: ``index`` ``[B]`` are the
-  examples, ``mask`` ``[B]`` which rows are real (the ragged last batch is padded),
-  ``rng`` the step's key (augmentation). ``loss_mask`` has the leading shape of
+* ``train_batch(data, index, mask, rng, policy=None) -> (inputs, targets, loss_mask,
+  metrics)`` — a training batch from the device-resident split ``data``: ``index``
+  ``[B]`` are the examples, ``mask`` ``[B]`` which rows are real (the ragged last
+  batch is padded), ``rng`` the step's key (augmentation, sampling), ``policy`` the
+  student being trained, ``(graphdef, params, model_state)``, for tasks that sample
+  batches from it (on-policy distillation). ``loss_mask`` has the leading shape of
   the per-position losses (``[B]`` for classification, ``[B, T]`` for tokens) and
-  includes ``mask``.
+  includes ``mask``; ``metrics`` are logged with the step's.
 * ``eval_inputs(data, index)`` — the model's inputs for evaluation (no augmentation).
 * ``train_metrics(logits, targets, loss_mask) -> dict`` — metrics logged each step.
 * ``evaluator(graphdef, data, batch_size, mesh)`` — compiles what evaluation needs
@@ -53,6 +55,8 @@ class Prepared:
       against (its test logits, or the teacher itself).
     student_report: ``(fit, module, reference, batch_size) -> dict``: a trained
       student's task metrics (the engine adds timing and history).
+    student_task: the task of the distilled student's training when it differs from
+      ``task`` (on-policy distillation samples its batches); None: ``task``.
     teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
       the students' training data written by the teacher (sequence-level KD), when
       the config asks for it (``student_data="transfer"``); None otherwise.
@@ -66,6 +70,7 @@ class Prepared:
   evaluate_teacher: Callable
   student_report: Callable
   teacher_data: Callable | None = None
+  student_task: Any = None
 
 
 def prepare(config, mesh, dtype) -> Prepared:

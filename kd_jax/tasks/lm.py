@@ -90,17 +90,52 @@ class LanguageModeling:
   answers: np.ndarray
   check: Callable[[str, object], bool]
   max_new_tokens: int
+  on_policy: float = 0.0            # λ: the fraction of training batches the student samples
+  policy_temperature: float = 1.0   # the student's sampling temperature for those batches
   headline: ClassVar[str] = "exact_match"
 
-  augments: ClassVar[bool] = False      # the inputs are fixed: teacher outputs can be cached
+  @property
+  def augments(self) -> bool:
+    """Whether training inputs change from step to step (then teacher outputs cannot be cached)."""
+    return self.on_policy > 0
 
   def input_identity(self) -> dict:
     return {"inputs": "tokens[:, :-1]"}
 
-  def train_batch(self, data: TokenData, index, mask, rng):
-    del rng
+  def train_batch(self, data: TokenData, index, mask, rng, policy=None):
+    """The gold rows; with ``on_policy`` = λ > 0, a fraction λ of the batches instead holds
+    the student's own answers to the same prompts (GKD, Agarwal et al. 2024), sampled
+    inside the step with fixed shapes (``metrics["on_policy"]`` says which)."""
     tokens = data.tokens[index]
-    return tokens[:, :-1], tokens[:, 1:], data.loss_mask[index] & mask[:, None]
+    gold_mask = data.loss_mask[index]
+    gold = (tokens[:, :-1], tokens[:, 1:], gold_mask & mask[:, None])
+    if not self.on_policy:
+      return (*gold, {})
+    choose, sample = jax.random.split(rng)
+    use = jax.random.uniform(choose) < self.on_policy
+    batch = jax.lax.cond(use, lambda: self._student_rows(tokens, gold_mask, mask, sample, policy),
+                         lambda: gold)
+    return (*batch, {"on_policy": use.astype(jnp.float32)})
+
+  def _student_rows(self, tokens, gold_mask, mask, rng, policy):
+    """``(inputs, targets, loss_mask)`` of rows ``prompt + the student's sampled answer``."""
+    graphdef, params, model_state = policy
+    module = nnx.merge(graphdef, jax.lax.stop_gradient(params), model_state)
+    model_graphdef, model_state = nnx.split(getattr(module, "model", module))
+    prompt_lengths = jnp.argmax(gold_mask, axis=1).astype(jnp.int32) + 1   # first target + 1
+    # The whole row is the prompt buffer: generate ignores what lies past prompt_lengths.
+    generated, lengths = generate_lib.sample_in_trace(
+        model_graphdef, model_state, tokens, prompt_lengths, rng,
+        max_new_tokens=self.max_new_tokens, temperature=self.policy_temperature,
+        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+    offset = jnp.arange(tokens.shape[1])[None, :] - prompt_lengths[:, None]
+    answer = jnp.take_along_axis(generated, jnp.clip(offset, 0, self.max_new_tokens - 1), axis=1)
+    rows = jnp.where(offset < 0, tokens,
+                     jnp.where(offset < lengths[:, None], answer, self.tokenizer.pad_id))
+    target = jnp.arange(1, tokens.shape[1])[None, :]
+    loss_mask = ((target >= prompt_lengths[:, None])
+                 & (target < prompt_lengths[:, None] + lengths[:, None]) & mask[:, None])
+    return rows[:, :-1], rows[:, 1:], loss_mask
 
   def eval_inputs(self, data: TokenData, index):
     return data.tokens[index][:, :-1]
@@ -257,6 +292,10 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     raise ConfigError("dataset.max_len", f"dataset.max_len: {e}") from None
   task = LanguageModeling(tokenizer, prompt_lengths, np.array([p.answer for p in test_problems]),
                           ar.check_answer, int((lengths - prompt_lengths).max()) + 4)
+  # On-policy distillation: the distilled student (only) samples a fraction of its batches.
+  gkd = config.get("gkd") if config.method == "gkd" else None
+  student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
+                                     policy_temperature=float(gkd.temperature)) if gkd else None
   train_data = token_data(*train_arrays, mesh)
   test_data = token_data(tokens, prompt_lengths, lengths, mesh)
   check_vocabularies(config, tokenizer.vocab_size)
@@ -309,7 +348,8 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
 
   return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
                         evaluate_teacher, student_report,
-                        teacher_data if config.get("student_data") == "transfer" else None)
+                        teacher_data if config.get("student_data") == "transfer" else None,
+                        student_task)
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

@@ -245,6 +245,8 @@ def _check_checkpoint_identity(checkpointer: Checkpointer, record: dict) -> None
   if meta is None or (meta.get("identity") or {}).get("key") == record["key"]:
     return
   recorded = (meta.get("identity") or {}).get("fields")
+  if recorded is not None and workdir_lib.same_results(recorded, record["fields"]):
+    return      # written before a field with a default was added (see workdir.differences)
   if recorded is None:
     raise WorkdirConflictError(
         f"the checkpoints in {checkpointer.directory} do not record the config they were "

@@ -345,7 +345,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, "sweep.json")
   old = _read_results(record_path) or {}
-  if old and workdir_lib.result_fields(old["config"]) != workdir_lib.result_fields(config):
+  if old and not workdir_lib.same_results(workdir_lib.result_fields(old["config"]),
+                                          workdir_lib.result_fields(config)):
     raise WorkdirConflictError(workdir_lib.conflict_message(
         f"--workdir={workdir} (a sweep)", workdir_lib.result_fields(old["config"]),
         workdir_lib.result_fields(config),

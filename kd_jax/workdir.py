@@ -85,15 +85,34 @@ def _flatten(d, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _defaults() -> dict:
+  """Every result field of the base config with its default, flattened (dotted names)."""
+  from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return _flatten(result_fields(config_lib.base_config()))
+
+
 def differences(recorded: dict, current: dict) -> list[str]:
-  """``"field: old → new"`` for every dotted field whose value differs, sorted."""
+  """``"field: old → new"`` for every dotted field whose value differs, sorted.
+
+  A field the record lacks but whose current value is its default is not a
+  difference: it was added to kd_jax after the record was written, and its
+  default reproduces what the run did before it existed (e.g. ``train.steps = 0``).
+  """
   old, new = _flatten(recorded), _flatten(current)
+  defaults = _defaults() if set(new) - set(old) else {}
   lines = []
   for field in sorted(set(old) | set(new)):
     a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
+    if a == _ABSENT and field in defaults and b == defaults[field]:
+      continue
     if a != b:
       lines.append(f"{field}: {_show(a)} → {_show(b)}")
   return lines
+
+
+def same_results(recorded: dict, current: dict) -> bool:
+  """Whether two records' result fields describe the same run (see :func:`differences`)."""
+  return recorded == current or not differences(recorded, current)
 
 
 def _show(value) -> str:
@@ -145,7 +164,7 @@ def claim(workdir: str, config, *, write: bool = True) -> None:
   current = result_fields(config)
   recorded = recorded_fields(workdir)
   if recorded is not None:
-    if recorded != current:
+    if not same_results(recorded, current):
       raise WorkdirConflictError(conflict_message(
           f"--workdir={workdir}", recorded, current,
           "Use a new --workdir for this config (the earlier run's results are kept), or "

@@ -257,3 +257,25 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, t
 
 
 # Multi-device and multi-process runs: tests/test_parallel.py and tests/test_multihost.py.
+
+
+def test_a_field_added_later_with_its_default_is_not_a_difference(tmp_path, teacher_dir):
+  from kd_jax import workdir as workdir_lib
+  c = tiny_config(**{"checkpoint.every_steps": 2})
+  with pytest.raises(KeyboardInterrupt):
+    run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False,
+                   stop_at_step=3)
+  # Rewrite the record as an older kd_jax (without train.steps) would have written it.
+  path = tmp_path / "run" / "config.json"
+  record = json.loads(path.read_text())
+  del record["fields"]["train"]["steps"]
+  path.write_text(json.dumps(record))
+  assert workdir_lib.differences(record["fields"], workdir_lib.result_fields(c)) == []
+  changed = tiny_config(**{"train.steps": 5})
+  assert workdir_lib.differences(record["fields"], workdir_lib.result_fields(changed)) == [
+      "train.steps: (absent) → 5"]
+  with pytest.raises(WorkdirConflictError, match=r"train.steps: \(absent\) → 5"):
+    run_experiment(changed, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False)
+  resumed = run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir,
+                           show_progress=False)
+  assert resumed["student"]["resumed_from_step"] == 2

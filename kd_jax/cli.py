@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -31,7 +32,7 @@ EXIT_USER_ERROR = 2
 _OVERRIDE = re.compile(r"^--(?:no)?config\.([A-Za-z0-9_.]+)(?:=(.*))?$")
 
 
-def fail(program: str, message: str) -> None:
+def fail(program: str, message: str) -> NoReturn:
   """Prints ``program: error: message`` to stderr and exits with status 2."""
   print(f"{program}: error: {message}", file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
@@ -121,7 +122,6 @@ def parse_flags(program: str) -> Callable[[list[str]], list[str]]:
       if message is None:
         raise
       fail(program, message)
-    return argv   # not reached
 
   return parser
 

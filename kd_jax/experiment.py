@@ -29,7 +29,7 @@ from absl import logging
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import methods, models, parallel, run_log, teacher_cache, teachers, train
+from kd_jax import feeding, methods, models, parallel, run_log, teacher_cache, teachers, train
 from kd_jax import tasks
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
@@ -192,8 +192,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
                        parallel.put_replicated(t_state, mesh))
   teacher = train.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
-  eval_batch = train.round_up(min(config.train.eval_batch_size, test_data.size),
-                              mesh.shape[parallel.DATA_AXIS])
+  eval_batch = feeding.eval_batch_size(config.train.eval_batch_size, test_data.size, mesh)
   teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
   student_train_data, written = prepared.student_train_data, None
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data

@@ -33,6 +33,11 @@ def padded_batches(num_examples: int, batch_size: int, order: np.ndarray | None 
     yield pad_batch(order[start:start + batch_size], batch_size)
 
 
+def eval_batch_size(requested: int, examples: int, mesh) -> int:
+  """The evaluation batch: ``requested``, at most the split, a multiple of the data devices."""
+  return round_up(min(requested, examples), mesh.shape[parallel.DATA_AXIS])
+
+
 def round_up(value: int, multiple: int) -> int:
   return int(math.ceil(value / multiple) * multiple)
 

@@ -122,7 +122,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   state = parallel.put_replicated(state, mesh)
   train_step = step_lib.make_train_step(graphdef, objective, optimizer, task, teacher,
                                         train_data, mesh)
-  eval_batch = feeding.round_up(min(t.eval_batch_size, test_data.size), data_devices)
+  eval_batch = feeding.eval_batch_size(t.eval_batch_size, test_data.size, mesh)
   evaluator = task.evaluator(graphdef, test_data, eval_batch, mesh)
   base_key = feeding.replicated_key(seed, mesh)
   headline = task.headline

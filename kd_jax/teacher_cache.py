@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kd_jax import parallel, teachers, train
+from kd_jax import feeding, parallel, teachers, train
 from kd_jax.errors import ConfigError
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
@@ -191,7 +191,7 @@ def attach(config, teacher: train.Teacher, train_data,
     path = os.path.join(workdir, CACHE_FILE)
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
-    batch = train.round_up(min(config.train.eval_batch_size, train_data.size), data_devices)
+    batch = feeding.eval_batch_size(config.train.eval_batch_size, train_data.size, mesh)
     outputs = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
     logging.info("teacher outputs computed for %d examples (%.1f MB)", train_data.size, total / 1e6)
     if mode == "disk":

@@ -164,8 +164,7 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
                        dtype=dtype, role=role)
 
   def evaluate_teacher(graphdef, variables, batch_size):
-    logits, _ = step.predict_all(step.make_predict(graphdef, task, mesh), variables, test_data,
-                                 batch_size, mesh)
+    _, logits = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
     return metrics_lib.classification_report(logits, test_labels), logits
 
   def student_report(fit, module, teacher_test_logits, batch_size):

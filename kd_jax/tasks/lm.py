@@ -146,7 +146,7 @@ class LanguageModeling:
 
   def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
                 reference: tuple | None = None):
-    """``evaluate(variables) -> (metrics, None)``; see the module docstring.
+    """``evaluate(variables) -> (metrics, None)``: :meth:`token_metrics` and greedy exact match.
 
     ``reference``: ``(graphdef, variables)`` of a teacher for ``kl_to_teacher`` and
     ``agreement``.
@@ -154,10 +154,23 @@ class LanguageModeling:
     if data.size != len(self.answers):
       raise ValueError(f"the task holds the answers of {len(self.answers)} problems but the "
                        f"split to evaluate has {data.size}")
-    sums = _token_sums_fn(graphdef, reference[0] if reference else None, mesh)
+    token_metrics = self.token_metrics(graphdef, data, batch_size, mesh, reference=reference)
     prompt_len = int(self.prompt_lengths.max())
 
     def evaluate(variables):
+      exact = self._exact_match(graphdef, variables, data, prompt_len)
+      return {"exact_match": exact, **token_metrics(variables)}, None
+
+    return evaluate
+
+  def token_metrics(self, graphdef, data: TokenData, batch_size: int, mesh, *,
+                    reference: tuple | None = None):
+    """``metrics(variables) -> dict``: teacher-forced ``nll`` and ``token_accuracy`` on the gold
+    responses, streamed in batches; with ``reference``, also ``kl_to_teacher`` and
+    ``agreement`` per token."""
+    sums = _token_sums_fn(graphdef, reference[0] if reference else None, mesh)
+
+    def metrics(variables):
       totals = np.zeros(5)
       rows = parallel.process_rows(mesh, batch_size)
       for index, valid in feeding.padded_batches(data.size, batch_size):
@@ -167,13 +180,12 @@ class LanguageModeling:
                    batch["valid"])
         totals += np.asarray(jax.device_get(out), np.float64)
       tokens, nll, correct, kl, agree = totals
-      metrics = {"exact_match": self._exact_match(graphdef, variables, data, prompt_len),
-                 "nll": nll / tokens, "token_accuracy": correct / tokens}
+      result = {"nll": nll / tokens, "token_accuracy": correct / tokens}
       if reference:
-        metrics.update(kl_to_teacher=kl / tokens, agreement=agree / tokens)
-      return metrics, None
+        result.update(kl_to_teacher=kl / tokens, agreement=agree / tokens)
+      return result
 
-    return evaluate
+    return metrics
 
   def _exact_match(self, graphdef, variables, data: TokenData, prompt_len: int) -> float:
     module = nnx.merge(graphdef, *variables)
@@ -321,11 +333,13 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     return metrics, (graphdef, variables)
 
   def student_report(fit, module, teacher, batch_size):
+    # The final evaluation's exact match and token metrics, with the comparison to the
+    # teacher added (one teacher-forced pass; the greedy answers are not generated again).
     graphdef, params, model_state = step.split_module(module)
-    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh, reference=teacher)(
+    compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
         (params, model_state))
-    metrics.update(generation_report(task, module, test_data, config.sampling))
-    return metrics
+    return {**fit.final, **compared,
+            **generation_report(task, module, test_data, config.sampling)}
 
   def teacher_data(teacher_module, teacher_identity, cache_dir):
     """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""

@@ -144,6 +144,54 @@ def build(config, data_mode: str = "auto") -> Setup:
                teacher_module, student_model, student, preprocess, dtype)
 
 
+@dataclasses.dataclass
+class LMSetup:
+  """The arithmetic experiment's GPT pair (experiments/arithmetic/token_kd.py) ready to time."""
+  config: Any
+  mesh: Any
+  prepared: Any                 # kd_jax.tasks.Prepared
+  teacher_module: nnx.Module
+  student_model: nnx.Module
+  teacher: train.Teacher
+  batches: list                 # 8 device batches of distinct rows
+  teacher_weights: str          # "random" or the cached teacher's directory
+
+
+def lm_setup(precision: str = "fp32", batch_size: int = 0, *, load_teacher: bool = False,
+             **overrides) -> LMSetup:
+  """Randomly initialised models (timing needs no trained weights) and device batches.
+
+  ``load_teacher``: load the experiment's trained teacher from the default teacher
+  cache when it is there. ``overrides``: top-level config fields.
+  """
+  from kd_jax import cli, experiment, tasks, teachers  # noqa: E402
+  config = cli.load_config_file(os.path.join(ROOT, "experiments", "arithmetic", "token_kd.py"))
+  config.precision = precision
+  if batch_size:
+    config.train.batch_size = batch_size
+  for key, value in overrides.items():
+    config[key] = value
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+  dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+  prepared = tasks.prepare(config, mesh, dtype)
+  teacher_module = prepared.build(config.teacher, config.teacher.seed, "teacher")
+  student_model = prepared.build(config.student, config.seed)
+  weights = "random"
+  if load_teacher:
+    cached = os.path.join(os.path.expanduser(experiment.DEFAULT_TEACHER_DIR),
+                          teachers.teacher_key(config))
+    if teachers.load(cached, teacher_module, num_classes=prepared.num_outputs) is not None:
+      weights = cached
+  t_graphdef, t_params, t_state = train.split_module(teacher_module)
+  teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
+  rng, b = np.random.default_rng(0), config.train.batch_size
+  sharding = parallel.batch_sharding(mesh)
+  batches = [parallel.put_sharded(
+      {"index": rng.choice(prepared.train_data.size, b, replace=False).astype(np.int32),
+       "mask": np.ones(b, bool)}, {"index": sharding, "mask": sharding}) for _ in range(8)]
+  return LMSetup(config, mesh, prepared, teacher_module, student_model, teacher, batches, weights)
+
+
 def initial_state(module: nnx.Module, optimizer, mesh):
   """A fresh replicated :class:`train.TrainState` for ``module``."""
   graphdef, params, model_state = train.split_module(module)

@@ -29,16 +29,14 @@ against the dense matmul rate measured in the same run and precision.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import common
-from kd_jax import cli, losses, methods, parallel, tasks, teacher_cache, train
+from kd_jax import losses, methods, teacher_cache, train
 from kd_jax import config as config_lib
 
 
@@ -58,26 +56,11 @@ def student_training_flops(module, batch_size, input_shape, dtype) -> float:
 
 def lm_pair(args, steps: int, repeats: int) -> dict:
   """The arithmetic experiment's GPT pair: token-KD step over SFT step, and the cached step."""
-  config = cli.load_config_file(os.path.join(common.ROOT, "experiments", "arithmetic",
-                                             "token_kd.py"))
-  config.precision = args.precision
-  if args.batch_size:
-    config.train.batch_size = args.batch_size
-  config.teacher_cache = "memory"
-  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
-  dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
-  prepared = tasks.prepare(config, mesh, dtype)
-  data, task, b = prepared.train_data, prepared.task, config.train.batch_size
-  teacher_module = prepared.build(config.teacher, config.teacher.seed, "teacher")
-  student_model = prepared.build(config.student, config.seed)
-  t_graphdef, t_params, t_state = train.split_module(teacher_module)
-  teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
+  setup = common.lm_setup(args.precision, args.batch_size, teacher_cache="memory")
+  config, mesh, batches = setup.config, setup.mesh, setup.batches
+  data, task, b = setup.prepared.train_data, setup.prepared.task, config.train.batch_size
+  teacher_module, student_model, teacher = setup.teacher_module, setup.student_model, setup.teacher
   optimizer = train.make_optimizer(config.train, total_steps=10_000)
-  rng = np.random.default_rng(0)
-  sharding = parallel.batch_sharding(mesh)
-  batches = [parallel.put_sharded({"index": rng.choice(data.size, b, replace=False).astype(np.int32),
-                                   "mask": np.ones(b, bool)}, {"index": sharding, "mask": sharding})
-             for _ in range(8)]
   sft_objective = methods.make_objective(config_lib.with_method(config, "none"))
   kd_objective = methods.make_objective(config)
   student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(1))

@@ -18,7 +18,7 @@ import ml_collections
 
 from kd_jax import divergences, methods, models, schedules
 from kd_jax.data import NAMES as IMAGE_DATASETS
-from kd_jax.tasks.lm import DATASETS as LANGUAGE_DATASETS
+from kd_jax.tasks.arithmetic import DATASETS as LANGUAGE_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
@@ -29,6 +29,7 @@ LANGUAGE_METHODS = ("none", "kd", "gkd")
 # What a language-model student trains on: the gold responses, or the teacher's
 # verified answers to the gold prompts (sequence-level KD, kd_jax/transfer.py).
 STUDENT_DATA = ("gold", "transfer")
+STUDENT_INITS = ("scratch", "baseline")
 DATASETS = (*IMAGE_DATASETS, *LANGUAGE_DATASETS)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -44,6 +45,7 @@ def training_config(epochs: float = 5, batch_size: int = 128, optimizer: str = "
       epochs=float(epochs),           # fractional epochs allowed (smoke runs)
       batch_size=batch_size,
       eval_batch_size=1000,
+      eval_every_steps=0,             # evaluate every N steps (and at the end); 0 = each epoch
       optimizer=optimizer,
       learning_rate=learning_rate,    # peak learning rate
       lr_schedule=lr_schedule,
@@ -91,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # budgets for students whose training sets differ in size (a teacher-written set).
   c.train.steps = 0
   c.baseline = True       # also train the student from scratch with the same budget
+  # "baseline": the student starts from the trained baseline (the same seed's student
+  # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch.
+  c.student_init = "scratch"
   c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
   # True: under augmentation the teacher sees the un-augmented image while the student sees
   # its augmented view, so the teacher's outputs can be cached (see kd_jax/teacher_cache.py).
@@ -121,14 +126,19 @@ def load_sibling(path: str, name: str) -> types.ModuleType:
 
 
 def arithmetic_dataset(*, train_examples: int = 8000, test_examples: int = 500, steps: int = 3,
-                       digits: int = 2, ops: str = "+-", seed: int = 0,
-                       max_len: int = 64) -> ml_collections.ConfigDict:
-  """The arithmetic reasoning task's data (kd_jax/data/arithmetic.py) as a ``dataset`` block."""
+                       digits: int = 2, ops: str = "+-", seed: int = 0, max_len: int = 64,
+                       ood_examples: int = 0) -> ml_collections.ConfigDict:
+  """The arithmetic reasoning task's data (kd_jax/data/arithmetic.py) as a ``dataset`` block.
+
+  ``ood_examples`` > 0 adds two harder held-out splits of that size (one more step,
+  one more digit) on which the final reports give ``ood_exact_match``.
+  """
   return ml_collections.ConfigDict(dict(
       name="arithmetic", train_examples=train_examples, test_examples=test_examples,
       steps=steps, digits=digits, ops=ops,
       seed=seed,          # the problem generator's seed (the split of a problem is its hash)
-      max_len=max_len))   # tokens per (prompt, response) row
+      max_len=max_len,    # tokens per (prompt, response) row
+      ood_examples=ood_examples))
 
 
 def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -233,7 +243,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_training("teacher.train", config.teacher.train)
   _validate_training("train", config.train)
   _nonnegative_ints("train", config.train, ("steps",))
+  for field in ("teacher.train", "train"):
+    _nonnegative_ints(field, config[field], ("eval_every_steps",))
   _choice("divergence", config.divergence, divergences.NAMES)
+  _choice("student_init", config.get("student_init", "scratch"), STUDENT_INITS)
+  if config.get("student_init") == "baseline" and not config.baseline:
+    raise ConfigError("student_init", "student_init='baseline' starts the student from the "
+                      "trained baseline: set baseline=True")
   for field, bounds in (("temperature", dict(positive=True)), ("alpha", dict(unit_interval=True))):
     try:
       schedules.validate(config[field], field=field, **bounds)
@@ -297,6 +313,8 @@ def _validate_language_task(config) -> None:
   d = config.dataset
   _nonnegative_ints("dataset", d, ("train_examples", "test_examples", "steps", "digits"), 1)
   _nonnegative_ints("dataset", d, ("seed",))
+  if "ood_examples" in d:
+    _nonnegative_ints("dataset", d, ("ood_examples",))
   _nonnegative_ints("dataset", d, ("max_len",), 8)
   if not d.ops or set(d.ops) - set("+-*"):
     raise ConfigError("dataset.ops", f"dataset.ops must be a non-empty subset of '+-*', "

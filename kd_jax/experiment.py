@@ -211,7 +211,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                   "params": teacher_info["params"], "model": config.teacher.model,
                   "source": teacher_info["source"], "cached": teacher_info["cached"],
                   "logs": os.path.join(teacher_info["source"], "logs"),
-                  "train_seconds": teacher_info.get("train_seconds")},
+                  "train_seconds": teacher_info.get("train_seconds"),
+                  "steps": teacher_info.get("steps")},
   }
 
   def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None):
@@ -235,7 +236,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     return {**report, "ran_now": True}
 
   uses_teacher = methods.REGISTRY[config.method].uses_teacher
-  if config.baseline and uses_teacher:
+  from_baseline = config.get("student_init") == "baseline"
+  if config.baseline and (uses_teacher or from_baseline):
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
     # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
@@ -248,6 +250,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                                 phase_dir=shared_dir)
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
+    if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
+      train.load_trained(student_model, config.train, shared_dir,
+                        teachers.baseline_identity(config))
   if not uses_teacher:
     student_module, student_teacher, data = student_model, None, student_train_data
   else:

@@ -50,7 +50,7 @@ class FitResult:
   module: nnx.Module           # the trained module (a methods.Student, or the bare model)
   final: dict                  # the task's metrics after the last step (its headline among them)
   test_outputs: Any            # what the task's final evaluation returned (classification: logits)
-  history: list                # one eval record per epoch: {"step", "epoch", **metrics}
+  history: list                # one eval record per epoch (or train.eval_every_steps): {"step", "epoch", **metrics}
   best: float                  # the best end-of-epoch value of the task's headline metric
   wall_seconds: float          # wall time of this call, set-up and compilation included
   train_seconds: float         # wall time of this call's loop, after the first (compiling) step
@@ -114,6 +114,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   steps_per_epoch = feeder.steps_per_epoch
   # A fixed number of steps when the config gives one, else the epochs' worth.
   total_steps = t.get("steps") or max(1, round(t.epochs * steps_per_epoch))
+  # Evaluations (the history) every N steps when set, else at the end of each epoch.
+  eval_every_steps = t.get("eval_every_steps", 0)
   optimizer = optim.make_optimizer(t, total_steps)
 
   graphdef, params, model_state = step_lib.split_module(module)
@@ -193,12 +195,13 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
       pending = (step, step_metrics)
       bar.update(1)
       done = step + 1
-      end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+      due_eval = (done % eval_every_steps == 0 if eval_every_steps
+                  else done % steps_per_epoch == 0) or done == total_steps
       periodic = checkpoint_every_steps and done % checkpoint_every_steps == 0
-      if end_of_epoch or periodic:
+      if due_eval or periodic:
         read_metrics(*pending)           # never save a state that followed a NaN loss
         pending = None
-        if end_of_epoch:
+        if due_eval:
           eval_start = time.perf_counter()
           final, test_outputs = evaluate(state)
           eval_seconds += time.perf_counter() - eval_start
@@ -255,3 +258,31 @@ def _check_checkpoint_identity(checkpointer: Checkpointer, record: dict) -> None
   raise WorkdirConflictError(workdir_lib.conflict_message(
       f"the checkpoints in {checkpointer.directory}", recorded, record["fields"],
       "Use a new --workdir for this config (the earlier run's checkpoints are kept)."))
+
+
+def load_trained(module: nnx.Module, train_config, workdir: str, identity: dict) -> int:
+  """Loads into ``module`` the weights of the finished `fit` in ``workdir`` (its last checkpoint).
+
+  The checkpoint must have been written for ``identity`` (as `fit` checks on resume).
+  Returns the step it was saved at.
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no checkpoint.
+    WorkdirConflictError: the checkpoint belongs to another config.
+  """
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    _check_checkpoint_identity(checkpointer, workdir_lib.identity_record(identity))
+    _, params, model_state = step_lib.split_module(module)
+    # The optimiser state is restored too (its structure does not depend on the budget).
+    optimizer = optim.make_optimizer(train_config, 1)
+    target = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                 model_state=model_state, opt_state=optimizer.init(params))
+    restored = checkpointer.restore(target)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory} to initialise from")
+  state, _, saved_step = restored
+  nnx.update(module, state.params, state.model_state)
+  return saved_step

@@ -366,7 +366,7 @@ def markdown_summary(
     lines.append(f"KD gain = student − baseline final {final_name} in percentage "
                  "points, paired over the same seeds (paired t interval).")
   if any(0 < row[f"{headline}_n"] < 3 for row in rows):
-    lines += ["", f"**Too few seeds for a usable interval:** with n = 2 the t interval has "
+    lines += ["", "**Too few seeds for a usable interval:** with n = 2 the t interval has "
               "one degree of freedom (t = 12.71 for 95%), so its half-width is about 9× "
               "the standard deviation and it can extend past what a metric can take (below 0 for ECE, "
               "above 100% for accuracy). Run at least 3 seeds per point (`--seeds 3`) "

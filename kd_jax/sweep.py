@@ -20,6 +20,14 @@ raises is recorded and the sweep goes on. At the end it writes ``DIR/summary.csv
 ``DIR/summary.md`` and PNG plots (`write_summary`); ``--summarize_only`` redoes just
 that, e.g. while a sweep is still running.
 
+A study whose rows are not a product lists named points instead (`parse_points`)::
+
+    python -m kd_jax.sweep --config=experiments/arithmetic/token_kd.py --workdir=DIR \
+        --point "sft: method=none" --point "kd-js: divergence=js" --seeds 3
+
+Each runs in ``DIR/runs/<name>/seed<seed>``, and the summary has one ``name``
+column; ``--grid`` flags given as well multiply every named point.
+
 Grid values are typed like the field they override (`parse_grid`). A schedule field
 (a group with an ``init`` key, like ``temperature``) also takes a bare number:
 ``--grid temperature=1,4`` means a constant schedule, i.e. it sets
@@ -53,6 +61,7 @@ from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError, WorkdirConflictError
 
 Point = dict[str, Any]
+NamedPoint = tuple[str | None, Point]     # (name or None, overrides): see `parse_points`
 RunFn = Callable[..., dict]
 
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
@@ -78,13 +87,14 @@ def _split_values(text: str) -> list[str]:
   return parts
 
 
-def _resolve(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
+def _resolve(config: ml_collections.ConfigDict, key: str,
+             flag: str = "--grid") -> tuple[Any, type]:
   """The current value of a dotted key and its field type; ValueError if unknown."""
   from kd_jax import config as config_lib  # Imports JAX (through the models).
   try:
     return config_lib.resolve_field(config, key)
   except ValueError as e:
-    raise ConfigError(key, f"--grid key {key!r}: {e}") from None
+    raise ConfigError(key, f"{flag} key {key!r}: {e}") from None
 
 
 def _parse_value(key: str, text: str, current: Any, field_type: type) -> Any:
@@ -180,6 +190,66 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[
   return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
+def parse_points(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[NamedPoint]:
+  """Parses named points ``"name: key=value; key=value"`` (``--point`` / ``config.sweep.points``).
+
+  A study whose rows are not a cartesian product (the R1 table: ``sft`` is
+  ``method=none``, ``seqkd`` is ``method=none; student_data=transfer``, ...) lists
+  its points one by one. Values are typed as in `parse_grid`, one value per key.
+
+  Returns:
+    ``(name, {key: value})`` per spec, in order.
+
+  Raises:
+    ConfigError: a spec without a name, a name that is not a plain directory name or
+      is given twice, a malformed ``key=value``, an unknown key or a mistyped value.
+
+  Example:
+    >>> from kd_jax.config import base_config
+    >>> parse_points(["kd-js: divergence=js; alpha=0"], base_config())
+    [('kd-js', {'divergence': 'js', 'alpha': 0.0})]
+  """
+  named: list[NamedPoint] = []
+  for spec in specs:
+    name, sep, body = spec.partition(":")
+    name = name.strip()
+    if not sep or not name or _SLUG_SAFE.search(name):
+      raise ConfigError(None, f"--point {spec!r}: expected 'name: key=value; key=value' with a "
+                        "name of letters, digits and ._+- (it names the run directory).")
+    if name in (n for n, _ in named):
+      raise ConfigError(None, f"--point name {name!r} given twice.")
+    point: Point = {}
+    for item in filter(None, (part.strip() for part in body.split(";"))):
+      key, eq, text = item.partition("=")
+      key, text = key.strip(), text.strip()
+      if not eq or not key or not text:
+        raise ConfigError(None, f"--point {name}: expected key=value, got {item!r}.")
+      if key in point:
+        raise ConfigError(None, f"--point {name}: key {key!r} given twice.")
+      current, field_type = _resolve(config, key, f"--point {name}:")
+      point[key] = _parse_value(key, text, current, field_type)
+    named.append((name, point))
+  return named
+
+
+def combine(named: Sequence[NamedPoint], points: Sequence[Point]) -> list[NamedPoint]:
+  """Every named point with every grid point (``name,<grid slug>``); no names: the grid alone.
+
+  Raises:
+    ConfigError: a named point and the grid set the same key.
+  """
+  if not named:
+    return [(None, point) for point in points]
+  out = []
+  for name, fixed in named:
+    for point in points:
+      overlap = sorted(set(fixed) & set(point))
+      if overlap:
+        raise ConfigError(None, f"--point {name} and --grid both set {', '.join(overlap)}.")
+      out.append((f"{name},{slugify(point)}" if point else name, {**fixed, **point}))
+  return out
+
+
 def apply_point(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
   """A copy of ``config`` with the point's overrides (see `parse_grid` for shorthands)."""
   config = copy.deepcopy(config)
@@ -238,11 +308,13 @@ class Run:
 
 
 def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
-              num_seeds: int | None = None) -> list[Run]:
+              num_seeds: int | None = None, names: Sequence[str | None] | None = None
+              ) -> list[Run]:
   """Every point × seed, seed-major: a partial sweep has every point at n = 1 first.
 
   Seeds are ``config.seed + i`` for ``i < num_seeds``; ``num_seeds=None`` means one
-  seed and allows ``seed`` as a grid key instead.
+  seed and allows ``seed`` as a grid key instead. ``names`` (from `combine`) name
+  the points' directories instead of their `slugify` slugs.
   """
   if num_seeds is not None:
     if num_seeds < 1:
@@ -251,7 +323,8 @@ def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
       raise ConfigError(None, "--grid seed=... and --seeds both set the seed; use one of them.")
     if "seed" not in config:
       raise ConfigError(None, "--seeds needs a `seed` field in the config.")
-  slugs = [slugify(point) for point in points]
+  names = names or [None] * len(points)
+  slugs = [name or slugify(point) for name, point in zip(names, points)]
   if len(set(slugs)) != len(slugs):
     raise ConfigError(None, f"two grid points share a directory name: {slugs}.")
   runs = []
@@ -318,14 +391,17 @@ def _eta(seconds: float) -> str:
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str,
               points: Sequence[Point] = ({},), *, num_seeds: int | None = None,
+              names: Sequence[str | None] | None = None,
               teacher_dir: str | None = None, run_fn: RunFn | None = None) -> dict:
   """Runs every point × seed (skipping finished runs), then writes the summary.
 
   Args:
     config: the base config.
     workdir: the sweep directory (created if needed).
-    points: from `parse_grid`.
+    points: from `parse_grid` (or the overrides of `combine`'s named points).
     num_seeds: seeds per point (see `plan_runs`).
+    names: the points' names (`combine`); the summary then has one ``name`` column
+      instead of one per grid key.
     teacher_dir: passed to ``run_fn``; None lets it use its default cache.
     run_fn: ``run_fn(config, workdir, *, teacher_dir=...) -> results dict``; it must
       resume from checkpoints in ``workdir`` and write ``workdir/results.json`` (if it
@@ -341,7 +417,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       run directory holds results of another config (they would silently mix
       with these; use a new workdir).
   """
-  runs = plan_runs(config, points, num_seeds)
+  runs = plan_runs(config, points, num_seeds, names)
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, "sweep.json")
   old = _read_results(record_path) or {}
@@ -352,13 +428,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
         workdir_lib.result_fields(config),
         "Use a new --workdir for this sweep (the earlier sweep's results are kept)."))
   old_runs = {r["name"]: r for r in old.get("runs", [])}
+  slugs = _unique(r.slug for r in runs)
+  named = names is not None and any(names)
   keys = list(points[0]) if points else []
   record = {
       "experiment": config.get("experiment"),
       "config": _config_json(config),
-      "grid": {k: _unique(p[k] for p in points) for k in keys},
+      "grid": ({"name": slugs} if named else {k: _unique(p[k] for p in points) for k in keys}),
       "seeds": _unique(r.seed for r in runs),
-      "points": [{"slug": slugify(p), "values": p} for p in points],
+      "points": [dict(slug=slug, values=p, **({"name": slug} if named else {}))
+                 for slug, p in zip(slugs, points)],
       "runs": [],
   }
   for run in runs:
@@ -462,7 +541,7 @@ def write_summary(workdir: str) -> list[dict]:
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
   headline = stats.headline_of(all_results)
-  rows = [{"point": p["values"], "slug": p["slug"],
+  rows = [{"point": {"name": p["name"]} if "name" in p else p["values"], "slug": p["slug"],
            **stats.aggregate_point(by_point[p["slug"]], headline=headline),
            "runs_failed": failed[p["slug"]],
            "runs_pending": planned[p["slug"]] - len(by_point[p["slug"]]) - failed[p["slug"]]}
@@ -497,21 +576,25 @@ def _define_flags() -> None:
   """The sweep's own flags; --config, --workdir, --teacher_dir, --progress: kd_jax.main's."""
   flags.DEFINE_multi_string("grid", [], "key=v1,v2,... (repeatable; nested keys with "
                             "dots); the sweep runs the cartesian product.")
+  flags.DEFINE_multi_string("point", [], "'name: key=value; key=value' (repeatable): named "
+                            "points instead of (or times) the --grid product.")
   flags.DEFINE_integer("seeds", None, "Seeds per point: config.seed + 0 .. N-1.")
   flags.DEFINE_bool("summarize_only", False, "Only (re)write the summary and plots.")
 
 
-def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str],
-                 seeds: int | None) -> tuple[list[str], int | None]:
-  """The experiment module's own sweep (``config.sweep.grid`` / ``.seeds``) unless flags say otherwise.
+def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str], points: Sequence[str],
+                 seeds: int | None) -> tuple[list[str], list[str], int | None]:
+  """The experiment module's own sweep (``config.sweep.grid`` / ``.points`` / ``.seeds``)
+  unless flags say otherwise.
 
-  An experiment module that *is* a study (e.g. temperature_sweep.py) carries its
-  grid, so ``python -m kd_jax.sweep --config=that.py --workdir=DIR`` reproduces it.
+  An experiment module that *is* a study (e.g. temperature_sweep.py, r1_table.py)
+  carries its grid or points, so ``python -m kd_jax.sweep --config=that.py
+  --workdir=DIR`` reproduces it. Flags replace the module's grid and points together.
   """
   own = config.get("sweep")
-  if own is None:
-    return list(grid), seeds
-  return (list(grid) or list(own.get("grid", ())),
+  if own is None or grid or points:
+    return list(grid), list(points), seeds if seeds is not None else (own or {}).get("seeds")
+  return (list(own.get("grid", ())), list(own.get("points", ())),
           seeds if seeds is not None else own.get("seeds"))
 
 
@@ -529,15 +612,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config is required (unless --summarize_only).")
   # Several hosts run the same sweep in lockstep, every run on all their devices.
   train_main.setup_process()
-  grid, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.seeds)
-  points = parse_grid(grid, FLAGS.config)
-  for run in plan_runs(FLAGS.config, points, seeds):
+  grid, point_specs, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.point, FLAGS.seeds)
+  names, points = zip(*combine(parse_points(point_specs, FLAGS.config),
+                               parse_grid(grid, FLAGS.config)))
+  for run in plan_runs(FLAGS.config, points, seeds, names):
     try:  # Every point's values are checked before anything trains.
       config_lib.validate(run.config)
     except ValueError as e:
       raise ConfigError(None, f"grid point {run.slug}: {e}") from None
   run_fn = functools.partial(train_main.run_experiment, show_progress=FLAGS.progress)
-  run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds,
+  run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 
 

@@ -33,15 +33,18 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
   """What determines the teacher's trained weights (not how it is evaluated or logged).
 
   The dataset block less what only the students or the evaluation see
-  (``test_examples``, ``omit_classes``).
+  (``test_examples``, ``ood_examples``, ``omit_classes``).
   """
   return {
       "model": config.teacher.model,
       "kwargs": config.teacher.kwargs.to_dict(),
-      "train": workdir_lib.without_fields(config.teacher.train, ["eval_batch_size"]),
+      # How often it is evaluated changes its history, not its weights.
+      "train": workdir_lib.without_fields(config.teacher.train,
+                                          ["eval_batch_size", "eval_every_steps"]),
       "seed": config.teacher.seed,
       "precision": config.precision,
-      "data": workdir_lib.without_fields(config.dataset, ["test_examples", "omit_classes"]),
+      "data": workdir_lib.without_fields(config.dataset, ["test_examples", "ood_examples",
+                                                           "omit_classes"]),
   }
 
 

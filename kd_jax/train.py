@@ -14,7 +14,7 @@ benchmarks and tests need one import.
 
 from kd_jax.feeding import (BatchFeeder, epoch_order, pad_batch, padded_batches,  # noqa: F401
                             replicated_key, round_up)
-from kd_jax.loop import FitResult, NonFiniteLossError, fit  # noqa: F401
+from kd_jax.loop import FitResult, NonFiniteLossError, fit, load_trained  # noqa: F401
 from kd_jax.optim import learning_rate_schedule, make_optimizer  # noqa: F401
 from kd_jax.step import (Teacher, TrainState, TrainStep, forward,  # noqa: F401
                          make_predict, make_train_step, predict_all, split_module)

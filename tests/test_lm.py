@@ -13,6 +13,7 @@ from flax import nnx
 from kd_jax import config as config_lib
 from kd_jax import divergences, losses, methods, models, parallel, train
 from kd_jax.data import arithmetic as ar
+from kd_jax.errors import WorkdirConflictError
 from kd_jax.tasks import lm
 from tests.test_divergences import reference
 from tests.test_losses import np_ce, rand
@@ -109,7 +110,7 @@ def _gpt(seed=0, **kw):
 
 
 def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none", train_size=512,
-         mesh=None, on_policy=0.0):
+         mesh=None, on_policy=0.0, identity=None):
   mesh = mesh or _mesh()
   problems, tokens, prompt_lengths, lengths = _split("train", train_size)
   test_problems, test_tokens, test_prompt_lengths, test_lengths = _split("test", 64)
@@ -126,7 +127,8 @@ def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none"
   return train.fit(name="lm", module=module, objective=methods.make_objective(c),
                    train_config=c.train, train_data=train_data, test_data=test_data, task=task,
                    mesh=mesh, workdir=str(tmp_path), seed=0, teacher=teacher,
-                   show_progress=False, log_every_steps=1, stop_at_step=stop_at_step)
+                   show_progress=False, log_every_steps=1, stop_at_step=stop_at_step,
+                   identity=identity)
 
 
 def test_an_lm_trains_on_the_engine_and_is_evaluated(tmp_path):
@@ -272,3 +274,18 @@ def test_gkd_mixes_batches_and_resumes_bit_identically(tmp_path):
   assert ([r for r in map(__import__("json").loads, open(tmp_path / "resumed" / "metrics.jsonl"))]
           == [r for r in map(__import__("json").loads,
                              open(tmp_path / "straight" / "metrics.jsonl"))])
+
+
+def test_a_student_starts_from_a_finished_fit_of_its_identity(tmp_path):
+  """student_init='baseline': the weights are the finished baseline's, exactly."""
+  fit = _fit(tmp_path, epochs=1.0, identity={"phase": "baseline", "seed": 0})
+  fresh = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, nnx.state(fresh, nnx.Param),
+                                              nnx.state(fit.module, nnx.Param))))
+  c = config_lib.base_config()
+  step = train.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 0})
+  assert step == fit.steps
+  same = jax.tree.map(np.array_equal, nnx.state(fresh), nnx.state(fit.module))
+  assert all(jax.tree.leaves(same))
+  with pytest.raises(WorkdirConflictError, match="seed"):
+    train.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 1})

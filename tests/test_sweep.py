@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -433,3 +434,59 @@ def test_a_run_directory_holding_another_configs_results_is_refused(tmp_path):
   path.write_text(json.dumps(results))
   with pytest.raises(ValueError, match='(?s)runs/temperature=4/seed10.*divergence: "tvd" → "kl"'):
     _sweep(tmp_path, FakeRun(), seeds=1)
+
+
+def test_parse_points_types_names_and_order():
+  named = sweep.parse_points(["sft: method=none", "js-hot: divergence=js; temperature=4 ;"],
+                             base_config())
+  assert named == [("sft", {"method": "none"}),
+                   ("js-hot", {"divergence": "js", "temperature": 4.0})]
+  assert sweep.parse_points([], base_config()) == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("method=none", "expected 'name: key=value"),
+    ("a b: method=none", "expected 'name: key=value"),
+    ("x: method", "expected key=value"),
+    ("x: alpha=0.1; alpha=0.2", "given twice"),
+    ("x: alpah=0.1", "alpah"),
+    ("x: alpha=high", "cannot read 'high' as float"),
+])
+def test_malformed_points(spec, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sweep.parse_points([spec], base_config())
+
+
+def test_point_names_are_unique():
+  with pytest.raises(ValueError, match="given twice"):
+    sweep.parse_points(["a: alpha=0.1", "a: alpha=0.2"], base_config())
+
+
+def test_named_points_times_the_grid():
+  named = [("a", {"alpha": 0.1}), ("b", {"alpha": 0.2})]
+  grid = sweep.parse_grid(["temperature=1,4"], base_config())
+  combined = sweep.combine(named, grid)
+  assert [n for n, _ in combined] == ["a,temperature=1", "a,temperature=4",
+                                      "b,temperature=1", "b,temperature=4"]
+  assert combined[3][1] == {"alpha": 0.2, "temperature": 4.0}
+  assert sweep.combine(named, [{}]) == named
+  assert sweep.combine([], grid) == [(None, p) for p in grid]
+  with pytest.raises(ValueError, match="both set alpha"):
+    sweep.combine(named, [{"alpha": 0.5}])
+
+
+def test_a_sweep_of_named_points_summarises_by_name(tmp_path):
+  config = base_config()
+  names, points = zip(*sweep.parse_points(["cold: temperature=1", "hot: temperature=4"], config))
+  record = sweep.run_sweep(config, str(tmp_path), points, num_seeds=2, names=names,
+                           teacher_dir="/teachers", run_fn=FakeRun())
+  assert record["grid"] == {"name": ["cold", "hot"]}
+  assert sorted(_statuses(tmp_path)) == ["cold/seed10", "cold/seed11", "hot/seed10",
+                                         "hot/seed11"]
+  rows = check_sweep_outputs(tmp_path, num_points=2, num_seeds=2, temperature_plot=False)
+  # The fake student: 0.80 + 0.02·[T = 4] + 0.01·(seed − 10), so hot = 0.825, cold = 0.805.
+  by_name = {r["name"]: r for r in rows}
+  assert float(by_name["hot"]["test_accuracy_mean"]) == pytest.approx(0.825)
+  assert float(by_name["cold"]["test_accuracy_mean"]) == pytest.approx(0.805)
+  md = (tmp_path / "summary.md").read_text()
+  assert md.index("| 1 | hot | **82.50 ± ") < md.index("| 2 | cold | **80.50 ± ")

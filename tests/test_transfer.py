@@ -119,14 +119,14 @@ def test_missing_verifier_pieces_are_refused(tmp_path):
 
 
 def test_transfer_rows_put_each_accepted_answer_after_its_prompt():
-  from kd_jax.tasks import lm
+  from kd_jax.tasks import arithmetic
   tokens = np.array([[1, 5, 6, 0, 0], [1, 7, 8, 9, 0]], np.int32)
   prompt_lengths = np.array([3, 4], np.int32)
   written = transfer.TransferSet(
       prompt_index=np.array([0, 1, 1], np.int32),
       responses=np.array([[10, 2, 0], [11, 12, 2], [13, 0, 0]], np.int32),
       lengths=np.array([2, 3, 1], np.int32), stats={})
-  rows, row_prompt_lengths, lengths = lm.transfer_rows(written, tokens, prompt_lengths, 6)
+  rows, row_prompt_lengths, lengths = arithmetic.transfer_rows(written, tokens, prompt_lengths, 6)
   assert rows.tolist() == [[1, 5, 6, 10, 2, 0], [1, 7, 8, 9, 11, 12], [1, 7, 8, 9, 13, 0]]
   assert row_prompt_lengths.tolist() == [3, 4, 4]
   assert lengths.tolist() == [5, 6, 5]               # the second row is cut at max_len

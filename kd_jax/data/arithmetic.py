@@ -175,3 +175,14 @@ def encode_pairs(problems: list[Problem], tokenizer: CharTokenizer, max_len: int
     tokens[i, :len(row)] = row
     prompt_lengths[i], lengths[i] = len(prompt), len(row)
   return tokens, prompt_lengths, lengths
+
+
+def harder(difficulty: Difficulty) -> dict[str, Difficulty]:
+  """The out-of-distribution variants of ``difficulty``: one more step, one more digit."""
+  return {"steps+1": dataclasses.replace(difficulty, steps=difficulty.steps + 1),
+          "digits+1": dataclasses.replace(difficulty, digits=difficulty.digits + 1)}
+
+
+def row_length(problems: list[Problem]) -> int:
+  """Tokens of the longest ``BOS prompt response EOS`` row of ``problems`` (one per character)."""
+  return max(len(p.prompt) + len(p.response) for p in problems) + 2

@@ -27,8 +27,9 @@ turns stored data into model inputs.
 ``inputs``).
 
 Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
-:mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs).
-Each task module's ``prepare(config, mesh, dtype)`` gives the experiment a
+:mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs),
+which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data.
+Each experiment module's ``prepare(config, mesh, dtype)`` gives the experiment a
 :class:`Prepared`: the config flows config → task → engine → report.
 """
 
@@ -75,6 +76,6 @@ class Prepared:
 
 def prepare(config, mesh, dtype) -> Prepared:
   """The task family of ``config.dataset.name``, prepared on ``mesh``."""
-  from kd_jax.tasks import classification, lm  # pylint: disable=g-import-not-at-top
-  family = lm if config.dataset.name in lm.DATASETS else classification
+  from kd_jax.tasks import arithmetic, classification  # pylint: disable=g-import-not-at-top
+  family = arithmetic if config.dataset.name in arithmetic.DATASETS else classification
   return family.prepare(config, mesh, dtype)

@@ -32,10 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import feeding, models, parallel, step, tasks, transfer
+from kd_jax import feeding, parallel, step
 from kd_jax import generate as generate_lib
-from kd_jax.data import arithmetic as ar
-from kd_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,11 +239,6 @@ def _token_sums_fn(graphdef, reference_graphdef, mesh):
                  out_shardings=replicated)
 
 
-# --------------------------------------------------------------------------- the experiment
-
-DATASETS = ("arithmetic",)
-
-
 def pass_at_k(num_samples: int, num_correct, k: int) -> float:
   """The unbiased pass@k of Chen et al. 2021, averaged over problems.
 
@@ -278,120 +271,3 @@ def generation_report(task: LanguageModeling, module, data: TokenData, sampling)
   return {"generation_tokens_per_second": speed,
           "pass_at_k": {str(k): pass_at_k(sampling.num_samples, correct, k)
                         for k in sampling.pass_at_k}}
-
-
-def prepare(config, mesh, dtype) -> tasks.Prepared:
-  """The arithmetic experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
-
-  Raises:
-    ConfigError: a model's ``vocab_size`` differs from the task's tokenizer (or the
-      teacher's from the student's), naming both sizes.
-  """
-  if jax.process_count() > 1:
-    # Evaluation generates on each process's own devices from whole-split arrays.
-    raise ConfigError(None, "language-model experiments run in one process for now "
-                      f"(this run has {jax.process_count()}); use one host's devices")
-  d = config.dataset
-  difficulty = ar.Difficulty(steps=d.steps, digits=d.digits, ops=d.ops)
-  tokenizer = ar.CharTokenizer()
-  train_problems = ar.generate_split("train", d.train_examples, seed=d.seed,
-                                     difficulty=difficulty)
-  test_problems = ar.generate_split("test", d.test_examples, seed=d.seed, difficulty=difficulty)
-  try:
-    train_arrays = ar.encode_pairs(train_problems, tokenizer, d.max_len)
-    tokens, prompt_lengths, lengths = ar.encode_pairs(test_problems, tokenizer, d.max_len)
-  except ValueError as e:
-    raise ConfigError("dataset.max_len", f"dataset.max_len: {e}") from None
-  task = LanguageModeling(tokenizer, prompt_lengths, np.array([p.answer for p in test_problems]),
-                          ar.check_answer, int((lengths - prompt_lengths).max()) + 4)
-  # On-policy distillation: the distilled student (only) samples a fraction of its batches.
-  gkd = config.get("gkd") if config.method == "gkd" else None
-  student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
-                                     policy_temperature=float(gkd.temperature)) if gkd else None
-  train_data = token_data(*train_arrays, mesh)
-  test_data = token_data(tokens, prompt_lengths, lengths, mesh)
-  check_vocabularies(config, tokenizer.vocab_size)
-
-  needed_len = d.max_len + task.max_new_tokens     # a row, or a prompt and its generation
-
-  def build(spec, seed, role="student"):
-    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": needed_len, **spec.kwargs.to_dict()}
-    if kwargs["max_len"] < needed_len:
-      raise ConfigError(f"{role}.kwargs.max_len", f"{role}.kwargs.max_len={kwargs['max_len']} "
-                        f"is below the {needed_len} positions the task needs (dataset.max_len + "
-                        "the generation budget); leave it unset")
-    try:
-      return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
-    except (TypeError, ValueError) as e:
-      raise ConfigError(f"{role}.kwargs",
-                        f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
-
-  def evaluate_teacher(graphdef, variables, batch_size):
-    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
-    module = nnx.merge(graphdef, *variables)
-    metrics.update(generation_report(task, module, test_data, config.sampling))
-    return metrics, (graphdef, variables)
-
-  def student_report(fit, module, teacher, batch_size):
-    # The final evaluation's exact match and token metrics, with the comparison to the
-    # teacher added (one teacher-forced pass; the greedy answers are not generated again).
-    graphdef, params, model_state = step.split_module(module)
-    compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
-        (params, model_state))
-    return {**fit.final, **compared,
-            **generation_report(task, module, test_data, config.sampling)}
-
-  def teacher_data(teacher_module, teacher_identity, cache_dir):
-    """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""
-    t = config.transfer
-    prompt_len = int(train_arrays[1].max())
-    written = transfer.build(
-        teacher_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=t.k,
-        sampling=t.sampling, max_new_tokens=task.max_new_tokens, decode=tokenizer.decode,
-        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
-        identity=teacher_identity, answers=[p.answer for p in train_problems],
-        check=ar.check_answer, extract=ar.extract_answer, label_free=t.label_free,
-        seed=config.seed)
-    if not len(written.prompt_index):
-      raise ConfigError("transfer", f"the teacher's transfer set is empty: none of its "
-                        f"{written.stats['samples']} samples passed the verifier. Train the "
-                        "teacher longer, sample more (transfer.k) or use transfer.label_free")
-    rows, prompt_lengths, lengths = transfer_rows(written, train_arrays[0], train_arrays[1],
-                                                  d.max_len)
-    return token_data(rows, prompt_lengths, lengths, mesh), written.stats
-
-  return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
-                        evaluate_teacher, student_report,
-                        teacher_data if config.get("student_data") == "transfer" else None,
-                        student_task)
-
-
-def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):
-  """Token rows ``prompt + accepted response`` (``encode_pairs`` layout) of a transfer set.
-
-  A response longer than the row has room for is cut at ``max_len`` (so it has no
-  EOS); every accepted answer of the arithmetic task fits.
-  """
-  rows = np.zeros((len(written.prompt_index), max_len), np.int32)
-  row_prompt_lengths = prompt_lengths[written.prompt_index].astype(np.int32)
-  lengths = np.zeros(len(rows), np.int32)
-  for i, (p, response, n) in enumerate(zip(written.prompt_index, written.responses,
-                                           written.lengths)):
-    row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
-    rows[i, :len(row)], lengths[i] = row, len(row)
-  return rows, row_prompt_lengths, lengths
-
-
-def check_vocabularies(config, vocab_size: int) -> None:
-  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
-  teacher = config.teacher.kwargs.get("vocab_size")
-  student = config.student.kwargs.get("vocab_size")
-  if teacher is not None and student is not None and teacher != student:
-    raise ConfigError("student.kwargs.vocab_size",
-                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
-                      "and student must share one tokenizer")
-  for role, size in (("teacher", teacher), ("student", student)):
-    if size is not None and size != vocab_size:
-      raise ConfigError(f"{role}.kwargs.vocab_size",
-                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
-                        "tokens: teacher and student must share one tokenizer")

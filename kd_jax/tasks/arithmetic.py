@@ -1,0 +1,184 @@
+"""The arithmetic reasoning experiment (kd_jax/data/arithmetic.py) as a language-modelling task.
+
+:func:`prepare` wires the generated problems into :class:`kd_jax.tasks.lm.LanguageModeling`:
+the gold training chains, the held-out split for evaluation, the teacher-written
+transfer set for sequence-level KD (``student_data="transfer"``), the student's
+own samples for on-policy distillation (``method="gkd"``) and, with
+``dataset.ood_examples`` > 0, two out-of-distribution test splits (one more step,
+one more digit: :func:`kd_jax.data.arithmetic.harder`) on which every model's
+final report gives ``ood_exact_match``, the test of whether a student learnt the
+procedure or the training distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from kd_jax import models, step, tasks, transfer
+from kd_jax.data import arithmetic as ar
+from kd_jax.errors import ConfigError
+from kd_jax.tasks import lm
+
+DATASETS = ("arithmetic",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+  """A held-out split and the task that generates and checks its answers."""
+  task: lm.LanguageModeling
+  data: lm.TokenData
+
+  def exact_match(self, module) -> float:
+    tokens, _ = self.task.generate(module, self.data, int(self.task.prompt_lengths.max()))
+    return float(np.mean(self.task.correct(tokens)))
+
+
+def _split(problems, tokenizer, max_len, mesh) -> _Split:
+  tokens, prompt_lengths, lengths = ar.encode_pairs(problems, tokenizer, max_len)
+  task = lm.LanguageModeling(tokenizer, prompt_lengths, np.array([p.answer for p in problems]),
+                             ar.check_answer, int((lengths - prompt_lengths).max()) + 4)
+  return _Split(task, lm.token_data(tokens, prompt_lengths, lengths, mesh))
+
+
+def _ood_splits(d, difficulty, tokenizer, mesh) -> dict[str, _Split]:
+  """``{"steps+1": split, "digits+1": split}`` of ``dataset.ood_examples`` problems each."""
+  if not d.get("ood_examples", 0):
+    return {}
+  splits = {}
+  for name, harder in ar.harder(difficulty).items():
+    problems = ar.generate_split("test", d.ood_examples, seed=d.seed, difficulty=harder)
+    splits[name] = _split(problems, tokenizer, ar.row_length(problems), mesh)
+  return splits
+
+
+def prepare(config, mesh, dtype) -> tasks.Prepared:
+  """The arithmetic experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
+
+  Raises:
+    ConfigError: a model's ``vocab_size`` differs from the task's tokenizer (or the
+      teacher's from the student's), naming both sizes.
+  """
+  if jax.process_count() > 1:
+    # Evaluation generates on each process's own devices from whole-split arrays.
+    raise ConfigError(None, "language-model experiments run in one process for now "
+                      f"(this run has {jax.process_count()}); use one host's devices")
+  d = config.dataset
+  difficulty = ar.Difficulty(steps=d.steps, digits=d.digits, ops=d.ops)
+  tokenizer = ar.CharTokenizer()
+  train_problems = ar.generate_split("train", d.train_examples, seed=d.seed,
+                                     difficulty=difficulty)
+  test_problems = ar.generate_split("test", d.test_examples, seed=d.seed, difficulty=difficulty)
+  try:
+    train_arrays = ar.encode_pairs(train_problems, tokenizer, d.max_len)
+    test = _split(test_problems, tokenizer, d.max_len, mesh)
+  except ValueError as e:
+    raise ConfigError("dataset.max_len", f"dataset.max_len: {e}") from None
+  task, test_data = test.task, test.data
+  ood = _ood_splits(d, difficulty, tokenizer, mesh)
+  # On-policy distillation: the distilled student (only) samples a fraction of its batches.
+  gkd = config.get("gkd") if config.method == "gkd" else None
+  student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
+                                     policy_temperature=float(gkd.temperature)) if gkd else None
+  train_data = lm.token_data(*train_arrays, mesh)
+  check_vocabularies(config, tokenizer.vocab_size)
+
+  # A row, or a prompt and its generation, of every split (RoPE has no learnt positions:
+  # max_len is only a bound the model checks).
+  needed_len = max([d.max_len + task.max_new_tokens] +
+                   [int(s.task.prompt_lengths.max()) + s.task.max_new_tokens
+                    for s in ood.values()])
+
+  def build(spec, seed, role="student"):
+    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": needed_len, **spec.kwargs.to_dict()}
+    if kwargs["max_len"] < needed_len:
+      raise ConfigError(f"{role}.kwargs.max_len", f"{role}.kwargs.max_len={kwargs['max_len']} "
+                        f"is below the {needed_len} positions the task needs (dataset.max_len + "
+                        "the generation budget); leave it unset")
+    try:
+      return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{role}.kwargs",
+                        f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
+
+  def ood_report(module) -> dict:
+    if not ood:
+      return {}
+    return {"ood_exact_match": {name: split.exact_match(module) for name, split in ood.items()}}
+
+  def evaluate_teacher(graphdef, variables, batch_size):
+    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
+    module = nnx.merge(graphdef, *variables)
+    metrics.update(lm.generation_report(task, module, test_data, config.sampling))
+    metrics.update(ood_report(module))
+    return metrics, (graphdef, variables)
+
+  def student_report(fit, module, teacher, batch_size):
+    # The final evaluation's exact match and token metrics, with the comparison to the
+    # teacher added (one teacher-forced pass; the greedy answers are not generated again).
+    graphdef, params, model_state = step.split_module(module)
+    compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
+        (params, model_state))
+    # The budget in tokens: every position of every row of every step's batch.
+    train_tokens = fit.steps * config.train.batch_size * (d.max_len - 1)
+    return {**fit.final, **compared,
+            **lm.generation_report(task, module, test_data, config.sampling),
+            **ood_report(module), "train_tokens": train_tokens}
+
+  def teacher_data(teacher_module, teacher_identity, cache_dir):
+    """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""
+    t = config.transfer
+    prompt_len = int(train_arrays[1].max())
+    written = transfer.build(
+        teacher_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=t.k,
+        sampling=t.sampling, max_new_tokens=task.max_new_tokens, decode=tokenizer.decode,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
+        identity=teacher_identity, answers=[p.answer for p in train_problems],
+        check=ar.check_answer, extract=ar.extract_answer, label_free=t.label_free,
+        seed=config.seed)
+    if not len(written.prompt_index):
+      raise ConfigError("transfer", f"the teacher's transfer set is empty: none of its "
+                        f"{written.stats['samples']} samples passed the verifier. Train the "
+                        "teacher longer, sample more (transfer.k) or use transfer.label_free")
+    rows, prompt_lengths, lengths = transfer_rows(written, train_arrays[0], train_arrays[1],
+                                                  d.max_len)
+    return lm.token_data(rows, prompt_lengths, lengths, mesh), written.stats
+
+  return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
+                        evaluate_teacher, student_report,
+                        teacher_data if config.get("student_data") == "transfer" else None,
+                        student_task)
+
+
+def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):
+  """Token rows ``prompt + accepted response`` (``encode_pairs`` layout) of a transfer set.
+
+  A response longer than the row has room for is cut at ``max_len`` (so it has no
+  EOS); every accepted answer of the arithmetic task fits.
+  """
+  rows = np.zeros((len(written.prompt_index), max_len), np.int32)
+  row_prompt_lengths = prompt_lengths[written.prompt_index].astype(np.int32)
+  lengths = np.zeros(len(rows), np.int32)
+  for i, (p, response, n) in enumerate(zip(written.prompt_index, written.responses,
+                                           written.lengths)):
+    row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
+    rows[i, :len(row)], lengths[i] = row, len(row)
+  return rows, row_prompt_lengths, lengths
+
+
+def check_vocabularies(config, vocab_size: int) -> None:
+  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
+  teacher = config.teacher.kwargs.get("vocab_size")
+  student = config.student.kwargs.get("vocab_size")
+  if teacher is not None and student is not None and teacher != student:
+    raise ConfigError("student.kwargs.vocab_size",
+                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
+                      "and student must share one tokenizer")
+  for role, size in (("teacher", teacher), ("student", student)):
+    if size is not None and size != vocab_size:
+      raise ConfigError(f"{role}.kwargs.vocab_size",
+                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
+                        "tokens: teacher and student must share one tokenizer")

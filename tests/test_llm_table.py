@@ -1,0 +1,92 @@
+"""The language-model method table (kd_jax/llm_table.py) on hand-made results with known stats."""
+
+import math
+import os
+
+import pytest
+from scipy import stats as scipy_stats
+
+from kd_jax import llm_table, sweep
+from kd_jax.config import base_config
+from kd_jax.errors import ConfigError
+
+TEACHER_EM = 0.9
+# Exact match per point and seed: sft 0.60/0.62/0.64; good = sft + 0.10/0.12/0.14; same = sft
+# + 0.01/-0.01/0.0; bad = sft - 0.20 at every seed.
+EXACT = {"sft": (0.60, 0.62, 0.64), "good": (0.70, 0.74, 0.78), "same": (0.61, 0.61, 0.64),
+         "bad": (0.40, 0.42, 0.44)}
+WARM = "bad"      # started from its trained baseline (student_init="baseline")
+
+
+def fake_results(config, name):
+  seed = config.seed
+  em = EXACT[name][seed]
+  history = [{"step": s, "exact_match": em * s / 100} for s in (50, 100)]
+  student = {"exact_match": em, "pass_at_k": {"1": em - 0.1, "4": em + 0.1}, "params": 1000,
+             "train_tokens": 100 * 64 * 55, "steps": 100, "wall_seconds": 10.0 + seed,
+             "ood_exact_match": {"steps+1": em / 2, "digits+1": em / 4}, "history": history}
+  extra = {}
+  if name == WARM:
+    config.student_init = "baseline"
+    extra["baseline"] = {"train_tokens": 1000, "wall_seconds": 5.0}
+  return {"experiment": "t", "headline": "exact_match", "config": config.to_dict(), **extra,
+          "teacher": {"exact_match": TEACHER_EM, "params": 9000, "source": "/t", "steps": 200,
+                      "train_seconds": 60.0, "pass_at_k": {"1": 0.8, "4": 0.95},
+                      "ood_exact_match": {"steps+1": 0.5, "digits+1": 0.1}},
+          "student": student}
+
+
+def _sweep(tmp_path, names=tuple(EXACT)):
+  config = base_config()
+  config.seed = 0
+  config.dataset.max_len = 56
+  named = sweep.parse_points([f"{n}: alpha={0.1 * (i + 1):.1f}" for i, n in enumerate(names)],
+                             config)
+  by_alpha = {round(p["alpha"], 1): n for n, p in named}
+
+  def run_fn(run_config, workdir, *, teacher_dir=None):
+    del workdir, teacher_dir
+    return fake_results(run_config, by_alpha[round(run_config.alpha, 1)])
+
+  names_, points = zip(*named)
+  sweep.run_sweep(config, str(tmp_path), points, num_seeds=3, names=names_, run_fn=run_fn)
+  return str(tmp_path)
+
+
+def test_rows_follow_the_formulas(tmp_path):
+  record, by_point = llm_table.load_sweep(_sweep(tmp_path))
+  assert [_ for _ in by_point] == list(EXACT) and record["seeds"] == [0, 1, 2]
+  row = llm_table.point_row("good", by_point["good"], by_point["sft"], TEACHER_EM)
+  t = scipy_stats.t.ppf(0.975, 2)
+  assert row["exact_match"].mean == pytest.approx(0.74)
+  assert row["exact_match"].half_width == pytest.approx(t * 0.04 / math.sqrt(3))
+  assert row["retention"] == pytest.approx(0.74 / 0.9)
+  # Paired differences 0.10, 0.12, 0.14: mean 0.12, sd 0.02.
+  assert row["difference"].mean == pytest.approx(0.12)
+  assert row["difference"].half_width == pytest.approx(t * 0.02 / math.sqrt(3))
+  gaps = [(g - s) / (0.9 - s) for g, s in zip(EXACT["good"], EXACT["sft"])]
+  assert row["gap_recovered"].mean == pytest.approx(sum(gaps) / 3)
+  assert row["pass_k"] == "4" and row["pass_at_k"].mean == pytest.approx(0.84)
+  assert row["ood"]["steps+1"].mean == pytest.approx(0.37)
+  assert row["wall_seconds"] == pytest.approx(11.0) and row["train_tokens"] == 352_000
+  warm = llm_table.point_row(WARM, by_point[WARM], by_point["sft"], TEACHER_EM)
+  assert warm["train_tokens"] == 353_000 and warm["wall_seconds"] == pytest.approx(16.0)
+
+
+def test_verdicts_need_an_interval_that_excludes_zero(tmp_path):
+  text = llm_table.write(_sweep(tmp_path))
+  assert "- Beat `sft` (interval excludes 0): `good`." in text
+  assert "- Worse than `sft`: `bad`." in text
+  assert "- No difference shown: `same`." in text
+  assert "| `sft` | 1,000 | 62.0 ± " in text and "(reference)" in text
+  assert "| teacher | 9,000 | 90.0 | 95.0 | 100 | 100 |" in text
+  # 100 steps · 64 rows · 55 positions; the teacher: 200 steps · 128 rows · 55.
+  assert "| 352k |" in text and "| 1.41M |" in text
+  for name in ("llm_table.md", "exact_match_vs_tokens.png"):
+    assert os.path.getsize(os.path.join(tmp_path, name)) > 1000
+  assert not os.path.exists(os.path.join(tmp_path, "transfer_vs_temperature.png"))
+
+
+def test_an_unknown_reference_names_the_points(tmp_path):
+  with pytest.raises(ConfigError, match="its points: sft, good"):
+    llm_table.write(_sweep(tmp_path, names=("sft", "good")), reference="base")

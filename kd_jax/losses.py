@@ -148,7 +148,21 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   """
   _require(temperature, "temperature", lambda v: v > 0, "> 0")
   _require(alpha, "alpha", lambda v: 0 <= v <= 1, "in [0, 1]")
-  div_params = {**(divergence_params or {}), **div_params}
+  per_position = kd_per_position(student_logits, teacher_logits, labels, divergence=divergence,
+                                 temperature=temperature, alpha=alpha, mask=mask,
+                                 divergence_params={**(divergence_params or {}), **div_params})
+  return _masked_mean(per_position, mask)
+
+
+def kd_per_position(student_logits: ArrayLike, teacher_logits: ArrayLike,
+                    labels: ArrayLike | None, *, divergence: str, temperature: ArrayLike,
+                    alpha: ArrayLike, mask: ArrayLike | None = None,
+                    divergence_params: Mapping[str, Any] | None = None) -> Array:
+  """:func:`kd_loss` before the mean: α·CE + (1−α)·s(T)·D at every position, ``[...]``.
+
+  Arguments as in :func:`kd_loss` (unchecked); ``mask`` only keeps masked labels valid.
+  """
+  div_params = dict(divergence_params or {})
   div_fn = divergences.get(divergence)
   static_alpha = alpha if isinstance(alpha, numbers.Real) else None
   if labels is None and static_alpha != 0:
@@ -166,7 +180,7 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     if divergence in divergences.PROBABILITY_DIVERGENCES:
       d = jnp.square(temperature) * d
     per_position = per_position + (1.0 - alpha) * d
-  return _masked_mean(jnp.asarray(per_position), mask)
+  return jnp.asarray(per_position)
 
 
 def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
@@ -476,3 +490,8 @@ def pkt_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
   p = _conditional_probs(t, pair)
   q = _conditional_probs(s, pair)
   return _weighted_mean(p * jnp.log((p + eps) / (q + eps)), pair)
+
+
+# The chunked, head-fused form of kd_loss for large vocabularies (its own module; it builds
+# on kd_per_position above).
+from kd_jax.fused_linear import fused_linear_kd_loss  # noqa: E402,F401

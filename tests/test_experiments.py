@@ -203,9 +203,10 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
 
 
 ARITHMETIC = ("sft", "token_kd", "seqkd", "gkd")
+STUDIES = ("r1_table", "transfer_temperature")     # run with kd_jax.sweep
 
 
-@pytest.mark.parametrize("name", ARITHMETIC)
+@pytest.mark.parametrize("name", ARITHMETIC + STUDIES)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_arithmetic_configs_are_valid(name, arg):
   c = cli_load(f"experiments/arithmetic/{name}.py" + (f":{arg}" if arg else ""))
@@ -267,3 +268,26 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
     assert [r["step"] for r in records if "loss" in r][-1] == 7
   if name == "gkd":     # some batches sampled by the student itself
     assert {r["on_policy"] for r in records if "loss" in r} <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_r1_table_pipeline_smoke_run(tmp_path):
+  """The whole R1 pipeline: teacher, transfer set, every family of student, the table."""
+  sweep_dir = tmp_path / "r1"
+  out = _cli("--config=experiments/arithmetic/r1_table.py:smoke", f"--workdir={sweep_dir}",
+             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress",
+             module="kd_jax.sweep", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"[sweep 10/10 done, 0 failed] {sweep_dir}" in out.stdout
+  table = _cli(f"--workdir={sweep_dir}", module="kd_jax.llm_table", timeout=300)
+  assert table.returncode == 0, table.stderr[-3000:]
+  rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+  assert rows[0].startswith("| model | params | exact match % | pass@2 % |")
+  assert "OOD steps+1 %" in rows[0] and "OOD digits+1 %" in rows[0]
+  assert [r.split(" | ")[0] for r in rows[1:]] == [
+      "| teacher", "| `sft`", "| `seqkd`", "| `kd-kl`", "| `gkd`", "| `gkd-from-sft`"]
+  with open(sweep_dir / "runs" / "gkd-from-sft" / "seed0" / "results.json") as f:
+    warm = json.load(f)
+  assert warm["config"]["student_init"] == "baseline" and "baseline" in warm
+  assert os.path.getsize(sweep_dir / "exact_match_vs_tokens.png") > 10_000

@@ -67,6 +67,7 @@ def get_config(arg=None):
     c.transfer.k = 2
     c.transfer.label_free = True      # the smoke teacher is rarely right
     c.sweep = dict(points=("sft: method=none", "seqkd: method=none; student_data=transfer",
-                           "kd-kl: method=kd; divergence=kl", "gkd: method=gkd"),
+                           "kd-kl: method=kd; divergence=kl", "gkd: method=gkd",
+                           "gkd-from-sft: method=gkd; student_init=baseline; baseline=true"),
                    seeds=2)
   return token_kd.apply_arg(c, arg)

@@ -313,3 +313,12 @@ class GPT(nnx.Module):
       x, _, kv = layer(x, positions, allowed, kv=(k, v, write))
       new_cache.append(kv)
     return self._logits(x), new_cache
+
+
+def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
+  """A Llama- or Qwen2-architecture Hugging Face checkpoint directory as a :class:`GPT`.
+
+  See :func:`kd_jax.models.hf_checkpoint.load` (what is read, and what is refused).
+  """
+  from kd_jax.models import hf_checkpoint  # noqa: PLC0415  (it imports this module)
+  return hf_checkpoint.load(path, dtype=dtype, max_len=max_len)

@@ -1,0 +1,157 @@
+"""Hugging Face Llama and Qwen2 checkpoints as :class:`kd_jax.models.gpt.GPT` models.
+
+A checkpoint directory in the Hugging Face layout holds ``config.json`` and the
+weights, either one ``model.safetensors`` or shards listed by
+``model.safetensors.index.json`` (and, for text, ``tokenizer.json``). :func:`load`
+reads the architecture from ``config.json``, builds the GPT with the same options
+(grouped-query attention, q/k/v biases for Qwen2, tied embeddings, RoPE base,
+RMSNorm epsilon), and copies every tensor in, mapping Hugging Face names to the
+GPT's (they share names; linear weights are transposed: PyTorch stores
+``[out, in]``, Flax kernels are ``[in, out]``). It refuses, naming what is wrong,
+an architecture it does not implement (another ``model_type``, RoPE scaling, a
+sliding window, MLP biases, an activation other than SiLU), a missing or
+misshapen tensor, and a tensor it would not use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kd_jax.errors import ConfigError
+
+ARCHITECTURES = ("llama", "qwen2")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Buffers some exports include; they are recomputed, not loaded.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def read_config(path: str) -> dict:
+  """``config.json`` of a checkpoint directory, checked against what the GPT implements."""
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise ConfigError("teacher.checkpoint", f"{path} is not a Hugging Face checkpoint: no "
+                      "config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  kind = config.get("model_type")
+  if kind not in ARCHITECTURES:
+    raise ConfigError("teacher.checkpoint", f"{config_path}: model_type {kind!r} is not "
+                      f"supported; valid: {', '.join(ARCHITECTURES)}")
+  rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+  problems = []
+  if rope.get("rope_type", rope.get("type", "default")) != "default":
+    problems.append(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r}")
+  if config.get("hidden_act", "silu") != "silu":
+    problems.append(f"hidden_act {config['hidden_act']!r} (only silu)")
+  if config.get("use_sliding_window"):
+    problems.append("a sliding attention window")
+  if config.get("mlp_bias"):
+    problems.append("MLP biases")
+  if problems:
+    raise ConfigError("teacher.checkpoint", f"{config_path}: kd_jax's GPT does not implement "
+                      f"{', '.join(problems)}")
+  return config
+
+
+def gpt_kwargs(config: dict) -> dict:
+  """The :class:`~kd_jax.models.gpt.GPT` options of a checked ``config.json``."""
+  rope = config.get("rope_parameters") or {}
+  heads = config["num_attention_heads"]
+  return dict(
+      vocab_size=config["vocab_size"], max_len=config.get("max_position_embeddings", 2048),
+      num_layers=config["num_hidden_layers"], num_heads=heads, dim=config["hidden_size"],
+      num_kv_heads=config.get("num_key_value_heads") or heads,
+      head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+      mlp_dim=config["intermediate_size"], mlp="swiglu",
+      # Qwen2 always has q/k/v biases; Llama has them when attention_bias is set.
+      qkv_bias=config["model_type"] == "qwen2" or bool(config.get("attention_bias")),
+      tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+      rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
+      norm_eps=float(config.get("rms_norm_eps", 1e-6)))
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of the checkpoint (one file or the shards of the index), as float32 numpy."""
+  from safetensors import safe_open  # noqa: PLC0415  (only checkpoints need it)
+  index_path = os.path.join(path, INDEX_FILE)
+  if os.path.exists(index_path):
+    with open(index_path) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  elif os.path.exists(os.path.join(path, SINGLE_FILE)):
+    files = [SINGLE_FILE]
+  else:
+    raise ConfigError("teacher.checkpoint", f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+  tensors = {}
+  for name in files:
+    # The "flax" framework reads bfloat16 too (numpy has no bfloat16).
+    with safe_open(os.path.join(path, name), framework="flax") as f:
+      for key in f.keys():
+        tensors[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
+  return tensors
+
+
+def _targets(model) -> dict[str, tuple[nnx.Variable, bool]]:
+  """Hugging Face tensor name → (the GPT variable it fills, whether to transpose)."""
+  targets = {"model.embed_tokens.weight": (model.embed_tokens.embedding, False),
+             "model.norm.weight": (model.norm.weight, False)}
+  if model.lm_head is not None:
+    targets["lm_head.weight"] = (model.lm_head.kernel, True)
+  for i, layer in enumerate(model.layers):
+    prefix = f"model.layers.{i}."
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+      targets[f"{prefix}{norm}.weight"] = (getattr(layer, norm).weight, False)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+      linear = getattr(layer.self_attn, proj)
+      targets[f"{prefix}self_attn.{proj}.weight"] = (linear.kernel, True)
+      if linear.bias is not None:
+        targets[f"{prefix}self_attn.{proj}.bias"] = (linear.bias, False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      targets[f"{prefix}mlp.{proj}.weight"] = (getattr(layer.mlp, proj).kernel, True)
+  return targets
+
+
+def load(path: str, *, dtype=jnp.float32, max_len: int | None = None):
+  """The GPT of a Llama/Qwen2 checkpoint directory, weights loaded (float32 parameters).
+
+  Args:
+    path: the directory (``config.json`` and safetensors weights).
+    dtype: the computation dtype (``jnp.bfloat16`` for mixed precision).
+    max_len: the longest sequence to accept; default the checkpoint's
+      ``max_position_embeddings``.
+
+  Raises:
+    ConfigError: an unsupported architecture, or a tensor missing, misshapen or
+      unexpected (naming it and the file).
+  """
+  from kd_jax.models import gpt  # noqa: PLC0415  (gpt re-exports this module's loader)
+  path = os.path.expanduser(path)
+  kwargs = gpt_kwargs(read_config(path))
+  if max_len:
+    kwargs["max_len"] = max_len
+  model = nnx.eval_shape(lambda: gpt.GPT(rngs=nnx.Rngs(0), dtype=dtype, **kwargs))
+  tensors = read_tensors(path)
+  targets = _targets(model)
+  missing = sorted(set(targets) - set(tensors))
+  unexpected = sorted(k for k in set(tensors) - set(targets) if not k.endswith(_IGNORED_SUFFIXES))
+  if missing or unexpected:
+    raise ConfigError("teacher.checkpoint", f"{path}: " + "; ".join(
+        part for part in (f"missing tensors {missing}" if missing else "",
+                          f"unexpected tensors {unexpected}" if unexpected else "") if part))
+  for name, (variable, transpose) in targets.items():
+    value = tensors[name].T if transpose else tensors[name]
+    if value.shape != variable.get_value().shape:
+      raise ConfigError("teacher.checkpoint", f"{path}: tensor {name} has shape "
+                        f"{tensors[name].shape}, but the config makes it "
+                        f"{variable.get_value().shape[::-1] if transpose else variable.get_value().shape}")
+    variable.set_value(jnp.asarray(value, jnp.float32))
+  unfilled = [path for path, leaf in nnx.to_flat_state(nnx.state(model))
+              if not hasattr(leaf.get_value(), "device")]
+  if unfilled:       # a GPT parameter no Hugging Face name maps to: a bug in _targets
+    raise AssertionError(f"parameters left unloaded: {unfilled}")
+  return model

@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+FORTUNES_DIR := /usr/share/games/fortunes
 
 .PHONY: install data test test-fast run bench bench-deps clean
 
@@ -33,6 +34,18 @@ data:
 	fi
 	@if [ "$${CI:-}" = true ] && [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
 	  echo "error: CI=true and Fashion-MNIST is missing from $(FMNIST_DIR)"; exit 1; fi
+	@# English text for the language-model experiments (Debian fortunes, ~2.5 MB).
+	@if [ ! -d $(FORTUNES_DIR) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq fortunes >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq fortunes >/dev/null)) || \
+	    echo "warning: could not install fortunes; tests that need it will skip"; \
+	  else \
+	    echo "note: the fortunes corpus is missing; install it with: sudo apt-get install fortunes"; \
+	  fi; \
+	fi
+	@if [ "$${CI:-}" = true ] && [ ! -d $(FORTUNES_DIR) ]; then \
+	  echo "error: CI=true and the fortunes corpus is missing from $(FORTUNES_DIR)"; exit 1; fi
 	@# Prepare TFDS's fashion_mnist offline from those files once (needs TensorFlow; skipped without).
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('tensorflow') else 1)" 2>/dev/null && \
 	  $(PY) -c "from kd_jax import data; from kd_jax.data import fashion_mnist as f; \

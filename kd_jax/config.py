@@ -18,7 +18,8 @@ import ml_collections
 
 from kd_jax import divergences, methods, models, schedules
 from kd_jax.data import NAMES as IMAGE_DATASETS
-from kd_jax.tasks.arithmetic import DATASETS as LANGUAGE_DATASETS
+from kd_jax.tasks.arithmetic import DATASETS as REASONING_DATASETS
+from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
@@ -26,6 +27,8 @@ LANGUAGE_ONLY_METHODS = ("gkd",)
 METHODS = tuple(m for m in methods.REGISTRY if m not in LANGUAGE_ONLY_METHODS)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
 LANGUAGE_METHODS = ("none", "kd", "gkd")
+TEXT_METHODS = ("none", "kd")       # no prompts to answer: no on-policy sampling
+LANGUAGE_DATASETS = (*REASONING_DATASETS, *TEXT_DATASETS)
 # What a language-model student trains on: the gold responses, or the teacher's
 # verified answers to the gold prompts (sequence-level KD, kd_jax/transfer.py).
 STUDENT_DATA = ("gold", "transfer")
@@ -139,6 +142,16 @@ def arithmetic_dataset(*, train_examples: int = 8000, test_examples: int = 500, 
       seed=seed,          # the problem generator's seed (the split of a problem is its hash)
       max_len=max_len,    # tokens per (prompt, response) row
       ood_examples=ood_examples))
+
+
+def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
+                 train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
+  """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of
+  ``vocab_size`` trained on its training documents, packed rows of ``max_len`` tokens;
+  ``train_examples`` / ``test_examples`` > 0 keep the first rows (smoke runs)."""
+  return ml_collections.ConfigDict(dict(name=name, vocab_size=vocab_size, max_len=max_len,
+                                        train_examples=train_examples,
+                                        test_examples=test_examples))
 
 
 def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -309,7 +322,21 @@ def _validate_image_task(config) -> None:
         "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
 
 
+def _validate_text_task(config) -> None:
+  d = config.dataset
+  _nonnegative_ints("dataset", d, ("train_examples", "test_examples"))
+  _nonnegative_ints("dataset", d, ("max_len",), 8)
+  _nonnegative_ints("dataset", d, ("vocab_size",), 259)   # the 256 bytes and 3 special tokens
+  for role in ("teacher", "student"):
+    _choice(f"{role}.model", config[role].model, models.SEQUENCE_MODELS)
+  _choice("method", config.method, TEXT_METHODS)
+  _choice("student_data", config.get("student_data", "gold"), ("gold",))
+
+
 def _validate_language_task(config) -> None:
+  if config.dataset.name in TEXT_DATASETS:
+    _validate_text_task(config)
+    return
   d = config.dataset
   _nonnegative_ints("dataset", d, ("train_examples", "test_examples", "steps", "digits"), 1)
   _nonnegative_ints("dataset", d, ("seed",))

@@ -41,7 +41,16 @@ _TABLES = {
         "answers correct (the largest k); nll and tok acc: teacher-forced on the gold "
         "responses; KL→T: KL(teacher ‖ model) per token; agree: argmax agreement with the "
         "teacher per token."),
+    "nll": (
+        [("nll/tok", "nll", _number), ("ppl", "perplexity", _number),
+         ("tok acc", "token_accuracy", _pct), ("KL→T/tok", "kl_to_teacher", _number),
+         ("agree", "agreement", _pct)],
+        "nll: teacher-forced negative log-likelihood per token on the held-out documents "
+        "(lower is better); ppl: exp(nll); tok acc: argmax accuracy; KL→T: KL(teacher ‖ "
+        "model) per token; agree: argmax agreement with the teacher per token."),
 }
+# Headlines where lower is better (a gain is then baseline − student).
+_LOWER_IS_BETTER = ("nll",)
 
 
 def _student_label(results: dict) -> str:
@@ -73,13 +82,18 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
   if "baseline" in results:
     teacher = results["teacher"][headline]
     scratch = results["baseline"][headline]
-    gain = results["student"][headline] - scratch
-    lines.append(f"KD gain (student − from scratch, final {headline.replace('_', ' ')}): "
-                 f"{gain * 100:+.2f} points")
-    if teacher <= scratch:
-      lines.append(f"note: the teacher ({teacher:.2%}) is no better than the student trained "
-                   f"from scratch ({scratch:.2%}), so distillation cannot be expected to help "
-                   "here; :smoke configs train a deliberately small teacher to test the "
+    if headline in _LOWER_IS_BETTER:
+      gain, shown, worse = scratch - results["student"][headline], _number, teacher >= scratch
+      lines.append(f"KD gain (from scratch − student, final {headline} per token): "
+                   f"{gain:+.4f} nats")
+    else:
+      gain, shown, worse = results["student"][headline] - scratch, _pct, teacher <= scratch
+      lines.append(f"KD gain (student − from scratch, final {headline.replace('_', ' ')}): "
+                   f"{gain * 100:+.2f} points")
+    if worse:
+      lines.append(f"note: the teacher ({shown(teacher)}) is no better than the student trained "
+                   f"from scratch ({shown(scratch)}), so distillation cannot be expected to "
+                   "help here; :smoke configs train a deliberately small teacher to test the "
                    "pipeline, not to measure KD.")
   lines.append(_timing_line(results, "that run" if recorded else "this run"))
   return "\n".join(lines)

@@ -45,6 +45,8 @@ def pytest_sessionstart(session):
 
 
 needs_fashion_mnist = skip_unless(have_fashion_mnist(), MISSING_FASHION_MNIST)
+needs_fortunes = skip_unless(os.path.isdir("/usr/share/games/fortunes"),
+                             "the fortunes corpus is missing (sudo apt-get install fortunes)")
 
 
 def tiny_config(method="kd", **overrides):

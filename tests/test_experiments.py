@@ -15,7 +15,7 @@ from flax import nnx
 from kd_jax import config as config_lib
 from kd_jax import methods, models
 from tests import multidevice
-from tests.conftest import needs_fashion_mnist
+from tests.conftest import needs_fashion_mnist, needs_fortunes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -291,3 +291,29 @@ def test_r1_table_pipeline_smoke_run(tmp_path):
     warm = json.load(f)
   assert warm["config"]["student_init"] == "baseline" and "baseline" in warm
   assert os.path.getsize(sweep_dir / "exact_match_vs_tokens.png") > 10_000
+
+
+@pytest.mark.parametrize("arg", [None, "smoke", "32k"])
+def test_text_configs_are_valid(arg):
+  c = cli_load("experiments/text/token_kd.py" + (f":{arg}" if arg else ""))
+  config_lib.validate(c)
+  c.method = "gkd"
+  with pytest.raises(ValueError, match="method: unknown value 'gkd'; valid choices: none, kd"):
+    config_lib.validate(c)
+
+
+@needs_fortunes
+@pytest.mark.slow
+def test_text_module_smoke_run(tmp_path):
+  out = _cli("--config=experiments/text/token_kd.py:smoke", f"--workdir={tmp_path / 'text'}",
+             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "text" / "results.json") as f:
+    results = json.load(f)
+  assert results["headline"] == "nll" and "KD gain (from scratch − student" in out.stdout
+  for phase in ("teacher", "baseline", "student"):
+    r = results[phase]
+    assert r["nll"] > 0 and r["perplexity"] == pytest.approx(np.exp(r["nll"]))
+  assert results["student"]["best_nll"] == min(h["nll"] for h in results["student"]["history"])
+  assert results["student"]["train_tokens"] == 8 * 32 * 63       # 256 rows / 32, × 63 positions

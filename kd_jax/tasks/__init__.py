@@ -28,7 +28,8 @@ turns stored data into model inputs.
 
 Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
 :mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs),
-which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data.
+which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data and
+:mod:`kd_jax.tasks.text` for text corpora.
 Each experiment module's ``prepare(config, mesh, dtype)`` gives the experiment a
 :class:`Prepared`: the config flows config → task → engine → report.
 """
@@ -76,6 +77,8 @@ class Prepared:
 
 def prepare(config, mesh, dtype) -> Prepared:
   """The task family of ``config.dataset.name``, prepared on ``mesh``."""
-  from kd_jax.tasks import arithmetic, classification  # pylint: disable=g-import-not-at-top
-  family = arithmetic if config.dataset.name in arithmetic.DATASETS else classification
+  from kd_jax.tasks import arithmetic, classification, text  # pylint: disable=g-import-not-at-top
+  families = {**{name: arithmetic for name in arithmetic.DATASETS},
+              **{name: text for name in text.DATASETS}}
+  family = families.get(config.dataset.name, classification)
   return family.prepare(config, mesh, dtype)

@@ -84,7 +84,7 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
                                      policy_temperature=float(gkd.temperature)) if gkd else None
   train_data = lm.token_data(*train_arrays, mesh)
-  check_vocabularies(config, tokenizer.vocab_size)
+  lm.check_vocabularies(config, tokenizer.vocab_size)
 
   # A row, or a prompt and its generation, of every split (RoPE has no learnt positions:
   # max_len is only a bound the model checks).
@@ -167,18 +167,3 @@ def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len
     row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
     rows[i, :len(row)], lengths[i] = row, len(row)
   return rows, row_prompt_lengths, lengths
-
-
-def check_vocabularies(config, vocab_size: int) -> None:
-  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
-  teacher = config.teacher.kwargs.get("vocab_size")
-  student = config.student.kwargs.get("vocab_size")
-  if teacher is not None and student is not None and teacher != student:
-    raise ConfigError("student.kwargs.vocab_size",
-                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
-                      "and student must share one tokenizer")
-  for role, size in (("teacher", teacher), ("student", student)):
-    if size is not None and size != vocab_size:
-      raise ConfigError(f"{role}.kwargs.vocab_size",
-                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
-                        "tokens: teacher and student must share one tokenizer")

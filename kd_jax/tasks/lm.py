@@ -9,7 +9,11 @@ from lengths, never from token values). Losses are means over every unmasked
 token of the global batch (:mod:`kd_jax.losses`), so long responses weigh more
 than short ones, token for token.
 
-Evaluation (:meth:`LanguageModeling.evaluator`) streams over the held-out split:
+Two tasks: :class:`NextTokens` (text: every token is a target; evaluated by the
+teacher-forced ``nll`` per token, the headline, and ``perplexity``) and
+:class:`LanguageModeling` (prompt → response pairs with a checkable answer).
+Evaluation of the latter (:meth:`LanguageModeling.evaluator`) streams over the
+held-out split:
 
 * ``exact_match`` (the headline) — greedy generation with the KV cache
   (:mod:`kd_jax.generate`) from each prompt, checked by the task's answer checker;
@@ -33,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from kd_jax import feeding, parallel, step
+from kd_jax.errors import ConfigError
 from kd_jax import generate as generate_lib
 
 
@@ -72,8 +77,77 @@ def token_data(tokens, prompt_lengths, lengths, mesh) -> TokenData:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LanguageModeling:
-  """The batch and evaluation side of the task.
+class NextTokens:
+  """Next-token prediction on token rows, evaluated teacher-forced (text corpora).
+
+  Every real token of a row is a target (the rows' ``loss_mask``); the evaluation
+  is :meth:`token_metrics` with ``perplexity`` = exp(nll); the headline is ``nll``
+  per token (lower is better).
+  """
+  headline: ClassVar[str] = "nll"
+  higher_is_better: ClassVar[bool] = False
+
+  @property
+  def augments(self) -> bool:
+    """Whether training inputs change from step to step (then teacher outputs cannot be cached)."""
+    return False
+
+  def input_identity(self) -> dict:
+    return {"inputs": "tokens[:, :-1]"}
+
+  def train_batch(self, data: TokenData, index, mask, rng, policy=None):
+    """The rows' inputs, targets and loss mask (``rng`` and ``policy`` are unused)."""
+    del rng, policy
+    tokens = data.tokens[index]
+    return tokens[:, :-1], tokens[:, 1:], data.loss_mask[index] & mask[:, None], {}
+
+  def eval_inputs(self, data: TokenData, index):
+    return data.tokens[index][:, :-1]
+
+  def train_metrics(self, logits, targets, loss_mask) -> dict:
+    correct = (jnp.argmax(logits, -1) == targets) & loss_mask
+    return {"token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(loss_mask), 1)}
+
+  def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
+                reference: tuple | None = None):
+    """``evaluate(variables) -> (metrics, None)``: :meth:`token_metrics` and ``perplexity``."""
+    token_metrics = self.token_metrics(graphdef, data, batch_size, mesh, reference=reference)
+
+    def evaluate(variables):
+      metrics = token_metrics(variables)
+      return {**metrics, "perplexity": float(np.exp(metrics["nll"]))}, None
+
+    return evaluate
+
+  def token_metrics(self, graphdef, data: TokenData, batch_size: int, mesh, *,
+                    reference: tuple | None = None):
+    """``metrics(variables) -> dict``: teacher-forced ``nll`` and ``token_accuracy`` on the
+    targets of the loss mask, streamed in batches; with ``reference`` (a teacher's
+    ``(graphdef, variables)``), also ``kl_to_teacher`` and ``agreement`` per token."""
+    sums = _token_sums_fn(graphdef, reference[0] if reference else None, mesh)
+
+    def metrics(variables):
+      totals = np.zeros(5)
+      rows = parallel.process_rows(mesh, batch_size)
+      for index, valid in feeding.padded_batches(data.size, batch_size):
+        batch = parallel.global_batch({"index": index[rows], "valid": valid[rows]}, mesh,
+                                      batch_size)
+        out = sums(variables, reference[1] if reference else None, data, batch["index"],
+                   batch["valid"])
+        totals += np.asarray(jax.device_get(out), np.float64)
+      tokens, nll, correct, kl, agree = totals
+      result = {"nll": nll / tokens, "token_accuracy": correct / tokens}
+      if reference:
+        result.update(kl_to_teacher=kl / tokens, agreement=agree / tokens)
+      return result
+
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LanguageModeling(NextTokens):
+  """Prompt → response pairs with a checkable answer: trained on the responses, evaluated
+  by greedy exact match (the headline) and the teacher-forced token metrics.
 
   Args:
     tokenizer: has ``decode(ids) -> str``, ``pad_id`` and ``eos_id``.
@@ -91,24 +165,21 @@ class LanguageModeling:
   on_policy: float = 0.0            # λ: the fraction of training batches the student samples
   policy_temperature: float = 1.0   # the student's sampling temperature for those batches
   headline: ClassVar[str] = "exact_match"
+  higher_is_better: ClassVar[bool] = True
 
   @property
   def augments(self) -> bool:
-    """Whether training inputs change from step to step (then teacher outputs cannot be cached)."""
     return self.on_policy > 0
-
-  def input_identity(self) -> dict:
-    return {"inputs": "tokens[:, :-1]"}
 
   def train_batch(self, data: TokenData, index, mask, rng, policy=None):
     """The gold rows; with ``on_policy`` = λ > 0, a fraction λ of the batches instead holds
     the student's own answers to the same prompts (GKD, Agarwal et al. 2024), sampled
     inside the step with fixed shapes (``metrics["on_policy"]`` says which)."""
+    if not self.on_policy:
+      return super().train_batch(data, index, mask, rng)
     tokens = data.tokens[index]
     gold_mask = data.loss_mask[index]
     gold = (tokens[:, :-1], tokens[:, 1:], gold_mask & mask[:, None])
-    if not self.on_policy:
-      return (*gold, {})
     choose, sample = jax.random.split(rng)
     use = jax.random.uniform(choose) < self.on_policy
     batch = jax.lax.cond(use, lambda: self._student_rows(tokens, gold_mask, mask, sample, policy),
@@ -135,13 +206,6 @@ class LanguageModeling:
                  & (target < prompt_lengths[:, None] + lengths[:, None]) & mask[:, None])
     return rows[:, :-1], rows[:, 1:], loss_mask
 
-  def eval_inputs(self, data: TokenData, index):
-    return data.tokens[index][:, :-1]
-
-  def train_metrics(self, logits, targets, loss_mask) -> dict:
-    correct = (jnp.argmax(logits, -1) == targets) & loss_mask
-    return {"token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(loss_mask), 1)}
-
   def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
                 reference: tuple | None = None):
     """``evaluate(variables) -> (metrics, None)``: :meth:`token_metrics` and greedy exact match.
@@ -160,30 +224,6 @@ class LanguageModeling:
       return {"exact_match": exact, **token_metrics(variables)}, None
 
     return evaluate
-
-  def token_metrics(self, graphdef, data: TokenData, batch_size: int, mesh, *,
-                    reference: tuple | None = None):
-    """``metrics(variables) -> dict``: teacher-forced ``nll`` and ``token_accuracy`` on the gold
-    responses, streamed in batches; with ``reference``, also ``kl_to_teacher`` and
-    ``agreement`` per token."""
-    sums = _token_sums_fn(graphdef, reference[0] if reference else None, mesh)
-
-    def metrics(variables):
-      totals = np.zeros(5)
-      rows = parallel.process_rows(mesh, batch_size)
-      for index, valid in feeding.padded_batches(data.size, batch_size):
-        batch = parallel.global_batch({"index": index[rows], "valid": valid[rows]}, mesh,
-                                      batch_size)
-        out = sums(variables, reference[1] if reference else None, data, batch["index"],
-                   batch["valid"])
-        totals += np.asarray(jax.device_get(out), np.float64)
-      tokens, nll, correct, kl, agree = totals
-      result = {"nll": nll / tokens, "token_accuracy": correct / tokens}
-      if reference:
-        result.update(kl_to_teacher=kl / tokens, agreement=agree / tokens)
-      return result
-
-    return metrics
 
   def _exact_match(self, graphdef, variables, data: TokenData, prompt_len: int) -> float:
     module = nnx.merge(graphdef, *variables)
@@ -271,3 +311,18 @@ def generation_report(task: LanguageModeling, module, data: TokenData, sampling)
   return {"generation_tokens_per_second": speed,
           "pass_at_k": {str(k): pass_at_k(sampling.num_samples, correct, k)
                         for k in sampling.pass_at_k}}
+
+
+def check_vocabularies(config, vocab_size: int) -> None:
+  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
+  teacher = config.teacher.kwargs.get("vocab_size")
+  student = config.student.kwargs.get("vocab_size")
+  if teacher is not None and student is not None and teacher != student:
+    raise ConfigError("student.kwargs.vocab_size",
+                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
+                      "and student must share one tokenizer")
+  for role, size in (("teacher", teacher), ("student", student)):
+    if size is not None and size != vocab_size:
+      raise ConfigError(f"{role}.kwargs.vocab_size",
+                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
+                        "tokens: teacher and student must share one tokenizer")

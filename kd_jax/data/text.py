@@ -1,0 +1,128 @@
+"""English text from Debian packages, a BPE tokenizer trained on it, and token rows.
+
+The corpus is Debian's ``fortunes`` package (``/usr/share/games/fortunes/``, about
+16,000 quotations, jokes and poems in 40-odd collections: computers, love, food,
+law, medicine, ...; ``sudo apt-get install fortunes``). Each fortune is a
+:class:`Document` labelled with its collection. A document's split is decided by a
+hash of its text (:func:`split_of`), so train and test never share a document, for
+any tokenizer or row length.
+
+:func:`train_tokenizer` trains a byte-level BPE tokenizer with the ``tokenizers``
+library on the training documents only (so held-out text is never seen, even by
+the tokenizer), with the special tokens ``<pad>`` (id 0), ``<bos>`` (1) and
+``<eos>`` (2); it is cached as a ``tokenizer.json`` keyed by the corpus and the
+vocabulary size. :func:`token_rows` packs documents ``<bos> text <eos>`` into rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from kd_jax import workdir as workdir_lib
+from kd_jax.data.core import DatasetNotFoundError
+
+FORTUNES_DIR = "/usr/share/games/fortunes"
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+PAD, BOS, EOS = 0, 1, 2
+TEST_FRACTION = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  collection: str     # the fortune file it came from, e.g. "computers"
+  text: str
+
+
+def read_fortunes(directory: str = FORTUNES_DIR) -> list[Document]:
+  """Every fortune of every collection in ``directory`` (the ``off/`` collections excluded).
+
+  Raises:
+    DatasetNotFoundError: the ``fortunes`` package is not installed.
+  """
+  if not os.path.isdir(directory):
+    raise DatasetNotFoundError(f"no fortunes in {directory}: install them with "
+                               "`sudo apt-get install fortunes`")
+  documents = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if "." in name or not os.path.isfile(path):
+      continue                          # .dat indexes, .u8 copies, the off/ directory
+    # The .u8 copy is the UTF-8 text; the plain file may be Latin-1.
+    utf8 = path + ".u8"
+    with open(utf8 if os.path.exists(utf8) else path, encoding="utf-8",
+              errors="replace") as f:
+      content = f.read()
+    for text in content.split("\n%\n"):
+      text = text.strip("\n%")
+      if text.strip():
+        documents.append(Document(name, text))
+  if not documents:
+    raise DatasetNotFoundError(f"no fortunes found in {directory}")
+  return documents
+
+
+def split_of(document: Document) -> str:
+  """``"test"`` for about ``TEST_FRACTION`` of documents (by a hash of the text), else ``"train"``."""
+  digest = int(hashlib.sha256(document.text.encode()).hexdigest()[:8], 16)
+  return "test" if digest % 1000 < TEST_FRACTION * 1000 else "train"
+
+
+def split(documents: list[Document]) -> tuple[list[Document], list[Document]]:
+  """``(train, test)``: disjoint by document text, order kept."""
+  train = [d for d in documents if split_of(d) == "train"]
+  test = [d for d in documents if split_of(d) == "test"]
+  return train, test
+
+
+def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
+  """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``documents`` (cached).
+
+  The cache file ``cache_dir/tokenizer-<key>.json`` is keyed by the documents'
+  texts and ``vocab_size``: another corpus or size trains another tokenizer.
+  """
+  import tokenizers  # noqa: PLC0415  (only text experiments need it)
+  from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+  key = workdir_lib.digest({"texts": hashlib.sha256("\x00".join(
+      d.text for d in documents).encode()).hexdigest(), "vocab_size": vocab_size,
+                            "kind": "byte-level-bpe", "specials": SPECIAL_TOKENS})
+  path = os.path.join(os.path.expanduser(cache_dir), f"tokenizer-{key}.json")
+  if os.path.exists(path):
+    return tokenizers.Tokenizer.from_file(path)
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tokenizer.train_from_iterator((d.text for d in documents), trainer=trainer)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  tokenizer.save(tmp)
+  os.replace(tmp, path)
+  return tokenizer
+
+
+def token_rows(documents: list[Document], tokenizer, max_len: int):
+  """The documents as one stream ``<bos> text <eos> <bos> text <eos> ...`` cut into rows.
+
+  Rows are packed (no padding but in the last row), as in language-model
+  pretraining: a row may hold the end of one document and the start of the next.
+  Consecutive rows overlap by one token, so that every token but the first is a
+  target exactly once.
+
+  Returns:
+    ``tokens`` int32 ``[N, max_len]`` and ``lengths`` int32 ``[N]`` (real tokens per row).
+  """
+  stream = np.concatenate([np.array([BOS, *e.ids, EOS], np.int32)
+                           for e in tokenizer.encode_batch([d.text for d in documents])])
+  starts = range(0, max(len(stream) - 1, 1), max_len - 1)
+  tokens = np.full((len(starts), max_len), PAD, np.int32)
+  lengths = np.zeros(len(starts), np.int32)
+  for i, start in enumerate(starts):
+    row = stream[start:start + max_len]
+    tokens[i, :len(row)], lengths[i] = row, len(row)
+  return tokens, lengths

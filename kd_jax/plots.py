@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # Files only: sweeps run on headless machines.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from kd_jax.stats import Interval, format_value, sort_rows  # noqa: E402
+from kd_jax.stats import DISPLAY, Interval, format_value, sort_rows  # noqa: E402
 
 TEMPERATURE_KEYS = ("temperature", "temperature.init")
 
@@ -31,10 +31,20 @@ def _acc(row) -> str:
   return row.get("headline", "test_accuracy")
 
 
+def _scale(row) -> float:
+  return DISPLAY[_acc(row)][0]
+
+
+def _unit(row) -> str:
+  return DISPLAY[_acc(row)][1]
+
+
 def _percent(row: Mapping[str, Any]) -> tuple[float, float, float]:
-  """(mean, low, high) of the final headline metric in %; low = high = mean without a CI."""
-  mean = row[f"{_acc(row)}_mean"] * 100
-  low, high = row[f"{_acc(row)}_ci95_low"] * 100, row[f"{_acc(row)}_ci95_high"] * 100
+  """(mean, low, high) of the final headline metric as shown (fractions in %, nll in nats);
+  low = high = mean without a CI."""
+  scale = _scale(row)
+  mean = row[f"{_acc(row)}_mean"] * scale
+  low, high = row[f"{_acc(row)}_ci95_low"] * scale, row[f"{_acc(row)}_ci95_high"] * scale
   return (mean, mean, mean) if math.isnan(low) else (mean, low, high)
 
 
@@ -43,18 +53,18 @@ def _label(point: Mapping[str, Any], keys: Sequence[str]) -> str:
 
 
 def _references(ax, baseline: Interval | None, teacher: float | None,
-                vertical: bool = False) -> None:
+                vertical: bool = False, scale: float = 100.0, unit: str = "%") -> None:
   """The teacher (dotted) and the from-scratch baseline (dashed, shaded CI), with legend labels."""
   line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
   if teacher is not None:
-    line(teacher * 100, color="tab:green", linestyle=":", linewidth=1.5,
-         label=f"teacher: {teacher * 100:.2f} %")
+    line(teacher * scale, color="tab:green", linestyle=":", linewidth=1.5,
+         label=f"teacher: {teacher * scale:.2f} {unit}")
   if baseline is None:
     return
-  mean = baseline.mean * 100
-  half = 0.0 if math.isnan(baseline.half_width) else baseline.half_width * 100
+  mean = baseline.mean * scale
+  half = 0.0 if math.isnan(baseline.half_width) else baseline.half_width * scale
   label = (f"baseline, no teacher: {mean:.2f}"
-           + (f" ± {half:.2f}" if half else "") + f" % (n={baseline.n})")
+           + (f" ± {half:.2f}" if half else "") + f" {unit} (n={baseline.n})")
   line(mean, color="black", linestyle="--", linewidth=1.2, label=label)
   if half:
     span(mean - half, mean + half, color="black", alpha=0.1, linewidth=0,
@@ -106,14 +116,14 @@ def plot_accuracy_vs_temperature(
         dict(zip(others, group)), others)
     (line,) = ax.plot(x, mean, marker="o", linewidth=1.8, label=name)
     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
-  _references(ax, baseline, teacher)
+  _references(ax, baseline, teacher, scale=_scale(rows[0]), unit=_unit(rows[0]))
 
   ax.set_xscale("log", base=2)
   ax.xaxis.set_major_locator(ticker.FixedLocator(temperatures))
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlabel(f"distillation temperature T  ({temperature_key}, log₂ scale)")
-  ax.set_ylabel(f"student final {_acc(rows[0]).replace('_', ' ')} (%)")
+  ax.set_ylabel(f"student final {_acc(rows[0]).replace('_', ' ')} ({_unit(rows[0])})")
   ax.set_title(f"{title or 'sweep'}\nstudent accuracy vs temperature "
                f"({_seeds_note(rows, 'bands')})", fontsize=10)
   ax.grid(True, alpha=0.3)
@@ -155,18 +165,19 @@ def plot_methods_bar(rows: Sequence[Mapping[str, Any]], path: str, *,
     ax.text(hi, yi, "  " + text, va="center", fontsize=8,
             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
   ax.set_yticks(y, [_label(r["point"], keys) for r in rows], fontsize=8)
-  _references(ax, baseline, teacher, vertical=True)
+  scale, unit = (_scale(rows[0]), _unit(rows[0])) if rows else (100.0, "%")
+  _references(ax, baseline, teacher, vertical=True, scale=scale, unit=unit)
 
   values = [v for s in stats for v in s[1:]]
   if baseline is not None:
-    values.append(baseline.mean * 100)
+    values.append(baseline.mean * scale)
   if teacher is not None:
-    values.append(teacher * 100)
+    values.append(teacher * scale)
   if values:
     span = max(max(values) - min(values), 0.5)
     ax.set_xlim(min(values) - 0.3 * span, max(values) + 0.6 * span)  # room for labels
   name = _acc(rows[0]).replace("_", " ") if rows else "test accuracy"
-  ax.set_xlabel(f"student final {name} (%)  (axis does not start at 0)")
+  ax.set_xlabel(f"student final {name} ({unit})  (axis does not start at 0)")
   ax.set_title(f"{title or 'sweep'}\n{_seeds_note(rows, 'error bars')}", fontsize=10)
   ax.grid(True, axis="x", alpha=0.3)
   if baseline is not None or teacher is not None:

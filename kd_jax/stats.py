@@ -39,7 +39,18 @@ METRICS_BY_HEADLINE = {
         ("kl_to_teacher", "KL(teacher || student) per token"),
         ("nll", "nll per token"),
     ),
+    "nll": (
+        ("nll", "final nll per token"),
+        ("best_nll", "best-epoch nll per token"),
+        ("agreement", "agreement with teacher (per token)"),
+        ("kl_to_teacher", "KL(teacher || student) per token"),
+        ("perplexity", "perplexity"),
+    ),
 }
+# How a headline metric is shown: (factor, unit, decimals). Fractions as percentages.
+DISPLAY = {"test_accuracy": (100.0, "%", 2), "exact_match": (100.0, "%", 2),
+           "nll": (1.0, "nats", 4)}
+LOWER_IS_BETTER = frozenset({"nll"})
 
 
 def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
@@ -261,10 +272,12 @@ def format_value(value: Any) -> str:
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-  """Best final headline metric first; points without results last."""
+  """Best final headline metric first (the lowest for `LOWER_IS_BETTER`); empty points last."""
   def key(row):
-    mean = row[f"{row.get('headline', 'test_accuracy')}_mean"]
-    return (math.isnan(mean), -mean if not math.isnan(mean) else 0.0)
+    headline = row.get("headline", "test_accuracy")
+    mean = row[f"{headline}_mean"]
+    sign = 1.0 if headline in LOWER_IS_BETTER else -1.0
+    return (math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0)
   return sorted(rows, key=key)
 
 
@@ -320,32 +333,36 @@ def markdown_summary(
   (_, final_name), (best_key, best_name), *_, (last_key, last_name) = \
       METRICS_BY_HEADLINE[headline]
   final_name = final_name.removeprefix("final ")
+  scale, unit, digits = DISPLAY[headline]
+  shown = lambda value: f"{value * scale:.{digits}f}{'' if unit == '%' else ' '}{unit}"
   lines = [f"# Sweep summary: {experiment or 'unnamed experiment'}", ""]
   if teacher_accuracies:
     lo, hi = min(teacher_accuracies), max(teacher_accuracies)
-    lines.append(f"- **Teacher** final {final_name}: {lo:.2%}" if lo == hi else
+    lines.append(f"- **Teacher** final {final_name}: {shown(lo)}" if lo == hi else
                  f"- **Teachers** ({len(teacher_accuracies)}) final {final_name}: "
-                 f"{np.mean(teacher_accuracies):.2%} (range {lo:.2%} – {hi:.2%})")
+                 f"{shown(np.mean(teacher_accuracies))} (range {shown(lo)} – {shown(hi)})")
   if baseline is not None:
     lines.append(f"- **Baseline** (student trained from scratch, no teacher) final "
-                 f"{final_name}: {_pm(baseline.mean, baseline.half_width)} % over "
-                 f"{baseline.n} seed(s)")
+                 f"{final_name}: {_pm(baseline.mean, baseline.half_width, scale, digits)} "
+                 f"{unit} over {baseline.n} seed(s)")
   axes = " × ".join(f"`{k}` ∈ {{{', '.join(map(format_value, v))}}}" for k, v in grid.items())
   counts = ", ".join(f"{n} {status}" for status, n in status_counts.items() if n)
   lines += [f"- Grid: {axes or '(none: the base config)'}; seeds "
             f"{', '.join(map(str, seeds))}. Runs: {counts}.", ""]
   has_gain = any(row["kd_gain_n"] for row in rows)
   last_percent = last_key == "ece"      # ECE is a fraction; nll is not
-  header = ["#", *(f"`{k}`" for k in keys), f"**final {final_name} %** (headline)",
-            f"{best_name} %", *(["KD gain (pp, paired)"] if has_gain else []),
+  gain_unit = "pp" if unit == "%" else unit
+  header = ["#", *(f"`{k}`" for k in keys), f"**final {final_name} {unit}** (headline)",
+            f"{best_name} {unit}", *([f"KD gain ({gain_unit}, paired)"] if has_gain else []),
             "agreement %", "KL(teacher‖student)",
             "ECE %" if last_percent else last_name, "n"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for rank, row in enumerate(sort_rows(rows), 1):
     cells = [str(rank), *(format_value(row["point"][k]) for k in keys),
-             "**" + _column(row, headline) + "**",
-             _column(row, best_key),
-             *([_column(row, "kd_gain", sign=True)] if has_gain else []),
+             "**" + _column(row, headline, scale=scale, digits=digits) + "**",
+             _column(row, best_key, scale=scale, digits=digits),
+             *([_column(row, "kd_gain", sign=True, scale=scale, digits=digits)]
+               if has_gain else []),
              _column(row, "agreement"),
              _column(row, "kl_to_teacher", scale=1.0, digits=4),
              _column(row, last_key) if last_percent else _column(row, last_key, scale=1.0,
@@ -354,17 +371,20 @@ def markdown_summary(
                                             if row["runs_failed"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   lines += [
-      "", f"Rows are sorted by final {final_name}, best first (`#` is the rank).",
+      "", f"Rows are sorted by final {final_name}, best first (`#` is the rank"
+      f"{'; lower is better' if headline in LOWER_IS_BETTER else ''}).",
       "", f"Values are mean ± half-width of the {level} confidence interval over the "
       "n seeds of each point (Student t with n − 1 degrees of freedom; n = 1 gives no "
       f"interval). **Final** {final_name}, after the last training step, is the "
-      "headline; **best-step** is the maximum over the evaluations during training, "
+      "headline; **best-step** is the best of the evaluations during training, "
       "which selects on the test set and is optimistic, so it is shown for comparison "
       "only.",
   ]
   if has_gain:
-    lines.append(f"KD gain = student − baseline final {final_name} in percentage "
-                 "points, paired over the same seeds (paired t interval).")
+    lines.append(f"KD gain = student − baseline final {final_name} in "
+                 f"{'percentage points' if unit == '%' else unit}"
+                 f"{' (negative is better)' if headline in LOWER_IS_BETTER else ''}, paired "
+                 "over the same seeds (paired t interval).")
   if any(0 < row[f"{headline}_n"] < 3 for row in rows):
     lines += ["", "**Too few seeds for a usable interval:** with n = 2 the t interval has "
               "one degree of freedom (t = 12.71 for 95%), so its half-width is about 9× "

@@ -490,3 +490,29 @@ def test_a_sweep_of_named_points_summarises_by_name(tmp_path):
   assert float(by_name["cold"]["test_accuracy_mean"]) == pytest.approx(0.805)
   md = (tmp_path / "summary.md").read_text()
   assert md.index("| 1 | hot | **82.50 ± ") < md.index("| 2 | cold | **80.50 ± ")
+
+
+def test_a_sweep_of_a_lower_is_better_headline_sorts_and_shows_nats(tmp_path):
+  def run_fn(config, workdir, *, teacher_dir=None):
+    del teacher_dir
+    # nll 3.0 - 0.5·[T = 4] + 0.01·(seed − 10); baseline 3.2.
+    nll = 3.0 - 0.5 * (config.temperature.init == 4.0) + 0.01 * (config.seed - 10)
+    report = lambda value: {"params": 10, "nll": value, "best_nll": value - 0.01,
+                            "agreement": 0.5, "kl_to_teacher": 0.2,
+                            "perplexity": math.exp(value)}
+    results = {"experiment": "text", "headline": "nll", "config": config.to_dict(),
+               "teacher": {"params": 100, "nll": 2.0}, "student": report(nll),
+               "baseline": report(3.2)}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f)
+    return results
+
+  _sweep(tmp_path, run_fn)
+  md = (tmp_path / "summary.md").read_text()
+  # T = 4 has the lower nll (2.505) and comes first; values are shown as they are, in nats.
+  assert md.index("| 1 | 4 | **2.5050 ± ") < md.index("| 2 | 1 | **3.0050 ± ")
+  assert "**final nll per token nats** (headline)" in md and "KD gain (nats, paired)" in md
+  assert "- **Teacher** final nll per token: 2.0000 nats" in md
+  assert "lower is better" in md and "(negative is better)" in md
+  assert "-0.6950 ± " in md                   # T = 4: 2.505 − 3.2
+  assert (tmp_path / "methods_bar.png").exists()

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import divergences, methods, models, schedules
+from kd_jax import divergences, methods, models, schedules, topk
 from kd_jax.data import NAMES as IMAGE_DATASETS
 from kd_jax.tasks.arithmetic import DATASETS as REASONING_DATASETS
 from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   # budgets for students whose training sets differ in size (a teacher-written set).
   c.train.steps = 0
   c.baseline = True       # also train the student from scratch with the same budget
+  # A language-model teacher's outputs cached as their top k logits per token (0: full
+  # logits), compared with the student as `mode` says (kd_jax/topk.py: renormalize, tail).
+  c.topk = ml_collections.ConfigDict(dict(k=0, mode="tail"))
   # "baseline": the student starts from the trained baseline (the same seed's student
   # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch.
   c.student_init = "scratch"
@@ -260,6 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _nonnegative_ints(field, config[field], ("eval_every_steps",))
   _choice("divergence", config.divergence, divergences.NAMES)
   _choice("student_init", config.get("student_init", "scratch"), STUDENT_INITS)
+  _validate_topk(config)
   if config.get("student_init") == "baseline" and not config.baseline:
     raise ConfigError("student_init", "student_init='baseline' starts the student from the "
                       "trained baseline: set baseline=True")
@@ -320,6 +324,26 @@ def _validate_image_task(config) -> None:
         "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
         "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
         "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
+
+
+def _validate_topk(config) -> None:
+  t = config.get("topk")
+  if t is None:
+    return
+  _nonnegative_ints("topk", t, ("k",))
+  _choice("topk.mode", t.mode, topk.MODES)
+  if not t.k:
+    return
+  if config.dataset.name not in LANGUAGE_DATASETS or config.method != "kd":
+    raise ConfigError("topk.k", f"topk.k={t.k} caches a language-model teacher's top-k logits "
+                      "for method='kd'; set topk.k=0 here")
+  if config.divergence not in divergences.PROBABILITY_DIVERGENCES:
+    raise ConfigError("divergence", f"topk.k={t.k} needs a probability divergence, got "
+                      f"{config.divergence!r}; valid: "
+                      f"{', '.join(sorted(divergences.PROBABILITY_DIVERGENCES))}")
+  if config.teacher_cache == "none":
+    raise ConfigError("teacher_cache", f"topk.k={t.k} is a teacher cache: teacher_cache='none' "
+                      "contradicts it")
 
 
 def _validate_text_task(config) -> None:

@@ -195,12 +195,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   eval_batch = feeding.eval_batch_size(config.train.eval_batch_size, test_data.size, mesh)
   teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
   student_train_data, written = prepared.student_train_data, None
+  # The caches shared between runs (teachers, baselines, transfer sets, top-k outputs).
+  cache_root = os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir)))
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
     student_train_data, written = prepared.teacher_data(
         teacher_module, {"teacher": teacher_info["source"], "key": teacher_info.get("key"),
                          "variables": teacher_cache.fingerprint(nnx.state(teacher_module))},
-        os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir))),
-                     "transfer_sets"))
+        os.path.join(cache_root, "transfer_sets"))
   results = {
       "experiment": config.experiment,
       "headline": task.headline,
@@ -241,8 +242,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
     # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
-    shared_dir = os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir))),
-                              "baselines", teachers.baseline_key(config))
+    shared_dir = os.path.join(cache_root, "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
                                 None, prepared.student_train_data,
@@ -258,11 +258,17 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh, workdir)
+    data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh, workdir,
+                                shared_dir=os.path.join(cache_root, "teacher_outputs"))
     student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))
   results["student"]["teacher_cached"] = uses_teacher and student_teacher is None
+  if teacher_cache.topk_k(config):
+    # The trained student, as its last checkpoint holds it (also when this phase was done).
+    train.load_trained(student_module, config.train, os.path.join(workdir, "student"),
+                       workdir_lib.result_fields(config))
+    results["topk"] = teacher_cache.topk_report(config, student_module, teacher, data, task)
   results["timing"] = {
       "train_seconds": results["student"]["train_seconds"],
       "steps_per_second": results["student"]["steps_per_second"],

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import losses, schedules
+from kd_jax import losses, schedules, topk
 from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
@@ -143,6 +143,7 @@ class Settings:
   divergence_params: dict
   dkd: Any
   gkd: Any = None             # the gkd block of a language-model config
+  topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/topk.py)
 
 
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
@@ -166,9 +167,16 @@ def _hinton(settings, step, s_logits, t_logits, labels, mask):
     metrics["ce"] = losses.cross_entropy(s_logits, labels, mask)
     loss = a * metrics["ce"]
   if static_alpha != 1:
-    metrics["distill"] = losses.kd_loss(s_logits, t_logits, None, divergence=settings.divergence,
-                                        temperature=t, alpha=0.0, mask=mask,
-                                        divergence_params=settings.divergence_params)
+    if isinstance(t_logits, topk.TopKLogits):      # the teacher's cached top-k (topk.k > 0)
+      metrics["distill"] = topk.topk_kd_loss(s_logits, t_logits, mode=settings.topk_mode,
+                                             divergence=settings.divergence, temperature=t,
+                                             mask=mask,
+                                             divergence_params=settings.divergence_params)
+    else:
+      metrics["distill"] = losses.kd_loss(s_logits, t_logits, None,
+                                          divergence=settings.divergence, temperature=t,
+                                          alpha=0.0, mask=mask,
+                                          divergence_params=settings.divergence_params)
     loss = loss + (1.0 - a) * metrics["distill"]
   return loss, metrics
 
@@ -235,7 +243,8 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       alpha=schedules.make(config.alpha, field="alpha", unit_interval=True,
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
-      dkd=config.dkd, gkd=config.get("gkd"))
+      dkd=config.dkd, gkd=config.get("gkd"),
+      topk_mode=(config.get("topk") or {}).get("mode", "tail"))
   pairs = dict(pairs or {})
 
   def objective(step, student_out, teacher_out, labels, mask):

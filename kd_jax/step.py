@@ -151,17 +151,20 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
   return TrainStep(compiled, teacher.variables if teacher is not None else None, data)
 
 
-def make_predict(graphdef, task, mesh, feature_names=()):
+def make_predict(graphdef, task, mesh, feature_names=(), logits_fn=None):
   """Compiles ``predict(params, model_state, data, index) -> (logits, features)`` in eval mode.
 
   ``task.eval_inputs(data, index)`` gives the model's inputs (no augmentation).
+  ``logits_fn`` transforms the float32 logits on the devices (e.g. to their top-k,
+  :func:`kd_jax.topk.from_logits`), so that only its result leaves them.
   """
 
   def predict_fn(params, model_state, data, index):
     x = task.eval_inputs(data, index)
     (logits, features), _ = forward(graphdef, params, model_state, x, train=False,
                                     feature_names=feature_names)
-    return logits.astype(jnp.float32), features
+    logits = logits.astype(jnp.float32)
+    return (logits_fn(logits) if logits_fn else logits), features
 
   # Outputs are replicated (all-gathered inside the program) so that every process
   # can read them: NumPy cannot read an array whose shards live on other hosts.
@@ -182,7 +185,9 @@ def predict_all(predict, variables, data, batch_size: int, mesh):
     out_logits, out_features = predict(*variables, data,
                                        parallel.global_batch(index[rows], mesh, batch_size))
     valid = int(mask.sum())
-    logits.append(np.asarray(out_logits)[:valid])
+    # The logits may be a pytree (the top-k form): every leaf is indexed by example.
+    logits.append(jax.tree.map(lambda x: np.asarray(x)[:valid], out_logits))
     for name, f in out_features.items():
       features.setdefault(name, []).append(np.asarray(f)[:valid])
-  return np.concatenate(logits), {k: np.concatenate(v) for k, v in features.items()}
+  return (jax.tree.map(lambda *xs: np.concatenate(xs), *logits),
+          {k: np.concatenate(v) for k, v in features.items()})

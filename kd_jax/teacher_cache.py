@@ -22,6 +22,14 @@ what a student-only step costs.
 * ``"auto"``   — ``memory`` when the inputs are fixed and the outputs fit in
   :data:`AUTO_CACHE_MAX_BYTES`, else ``none``.
 
+``config.topk.k`` > 0 (language models, ``method="kd"``): the teacher's outputs are
+cached in their top-k form (:mod:`kd_jax.topk`: the k largest raw logits, their
+ids and the full logsumexp per token), made on the devices batch by batch so that
+full ``[N, L - 1, V]`` logits never exist; the file is kept in a directory shared
+by every run (``<cache root>/teacher_outputs/topk-<identity hash>.npz``, the
+identity including k), so the seeds and modes of a sweep compute it once.
+:func:`topk_report` says what it costs and how far its loss is from the full one.
+
 With augmentation the teacher should see the student's random view
 (consistent teaching, Beyer et al. 2022, "Knowledge distillation: A good
 teacher is patient and consistent"), so ``memory``/``disk`` are refused there
@@ -48,7 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kd_jax import feeding, parallel, teachers, train
+from kd_jax import feeding, losses, parallel, teachers, topk, train
+from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
@@ -135,7 +144,13 @@ def cache_identity(config, teacher: train.Teacher, train_data, task) -> dict:
       "features": sorted(teacher.feature_names),
       # How the task turns the data into the teacher's inputs (never the augmentation).
       "inputs": task.input_identity(),
+      **({"topk": topk_k(config)} if topk_k(config) else {}),
   }
+
+
+def topk_k(config) -> int:
+  """``topk.k`` of the config (0: full logits, also when the block is absent)."""
+  return int((config.get("topk") or {}).get("k", 0))
 
 
 def inputs_of(data):
@@ -144,7 +159,7 @@ def inputs_of(data):
 
 
 def attach(config, teacher: train.Teacher, train_data,
-           task, mesh, workdir: str):
+           task, mesh, workdir: str, shared_dir: str | None = None):
   """``train_data`` with the teacher's logits (and features) cached, or unchanged.
 
   Args:
@@ -156,27 +171,33 @@ def attach(config, teacher: train.Teacher, train_data,
       evaluation inputs (never augmented).
     mesh: the device mesh.
     workdir: where the ``disk`` cache file lives.
+    shared_dir: where top-k caches (``topk.k`` > 0) live, shared between runs; they
+      are always kept on disk there (None: as ``teacher_cache`` says, in ``workdir``).
 
   Returns:
     ``train_data``, with ``teacher_logits`` float32 [N, classes] ([N, L - 1, V] for
-    token rows) and ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
+    token rows; a :class:`kd_jax.topk.TopKLogits` with ``topk.k`` > 0) and
+    ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
 
   Raises:
     ValueError: caching refused under augmentation (see :func:`resolve_mode`), or
       ``teacher_fixed_views=True`` with outputs too large for ``auto``.
   """
-  mode = resolve_mode(config, task)
+  k = topk_k(config)
+  mode = "disk" if k and shared_dir else resolve_mode(config, task)
   if mode == "none":
     if config.teacher_cache == "auto":
       logging.info("teacher outputs not cached: the student's views are augmented")
     return train_data
   data_devices = mesh.shape[parallel.DATA_AXIS]
-  predict = train.make_predict(teacher.graphdef, task, mesh, teacher.feature_names)
+  # The top-k form (kd_jax/topk.py) is made on the devices: full logits never reach the host.
+  predict = train.make_predict(teacher.graphdef, task, mesh, teacher.feature_names,
+                               logits_fn=(lambda x: topk.from_logits(x, k)) if k else None)
   abstract = jax.eval_shape(predict, *teacher.variables, train_data,
                             jax.ShapeDtypeStruct((data_devices,), jnp.int32))
   per_example = sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
   total = int(per_example) * train_data.size
-  if config.teacher_cache == "auto" and total > AUTO_CACHE_MAX_BYTES:
+  if config.teacher_cache == "auto" and total > AUTO_CACHE_MAX_BYTES and not k:
     if config.get("teacher_fixed_views", False):
       raise ConfigError(
           "teacher_fixed_views", f"teacher_fixed_views=True needs the teacher's outputs cached, but they take "
@@ -188,7 +209,9 @@ def attach(config, teacher: train.Teacher, train_data,
   outputs = None
   if mode == "disk":
     identity = cache_identity(config, teacher, train_data, task)
-    path = os.path.join(workdir, CACHE_FILE)
+    # A top-k cache is shared by every run of the same teacher, data and k (seeds, modes).
+    path = (os.path.join(shared_dir, f"topk-{workdir_lib.digest(identity)}.npz") if k and shared_dir
+            else os.path.join(workdir, CACHE_FILE))
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
     batch = feeding.eval_batch_size(config.train.eval_batch_size, train_data.size, mesh)
@@ -222,7 +245,8 @@ def _load(path: str, identity: dict, abstract):
         logging.info("teacher output cache %s is stale (changed: %s); recomputing", path,
                      ", ".join(changed))
         return None
-      logits = f["logits"]
+      logits = (topk.TopKLogits(f["topk/logits"], f["topk/ids"], f["topk/lse"])
+                if "topk/ids" in f.files else f["logits"])
       features = {name: f[f"feature/{name}"].astype(abstract[1][name].dtype)
                   for name in abstract[1]}
   except (OSError, KeyError, ValueError) as e:
@@ -238,10 +262,38 @@ def _save(path: str, identity: dict, logits: np.ndarray, features: dict) -> None
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   buffer = io.BytesIO()
   # float32 on disk: numpy has no portable bfloat16; the cast back on load is exact.
-  np.savez(buffer, identity=np.asarray(json.dumps(identity, sort_keys=True)),
-           logits=np.asarray(logits, np.float32),
+  if isinstance(logits, topk.TopKLogits):
+    stored = {"topk/logits": np.asarray(logits.logits, np.float32),
+              "topk/ids": np.asarray(logits.ids, np.int32), "topk/lse": np.asarray(logits.lse)}
+  else:
+    stored = {"logits": np.asarray(logits, np.float32)}
+  np.savez(buffer, identity=np.asarray(json.dumps(identity, sort_keys=True)), **stored,
            **{f"feature/{k}": np.asarray(v, np.float32) for k, v in features.items()})
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     f.write(buffer.getvalue())
   os.replace(tmp, path)     # a half-written cache is never read
+
+
+def topk_report(config, student, teacher: train.Teacher, data, task, rows: int = 256) -> dict:
+  """What the top-k cache costs and how far its loss is from the full-logit loss.
+
+  On the first ``rows`` training rows, with the trained ``student`` (a module) and
+  the live teacher: the distillation term (T²·D at ``temperature.init``) from the
+  full teacher logits and from the cached top-k, and the bytes per token of each.
+  """
+  index = jnp.arange(min(rows, data.size))
+  inputs, mask = task.eval_inputs(data, index), data.loss_mask[index]
+  graphdef, params, model_state = train.split_module(student)
+  (student_logits, _), _ = train.forward(graphdef, params, model_state, inputs, train=False)
+  teacher_logits, _ = teacher(teacher.variables, inputs)
+  kwargs = dict(divergence=config.divergence, temperature=float(config.temperature.init),
+                mask=mask, divergence_params=dict(config.divergence_params))
+  full = losses.kd_loss(student_logits, teacher_logits, None, alpha=0.0, **kwargs)
+  cached = topk.topk_kd_loss(student_logits, data.teacher_logits[index], mode=config.topk.mode,
+                             **kwargs)
+  return {"k": data.teacher_logits.k, "mode": config.topk.mode,
+          "bytes_per_token": data.teacher_logits.bytes_per_position(),
+          "full_logits_bytes_per_token": int(teacher_logits.shape[-1]) * 4,
+          "distill_full_logits": float(full), "distill_topk": float(cached),
+          "rows": int(index.shape[0])}

@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   # A language-model teacher's outputs cached as their top k logits per token (0: full
   # logits), compared with the student as `mode` says (kd_jax/topk.py: renormalize, tail).
   c.topk = ml_collections.ConfigDict(dict(k=0, mode="tail"))
+  # > 0: a language model's kd loss through the output heads in chunks of this many tokens
+  # (losses.fused_linear_kd_loss: the [tokens, vocab] logits are never made); 0: naive.
+  c.loss_chunk_size = 0
   # "baseline": the student starts from the trained baseline (the same seed's student
   # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch.
   c.student_init = "scratch"
@@ -264,6 +267,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("divergence", config.divergence, divergences.NAMES)
   _choice("student_init", config.get("student_init", "scratch"), STUDENT_INITS)
   _validate_topk(config)
+  _validate_fused(config)
   if config.get("student_init") == "baseline" and not config.baseline:
     raise ConfigError("student_init", "student_init='baseline' starts the student from the "
                       "trained baseline: set baseline=True")
@@ -344,6 +348,26 @@ def _validate_topk(config) -> None:
   if config.teacher_cache == "none":
     raise ConfigError("teacher_cache", f"topk.k={t.k} is a teacher cache: teacher_cache='none' "
                       "contradicts it")
+
+
+def _validate_fused(config) -> None:
+  chunk = config.get("loss_chunk_size", 0)
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ConfigError("loss_chunk_size", f"loss_chunk_size must be an int >= 0, got {chunk!r}")
+  if not chunk:
+    return
+  field = f"loss_chunk_size={chunk}"
+  if config.dataset.name not in LANGUAGE_DATASETS or config.method != "kd":
+    raise ConfigError("loss_chunk_size", f"{field} is the language-model kd loss through the "
+                      "output heads: it needs method='kd' on a language dataset")
+  if config.divergence not in divergences.PROBABILITY_DIVERGENCES:
+    raise ConfigError("divergence", f"{field} needs a probability divergence, got "
+                      f"{config.divergence!r}; valid: "
+                      f"{', '.join(sorted(divergences.PROBABILITY_DIVERGENCES))}")
+  if (config.get("topk") or {}).get("k", 0) or config.teacher_cache in ("memory", "disk"):
+    raise ConfigError("loss_chunk_size", f"{field} runs the teacher in every step (its hidden "
+                      "states, not its logits): it cannot be combined with topk.k or "
+                      f"teacher_cache={config.teacher_cache!r}")
 
 
 def _validate_text_task(config) -> None:

@@ -16,6 +16,7 @@ Phases, each resumable and skipped once finished:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -258,9 +259,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
     student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
-    data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh, workdir,
-                                shared_dir=os.path.join(cache_root, "teacher_outputs"))
-    student_teacher = None if data.teacher_logits is not None else teacher
+    if config.get("loss_chunk_size", 0):
+      # The fused-linear kd loss: the teacher gives its hidden states and head in every step.
+      data, student_teacher = student_train_data, dataclasses.replace(teacher, head_inputs=True)
+    else:
+      data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh,
+                                  workdir, shared_dir=os.path.join(cache_root, "teacher_outputs"))
+      student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                              student_teacher, data, workdir_lib.result_fields(config))
   results["student"]["teacher_cached"] = uses_teacher and student_teacher is None

@@ -144,6 +144,7 @@ class Settings:
   dkd: Any
   gkd: Any = None             # the gkd block of a language-model config
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/topk.py)
+  loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 
 
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
@@ -161,6 +162,8 @@ def _hinton(settings, step, s_logits, t_logits, labels, mask):
   """
   t, a = settings.temperature(step), settings.alpha(step)
   metrics = {"temperature": t, "alpha": a}
+  if isinstance(s_logits, tuple):     # (hidden, head) pairs: loss_chunk_size > 0
+    return _fused_hinton(settings, t, a, s_logits, t_logits, labels, mask), metrics
   static_alpha = a if isinstance(a, float) else None   # None: scheduled, both terms
   loss = 0.0
   if static_alpha != 0:
@@ -179,6 +182,18 @@ def _hinton(settings, step, s_logits, t_logits, labels, mask):
                                           divergence_params=settings.divergence_params)
     loss = loss + (1.0 - a) * metrics["distill"]
   return loss, metrics
+
+
+def _fused_hinton(settings, t, a, student, teacher, labels, mask):
+  """The ``kd`` loss through the output heads, ``loss_chunk_size`` rows at a time
+  (:func:`kd_jax.losses.fused_linear_kd_loss`); its two terms are not logged apart
+  (that would make the logits twice)."""
+  (h_s, w_s), (h_t, w_t) = student, teacher
+  return losses.fused_linear_kd_loss(
+      h_s.reshape(-1, h_s.shape[-1]), w_s, h_t.reshape(-1, h_t.shape[-1]), w_t,
+      labels.reshape(-1), divergence=settings.divergence, temperature=t, alpha=a,
+      mask=mask.reshape(-1), chunk_size=settings.loss_chunk_size,
+      divergence_params=settings.divergence_params)
 
 
 def _decoupled(settings, step, s_logits, t_logits, labels, mask):
@@ -244,7 +259,8 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
       dkd=config.dkd, gkd=config.get("gkd"),
-      topk_mode=(config.get("topk") or {}).get("mode", "tail"))
+      topk_mode=(config.get("topk") or {}).get("mode", "tail"),
+      loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})
 
   def objective(step, student_out, teacher_out, labels, mask):
@@ -260,6 +276,8 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
     metrics["loss"] = loss
     return loss, metrics
 
+  # The step then gives (hidden, head) pairs instead of logits (kd_jax.step.forward).
+  objective.head_inputs = config.method == "kd" and settings.loss_chunk_size > 0
   return objective
 
 

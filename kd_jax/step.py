@@ -48,16 +48,21 @@ def split_module(module: nnx.Module):
   return nnx.split(module, nnx.Param, ...)
 
 
-def forward(graphdef, params, model_state, x, *, train: bool, feature_names=()):
+def forward(graphdef, params, model_state, x, *, train: bool, feature_names=(),
+            head_inputs: bool = False):
   """Runs a model (or :class:`~kd_jax.methods.Student`) functionally.
 
   Returns ``((logits, features), new_model_state)``; ``features`` holds
-  ``feature_names`` (for a raw model) or the student's matched layers.
+  ``feature_names`` (for a raw model) or the student's matched layers. With
+  ``head_inputs`` (a GPT), ``logits`` is instead ``(hidden, head)``
+  (``GPT.hidden_and_head``), for the fused-linear loss that never makes the logits.
   """
   # copy=True: fresh Variables at this trace level, so BatchNorm may update its
   # statistics inside jax.grad (merging the outer trace's Variables would not allow it).
   module = nnx.merge(graphdef, params, model_state, copy=True)
-  if hasattr(module, "pairs"):               # a methods.Student wrapper
+  if head_inputs:
+    out = (getattr(module, "model", module).hidden_and_head(x), {})
+  elif hasattr(module, "pairs"):               # a methods.Student wrapper
     out = module(x, train=train)
   elif feature_names:
     logits, features = module(x, train=train, return_features=True)
@@ -74,11 +79,15 @@ class Teacher:
   graphdef: Any
   variables: tuple      # (params, model_state), never donated, never differentiated
   feature_names: tuple = ()
+  head_inputs: bool = False   # give (hidden, head) instead of logits (see forward)
 
   def __call__(self, variables, x):
     (logits, features), _ = forward(self.graphdef, *variables, x, train=False,
-                                    feature_names=self.feature_names)
-    return jax.lax.stop_gradient((logits.astype(jnp.float32), features))
+                                    feature_names=self.feature_names,
+                                    head_inputs=self.head_inputs)
+    if not self.head_inputs:
+      logits = logits.astype(jnp.float32)
+    return jax.lax.stop_gradient((logits, features))
 
 
 class TrainStep:
@@ -112,6 +121,9 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
   large teacher).
   """
 
+  # An objective that takes (hidden, head) pairs (kd with loss_chunk_size > 0) says so.
+  head_inputs = getattr(objective, "head_inputs", False)
+
   def step_fn(state: TrainState, teacher_variables, data, batch, rng):
     index = batch["index"]
     # A fresh key every step without a host dispatch; a resumed run draws the same keys.
@@ -129,9 +141,12 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
       teacher_out = None
 
     def loss_fn(params):
-      student_out, new_model_state = forward(graphdef, params, state.model_state, inputs, train=True)
+      student_out, new_model_state = forward(graphdef, params, state.model_state, inputs,
+                                             train=True, head_inputs=head_inputs)
       loss, metrics = objective(state.step, student_out, teacher_out, targets, loss_mask)
-      metrics.update(task.train_metrics(student_out[0], targets, loss_mask), **batch_metrics)
+      if not head_inputs:      # (the fused loss never makes the logits the metrics need)
+        metrics.update(task.train_metrics(student_out[0], targets, loss_mask))
+      metrics.update(batch_metrics)
       return loss, (new_model_state, metrics)
 
     grads, (new_model_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)

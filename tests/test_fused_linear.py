@@ -135,3 +135,55 @@ def test_bad_arguments(kwargs, message):
     losses.fused_linear_kd_loss(h_s, w_s, h_t, w_t, labels, mask=mask, **kwargs)
   with pytest.raises(ValueError, match=r"expected student_hidden \[N, H_s\]"):
     losses.fused_linear_kd_loss(h_s, w_s[:, :10], h_t, w_t, labels)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_gpt_hidden_and_head_make_its_logits(tie):
+  from flax import nnx
+  from kd_jax import models
+  model = models.create("gpt", vocab_size=23, max_len=16, num_layers=2, num_heads=2, dim=16,
+                        tie_embeddings=tie, rngs=nnx.Rngs(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 23, (2, 7)), jnp.int32)
+  hidden, head = model.hidden_and_head(tokens)
+  assert hidden.shape == (2, 7, 16) and head.shape == (16, 23)
+  np.testing.assert_allclose(hidden @ head, model(tokens), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kd_with_loss_chunk_size_trains_like_the_naive_loss(tmp_path):
+  """The engine's fused path (GPT hidden states and heads, chunks of 7 tokens) takes the same
+  steps as the naive kd loss on the logits."""
+  import json
+  import os
+  from kd_jax import cli
+  from kd_jax.experiment import run_experiment
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  losses_of = {}
+  for chunk in (0, 7):
+    c = cli.load_config_file(os.path.join(root, "experiments", "arithmetic", "token_kd.py:smoke"))
+    c.baseline, c.teacher_cache, c.loss_chunk_size = False, "none", chunk
+    run_experiment(c, str(tmp_path / f"chunk{chunk}"), teacher_dir=str(tmp_path / "teachers"),
+                   show_progress=False)
+    with open(tmp_path / f"chunk{chunk}" / "student" / "metrics.jsonl") as f:
+      losses_of[chunk] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  assert len(losses_of[0]) == 5
+  np.testing.assert_allclose(losses_of[7], losses_of[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="none"), "needs method='kd' on a language dataset"),
+    (dict(divergence="mse"), "loss_chunk_size=8 needs a probability divergence"),
+    (dict(teacher_cache="memory"), "cannot be combined with topk.k or teacher_cache='memory'"),
+    (dict(loss_chunk_size=-1), "loss_chunk_size must be an int >= 0"),
+])
+def test_loss_chunk_size_settings_are_checked(overrides, message):
+  import os
+  from kd_jax import cli
+  from kd_jax import config as config_lib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = cli.load_config_file(os.path.join(root, "experiments", "arithmetic", "token_kd.py:smoke"))
+  c.loss_chunk_size, c.teacher_cache = 8, "none"
+  for key, value in overrides.items():
+    c[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)

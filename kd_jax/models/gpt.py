@@ -265,6 +265,20 @@ class GPT(nnx.Module):
       logits = self.lm_head(x)
     return logits.astype(jnp.float32)
 
+  def hidden_and_head(self, tokens):
+    """``(hidden [B, T, D], head [D, V])`` with ``logits = hidden @ head``: the final normed
+    hidden states and the output projection (the transposed embedding when tied), the
+    inputs of :func:`kd_jax.losses.fused_linear_kd_loss`, which never makes the logits."""
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    allowed = jnp.tril(jnp.ones((t, t), bool))[None]
+    x = self.embed_tokens(tokens)
+    for layer in self.layers:
+      x, _, _ = layer(x, positions, allowed)
+    head = (self.embed_tokens.embedding[...].T if self.lm_head is None
+            else self.lm_head.kernel[...])
+    return self.norm(x), head
+
   def __call__(self, tokens, *, train: bool = False, return_features: bool = False, mask=None):
     """Logits ``[B, T, V]`` float32 (and the features); ``train`` has no effect (no dropout)."""
     del train

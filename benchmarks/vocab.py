@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--quick", action="store_true", help="a few small sizes, fewer repeats")
   parser.add_argument("--chunk_size", type=int, default=1024)
   parser.add_argument("--liger", action="store_true", help="the Liger-Kernel shape only")
-  parser.add_argument("--max_naive_gib", type=float, default=6.0,
+  parser.add_argument("--max_naive_gib", type=float, default=12.0,
                       help="time the naive loss only when its temporaries fit in this")
   parser.add_argument("--tag", default="")
   args = parser.parse_args(argv)

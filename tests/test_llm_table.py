@@ -64,8 +64,7 @@ def test_rows_follow_the_formulas(tmp_path):
   # Paired differences 0.10, 0.12, 0.14: mean 0.12, sd 0.02.
   assert row["difference"].mean == pytest.approx(0.12)
   assert row["difference"].half_width == pytest.approx(t * 0.02 / math.sqrt(3))
-  gaps = [(g - s) / (0.9 - s) for g, s in zip(EXACT["good"], EXACT["sft"])]
-  assert row["gap_recovered"].mean == pytest.approx(sum(gaps) / 3)
+  assert row["gap_recovered"] == pytest.approx((0.74 - 0.62) / (0.9 - 0.62))
   assert row["pass_k"] == "4" and row["pass_at_k"].mean == pytest.approx(0.84)
   assert row["ood"]["steps+1"].mean == pytest.approx(0.37)
   assert row["wall_seconds"] == pytest.approx(11.0) and row["train_tokens"] == 352_000

@@ -232,12 +232,13 @@ def plot_exact_match_vs_tokens(by_point: Mapping[str, Sequence[Mapping[str, Any]
   """One line per point: exact match (mean over seeds) at each evaluation vs tokens seen."""
   from kd_jax import plots  # matplotlib is slow to import
   fig, ax = plots.plt.subplots(figsize=(8, 5), dpi=130)
-  styles = ["-", "--", "-.", ":"]
+  colors = plots.plt.get_cmap("tab20").colors         # 20 distinct colours, then dashes
   for i, (name, runs) in enumerate((n, r) for n, r in by_point.items() if r):
     if "train_tokens" not in runs[0]["student"]:
       continue
     x, y = _history_curve(runs)
-    ax.plot(x / 1e6, y * 100, styles[i // 10 % 4], marker="o", markersize=3, label=name)
+    ax.plot(x / 1e6, y * 100, "-" if i < 20 else "--", color=colors[i % 20], marker="o",
+            markersize=3, label=name)
   ax.axhline(teacher["exact_match"] * 100, color="black", linestyle=":", label="teacher")
   ax.set_xlabel("training tokens (millions)")
   ax.set_ylabel("held-out exact match (%)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite of issue 6 (bf16), in one command:
+# The GPU benchmark suite (issues 6, 12, 13; bf16), in one command:
 #
 #   bash benchmarks/gpu_suite.sh            # PYTHON=... to pick the interpreter
 #
@@ -19,3 +19,7 @@ for pair in resnet default; do
 done
 "$PYTHON" benchmarks/overhead.py --precision bf16 --tag gpu-default-bf16
 "$PYTHON" benchmarks/scaling.py --quick --tag gpu
+# Language models (issues 12 and 13): the Liger-Kernel shape of the fused-linear KD loss
+# (targets ≤ 35 ms and ≤ 3 GiB fwd+bwd), and where a GKD step's time goes.
+"$PYTHON" benchmarks/vocab.py --liger --tag gpu-liger
+"$PYTHON" benchmarks/gkd_step.py --precision bf16 --tag gpu-bf16

@@ -3,8 +3,9 @@ r"""The KD step's cost over a student-only step, beside its FLOP floor; the cach
     python benchmarks/kd_step.py [--quick] [--pair default|resnet|lm] [--precision fp32|bf16]
 
 ``--pair lm`` times the arithmetic experiment's GPTs (experiments/arithmetic/token_kd.py):
-the token-KD step over the SFT step, against the same FLOP floor (results in
-``kd_step-lm.json``).
+the token-KD step over the SFT step, against the same FLOP floor, and the step with the
+teacher's cached top-4 logits (``topk.k``, tail mode) against the live-teacher step
+(results in ``kd_step-lm.json``).
 
 A KD step runs the student's forward and backward passes (≈ 3 forward passes)
 plus the teacher's forward pass, so at best it costs
@@ -54,6 +55,9 @@ def student_training_flops(module, batch_size, input_shape, dtype) -> float:
   return common.cpu_flops(grads, params, model_state, x, labels)
 
 
+TOPK = 4     # of the arithmetic task's 19 tokens
+
+
 def lm_pair(args, steps: int, repeats: int) -> dict:
   """The arithmetic experiment's GPT pair: token-KD step over SFT step, and the cached step."""
   setup = common.lm_setup(args.precision, args.batch_size, teacher_cache="memory")
@@ -65,16 +69,22 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
   kd_objective = methods.make_objective(config)
   student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(1))
   graphdef, states = None, []
-  for _ in range(3):
+  for _ in range(4):
     graphdef, state = common.initial_state(student, optimizer, mesh)
     states.append(state)
+  topk_config = config.copy_and_resolve_references()
+  topk_config.topk.k = TOPK
   with tempfile.TemporaryDirectory() as workdir:
     cached_data = teacher_cache.attach(config, teacher, data, task, mesh, workdir)
+    topk_data = teacher_cache.attach(topk_config, teacher, data, task, mesh, workdir,
+                                     shared_dir=workdir)
   runners = {
       "student": train.make_train_step(graphdef, sft_objective, optimizer, task, None, data, mesh),
       "kd": train.make_train_step(graphdef, kd_objective, optimizer, task, teacher, data, mesh),
       "cached": train.make_train_step(graphdef, kd_objective, optimizer, task, None,
-                                      cached_data, mesh)}
+                                      cached_data, mesh),
+      "cached top-k": train.make_train_step(graphdef, methods.make_objective(topk_config),
+                                            optimizer, task, None, topk_data, mesh)}
   times = common.time_steps({name: common.step_runner(step, state, batches)
                              for (name, step), state in zip(runners.items(), states)},
                             steps=steps, repeats=repeats)
@@ -91,6 +101,7 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
   results = {"kd_over_student": kd_over_student, "ideal_ratio": ideal,
              "kd_over_ideal": kd_over_student / ideal,
              "cached_over_student": common.paired_ratio(times, "cached", "student"),
+             "topk_over_live_kd": common.paired_ratio(times, "cached top-k", "kd"), "topk": TOPK,
              "step_seconds": {k: v["median_s"] for k, v in times.items()},
              "tokens_per_second": {k: b * tokens.shape[1] / v["median_s"] for k, v in times.items()},
              "flops_per_step": {"teacher_forward": f_teacher, "student_forward": f_student},
@@ -102,6 +113,8 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
       ("SFT step (ms)", times["student"]["median_s"] * 1e3),
       ("token-KD step (ms)", times["kd"]["median_s"] * 1e3),
       ("cached-teacher token-KD step (ms)", times["cached"]["median_s"] * 1e3),
+      (f"cached top-{TOPK} (tail) token-KD step (ms)", times["cached top-k"]["median_s"] * 1e3),
+      ("cached top-k / live-teacher KD", results["topk_over_live_kd"]),
       ("ideal ratio 1 + F_t / (3 F_s)", ideal),
       ("KD / SFT", kd_over_student),
       ("KD / SFT ÷ ideal", kd_over_student / ideal, common.target(kd_over_student / ideal, 1.2)),

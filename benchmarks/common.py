@@ -249,6 +249,17 @@ def time_steps(runners: dict[str, Callable[[int], Any]], *, steps: int, repeats:
           for name, t in per_step.items()}
 
 
+def median_seconds(fn: Callable, *args, repeats: int) -> float:
+  """Median seconds of ``fn(*args)`` over ``repeats`` calls, after a compiling call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
   """Median over repeats of the per-repeat time ratio (the two ran back to back in each)."""
   return statistics.median(a / b for a, b in zip(times[numerator]["repeats_s"],

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +40,6 @@ from kd_jax import config as config_lib
 from kd_jax import generate as generate_lib
 from kd_jax import methods, train, transfer
 from kd_jax.data import arithmetic as ar
-
-
-def _timed(fn, *args, repeats: int) -> float:
-  """Median seconds of ``fn(*args)`` after a compiling call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def step_shares(setup: common.LMSetup, steps: int, repeats: int) -> dict:
@@ -84,9 +72,10 @@ def step_shares(setup: common.LMSetup, steps: int, repeats: int) -> dict:
       t, g, m, key, (s_graphdef, p, st)))
   t_graphdef, (t_params, t_state) = setup.teacher.graphdef, setup.teacher.variables
   teacher_forward = jax.jit(lambda p, st, x: train.forward(t_graphdef, p, st, x, train=False)[0][0])
-  t_generate = _timed(sample, s_params, s_state, tokens, gold_mask, mask, jax.random.key(0),
-                      repeats=max(repeats, 5))
-  t_teacher = _timed(teacher_forward, t_params, t_state, tokens[:, :-1], repeats=max(repeats, 5))
+  t_generate = common.median_seconds(sample, s_params, s_state, tokens, gold_mask, mask,
+                                     jax.random.key(0), repeats=max(repeats, 5))
+  t_teacher = common.median_seconds(teacher_forward, t_params, t_state, tokens[:, :-1],
+                                    repeats=max(repeats, 5))
   on_policy = times["gkd λ=1"]["median_s"]
   return {
       "step_seconds": {k: v["median_s"] for k, v in times.items()},
@@ -127,7 +116,7 @@ def transfer_throughput(setup: common.LMSetup, prompts: int, k: int, repeats: in
       graphdef, state, tokens[:batch, :prompt_len], prompt_lengths[:batch],
       max_new_tokens=task.max_new_tokens, rng=jax.random.key(0), temperature=0.7,
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  seconds = _timed(decode, repeats=max(repeats, 3))
+  seconds = common.median_seconds(decode, repeats=max(repeats, 3))
   generated = int(np.sum(jax.device_get(decode())[1]))
   return {"transfer_tokens_per_second": float(np.median(rates)),
           "transfer_tokens_per_second_each_build": rates,

@@ -24,11 +24,9 @@ Writes ``benchmarks/results/vocab[-<tag>].json``.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import common
 from kd_jax import losses
@@ -53,16 +51,6 @@ def _arguments(tokens, vocab, h_s, h_t, dtype, abstract=False):
   return arrays + [jax.random.randint(keys[4], (tokens,), 0, vocab)]
 
 
-def _median_seconds(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def _peak_bytes() -> int | None:
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use")
@@ -80,7 +68,7 @@ def measure(tokens, vocab, h_s, h_t, dtype, chunk_size, repeats, max_naive_bytes
     if name == "naive" and row["naive_temp_bytes"] > max_naive_bytes:
       row["naive_seconds"] = None            # would not fit: memory reported, not timed
       continue
-    row[f"{name}_seconds"] = _median_seconds(fn, args, repeats)
+    row[f"{name}_seconds"] = common.median_seconds(fn, *args, repeats=repeats)
     row[f"{name}_peak_bytes"] = _peak_bytes()
   row["time_ratio"] = (row["fused_seconds"] / row["naive_seconds"]
                        if row.get("naive_seconds") else None)

@@ -338,16 +338,22 @@ def _validate_topk(config) -> None:
   _choice("topk.mode", t.mode, topk.MODES)
   if not t.k:
     return
-  if config.dataset.name not in LANGUAGE_DATASETS or config.method != "kd":
-    raise ConfigError("topk.k", f"topk.k={t.k} caches a language-model teacher's top-k logits "
-                      "for method='kd'; set topk.k=0 here")
-  if config.divergence not in divergences.PROBABILITY_DIVERGENCES:
-    raise ConfigError("divergence", f"topk.k={t.k} needs a probability divergence, got "
-                      f"{config.divergence!r}; valid: "
-                      f"{', '.join(sorted(divergences.PROBABILITY_DIVERGENCES))}")
+  _require_language_kd(config, "topk.k", f"topk.k={t.k}",
+                       "caches a language-model teacher's top-k logits")
   if config.teacher_cache == "none":
     raise ConfigError("teacher_cache", f"topk.k={t.k} is a teacher cache: teacher_cache='none' "
                       "contradicts it")
+
+
+def _require_language_kd(config, field: str, setting: str, what: str) -> None:
+  """``setting`` (e.g. ``topk.k=4``) needs method='kd' on a language dataset with a
+  probability divergence."""
+  if config.dataset.name not in LANGUAGE_DATASETS or config.method != "kd":
+    raise ConfigError(field, f"{setting} {what}: it needs method='kd' on a language dataset")
+  if config.divergence not in divergences.PROBABILITY_DIVERGENCES:
+    raise ConfigError("divergence", f"{setting} needs a probability divergence, got "
+                      f"{config.divergence!r}; valid: "
+                      f"{', '.join(sorted(divergences.PROBABILITY_DIVERGENCES))}")
 
 
 def _validate_fused(config) -> None:
@@ -357,13 +363,8 @@ def _validate_fused(config) -> None:
   if not chunk:
     return
   field = f"loss_chunk_size={chunk}"
-  if config.dataset.name not in LANGUAGE_DATASETS or config.method != "kd":
-    raise ConfigError("loss_chunk_size", f"{field} is the language-model kd loss through the "
-                      "output heads: it needs method='kd' on a language dataset")
-  if config.divergence not in divergences.PROBABILITY_DIVERGENCES:
-    raise ConfigError("divergence", f"{field} needs a probability divergence, got "
-                      f"{config.divergence!r}; valid: "
-                      f"{', '.join(sorted(divergences.PROBABILITY_DIVERGENCES))}")
+  _require_language_kd(config, "loss_chunk_size", field,
+                       "is the language-model kd loss through the output heads")
   if (config.get("topk") or {}).get("k", 0) or config.teacher_cache in ("memory", "disk"):
     raise ConfigError("loss_chunk_size", f"{field} runs the teacher in every step (its hidden "
                       "states, not its logits): it cannot be combined with topk.k or "

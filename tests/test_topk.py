@@ -144,7 +144,7 @@ def test_a_full_vocabulary_top_k_trains_exactly_like_the_full_logits(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(method="none"), "topk.k=4 caches a language-model teacher's top-k logits for method='kd'"),
+    (dict(method="none"), "topk.k=4 caches a language-model teacher's top-k logits: it needs method='kd'"),
     (dict(divergence="cosine"), "topk.k=4 needs a probability divergence, got 'cosine'"),
     (dict(teacher_cache="none"), "teacher_cache='none' contradicts it"),
     (dict(mode="all"), "topk.mode: unknown value 'all'; valid choices: renormalize, tail"),

@@ -293,10 +293,13 @@ def test_r1_table_pipeline_smoke_run(tmp_path):
   assert os.path.getsize(sweep_dir / "exact_match_vs_tokens.png") > 10_000
 
 
-@pytest.mark.parametrize("arg", [None, "smoke", "32k"])
-def test_text_configs_are_valid(arg):
-  c = cli_load("experiments/text/token_kd.py" + (f":{arg}" if arg else ""))
+@pytest.mark.parametrize("spec", ["token_kd.py", "token_kd.py:smoke", "token_kd.py:32k",
+                                  "topk_fidelity.py", "topk_fidelity.py:smoke"])
+def test_text_configs_are_valid(spec):
+  c = cli_load(f"experiments/text/{spec}")
   config_lib.validate(c)
+  module = importlib.import_module(f"experiments.text.{spec.split('.')[0]}")
+  assert f"--config=experiments/text/{spec.split(':')[0]}" in module.__doc__
   c.method = "gkd"
   with pytest.raises(ValueError, match="method: unknown value 'gkd'; valid choices: none, kd"):
     config_lib.validate(c)

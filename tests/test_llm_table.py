@@ -89,3 +89,38 @@ def test_verdicts_need_an_interval_that_excludes_zero(tmp_path):
 def test_an_unknown_reference_names_the_points(tmp_path):
   with pytest.raises(ConfigError, match="its points: sft, good"):
     llm_table.write(_sweep(tmp_path, names=("sft", "good")), reference="base")
+
+
+def test_the_topk_fidelity_table_follows_the_formulas(tmp_path):
+  from kd_jax import topk_fidelity
+
+  def run_fn(config, workdir, *, teacher_dir=None):
+    del workdir, teacher_dir
+    k, seed = config.topk.k, config.seed
+    # nll: 3.0 with full logits, + 1/k (+ 0.1 for renormalize) with a cache; + 0.01·seed.
+    nll = 3.0 + (1.0 / k + 0.1 * (config.topk.mode == "renormalize") if k else 0.0) + 0.01 * seed
+    results = {"experiment": "fidelity", "headline": "nll", "config": config.to_dict(),
+               "teacher": {"nll": 2.0, "source": "/t"},
+               "student": {"nll": nll, "kl_to_teacher": nll - 2.0},
+               "baseline": {"nll": 3.5}}
+    if k:
+      results["topk"] = {"bytes_per_token": 8 * k + 4}
+    return results
+
+  config = base_config()
+  config.seed = 0
+  config.dataset.vocab_size = 100
+  specs = ["full: topk.k=0", "tail-k2: topk.k=2; topk.mode=tail",
+           "tail-k4: topk.k=4; topk.mode=tail", "renormalize-k4: topk.k=4; topk.mode=renormalize"]
+  names, points = zip(*sweep.parse_points(specs, config))
+  sweep.run_sweep(config, str(tmp_path), points, num_seeds=3, names=names, run_fn=run_fn)
+  _, by_point = llm_table.load_sweep(str(tmp_path))
+  table = {r["name"]: r for r in topk_fidelity.rows(by_point)}
+  assert table["full"]["bytes_per_token"] == 400 and table["tail-k4"]["bytes_per_token"] == 36
+  assert table["tail-k2"]["nll"].mean == pytest.approx(3.51)
+  assert table["renormalize-k4"]["nll_vs_full"].mean == pytest.approx(0.35)
+  assert table["renormalize-k4"]["nll_vs_full"].half_width == pytest.approx(0.0, abs=1e-9)
+  assert table["tail-k4"]["baseline_nll"].mean == pytest.approx(3.5)
+  text = topk_fidelity.write(str(tmp_path))
+  assert "| tail | 2 | 20 | 3.5100 ± " in text and "| full | all (V) | 400 |" in text
+  assert os.path.getsize(tmp_path / "topk_fidelity.png") > 10_000

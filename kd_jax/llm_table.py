@@ -210,6 +210,11 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       f"- Worse than `{reference}`: {', '.join(f'`{n}`' for n in worse) or 'none'}.",
       f"- No difference shown: {', '.join(f'`{n}`' for n in unclear) or 'none'}.",
   ]
+  accepted = [f"`{r['name']}` {r['acceptance_rate']:.1%}" for r in rows
+              if r["acceptance_rate"] is not None]
+  if accepted:
+    lines += ["", "Transfer sets (the teacher's samples the verifier accepted, mean over "
+              f"seeds): {', '.join(accepted)}."]
   if splits:
     lines += ["", "OOD: exact match on problems harder than any seen in training "
               f"({', '.join(splits)}: one more operation, operands one digit longer)."]

@@ -34,6 +34,7 @@ from kd_jax import feeding, methods, models, parallel, run_log, teacher_cache, t
 from kd_jax import tasks
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
+from kd_jax.models import hf_checkpoint
 from kd_jax.errors import ConfigError
 
 DEFAULT_TEACHER_DIR = os.path.join("~", ".cache", "kd_jax", "teachers")
@@ -98,6 +99,9 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
   """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
   if config.teacher.checkpoint:
     source = os.path.expanduser(config.teacher.checkpoint)
+    if hf_checkpoint.is_checkpoint(source):   # the task built it from the checkpoint's weights
+      return {"model": config.teacher.model, "params": module.num_params(), "source": source,
+              "cached": True, "format": "huggingface"}
     info = teachers.load(source, module, num_classes=prepared.num_outputs)
     if info is None:
       raise ConfigError("teacher.checkpoint",

@@ -89,3 +89,28 @@ def test_the_report_reads_nll_as_lower_is_better():
   assert "no better" not in table
   results["teacher"]["nll"] = 3.5
   assert "the teacher (3.5000) is no better" in report.summary_table(results)
+
+
+@needs_fortunes
+@pytest.mark.slow
+def test_a_hugging_face_teacher_brings_its_tokenizer_and_vocabulary(tmp_path):
+  """teacher.checkpoint = a Llama directory with tokenizer.json: the student is built for its
+  vocabulary and the rows are tokenized by its tokenizer."""
+  import json
+  from kd_jax import cli
+  from kd_jax.experiment import run_experiment
+  from kd_jax.models import gpt, hf_checkpoint
+  checkpoint = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "text_llama")
+  config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "experiments", "text", "token_kd.py:smoke"))
+  config.teacher.checkpoint = checkpoint
+  results = run_experiment(config, str(tmp_path / "run"), teacher_dir=str(tmp_path / "t"),
+                           show_progress=False)
+  with open(os.path.join(checkpoint, "config.json")) as f:
+    vocab = json.load(f)["vocab_size"]
+  assert results["teacher"]["params"] == gpt.from_hf(checkpoint).num_params()
+  assert results["student"]["params"] == gpt.param_count(
+      vocab_size=vocab, num_layers=1, num_heads=2, dim=16, tie_embeddings=True)
+  tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)
+  assert (bos, eos) == (tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>"))
+  assert results["teacher"]["nll"] > 0 and results["student"]["kl_to_teacher"] >= 0

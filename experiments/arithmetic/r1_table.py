@@ -59,7 +59,7 @@ def get_config(arg=None):
   c.train.eval_every_steps = 125
   c.transfer = config_lib.transfer_config(k=4, temperature=0.7)
   c.gkd = config_lib.gkd_config(fraction=0.5, beta=0.5, temperature=1.0)
-  c.sweep = dict(points=POINTS, seeds=3)
+  c.sweep = dict(points=POINTS, seeds=5)
   if arg == "smoke":
     c.dataset.ood_examples = 32
     c.train.steps = 8                 # token_kd.py:smoke's one epoch of 512 chains

@@ -12,6 +12,11 @@ with tied embeddings) is trained once and cached; the student (2 layers, 64 wide
 is trained from scratch (the baseline) and with token-level KD (KL, T = 1, α = 0.5)
 for the same budget. Headline: held-out ``nll`` per token (lower is better), with
 perplexity, KL to the teacher and agreement.
+
+Measured with ``time`` on the 2-core CPU (2026-11-27, one seed, empty teacher cache):
+13 min 15 s in all (teacher 302 s, student from scratch 164 s, distilled 315 s with
+the teacher in every step); held-out nll: teacher 4.868, student from scratch 4.979,
+distilled 4.910 (62% of the gap recovered). ``:smoke`` runs in about 20 s.
 """
 
 from kd_jax import config as config_lib

@@ -106,7 +106,8 @@ def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
   return tokenizer
 
 
-def token_rows(documents: list[Document], tokenizer, max_len: int):
+def token_rows(documents: list[Document], tokenizer, max_len: int, *, bos: int = BOS,
+               eos: int = EOS, pad: int = PAD):
   """The documents as one stream ``<bos> text <eos> <bos> text <eos> ...`` cut into rows.
 
   Rows are packed (no padding but in the last row), as in language-model
@@ -114,13 +115,17 @@ def token_rows(documents: list[Document], tokenizer, max_len: int):
   Consecutive rows overlap by one token, so that every token but the first is a
   target exactly once.
 
+  ``bos``, ``eos``, ``pad``: the tokenizer's ids (this module's tokenizers: 1, 2, 0).
+
   Returns:
     ``tokens`` int32 ``[N, max_len]`` and ``lengths`` int32 ``[N]`` (real tokens per row).
   """
-  stream = np.concatenate([np.array([BOS, *e.ids, EOS], np.int32)
-                           for e in tokenizer.encode_batch([d.text for d in documents])])
+  # add_special_tokens=False: the rows get this function's BOS/EOS, whatever the
+  # tokenizer's post-processor would add.
+  stream = np.concatenate([np.array([bos, *e.ids, eos], np.int32) for e in tokenizer.encode_batch(
+      [d.text for d in documents], add_special_tokens=False)])
   starts = range(0, max(len(stream) - 1, 1), max_len - 1)
-  tokens = np.full((len(starts), max_len), PAD, np.int32)
+  tokens = np.full((len(starts), max_len), pad, np.int32)
   lengths = np.zeros(len(starts), np.int32)
   for i, start in enumerate(starts):
     row = stream[start:start + max_len]

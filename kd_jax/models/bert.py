@@ -13,10 +13,11 @@ hidden states over the real tokens, and L2 normalisation::
     encoder = SentenceEncoder.from_pretrained(path)
     encoder.encode(["A fortune a day.", "Computers are like air conditioners."])  # [2, 384]
 
-``Bert(tokens, mask, *, return_features=True)`` also returns ``hidden_<i>`` (the
-output of layer i) and ``attention_<i>`` (its attention probabilities) and the
-values ``value_<i>`` ``[B, heads, T, head_dim]``, what DistilBERT- and
-MiniLM-style distillation match.
+``Bert(tokens, mask, *, return_features=True)`` also returns ``embeddings``,
+``hidden_<i>`` (the output of layer i), ``attention_<i>`` (its attention
+probabilities ``[B, H, T, T]``) and its queries, keys and values ``query_<i>``,
+``key_<i>``, ``value_<i>`` ``[B, T, D]``: what DistilBERT-style (hidden states) and
+MiniLM-style (:mod:`kd_jax.attention_losses`) distillation match.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ class Layer(nnx.Module):
     self.output_norm = _layer_norm(dim, eps, rngs, dtype)
 
   def __call__(self, x, mask):
+    """``(output, attention probabilities [B, H, T, T], (q, k, v) each [B, T, D])``."""
     b, t, d = x.shape
     split = lambda y: y.reshape(b, t, self.heads, d // self.heads).transpose(0, 2, 1, 3)
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    qkv = self.query(x), self.key(x), self.value(x)
+    q, k, v = map(split, qkv)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(d // self.heads))
     scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
@@ -65,7 +68,7 @@ class Layer(nnx.Module):
     attended = attended.transpose(0, 2, 1, 3).reshape(b, t, d)
     x = self.attention_norm(x + self.attention_output(attended))
     x = self.output_norm(x + self.output(jax.nn.gelu(self.intermediate(x), approximate=False)))
-    return x, probs, v
+    return x, probs, qkv
 
 
 class Bert(nnx.Module):
@@ -102,8 +105,9 @@ class Bert(nnx.Module):
     features = {"embeddings": x}
     mask = mask.astype(bool)
     for i, layer in enumerate(self.layers):
-      x, probs, values = layer(x, mask)
-      features.update({f"hidden_{i}": x, f"attention_{i}": probs, f"value_{i}": values})
+      x, probs, (q, k, v) = layer(x, mask)
+      features.update({f"hidden_{i}": x, f"attention_{i}": probs, f"query_{i}": q,
+                       f"key_{i}": k, f"value_{i}": v})
     x = x.astype(jnp.float32)
     return (x, features) if return_features else x
 

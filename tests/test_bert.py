@@ -95,3 +95,24 @@ def test_the_loader_refuses_other_models(tmp_path):
   shutil.copytree(path, tmp_path / "llama")
   with pytest.raises(ConfigError, match="model_type 'llama' is not 'bert'"):
     bert.load(str(tmp_path / "llama"))
+
+
+def test_a_distilbert_student_starts_as_every_other_teacher_layer():
+  from flax import nnx
+  import jax.numpy as jnp
+  teacher = bert.Bert(vocab_size=40, dim=16, num_layers=6, num_heads=4, mlp_dim=32, max_len=12,
+                      rngs=nnx.Rngs(0))
+  student = bert.student_from_teacher(teacher, (0, 2, 4))
+  assert student.config["num_layers"] == 3
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 7)), jnp.int32)
+  mask = jnp.ones((2, 7), bool)
+  _, t = teacher(tokens, mask, return_features=True)
+  _, s = student(tokens, mask, return_features=True)
+  np.testing.assert_array_equal(s["embeddings"], t["embeddings"])
+  for i, j in enumerate((0, 2, 4)):
+    for name in ("query", "key", "value"):          # same weights: same projections of layer j
+      same = getattr(teacher.layers[j], name).kernel[...]
+      np.testing.assert_array_equal(getattr(student.layers[i], name).kernel[...], same)
+  np.testing.assert_allclose(s["hidden_0"], t["hidden_0"], rtol=1e-6)
+  with pytest.raises(ValueError, match="must index the teacher's 6 layers"):
+    bert.student_from_teacher(teacher, (0, 6))

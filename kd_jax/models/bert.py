@@ -240,3 +240,22 @@ class SentenceEncoder:
         tokens[i, :len(row)], mask[i, :len(row)] = row, True
       out.append(np.asarray(self._embed(self._state, tokens, mask)))
     return np.concatenate(out) if out else np.zeros((0, self.model.config["dim"]), np.float32)
+
+
+def student_from_teacher(teacher: Bert, layers: tuple[int, ...], *, dtype=jnp.float32) -> Bert:
+  """A DistilBERT-style student: the teacher's embeddings and the teacher layers ``layers``
+  (e.g. every other one, ``(0, 2, 4)``), copied (Sanh et al. 2019).
+
+  Raises:
+    ValueError: a layer index outside the teacher.
+  """
+  config = teacher.config
+  if any(not 0 <= i < config["num_layers"] for i in layers):
+    raise ValueError(f"layers {layers} must index the teacher's {config['num_layers']} layers")
+  student = Bert(**{**config, "num_layers": len(layers)}, rngs=nnx.Rngs(0), dtype=dtype)
+  for name in ("word_embeddings", "position_embeddings", "token_type_embeddings",
+               "embeddings_norm"):
+    nnx.update(getattr(student, name), jax.tree.map(jnp.copy, nnx.state(getattr(teacher, name))))
+  for target, source in zip(student.layers, layers):
+    nnx.update(target, jax.tree.map(jnp.copy, nnx.state(teacher.layers[source])))
+  return student

@@ -1,4 +1,4 @@
-r"""The R1 distillation table in miniature: every LLM-distillation recipe on equal terms, 3 seeds.
+r"""The R1 distillation table in miniature: every LLM-distillation recipe on equal terms, 5 seeds.
 
     python -m kd_jax.sweep --config=experiments/arithmetic/r1_table.py --workdir=runs/r1_table
     python -m kd_jax.llm_table --workdir=runs/r1_table      # the table, the plots
@@ -19,13 +19,22 @@ tokens), and is evaluated every 125 steps. The points (``config.sweep.points``):
   (``student_init="baseline"``), as the paper does: twice the budget in all, so its
   control is ``sft2x``, the ``sft`` student trained on for the same extra steps.
 
-Seeds 0–2 change the student's initialisation, the batch order, the transfer
+Seeds 0–4 change the student's initialisation, the batch order, the transfer
 set's samples and the on-policy samples; the teacher and the problems are fixed.
 Every final report has exact match on the 500 held-out problems and on two harder
 splits of 500 (``ood_exact_match``: one more step, one more digit).
 ``python -m kd_jax.llm_table`` writes ``r1_table.md`` (params, exact match, pass@4,
 retention, gap recovered, paired difference to ``sft``, tokens, wall time, OOD) and
 ``exact_match_vs_tokens.png``.
+
+Measured on the 2-core CPU (2026-11-27, 80 runs, 58 min of run time with the teacher
+cached; the table is in the README): exact match, mean ± 95% CI over 5 seeds —
+teacher 99.8%; sft 68.5 ± 32.6%; kd-cosine 86.6 ± 24.9%, seqkd+kd 77.9 ± 39.4%,
+kd-kl 74.3 ± 44.5%, seqkd 67.6 ± 29.5%; gkd 6.5 ± 1.7%; gkd-from-sft 99.4 ± 0.3% and
+its control sft2x 99.6 ± 0.2%. No method beats sft with a paired interval that
+excludes 0 (the student's result swings 39–96% with the seed); gkd, gkd-onpolicy and
+kd-skew_kl are worse. OOD exact match is at most 7% for every model, the teacher
+included. ``:smoke`` (2 seeds of 5 points, then the table) runs in CI.
 """
 
 from kd_jax import config as config_lib

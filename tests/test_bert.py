@@ -78,7 +78,7 @@ def _copy_with(tmp_path, edit):
     (lambda t: t.pop("encoder.layer.3.intermediate.dense.weight"),
      r"missing tensors \['encoder.layer.3.intermediate.dense.weight'\]"),
     (lambda t: t.update({"encoder.layer.0.attention.self.key.bias": np.zeros(10, np.float32)}),
-     r"tensor encoder.layer.0.attention.self.key.bias has shape \(10,\), but config.json "
+     r"tensor encoder.layer.0.attention.self.key.bias has shape \(10,\), but the config "
      r"makes it \(384,\)"),
     (lambda t: t.update({"encoder.layer.0.extra.weight": np.zeros(3, np.float32)}),
      r"unexpected tensors \['encoder.layer.0.extra.weight'\]"),

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from kd_jax.errors import ConfigError
+from kd_jax.models import hf_checkpoint
 
 
 def _linear(d_in, d_out, rngs, dtype):
@@ -166,21 +167,7 @@ def load(path: str, *, dtype=jnp.float32) -> Bert:
       mlp_dim=config["intermediate_size"], max_len=config["max_position_embeddings"],
       type_vocab_size=config.get("type_vocab_size", 2), eps=config.get("layer_norm_eps", 1e-12),
       rngs=nnx.Rngs(0), dtype=dtype))
-  tensors = load_file(weights)
-  targets = _targets(model)
-  missing = sorted(set(targets) - set(tensors))
-  unexpected = sorted(set(tensors) - set(targets) - set(_UNUSED))
-  if missing or unexpected:
-    raise ConfigError("teacher.checkpoint", f"{weights}: " + "; ".join(
-        part for part in (f"missing tensors {missing}" if missing else "",
-                          f"unexpected tensors {unexpected}" if unexpected else "") if part))
-  for name, (variable, transpose) in targets.items():
-    value = tensors[name].T if transpose else tensors[name]
-    if value.shape != variable.get_value().shape:
-      raise ConfigError("teacher.checkpoint", f"{weights}: tensor {name} has shape "
-                        f"{tensors[name].shape}, but config.json makes it "
-                        f"{variable.get_value().shape[::-1] if transpose else variable.get_value().shape}")
-    variable.set_value(jnp.asarray(value, jnp.float32))
+  hf_checkpoint.copy_tensors(model, load_file(weights), _targets(model), weights, ignored=_UNUSED)
   return model
 
 

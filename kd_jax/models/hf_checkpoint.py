@@ -135,26 +135,40 @@ def load(path: str, *, dtype=jnp.float32, max_len: int | None = None):
   if max_len:
     kwargs["max_len"] = max_len
   model = nnx.eval_shape(lambda: gpt.GPT(rngs=nnx.Rngs(0), dtype=dtype, **kwargs))
-  tensors = read_tensors(path)
-  targets = _targets(model)
+  copy_tensors(model, read_tensors(path), _targets(model), path, ignored=_IGNORED_SUFFIXES)
+  return model
+
+
+def copy_tensors(model, tensors: dict, targets: dict, source: str, *, ignored=()) -> None:
+  """Fills an abstract (``nnx.eval_shape``) model from a checkpoint's tensors.
+
+  Args:
+    model: the model; every parameter must be in ``targets``.
+    tensors: name → array, as in the checkpoint.
+    targets: name → (the model's variable, whether to transpose the tensor).
+    source: the checkpoint, for messages.
+    ignored: suffixes of tensor names the model does not use (buffers, poolers).
+
+  Raises:
+    ConfigError: a tensor missing, unexpected or misshapen, named.
+  """
   missing = sorted(set(targets) - set(tensors))
-  unexpected = sorted(k for k in set(tensors) - set(targets) if not k.endswith(_IGNORED_SUFFIXES))
+  unexpected = sorted(k for k in set(tensors) - set(targets) if not k.endswith(tuple(ignored)))
   if missing or unexpected:
-    raise ConfigError("teacher.checkpoint", f"{path}: " + "; ".join(
+    raise ConfigError("teacher.checkpoint", f"{source}: " + "; ".join(
         part for part in (f"missing tensors {missing}" if missing else "",
                           f"unexpected tensors {unexpected}" if unexpected else "") if part))
   for name, (variable, transpose) in targets.items():
-    value = tensors[name].T if transpose else tensors[name]
-    if value.shape != variable.get_value().shape:
-      raise ConfigError("teacher.checkpoint", f"{path}: tensor {name} has shape "
+    value, shape = (tensors[name].T if transpose else tensors[name]), variable.get_value().shape
+    if value.shape != shape:
+      raise ConfigError("teacher.checkpoint", f"{source}: tensor {name} has shape "
                         f"{tensors[name].shape}, but the config makes it "
-                        f"{variable.get_value().shape[::-1] if transpose else variable.get_value().shape}")
+                        f"{shape[::-1] if transpose else shape}")
     variable.set_value(jnp.asarray(value, jnp.float32))
   unfilled = [path for path, leaf in nnx.to_flat_state(nnx.state(model))
               if not hasattr(leaf.get_value(), "device")]
-  if unfilled:       # a GPT parameter no Hugging Face name maps to: a bug in _targets
+  if unfilled:       # a parameter no checkpoint name maps to: a bug in the targets
     raise AssertionError(f"parameters left unloaded: {unfilled}")
-  return model
 
 
 def is_checkpoint(path: str) -> bool:

@@ -102,7 +102,9 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
 def _timing_line(results: dict, label: str) -> str:
   """What the run did and how long each phase took (wall time, compilation included)."""
   timing, student, teacher = results["timing"], results["student"], results["teacher"]
-  if teacher.get("cached"):
+  if teacher.get("format") == "huggingface":
+    parts = [f"teacher loaded from the Hugging Face checkpoint {teacher.get('source')}"]
+  elif teacher.get("cached"):
     parts = ["teacher loaded from its cache"]
   else:
     parts = [f"teacher trained in {_seconds(timing.get('teacher_train_seconds'))}"]

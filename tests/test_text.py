@@ -114,3 +114,6 @@ def test_a_hugging_face_teacher_brings_its_tokenizer_and_vocabulary(tmp_path):
   tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)
   assert (bos, eos) == (tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>"))
   assert results["teacher"]["nll"] > 0 and results["student"]["kl_to_teacher"] >= 0
+  from kd_jax import report
+  assert f"teacher loaded from the Hugging Face checkpoint {checkpoint}" in (
+      report.summary_table(results))

@@ -24,6 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from kd_jax import workdir as workdir_lib
+from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
 TEACHER_FILE = "teacher.json"
@@ -33,9 +34,10 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
   """What determines the teacher's trained weights (not how it is evaluated or logged).
 
   The dataset block less what only the students or the evaluation see
-  (``test_examples``, ``ood_examples``, ``omit_classes``).
+  (``test_examples``, ``ood_examples``, ``omit_classes``) and, for a text corpus,
+  a digest of its documents.
   """
-  return {
+  identity = {
       "model": config.teacher.model,
       "kwargs": config.teacher.kwargs.to_dict(),
       # How often it is evaluated changes its history, not its weights.
@@ -46,6 +48,10 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
       "data": workdir_lib.without_fields(config.dataset, ["test_examples", "ood_examples",
                                                            "omit_classes"]),
   }
+  if config.dataset.name in text_data.CORPORA:
+    # A text corpus comes from an installed package whose version the config cannot name.
+    identity["corpus"] = text_data.corpus_digest()
+  return identity
 
 
 def teacher_key(config: ml_collections.ConfigDict) -> str:

@@ -117,3 +117,16 @@ def test_a_hugging_face_teacher_brings_its_tokenizer_and_vocabulary(tmp_path):
   from kd_jax import report
   assert f"teacher loaded from the Hugging Face checkpoint {checkpoint}" in (
       report.summary_table(results))
+
+
+def test_a_text_teachers_cache_key_follows_the_corpus(tmp_path, monkeypatch):
+  from kd_jax import cli, teachers
+  config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "experiments", "text", "token_kd.py:smoke"))
+  keys = []
+  for texts in (["one", "two"], ["one", "two"], ["one", "three"]):
+    directory = tmp_path / f"corpus{len(keys)}"
+    _write_fortunes(directory, {"c": texts})
+    monkeypatch.setattr(text, "FORTUNES_DIR", str(directory))
+    keys.append(teachers.teacher_key(config))
+  assert keys[0] == keys[1] != keys[2]

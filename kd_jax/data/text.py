@@ -17,6 +17,7 @@ vocabulary size. :func:`token_rows` packs documents ``<bos> text <eos>`` into ro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 
@@ -26,6 +27,7 @@ from kd_jax import workdir as workdir_lib
 from kd_jax.data.core import DatasetNotFoundError
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
+CORPORA = ("fortunes",)
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 PAD, BOS, EOS = 0, 1, 2
 TEST_FRACTION = 0.05
@@ -37,12 +39,14 @@ class Document:
   text: str
 
 
-def read_fortunes(directory: str = FORTUNES_DIR) -> list[Document]:
-  """Every fortune of every collection in ``directory`` (the ``off/`` collections excluded).
+def read_fortunes(directory: str | None = None) -> list[Document]:
+  """Every fortune of every collection in ``directory`` (default :data:`FORTUNES_DIR`;
+  the ``off/`` collections excluded).
 
   Raises:
     DatasetNotFoundError: the ``fortunes`` package is not installed.
   """
+  directory = directory or FORTUNES_DIR
   if not os.path.isdir(directory):
     raise DatasetNotFoundError(f"no fortunes in {directory}: install them with "
                                "`sudo apt-get install fortunes`")
@@ -63,6 +67,18 @@ def read_fortunes(directory: str = FORTUNES_DIR) -> list[Document]:
   if not documents:
     raise DatasetNotFoundError(f"no fortunes found in {directory}")
   return documents
+
+
+def corpus_digest(directory: str | None = None) -> str:
+  """A 16-hex-digit hash of every document of the corpus (default :data:`FORTUNES_DIR`):
+  part of a text teacher's cache key, so that another version of the package never
+  reuses a teacher trained on different text."""
+  return _digest(directory or FORTUNES_DIR)
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(directory: str) -> str:
+  return workdir_lib.digest([(d.collection, d.text) for d in read_fortunes(directory)])
 
 
 def split_of(document: Document) -> str:

@@ -27,7 +27,7 @@ from kd_jax.errors import ConfigError
 from kd_jax.models import gpt, hf_checkpoint
 from kd_jax.tasks import lm
 
-DATASETS = ("fortunes",)
+DATASETS = text_data.CORPORA
 TOKENIZER_CACHE = os.path.join("~", ".cache", "kd_jax", "tokenizers")
 
 

@@ -131,10 +131,7 @@ def verdict(name: str, difference: Interval | None, reference: str) -> str:
 
 
 def _pm(interval: Interval | None, scale: float = 100.0, digits: int = 1, sign=False) -> str:
-  if interval is None or math.isnan(interval.mean):
-    return "–"
-  text = f"{interval.mean * scale:{'+' if sign else ''}.{digits}f}"
-  return text if interval.n < 2 else f"{text} ± {interval.half_width * scale:.{digits}f}"
+  return stats.format_interval(interval, scale=scale, digits=digits, sign=sign)
 
 
 def _tokens(count: int | None) -> str:

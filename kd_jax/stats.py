@@ -301,6 +301,14 @@ def _pm(mean: float, half: float, scale: float = 100.0, digits: int = 2,
   return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
 
 
+def format_interval(interval: Interval | None, *, scale: float = 100.0, digits: int = 2,
+                    sign: bool = False) -> str:
+  """``mean ± half-width`` of an `Interval` after scaling; '–' for none, no ± when n = 1."""
+  if interval is None or math.isnan(interval.mean):
+    return "–"
+  return _pm(interval.mean, interval.half_width, scale, digits, sign)
+
+
 def _column(row: Mapping[str, Any], stat: str, **kwargs) -> str:
   mean = row[f"{stat}_mean"]
   return _pm(mean, (row[f"{stat}_ci95_high"] - mean), **kwargs)

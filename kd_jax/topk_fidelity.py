@@ -62,10 +62,7 @@ def rows(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
 
 
 def _pm(interval, digits=4, sign=False) -> str:
-  if interval is None:
-    return "–"
-  text = f"{interval.mean:{'+' if sign else ''}.{digits}f}"
-  return text if interval.n < 2 else f"{text} ± {interval.half_width:.{digits}f}"
+  return stats.format_interval(interval, scale=1.0, digits=digits, sign=sign)
 
 
 def markdown(table: Sequence[dict], experiment: str | None, seeds: Sequence[int]) -> str:

@@ -32,10 +32,6 @@ class _Split:
   task: lm.LanguageModeling
   data: lm.TokenData
 
-  def exact_match(self, module) -> float:
-    tokens, _ = self.task.generate(module, self.data, int(self.task.prompt_lengths.max()))
-    return float(np.mean(self.task.correct(tokens)))
-
 
 def _split(problems, tokenizer, max_len, mesh) -> _Split:
   tokens, prompt_lengths, lengths = ar.encode_pairs(problems, tokenizer, max_len)
@@ -107,7 +103,8 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   def ood_report(module) -> dict:
     if not ood:
       return {}
-    return {"ood_exact_match": {name: split.exact_match(module) for name, split in ood.items()}}
+    return {"ood_exact_match": {name: split.task.exact_match(module, split.data)
+                                for name, split in ood.items()}}
 
   def evaluate_teacher(graphdef, variables, batch_size):
     metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)

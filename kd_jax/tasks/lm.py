@@ -175,15 +175,14 @@ class LanguageModeling(NextTokens):
     """The gold rows; with ``on_policy`` = λ > 0, a fraction λ of the batches instead holds
     the student's own answers to the same prompts (GKD, Agarwal et al. 2024), sampled
     inside the step with fixed shapes (``metrics["on_policy"]`` says which)."""
+    *gold, metrics = super().train_batch(data, index, mask, rng)
     if not self.on_policy:
-      return super().train_batch(data, index, mask, rng)
-    tokens = data.tokens[index]
-    gold_mask = data.loss_mask[index]
-    gold = (tokens[:, :-1], tokens[:, 1:], gold_mask & mask[:, None])
+      return (*gold, metrics)
+    tokens, gold_mask = data.tokens[index], data.loss_mask[index]
     choose, sample = jax.random.split(rng)
     use = jax.random.uniform(choose) < self.on_policy
     batch = jax.lax.cond(use, lambda: self._student_rows(tokens, gold_mask, mask, sample, policy),
-                         lambda: gold)
+                         lambda: tuple(gold))
     return (*batch, {"on_policy": use.astype(jnp.float32)})
 
   def _student_rows(self, tokens, gold_mask, mask, rng, policy):
@@ -217,17 +216,16 @@ class LanguageModeling(NextTokens):
       raise ValueError(f"the task holds the answers of {len(self.answers)} problems but the "
                        f"split to evaluate has {data.size}")
     token_metrics = self.token_metrics(graphdef, data, batch_size, mesh, reference=reference)
-    prompt_len = int(self.prompt_lengths.max())
 
     def evaluate(variables):
-      exact = self._exact_match(graphdef, variables, data, prompt_len)
+      exact = self.exact_match(nnx.merge(graphdef, *variables), data)
       return {"exact_match": exact, **token_metrics(variables)}, None
 
     return evaluate
 
-  def _exact_match(self, graphdef, variables, data: TokenData, prompt_len: int) -> float:
-    module = nnx.merge(graphdef, *variables)
-    tokens, _ = self.generate(module, data, prompt_len)
+  def exact_match(self, module, data: TokenData) -> float:
+    """The fraction of ``data``'s problems whose greedy answer is right."""
+    tokens, _ = self.generate(module, data, int(self.prompt_lengths.max()))
     return float(np.mean(self.correct(tokens)))
 
   def generate(self, module, data: TokenData, prompt_len: int, **sampling):

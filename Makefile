@@ -49,6 +49,12 @@ data:
 	fi
 	@if [ "$${CI:-}" = true ] && [ ! -d $(FORTUNES_DIR) ]; then \
 	  echo "error: CI=true and the fortunes corpus is missing from $(FORTUNES_DIR)"; exit 1; fi
+	@# Bible verses (KJV), extra transfer sentences for the sentence-encoder experiments.
+	@if ! command -v bible >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq bible-kjv >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq bible-kjv >/dev/null)) || \
+	  echo "warning: could not install bible-kjv (the sentence experiments read its verses)"; \
+	fi
 	@# Prepare TFDS's fashion_mnist offline from those files once (needs TensorFlow; skipped without).
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('tensorflow') else 1)" 2>/dev/null && \
 	  $(PY) -c "from kd_jax import data; from kd_jax.data import fashion_mnist as f; \

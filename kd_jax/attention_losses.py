@@ -70,3 +70,23 @@ def relation_loss(student_a, student_b, teacher_a, teacher_b, *, num_heads: int,
     return jnp.mean(kl)
   rows = jnp.broadcast_to(mask[:, None, :], kl.shape)
   return jnp.sum(jnp.where(rows, kl, 0.0)) / jnp.maximum(jnp.sum(rows), 1)
+
+
+def self_attention_loss(student_qkv, teacher_qkv, *, num_heads: int,
+                        mask: jax.Array | None = None) -> jax.Array:
+  """MiniLM's loss on one layer: attention relations (Q, K) plus value relations (V, V).
+
+  Args:
+    student_qkv, teacher_qkv: ``[B, T, 3·D]``, a layer's queries, keys and values
+      concatenated on the last axis (``qkv_<i>`` of :class:`kd_jax.models.bert.SentenceBert`);
+      the two widths D may differ.
+    num_heads: relation heads R (divides both widths).
+    mask: optional bool ``[B, T]``: the real tokens.
+
+  Returns:
+    float32 scalar: ``relation_loss(Q, K) + relation_loss(V, V)``.
+  """
+  s_q, s_k, s_v = jnp.split(student_qkv, 3, axis=-1)
+  t_q, t_k, t_v = jnp.split(teacher_qkv, 3, axis=-1)
+  return (relation_loss(s_q, s_k, t_q, t_k, num_heads=num_heads, mask=mask)
+          + relation_loss(s_v, s_v, t_v, t_v, num_heads=num_heads, mask=mask))

@@ -19,12 +19,14 @@ import ml_collections
 from kd_jax import divergences, methods, models, schedules, topk
 from kd_jax.data import NAMES as IMAGE_DATASETS
 from kd_jax.tasks.arithmetic import DATASETS as REASONING_DATASETS
+from kd_jax.tasks.embedding import DATASETS as SENTENCE_DATASETS
 from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
 LANGUAGE_ONLY_METHODS = ("gkd",)
-METHODS = tuple(m for m in methods.REGISTRY if m not in LANGUAGE_ONLY_METHODS)
+METHODS = tuple(m for m in methods.REGISTRY
+                if m not in LANGUAGE_ONLY_METHODS + methods.EMBEDDING_METHODS)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
 LANGUAGE_METHODS = ("none", "kd", "gkd")
 TEXT_METHODS = ("none", "kd")       # no prompts to answer: no on-policy sampling
@@ -32,12 +34,15 @@ LANGUAGE_DATASETS = (*REASONING_DATASETS, *TEXT_DATASETS)
 # What a language-model student trains on: the gold responses, or the teacher's
 # verified answers to the gold prompts (sequence-level KD, kd_jax/transfer.py).
 STUDENT_DATA = ("gold", "transfer")
-STUDENT_INITS = ("scratch", "baseline")
-DATASETS = (*IMAGE_DATASETS, *LANGUAGE_DATASETS)
+# "teacher_layers": a sentence encoder's student starts as the teacher's embeddings and
+# layers encoder.init_layers (DistilBERT's initialisation).
+STUDENT_INITS = ("scratch", "baseline", "teacher_layers")
+DATASETS = (*IMAGE_DATASETS, *LANGUAGE_DATASETS, *SENTENCE_DATASETS)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRECISIONS = ("fp32", "bf16")
-TEACHER_CACHES = ("auto", "none", "memory", "disk")
+# "shared": as disk, in a directory every run shares (kd_jax/teacher_cache.py).
+TEACHER_CACHES = ("auto", "none", "memory", "disk", "shared")
 
 
 def training_config(epochs: float = 5, batch_size: int = 128, optimizer: str = "adamw",
@@ -160,6 +165,28 @@ def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int
                                         test_examples=test_examples))
 
 
+def sentence_dataset(*, max_len: int = 48, bible_verses: int = 0, train_examples: int = 0,
+                     test_examples: int = 0, probe_examples: int = 4000
+                     ) -> ml_collections.ConfigDict:
+  """English sentences labelled by fortune collection (kd_jax/data/sentences.py) as a
+  ``dataset`` block, for sentence encoders: fortunes (and ``bible_verses`` KJV verses in
+  the training split) tokenised by the teacher's WordPiece and truncated at ``max_len``
+  tokens; ``train_examples`` / ``test_examples`` > 0 keep the first sentences (smoke
+  runs); the linear probe and kNN train on the first ``probe_examples`` labelled
+  training sentences (0: all)."""
+  return ml_collections.ConfigDict(dict(
+      name="fortune_sentences", max_len=max_len, bible_verses=bible_verses,
+      train_examples=train_examples, test_examples=test_examples,
+      probe_examples=probe_examples))
+
+
+def encoder_config(*, relation_heads: int = 12, init_layers=(0, 2, 4)) -> ml_collections.ConfigDict:
+  """Sentence-encoder distillation settings: MiniLM's relation heads (they divide both
+  models' widths) and the teacher layers a ``student_init="teacher_layers"`` student copies."""
+  return ml_collections.ConfigDict(dict(relation_heads=relation_heads,
+                                        init_layers=tuple(init_layers)))
+
+
 def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
                     num_samples: int = 4, pass_at_k=(1, 4)) -> ml_collections.ConfigDict:
   """How language-model answers are sampled for pass@k (greedy decoding gives exact match).
@@ -257,6 +284,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("dataset.name", config.dataset.name, DATASETS)
   if config.dataset.name in LANGUAGE_DATASETS:
     _validate_language_task(config)
+  elif config.dataset.name in SENTENCE_DATASETS:
+    _validate_sentence_task(config)
   else:
     _validate_image_task(config)
   _validate_training("teacher.train", config.teacher.train)
@@ -266,6 +295,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _nonnegative_ints(field, config[field], ("eval_every_steps",))
   _choice("divergence", config.divergence, divergences.NAMES)
   _choice("student_init", config.get("student_init", "scratch"), STUDENT_INITS)
+  if (config.get("student_init") == "teacher_layers"
+      and config.dataset.name not in SENTENCE_DATASETS):
+    raise ConfigError("student_init", "student_init='teacher_layers' copies a sentence "
+                      "encoder's layers: it needs a sentence dataset")
   _validate_topk(config)
   _validate_fused(config)
   if config.get("student_init") == "baseline" and not config.baseline:
@@ -321,13 +354,42 @@ def _validate_image_task(config) -> None:
     _choice(f"{role}.model", config[role].model, models.IMAGE_MODELS)
   _choice("method", config.method, METHODS)
   augmented = config.dataset.crop_padding > 0 or config.dataset.flip
-  if augmented and config.teacher_cache in ("memory", "disk") and not config.teacher_fixed_views:
+  if (augmented and config.teacher_cache in ("memory", "disk", "shared")
+      and not config.teacher_fixed_views):
     raise ConfigError("teacher_cache",
         f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
         "dataset.flip): the teacher must see the same random view as the student "
         "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
         "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
         "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
+
+
+def _validate_sentence_task(config) -> None:
+  d = config.dataset
+  _nonnegative_ints("dataset", d, ("train_examples", "test_examples", "bible_verses",
+                                   "probe_examples"))
+  _nonnegative_ints("dataset", d, ("max_len",), 4)
+  for role in ("teacher", "student"):
+    _choice(f"{role}.model", config[role].model, models.ENCODER_MODELS)
+  _choice("method", config.method, methods.EMBEDDING_METHODS)
+  if not config.teacher.checkpoint:
+    raise ConfigError("teacher.checkpoint", "a sentence encoder's teacher is pretrained: set "
+                      "teacher.checkpoint (e.g. 'all-MiniLM-L6-v2', or a BERT directory)")
+  if config.baseline:
+    raise ConfigError("baseline", "baseline=True trains the student on hard labels, which "
+                      "sentences do not have: set baseline=False (the from-scratch student is "
+                      "student_init='scratch' with the same method)")
+  _choice("student_init", config.get("student_init", "scratch"), ("scratch", "teacher_layers"))
+  if config.method == "distilbert":
+    _choice("divergence", config.divergence, ("cosine", "mse"))
+  e = config.get("encoder")
+  if e is None:
+    raise ConfigError("encoder", "a sentence-encoder config needs an encoder block "
+                      "(kd_jax.config.encoder_config())")
+  _nonnegative_ints("encoder", e, ("relation_heads",), 1)
+  if not e.init_layers or not all(isinstance(i, int) and i >= 0 for i in e.init_layers):
+    raise ConfigError("encoder.init_layers", "encoder.init_layers must be a non-empty tuple "
+                      f"of teacher layer indices, got {e.init_layers!r}")
 
 
 def _validate_topk(config) -> None:
@@ -365,7 +427,8 @@ def _validate_fused(config) -> None:
   field = f"loss_chunk_size={chunk}"
   _require_language_kd(config, "loss_chunk_size", field,
                        "is the language-model kd loss through the output heads")
-  if (config.get("topk") or {}).get("k", 0) or config.teacher_cache in ("memory", "disk"):
+  if (config.get("topk") or {}).get("k", 0) or config.teacher_cache in ("memory", "disk",
+                                                                         "shared"):
     raise ConfigError("loss_chunk_size", f"{field} runs the teacher in every step (its hidden "
                       "states, not its logits): it cannot be combined with topk.k or "
                       f"teacher_cache={config.teacher_cache!r}")

@@ -98,7 +98,7 @@ def _fit_report(fit: train.FitResult, module, headline: str) -> dict:
 def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress=True) -> dict:
   """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
   if config.teacher.checkpoint:
-    source = os.path.expanduser(config.teacher.checkpoint)
+    source = hf_checkpoint.resolve(config.teacher.checkpoint)
     if hf_checkpoint.is_checkpoint(source):   # the task built it from the checkpoint's weights
       return {"model": config.teacher.model, "params": module.num_params(), "source": source,
               "cached": True, "format": "huggingface"}

@@ -495,3 +495,33 @@ def pkt_loss(student_features: ArrayLike, teacher_features: ArrayLike, *,
 # The chunked, head-fused form of kd_loss for large vocabularies (its own module; it builds
 # on kd_per_position above).
 from kd_jax.fused_linear import fused_linear_kd_loss  # noqa: E402,F401
+
+
+def hidden_state_loss(student_hidden: ArrayLike, teacher_hidden: ArrayLike, *,
+                      mask: ArrayLike | None = None, distance: str = "cosine") -> Array:
+  r"""DistilBERT's hidden-state loss: a per-token distance, averaged over the real tokens.
+
+  .. math:: \ell = \frac{1}{|M|} \sum_{(b, t) \in M} d(h^s_{b,t}, h^t_{b,t})
+
+  with ``d`` the ``cosine`` distance 1 − cos (Sanh et al. 2019 use it on the last
+  hidden states) or the ``mse`` (mean squared difference over the width).
+
+  Args:
+    student_hidden, teacher_hidden: ``[B, T, D]`` (equal widths).
+    mask: optional boolean ``[B, T]``: the real tokens (or ``[B]``: whole rows).
+    distance: ``"cosine"`` or ``"mse"``.
+
+  Returns:
+    float32 scalar.
+
+  Example:
+    >>> float(hidden_state_loss(jnp.ones((1, 2, 3)), -jnp.ones((1, 2, 3))))
+    2.0
+  """
+  if distance not in ("cosine", "mse"):
+    raise ValueError(f"hidden_state_loss: distance must be 'cosine' or 'mse', got {distance!r}")
+  s, t = _f32(student_hidden), _f32(teacher_hidden)
+  if s.shape != t.shape:
+    raise ValueError(f"hidden_state_loss needs equal shapes; got student {s.shape} and "
+                     f"teacher {t.shape}")
+  return _masked_mean(divergences.get(distance)(s, t), mask)

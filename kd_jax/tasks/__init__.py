@@ -29,7 +29,8 @@ turns stored data into model inputs.
 Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
 :mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs),
 which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data and
-:mod:`kd_jax.tasks.text` for text corpora.
+:mod:`kd_jax.tasks.text` for text corpora, and :mod:`kd_jax.tasks.embedding`
+(sentences → embeddings, distilling a pretrained sentence encoder).
 Each experiment module's ``prepare(config, mesh, dtype)`` gives the experiment a
 :class:`Prepared`: the config flows config → task → engine → report.
 """
@@ -77,8 +78,9 @@ class Prepared:
 
 def prepare(config, mesh, dtype) -> Prepared:
   """The task family of ``config.dataset.name``, prepared on ``mesh``."""
-  from kd_jax.tasks import arithmetic, classification, text  # pylint: disable=g-import-not-at-top
+  from kd_jax.tasks import arithmetic, classification, embedding, text  # pylint: disable=g-import-not-at-top
   families = {**{name: arithmetic for name in arithmetic.DATASETS},
-              **{name: text for name in text.DATASETS}}
+              **{name: text for name in text.DATASETS},
+              **{name: embedding for name in embedding.DATASETS}}
   family = families.get(config.dataset.name, classification)
   return family.prepare(config, mesh, dtype)

@@ -30,7 +30,7 @@ from absl import logging
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import feeding, methods, models, parallel, run_log, teacher_cache, teachers, train
+from kd_jax import feeding, methods, parallel, run_log, teacher_cache, teachers, train
 from kd_jax import tasks
 from kd_jax import metrics as metrics_lib
 from kd_jax import workdir as workdir_lib
@@ -184,12 +184,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
     teacher_module = prepared.build(config.teacher, config.teacher.seed, "teacher")
   student_model = prepared.build(config.student, config.seed)
-  s_shapes = t_shapes = {}
-  if methods.REGISTRY[config.method].feature_loss is not None:
-    # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
-    s_shapes = models.feature_shapes(student_model)
-    t_shapes = models.feature_shapes(teacher_module)
-  pairs = methods.feature_pairs(config, s_shapes, t_shapes)
+  # Feature layers are checked on shapes alone (jax.eval_shape): before any compilation.
+  student_module, pairs = methods.trainable_student(config, student_model, teacher_module)
 
   teacher_info = obtain_teacher(config, module=teacher_module, prepared=prepared, mesh=mesh,
                                 teacher_dir=teacher_dir, show_progress=show_progress)
@@ -260,10 +256,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       train.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
   if not uses_teacher:
-    student_module, student_teacher, data = student_model, None, student_train_data
+    student_teacher, data = None, student_train_data
   else:
-    widths = methods.adapter_widths(config, pairs, s_shapes, t_shapes)
-    student_module = methods.Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1))
     if config.get("loss_chunk_size", 0):
       # The fused-linear kd loss: the teacher gives its hidden states and head in every step.
       data, student_teacher = student_train_data, dataclasses.replace(teacher, head_inputs=True)

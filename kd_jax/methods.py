@@ -165,6 +165,25 @@ class Student(nnx.Module):
     return logits, selected
 
 
+def trainable_student(config, student_model: nnx.Module, teacher_model: nnx.Module):
+  """``(module, pairs)``: what a run of ``config`` trains and checkpoints, and its layer pairs.
+
+  ``module`` is ``student_model`` itself for a method without a teacher, else a
+  :class:`Student` with the method's pairs and FitNets adapters. The pairs are
+  validated on shapes alone (:func:`kd_jax.models.feature_shapes`), before anything
+  compiles; ``teacher_model`` may be abstract (``nnx.eval_shape``).
+  """
+  from kd_jax import models  # noqa: PLC0415  (models imports nothing of this module)
+  if not REGISTRY[config.method].uses_teacher:
+    return student_model, {}
+  s_shapes = t_shapes = {}
+  if REGISTRY[config.method].feature_loss is not None:
+    s_shapes, t_shapes = models.feature_shapes(student_model), models.feature_shapes(teacher_model)
+  pairs = feature_pairs(config, s_shapes, t_shapes)
+  widths = adapter_widths(config, pairs, s_shapes, t_shapes)
+  return Student(student_model, pairs, widths, rngs=nnx.Rngs(config.seed + 1)), pairs
+
+
 def adapter_widths(config, pairs, student_features, teacher_features) -> dict[str, tuple[int, int]]:
   """FitNets adapters: ``{student layer: (student width, teacher width)}``."""
   if config.method != "fitnets":

@@ -28,7 +28,6 @@ import os
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -1,0 +1,45 @@
+"""Parity and latency of an exported model against the JAX student it came from."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+
+def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray) -> dict:
+  """How far the exported logits ``[N, C]`` are from the JAX student's on the same inputs.
+
+  Returns ``max_abs_logit_difference``, ``top1_agreement`` (fraction of examples with
+  the same argmax) and the two accuracies on ``labels`` (``accuracy_change`` = exported
+  − JAX, which quantisation may move).
+  """
+  reference, exported = np.asarray(reference, np.float32), np.asarray(exported, np.float32)
+  jax_accuracy = float(np.mean(reference.argmax(-1) == labels))
+  exported_accuracy = float(np.mean(exported.argmax(-1) == labels))
+  return {"max_abs_logit_difference": float(np.max(np.abs(reference - exported))),
+          "top1_agreement": float(np.mean(reference.argmax(-1) == exported.argmax(-1))),
+          "jax_accuracy": jax_accuracy, "exported_accuracy": exported_accuracy,
+          "accuracy_change": exported_accuracy - jax_accuracy, "examples": int(len(labels))}
+
+
+def median_latency_ms(run: Callable[[np.ndarray], object], batch: np.ndarray,
+                      repeats: int = 50) -> float:
+  """The median wall time of ``run(batch)`` in ms, after two warm-up calls (compilation)."""
+  for _ in range(2):
+    jax.block_until_ready(run(batch))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run(batch))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) * 1e3
+
+
+def in_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+               batch_size: int = 256) -> np.ndarray:
+  """``run`` over ``inputs`` in batches, concatenated (host arrays)."""
+  return np.concatenate([np.asarray(run(inputs[i:i + batch_size]))
+                         for i in range(0, len(inputs), batch_size)])

@@ -1,0 +1,87 @@
+"""ONNX export with jax2onnx, run and quantised with onnxruntime.
+
+* :func:`export` traces a JAX function of ``uint8`` images into an ONNX model whose
+  batch dimension is symbolic (``"B"``).
+* :func:`to_fp16` stores the weights and computes in float16, keeping float32 inputs
+  and outputs (onnxruntime's converter; inputs here are uint8 anyway).
+* :func:`to_int8` quantises weights and activations to int8 (QDQ format, static:
+  activation ranges calibrated on training images).
+* :func:`session` opens a model for inference on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax.errors import ConfigError
+
+
+def export(function, input_shape: tuple, path: str) -> None:
+  """Writes ``function``'s ONNX graph for inputs uint8 ``[B, *input_shape]`` to ``path``.
+
+  Raises:
+    ConfigError: jax2onnx has no conversion for one of the function's operations
+      (named), instead of the converter's traceback.
+  """
+  from jax2onnx import to_onnx  # noqa: PLC0415  (export-only dependency)
+  # onnx_ir warns about every untyped shape constant it leaves unserialised: harmless.
+  logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+  spec = jax.ShapeDtypeStruct(("B", *input_shape), jnp.uint8)
+  try:
+    model = to_onnx(function, [spec])
+  except NotImplementedError as e:       # jax2onnx: "No plugin registered for primitive ..."
+    raise ConfigError(None, f"ONNX export: an operation of this student has no ONNX "
+                      f"conversion in jax2onnx: {str(e).splitlines()[0]}") from None
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(model.SerializeToString())
+
+
+def to_fp16(path: str, out_path: str) -> None:
+  """``path``'s model with float16 weights and arithmetic (float32 at the inputs/outputs)."""
+  import onnx  # noqa: PLC0415
+  from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
+  onnx.save(convert_float_to_float16(onnx.load(path), keep_io_types=True), out_path)
+
+
+def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
+  """``path``'s model quantised to int8 (weights per channel, activations calibrated on
+  ``calibration``, a batch of training inputs)."""
+  from onnxruntime import quantization  # noqa: PLC0415
+
+  class Reader(quantization.CalibrationDataReader):
+    def __init__(self):
+      self._batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+    def get_next(self):
+      batch = next(self._batches, None)
+      return None if batch is None else {_input_name(path): batch}
+
+  prepared = out_path + ".pre.onnx"
+  quantization.quant_pre_process(path, prepared)
+  try:
+    quantization.quantize_static(prepared, out_path, Reader(),
+                                 quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, weight_type=quantization.QuantType.QInt8,
+                                 activation_type=quantization.QuantType.QInt8)
+  finally:
+    os.remove(prepared)
+
+
+def _input_name(path: str) -> str:
+  return session(path).get_inputs()[0].name
+
+
+def session(path: str, threads: int = 0):
+  """An onnxruntime CPU session (``threads`` 0: onnxruntime's default), warnings off."""
+  import onnxruntime as ort  # noqa: PLC0415
+  options = ort.SessionOptions()
+  options.log_severity_level = 3        # shape-merge warnings of NHWC graphs are harmless
+  if threads:
+    options.intra_op_num_threads = threads
+  return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

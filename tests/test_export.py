@@ -1,0 +1,84 @@
+"""Export (kd_jax/export/): ONNX files that compute the JAX student's function, and their reports."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kd_jax import models
+from kd_jax.errors import ConfigError
+from kd_jax.export import measure, onnx_format
+from tests.conftest import needs_fashion_mnist
+from tests.test_experiments import _cli, _run_cli
+
+pytest.importorskip("jax2onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _images(n, shape=(28, 28, 1), seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, *shape)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8"])
+def test_an_exported_classifier_takes_uint8_images_of_any_batch(name, tmp_path):
+  model = models.create(name, num_classes=10, rngs=nnx.Rngs(0))
+  # The normalisation is part of the exported function (DESIGN §5.7).
+  function = lambda images: model((images.astype(jnp.float32) / 255.0 - 0.5) / 0.25)
+  path = str(tmp_path / f"{name}.onnx")
+  onnx_format.export(function, (28, 28, 1), path)
+  session = onnx_format.session(path)
+  (inputs,) = session.get_inputs()
+  assert inputs.type == "tensor(uint8)" and inputs.shape[0] == "B"
+  for batch in (1, 7):
+    images = _images(batch)
+    got = session.run(None, {inputs.name: images})[0]
+    np.testing.assert_allclose(got, function(jnp.asarray(images)), atol=1e-4, rtol=1e-4)
+
+
+def test_an_operation_without_conversion_is_named_not_a_traceback(tmp_path):
+  gram = lambda x: x.astype(jnp.float32)[..., 0] @ x.astype(jnp.float32)[..., 0].swapaxes(1, 2)
+  with pytest.raises(ConfigError, match="no ONNX conversion in jax2onnx: eigh"):
+    onnx_format.export(lambda x: jnp.linalg.eigh(gram(x))[0], (4, 4, 1), str(tmp_path / "e.onnx"))
+
+
+def test_parity_compares_logits_argmax_and_accuracy():
+  reference = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+  exported = np.array([[2.0, 1.5], [0.5, 0.0], [1.0, 0.0]])
+  p = measure.parity(reference, exported, labels=np.array([0, 1, 1]))
+  assert p["max_abs_logit_difference"] == 3.0
+  assert p["top1_agreement"] == pytest.approx(2 / 3)
+  assert p["jax_accuracy"] == pytest.approx(2 / 3) and p["exported_accuracy"] == pytest.approx(1 / 3)
+  assert p["accuracy_change"] == pytest.approx(-1 / 3)
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_export_cli_writes_the_student_and_its_report(tmp_path):
+  _, results = _run_cli(tmp_path, "kd")
+  workdir = tmp_path / "kd"
+  for quantize in ("none", "int8"):
+    out = _cli(f"--workdir={workdir}", "--format=onnx", f"--quantize={quantize}",
+               module="kd_jax.export")
+    assert out.returncode == 0, out.stderr[-3000:]
+  with open(workdir / "export" / "report.json") as f:
+    report = json.load(f)
+  fp32, int8 = report["student.onnx"], report["student.int8.onnx"]
+  # The export computes the trained student: its accuracy is the run's own.
+  assert fp32["parity"]["jax_accuracy"] == pytest.approx(results["student"]["test_accuracy"])
+  assert fp32["parity"]["max_abs_logit_difference"] < 1e-4
+  assert fp32["parity"]["top1_agreement"] == 1.0
+  assert int8["bytes"] < fp32["bytes"] and int8["parity"]["top1_agreement"] > 0.9
+  for entry in (fp32, int8):
+    assert set(entry["latency_ms"]) == {"batch_1", "batch_32"}
+    assert all(ms["onnxruntime"] > 0 and ms["jax"] > 0 for ms in entry["latency_ms"].values())
+
+
+def test_export_cli_errors_are_one_line(tmp_path):
+  out = _cli(f"--workdir={tmp_path}", "--format=onnx", module="kd_jax.export")
+  assert out.returncode == 2 and "no finished run" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = _cli(f"--workdir={tmp_path}", "--format=tflite", module="kd_jax.export")
+  assert out.returncode == 2 and "only onnx is exportable so far" in out.stderr

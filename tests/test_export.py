@@ -10,7 +10,7 @@ from flax import nnx
 
 from kd_jax import models
 from kd_jax.errors import ConfigError
-from kd_jax.export import measure, onnx_format
+from kd_jax.export import litert_format, measure, onnx_format
 from tests.conftest import needs_fashion_mnist
 from tests.test_experiments import _cli, _run_cli
 
@@ -38,6 +38,20 @@ def test_an_exported_classifier_takes_uint8_images_of_any_batch(name, tmp_path):
     np.testing.assert_allclose(got, function(jnp.asarray(images)), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_a_litert_classifier_computes_the_jax_function(name, tmp_path):
+  pytest.importorskip("tensorflow")
+  pytest.importorskip("ai_edge_litert")
+  model = models.create(name, num_classes=10, rngs=nnx.Rngs(0))
+  function = lambda images: model((images.astype(jnp.float32) / 255.0 - 0.5) / 0.25)
+  path = str(tmp_path / f"{name}.tflite")
+  litert_format.export(function, (28, 28, 1), path)
+  run = litert_format.Runner(path)
+  for batch in (1, 5):
+    images = _images(batch, seed=batch)
+    np.testing.assert_allclose(run(images), function(jnp.asarray(images)), atol=1e-4, rtol=1e-4)
+
+
 def test_an_operation_without_conversion_is_named_not_a_traceback(tmp_path):
   gram = lambda x: x.astype(jnp.float32)[..., 0] @ x.astype(jnp.float32)[..., 0].swapaxes(1, 2)
   with pytest.raises(ConfigError, match="no ONNX conversion in jax2onnx: eigh"):
@@ -59,8 +73,8 @@ def test_parity_compares_logits_argmax_and_accuracy():
 def test_export_cli_writes_the_student_and_its_report(tmp_path):
   _, results = _run_cli(tmp_path, "kd")
   workdir = tmp_path / "kd"
-  for quantize in ("none", "int8"):
-    out = _cli(f"--workdir={workdir}", "--format=onnx", f"--quantize={quantize}",
+  for fmt, quantize in (("onnx", "none"), ("onnx", "int8"), ("tflite", "none")):
+    out = _cli(f"--workdir={workdir}", f"--format={fmt}", f"--quantize={quantize}",
                module="kd_jax.export")
     assert out.returncode == 0, out.stderr[-3000:]
   with open(workdir / "export" / "report.json") as f:
@@ -71,14 +85,16 @@ def test_export_cli_writes_the_student_and_its_report(tmp_path):
   assert fp32["parity"]["max_abs_logit_difference"] < 1e-4
   assert fp32["parity"]["top1_agreement"] == 1.0
   assert int8["bytes"] < fp32["bytes"] and int8["parity"]["top1_agreement"] > 0.9
-  for entry in (fp32, int8):
+  litert = report["student.tflite"]
+  assert litert["parity"]["max_abs_logit_difference"] < 1e-4
+  for entry, runtime in ((fp32, "onnxruntime"), (int8, "onnxruntime"), (litert, "litert")):
     assert set(entry["latency_ms"]) == {"batch_1", "batch_32"}
-    assert all(ms["onnxruntime"] > 0 and ms["jax"] > 0 for ms in entry["latency_ms"].values())
+    assert all(ms[runtime] > 0 and ms["jax"] > 0 for ms in entry["latency_ms"].values())
 
 
 def test_export_cli_errors_are_one_line(tmp_path):
   out = _cli(f"--workdir={tmp_path}", "--format=onnx", module="kd_jax.export")
   assert out.returncode == 2 and "no finished run" in out.stderr
   assert "Traceback" not in out.stderr
-  out = _cli(f"--workdir={tmp_path}", "--format=tflite", module="kd_jax.export")
-  assert out.returncode == 2 and "only onnx is exportable so far" in out.stderr
+  out = _cli(f"--workdir={tmp_path}", "--format=pdf", module="kd_jax.export")
+  assert out.returncode == 2 and "<onnx|tflite>" in out.stderr

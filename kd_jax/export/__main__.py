@@ -1,11 +1,12 @@
 r"""Exports a finished run's student and measures it: ``python -m kd_jax.export``.
 
-    python -m kd_jax.export --workdir=runs/kd --format onnx [--quantize none|fp16|int8]
+    python -m kd_jax.export --workdir=runs/kd --format onnx|tflite [--quantize none|fp16|int8]
 
-Writes ``WORKDIR/export/student.onnx`` (``student.fp16.onnx``, ``student.int8.onnx``)
-and ``WORKDIR/export/report.json`` (one entry per exported file): its size, parity
-on the held-out split (max abs logit difference, top-1 agreement, accuracy change),
-and median latency at batch 1 and 32 with onnxruntime and with the jitted JAX
+Writes ``WORKDIR/export/student.<onnx|tflite>`` (quantised: ``student.fp16.onnx``,
+``student.int8.tflite``, ...) and ``WORKDIR/export/report.json`` (one entry per
+exported file): its size, parity on the held-out split (max abs logit difference,
+top-1 agreement, accuracy change), and median latency at batch 1 and 32 with the
+format's runtime (onnxruntime, the LiteRT interpreter) and with the jitted JAX
 student on the same CPU. Mistakes print one line and exit with status 2.
 """
 
@@ -20,7 +21,7 @@ from absl import flags
 
 from kd_jax import cli
 from kd_jax.errors import ConfigError
-from kd_jax.export import FORMATS, QUANTIZATIONS, measure, onnx_format
+from kd_jax.export import FORMATS, QUANTIZATIONS, litert_format, measure, onnx_format
 from kd_jax.export import student as student_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's directory (kd_jax.main).")
@@ -30,33 +31,56 @@ _QUANTIZE = flags.DEFINE_enum("quantize", "none", QUANTIZATIONS,
 LATENCY_BATCHES = (1, 32)
 
 
-def export_onnx(workdir: str, quantize: str) -> dict:
-  """Exports, measures and records one ONNX file; returns its report entry."""
-  exportable = student_lib.load(workdir)
-  directory = os.path.join(workdir, "export")
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+def _write_onnx(exportable, directory: str, quantize: str) -> str:
   path = os.path.join(directory, "student.onnx")
   onnx_format.export(exportable.function, exportable.input_shape, path)
-  if quantize != "none":
-    quantized = os.path.join(directory, f"student.{quantize}.onnx")
-    if quantize == "fp16":
-      onnx_format.to_fp16(path, quantized)
-    else:
-      onnx_format.to_int8(path, quantized, exportable.train_inputs)
-    path = quantized
+  if quantize == "none":
+    return path
+  quantized = os.path.join(directory, f"student.{quantize}.onnx")
+  if quantize == "fp16":
+    onnx_format.to_fp16(path, quantized)
+  else:
+    onnx_format.to_int8(path, quantized, exportable.train_inputs)
+  return quantized
+
+
+def _write_tflite(exportable, directory: str, quantize: str) -> str:
+  name = "student.tflite" if quantize == "none" else f"student.{quantize}.tflite"
+  path = os.path.join(directory, name)
+  litert_format.export(exportable.function, exportable.input_shape, path, quantize=quantize,
+                       calibration=exportable.train_inputs)
+  return path
+
+
+def _runner(path: str, fmt: str):
+  if fmt == "tflite":
+    return litert_format.Runner(path)
   session = onnx_format.session(path)
   name = session.get_inputs()[0].name
-  run_onnx = lambda x: session.run(None, {name: x})[0]
+  return lambda x: session.run(None, {name: x})[0]
+
+
+def export(workdir: str, fmt: str, quantize: str) -> dict:
+  """Exports, measures and records one file; returns its report entry."""
+  exportable = student_lib.load(workdir)
+  directory = os.path.join(workdir, "export")
+  write = _write_tflite if fmt == "tflite" else _write_onnx
+  path = write(exportable, directory, quantize)
+  run_exported, runtime = _runner(path, fmt), RUNTIMES[fmt]
   run_jax = jax.jit(exportable.function)
   inputs, labels = exportable.test_inputs, exportable.test_labels
-  entry = {"file": os.path.basename(path), "format": "onnx", "quantize": quantize,
+  entry = {"file": os.path.basename(path), "format": fmt, "quantize": quantize,
            "bytes": os.path.getsize(path),
            "parity": measure.parity(measure.in_batches(run_jax, inputs),
-                                    measure.in_batches(run_onnx, inputs), labels),
+                                    measure.in_batches(run_exported, inputs), labels),
            "latency_ms": {}}
   for batch in LATENCY_BATCHES:
     x = np.ascontiguousarray(inputs[:batch])
     entry["latency_ms"][f"batch_{batch}"] = {
-        "onnxruntime": measure.median_latency_ms(run_onnx, x),
+        runtime: measure.median_latency_ms(run_exported, x),
         "jax": measure.median_latency_ms(run_jax, x)}
   report_path = os.path.join(directory, "report.json")
   report = {}
@@ -73,16 +97,16 @@ def main(argv) -> None:
   del argv
   if not _WORKDIR.value:
     raise ConfigError(None, "--workdir is required: a finished run's directory")
-  if _FORMAT.value != "onnx":
-    raise ConfigError(None, f"--format={_FORMAT.value}: only onnx is exportable so far")
-  entry = export_onnx(os.path.abspath(os.path.expanduser(_WORKDIR.value)), _QUANTIZE.value)
+  entry = export(os.path.abspath(os.path.expanduser(_WORKDIR.value)), _FORMAT.value,
+                 _QUANTIZE.value)
   p, lat = entry["parity"], entry["latency_ms"]
   print(f"{entry['file']}: {entry['bytes'] / 1e6:.2f} MB; max |Δlogit| "
         f"{p['max_abs_logit_difference']:.2e}, top-1 agreement {p['top1_agreement']:.2%}, "
         f"accuracy {p['jax_accuracy']:.2%} → {p['exported_accuracy']:.2%} on "
         f"{p['examples']} held-out examples")
+  runtime = RUNTIMES[entry["format"]]
   for batch, ms in lat.items():
-    print(f"  {batch}: onnxruntime {ms['onnxruntime']:.3f} ms, JAX {ms['jax']:.3f} ms")
+    print(f"  {batch}: {runtime} {ms[runtime]:.3f} ms, JAX {ms['jax']:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
 
-.PHONY: install data test test-fast run bench bench-deps clean
+.PHONY: install data web test test-fast run bench bench-deps clean
 
-install: $(STAMP) data
+install: $(STAMP) data web
 
 # Re-installs only when the requirements or the package metadata change.
 # PYTHONWARNINGS hides setuptools' BuildBackendWarning about editable installs.
@@ -61,6 +61,21 @@ data:
 	    import os; d = data.default_data_dir(); \
 	    os.path.isdir(os.path.join(d, 'fashion_mnist')) or f.prepare_tfds(d, f.resolve_local_dir())" \
 	  2>/dev/null || true
+
+# The web page's packages (onnxruntime-web; puppeteer-core drives headless Chromium in
+# tests/test_web.py) and Chromium itself, when npm and apt are there; the browser test
+# skips without them (CI installs them: about 1-2 minutes).
+web: web/node_modules/.installed
+web/node_modules/.installed: web/package.json web/package-lock.json
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || \
+	  echo "warning: could not install chromium; the browser test will skip"; \
+	fi
+	@if command -v npm >/dev/null; then \
+	  (cd web && npm ci --silent --no-audit --no-fund) && touch $@ || \
+	  echo "warning: npm ci failed in web/; the browser test will skip"; \
+	else echo "note: npm is missing; the web page and its test need it (apt-get install npm)"; fi
 
 # The default experiment: teacher (trained once, cached), from-scratch baseline, distilled student.
 run: install

@@ -7,7 +7,10 @@ Writes ``WORKDIR/export/student.<onnx|tflite>`` (quantised: ``student.fp16.onnx`
 exported file): its size, parity on the held-out split (max abs logit difference,
 top-1 agreement, accuracy change), and median latency at batch 1 and 32 with the
 format's runtime (onnxruntime, the LiteRT interpreter) and with the jitted JAX
-student on the same CPU. Mistakes print one line and exit with status 2.
+student on the same CPU. An ONNX export also writes ``samples.json`` (held-out images,
+labels, class names) for the web page: serve the repository root with
+``python -m http.server`` and open ``http://localhost:8000/web/?run=WORKDIR``.
+Mistakes print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -32,11 +35,26 @@ LATENCY_BATCHES = (1, 32)
 
 
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+WEB_SAMPLES = 64      # held-out images the web page (web/) steps through
+
+
+def write_web_samples(exportable, directory: str) -> None:
+  """``samples.json`` next to the ONNX file: what web/index.html shows and classifies."""
+  images = exportable.test_inputs[:WEB_SAMPLES]
+  samples = {"input_shape": list(exportable.input_shape),
+             "class_names": list(exportable.class_names),
+             "description": f"{exportable.config.student.model} student of "
+                            f"{exportable.config.experiment} ({exportable.config.method})",
+             "images": images.reshape(len(images), -1).tolist(),
+             "labels": exportable.test_labels[:WEB_SAMPLES].tolist()}
+  with open(os.path.join(directory, "samples.json"), "w") as f:
+    json.dump(samples, f)
 
 
 def _write_onnx(exportable, directory: str, quantize: str) -> str:
   path = os.path.join(directory, "student.onnx")
   onnx_format.export(exportable.function, exportable.input_shape, path)
+  write_web_samples(exportable, directory)
   if quantize == "none":
     return path
   quantized = os.path.join(directory, f"student.{quantize}.onnx")

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from kd_jax import data as data_lib
 from kd_jax import methods, models, parallel, tasks, train
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
@@ -35,6 +36,7 @@ class Exportable:
   test_labels: np.ndarray
   train_inputs: np.ndarray
   config: ml_collections.ConfigDict
+  class_names: tuple[str, ...]
 
 
 def load(workdir: str, *, calibration_examples: int = 256) -> Exportable:
@@ -67,4 +69,5 @@ def load(workdir: str, *, calibration_examples: int = 256) -> Exportable:
   host = lambda x: np.asarray(jax.device_get(x))
   return Exportable(function, tuple(model.input_shape), host(prepared.test_data.images),
                     host(prepared.test_data.labels),
-                    host(prepared.train_data.images[:calibration_examples]), config)
+                    host(prepared.train_data.images[:calibration_examples]), config,
+                    tuple(data_lib.load_split(config.dataset.name, "test").class_names))

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from kd_jax.data.core import DatasetNotFoundError
 from kd_jax.errors import ConfigError
@@ -30,6 +30,13 @@ from kd_jax.errors import ConfigError
 USER_ERRORS = (ConfigError, DatasetNotFoundError)
 EXIT_USER_ERROR = 2
 _OVERRIDE = re.compile(r"^--(?:no)?config\.([A-Za-z0-9_.]+)(?:=(.*))?$")
+
+
+def quiet_logging() -> None:
+  """WARNING and above unless --verbosity is given: orbax and TFDS log every save and
+  read at INFO, which buries the progress bar. ``--verbosity=0`` brings them back."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def fail(program: str, message: str) -> NoReturn:

@@ -140,6 +140,29 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
   return {**info, "source": source, "cached": False}
 
 
+def load_trained_student(workdir: str, mesh=None):
+  """``(config, prepared, model)``: the student of the finished run in ``workdir``, as it
+  trained it (its last checkpoint), without adapters; ``prepared`` is the run's task
+  (:func:`kd_jax.tasks.prepare`) on ``mesh`` (default: one device).
+
+  Raises:
+    ConfigError: no finished run in ``workdir``.
+  """
+  path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(None, f"--workdir={workdir}: no finished run ({workdir_lib.RESULTS_FILE} "
+                      "is missing); run kd_jax.main there first")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f)["config"])
+  prepared = tasks.prepare(config, mesh or parallel.make_mesh(1, 1), _dtype(config))
+  student = prepared.build(config.student, config.seed)
+  teacher = nnx.eval_shape(lambda: prepared.build(config.teacher, config.teacher.seed, "teacher"))
+  module, _ = methods.trainable_student(config, student, teacher)
+  train.load_trained(module, config.train, os.path.join(workdir, "student"),
+                     workdir_lib.result_fields(config))
+  return config, prepared, getattr(module, "model", module)
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    teacher_dir: str | None = None, show_progress: bool = True,
                    stop_at_step: int | None = None, mesh=None) -> dict:

@@ -47,13 +47,6 @@ COMPILATION_CACHE_MAX_BYTES = 2**30
 distributed.define_flags()
 
 
-def quiet_logging() -> None:
-  """WARNING and above unless --verbosity is given: orbax and TFDS log every save and
-  read at INFO, which buries the progress bar. ``--verbosity=0`` brings them back."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-
-
 def enable_compilation_cache(directory: str) -> None:
   """Turns on JAX's persistent compilation cache in ``directory`` ('' leaves it off).
 
@@ -79,7 +72,7 @@ def enable_compilation_cache(directory: str) -> None:
 
 def setup_process() -> None:
   """What every kd_jax command does first: logging, the compilation cache, multi-host init."""
-  quiet_logging()
+  cli.quiet_logging()
   enable_compilation_cache(_COMPILATION_CACHE.value)
   distributed.initialize_from_flags()
 
@@ -87,7 +80,7 @@ def setup_process() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_logging()
+  cli.quiet_logging()
   config = _CONFIG.value
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))

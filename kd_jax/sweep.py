@@ -51,7 +51,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from kd_jax import stats
+from kd_jax import cli, stats
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError, WorkdirConflictError
 # The grid's public names, used by the sweep's callers and tests as sweep.<name>.
@@ -376,7 +376,7 @@ def main(argv: Sequence[str]) -> None:
   from kd_jax import main as train_main
   FLAGS = flags.FLAGS
   if FLAGS.summarize_only:
-    train_main.quiet_logging()
+    cli.quiet_logging()
     write_summary(FLAGS.workdir)
     return
   if FLAGS.config is None:
@@ -397,7 +397,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from kd_jax import cli
   from kd_jax import main as _train_main  # noqa: F401  Defines the flags the sweep shares.
   _define_flags()
   flags.mark_flags_as_required(["workdir"])

@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,3 +97,25 @@ def test_export_cli_errors_are_one_line(tmp_path):
   assert "Traceback" not in out.stderr
   out = _cli(f"--workdir={tmp_path}", "--format=pdf", module="kd_jax.export")
   assert out.returncode == 2 and "<onnx|tflite>" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_arithmetic_student_exports_with_its_vocabulary(tmp_path):
+  from tests import multidevice
+  workdir = tmp_path / "sft"
+  out = _cli("--config=experiments/arithmetic/sft.py:smoke", f"--workdir={workdir}",
+             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  out = _cli(f"--workdir={workdir}", "--format=onnx", module="kd_jax.export")
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(workdir / "export" / "report.json") as f:
+    parity = json.load(f)["student.onnx"]["parity"]
+  with open(workdir / "results.json") as f:
+    results = json.load(f)
+  # Every held-out target token, teacher-forced: the run's own token accuracy.
+  assert parity["jax_accuracy"] == pytest.approx(results["student"]["token_accuracy"], abs=1e-6)
+  assert parity["max_abs_logit_difference"] < 1e-4 and parity["top1_agreement"] == 1.0
+  with open(workdir / "export" / "samples.json") as f:
+    samples = json.load(f)
+  assert samples["kind"] == "language_model" and samples["prompts"][0].endswith("=")

@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from kd_jax import models
+from kd_jax.data import arithmetic
 from kd_jax.export import onnx_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +38,15 @@ def served(tmp_path):
   server.shutdown()
 
 
+def _open(url):
+  """The page's #results, after headless Chromium has run it (web/test/run_page.mjs)."""
+  out = subprocess.run(["node", os.path.join(WEB, "test", "run_page.mjs"), url],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, CHROMIUM=CHROMIUM))
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout)
+
+
 def test_the_page_predicts_what_the_jax_student_predicts(served):
   root, url = served
   model = models.create("cnn", num_classes=10, rngs=nnx.Rngs(3), widths=(8, 16))
@@ -45,14 +55,38 @@ def test_the_page_predicts_what_the_jax_student_predicts(served):
   onnx_format.export(function, (28, 28, 1), str(export / "student.onnx"))
   images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1)).astype(np.uint8)
   with open(export / "samples.json", "w") as f:
-    json.dump({"input_shape": [28, 28, 1], "class_names": [f"class {i}" for i in range(10)],
+    json.dump({"kind": "image", "input_shape": [28, 28, 1], "class_names": [f"class {i}" for i in range(10)],
                "description": "a known CNN", "images": images.reshape(6, -1).tolist(),
                "labels": [0] * 6}, f)
-  out = subprocess.run(["node", os.path.join(WEB, "test", "run_page.mjs"),
-                        f"{url}/web/?run=runs/known&auto=1"], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, CHROMIUM=CHROMIUM))
-  assert out.returncode == 0, out.stderr[-2000:]
-  page = json.loads(out.stdout)
+  page = _open(f"{url}/web/?run=runs/known&auto=1")
   expected = np.asarray(function(jnp.asarray(images)))
   np.testing.assert_allclose(np.array(page["logits"]), expected, atol=1e-4, rtol=1e-4)
   assert page["images"] == 6 and page["median_ms_per_image"] > 0
+
+
+def test_the_page_reasons_token_by_token_as_the_jax_student_does(served):
+  root, url = served
+  length, budget = 24, 12
+  model = models.create("gpt", vocab_size=arithmetic.CharTokenizer().vocab_size, max_len=length,
+                        num_layers=2, num_heads=2, dim=32, rngs=nnx.Rngs(5))
+  function = lambda tokens: model(tokens)
+  export = root / "runs" / "lm" / "export"
+  onnx_format.export(function, (length,), str(export / "student.onnx"), "int32")
+  prompts = ["12+3=", "7-5=", "99*3="]
+  tokenizer = arithmetic.CharTokenizer()
+  with open(export / "samples.json", "w") as f:
+    json.dump({"kind": "language_model", "description": "a known GPT", "max_len": length,
+               "chars": tokenizer.chars, "pad": 0, "bos": 1, "eos": 2, "max_new_tokens": budget,
+               "prompts": prompts, "answers": [15, 2, 297]}, f)
+  page = _open(f"{url}/web/?run=runs/lm&auto=1")
+  for prompt, generated in zip(prompts, page["generated"]):
+    ids, expected = [tokenizer.bos_id, *tokenizer.encode(prompt)], []
+    while len(expected) < budget and len(ids) < length:      # greedy, full forward each token
+      row = np.zeros((1, length), np.int32)
+      row[0, :len(ids)] = ids
+      ids.append(int(np.argmax(np.asarray(function(jnp.asarray(row)))[0, len(ids) - 1])))
+      expected.append(ids[-1])
+      if ids[-1] == tokenizer.eos_id:
+        break
+    assert generated == expected, prompt
+  assert page["median_ms_per_token"] > 0

@@ -1,5 +1,7 @@
-// Runs an exported kd_jax image classifier (uint8 images [B, H, W, C] in, logits out:
-// the normalisation is inside the model) with onnxruntime-web's WebAssembly backend.
+// Runs an exported kd_jax student with onnxruntime-web's WebAssembly backend: an image
+// classifier (uint8 images [B, H, W, C] in, logits out: the normalisation is inside the
+// model) or the arithmetic language model (int32 tokens [B, L] in, logits [B, L, V] out;
+// greedy generation runs the whole fixed-length row once per new token).
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -91,6 +93,86 @@ async function runAll() {
   document.body.dataset.done = "1";
 }
 
+// ---------------------------------------------------------------- the language model
+
+const encode = (text) => Array.from(text, (c) => {
+  const i = samples.chars.indexOf(c);
+  if (i < 0) throw new Error(`character ${JSON.stringify(c)} is not in ${samples.chars}`);
+  return i + 3;        // 0 PAD, 1 BOS, 2 EOS, then the characters
+});
+const decode = (ids) => ids.filter((i) => i >= 3).map((i) => samples.chars[i - 3]).join("");
+
+// Greedy decoding: the argmax at the last real position (the first maximum, as jnp.argmax),
+// until EOS, the token budget or the row's end. onToken(id) sees each new token.
+async function generate(promptText, onToken) {
+  const length = samples.max_len;
+  const ids = [samples.bos, ...encode(promptText)];
+  const generated = [];
+  const times = [];
+  while (generated.length < samples.max_new_tokens && ids.length < length) {
+    const row = new Int32Array(length).fill(samples.pad);
+    row.set(ids);
+    const start = performance.now();
+    const output = await session.run(
+      { [session.inputNames[0]]: new ort.Tensor("int32", row, [1, length]) });
+    times.push(performance.now() - start);
+    const logits = output[session.outputNames[0]].data;
+    const vocab = logits.length / length;
+    const offset = (ids.length - 1) * vocab;
+    let best = 0;
+    for (let v = 1; v < vocab; v++) if (logits[offset + v] > logits[offset + best]) best = v;
+    ids.push(best);
+    generated.push(best);
+    if (onToken) await onToken(best);
+    if (best === samples.eos) break;
+  }
+  return { generated, times };
+}
+
+async function solve(promptText) {
+  const reasoning = document.getElementById("reasoning");
+  reasoning.textContent = promptText;
+  const { times } = await generate(promptText, async (id) => {
+    reasoning.textContent += decode([id]);
+    await new Promise((resolve) => setTimeout(resolve, 30));   // let the page draw each token
+  });
+  times.sort((a, b) => a - b);
+  document.getElementById("token-latency").textContent =
+    `${times.length} tokens, median ${times[times.length >> 1].toFixed(2)} ms per token ` +
+    "(a full forward pass each) in the browser";
+}
+
+async function runAllProblems() {
+  const generated = [];
+  const times = [];
+  for (const prompt of samples.prompts) {
+    const result = await generate(prompt);
+    generated.push(result.generated);
+    times.push(...result.times);
+  }
+  times.sort((a, b) => a - b);
+  document.getElementById("results").textContent = JSON.stringify(
+    { generated, median_ms_per_token: times[times.length >> 1], tokens: times.length });
+  document.body.dataset.done = "1";
+}
+
+function enableProblems() {
+  let index = -1;
+  const input = document.getElementById("prompt");
+  document.getElementById("language-model").hidden = false;
+  document.getElementById("solve").onclick = () => solve(input.value).catch((error) => {
+    document.getElementById("reasoning").textContent = String(error);
+  });
+  document.getElementById("next-prompt").onclick = () => {
+    index = (index + 1) % samples.prompts.length;
+    input.value = samples.prompts[index];
+    solve(input.value);
+  };
+  document.getElementById("next-prompt").onclick();
+}
+
+// ---------------------------------------------------------------- the image classifier
+
 function enableDrawing() {
   let drawing = false;
   const paint = (event) => {
@@ -124,11 +206,15 @@ async function main() {
     session = await ort.InferenceSession.create(base + "student.onnx",
                                                 { executionProviders: ["wasm"] });
     status.textContent = `${run}: ${samples.description}`;
-    context.fillStyle = "black";
-    context.fillRect(0, 0, canvas.width, canvas.height);
+    const language = samples.kind === "language_model";
     if (params.get("auto")) {
-      await runAll();
+      await (language ? runAllProblems() : runAll());
+    } else if (language) {
+      enableProblems();
     } else {
+      document.getElementById("image-classifier").hidden = false;
+      context.fillStyle = "black";
+      context.fillRect(0, 0, canvas.width, canvas.height);
       enableDrawing();
       nextSample();
     }

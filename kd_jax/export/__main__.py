@@ -35,25 +35,15 @@ LATENCY_BATCHES = (1, 32)
 
 
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
-WEB_SAMPLES = 64      # held-out images the web page (web/) steps through
-
-
 def write_web_samples(exportable, directory: str) -> None:
-  """``samples.json`` next to the ONNX file: what web/index.html shows and classifies."""
-  images = exportable.test_inputs[:WEB_SAMPLES]
-  samples = {"input_shape": list(exportable.input_shape),
-             "class_names": list(exportable.class_names),
-             "description": f"{exportable.config.student.model} student of "
-                            f"{exportable.config.experiment} ({exportable.config.method})",
-             "images": images.reshape(len(images), -1).tolist(),
-             "labels": exportable.test_labels[:WEB_SAMPLES].tolist()}
+  """``samples.json`` next to the ONNX file: what web/index.html shows and runs."""
   with open(os.path.join(directory, "samples.json"), "w") as f:
-    json.dump(samples, f)
+    json.dump(exportable.web, f)
 
 
 def _write_onnx(exportable, directory: str, quantize: str) -> str:
   path = os.path.join(directory, "student.onnx")
-  onnx_format.export(exportable.function, exportable.input_shape, path)
+  onnx_format.export(exportable.function, exportable.input_shape, path, exportable.input_dtype)
   write_web_samples(exportable, directory)
   if quantize == "none":
     return path
@@ -68,7 +58,8 @@ def _write_onnx(exportable, directory: str, quantize: str) -> str:
 def _write_tflite(exportable, directory: str, quantize: str) -> str:
   name = "student.tflite" if quantize == "none" else f"student.{quantize}.tflite"
   path = os.path.join(directory, name)
-  litert_format.export(exportable.function, exportable.input_shape, path, quantize=quantize,
+  litert_format.export(exportable.function, exportable.input_shape, path,
+                       input_dtype=exportable.input_dtype, quantize=quantize,
                        calibration=exportable.train_inputs)
   return path
 
@@ -89,11 +80,12 @@ def export(workdir: str, fmt: str, quantize: str) -> dict:
   path = write(exportable, directory, quantize)
   run_exported, runtime = _runner(path, fmt), RUNTIMES[fmt]
   run_jax = jax.jit(exportable.function)
-  inputs, labels = exportable.test_inputs, exportable.test_labels
+  inputs, predictions = exportable.test_inputs, exportable.positions
   entry = {"file": os.path.basename(path), "format": fmt, "quantize": quantize,
            "bytes": os.path.getsize(path),
-           "parity": measure.parity(measure.in_batches(run_jax, inputs),
-                                    measure.in_batches(run_exported, inputs), labels),
+           "parity": measure.parity(predictions(measure.in_batches(run_jax, inputs)),
+                                    predictions(measure.in_batches(run_exported, inputs)),
+                                    exportable.labels),
            "latency_ms": {}}
   for batch in LATENCY_BATCHES:
     x = np.ascontiguousarray(inputs[:batch])
@@ -113,6 +105,7 @@ def export(workdir: str, fmt: str, quantize: str) -> dict:
 
 def main(argv) -> None:
   del argv
+  cli.quiet_logging()
   if not _WORKDIR.value:
     raise ConfigError(None, "--workdir is required: a finished run's directory")
   entry = export(os.path.abspath(os.path.expanduser(_WORKDIR.value)), _FORMAT.value,
@@ -121,7 +114,7 @@ def main(argv) -> None:
   print(f"{entry['file']}: {entry['bytes'] / 1e6:.2f} MB; max |Δlogit| "
         f"{p['max_abs_logit_difference']:.2e}, top-1 agreement {p['top1_agreement']:.2%}, "
         f"accuracy {p['jax_accuracy']:.2%} → {p['exported_accuracy']:.2%} on "
-        f"{p['examples']} held-out examples")
+        f"{p['examples']} held-out predictions")
   runtime = RUNTIMES[entry["format"]]
   for batch, ms in lat.items():
     print(f"  {batch}: {runtime} {ms[runtime]:.3f} ms, JAX {ms['jax']:.3f} ms")

@@ -21,9 +21,10 @@ import numpy as np
 from kd_jax.errors import ConfigError
 
 
-def export(function, input_shape: tuple, path: str, *, quantize: str = "none",
-           calibration: np.ndarray | None = None) -> None:
-  """Writes ``function``'s LiteRT model for uint8 ``[B, *input_shape]`` inputs to ``path``.
+def export(function, input_shape: tuple, path: str, *, input_dtype: str = "uint8",
+           quantize: str = "none", calibration: np.ndarray | None = None) -> None:
+  """Writes ``function``'s LiteRT model for ``input_dtype`` ``[B, *input_shape]`` inputs to
+  ``path``.
 
   Raises:
     ConfigError: TensorFlow is missing, or the converter refuses an operation (named).
@@ -37,7 +38,8 @@ def export(function, input_shape: tuple, path: str, *, quantize: str = "none",
   dims = ", ".join(str(d) for d in input_shape)
   tf_function = tf.function(
       jax2tf.convert(function, polymorphic_shapes=[f"(b, {dims})"], with_gradient=False),
-      input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8)], autograph=False)
+      input_signature=[tf.TensorSpec([None, *input_shape], tf.as_dtype(input_dtype))],
+      autograph=False)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [tf_function.get_concrete_function()], tf_function)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

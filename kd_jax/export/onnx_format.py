@@ -1,7 +1,7 @@
 """ONNX export with jax2onnx, run and quantised with onnxruntime.
 
-* :func:`export` traces a JAX function of ``uint8`` images into an ONNX model whose
-  batch dimension is symbolic (``"B"``).
+* :func:`export` traces a JAX function (of ``uint8`` images, or ``int32`` tokens) into an
+  ONNX model whose batch dimension is symbolic (``"B"``).
 * :func:`to_fp16` stores the weights and computes in float16, keeping float32 inputs
   and outputs (onnxruntime's converter; inputs here are uint8 anyway).
 * :func:`to_int8` quantises weights and activations to int8 (QDQ format, static:
@@ -21,8 +21,8 @@ import numpy as np
 from kd_jax.errors import ConfigError
 
 
-def export(function, input_shape: tuple, path: str) -> None:
-  """Writes ``function``'s ONNX graph for inputs uint8 ``[B, *input_shape]`` to ``path``.
+def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8") -> None:
+  """Writes ``function``'s ONNX graph for inputs ``input_dtype`` ``[B, *input_shape]`` to ``path``.
 
   Raises:
     ConfigError: jax2onnx has no conversion for one of the function's operations
@@ -31,7 +31,7 @@ def export(function, input_shape: tuple, path: str) -> None:
   from jax2onnx import to_onnx  # noqa: PLC0415  (export-only dependency)
   # onnx_ir warns about every untyped shape constant it leaves unserialised: harmless.
   logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-  spec = jax.ShapeDtypeStruct(("B", *input_shape), jnp.uint8)
+  spec = jax.ShapeDtypeStruct(("B", *input_shape), jnp.dtype(input_dtype))
   try:
     model = to_onnx(function, [spec])
   except NotImplementedError as e:       # jax2onnx: "No plugin registered for primitive ..."

@@ -1,10 +1,18 @@
 """A finished run's trained student, as a function of the raw inputs its users have.
 
 :func:`load` rebuilds the run's student from its ``results.json`` config and loads
-its last checkpoint (the module the run trained, adapters included, then the bare
-model), and returns it with the held-out split as host arrays. Only image
-classifiers are exportable so far: the function takes ``uint8`` images and applies
-the task's normalisation itself.
+its last checkpoint (:func:`kd_jax.experiment.load_trained_student`), and returns it
+with held-out and calibration inputs as host arrays:
+
+* an image classifier as ``function(uint8 images [B, H, W, C]) -> logits [B, C]``: the
+  task's normalisation is inside the function, so the exported graph takes raw pixels;
+* the arithmetic language model as ``function(int32 tokens [B, L]) -> logits [B, L, V]``
+  at the fixed length L = ``dataset.max_len``: generation runs the full forward pass
+  once per new token (no KV cache in the exported graph), reading the logits at the
+  last real position (the attention is causal, so right padding changes nothing before it).
+
+``web`` is what the web page (``web/``) needs besides the model: sample inputs, class
+names or the character vocabulary.
 """
 
 from __future__ import annotations
@@ -18,56 +26,91 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from kd_jax import data as data_lib
-from kd_jax import methods, models, parallel, tasks, train
+from kd_jax import experiment, models
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import ConfigError
+from kd_jax.tasks import arithmetic
+
+WEB_SAMPLES = 64      # held-out examples the web page steps through
 
 
 @dataclasses.dataclass(frozen=True)
 class Exportable:
-  """What an exporter needs: ``function(uint8 images [B, H, W, C]) -> logits [B, C]`` f32, the
-  input's per-example shape, and held-out and training examples (host arrays)."""
+  """What an exporter needs (see the module docstring).
+
+  ``positions(logits) -> [M, C]`` and ``labels`` ``[M]`` are the predictions parity is
+  measured on: every image, or every target token of the held-out rows.
+  """
   function: Callable
-  input_shape: tuple
+  input_shape: tuple          # per example
+  input_dtype: str            # "uint8" (images) or "int32" (tokens)
   test_inputs: np.ndarray
-  test_labels: np.ndarray
-  train_inputs: np.ndarray
+  labels: np.ndarray
+  positions: Callable
+  train_inputs: np.ndarray    # calibration for int8
   config: ml_collections.ConfigDict
-  class_names: tuple[str, ...]
+  web: dict
+
+
+def _model_name(workdir: str) -> str | None:
+  path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+  if not os.path.exists(path):
+    return None       # load_trained_student says so
+  with open(path) as f:
+    return json.load(f)["config"]["student"]["model"]
 
 
 def load(workdir: str, *, calibration_examples: int = 256) -> Exportable:
   """The student of the finished run in ``workdir``.
 
   Raises:
-    ConfigError: no finished run there, or a model that cannot be exported yet.
+    ConfigError: no finished run there, or a student that cannot be exported yet.
   """
-  path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
-  if not os.path.exists(path):
-    raise ConfigError(None, f"--workdir={workdir}: no finished run ({workdir_lib.RESULTS_FILE} "
-                      "is missing); run kd_jax.main there first")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
-  if config.student.model not in models.IMAGE_MODELS:
-    raise ConfigError(None, f"--workdir={workdir}: its student is a {config.student.model!r}; "
-                      f"only image classifiers ({', '.join(models.IMAGE_MODELS)}) export so far")
-  mesh = parallel.make_mesh(1, 1)
-  prepared = tasks.prepare(config, mesh, jnp.float32)
-  student = prepared.build(config.student, config.seed)
-  teacher = nnx.eval_shape(lambda: prepared.build(config.teacher, config.teacher.seed, "teacher"))
-  module, _ = methods.trainable_student(config, student, teacher)
-  train.load_trained(module, config.train, os.path.join(workdir, "student"),
-                     workdir_lib.result_fields(config))
-  model, task = getattr(module, "model", module), prepared.task   # train=False: eval mode
+  name = _model_name(workdir)
+  language = name in models.SEQUENCE_MODELS
+  if name is not None and name not in models.IMAGE_MODELS and not language:
+    raise ConfigError(None, f"--workdir={workdir}: its student is a {name!r}; image "
+                      f"classifiers and language models export so far")
+  config, prepared, model = experiment.load_trained_student(workdir)
+  if language and config.dataset.name not in arithmetic.DATASETS:
+    raise ConfigError(None, f"--workdir={workdir}: of the language models, only the arithmetic "
+                      "task's students export so far")
+  host = lambda x: np.asarray(jax.device_get(x))
+  description = f"{name} student of {config.experiment} ({config.method})"
+  if language:
+    return _language_model(config, prepared, model, host, calibration_examples, description)
+  task = prepared.task
 
   def function(images):
-    return model(task.preprocess(images)).astype(jnp.float32)
+    return model(task.preprocess(images)).astype(jnp.float32)   # train=False: eval mode
 
-  host = lambda x: np.asarray(jax.device_get(x))
-  return Exportable(function, tuple(model.input_shape), host(prepared.test_data.images),
-                    host(prepared.test_data.labels),
-                    host(prepared.train_data.images[:calibration_examples]), config,
-                    tuple(data_lib.load_split(config.dataset.name, "test").class_names))
+  images, labels = host(prepared.test_data.images), host(prepared.test_data.labels)
+  web = {"kind": "image", "input_shape": list(model.input_shape), "description": description,
+         "class_names": list(data_lib.load_split(config.dataset.name, "test").class_names),
+         "images": images[:WEB_SAMPLES].reshape(min(WEB_SAMPLES, len(images)), -1).tolist(),
+         "labels": labels[:WEB_SAMPLES].tolist()}
+  return Exportable(function, tuple(model.input_shape), "uint8", images, labels,
+                    lambda logits: logits, host(prepared.train_data.images[:calibration_examples]),
+                    config, web)
+
+
+def _language_model(config, prepared, model, host, calibration_examples, description):
+  tokens = host(prepared.test_data.tokens)
+  mask = host(prepared.test_data.loss_mask)          # [N, L - 1]: target j is token j + 1
+  task = prepared.task
+  tokenizer = task.tokenizer
+
+  def function(token_rows):
+    return model(token_rows).astype(jnp.float32)
+
+  prompts = [tokenizer.decode(row[1:n]) for row, n in
+             zip(tokens[:WEB_SAMPLES], task.prompt_lengths[:WEB_SAMPLES])]
+  web = {"kind": "language_model", "description": description, "max_len": int(tokens.shape[1]),
+         "chars": tokenizer.chars, "pad": tokenizer.pad_id, "bos": tokenizer.bos_id,
+         "eos": tokenizer.eos_id, "max_new_tokens": int(task.max_new_tokens),
+         "prompts": prompts, "answers": [int(a) for a in task.answers[:WEB_SAMPLES]]}
+  return Exportable(function, (int(tokens.shape[1]),), "int32", tokens,
+                    tokens[:, 1:][mask], lambda logits: logits[:, :-1][mask],
+                    host(prepared.train_data.tokens[:calibration_examples]), config, web)

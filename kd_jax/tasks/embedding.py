@@ -117,7 +117,7 @@ class SentenceEmbedding:
     return evaluate
 
 
-def _cost(module, tokenizer, texts, max_len: int) -> dict:
+def encoding_cost(module, tokenizer, texts, max_len: int) -> dict:
   """Sentences/s and latency of ``module`` encoding raw text, at batch 64 and 1."""
   encoder = bert.SentenceEncoder(getattr(module, "bert", module), tokenizer, max_len)
   cost = {}
@@ -208,13 +208,13 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
 
   def evaluate_teacher(graphdef, variables, batch_size):
     metrics, embeddings = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
-    cost = _cost(nnx.merge(graphdef, *variables), tokenizer, test_texts, d.max_len)
+    cost = encoding_cost(nnx.merge(graphdef, *variables), tokenizer, test_texts, d.max_len)
     return {**metrics, **cost}, {**metrics, **cost, "embeddings": embeddings}
 
   def student_report(fit, module, teacher_report, batch_size):
     del batch_size
     embeddings, reference = fit.test_outputs, teacher_report["embeddings"]
-    report = {**fit.final, **_cost(module, tokenizer, test_texts, d.max_len),
+    report = {**fit.final, **encoding_cost(module, tokenizer, test_texts, d.max_len),
               "neighbour_overlap": embedding_eval.neighbour_overlap(
                   embeddings, reference, k=NEIGHBOURS)}
     if embeddings.shape == reference.shape:

@@ -13,7 +13,8 @@ try {
   await page.setViewport({ width: 900, height: 560 });
   await page.goto(url);
   const ready = flag === "--screenshot"
-    ? () => document.getElementById("latency").textContent || document.body.dataset.error
+    ? () => document.getElementById("latency").textContent ||
+        document.getElementById("token-latency").textContent || document.body.dataset.error
     : () => document.body.dataset.done || document.body.dataset.error;
   await page.waitForFunction(ready, { timeout: 60000 });
   const error = await page.evaluate(() => document.body.dataset.error);

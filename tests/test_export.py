@@ -51,6 +51,26 @@ def test_a_litert_classifier_computes_the_jax_function(name, tmp_path):
     np.testing.assert_allclose(run(images), function(jnp.asarray(images)), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_an_exported_gpt_computes_the_logits_of_token_rows(fmt, tmp_path):
+  if fmt == "tflite":
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+  model = models.create("gpt", vocab_size=19, max_len=16, num_layers=2, num_heads=2, dim=32,
+                        rngs=nnx.Rngs(1))
+  path, function = str(tmp_path / f"gpt.{fmt}"), lambda tokens: model(tokens)
+  if fmt == "onnx":
+    onnx_format.export(function, (16,), path, "int32")
+    session = onnx_format.session(path)
+    run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+  else:
+    litert_format.export(function, (16,), path, input_dtype="int32")
+    run = litert_format.Runner(path)
+  for batch in (1, 3):
+    tokens = np.random.default_rng(batch).integers(0, 19, (batch, 16)).astype(np.int32)
+    np.testing.assert_allclose(run(tokens), model(jnp.asarray(tokens)), atol=1e-4, rtol=1e-4)
+
+
 def test_an_operation_without_conversion_is_named_not_a_traceback(tmp_path):
   gram = lambda x: x.astype(jnp.float32)[..., 0] @ x.astype(jnp.float32)[..., 0].swapaxes(1, 2)
   with pytest.raises(ConfigError, match="no ONNX conversion in jax2onnx: eigh"):

@@ -97,8 +97,10 @@ def rope_tables(positions, head_dim: int, theta: float):
 
 def apply_rope(x, cos, sin):
   """Rotates ``x`` ``[B, T, heads, head_dim]`` by position; cos/sin ``[B, T, head_dim]``."""
-  half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  # jnp.split, not x[..., half:]: indexing lowers to a gather under a symbolic batch
+  # (jax2tf), which the LiteRT converter refuses; split lowers to plain slices.
+  first, second = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
   x32 = x.astype(jnp.float32)
   out = x32 * cos[:, :, None, :] + rotated.astype(jnp.float32) * sin[:, :, None, :]
   return out.astype(x.dtype)

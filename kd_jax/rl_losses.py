@@ -1,0 +1,152 @@
+r"""Rewards, advantages and the policy-gradient and preference losses of RL- and rank-based
+distillation of language models. Pure functions of per-token log-probabilities.
+
+Shapes: a batch of B sampled responses of T tokens, ``mask`` ``[B, T]`` marking the
+response tokens (prompt and padding out, the EOS in); log-probabilities are of the
+sampled tokens, ``[B, T]`` (:func:`token_log_probs`).
+
+Rewards (one per response):
+
+* :func:`verifier_rewards` — 1 if the response's final answer checks, else 0
+  (DeepSeek-R1's rule-based reward);
+* :func:`teacher_rewards` — the teacher's mean per-token log-likelihood of the
+  response; with ``student_log_probs`` the mean log-ratio log p_T − log q_S, whose
+  expectation under the student is −KL(q_S ‖ p_T) per token (MiniLLM's reverse-KL
+  reward, Gu et al. 2024);
+* a weighted sum of the two is ``a * verifier + b * teacher`` (no function needed).
+
+Policy gradient: :func:`group_advantages` (GRPO, Shao et al. 2024: k samples per
+prompt, reward minus the group mean over the group standard deviation) and
+:func:`policy_gradient_loss` (the clipped importance-weighted surrogate, per-token
+mean, plus β_KL times the k3 estimate of KL(π ‖ π_ref) to the starting policy).
+
+Preferences: :func:`dpo_loss` (Rafailov et al. 2023) on (chosen, rejected) pairs
+against a frozen reference; with teacher samples as chosen and student samples as
+rejected it is the contrastive objective of DistiLLM-2 (Ko et al. 2025) in its DPO form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """``log softmax(logits)[b, t, tokens[b, t]]``: ``[B, T]`` float32 from logits ``[B, T, V]``."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def _masked_sum(values, mask):
+  return jnp.sum(jnp.where(mask, values, 0.0), axis=-1)
+
+
+def sequence_log_probs(token_logps: jax.Array, mask: jax.Array) -> jax.Array:
+  """``[B]``: the log-probability of each response, the sum over its masked tokens."""
+  return _masked_sum(token_logps.astype(jnp.float32), mask.astype(bool))
+
+
+def verifier_rewards(texts: Sequence[str], answers: Sequence, check: Callable) -> np.ndarray:
+  """``[B]`` float32: 1.0 where ``check(text, answer)`` (the task's answer checker), else 0.0."""
+  return np.asarray([1.0 if check(t, a) else 0.0 for t, a in zip(texts, answers)], np.float32)
+
+
+def teacher_rewards(teacher_log_probs: jax.Array, mask: jax.Array,
+                    student_log_probs: jax.Array | None = None) -> jax.Array:
+  """``[B]``: the mean over each response's tokens of log p_T(y_t), or, with
+  ``student_log_probs``, of log p_T(y_t) − log q_S(y_t) (MiniLLM's reverse-KL reward).
+  The student's log-probabilities are constants here (a reward is not differentiated)."""
+  mask = mask.astype(bool)
+  values = teacher_log_probs.astype(jnp.float32)
+  if student_log_probs is not None:
+    values = values - jax.lax.stop_gradient(student_log_probs.astype(jnp.float32))
+  return _masked_sum(values, mask) / jnp.maximum(jnp.sum(mask, axis=-1), 1)
+
+
+def group_advantages(rewards: jax.Array, *, eps: float = 1e-4) -> jax.Array:
+  r"""GRPO's group-relative advantages of rewards ``[P, K]`` (K samples of each of P prompts):
+
+  .. math:: A_{p,k} = \frac{r_{p,k} - \operatorname{mean}_k r_{p,\cdot}}
+                           {\operatorname{std}_k r_{p,\cdot} + \epsilon}
+
+  with the population standard deviation; a group whose rewards are all equal gets
+  advantages 0 (it carries no preference).
+  """
+  rewards = rewards.astype(jnp.float32)
+  mean = jnp.mean(rewards, axis=-1, keepdims=True)
+  std = jnp.std(rewards, axis=-1, keepdims=True)
+  return (rewards - mean) / (std + eps)
+
+
+def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
+                         reference_log_probs: jax.Array, advantages: jax.Array,
+                         mask: jax.Array, *, clip_epsilon: float = 0.2,
+                         kl_coef: float = 0.04) -> tuple[jax.Array, dict]:
+  r"""The clipped policy-gradient surrogate with a KL penalty to the reference, per token.
+
+  .. math::
+    \ell = \frac{1}{|M|}\sum_{(b,t)\in M} -\min\big(\rho_{bt} A_b,\
+           \operatorname{clip}(\rho_{bt}, 1-\epsilon, 1+\epsilon) A_b\big)
+           + \beta\,\big(e^{d_{bt}} - d_{bt} - 1\big)
+
+  with :math:`\rho = e^{\log\pi - \log\pi_{old}}` and :math:`d = \log\pi_{ref} - \log\pi`
+  (the k3 estimator of KL(π ‖ π_ref), ≥ 0, unbiased under samples of π). With one
+  update per batch of samples (π = π_old) the first term's gradient is the
+  REINFORCE gradient −A ∇log π. Only ``log_probs`` is differentiated.
+
+  Args:
+    log_probs: ``[B, T]`` the trained policy's log-probabilities of the sampled tokens.
+    old_log_probs: ``[B, T]`` the sampling policy's (constants).
+    reference_log_probs: ``[B, T]`` the frozen starting policy's (constants).
+    advantages: ``[B]`` one per response.
+    mask: ``[B, T]`` the response tokens.
+
+  Returns:
+    ``(loss, {"policy_loss", "kl_to_reference", "clip_fraction"})``.
+  """
+  mask = mask.astype(bool)
+  log_probs = log_probs.astype(jnp.float32)
+  old = jax.lax.stop_gradient(old_log_probs.astype(jnp.float32))
+  reference = jax.lax.stop_gradient(reference_log_probs.astype(jnp.float32))
+  advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]
+  ratio = jnp.exp(log_probs - old)
+  clipped = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon)
+  surrogate = -jnp.minimum(ratio * advantages, clipped * advantages)
+  log_ref_ratio = reference - log_probs
+  kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0
+  count = jnp.maximum(jnp.sum(mask), 1)
+  mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count
+  policy, kl_mean = mean(surrogate), mean(kl)
+  clip_fraction = mean((jnp.abs(ratio - 1.0) > clip_epsilon).astype(jnp.float32))
+  return policy + kl_coef * kl_mean, {"policy_loss": policy, "kl_to_reference": kl_mean,
+                                      "clip_fraction": clip_fraction}
+
+
+def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
+             reference_chosen_log_probs: jax.Array, reference_rejected_log_probs: jax.Array,
+             *, beta: float = 0.1) -> tuple[jax.Array, dict]:
+  r"""Direct preference optimisation: the mean over pairs of
+
+  .. math:: -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w))
+                                   - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big)
+
+  from sequence log-probabilities ``[B]`` (:func:`sequence_log_probs`) of the chosen
+  ``y_w`` and rejected ``y_l`` responses. Equal policy and reference give log 2 for
+  every β. The reference's log-probabilities are constants.
+
+  Returns:
+    ``(loss, {"reward_margin": β·margin mean, "preference_accuracy": fraction with margin > 0})``.
+  """
+  if beta <= 0:
+    raise ValueError(f"dpo_loss: beta must be > 0, got {beta}")
+  chosen = chosen_log_probs.astype(jnp.float32) - jax.lax.stop_gradient(
+      reference_chosen_log_probs.astype(jnp.float32))
+  rejected = rejected_log_probs.astype(jnp.float32) - jax.lax.stop_gradient(
+      reference_rejected_log_probs.astype(jnp.float32))
+  margin = beta * (chosen - rejected)
+  loss = jnp.mean(-jax.nn.log_sigmoid(margin))
+  return loss, {"reward_margin": jnp.mean(margin),
+                "preference_accuracy": jnp.mean((margin > 0).astype(jnp.float32))}

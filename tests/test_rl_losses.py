@@ -1,0 +1,112 @@
+"""Rewards, advantages, the policy-gradient and DPO losses (kd_jax/rl_losses.py) against float64
+NumPy references on hand-made batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+
+from kd_jax import rl_losses
+from kd_jax.data import arithmetic
+
+MASK = np.array([[True, True, True, False], [True, True, False, False]])
+
+
+def test_token_log_probs_pick_the_sampled_tokens():
+  logits = np.random.default_rng(0).normal(size=(2, 4, 5))
+  tokens = np.array([[0, 4, 2, 1], [3, 3, 0, 2]])
+  expected = np.take_along_axis(scipy.special.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(rl_losses.token_log_probs(logits, tokens), expected, rtol=1e-5)
+  np.testing.assert_allclose(rl_losses.sequence_log_probs(expected, MASK),
+                             [expected[0, :3].sum(), expected[1, :2].sum()], rtol=1e-5)
+
+
+def test_verifier_rewards_are_the_checker():
+  texts = ["1+2=3####3", "1+2=3####4", "garbage", "####-7"]
+  answers = [3, 3, 3, -7]
+  rewards = rl_losses.verifier_rewards(texts, answers, arithmetic.check_answer)
+  np.testing.assert_array_equal(rewards, [float(arithmetic.check_answer(t, a))
+                                          for t, a in zip(texts, answers)])
+  np.testing.assert_array_equal(rewards, [1, 0, 0, 1])
+
+
+def test_teacher_rewards_are_mean_token_log_likelihoods_or_log_ratios():
+  teacher = np.log(np.array([[0.5, 0.25, 0.5, 0.9], [0.1, 0.2, 0.3, 0.4]]))
+  student = np.log(np.array([[0.25, 0.25, 0.5, 0.1], [0.2, 0.2, 0.3, 0.4]]))
+  np.testing.assert_allclose(rl_losses.teacher_rewards(teacher, MASK),
+                             [teacher[0, :3].mean(), teacher[1, :2].mean()], rtol=1e-6)
+  np.testing.assert_allclose(rl_losses.teacher_rewards(teacher, MASK, student),
+                             [np.log(2) / 3, np.log(0.5) / 2], rtol=1e-6)
+
+
+def test_group_advantages_are_standardised_within_each_group():
+  rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2], [3.0, 1.0, 2.0, 0.0]])
+  mean, std = rewards.mean(-1, keepdims=True), rewards.std(-1, keepdims=True)
+  expected = (rewards - mean) / (std + 1e-4)
+  got = rl_losses.group_advantages(rewards)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got[1], 0.0)            # all equal: no preference
+
+
+def _np_policy_gradient(logp, old, ref, adv, mask, eps, beta):
+  ratio = np.exp(logp - old)
+  surrogate = -np.minimum(ratio * adv[:, None], np.clip(ratio, 1 - eps, 1 + eps) * adv[:, None])
+  d = ref - logp
+  kl = np.exp(d) - d - 1
+  return surrogate[mask].mean() + beta * kl[mask].mean()
+
+
+def test_policy_gradient_loss_matches_the_float64_formula():
+  rng = np.random.default_rng(1)
+  logp = np.log(rng.uniform(0.05, 0.9, (2, 4)))
+  old = logp + rng.normal(0, 0.4, (2, 4))            # some ratios beyond the clip range
+  ref = logp + rng.normal(0, 0.3, (2, 4))
+  adv = np.array([1.5, -0.7])
+  loss, metrics = rl_losses.policy_gradient_loss(logp, old, ref, adv, MASK, clip_epsilon=0.2,
+                                                 kl_coef=0.05)
+  np.testing.assert_allclose(loss, _np_policy_gradient(logp, old, ref, adv, MASK, 0.2, 0.05),
+                             rtol=1e-5)
+  assert 0 < float(metrics["clip_fraction"]) < 1 and float(metrics["kl_to_reference"]) > 0
+
+
+def test_equal_rewards_leave_only_the_kl_term():
+  rng = np.random.default_rng(2)
+  logp = jnp.asarray(np.log(rng.uniform(0.05, 0.9, (2, 4))), jnp.float32)
+  ref = logp + jnp.asarray(rng.normal(0, 0.3, (2, 4)), jnp.float32)
+  advantages = rl_losses.group_advantages(jnp.full((1, 2), 0.7)).reshape(2)   # all zero
+  grad = lambda coef: jax.grad(lambda lp: rl_losses.policy_gradient_loss(
+      lp, logp, ref, advantages, MASK, kl_coef=coef)[0])(logp)
+  np.testing.assert_array_equal(grad(0.0), 0.0)           # the policy term does nothing
+  kl_only = jax.grad(lambda lp: 0.1 * rl_losses.policy_gradient_loss(
+      lp, logp, ref, jnp.zeros(2), MASK, kl_coef=1.0)[1]["kl_to_reference"])(logp)
+  np.testing.assert_allclose(grad(0.1), kl_only, rtol=1e-6)
+
+
+def _np_dpo(pc, pr, rc, rr, beta):
+  margin = beta * ((pc - rc) - (pr - rr))
+  return np.mean(np.log1p(np.exp(-margin)))
+
+
+def test_dpo_loss_matches_the_float64_formula_and_is_log2_for_equal_policies():
+  pc, pr = np.array([-3.0, -10.0, -2.5]), np.array([-4.0, -9.0, -2.0])
+  rc, rr = np.array([-3.5, -9.5, -2.0]), np.array([-3.5, -9.5, -2.2])
+  for beta in (0.1, 1.0):
+    loss, metrics = rl_losses.dpo_loss(pc, pr, rc, rr, beta=beta)
+    np.testing.assert_allclose(loss, _np_dpo(pc, pr, rc, rr, beta), rtol=1e-6)
+  np.testing.assert_allclose(metrics["preference_accuracy"], 1 / 3)
+  for beta in (1e-8, 0.1, 10.0):     # identical policy and reference: every margin is 0
+    same, _ = rl_losses.dpo_loss(pc, pr, pc, pr, beta=beta)
+    np.testing.assert_allclose(same, np.log(2), rtol=1e-6)
+  with pytest.raises(ValueError, match="beta must be > 0"):
+    rl_losses.dpo_loss(pc, pr, rc, rr, beta=0.0)
+
+
+def test_dpo_gradients_reach_only_the_policy():
+  pc, pr, rc, rr = (jnp.asarray(x) for x in ([-3.0, -1.0], [-2.0, -4.0], [-3.5, -1.0],
+                                              [-2.0, -3.0]))
+  grads = jax.grad(lambda *a: rl_losses.dpo_loss(*a, beta=0.5)[0], argnums=(0, 1, 2, 3))(
+      pc, pr, rc, rr)
+  assert np.all(np.asarray(grads[0]) < 0) and np.all(np.asarray(grads[1]) > 0)
+  np.testing.assert_array_equal(grads[2], 0.0)
+  np.testing.assert_array_equal(grads[3], 0.0)

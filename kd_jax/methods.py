@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import attention_losses, losses, schedules, topk
+from kd_jax import attention_losses, losses, models, schedules, topk
 from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
@@ -100,17 +100,24 @@ def feature_pairs(config, student_features: dict, teacher_features: dict) -> dic
     if method == "at" and len(s_shape) != 4:
       raise ConfigError("feature_layers",
                         f"feature_layers: at needs NHWC maps; student {s_name} has shape {s_shape}")
-    if method == "distilbert" and s_shape[-1] != t_shape[-1]:
-      raise ConfigError("feature_layers", f"feature_layers: distilbert compares hidden states "
-                        f"of equal width; student {s_name} is {s_shape[-1]} wide, teacher "
-                        f"{t_name} {t_shape[-1]} (use method='minilm' across widths)")
-    if method == "minilm":
-      heads = config.encoder.relation_heads
-      if s_shape[-1] % (3 * heads) or t_shape[-1] % (3 * heads):
-        raise ConfigError("encoder.relation_heads", f"encoder.relation_heads={heads} must divide both widths: "
-                          f"student {s_name} {s_shape[-1] // 3}, teacher {t_name} "
-                          f"{t_shape[-1] // 3}")
+    if REGISTRY[method].check_pair is not None:
+      REGISTRY[method].check_pair(config, s_name, s_shape, t_name, t_shape)
   return pairs
+
+
+def _equal_widths(config, s_name, s_shape, t_name, t_shape) -> None:
+  if s_shape[-1] != t_shape[-1]:
+    raise ConfigError("feature_layers", f"feature_layers: {config.method} compares hidden states "
+                      f"of equal width; student {s_name} is {s_shape[-1]} wide, teacher "
+                      f"{t_name} {t_shape[-1]} (use method='minilm' across widths)")
+
+
+def _relation_heads_divide(config, s_name, s_shape, t_name, t_shape) -> None:
+  heads = config.encoder.relation_heads
+  if s_shape[-1] % (3 * heads) or t_shape[-1] % (3 * heads):      # q|k|v concatenated
+    raise ConfigError("encoder.relation_heads", f"encoder.relation_heads={heads} must divide "
+                      f"both widths: student {s_name} {s_shape[-1] // 3}, teacher {t_name} "
+                      f"{t_shape[-1] // 3}")
 
 
 def _layers(features: dict, kind: str) -> list[int]:
@@ -173,7 +180,6 @@ def trainable_student(config, student_model: nnx.Module, teacher_model: nnx.Modu
   validated on shapes alone (:func:`kd_jax.models.feature_shapes`), before anything
   compiles; ``teacher_model`` may be abstract (``nnx.eval_shape``).
   """
-  from kd_jax import models  # noqa: PLC0415  (models imports nothing of this module)
   if not REGISTRY[config.method].uses_teacher:
     return student_model, {}
   s_shapes = t_shapes = {}
@@ -301,6 +307,9 @@ class Method:
   feature_options: Callable | None = None
   # (student features, teacher features) -> default pairs, when the method has its own.
   default_pairs: Callable | None = None
+  # (config, student name, shape, teacher name, shape) -> None, raising ConfigError for a
+  # pair the method cannot compare.
+  check_pair: Callable | None = None
 
 
 # name -> method. A new method is an entry here (and, if it matches features, a pairing
@@ -316,10 +325,10 @@ REGISTRY: dict[str, Method] = {
     # mse); MiniLM (Wang et al. 2020, 2021) the last layer's attention and value relations.
     "distilbert": Method(_sentence_cosine, losses.hidden_state_loss,
                          feature_options=lambda c: {"distance": c.divergence},
-                         default_pairs=_uniform_hidden_pairs),
+                         default_pairs=_uniform_hidden_pairs, check_pair=_equal_widths),
     "minilm": Method(_no_output_term, attention_losses.self_attention_loss,
                      feature_options=lambda c: {"num_heads": c.encoder.relation_heads},
-                     default_pairs=_last_attention_pair),
+                     default_pairs=_last_attention_pair, check_pair=_relation_heads_divide),
 }
 # Methods of sentence encoders only.
 EMBEDDING_METHODS = ("distilbert", "minilm")

@@ -37,7 +37,7 @@ def test_an_exported_classifier_takes_uint8_images_of_any_batch(name, tmp_path):
     np.testing.assert_allclose(got, function(jnp.asarray(images)), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8"])
 def test_a_litert_classifier_computes_the_jax_function(name, tmp_path):
   pytest.importorskip("tensorflow")
   pytest.importorskip("ai_edge_litert")
@@ -75,6 +75,16 @@ def test_an_operation_without_conversion_is_named_not_a_traceback(tmp_path):
   gram = lambda x: x.astype(jnp.float32)[..., 0] @ x.astype(jnp.float32)[..., 0].swapaxes(1, 2)
   with pytest.raises(ConfigError, match="no ONNX conversion in jax2onnx: eigh"):
     onnx_format.export(lambda x: jnp.linalg.eigh(gram(x))[0], (4, 4, 1), str(tmp_path / "e.onnx"))
+
+
+def test_a_litert_refusal_names_the_operation_without_the_converter_dump(tmp_path, capfd):
+  pytest.importorskip("tensorflow")
+  # Indexing under a symbolic batch lowers to a gather the LiteRT converter refuses.
+  function = lambda tokens: tokens.astype(jnp.float32)[..., 2:] * 2.0
+  with pytest.raises(ConfigError, match="refused an operation of this student: "
+                                        "'vhlo.dynamic_gather_v1' op"):
+    litert_format.export(function, (3, 4), str(tmp_path / "g.tflite"), input_dtype="int32")
+  assert "loc(" not in capfd.readouterr().err       # the MLIR diagnostics stay captured
 
 
 def test_parity_compares_logits_argmax_and_accuracy():

@@ -14,7 +14,10 @@ TensorFlow is imported only here: it is needed to convert, not to run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -50,15 +53,41 @@ def export(function, input_shape: tuple, path: str, *, input_dtype: str = "uint8
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([calibration[i:i + 1]]
                                                 for i in range(len(calibration)))
-  try:
-    flatbuffer = converter.convert()
-  except Exception as e:  # noqa: BLE001  (the converter raises its own ConverterError)
-    first = next((line for line in str(e).splitlines() if "error" in line.lower()), str(e))
-    raise ConfigError(None, f"LiteRT export: the converter refused this student: "
-                      f"{first.strip()[:300]}") from None
+  with _captured_stderr() as captured:
+    try:
+      flatbuffer = converter.convert()
+    except Exception as e:  # noqa: BLE001  (the converter raises its own ConverterError)
+      error = e
+    else:
+      error = None
+  if error is not None:
+    lines = ("".join(captured) + "\n" + str(error)).splitlines()
+    first = next((line for line in lines if "error:" in line), str(error).splitlines()[0])
+    # "…/gpt.py:101:30: error: 'vhlo.dynamic_gather_v1' op is not part of …": keep the op.
+    raise ConfigError(None, "LiteRT export: the converter refused an operation of this "
+                      f"student: {first.split('error:', 1)[-1].strip()[:300]}") from None
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "wb") as f:
     f.write(flatbuffer)
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+  """The process's stderr (file descriptor 2) into a temporary file for the block: the
+  converter's C++ code prints its MLIR diagnostics there, pages of them on a failure."""
+  text: list[str] = []       # filled when the block ends
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+") as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield text
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text.append(captured.read())
 
 
 class Runner:

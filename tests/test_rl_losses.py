@@ -110,3 +110,32 @@ def test_dpo_gradients_reach_only_the_policy():
   assert np.all(np.asarray(grads[0]) < 0) and np.all(np.asarray(grads[1]) > 0)
   np.testing.assert_array_equal(grads[2], 0.0)
   np.testing.assert_array_equal(grads[3], 0.0)
+
+
+def _encode_rows(texts, width=24, tail=(2, 0, 0)):
+  tokenizer = arithmetic.CharTokenizer()
+  rows = np.zeros((len(texts), width), np.int32)
+  for i, text in enumerate(texts):
+    ids = [*tokenizer.encode(text), *tail][:width]
+    rows[i, :len(ids)] = ids
+  return rows
+
+
+def test_the_token_verifier_is_the_text_checker():
+  from kd_jax.tasks import arithmetic as arithmetic_task
+  texts = ["1+2=3####3", "1+2=3####4", "####12", "#####12", "####012", "####-0", "####-",
+           "####", "##12", "####12#", "1####2####3", "12", "", "####-12", "--####3",
+           "####1-2", "####9999999", "9=9####99999999", "#######7"]
+  answers = [3, 3, 12, 12, 12, 0, 0, 0, 12, 12, 3, 12, 0, -12, 3, 1, 9999999, 99999999, 7]
+  rows = _encode_rows(texts)
+  expected = [arithmetic.check_answer(t, a) for t, a in zip(texts, answers)]
+  got = arithmetic_task.answers_correct(jnp.asarray(rows), jnp.asarray(answers))
+  np.testing.assert_array_equal(np.asarray(got), expected)
+  # What follows the first EOS is ignored; PAD and BOS inside the text are dropped, as decode does.
+  rows = _encode_rows(["####3"], tail=(2, 4, 4))
+  assert bool(arithmetic_task.answers_correct(jnp.asarray(rows), jnp.asarray([3]))[0])
+  tokenizer = arithmetic.CharTokenizer()
+  (hash_,), (three,) = tokenizer.encode("#"), tokenizer.encode("3")
+  row = np.array([[hash_, hash_, 0, 1, hash_, 99, hash_, three, 2, three]], np.int32)
+  assert tokenizer.decode(row[0]) == "####3"           # PAD, BOS and unknown ids dropped
+  assert bool(arithmetic_task.answers_correct(jnp.asarray(row), jnp.asarray([3]))[0])

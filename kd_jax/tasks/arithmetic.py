@@ -164,3 +164,57 @@ def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len
     row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
     rows[i, :len(row)], lengths[i] = row, len(row)
   return rows, row_prompt_lengths, lengths
+
+
+def answers_correct(tokens: jax.Array, answers: jax.Array) -> jax.Array:
+  """:func:`kd_jax.data.arithmetic.check_answer` on token ids, inside a jitted step.
+
+  ``tokens`` ``[B, T]`` int32 are generated responses, read as
+  :meth:`~kd_jax.data.arithmetic.CharTokenizer.decode` reads them (the text ends at the
+  first EOS; PAD, BOS and unknown ids are dropped); ``answers`` ``[B]`` the gold
+  integers (|answer| < 10⁸). True where the text after the last ``####`` is an
+  optional ``-`` and 1 to 30 digits whose value is the answer — the checker's rule,
+  leading zeros and ``-0`` included — so that a verifier reward (DeepSeek-R1's
+  rule-based reward) is computed on the devices.
+
+  Returns:
+    bool ``[B]``.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+  ids = {c: i + 3 for i, c in enumerate(ar.CHARS)}
+  b, t = tokens.shape
+  position = jnp.arange(t)
+  ended = jnp.cumsum(tokens == ar.EOS, axis=1) > 0          # at or after the first EOS
+  keep = (tokens >= 3) & (tokens < 3 + len(ar.CHARS)) & ~ended
+  # The characters, moved to the front in order (decode drops the other ids); -1 after.
+  order = jnp.argsort(~keep, axis=1, stable=True)
+  text = jnp.where(position[None] < jnp.sum(keep, axis=1, keepdims=True),
+                   jnp.take_along_axis(tokens, order, axis=1), -1)
+  ended = text < 0
+  hash_ = text == ids["#"]
+  # Where a "####" starts: four '#' in a row (overlapping runs give every start, as str.find).
+  shifted = lambda k: jnp.pad(hash_[:, k:], ((0, 0), (0, k)))
+  starts = hash_ & shifted(1) & shifted(2) & shifted(3)
+  last = jnp.max(jnp.where(starts, position, -1), axis=1)  # -1: no "####"
+  rest = (position[None] >= last[:, None] + 4) & ~ended      # the text after it
+  negative = jnp.take_along_axis(text, jnp.clip(last + 4, 0, t - 1)[:, None], axis=1)[:, 0] == (
+      ids["-"])
+  digit_value = text - ids["0"]
+  is_digit = (digit_value >= 0) & (digit_value <= 9)
+  sign_slot = rest & (position[None] == last[:, None] + 4) & negative[:, None]
+  digits = rest & ~sign_slot
+  count = jnp.sum(digits, axis=1)
+  well_formed = (last >= 0) & jnp.all(~digits | is_digit, axis=1) & (count >= 1) & (count <= 30)
+
+  def accumulate(carry, column):
+    value, overflow = carry
+    d, use = column
+    big = value >= 10**8          # it can no longer equal an answer below 10⁸ (int32)
+    value = jnp.where(use & ~big, value * 10 + d, value)
+    return (value, overflow | (use & big)), None
+
+  init = (jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+  (value, overflow), _ = jax.lax.scan(
+      accumulate, init, (jnp.where(is_digit, digit_value, 0).T, digits.T))
+  value = jnp.where(negative, -value, value)
+  return well_formed & ~overflow & (value == answers.astype(value.dtype))

@@ -24,11 +24,13 @@ from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
-LANGUAGE_ONLY_METHODS = ("gkd",)
+LANGUAGE_ONLY_METHODS = ("gkd", "dpo")
 METHODS = tuple(m for m in methods.REGISTRY
                 if m not in LANGUAGE_ONLY_METHODS + methods.EMBEDDING_METHODS)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
-LANGUAGE_METHODS = ("none", "kd", "gkd")
+LANGUAGE_METHODS = ("none", "kd", "gkd", "dpo")
+# How DPO's preference pairs are made (kd_jax/preferences.py).
+PREFERENCE_PAIRS = ("ranked", "teacher")
 TEXT_METHODS = ("none", "kd")       # no prompts to answer: no on-policy sampling
 LANGUAGE_DATASETS = (*REASONING_DATASETS, *TEXT_DATASETS)
 # What a language-model student trains on: the gold responses, or the teacher's
@@ -202,6 +204,18 @@ def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
   """On-policy distillation (``method="gkd"``): a fraction λ of the batches is sampled by the
   student at ``temperature``; every batch is scored with T²·JSD(β) against the teacher."""
   return ml_collections.ConfigDict(dict(fraction=fraction, beta=beta, temperature=temperature))
+
+
+def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperature: float = 1.0,
+               teacher_weight: float = 0.1) -> ml_collections.ConfigDict:
+  """Rank-based distillation (``method="dpo"``, from the trained baseline): the starting
+  student samples ``k`` answers per training prompt at ``temperature``; ``pairs`` =
+  ``"ranked"`` ranks them by verifier + ``teacher_weight`` × the teacher's mean token
+  log-likelihood (best chosen, worst rejected), ``"teacher"`` pairs a verified teacher
+  answer (chosen, the ``transfer`` block's sampling) with the student's (rejected). DPO's
+  ``beta`` scales the log-ratio margin."""
+  return ml_collections.ConfigDict(dict(beta=beta, pairs=pairs, k=k, temperature=temperature,
+                                        teacher_weight=teacher_weight))
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -392,6 +406,25 @@ def _validate_sentence_task(config) -> None:
                       f"of teacher layer indices, got {e.init_layers!r}")
 
 
+def _validate_dpo(config) -> None:
+  p = config.get("dpo")
+  if p is None:
+    raise ConfigError("dpo", "method='dpo' needs a dpo block (kd_jax.config.dpo_config())")
+  if config.get("student_init") != "baseline" or not config.baseline:
+    raise ConfigError("student_init", "method='dpo' trains from the starting student's own "
+                      "samples: set student_init='baseline' and baseline=True")
+  if config.get("student_data", "gold") != "gold":
+    raise ConfigError("student_data", "method='dpo' trains on its preference pairs: leave "
+                      "student_data='gold'")
+  _choice("dpo.pairs", p.pairs, PREFERENCE_PAIRS)
+  _positive("dpo.beta", p.beta)
+  _positive("dpo.temperature", p.temperature)
+  _nonnegative_ints("dpo", p, ("k",), 2 if p.pairs == "ranked" else 1)
+  if p.teacher_weight < 0:
+    raise ConfigError("dpo.teacher_weight", f"dpo.teacher_weight must be >= 0, got "
+                      f"{p.teacher_weight}")
+
+
 def _validate_topk(config) -> None:
   t = config.get("topk")
   if t is None:
@@ -471,11 +504,14 @@ def _validate_language_task(config) -> None:
         raise ConfigError(f"gkd.{field}", f"gkd.{field} must be in [0, 1], got {g[field]}")
     if g.temperature <= 0:
       raise ConfigError("gkd.temperature", f"gkd.temperature must be > 0, got {g.temperature}")
-  if config.get("student_data") == "transfer":
+  if config.method == "dpo":
+    _validate_dpo(config)
+  if config.get("student_data") == "transfer" or (
+      config.method == "dpo" and config.dpo.pairs == "teacher"):
     t = config.get("transfer")
     if t is None:
-      raise ConfigError("transfer", "student_data='transfer' needs a transfer block "
-                        "(kd_jax.config.transfer_config())")
+      raise ConfigError("transfer", "student_data='transfer' and dpo.pairs='teacher' need a "
+                        "transfer block (kd_jax.config.transfer_config())")
     _nonnegative_ints("transfer", t, ("k",), 1)
     s = t.sampling
     if s.temperature <= 0 or s.top_k < 0 or not 0 < s.top_p <= 1:

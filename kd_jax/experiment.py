@@ -221,11 +221,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   student_train_data, written = prepared.student_train_data, None
   # The caches shared between runs (teachers, baselines, transfer sets, top-k outputs).
   cache_root = os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir)))
+  # What the teacher-written data (transfer sets, preference pairs) is keyed by.
+  teacher_identity = lambda: {"teacher": teacher_info["source"], "key": teacher_info.get("key"),
+                              "variables": teacher_cache.fingerprint(nnx.state(teacher_module))}
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
     student_train_data, written = prepared.teacher_data(
-        teacher_module, {"teacher": teacher_info["source"], "key": teacher_info.get("key"),
-                         "variables": teacher_cache.fingerprint(nnx.state(teacher_module))},
-        os.path.join(cache_root, "transfer_sets"))
+        teacher_module, teacher_identity(), os.path.join(cache_root, "transfer_sets"))
   results = {
       "experiment": config.experiment,
       "headline": task.headline,
@@ -278,6 +279,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
       train.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
+  if prepared.student_data is not None:   # made from the starting student (DPO's pairs)
+    student_train_data, results["preference_pairs"] = prepared.student_data(
+        student_model, teacher_module, teacher_identity(),
+        os.path.join(cache_root, "transfer_sets"))
   if not uses_teacher:
     student_teacher, data = None, student_train_data
   else:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import attention_losses, losses, models, schedules, topk
+from kd_jax import attention_losses, losses, models, rl_losses, schedules, topk
 from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
@@ -206,6 +206,7 @@ class Settings:
   divergence_params: dict
   dkd: Any
   gkd: Any = None             # the gkd block of a language-model config
+  dpo: Any = None             # the dpo block (rank-based distillation)
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/topk.py)
   loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 
@@ -286,6 +287,20 @@ def _no_output_term(settings, step, s_outputs, t_outputs, labels, mask):
   return 0.0, {}
 
 
+def _direct_preference(settings, step, s_logits, t_logits, labels, mask):
+  """``dpo``: DPO on a batch of pairs (:class:`kd_jax.preferences.PreferencePairs`: rows
+  chosen then rejected, ``labels`` = (targets, the reference's sequence log-probabilities))
+  with β = ``dpo.beta``; no teacher in the step (it ranked or wrote the pairs)."""
+  del step, t_logits
+  targets, reference = labels
+  logps = rl_losses.sequence_log_probs(rl_losses.token_log_probs(s_logits, targets), mask)
+  half = logps.shape[0] // 2
+  loss, metrics = rl_losses.dpo_loss(logps[:half], logps[half:], reference[:half],
+                                     reference[half:], beta=settings.dpo.beta,
+                                     mask=jnp.any(mask[:half], axis=-1))
+  return loss, metrics
+
+
 def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
   """``gkd``: T²·JSD(β) between teacher and student on every batch, gold or student-sampled
   (Agarwal et al. 2024, "On-Policy Distillation of Language Models"); no CE term. β
@@ -319,6 +334,7 @@ REGISTRY: dict[str, Method] = {
     "kd": Method(_hinton),
     "dkd": Method(_decoupled),
     "gkd": Method(_generalized_jsd),
+    "dpo": Method(_direct_preference, uses_teacher=False),
     **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
     # Sentence encoders (kd_jax/tasks/embedding.py): DistilBERT (Sanh et al. 2019) matches
     # the sentence embeddings and the hidden states (distance: config.divergence, cosine or
@@ -356,7 +372,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       alpha=schedules.make(config.alpha, field="alpha", unit_interval=True,
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
-      dkd=config.dkd, gkd=config.get("gkd"),
+      dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"),
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})

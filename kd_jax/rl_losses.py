@@ -127,7 +127,7 @@ def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
 
 def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
              reference_chosen_log_probs: jax.Array, reference_rejected_log_probs: jax.Array,
-             *, beta: float = 0.1) -> tuple[jax.Array, dict]:
+             *, beta: float = 0.1, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
   r"""Direct preference optimisation: the mean over pairs of
 
   .. math:: -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w))
@@ -135,7 +135,8 @@ def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
 
   from sequence log-probabilities ``[B]`` (:func:`sequence_log_probs`) of the chosen
   ``y_w`` and rejected ``y_l`` responses. Equal policy and reference give log 2 for
-  every β. The reference's log-probabilities are constants.
+  every β. The reference's log-probabilities are constants. ``mask`` ``[B]`` keeps the
+  real pairs (the padding of a ragged last batch counts for nothing).
 
   Returns:
     ``(loss, {"reward_margin": β·margin mean, "preference_accuracy": fraction with margin > 0})``.
@@ -147,6 +148,7 @@ def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
   rejected = rejected_log_probs.astype(jnp.float32) - jax.lax.stop_gradient(
       reference_rejected_log_probs.astype(jnp.float32))
   margin = beta * (chosen - rejected)
-  loss = jnp.mean(-jax.nn.log_sigmoid(margin))
-  return loss, {"reward_margin": jnp.mean(margin),
-                "preference_accuracy": jnp.mean((margin > 0).astype(jnp.float32))}
+  valid = jnp.ones(margin.shape, bool) if mask is None else mask.astype(bool)
+  mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return mean(-jax.nn.log_sigmoid(margin)), {
+      "reward_margin": mean(margin), "preference_accuracy": mean((margin > 0).astype(jnp.float32))}

@@ -95,17 +95,50 @@ def build(model, prompts: np.ndarray, prompt_lengths: np.ndarray, *, k: int, sam
   Raises:
     ValueError: missing verifier pieces, or ``k`` < 1.
   """
-  if k < 1:
-    raise ValueError(f"k must be >= 1, got {k}")
   if label_free and extract is None:
     raise ValueError("label_free=True needs extract(text) -> answer")
   if not label_free and (answers is None or check is None):
     raise ValueError("verifying against labels needs answers and check(text, answer)")
+  samples = sample(model, prompts, prompt_lengths, k=k, sampling=sampling,
+                   max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                   directory=directory, identity=identity, chunk_size=chunk_size, seed=seed,
+                   verifier={"label_free": label_free,
+                             "answers": None if answers is None else [str(a) for a in answers]})
+  texts = [[decode(row) for row in sample_rows] for sample_rows in samples.tokens]
+  accepted = (_majority(texts, extract) if label_free
+              else np.array([[check(t, a) for t, a in zip(sample_rows, answers)]
+                             for sample_rows in texts]))
+  return _assemble(samples.tokens, samples.lengths, accepted, samples.seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+  """Every sample of a model on a pool of prompts: ``tokens`` int32 ``[k, N, T]`` (pad
+  after EOS), ``lengths`` int32 ``[k, N]`` (up to and including the EOS), and the
+  generation's wall time in ``seconds``."""
+  tokens: np.ndarray
+  lengths: np.ndarray
+  seconds: float
+
+
+def sample(model, prompts: np.ndarray, prompt_lengths: np.ndarray, *, k: int, sampling,
+           max_new_tokens: int, eos_id: int, pad_id: int, directory: str, identity: dict,
+           chunk_size: int = 256, seed: int = 0, verifier: dict | None = None) -> Samples:
+  """``k`` samples of ``model`` for every prompt, generated in resumable chunks (or read
+  back): the sampling half of :func:`build`, also what preference pairs rank.
+
+  ``verifier`` is recorded in the cache key (samples kept for different verdicts never
+  share a directory); the samples themselves do not depend on it.
+
+  Raises:
+    ValueError: ``k`` < 1.
+  """
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
   prompts, prompt_lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
   settings = dict(k=k, temperature=float(sampling.temperature), top_k=int(sampling.top_k),
-                  top_p=float(sampling.top_p), max_new_tokens=max_new_tokens,
-                  label_free=label_free, seed=seed,
-                  answers=None if answers is None else [str(a) for a in answers])
+                  top_p=float(sampling.top_p), max_new_tokens=max_new_tokens, seed=seed,
+                  **(verifier or {}))
   key = transfer_key(identity, prompts, prompt_lengths, **settings)
   path = os.path.join(directory, key)
   os.makedirs(path, exist_ok=True)
@@ -119,15 +152,11 @@ def build(model, prompts: np.ndarray, prompt_lengths: np.ndarray, *, k: int, sam
                       pad_id=pad_id, key=jax.random.fold_in(jax.random.key(seed), index))
     with np.load(chunk_path) as f:
       chunks.append({name: f[name] for name in f.files})
-  tokens = np.concatenate([c["tokens"] for c in chunks], axis=1)       # [k, N, T]
-  lengths = np.concatenate([c["lengths"] for c in chunks], axis=1)     # [k, N]
-  seconds = float(sum(float(c["seconds"]) for c in chunks))
-  texts = [[decode(row) for row in sample] for sample in tokens]
-  accepted = (_majority(texts, extract) if label_free
-              else np.array([[check(t, a) for t, a in zip(sample, answers)] for sample in texts]))
   with open(os.path.join(path, "settings.json"), "w") as f:
     json.dump({"identity": identity, **settings, "key": key}, f, indent=1, default=str)
-  return _assemble(tokens, lengths, accepted, seconds)
+  return Samples(np.concatenate([c["tokens"] for c in chunks], axis=1),
+                 np.concatenate([c["lengths"] for c in chunks], axis=1),
+                 float(sum(float(c["seconds"]) for c in chunks)))
 
 
 def _generate_chunk(chunk_path, graphdef, state, prompts, prompt_lengths, start, chunk_size, *,

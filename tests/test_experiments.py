@@ -202,7 +202,7 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
   assert os.path.getsize(tmp_path / "sweep" / "summary.md") > 0
 
 
-ARITHMETIC = ("sft", "token_kd", "seqkd", "gkd")
+ARITHMETIC = ("sft", "token_kd", "seqkd", "gkd", "dpo")
 STUDIES = ("r1_table", "transfer_temperature")     # run with kd_jax.sweep
 
 
@@ -268,6 +268,13 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
     assert [r["step"] for r in records if "loss" in r][-1] == 7
   if name == "gkd":     # some batches sampled by the student itself
     assert {r["on_policy"] for r in records if "loss" in r} <= {0.0, 1.0}
+  if name == "dpo":     # pairs of the SFT student's samples; it starts as its own reference
+    pairs = results["preference_pairs"]
+    assert 0 < pairs["pairs"] <= pairs["prompts"] == 512 and pairs["samples_per_prompt"] == 2
+    first = next(r for r in records if "loss" in r)
+    assert first["step"] == 0 and first["loss"] == pytest.approx(np.log(2), abs=1e-5)
+    positions = results["config"]["dataset"]["max_len"] - 1          # 8 steps of 64 pairs
+    assert results["student"]["train_tokens"] == 8 * 64 * 2 * positions
 
 
 @pytest.mark.slow

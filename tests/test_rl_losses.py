@@ -98,6 +98,9 @@ def test_dpo_loss_matches_the_float64_formula_and_is_log2_for_equal_policies():
   for beta in (1e-8, 0.1, 10.0):     # identical policy and reference: every margin is 0
     same, _ = rl_losses.dpo_loss(pc, pr, pc, pr, beta=beta)
     np.testing.assert_allclose(same, np.log(2), rtol=1e-6)
+  masked, _ = rl_losses.dpo_loss(pc, pr, rc, rr, beta=1.0, mask=np.array([True, False, True]))
+  np.testing.assert_allclose(masked, _np_dpo(pc[[0, 2]], pr[[0, 2]], rc[[0, 2]], rr[[0, 2]], 1.0),
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="beta must be > 0"):
     rl_losses.dpo_loss(pc, pr, rc, rr, beta=0.0)
 

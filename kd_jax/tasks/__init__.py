@@ -63,6 +63,10 @@ class Prepared:
     teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
       the students' training data written by the teacher (sequence-level KD), when
       the config asks for it (``student_data="transfer"``); None otherwise.
+    student_data: ``(student_module, teacher_module, teacher_identity, cache_dir) ->
+      (data, stats)``: the distilled student's training data made from the starting
+      student itself (DPO's preference pairs: its samples, ranked or paired with the
+      teacher's), after it was initialised; None otherwise.
   """
   task: Any
   train_data: Any
@@ -74,6 +78,7 @@ class Prepared:
   student_report: Callable
   teacher_data: Callable | None = None
   student_task: Any = None
+  student_data: Callable | None = None
 
 
 def prepare(config, mesh, dtype) -> Prepared:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import models, step, tasks, transfer
+from kd_jax import models, preferences, step, tasks, teacher_cache, transfer
 from kd_jax.data import arithmetic as ar
 from kd_jax.errors import ConfigError
 from kd_jax.tasks import lm
@@ -79,6 +79,9 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   gkd = config.get("gkd") if config.method == "gkd" else None
   student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
                                      policy_temperature=float(gkd.temperature)) if gkd else None
+  if config.method == "dpo":   # batches of preference pairs, evaluated as the task is
+    student_task = preferences.PreferencePairs(*(getattr(task, f.name)
+                                                 for f in dataclasses.fields(task)))
   train_data = lm.token_data(*train_arrays, mesh)
   lm.check_vocabularies(config, tokenizer.vocab_size)
 
@@ -119,23 +122,29 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     graphdef, params, model_state = step.split_module(module)
     compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
         (params, model_state))
-    # The budget in tokens: every position of every row of every step's batch.
-    train_tokens = fit.steps * config.train.batch_size * (d.max_len - 1)
+    # The budget in tokens: every position of every row of every step's batch (a DPO
+    # batch of B pairs is 2B rows).
+    rows_per_example = 2 if config.method == "dpo" else 1
+    train_tokens = fit.steps * config.train.batch_size * rows_per_example * (d.max_len - 1)
     return {**fit.final, **compared,
             **lm.generation_report(task, module, test_data, config.sampling),
             **ood_report(module), "train_tokens": train_tokens}
 
-  def teacher_data(teacher_module, teacher_identity, cache_dir):
-    """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""
+  prompt_len = int(train_arrays[1].max())
+
+  def teacher_transfer_set(teacher_module, teacher_identity, cache_dir):
     t = config.transfer
-    prompt_len = int(train_arrays[1].max())
-    written = transfer.build(
+    return transfer.build(
         teacher_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=t.k,
         sampling=t.sampling, max_new_tokens=task.max_new_tokens, decode=tokenizer.decode,
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
         identity=teacher_identity, answers=[p.answer for p in train_problems],
         check=ar.check_answer, extract=ar.extract_answer, label_free=t.label_free,
         seed=config.seed)
+
+  def teacher_data(teacher_module, teacher_identity, cache_dir):
+    """The transfer set on the gold training prompts, as token rows (prompt + teacher answer)."""
+    written = teacher_transfer_set(teacher_module, teacher_identity, cache_dir)
     if not len(written.prompt_index):
       raise ConfigError("transfer", f"the teacher's transfer set is empty: none of its "
                         f"{written.stats['samples']} samples passed the verifier. Train the "
@@ -144,10 +153,51 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
                                                   d.max_len)
     return lm.token_data(rows, prompt_lengths, lengths, mesh), written.stats
 
+  def preference_data(student_module, teacher_module, teacher_identity, cache_dir):
+    """DPO's pairs on the gold training prompts, from the starting student's samples."""
+    p = config.dpo
+    samples = transfer.sample(
+        student_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=p.k,
+        sampling=config_sampling(p.temperature), max_new_tokens=task.max_new_tokens,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
+        identity={"student": teacher_cache.fingerprint(nnx.state(student_module))},
+        seed=config.seed)
+    k, n = samples.lengths.shape
+    if p.pairs == "teacher":
+      written = teacher_transfer_set(teacher_module, teacher_identity, cache_dir)
+      pairs = preferences.teacher_pairs(written.prompt_index, written.responses,
+                                        written.lengths, samples.tokens, samples.lengths)
+    else:
+      verdicts = np.array([[ar.check_answer(tokenizer.decode(row), problem.answer)
+                            for row, problem in zip(sample_rows, train_problems)]
+                           for sample_rows in samples.tokens], np.float32)
+      rewards = verdicts
+      if p.teacher_weight:
+        every = lm.token_data(*preferences.rows(
+            samples.tokens.reshape(k * n, -1), samples.lengths.reshape(-1),
+            np.tile(np.arange(n), k), train_arrays[0], train_arrays[1], d.max_len), mesh)
+        rewards = rewards + p.teacher_weight * preferences.sequence_log_probs(
+            teacher_module, every, mean=True).reshape(k, n)
+      pairs = preferences.ranked_pairs(samples.tokens, samples.lengths, rewards)
+      pairs.stats["verifier_accuracy"] = float(verdicts.mean())
+    if not len(pairs.prompt_index):
+      raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie "
+                        "(sample more: dpo.k, dpo.temperature)")
+    data = preferences.preference_data(pairs, train_arrays[0], train_arrays[1], d.max_len,
+                                       student_module, mesh)
+    return data, {**pairs.stats, "generation_seconds": samples.seconds}
+
   return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
                         evaluate_teacher, student_report,
                         teacher_data if config.get("student_data") == "transfer" else None,
-                        student_task)
+                        student_task,
+                        preference_data if config.method == "dpo" else None)
+
+
+def config_sampling(temperature: float):
+  """A sampling block (``temperature``, ``top_k`` 0, ``top_p`` 1) for :func:`transfer.sample`."""
+  import ml_collections  # noqa: PLC0415
+  return ml_collections.ConfigDict(dict(temperature=float(temperature), top_k=0, top_p=1.0))
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

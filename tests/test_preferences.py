@@ -1,0 +1,50 @@
+"""Preference pairs for DPO (kd_jax/preferences.py) and the dpo config's errors."""
+
+import numpy as np
+import pytest
+
+from kd_jax import config as config_lib
+from kd_jax import preferences
+from kd_jax.errors import ConfigError
+from tests.test_experiments import cli_load
+
+
+def test_ranked_pairs_take_the_best_and_worst_sample_and_drop_ties():
+  tokens = np.arange(3 * 4 * 2).reshape(3, 4, 2)         # [k=3, N=4, T=2]: every sample distinct
+  lengths = np.full((3, 4), 2)
+  rewards = np.array([[1.0, 0.5, 0.0, 0.2],
+                      [0.0, 0.5, 1.0, 0.9],
+                      [0.5, 0.5, 0.3, 0.9]])               # prompt 1 ties throughout
+  pairs = preferences.ranked_pairs(tokens, lengths, rewards)
+  np.testing.assert_array_equal(pairs.prompt_index, [0, 2, 3])
+  np.testing.assert_array_equal(pairs.chosen, [tokens[0, 0], tokens[1, 2], tokens[1, 3]])
+  np.testing.assert_array_equal(pairs.rejected, [tokens[1, 0], tokens[0, 2], tokens[0, 3]])
+  assert pairs.stats["pairs"] == 3 and pairs.stats["prompts"] == 4
+  assert pairs.stats["mean_reward_chosen"] == pytest.approx((1.0 + 1.0 + 0.9) / 3)
+
+
+def test_teacher_pairs_choose_the_teachers_first_verified_answer():
+  teacher_index = np.array([0, 0, 2])
+  teacher = np.array([[7, 7, 0], [8, 8, 0], [9, 9, 9]])
+  student = np.arange(2 * 3 * 2).reshape(2, 3, 2)
+  pairs = preferences.teacher_pairs(teacher_index, teacher, np.array([2, 2, 3]), student,
+                                    np.full((2, 3), 2))
+  np.testing.assert_array_equal(pairs.prompt_index, [0, 2])
+  np.testing.assert_array_equal(pairs.chosen, [[7, 7, 0], [9, 9, 9]])
+  np.testing.assert_array_equal(pairs.rejected, [[0, 1, 0], [4, 5, 0]])     # padded to 3
+  np.testing.assert_array_equal(pairs.chosen_lengths, [2, 3])
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c, "student_init", "scratch"), "student_init"),
+    (lambda c: setattr(c.dpo, "pairs", "random"), "dpo.pairs"),
+    (lambda c: setattr(c.dpo, "beta", 0.0), "dpo.beta"),
+    (lambda c: setattr(c.dpo, "k", 1), "dpo.k"),
+])
+def test_dpo_configs_name_the_bad_field(edit, field):
+  c = cli_load("experiments/arithmetic/dpo.py:smoke")
+  config_lib.validate(c)
+  edit(c)
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(c)
+  assert e.value.field == field

@@ -207,15 +207,18 @@ def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
 
 
 def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperature: float = 1.0,
-               teacher_weight: float = 0.1) -> ml_collections.ConfigDict:
+               teacher_weight: float = 0.1, learning_rate: float = 1e-4
+               ) -> ml_collections.ConfigDict:
   """Rank-based distillation (``method="dpo"``, from the trained baseline): the starting
   student samples ``k`` answers per training prompt at ``temperature``; ``pairs`` =
   ``"ranked"`` ranks them by verifier + ``teacher_weight`` × the teacher's mean token
   log-likelihood (best chosen, worst rejected), ``"teacher"`` pairs a verified teacher
   answer (chosen, the ``transfer`` block's sampling) with the student's (rejected). DPO's
-  ``beta`` scales the log-ratio margin."""
+  ``beta`` scales the log-ratio margin; ``learning_rate`` is the DPO phase's peak rate (the
+  SFT start trains with ``train.learning_rate``)."""
   return ml_collections.ConfigDict(dict(beta=beta, pairs=pairs, k=k, temperature=temperature,
-                                        teacher_weight=teacher_weight))
+                                        teacher_weight=teacher_weight,
+                                        learning_rate=learning_rate))
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -418,6 +421,7 @@ def _validate_dpo(config) -> None:
                       "student_data='gold'")
   _choice("dpo.pairs", p.pairs, PREFERENCE_PAIRS)
   _positive("dpo.beta", p.beta)
+  _positive("dpo.learning_rate", p.learning_rate)
   _positive("dpo.temperature", p.temperature)
   _nonnegative_ints("dpo", p, ("k",), 2 if p.pairs == "ranked" else 1)
   if p.teacher_weight < 0:

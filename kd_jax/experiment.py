@@ -247,7 +247,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     done = _read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done
-    fit = train.fit(name=name, module=module, objective=objective, train_config=config.train,
+    train_config = methods.student_train_config(config) if name == "student" else config.train
+    fit = train.fit(name=name, module=module, objective=objective, train_config=train_config,
                     train_data=data, test_data=test_data,
                     task=student_task if name == "student" else task, mesh=mesh,
                     seed=config.seed, teacher=teacher_for_step, workdir=phase_dir,

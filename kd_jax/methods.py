@@ -172,6 +172,17 @@ class Student(nnx.Module):
     return logits, selected
 
 
+def student_train_config(config):
+  """``config.train`` with the method's overrides for the distilled student's phase."""
+  overrides = REGISTRY[config.method].train_overrides
+  if overrides is None:
+    return config.train
+  train_config = config.train.copy_and_resolve_references()
+  with train_config.unlocked():
+    train_config.update(overrides(config))
+  return train_config
+
+
 def trainable_student(config, student_model: nnx.Module, teacher_model: nnx.Module):
   """``(module, pairs)``: what a run of ``config`` trains and checkpoints, and its layer pairs.
 
@@ -325,6 +336,9 @@ class Method:
   # (config, student name, shape, teacher name, shape) -> None, raising ConfigError for a
   # pair the method cannot compare.
   check_pair: Callable | None = None
+  # config -> train-block fields the distilled student's phase overrides (the baseline it
+  # may start from keeps config.train), e.g. DPO's small learning rate; None: none.
+  train_overrides: Callable | None = None
 
 
 # name -> method. A new method is an entry here (and, if it matches features, a pairing
@@ -334,7 +348,8 @@ REGISTRY: dict[str, Method] = {
     "kd": Method(_hinton),
     "dkd": Method(_decoupled),
     "gkd": Method(_generalized_jsd),
-    "dpo": Method(_direct_preference, uses_teacher=False),
+    "dpo": Method(_direct_preference, uses_teacher=False,
+                  train_overrides=lambda c: {"learning_rate": c.dpo.learning_rate}),
     **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
     # Sentence encoders (kd_jax/tasks/embedding.py): DistilBERT (Sanh et al. 2019) matches
     # the sentence embeddings and the hidden states (distance: config.divergence, cosine or

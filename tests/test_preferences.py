@@ -48,3 +48,14 @@ def test_dpo_configs_name_the_bad_field(edit, field):
   with pytest.raises(ConfigError) as e:
     config_lib.validate(c)
   assert e.value.field == field
+
+
+def test_only_the_dpo_phase_takes_the_dpo_learning_rate():
+  from kd_jax import methods
+  c = cli_load("experiments/arithmetic/dpo.py")
+  student = methods.student_train_config(c)
+  assert student.learning_rate == c.dpo.learning_rate == 1e-4
+  assert c.train.learning_rate == 3e-3                 # the SFT start's, unchanged
+  assert student.steps == c.train.steps and student.lr_schedule == c.train.lr_schedule
+  c.method = "gkd"
+  assert methods.student_train_config(c) is c.train

@@ -11,7 +11,8 @@ the frozen reference), samples ``dpo.k`` = 4 answers per training prompt at
 temperature 1, and the samples are ranked by reward = verifier (1 if the answer
 checks) + 0.1 × the teacher's mean token log-likelihood: the best is chosen, the
 worst rejected, prompts whose samples tie are left out (kd_jax/preferences.py).
-DPO (β = ``dpo.beta``) then trains on the pairs for 1,000 steps of 64 pairs.
+DPO (β = ``dpo.beta``, peak learning rate ``dpo.learning_rate`` = 1e-4; the SFT start
+keeps ``train.learning_rate``) then trains on the pairs for 1,000 steps of 64 pairs.
 ``:teacher`` makes DistiLLM-2's contrastive pairs instead (Ko et al. 2025): a verified
 teacher answer chosen, the student's own rejected. ``results.json`` has the pairs'
 statistics under ``preference_pairs``.
@@ -29,10 +30,9 @@ def get_config(arg=None):
   c.baseline = True
   c.student_init = "baseline"
   c.dpo = config_lib.dpo_config(beta=0.1, pairs="ranked", k=4, temperature=1.0,
-                                teacher_weight=0.1)
+                                teacher_weight=0.1, learning_rate=1e-4)
   c.transfer = config_lib.transfer_config(k=4, temperature=0.7)   # the teacher's, for :teacher
   c.train.steps = 1000
-  c.train.learning_rate = 1e-4
   if arg == "teacher":
     c.dpo.pairs = "teacher"
     return c

@@ -1,0 +1,39 @@
+r"""Rank-based distillation against the R1 table's baselines: DPO on the SFT student's ranked
+samples and DistiLLM-2's teacher-versus-student pairs, 5 seeds.
+
+    python -m kd_jax.sweep --config=experiments/arithmetic/rank_table.py --workdir=runs/rank_table
+    python -m kd_jax.llm_table --workdir=runs/rank_table --reference=sft
+
+The task, teacher, student, budget (1,000 steps, evaluated every 125) and seeds of
+``r1_table.py``, whose config this module extends with the ``dpo`` block (a separate
+sweep: the R1 table's finished runs keep their config). Points: ``sft`` and ``seqkd``
+(the references), ``sft2x`` (SFT trained on for 1,000 more steps: the control of
+every ``-from-sft`` point), ``dpo-from-sft`` (experiments/arithmetic/dpo.py: pairs of
+the SFT student's 4 samples ranked by verifier + teacher) and ``distillm2-from-sft``
+(a verified teacher answer chosen, the student's own rejected). The ``-from-sft``
+points start from the same seed's SFT student, shared with the R1 table's runs.
+"""
+
+from kd_jax import config as config_lib
+
+r1_table = config_lib.load_sibling(__file__, "r1_table")
+
+POINTS = (
+    "sft: method=none",
+    "seqkd: method=none; student_data=transfer",
+    "sft2x: method=none; student_init=baseline; baseline=true",
+    "dpo-from-sft: method=dpo; student_init=baseline; baseline=true",
+    "distillm2-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
+)
+
+
+def get_config(arg=None):
+  c = r1_table.get_config(arg)
+  c.experiment = "arithmetic/rank_table"
+  c.dpo = config_lib.dpo_config(beta=0.1, pairs="ranked", k=4, temperature=1.0,
+                                teacher_weight=0.1, learning_rate=1e-4)
+  c.sweep = dict(points=POINTS, seeds=5)
+  if arg == "smoke":
+    c.dpo.k = 2
+    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4]), seeds=1)
+  return c

@@ -203,7 +203,7 @@ def test_temperature_sweep_module_smoke_run(tmp_path):
 
 
 ARITHMETIC = ("sft", "token_kd", "seqkd", "gkd", "dpo")
-STUDIES = ("r1_table", "transfer_temperature")     # run with kd_jax.sweep
+STUDIES = ("r1_table", "transfer_temperature", "rank_table")     # run with kd_jax.sweep
 
 
 @pytest.mark.parametrize("name", ARITHMETIC + STUDIES)

@@ -158,8 +158,8 @@ def load_trained_student(workdir: str, mesh=None):
   student = prepared.build(config.student, config.seed)
   teacher = nnx.eval_shape(lambda: prepared.build(config.teacher, config.teacher.seed, "teacher"))
   module, _ = methods.trainable_student(config, student, teacher)
-  train.load_trained(module, config.train, os.path.join(workdir, "student"),
-                     workdir_lib.result_fields(config))
+  train.load_trained(module, methods.student_train_config(config),
+                     os.path.join(workdir, "student"), workdir_lib.result_fields(config))
   return config, prepared, getattr(module, "model", module)
 
 

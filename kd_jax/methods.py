@@ -113,6 +113,9 @@ def _equal_widths(config, s_name, s_shape, t_name, t_shape) -> None:
 
 
 def _relation_heads_divide(config, s_name, s_shape, t_name, t_shape) -> None:
+  if not (s_name.startswith("qkv_") and t_name.startswith("qkv_")):
+    raise ConfigError("feature_layers", f"feature_layers: minilm compares self-attention "
+                      f"layers (qkv_<i>); got {s_name!r} → {t_name!r}")
   heads = config.encoder.relation_heads
   if s_shape[-1] % (3 * heads) or t_shape[-1] % (3 * heads):      # q|k|v concatenated
     raise ConfigError("encoder.relation_heads", f"encoder.relation_heads={heads} must divide "

@@ -42,13 +42,25 @@ class Pairs:
   stats: dict
 
 
+def _differ(a: np.ndarray, a_lengths: np.ndarray, b: np.ndarray, b_lengths: np.ndarray):
+  """``[M]``: whether two responses differ (a token-identical pair teaches nothing: its DPO
+  loss is log 2 with no gradient)."""
+  width = min(a.shape[-1], b.shape[-1])
+  same_tokens = np.all(np.where(np.arange(width) < a_lengths[:, None], a[:, :width] == b[:, :width],
+                                True), axis=1)
+  return (a_lengths != b_lengths) | ~same_tokens
+
+
 def ranked_pairs(tokens: np.ndarray, lengths: np.ndarray, rewards: np.ndarray) -> Pairs:
   """Pairs from k samples per prompt (``tokens`` ``[k, N, T]``, ``lengths`` and ``rewards``
   ``[k, N]``): the highest-reward sample chosen, the lowest rejected (the first of equals);
-  prompts whose rewards all tie are left out."""
+  prompts whose rewards all tie, or whose chosen and rejected answers are the same
+  tokens, are left out."""
   best, worst = np.argmax(rewards, axis=0), np.argmin(rewards, axis=0)
   prompts = np.arange(rewards.shape[1])
-  keep = rewards[best, prompts] > rewards[worst, prompts]
+  keep = (rewards[best, prompts] > rewards[worst, prompts]) & _differ(
+      tokens[best, prompts], lengths[best, prompts], tokens[worst, prompts],
+      lengths[worst, prompts])
   index = prompts[keep]
   pick = lambda which, array: array[which[keep], index]
   return Pairs(index.astype(np.int32), pick(best, tokens), pick(best, lengths),
@@ -66,13 +78,16 @@ def teacher_pairs(teacher_prompt_index: np.ndarray, teacher_responses: np.ndarra
                   student_lengths: np.ndarray) -> Pairs:
   """DistiLLM-2's pairs: each prompt's first verified teacher response (a
   :class:`kd_jax.transfer.TransferSet`'s) chosen, the student's first sample
-  (``[k, N, T]``) rejected."""
+  (``[k, N, T]``) rejected; a prompt where the two are the same tokens is left out."""
   prompts, first = np.unique(teacher_prompt_index, return_index=True)
   width = max(teacher_responses.shape[1], student_tokens.shape[2])
   pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
-  return Pairs(prompts.astype(np.int32), pad(teacher_responses[first]), teacher_lengths[first],
-               pad(student_tokens[0, prompts]), student_lengths[0, prompts],
-               {"prompts": int(student_tokens.shape[1]), "pairs": int(len(prompts)),
+  chosen, chosen_lengths = pad(teacher_responses[first]), teacher_lengths[first]
+  rejected, rejected_lengths = pad(student_tokens[0, prompts]), student_lengths[0, prompts]
+  keep = _differ(chosen, chosen_lengths, rejected, rejected_lengths)
+  return Pairs(prompts[keep].astype(np.int32), chosen[keep], chosen_lengths[keep], rejected[keep],
+               rejected_lengths[keep],
+               {"prompts": int(student_tokens.shape[1]), "pairs": int(keep.sum()),
                 "samples_per_prompt": int(student_tokens.shape[0])})
 
 

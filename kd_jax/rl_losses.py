@@ -73,7 +73,9 @@ def group_advantages(rewards: jax.Array, *, eps: float = 1e-4) -> jax.Array:
                            {\operatorname{std}_k r_{p,\cdot} + \epsilon}
 
   with the population standard deviation; a group whose rewards are all equal gets
-  advantages 0 (it carries no preference).
+  advantages 0 (it carries no preference). :func:`policy_gradient_loss` takes one
+  advantage per response: ``advantages.reshape(-1)``, with the batch's responses laid
+  out prompt by prompt (the K samples of prompt 0, then of prompt 1, ...).
   """
   rewards = rewards.astype(jnp.float32)
   mean = jnp.mean(rewards, axis=-1, keepdims=True)

@@ -80,7 +80,8 @@ def refusal_message(mode: str) -> str:
 
 
 def resolve_mode(config, task) -> str:
-  """``"none"``, ``"memory"`` or ``"disk"`` for this run (``auto`` before its size check).
+  """``"none"``, ``"memory"``, ``"disk"`` or ``"shared"`` for this run (``auto`` before its
+  size check).
 
   Raises:
     ValueError: ``memory``/``disk`` requested while the student's views are
@@ -140,6 +141,8 @@ def cache_identity(config, teacher: train.Teacher, train_data, task) -> dict:
       "format": FORMAT_VERSION,
       "teacher": hf_checkpoint.resolve(checkpoint) if checkpoint else teachers.teacher_key(config),
       "teacher_variables": fingerprint(teacher.variables),
+      # The compute dtype changes the outputs (the variables' fingerprint is float32 either way).
+      "precision": config.precision,
       "dataset": d.name,
       "train_examples": d.train_examples,
       "examples": train_data.size,
@@ -274,7 +277,7 @@ def _save(path: str, identity: dict, logits: np.ndarray, features: dict) -> None
     stored = {"logits": np.asarray(logits, np.float32)}
   np.savez(buffer, identity=np.asarray(json.dumps(identity, sort_keys=True)), **stored,
            **{f"feature/{k}": np.asarray(v, np.float32) for k, v in features.items()})
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"     # per process: runs sharing the directory may race
   with open(tmp, "wb") as f:
     f.write(buffer.getvalue())
   os.replace(tmp, path)     # a half-written cache is never read

@@ -95,6 +95,10 @@ def test_minilm_matches_the_last_attention_layers_and_checks_the_relation_heads(
   c.encoder.relation_heads = 3
   with pytest.raises(ConfigError, match="encoder.relation_heads=3 must divide both widths"):
     methods.feature_pairs(c, _shapes(2, dim=16), _shapes(6))
+  c.encoder.relation_heads = 8
+  c.feature_layers = {"hidden_1": "hidden_5"}      # widths that divide, but not attention
+  with pytest.raises(ConfigError, match="minilm compares self-attention layers"):
+    methods.feature_pairs(c, _shapes(2, dim=48), _shapes(6))
 
 
 def test_the_distilbert_objective_is_sentence_cosine_plus_hidden_terms():
@@ -225,10 +229,16 @@ def test_minilm_configs_are_valid(name, arg):
 @pytest.mark.slow
 def test_minilm_smoke_runs_share_the_teacher_outputs(tmp_path):
   teachers = tmp_path / "cache" / "teachers"
+  shared = tmp_path / "cache" / "teacher_outputs"
+  written = {}
   for name in ("distilbert", "scratch", "minilm"):
     out = _cli(f"--config=experiments/minilm/{name}.py:smoke", f"--workdir={tmp_path / name}",
                f"--teacher_dir={teachers}", "--noprogress", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    if name == "distilbert":
+      written = {f: os.stat(shared / f).st_mtime_ns for f in os.listdir(shared)}
+  # scratch read distilbert's file (same teacher features) instead of writing it again.
+  assert all(os.stat(shared / f).st_mtime_ns == t for f, t in written.items())
   results = {}
   for name in ("distilbert", "scratch", "minilm"):
     with open(tmp_path / name / "results.json") as f:
@@ -245,5 +255,5 @@ def test_minilm_smoke_runs_share_the_teacher_outputs(tmp_path):
     assert 0 <= student["neighbour_overlap"] <= 1
     assert ("mean_cosine" in student) == (name != "minilm")     # only across equal widths
   # distilbert and scratch match the same teacher features: one shared file; minilm another.
-  shared = os.listdir(tmp_path / "cache" / "teacher_outputs")
-  assert len([f for f in shared if f.endswith(".npz")]) == 2, shared
+  files = os.listdir(shared)
+  assert len([f for f in files if f.endswith(".npz")]) == 2, files

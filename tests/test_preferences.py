@@ -59,3 +59,36 @@ def test_only_the_dpo_phase_takes_the_dpo_learning_rate():
   assert student.steps == c.train.steps and student.lr_schedule == c.train.lr_schedule
   c.method = "gkd"
   assert methods.student_train_config(c) is c.train
+
+
+def test_identical_chosen_and_rejected_answers_make_no_pair():
+  tokens = np.array([[[5, 6, 2]], [[5, 6, 2]], [[5, 7, 2]]])      # [k=3, N=1, T=3]
+  lengths = np.full((3, 1), 3)
+  same = preferences.ranked_pairs(tokens[:2], lengths[:2], np.array([[1.0], [0.0]]))
+  assert same.stats["pairs"] == 0                          # rewards differ, tokens do not
+  differ = preferences.ranked_pairs(tokens[1:], lengths[1:], np.array([[1.0], [0.0]]))
+  assert differ.stats["pairs"] == 1
+  teacher = preferences.teacher_pairs(np.array([0]), np.array([[5, 6, 2]]), np.array([3]),
+                                      tokens[:1], lengths[:1])
+  assert teacher.stats["pairs"] == 0
+
+
+def test_the_dpo_objective_reads_chosen_then_rejected_rows():
+  import jax.numpy as jnp
+  import scipy.special
+  from kd_jax import methods
+  c = cli_load("experiments/arithmetic/dpo.py:smoke")
+  c.dpo.beta = 0.5
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 3, 5))                  # 2 pairs: rows 0, 1 chosen; 2, 3 rejected
+  targets = rng.integers(0, 5, (4, 3))
+  mask = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 1], [0, 0, 0]], bool)   # pair 1 is padding
+  reference = np.array([-2.0, -1.0, -4.0, -3.0])
+  loss, metrics = methods.make_objective(c)(0, (jnp.asarray(logits), {}), None,
+                                            (jnp.asarray(targets), jnp.asarray(reference)), mask)
+  token_logps = np.take_along_axis(scipy.special.log_softmax(logits, -1), targets[..., None],
+                                   -1)[..., 0]
+  sequence = np.where(mask, token_logps, 0).sum(-1)
+  margin = 0.5 * ((sequence[0] - reference[0]) - (sequence[2] - reference[2]))
+  np.testing.assert_allclose(loss, np.log1p(np.exp(-margin)), rtol=1e-5)
+  np.testing.assert_allclose(metrics["reward_margin"], margin, rtol=1e-5)

@@ -32,9 +32,9 @@ _FORMAT = flags.DEFINE_enum("format", "onnx", FORMATS, "The exported file's form
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", QUANTIZATIONS,
                               "Weights and arithmetic: float32, float16 or int8.")
 LATENCY_BATCHES = (1, 32)
-
-
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
 def write_web_samples(exportable, directory: str) -> None:
   """``samples.json`` next to the ONNX file: what web/index.html shows and runs."""
   with open(os.path.join(directory, "samples.json"), "w") as f:

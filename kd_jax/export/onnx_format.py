@@ -53,6 +53,7 @@ def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
   """``path``'s model quantised to int8 (weights per channel, activations calibrated on
   ``calibration``, a batch of training inputs)."""
   from onnxruntime import quantization  # noqa: PLC0415
+  input_name = session(path).get_inputs()[0].name
 
   class Reader(quantization.CalibrationDataReader):
     def __init__(self):
@@ -60,7 +61,7 @@ def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
 
     def get_next(self):
       batch = next(self._batches, None)
-      return None if batch is None else {_input_name(path): batch}
+      return None if batch is None else {input_name: batch}
 
   prepared = out_path + ".pre.onnx"
   quantization.quant_pre_process(path, prepared)
@@ -71,10 +72,6 @@ def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
                                  activation_type=quantization.QuantType.QInt8)
   finally:
     os.remove(prepared)
-
-
-def _input_name(path: str) -> str:
-  return session(path).get_inputs()[0].name
 
 
 def session(path: str, threads: int = 0):

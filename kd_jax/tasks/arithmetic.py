@@ -181,6 +181,9 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
       pairs = preferences.ranked_pairs(samples.tokens, samples.lengths, rewards)
       pairs.stats["verifier_accuracy"] = float(verdicts.mean())
     if not len(pairs.prompt_index):
+      if p.pairs == "teacher":
+        raise ConfigError("transfer", "no preference pairs: none of the teacher's samples "
+                          "passed the verifier (transfer.k, transfer.label_free)")
       raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie "
                         "(sample more: dpo.k, dpo.temperature)")
     data = preferences.preference_data(pairs, train_arrays[0], train_arrays[1], d.max_len,
@@ -206,14 +209,8 @@ def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len
   A response longer than the row has room for is cut at ``max_len`` (so it has no
   EOS); every accepted answer of the arithmetic task fits.
   """
-  rows = np.zeros((len(written.prompt_index), max_len), np.int32)
-  row_prompt_lengths = prompt_lengths[written.prompt_index].astype(np.int32)
-  lengths = np.zeros(len(rows), np.int32)
-  for i, (p, response, n) in enumerate(zip(written.prompt_index, written.responses,
-                                           written.lengths)):
-    row = np.concatenate([tokens[p, :prompt_lengths[p]], response[:n]])[:max_len]
-    rows[i, :len(row)], lengths[i] = row, len(row)
-  return rows, row_prompt_lengths, lengths
+  return preferences.rows(written.responses, written.lengths, written.prompt_index, tokens,
+                          prompt_lengths, max_len)
 
 
 def answers_correct(tokens: jax.Array, answers: jax.Array) -> jax.Array:

@@ -11,6 +11,12 @@ in both modes (``renormalize``, ``tail``: kd_jax/topk.py), 3 seeds each; every r
 also trains the student without a teacher (the baseline). ``kd_jax.topk_fidelity``
 writes the table (bytes per token, held-out nll, KL to the teacher, Δnll against the
 full-logit student) and ``topk_fidelity.png``.
+
+Measured on the 2-core CPU (2026-11-27, 3 seeds; the table is in the README): held-out
+nll per token, full-logit teacher 4.969 ± 0.019; ``tail`` 6.883 (k = 1) → 5.372 (k = 64);
+``renormalize`` 9.017 → 7.001; the student without a teacher 5.010 ± 0.075. Every top-k
+point is worse than the full teacher (paired), ``tail`` beats ``renormalize`` by 1.6–2.1
+nats at every k, and with α = 0 no cache up to k = 64 beats the labels alone.
 """
 
 from kd_jax import config as config_lib

@@ -20,6 +20,7 @@ are fixed.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +159,7 @@ class PreferencePairs(lm.LanguageModeling):
   """The DPO student's task: a batch of B pairs is 2B rows, the chosen ones then the rejected
   ones; the targets carry the reference's sequence log-probabilities ``[2B]`` for the loss
   (``methods``' ``dpo``). Evaluation is :class:`~kd_jax.tasks.lm.LanguageModeling`'s."""
+  rows_per_example: ClassVar[int] = 2
 
   def train_batch(self, data: PairData, index, mask, rng, policy=None):
     del rng, policy

@@ -61,8 +61,7 @@ def test_an_exported_gpt_computes_the_logits_of_token_rows(fmt, tmp_path):
   path, function = str(tmp_path / f"gpt.{fmt}"), lambda tokens: model(tokens)
   if fmt == "onnx":
     onnx_format.export(function, (16,), path, "int32")
-    session = onnx_format.session(path)
-    run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+    run = onnx_format.runner(path)
   else:
     litert_format.export(function, (16,), path, input_dtype="int32")
     run = litert_format.Runner(path)

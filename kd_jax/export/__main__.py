@@ -64,21 +64,14 @@ def _write_tflite(exportable, directory: str, quantize: str) -> str:
   return path
 
 
-def _runner(path: str, fmt: str):
-  if fmt == "tflite":
-    return litert_format.Runner(path)
-  session = onnx_format.session(path)
-  name = session.get_inputs()[0].name
-  return lambda x: session.run(None, {name: x})[0]
-
-
 def export(workdir: str, fmt: str, quantize: str) -> dict:
   """Exports, measures and records one file; returns its report entry."""
   exportable = student_lib.load(workdir)
   directory = os.path.join(workdir, "export")
   write = _write_tflite if fmt == "tflite" else _write_onnx
   path = write(exportable, directory, quantize)
-  run_exported, runtime = _runner(path, fmt), RUNTIMES[fmt]
+  run_exported = litert_format.Runner(path) if fmt == "tflite" else onnx_format.runner(path)
+  runtime = RUNTIMES[fmt]
   run_jax = jax.jit(exportable.function)
   inputs, predictions = exportable.test_inputs, exportable.positions
   entry = {"file": os.path.basename(path), "format": fmt, "quantize": quantize,

@@ -6,7 +6,7 @@
   and outputs (onnxruntime's converter; inputs here are uint8 anyway).
 * :func:`to_int8` quantises weights and activations to int8 (QDQ format, static:
   activation ranges calibrated on training images).
-* :func:`session` opens a model for inference on the CPU.
+* :func:`session` opens a model for inference on the CPU; :func:`runner` runs it.
 """
 
 from __future__ import annotations
@@ -72,6 +72,14 @@ def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
                                  activation_type=quantization.QuantType.QInt8)
   finally:
     os.remove(prepared)
+
+
+def runner(path: str):
+  """``run(inputs) -> outputs``: the model at ``path`` on onnxruntime's CPU provider (its
+  one input, its first output), as :class:`kd_jax.export.litert_format.Runner` for LiteRT."""
+  opened = session(path)
+  name = opened.get_inputs()[0].name
+  return lambda inputs: opened.run(None, {name: inputs})[0]
 
 
 def session(path: str, threads: int = 0):

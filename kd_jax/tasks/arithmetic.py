@@ -122,10 +122,10 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     graphdef, params, model_state = step.split_module(module)
     compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
         (params, model_state))
-    # The budget in tokens: every position of every row of every step's batch (a DPO
-    # batch of B pairs is 2B rows).
-    rows_per_example = 2 if config.method == "dpo" else 1
-    train_tokens = fit.steps * config.train.batch_size * rows_per_example * (d.max_len - 1)
+    # The budget in tokens: every position of every row of every step's batch (the
+    # student's task says how many rows an example is: a DPO pair is two).
+    rows = (student_task or task).rows_per_example
+    train_tokens = fit.steps * config.train.batch_size * rows * (d.max_len - 1)
     return {**fit.final, **compared,
             **lm.generation_report(task, module, test_data, config.sampling),
             **ood_report(module), "train_tokens": train_tokens}
@@ -155,10 +155,12 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
 
   def preference_data(student_module, teacher_module, teacher_identity, cache_dir):
     """DPO's pairs on the gold training prompts, from the starting student's samples."""
+    from kd_jax import config as config_lib  # noqa: PLC0415  (kd_jax.config imports this module)
     p = config.dpo
     samples = transfer.sample(
         student_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=p.k,
-        sampling=config_sampling(p.temperature), max_new_tokens=task.max_new_tokens,
+        sampling=config_lib.sampling_config(temperature=p.temperature),
+        max_new_tokens=task.max_new_tokens,
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
         identity={"student": teacher_cache.fingerprint(nnx.state(student_module))},
         seed=config.seed)
@@ -195,12 +197,6 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
                         teacher_data if config.get("student_data") == "transfer" else None,
                         student_task,
                         preference_data if config.method == "dpo" else None)
-
-
-def config_sampling(temperature: float):
-  """A sampling block (``temperature``, ``top_k`` 0, ``top_p`` 1) for :func:`transfer.sample`."""
-  import ml_collections  # noqa: PLC0415
-  return ml_collections.ConfigDict(dict(temperature=float(temperature), top_k=0, top_p=1.0))
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

@@ -156,10 +156,10 @@ def _layer_student(config, teacher: bert.Bert, kwargs: dict, dtype) -> bert.Sent
   if wrong:
     raise ConfigError("student.kwargs", f"student_init='teacher_layers' copies the teacher's "
                       f"layers {layers}: the student needs {expected}, got {wrong}")
-  if any(not 0 <= i < t["num_layers"] for i in layers):
-    raise ConfigError("encoder.init_layers", f"encoder.init_layers={layers}: the teacher has "
-                      f"layers 0..{t['num_layers'] - 1}")
-  return bert.SentenceBert.wrap(bert.student_from_teacher(teacher, layers, dtype=dtype))
+  try:
+    return bert.SentenceBert.wrap(bert.student_from_teacher(teacher, layers, dtype=dtype))
+  except ValueError as e:      # a layer outside the teacher
+    raise ConfigError("encoder.init_layers", f"encoder.init_layers: {e}") from None
 
 
 def prepare(config, mesh, dtype) -> tasks.Prepared:

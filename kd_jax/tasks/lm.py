@@ -86,6 +86,7 @@ class NextTokens:
   """
   headline: ClassVar[str] = "nll"
   higher_is_better: ClassVar[bool] = False
+  rows_per_example: ClassVar[int] = 1     # token rows a training example puts in a batch
 
   @property
   def augments(self) -> bool:

@@ -24,11 +24,14 @@ from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
-LANGUAGE_ONLY_METHODS = ("gkd", "dpo")
+LANGUAGE_ONLY_METHODS = ("gkd", "dpo", "grpo", "minillm")
+RL_METHODS = methods.RL_METHODS
+# The teacher's reward of a GRPO answer (kd_jax/rl_losses.py: teacher_rewards).
+RL_TEACHER_REWARDS = ("log_ratio", "log_likelihood")
 METHODS = tuple(m for m in methods.REGISTRY
                 if m not in LANGUAGE_ONLY_METHODS + methods.EMBEDDING_METHODS)
 # Language models: fine-tuning on the gold text (none) and token-level KD so far.
-LANGUAGE_METHODS = ("none", "kd", "gkd", "dpo")
+LANGUAGE_METHODS = ("none", "kd", "gkd", "dpo", "grpo", "minillm")
 # How DPO's preference pairs are made (kd_jax/preferences.py).
 PREFERENCE_PAIRS = ("ranked", "teacher")
 TEXT_METHODS = ("none", "kd")       # no prompts to answer: no on-policy sampling
@@ -219,6 +222,31 @@ def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperat
   return ml_collections.ConfigDict(dict(beta=beta, pairs=pairs, k=k, temperature=temperature,
                                         teacher_weight=teacher_weight,
                                         learning_rate=learning_rate))
+
+
+def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float = 0.1,
+              teacher_reward: str = "log_ratio", kl_coef: float = 0.04, teacher_mix: float = 0.0,
+              learning_rate: float = 1e-4) -> ml_collections.ConfigDict:
+  """Policy-gradient distillation (``method="grpo"`` or ``"minillm"``, from the trained
+  baseline, which is also the frozen reference of the KL penalty ``kl_coef``).
+
+  Every step samples ``k`` answers (temperature 1) to each of ``train.batch_size / k``
+  prompts. GRPO's reward of an answer is ``verifier_weight`` × the verifier's verdict +
+  ``teacher_weight`` × the teacher's ``teacher_reward`` (``"log_ratio"``: the mean token
+  log p_T − log q_S, MiniLLM's reverse-KL reward; ``"log_likelihood"``: the mean log p_T);
+  MiniLLM's reward is the token log-ratio alone, and ``teacher_mix`` = α > 0 samples from
+  α·teacher + (1 − α)·student (its teacher-mixed sampling; GRPO samples from the
+  student). ``learning_rate`` is the phase's peak rate (the SFT start keeps
+  ``train.learning_rate``)."""
+  return ml_collections.ConfigDict(dict(
+      k=k, verifier_weight=verifier_weight, teacher_weight=teacher_weight,
+      teacher_reward=teacher_reward, kl_coef=kl_coef, teacher_mix=teacher_mix,
+      learning_rate=learning_rate))
+
+
+# The blocks of one method, absent from other configs, and their defaults (a finished run
+# without the block is the same run as one with it at these defaults: kd_jax/workdir.py).
+METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
@@ -413,12 +441,7 @@ def _validate_dpo(config) -> None:
   p = config.get("dpo")
   if p is None:
     raise ConfigError("dpo", "method='dpo' needs a dpo block (kd_jax.config.dpo_config())")
-  if config.get("student_init") != "baseline" or not config.baseline:
-    raise ConfigError("student_init", "method='dpo' trains from the starting student's own "
-                      "samples: set student_init='baseline' and baseline=True")
-  if config.get("student_data", "gold") != "gold":
-    raise ConfigError("student_data", "method='dpo' trains on its preference pairs: leave "
-                      "student_data='gold'")
+  _require_sft_start(config)
   _choice("dpo.pairs", p.pairs, PREFERENCE_PAIRS)
   _positive("dpo.beta", p.beta)
   _positive("dpo.learning_rate", p.learning_rate)
@@ -427,6 +450,48 @@ def _validate_dpo(config) -> None:
   if p.teacher_weight < 0:
     raise ConfigError("dpo.teacher_weight", f"dpo.teacher_weight must be >= 0, got "
                       f"{p.teacher_weight}")
+
+
+def _require_sft_start(config) -> None:
+  """A method that improves the trained baseline (SFT) student, its reference."""
+  method = config.method
+  if config.get("student_init") != "baseline" or not config.baseline:
+    raise ConfigError("student_init", f"method={method!r} starts from the trained SFT student "
+                      "(its reference): set student_init='baseline' and baseline=True")
+  if config.get("student_data", "gold") != "gold":
+    raise ConfigError("student_data", f"method={method!r} trains on its own samples: leave "
+                      "student_data='gold'")
+
+
+def _validate_rl(config) -> None:
+  r = config.get("rl")
+  if r is None:
+    raise ConfigError("rl", f"method={config.method!r} needs an rl block "
+                      "(kd_jax.config.rl_config())")
+  _require_sft_start(config)
+  grpo = config.method == "grpo"
+  # GRPO's advantages compare the k samples of a prompt: one sample has no group.
+  _nonnegative_ints("rl", r, ("k",), 2 if grpo else 1)
+  if config.train.batch_size % r.k:
+    raise ConfigError("rl.k", f"train.batch_size={config.train.batch_size} rows must be a "
+                      f"whole number of prompts of rl.k={r.k} samples")
+  _choice("rl.teacher_reward", r.teacher_reward, RL_TEACHER_REWARDS)
+  for field in ("verifier_weight", "teacher_weight", "kl_coef"):
+    if r[field] < 0:
+      raise ConfigError(f"rl.{field}", f"rl.{field} must be >= 0, got {r[field]}")
+  if grpo and not (r.verifier_weight or r.teacher_weight):
+    raise ConfigError("rl.verifier_weight", "method='grpo' needs a reward: rl.verifier_weight "
+                      "or rl.teacher_weight > 0")
+  _positive("rl.learning_rate", r.learning_rate)
+  if not 0 <= r.teacher_mix < 1:
+    raise ConfigError("rl.teacher_mix", f"rl.teacher_mix must be in [0, 1), got {r.teacher_mix}")
+  if grpo and r.teacher_mix:
+    raise ConfigError("rl.teacher_mix", "rl.teacher_mix is MiniLLM's teacher-mixed sampling: "
+                      "method='grpo' samples from the student (set it to 0)")
+  if config.teacher_cache not in ("auto", "none") or config.get("teacher_fixed_views", False):
+    raise ConfigError("teacher_cache", f"method={config.method!r} scores new samples every "
+                      "step: the teacher runs live (teacher_cache='auto' or 'none', "
+                      "teacher_fixed_views=False)")
 
 
 def _validate_topk(config) -> None:
@@ -510,6 +575,8 @@ def _validate_language_task(config) -> None:
       raise ConfigError("gkd.temperature", f"gkd.temperature must be > 0, got {g.temperature}")
   if config.method == "dpo":
     _validate_dpo(config)
+  if config.method in RL_METHODS:
+    _validate_rl(config)
   if config.get("student_data") == "transfer" or (
       config.method == "dpo" and config.dpo.pairs == "teacher"):
     t = config.get("transfer")

@@ -281,9 +281,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       train.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
   if prepared.student_data is not None:   # made from the starting student (DPO's pairs)
-    student_train_data, results["preference_pairs"] = prepared.student_data(
+    student_train_data, pair_stats = prepared.student_data(
         student_model, teacher_module, teacher_identity(),
         os.path.join(cache_root, "transfer_sets"))
+    if pair_stats is not None:
+      results["preference_pairs"] = pair_stats
   if not uses_teacher:
     student_teacher, data = None, student_train_data
   else:

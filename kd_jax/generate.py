@@ -60,30 +60,50 @@ def _sample(logits, rng, *, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def _mixture_logits(logits, mix_logits, weight):
+  """Log-probabilities of ``weight · softmax(mix_logits) + (1 − weight) · softmax(logits)``."""
+  return jnp.logaddexp(jnp.log(weight) + jax.nn.log_softmax(mix_logits.astype(jnp.float32)),
+                       jnp.log1p(-weight) + jax.nn.log_softmax(logits.astype(jnp.float32)))
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
+    "graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
+    "mix_graphdef", "mix_weight"))
 def _generate(graphdef, state, prompts, prompt_lengths, rng, *, max_new_tokens, temperature,
-              top_k, top_p, eos_id, pad_id):
-  model = nnx.merge(graphdef, state)
+              top_k, top_p, eos_id, pad_id, mix_graphdef=None, mix_state=None, mix_weight=0.0):
+  # With a mixing model (MiniLLM's teacher-mixed sampling) both models decode side by
+  # side, each with its own cache, and tokens are drawn from the mixture of their
+  # distributions.
+  models = [nnx.merge(graphdef, state)]
+  if mix_graphdef is not None:
+    models.append(nnx.merge(mix_graphdef, mix_state))
   batch, prompt_len = prompts.shape
-  cache = model.init_cache(batch, prompt_len + max_new_tokens)
   positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch, prompt_len))
-  logits, cache = model.decode(prompts, positions, cache)
-  last = logits[jnp.arange(batch), prompt_lengths - 1]
+  caches, lasts = [], []
+  for model in models:
+    logits, cache = model.decode(prompts, positions,
+                                 model.init_cache(batch, prompt_len + max_new_tokens))
+    caches.append(cache)
+    lasts.append(logits[jnp.arange(batch), prompt_lengths - 1])
 
   def step(carry, t):
-    cache, last, done, rng = carry
+    caches, lasts, done, rng = carry
     rng, key = jax.random.split(rng)
+    last = lasts[0] if len(models) == 1 else _mixture_logits(lasts[0], lasts[1], mix_weight)
     token = _sample(last, key, temperature=temperature, top_k=top_k, top_p=top_p)
     token = jnp.where(done, pad_id, token)
     emitted = ~done
     if eos_id is not None:
       done = done | (token == eos_id)
-    logits, cache = model.decode(token[:, None], (prompt_lengths + t)[:, None], cache)
-    return (cache, logits[:, 0], done, rng), (token, emitted)
+    new_caches, new_lasts = [], []
+    for model, cache in zip(models, caches):
+      logits, cache = model.decode(token[:, None], (prompt_lengths + t)[:, None], cache)
+      new_caches.append(cache)
+      new_lasts.append(logits[:, 0])
+    return (new_caches, new_lasts, done, rng), (token, emitted)
 
   done = jnp.zeros((batch,), bool)
-  _, (tokens, emitted) = jax.lax.scan(step, (cache, last, done, rng),
+  _, (tokens, emitted) = jax.lax.scan(step, (caches, lasts, done, rng),
                                       jnp.arange(max_new_tokens, dtype=jnp.int32))
   return tokens.T, jnp.sum(emitted, axis=0).astype(jnp.int32)
 
@@ -128,12 +148,19 @@ def generate(graphdef, state, prompts, prompt_lengths, *, max_new_tokens: int, r
 
 def sample_in_trace(graphdef, state, prompts, prompt_lengths, rng, *, max_new_tokens: int,
                     temperature: float, eos_id: int | None, pad_id: int, top_k: int = 0,
-                    top_p: float = 1.0):
+                    top_p: float = 1.0, mix: tuple | None = None):
   """:func:`generate` for callers already inside a jitted function (traced arguments, no
-  checks): on-policy distillation samples from the student inside the train step."""
+  checks): on-policy distillation samples from the student inside the train step.
+
+  ``mix`` = ``(graphdef, state, α)`` of a second model (the teacher, sharing the
+  vocabulary) draws every token from α·p_mix + (1 − α)·p_model instead (MiniLLM's
+  teacher-mixed sampling), the temperature and filters applied to the mixture's
+  log-probabilities; α in (0, 1)."""
+  mixing = {} if mix is None else dict(mix_graphdef=mix[0], mix_state=mix[1],
+                                       mix_weight=float(mix[2]))
   return _generate(graphdef, state, prompts, prompt_lengths, rng, max_new_tokens=max_new_tokens,
                    temperature=float(temperature), top_k=top_k, top_p=top_p, eos_id=eos_id,
-                   pad_id=pad_id)
+                   pad_id=pad_id, **mixing)
 
 
 def compilations() -> int:

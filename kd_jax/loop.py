@@ -61,6 +61,9 @@ class FitResult:
   resumed_from_step: int       # 0 for a fresh run
   compile_seconds: float
   step_compiles: int           # compilations of the train step in this call (1 expected)
+  # Rows trained on in all: steps × batch size × the task's rows per example (a DPO pair is
+  # 2 rows, a policy-gradient prompt its k samples); the budget in sequences.
+  train_rows: int = 0
 
   @property
   def steps_per_second(self) -> float | None:
@@ -234,7 +237,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
                    eval_seconds=eval_seconds, checkpoint_seconds=checkpoint_seconds,
                    steps=total_steps, steps_run=total_steps - start_step,
                    resumed_from_step=start_step, compile_seconds=compile_seconds,
-                   step_compiles=train_step.jitted._cache_size())  # pylint: disable=protected-access
+                   step_compiles=train_step.jitted._cache_size(),  # pylint: disable=protected-access
+                   train_rows=total_steps * t.batch_size * getattr(task, "rows_per_example", 1))
 
 
 def _format(metric: str, value: float) -> str:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import attention_losses, losses, models, rl_losses, schedules, topk
+from kd_jax import attention_losses, divergences, losses, models, rl_losses, schedules, topk
 from kd_jax.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
@@ -221,6 +221,7 @@ class Settings:
   dkd: Any
   gkd: Any = None             # the gkd block of a language-model config
   dpo: Any = None             # the dpo block (rank-based distillation)
+  rl: Any = None              # the rl block (policy-gradient distillation)
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/topk.py)
   loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 
@@ -315,6 +316,51 @@ def _direct_preference(settings, step, s_logits, t_logits, labels, mask):
   return loss, metrics
 
 
+def _group_relative_policy_gradient(settings, step, s_logits, t_logits, targets, mask):
+  """``grpo``: the clipped policy gradient with GRPO's group-relative advantages and a k3 KL
+  penalty (``rl.kl_coef``) to the frozen starting student (Shao et al. 2024), on a batch of
+  :class:`kd_jax.rollouts.Rollouts` (``rl.k`` samples per prompt). Reward per answer:
+  ``rl.verifier_weight`` × the verifier's verdict + ``rl.teacher_weight`` × the teacher's
+  reward (``rl.teacher_reward``: the mean token log-ratio log p_T − log q_S, MiniLLM's,
+  or the mean log-likelihood log p_T). One update per batch of samples, so π_old = π."""
+  del step
+  rl = settings.rl
+  log_probs = rl_losses.token_log_probs(s_logits, targets.tokens)
+  teacher = rl_losses.teacher_rewards(
+      rl_losses.token_log_probs(t_logits, targets.tokens), mask,
+      log_probs if rl.teacher_reward == "log_ratio" else None)
+  rewards = rl.verifier_weight * targets.verified + rl.teacher_weight * teacher
+  advantages = rl_losses.group_advantages(rewards.reshape(-1, rl.k)).reshape(-1)
+  loss, metrics = rl_losses.policy_gradient_loss(log_probs, log_probs, targets.reference,
+                                                 advantages, mask, kl_coef=rl.kl_coef)
+  real = jnp.any(mask, axis=-1)
+  mean = lambda x: jnp.sum(jnp.where(real, x, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+  metrics.update(reward=mean(rewards), teacher_reward=mean(teacher))
+  return loss, metrics
+
+
+def _reverse_kl_policy_gradient(settings, step, s_logits, t_logits, targets, mask):
+  """``minillm``: MiniLLM's reverse-KL policy gradient with its single-step regularisation
+  (:func:`kd_jax.rl_losses.minillm_loss`, Gu et al. 2024) on :class:`kd_jax.rollouts.Rollouts`
+  batches, sampled from the student or, with ``rl.teacher_mix`` = α > 0, from
+  α·teacher + (1 − α)·student; plus ``rl.kl_coef`` × the k3 KL to the starting student."""
+  del step
+  rl = settings.rl
+  return rl_losses.minillm_loss(
+      rl_losses.token_log_probs(s_logits, targets.tokens),
+      rl_losses.token_log_probs(t_logits, targets.tokens),
+      divergences.reverse_kl(s_logits, t_logits), targets.reference, mask,
+      mix=rl.teacher_mix, kl_coef=rl.kl_coef)
+
+
+def _rl_overrides(config) -> dict:
+  """A policy-gradient phase's step holds ``train.batch_size`` rows: batch_size / k prompts
+  with k samples each (the same rows per step as every other method); its peak learning
+  rate is ``rl.learning_rate``."""
+  return {"learning_rate": config.rl.learning_rate,
+          "batch_size": config.train.batch_size // config.rl.k}
+
+
 def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
   """``gkd``: T²·JSD(β) between teacher and student on every batch, gold or student-sampled
   (Agarwal et al. 2024, "On-Policy Distillation of Language Models"); no CE term. β
@@ -353,6 +399,9 @@ REGISTRY: dict[str, Method] = {
     "gkd": Method(_generalized_jsd),
     "dpo": Method(_direct_preference, uses_teacher=False,
                   train_overrides=lambda c: {"learning_rate": c.dpo.learning_rate}),
+    # Policy-gradient students (kd_jax/rollouts.py): the teacher scores the student's samples.
+    "grpo": Method(_group_relative_policy_gradient, train_overrides=_rl_overrides),
+    "minillm": Method(_reverse_kl_policy_gradient, train_overrides=_rl_overrides),
     **{name: Method(_hinton, feature_loss) for name, feature_loss in _FEATURE_LOSSES.items()},
     # Sentence encoders (kd_jax/tasks/embedding.py): DistilBERT (Sanh et al. 2019) matches
     # the sentence embeddings and the hidden states (distance: config.divergence, cosine or
@@ -366,6 +415,8 @@ REGISTRY: dict[str, Method] = {
 }
 # Methods of sentence encoders only.
 EMBEDDING_METHODS = ("distilbert", "minilm")
+# Policy-gradient students of language models (kd_jax/rollouts.py), configured by the rl block.
+RL_METHODS = ("grpo", "minillm")
 
 
 def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
@@ -390,7 +441,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       alpha=schedules.make(config.alpha, field="alpha", unit_interval=True,
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
-      dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"),
+      dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"), rl=config.get("rl"),
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})

@@ -161,8 +161,8 @@ class PreferencePairs(lm.LanguageModeling):
   (``methods``' ``dpo``). Evaluation is :class:`~kd_jax.tasks.lm.LanguageModeling`'s."""
   rows_per_example: ClassVar[int] = 2
 
-  def train_batch(self, data: PairData, index, mask, rng, policy=None):
-    del rng, policy
+  def train_batch(self, data: PairData, index, mask, rng, policy=None, teacher=None):
+    del rng, policy, teacher
     tokens = jnp.concatenate([data.chosen.tokens[index], data.rejected.tokens[index]])
     loss_mask = (jnp.concatenate([data.chosen.loss_mask[index], data.rejected.loss_mask[index]])
                  & jnp.concatenate([mask, mask])[:, None])

@@ -20,6 +20,11 @@ prompt, reward minus the group mean over the group standard deviation) and
 :func:`policy_gradient_loss` (the clipped importance-weighted surrogate, per-token
 mean, plus β_KL times the k3 estimate of KL(π ‖ π_ref) to the starting policy).
 
+MiniLLM (Gu et al. 2024): :func:`normalized_future_rewards` (the length-normalised
+return of the tokens after each one), :func:`mixture_importance_weights` (for
+teacher-mixed sampling) and :func:`minillm_loss`, the reverse-KL policy gradient with
+its single-step regularisation.
+
 Preferences: :func:`dpo_loss` (Rafailov et al. 2023) on (chosen, rejected) pairs
 against a frozen reference; with teacher samples as chosen and student samples as
 rejected it is the contrastive objective of DistiLLM-2 (Ko et al. 2025) in its DPO form.
@@ -103,7 +108,7 @@ def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
     log_probs: ``[B, T]`` the trained policy's log-probabilities of the sampled tokens.
     old_log_probs: ``[B, T]`` the sampling policy's (constants).
     reference_log_probs: ``[B, T]`` the frozen starting policy's (constants).
-    advantages: ``[B]`` one per response.
+    advantages: ``[B]`` one per response, or ``[B, T]`` one per token (MiniLLM).
     mask: ``[B, T]`` the response tokens.
 
   Returns:
@@ -113,7 +118,9 @@ def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
   log_probs = log_probs.astype(jnp.float32)
   old = jax.lax.stop_gradient(old_log_probs.astype(jnp.float32))
   reference = jax.lax.stop_gradient(reference_log_probs.astype(jnp.float32))
-  advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]
+  advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))
+  if advantages.ndim == 1:
+    advantages = advantages[:, None]
   ratio = jnp.exp(log_probs - old)
   clipped = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon)
   surrogate = -jnp.minimum(ratio * advantages, clipped * advantages)
@@ -154,3 +161,82 @@ def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
   mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
   return mean(-jax.nn.log_sigmoid(margin)), {
       "reward_margin": mean(margin), "preference_accuracy": mean((margin > 0).astype(jnp.float32))}
+
+
+def normalized_future_rewards(token_rewards: jax.Array, mask: jax.Array) -> jax.Array:
+  r"""MiniLLM's length-normalised long-term reward of each token ``[B, T]``:
+
+  .. math:: R^{\text{norm}}_{t+1} = \frac{1}{|\{t' > t\}|}\sum_{t' > t} r_{t'}
+
+  over the masked positions after t (0 where none follows: the last token's long-term
+  reward is empty, its own reward is the single-step term's)."""
+  mask = mask.astype(bool)
+  values = jnp.where(mask, token_rewards.astype(jnp.float32), 0.0)
+  # Suffix sums from t on, minus the token itself: the sums and counts after t.
+  after = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1) - x
+  total, count = after(values), after(mask.astype(jnp.float32))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+def mixture_importance_weights(student_log_probs: jax.Array, teacher_log_probs: jax.Array,
+                               mix: float) -> jax.Array:
+  r"""``[B, T]`` per-token importance weights :math:`w_t = q(y_t) / \tilde p(y_t)` of tokens
+  drawn from MiniLLM's teacher-mixed distribution :math:`\tilde p = \alpha p + (1-\alpha) q`
+  (``mix`` = α in [0, 1)); bounded by 1 / (1 − α). Constants (not differentiated)."""
+  log_q = jax.lax.stop_gradient(student_log_probs.astype(jnp.float32))
+  log_p = jax.lax.stop_gradient(teacher_log_probs.astype(jnp.float32))
+  if mix == 0:
+    return jnp.ones_like(log_q)
+  log_mixture = jnp.logaddexp(jnp.log(mix) + log_p, jnp.log1p(-mix) + log_q)
+  return jnp.exp(log_q - log_mixture)
+
+
+def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step_kl: jax.Array,
+                 reference_log_probs: jax.Array, mask: jax.Array, *, mix: float = 0.0,
+                 kl_coef: float = 0.0) -> tuple[jax.Array, dict]:
+  r"""MiniLLM's reverse-KL policy gradient (Gu et al. 2024, eq. 5–7) as a surrogate loss.
+
+  With per-token rewards :math:`r_t = \log p(y_t) - \log q(y_t)` (constants) and the
+  importance weights :math:`w_t` of teacher-mixed sampling (1 without it):
+
+  .. math::
+    \ell = \frac{1}{|M|}\sum_{(b,t)\in M} w_{bt}\Big[-\big(R^{\text{norm}}_{b,t+1} - \bar R\big)
+           \log q(y_{bt}) + \mathrm{KL}\big(q(\cdot|y_{<t}) \,\|\, p(\cdot|y_{<t})\big)\Big]
+           + \beta\,\mathrm{k3}(q, q_{ref})
+
+  The first term is the policy gradient of the long-term reward
+  (:func:`normalized_future_rewards`, less its batch mean :math:`\bar R`, a baseline
+  that leaves the expected gradient unchanged); the second the *single-step
+  regularisation*: the current token's expected reward, −KL(q_t ‖ p_t) over the whole
+  vocabulary, differentiated exactly instead of through a sampled token. The last is
+  :func:`policy_gradient_loss`'s k3 KL to the frozen reference, weighted by ``kl_coef``.
+
+  Args:
+    log_probs: ``[B, T]`` the student's log-probabilities of the sampled tokens (differentiated).
+    teacher_log_probs: ``[B, T]`` the teacher's (constants).
+    single_step_kl: ``[B, T]`` KL(q_t ‖ p_t) per position over the vocabulary, differentiable
+      in the student (:func:`kd_jax.divergences.reverse_kl`).
+    reference_log_probs: ``[B, T]`` the frozen starting student's (constants).
+    mask: ``[B, T]`` the response tokens.
+    mix: α of teacher-mixed sampling (0: the tokens were sampled from the student).
+    kl_coef: β of the KL penalty to the reference.
+
+  Returns:
+    ``(loss, {"policy_loss", "single_step_kl", "kl_to_reference", "reward",
+    "importance_weight"})``; ``reward`` is the mean per-token r_t.
+  """
+  mask = mask.astype(bool)
+  rewards = (jax.lax.stop_gradient(teacher_log_probs.astype(jnp.float32))
+             - jax.lax.stop_gradient(log_probs.astype(jnp.float32)))
+  weights = mixture_importance_weights(log_probs, teacher_log_probs, mix)
+  future = normalized_future_rewards(rewards, mask)
+  count = jnp.maximum(jnp.sum(mask), 1)
+  mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count
+  advantages = future - mean(future)
+  policy, metrics = policy_gradient_loss(log_probs, log_probs, reference_log_probs,
+                                         weights * advantages, mask, kl_coef=kl_coef)
+  single_step = mean(weights * single_step_kl.astype(jnp.float32))
+  return policy + single_step, {
+      "policy_loss": metrics["policy_loss"], "single_step_kl": single_step,
+      "kl_to_reference": metrics["kl_to_reference"], "reward": mean(rewards),
+      "importance_weight": mean(weights)}

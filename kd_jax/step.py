@@ -130,8 +130,9 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     rng = jax.random.fold_in(rng, state.step)
     # The student being trained, for tasks that sample their batches from it (on-policy).
     policy = (graphdef, state.params, state.model_state)
-    inputs, targets, loss_mask, batch_metrics = task.train_batch(data, index, batch["mask"], rng,
-                                                                 policy=policy)
+    inputs, targets, loss_mask, batch_metrics = task.train_batch(
+        data, index, batch["mask"], rng, policy=policy,
+        teacher=None if teacher is None else (teacher.graphdef, teacher_variables))
     if data.teacher_logits is not None:        # cached teacher outputs
       teacher_out = (data.teacher_logits[index],
                      {n: f[index] for n, f in (data.teacher_features or {}).items()})

@@ -86,9 +86,13 @@ def _flatten(d, prefix: str = "") -> dict[str, Any]:
 
 
 def _defaults() -> dict:
-  """Every result field of the base config with its default, flattened (dotted names)."""
+  """Every result field of the base config with its default, flattened (dotted names), and
+  those of the blocks only some configs have (a method's: gkd, dpo, rl) at their defaults."""
   from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  return _flatten(result_fields(config_lib.base_config()))
+  config = config_lib.base_config()
+  for name, make in config_lib.METHOD_BLOCKS.items():
+    config[name] = make()
+  return _flatten(result_fields(config))
 
 
 def differences(recorded: dict, current: dict) -> list[str]:
@@ -96,7 +100,9 @@ def differences(recorded: dict, current: dict) -> list[str]:
 
   A field the record lacks but whose current value is its default is not a
   difference: it was added to kd_jax after the record was written, and its
-  default reproduces what the run did before it existed (e.g. ``train.steps = 0``).
+  default reproduces what the run did before it existed (e.g. ``train.steps = 0``);
+  likewise a method's block at its defaults added to a study's config (its finished
+  points of other methods never read it).
   """
   old, new = _flatten(recorded), _flatten(current)
   defaults = _defaults() if set(new) - set(old) else {}

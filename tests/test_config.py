@@ -87,6 +87,18 @@ def test_cache_keys_ignore_only_fields_that_change_no_result():
       'alpha: 0.5 → 0.9', 'divergence: "kl" → "js"']
 
 
+def test_a_method_block_at_its_defaults_added_to_a_finished_runs_config_is_no_difference():
+  from kd_jax import config as config_lib
+  from kd_jax import workdir
+  recorded = workdir.result_fields(config_lib.base_config())        # a run from before `rl`
+  with_block = config_lib.base_config()
+  with_block.rl = config_lib.rl_config()
+  assert workdir.differences(recorded, workdir.result_fields(with_block)) == []
+  with_block.rl.kl_coef = 0.5
+  assert workdir.differences(recorded, workdir.result_fields(with_block)) == [
+      "rl.kl_coef: (absent) → 0.5"]
+
+
 def test_transfer_set_leaves_out_exactly_the_omitted_classes():
   import jax
   import numpy as np

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from kd_jax import rl_losses
+from kd_jax import divergences, rl_losses
 from kd_jax.data import arithmetic
 
 MASK = np.array([[True, True, True, False], [True, True, False, False]])
@@ -142,3 +142,93 @@ def test_the_token_verifier_is_the_text_checker():
   row = np.array([[hash_, hash_, 0, 1, hash_, 99, hash_, three, 2, three]], np.int32)
   assert tokenizer.decode(row[0]) == "####3"           # PAD, BOS and unknown ids dropped
   assert bool(arithmetic_task.answers_correct(jnp.asarray(row), jnp.asarray([3]))[0])
+
+
+def _future_means(rewards, mask):
+  """R^norm_{t+1} by the definition: the mean of the masked rewards after t (0 if none)."""
+  out = np.zeros(rewards.shape)
+  for b in range(rewards.shape[0]):
+    for t in range(rewards.shape[1]):
+      later = [rewards[b, u] for u in range(t + 1, rewards.shape[1]) if mask[b, u]]
+      out[b, t] = np.mean(later) if later else 0.0
+  return out
+
+
+def test_normalized_future_rewards_are_the_mean_of_the_later_tokens():
+  rewards = np.array([[1.0, -2.0, 4.0, 100.0], [0.5, 3.0, 7.0, 9.0]])
+  got = rl_losses.normalized_future_rewards(rewards, MASK)
+  np.testing.assert_allclose(got, _future_means(rewards, MASK), rtol=1e-6)
+  np.testing.assert_allclose(got[0, :3], [1.0, 4.0, 0.0])   # the padded 100 never counts
+
+
+def test_mixture_importance_weights_are_q_over_the_mixture():
+  log_q = np.log(np.array([[0.2, 0.5], [0.9, 0.01]]))
+  log_p = np.log(np.array([[0.6, 0.5], [0.1, 0.3]]))
+  expected = np.exp(log_q) / (0.3 * np.exp(log_p) + 0.7 * np.exp(log_q))
+  np.testing.assert_allclose(rl_losses.mixture_importance_weights(log_q, log_p, 0.3), expected,
+                             rtol=1e-5)
+  np.testing.assert_array_equal(rl_losses.mixture_importance_weights(log_q, log_p, 0.0), 1.0)
+  assert np.all(expected <= 1 / 0.7)
+
+
+def _minillm_reference(logits, teacher_logits, tokens, reference, mask, mix, kl_coef):
+  """MiniLLM's surrogate in float64 NumPy, term by term from its definition."""
+  log_q_all = scipy.special.log_softmax(logits, -1)
+  log_p_all = scipy.special.log_softmax(teacher_logits, -1)
+  pick = lambda a: np.take_along_axis(a, tokens[..., None], -1)[..., 0]
+  log_q, log_p = pick(log_q_all), pick(log_p_all)
+  w = np.exp(log_q) / (mix * np.exp(log_p) + (1 - mix) * np.exp(log_q))
+  future = _future_means(log_p - log_q, mask)
+  advantages = future - future[mask].mean()
+  single = np.sum(np.exp(log_q_all) * (log_q_all - log_p_all), -1)
+  d = reference - log_q
+  k3 = np.exp(d) - d - 1
+  return (np.mean((-w * advantages * 1.0)[mask]) + kl_coef * k3[mask].mean()
+          + np.mean((w * single)[mask]))
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.2])
+def test_minillm_loss_matches_its_definition_and_its_gradient_is_the_policy_gradient(mix):
+  rng = np.random.default_rng(3)
+  logits, teacher_logits = rng.normal(size=(2, 2, 4, 6))
+  tokens = rng.integers(0, 6, size=(2, 4))
+  reference = np.log(rng.uniform(0.05, 1.0, size=(2, 4)))
+  args = (teacher_logits, tokens, reference, MASK, mix, 0.05)
+
+  def loss(z):
+    return rl_losses.minillm_loss(
+        rl_losses.token_log_probs(z, tokens), rl_losses.token_log_probs(teacher_logits, tokens),
+        divergences.reverse_kl(z, teacher_logits), reference, MASK,
+        mix=mix, kl_coef=0.05)[0]
+
+  # (The losses compute in float32, the reference in float64.)
+  z = jnp.asarray(logits, jnp.float32)
+  assert float(loss(z)) == pytest.approx(_minillm_reference(logits, *args), rel=1e-5)
+  # The gradient: rewards, advantages and weights are constants, the rest is differentiated.
+  log_q_all = scipy.special.log_softmax(logits, -1)
+  log_p_all = scipy.special.log_softmax(teacher_logits, -1)
+  pick = lambda a: np.take_along_axis(a, tokens[..., None], -1)[..., 0]
+  log_q, log_p = pick(log_q_all), pick(log_p_all)
+  w = np.exp(log_q) / (mix * np.exp(log_p) + (1 - mix) * np.exp(log_q))
+  future = _future_means(log_p - log_q, MASK)
+  constants = (w * (future - future[MASK].mean()), w)
+
+  def surrogate(z):
+    log_q_z = jax.nn.log_softmax(z, -1)
+    picked = jnp.take_along_axis(log_q_z, tokens[..., None], -1)[..., 0]
+    single = jnp.sum(jnp.exp(log_q_z) * (log_q_z - log_p_all), -1)
+    d = reference - picked
+    per_token = (-constants[0] * picked + 0.05 * (jnp.exp(d) - d - 1) + constants[1] * single)
+    return jnp.sum(jnp.where(MASK, per_token, 0.0)) / MASK.sum()
+
+  np.testing.assert_allclose(jax.grad(loss)(z), jax.grad(surrogate)(z), rtol=1e-4, atol=1e-6)
+
+
+def test_per_token_advantages_equal_per_response_ones_broadcast():
+  rng = np.random.default_rng(4)
+  log_probs, old, reference = np.log(rng.uniform(0.1, 1.0, size=(3, 2, 4)))
+  advantages = np.array([0.5, -1.5])
+  per_response = rl_losses.policy_gradient_loss(log_probs, old, reference, advantages, MASK)
+  per_token = rl_losses.policy_gradient_loss(log_probs, old, reference,
+                                             np.repeat(advantages[:, None], 4, 1), MASK)
+  np.testing.assert_allclose(per_response[0], per_token[0], rtol=1e-6)

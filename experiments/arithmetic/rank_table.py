@@ -24,6 +24,11 @@ POINTS = (
     "sft2x: method=none; student_init=baseline; baseline=true",
     "dpo-from-sft: method=dpo; student_init=baseline; baseline=true",
     "distillm2-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
+    # Policy-gradient students (experiments/arithmetic/rl.py), from the same SFT student.
+    "grpo-from-sft: method=grpo; student_init=baseline; baseline=true",
+    "minillm-from-sft: method=minillm; student_init=baseline; baseline=true",
+    "minillm-mix-from-sft: method=minillm; rl.teacher_mix=0.2; student_init=baseline; "
+    "baseline=true",
 )
 
 
@@ -32,8 +37,9 @@ def get_config(arg=None):
   c.experiment = "arithmetic/rank_table"
   c.dpo = config_lib.dpo_config(beta=0.1, pairs="ranked", k=4, temperature=1.0,
                                 teacher_weight=0.1, learning_rate=1e-4)
+  c.rl = config_lib.rl_config()
   c.sweep = dict(points=POINTS, seeds=5)
   if arg == "smoke":
     c.dpo.k = 2
-    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4]), seeds=1)
+    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5]), seeds=1)
   return c

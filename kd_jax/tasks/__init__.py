@@ -2,12 +2,14 @@
 
 A task object tells the engine, inside the jitted step and on the host:
 
-* ``train_batch(data, index, mask, rng, policy=None) -> (inputs, targets, loss_mask,
-  metrics)`` — a training batch from the device-resident split ``data``: ``index``
-  ``[B]`` are the examples, ``mask`` ``[B]`` which rows are real (the ragged last
-  batch is padded), ``rng`` the step's key (augmentation, sampling), ``policy`` the
+* ``train_batch(data, index, mask, rng, policy=None, teacher=None) -> (inputs, targets,
+  loss_mask, metrics)`` — a training batch from the device-resident split ``data``:
+  ``index`` ``[B]`` are the examples, ``mask`` ``[B]`` which rows are real (the ragged
+  last batch is padded), ``rng`` the step's key (augmentation, sampling), ``policy`` the
   student being trained, ``(graphdef, params, model_state)``, for tasks that sample
-  batches from it (on-policy distillation). ``loss_mask`` has the leading shape of
+  batches from it (on-policy distillation), ``teacher`` the live teacher's
+  ``(graphdef, (params, model_state))`` for tasks that sample from it too (MiniLLM's
+  teacher-mixed sampling), None without one. ``loss_mask`` has the leading shape of
   the per-position losses (``[B]`` for classification, ``[B, T]`` for tokens) and
   includes ``mask``; ``metrics`` are logged with the step's.
 * ``eval_inputs(data, index)`` — the model's inputs for evaluation (no augmentation).
@@ -66,7 +68,9 @@ class Prepared:
     student_data: ``(student_module, teacher_module, teacher_identity, cache_dir) ->
       (data, stats)``: the distilled student's training data made from the starting
       student itself (DPO's preference pairs: its samples, ranked or paired with the
-      teacher's), after it was initialised; None otherwise.
+      teacher's; a policy-gradient student's prompts with the starting student as its
+      reference), after it was initialised; None otherwise. ``stats`` (None: none) go
+      to ``results.json``'s ``preference_pairs``.
   """
   task: Any
   train_data: Any

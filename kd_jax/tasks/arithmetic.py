@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import models, preferences, step, tasks, teacher_cache, transfer
+from kd_jax import methods, models, preferences, rollouts, step, tasks, teacher_cache, transfer
 from kd_jax.data import arithmetic as ar
 from kd_jax.errors import ConfigError
 from kd_jax.tasks import lm
@@ -82,6 +82,12 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   if config.method == "dpo":   # batches of preference pairs, evaluated as the task is
     student_task = preferences.PreferencePairs(*(getattr(task, f.name)
                                                  for f in dataclasses.fields(task)))
+  if config.method in methods.RL_METHODS:   # the student's own samples, k per prompt, every step
+    student_task = rollouts.Rollouts(*(getattr(task, f.name) for f in dataclasses.fields(task)),
+                                     samples_per_prompt=config.rl.k,
+                                     teacher_mix=float(config.rl.teacher_mix) if
+                                     config.method == "minillm" else 0.0,
+                                     verify=answers_correct)
   train_data = lm.token_data(*train_arrays, mesh)
   lm.check_vocabularies(config, tokenizer.vocab_size)
 
@@ -122,10 +128,8 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     graphdef, params, model_state = step.split_module(module)
     compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
         (params, model_state))
-    # The budget in tokens: every position of every row of every step's batch (the
-    # student's task says how many rows an example is: a DPO pair is two).
-    rows = (student_task or task).rows_per_example
-    train_tokens = fit.steps * config.train.batch_size * rows * (d.max_len - 1)
+    # The budget in tokens: every position of every row of every step's batch.
+    train_tokens = fit.train_rows * (d.max_len - 1)
     return {**fit.final, **compared,
             **lm.generation_report(task, module, test_data, config.sampling),
             **ood_report(module), "train_tokens": train_tokens}
@@ -192,11 +196,17 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
                                        student_module, mesh)
     return data, {**pairs.stats, "generation_seconds": samples.seconds}
 
+  def rollout_prompts(student_module, teacher_module, teacher_identity, cache_dir):
+    """The gold training prompts and answers, with the starting student as the reference."""
+    del teacher_module, teacher_identity, cache_dir
+    answers = np.array([p.answer for p in train_problems])
+    return rollouts.rollout_data(train_data, answers, student_module, mesh), None
+
+  student_data = {"dpo": preference_data, **{m: rollout_prompts for m in methods.RL_METHODS}}
   return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
                         evaluate_teacher, student_report,
                         teacher_data if config.get("student_data") == "transfer" else None,
-                        student_task,
-                        preference_data if config.method == "dpo" else None)
+                        student_task, student_data.get(config.method))
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

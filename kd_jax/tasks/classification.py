@@ -78,9 +78,9 @@ class Classification:
     return {"mean": float(self.mean), "std": float(self.std),
             "dtype": jnp.dtype(self.dtype).name}
 
-  def train_batch(self, data: DeviceData, index, mask, rng, policy=None):
+  def train_batch(self, data: DeviceData, index, mask, rng, policy=None, teacher=None):
     """``(images [B, H, W, C], labels [B], mask [B], {})`` of a training batch (inside the step)."""
-    del policy
+    del policy, teacher
     return self.preprocess(data.images[index], rng), data.labels[index], mask, {}
 
   def eval_inputs(self, data: DeviceData, index):

@@ -87,9 +87,9 @@ class SentenceEmbedding:
   def input_identity(self) -> dict:
     return {"inputs": "tokens"}
 
-  def train_batch(self, data: SentenceData, index, mask, rng, policy=None):
+  def train_batch(self, data: SentenceData, index, mask, rng, policy=None, teacher=None):
     """``(tokens [B, T], labels [B], real tokens of real rows [B, T], {})``."""
-    del rng, policy
+    del rng, policy, teacher
     tokens = data.tokens[index]
     return tokens, data.labels[index], (tokens != bert.SentenceBert.PAD_ID) & mask[:, None], {}
 

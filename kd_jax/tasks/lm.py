@@ -96,9 +96,9 @@ class NextTokens:
   def input_identity(self) -> dict:
     return {"inputs": "tokens[:, :-1]"}
 
-  def train_batch(self, data: TokenData, index, mask, rng, policy=None):
+  def train_batch(self, data: TokenData, index, mask, rng, policy=None, teacher=None):
     """The rows' inputs, targets and loss mask (``rng`` and ``policy`` are unused)."""
-    del rng, policy
+    del rng, policy, teacher
     tokens = data.tokens[index]
     return tokens[:, :-1], tokens[:, 1:], data.loss_mask[index] & mask[:, None], {}
 
@@ -172,7 +172,7 @@ class LanguageModeling(NextTokens):
   def augments(self) -> bool:
     return self.on_policy > 0
 
-  def train_batch(self, data: TokenData, index, mask, rng, policy=None):
+  def train_batch(self, data: TokenData, index, mask, rng, policy=None, teacher=None):
     """The gold rows; with ``on_policy`` = λ > 0, a fraction λ of the batches instead holds
     the student's own answers to the same prompts (GKD, Agarwal et al. 2024), sampled
     inside the step with fixed shapes (``metrics["on_policy"]`` says which)."""
@@ -188,15 +188,28 @@ class LanguageModeling(NextTokens):
 
   def _student_rows(self, tokens, gold_mask, mask, rng, policy):
     """``(inputs, targets, loss_mask)`` of rows ``prompt + the student's sampled answer``."""
-    graphdef, params, model_state = policy
-    module = nnx.merge(graphdef, jax.lax.stop_gradient(params), model_state)
-    model_graphdef, model_state = nnx.split(getattr(module, "model", module))
+    rows, loss_mask, _ = self.sample_rows(tokens, gold_mask, mask, rng, policy)
+    return rows[:, :-1], rows[:, 1:], loss_mask
+
+  def sample_rows(self, tokens, gold_mask, mask, rng, policy, *, mix=None):
+    """Inside the step: rows ``prompt + a sampled answer`` from the gold rows ``tokens``.
+
+    The student of ``policy`` (``(graphdef, params, model_state)``, not differentiated)
+    answers each row's prompt at ``policy_temperature``; ``mix`` (``(graphdef, state, α)``)
+    mixes a second model into the sampling (:func:`kd_jax.generate.sample_in_trace`).
+
+    Returns:
+      ``(rows [B, L], loss_mask [B, L-1], answers [B, max_new_tokens])``: the loss mask
+      covers the answer and its EOS (and ``mask``'s rows only); ``answers`` are the
+      sampled tokens alone (pad after EOS), for a verifier.
+    """
+    model_graphdef, model_state = policy_model(policy)
     prompt_lengths = jnp.argmax(gold_mask, axis=1).astype(jnp.int32) + 1   # first target + 1
     # The whole row is the prompt buffer: generate ignores what lies past prompt_lengths.
     generated, lengths = generate_lib.sample_in_trace(
         model_graphdef, model_state, tokens, prompt_lengths, rng,
         max_new_tokens=self.max_new_tokens, temperature=self.policy_temperature,
-        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, mix=mix)
     offset = jnp.arange(tokens.shape[1])[None, :] - prompt_lengths[:, None]
     answer = jnp.take_along_axis(generated, jnp.clip(offset, 0, self.max_new_tokens - 1), axis=1)
     rows = jnp.where(offset < 0, tokens,
@@ -204,7 +217,7 @@ class LanguageModeling(NextTokens):
     target = jnp.arange(1, tokens.shape[1])[None, :]
     loss_mask = ((target >= prompt_lengths[:, None])
                  & (target < prompt_lengths[:, None] + lengths[:, None]) & mask[:, None])
-    return rows[:, :-1], rows[:, 1:], loss_mask
+    return rows, loss_mask, generated
 
   def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
                 reference: tuple | None = None):
@@ -247,6 +260,14 @@ class LanguageModeling(NextTokens):
     """Whether each generated row's answer is right (bool ``[N]``)."""
     return np.array([self.check(self.tokenizer.decode(row), answer)
                      for row, answer in zip(np.asarray(tokens), self.answers)])
+
+
+def policy_model(policy) -> tuple:
+  """``(graphdef, state)`` of the language model of a step's ``policy`` ``(graphdef, params,
+  model_state)`` (a :class:`~kd_jax.methods.Student`'s ``model``), parameters as constants."""
+  graphdef, params, model_state = policy
+  module = nnx.merge(graphdef, jax.lax.stop_gradient(params), model_state)
+  return nnx.split(getattr(module, "model", module))
 
 
 def _token_sums_fn(graphdef, reference_graphdef, mesh):

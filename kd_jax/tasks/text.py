@@ -98,7 +98,7 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
         (params, model_state))
     return {**fit.final, **compared,
-            "train_tokens": fit.steps * config.train.batch_size * (d.max_len - 1)}
+            "train_tokens": fit.train_rows * (d.max_len - 1)}
 
   return tasks.Prepared(task, train_data, train_data, test_data, vocab_size, build,
                         evaluate_teacher, student_report)

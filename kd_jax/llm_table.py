@@ -15,12 +15,15 @@ experiments and writes, next to ``sweep.json``:
   (``ood_exact_match``) when the runs have them;
 * ``exact_match_vs_tokens.png`` — each point's evaluations during training (mean
   over seeds) against the training tokens seen;
+* ``policy_gradient_curves.png`` — for the policy-gradient students (``grpo``,
+  ``minillm``): the verifier's and the teacher's rewards of their samples and their KL
+  to the starting SFT student, step by step (mean over seeds), from their logs;
 * ``transfer_vs_temperature.png`` — when the points differ in the teacher's
   sampling temperature for the transfer set: its acceptance rate, its distinct
   accepted answers per prompt and the student's exact match against it.
 
-Only the runs' ``results.json`` are read (`kd_jax.sweep.write_summary` does the
-same), so it can run while the sweep is still going.
+Only the runs' ``results.json`` (and the policy-gradient students' ``metrics.jsonl``) are
+read, so it can run while the sweep is still going.
 """
 
 from __future__ import annotations
@@ -299,6 +302,59 @@ def plot_transfer_vs_temperature(by_point: Mapping[str, Sequence[Mapping[str, An
   return True
 
 
+# The policy-gradient curves: (metric logged by the step, axis label).
+RL_CURVES = (("verifier_reward", "sampled answers correct (verifier reward)"),
+             ("teacher_reward", "teacher reward: mean log p_T − log q_S per answer"),
+             ("kl_to_reference", "KL to the SFT start per token (k3)"))
+
+
+def _training_curve(runs: Sequence[Mapping[str, Any]], metric: str, smooth: int = 5):
+  """Steps and the mean over seeds of a logged training metric (a moving average over
+  ``smooth`` logged steps), at the steps every seed logged; None if a run lacks it."""
+  from kd_jax import run_log  # noqa: PLC0415
+  per_seed = []
+  for r in runs:
+    path = os.path.join(r["student"].get("logs", ""), run_log.METRICS_FILE)
+    if not os.path.exists(path):
+      return None
+    values = {x["step"]: x[metric] for x in run_log.read_records(path) if metric in x}
+    if not values:
+      return None
+    per_seed.append(values)
+  steps = sorted(set.intersection(*(set(v) for v in per_seed)))
+  mean = np.array([np.mean([v[s] for v in per_seed]) for s in steps])
+  width = min(smooth, len(mean))
+  return np.array(steps[width - 1:]), np.convolve(mean, np.ones(width) / width, mode="valid")
+
+
+def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                                title: str) -> bool:
+  """The reward curves and the KL to the reference of the points whose steps log them
+  (the policy-gradient students); False (nothing written) when no point does."""
+  curves = {name: [_training_curve(runs, metric) for metric, _ in RL_CURVES]
+            for name, runs in by_point.items() if runs}
+  curves = {name: c for name, c in curves.items() if all(x is not None for x in c)}
+  if not curves:
+    return False
+  from kd_jax import plots  # noqa: PLC0415  (matplotlib is slow to import)
+  fig, axes = plots.plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4), dpi=130)
+  for ax, (metric, label), i in zip(axes, RL_CURVES, range(len(RL_CURVES))):
+    for name, c in curves.items():
+      steps, values = c[i]
+      ax.plot(steps, values, label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label, fontsize=8)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  n = min(len(by_point[name]) for name in curves)
+  fig.suptitle(f"{title}: policy-gradient students during training (mean over {n}+ seeds, "
+               "moving average of 5 logged steps)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plots.plt.close(fig)
+  return True
+
+
 def write(workdir: str, reference: str = "sft") -> str:
   """Writes ``llm_table.md`` and the plots into ``workdir``; returns the table's text.
 
@@ -324,6 +380,9 @@ def write(workdir: str, reference: str = "sft") -> str:
                                   title):
     text += "\n![transfer_vs_temperature.png](transfer_vs_temperature.png)\n"
   text += "\n![exact_match_vs_tokens.png](exact_match_vs_tokens.png)\n"
+  if plot_policy_gradient_curves(by_point, os.path.join(workdir, "policy_gradient_curves.png"),
+                                 title):
+    text += "\n![policy_gradient_curves.png](policy_gradient_curves.png)\n"
   with open(os.path.join(workdir, TABLE_FILE), "w") as f:
     f.write(text)
   return text

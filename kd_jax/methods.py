@@ -13,6 +13,12 @@ Every method (:data:`REGISTRY`) builds its loss from the same two terms:
 * ``feature_term`` — the method's feature or relational loss, summed over its
   (student layer → teacher layer) pairs.
 
+The language-model methods beyond token-level ``kd`` replace the logit term too:
+``gkd`` (JSD(β) on gold or student-sampled batches), ``dpo`` (preference pairs against
+the frozen SFT start), and the policy-gradient students ``grpo`` and ``minillm``, whose
+batches are the student's own samples (:mod:`kd_jax.rollouts`) scored by the verifier
+and the live teacher (:mod:`kd_jax.rl_losses`).
+
 The sentence-encoder methods (``distilbert``, ``minilm``) replace the logit term:
 their "logits" are sentence embeddings ``[B, D]`` and their features a transformer's
 hidden states and self-attention (see the registry's comments).
@@ -333,9 +339,8 @@ def _group_relative_policy_gradient(settings, step, s_logits, t_logits, targets,
   advantages = rl_losses.group_advantages(rewards.reshape(-1, rl.k)).reshape(-1)
   loss, metrics = rl_losses.policy_gradient_loss(log_probs, log_probs, targets.reference,
                                                  advantages, mask, kl_coef=rl.kl_coef)
-  real = jnp.any(mask, axis=-1)
-  mean = lambda x: jnp.sum(jnp.where(real, x, 0.0)) / jnp.maximum(jnp.sum(real), 1)
-  metrics.update(reward=mean(rewards), teacher_reward=mean(teacher))
+  metrics.update(reward=_mean_over_answers(rewards, mask),
+                 teacher_reward=_mean_over_answers(teacher, mask))
   return loss, metrics
 
 
@@ -346,11 +351,21 @@ def _reverse_kl_policy_gradient(settings, step, s_logits, t_logits, targets, mas
   α·teacher + (1 − α)·student; plus ``rl.kl_coef`` × the k3 KL to the starting student."""
   del step
   rl = settings.rl
-  return rl_losses.minillm_loss(
-      rl_losses.token_log_probs(s_logits, targets.tokens),
-      rl_losses.token_log_probs(t_logits, targets.tokens),
-      divergences.reverse_kl(s_logits, t_logits), targets.reference, mask,
-      mix=rl.teacher_mix, kl_coef=rl.kl_coef)
+  log_probs = rl_losses.token_log_probs(s_logits, targets.tokens)
+  teacher_log_probs = rl_losses.token_log_probs(t_logits, targets.tokens)
+  loss, metrics = rl_losses.minillm_loss(
+      log_probs, teacher_log_probs, divergences.reverse_kl(s_logits, t_logits),
+      targets.reference, mask, mix=rl.teacher_mix, kl_coef=rl.kl_coef)
+  # GRPO's teacher reward (the per-answer mean log-ratio), for curves comparable with it.
+  metrics["teacher_reward"] = _mean_over_answers(
+      rl_losses.teacher_rewards(teacher_log_probs, mask, log_probs), mask)
+  return loss, metrics
+
+
+def _mean_over_answers(values, mask):
+  """The mean of per-answer ``values`` ``[B]`` over the batch's real rows (any masked token)."""
+  real = jnp.any(mask, axis=-1)
+  return jnp.sum(jnp.where(real, values, 0.0)) / jnp.maximum(jnp.sum(real), 1)
 
 
 def _rl_overrides(config) -> dict:

@@ -20,6 +20,7 @@ are fixed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -128,18 +129,19 @@ def sequence_log_probs(model, token_data: lm.TokenData, batch_size: int = 256, *
   """``[M]``: ``model``'s log-probability of each row's response (its masked targets), or
   with ``mean`` its mean per-token log-likelihood (:func:`kd_jax.rl_losses.teacher_rewards`)."""
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def score(state, tokens, mask):
-    token_logps = rl_losses.token_log_probs(nnx.merge(graphdef, state)(tokens[:, :-1]),
-                                            tokens[:, 1:])
-    return (rl_losses.teacher_rewards(token_logps, mask) if mean
-            else rl_losses.sequence_log_probs(token_logps, mask))
-
   tokens, mask = np.asarray(token_data.tokens), np.asarray(token_data.loss_mask)
-  return np.concatenate([np.asarray(score(state, jnp.asarray(tokens[i:i + batch_size]),
-                                          jnp.asarray(mask[i:i + batch_size])))
+  return np.concatenate([np.asarray(_score(graphdef, state, jnp.asarray(tokens[i:i + batch_size]),
+                                           jnp.asarray(mask[i:i + batch_size]), mean=mean))
                          for i in range(0, len(tokens), batch_size)])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mean"))
+def _score(graphdef, state, tokens, mask, *, mean: bool):
+  """Compiled once per model and shape (the graph is a static argument)."""
+  token_logps = rl_losses.token_log_probs(nnx.merge(graphdef, state)(tokens[:, :-1]),
+                                          tokens[:, 1:])
+  return (rl_losses.teacher_rewards(token_logps, mask) if mean
+          else rl_losses.sequence_log_probs(token_logps, mask))
 
 
 def preference_data(pairs: Pairs, prompts, prompt_lengths, max_len: int, reference,

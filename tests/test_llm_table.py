@@ -124,3 +124,29 @@ def test_the_topk_fidelity_table_follows_the_formulas(tmp_path):
   text = topk_fidelity.write(str(tmp_path))
   assert "| tail | 2 | 20 | 3.5100 ± " in text and "| full | all (V) | 400 |" in text
   assert os.path.getsize(tmp_path / "topk_fidelity.png") > 10_000
+
+
+def test_policy_gradient_curves_average_the_seeds_logs(tmp_path):
+  import json
+
+  import numpy as np
+  logs = []
+  for seed in range(2):
+    log_dir = tmp_path / f"logs{seed}"
+    log_dir.mkdir()
+    with open(log_dir / "metrics.jsonl", "w") as f:
+      for step in range(0, 100, 10):
+        f.write(json.dumps({"step": step, "loss": 0.0, "verifier_reward": step / 100 + seed,
+                            "teacher_reward": -1.0, "kl_to_reference": 0.01 * seed}) + "\n")
+      f.write(json.dumps({"step": 100, "epoch": 1.0, "exact_match": 0.5}) + "\n")
+    logs.append({"student": {"logs": str(log_dir)}})
+  steps, values = llm_table._training_curve(logs, "verifier_reward", smooth=2)
+  # Seed mean: step/100 + 0.5; moving average over two logged steps: (s − 5)/100 + 0.5.
+  np.testing.assert_allclose(steps, np.arange(10, 100, 10))
+  np.testing.assert_allclose(values, (steps - 5) / 100 + 0.5)
+  assert llm_table.plot_policy_gradient_curves({"grpo": logs}, str(tmp_path / "pg.png"), "t")
+  assert os.path.getsize(tmp_path / "pg.png") > 10_000
+  no_rewards = [{"student": {"logs": str(tmp_path / "missing")}}]
+  assert not llm_table.plot_policy_gradient_curves({"sft": no_rewards}, str(tmp_path / "x.png"),
+                                                   "t")
+  assert not os.path.exists(tmp_path / "x.png")

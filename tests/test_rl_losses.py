@@ -171,20 +171,16 @@ def test_mixture_importance_weights_are_q_over_the_mixture():
   assert np.all(expected <= 1 / 0.7)
 
 
-def _minillm_reference(logits, teacher_logits, tokens, reference, mask, mix, kl_coef):
-  """MiniLLM's surrogate in float64 NumPy, term by term from its definition."""
+def _minillm_constants(logits, teacher_logits, tokens, mask, mix):
+  """Float64 NumPy: both models' log-probabilities (all tokens; sampled tokens), the importance
+  weights and the baselined long-term rewards, from their definitions."""
   log_q_all = scipy.special.log_softmax(logits, -1)
   log_p_all = scipy.special.log_softmax(teacher_logits, -1)
   pick = lambda a: np.take_along_axis(a, tokens[..., None], -1)[..., 0]
   log_q, log_p = pick(log_q_all), pick(log_p_all)
   w = np.exp(log_q) / (mix * np.exp(log_p) + (1 - mix) * np.exp(log_q))
   future = _future_means(log_p - log_q, mask)
-  advantages = future - future[mask].mean()
-  single = np.sum(np.exp(log_q_all) * (log_q_all - log_p_all), -1)
-  d = reference - log_q
-  k3 = np.exp(d) - d - 1
-  return (np.mean((-w * advantages * 1.0)[mask]) + kl_coef * k3[mask].mean()
-          + np.mean((w * single)[mask]))
+  return log_q_all, log_p_all, log_q, w, future - future[mask].mean()
 
 
 @pytest.mark.parametrize("mix", [0.0, 0.2])
@@ -193,7 +189,8 @@ def test_minillm_loss_matches_its_definition_and_its_gradient_is_the_policy_grad
   logits, teacher_logits = rng.normal(size=(2, 2, 4, 6))
   tokens = rng.integers(0, 6, size=(2, 4))
   reference = np.log(rng.uniform(0.05, 1.0, size=(2, 4)))
-  args = (teacher_logits, tokens, reference, MASK, mix, 0.05)
+  log_q_all, log_p_all, log_q, w, advantages = _minillm_constants(logits, teacher_logits, tokens,
+                                                                  MASK, mix)
 
   def loss(z):
     return rl_losses.minillm_loss(
@@ -201,24 +198,21 @@ def test_minillm_loss_matches_its_definition_and_its_gradient_is_the_policy_grad
         divergences.reverse_kl(z, teacher_logits), reference, MASK,
         mix=mix, kl_coef=0.05)[0]
 
-  # (The losses compute in float32, the reference in float64.)
+  # The value, term by term (the losses compute in float32, the reference in float64).
+  single = np.sum(np.exp(log_q_all) * (log_q_all - log_p_all), -1)
+  d = reference - log_q
+  expected = (np.mean((-w * advantages)[MASK]) + 0.05 * (np.exp(d) - d - 1)[MASK].mean()
+              + np.mean((w * single)[MASK]))
   z = jnp.asarray(logits, jnp.float32)
-  assert float(loss(z)) == pytest.approx(_minillm_reference(logits, *args), rel=1e-5)
-  # The gradient: rewards, advantages and weights are constants, the rest is differentiated.
-  log_q_all = scipy.special.log_softmax(logits, -1)
-  log_p_all = scipy.special.log_softmax(teacher_logits, -1)
-  pick = lambda a: np.take_along_axis(a, tokens[..., None], -1)[..., 0]
-  log_q, log_p = pick(log_q_all), pick(log_p_all)
-  w = np.exp(log_q) / (mix * np.exp(log_p) + (1 - mix) * np.exp(log_q))
-  future = _future_means(log_p - log_q, MASK)
-  constants = (w * (future - future[MASK].mean()), w)
+  assert float(loss(z)) == pytest.approx(expected, rel=1e-5)
 
+  # The gradient: rewards, advantages and weights are constants, the rest is differentiated.
   def surrogate(z):
     log_q_z = jax.nn.log_softmax(z, -1)
     picked = jnp.take_along_axis(log_q_z, tokens[..., None], -1)[..., 0]
     single = jnp.sum(jnp.exp(log_q_z) * (log_q_z - log_p_all), -1)
     d = reference - picked
-    per_token = (-constants[0] * picked + 0.05 * (jnp.exp(d) - d - 1) + constants[1] * single)
+    per_token = -w * advantages * picked + 0.05 * (jnp.exp(d) - d - 1) + w * single
     return jnp.sum(jnp.where(MASK, per_token, 0.0)) / MASK.sum()
 
   np.testing.assert_allclose(jax.grad(loss)(z), jax.grad(surrogate)(z), rtol=1e-4, atol=1e-6)

@@ -115,6 +115,19 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
     row["gap_recovered"] = row["difference"].mean / gap if gap else math.nan
   else:
     row["difference"] = row["gap_recovered"] = None
+  # A student that started from the trained baseline: its gain over that very start, in
+  # greedy exact match and in pass@1 of sampled answers (what a policy gradient sharpens).
+  warm_runs = [(s, _warm_start(r)) for r, s in zip(runs, students) if _warm_start(r) is not None]
+  row["difference_to_start"] = row["pass1_difference_to_start"] = None
+  if warm_runs:
+    row["difference_to_start"] = stats.paired_difference(
+        [s["exact_match"] for s, _ in warm_runs], [b["exact_match"] for _, b in warm_runs],
+        confidence)
+    if all("1" in s.get("pass_at_k", {}) and "1" in b.get("pass_at_k", {})
+           for s, b in warm_runs):
+      row["pass1_difference_to_start"] = stats.paired_difference(
+          [s["pass_at_k"]["1"] for s, _ in warm_runs],
+          [b["pass_at_k"]["1"] for _, b in warm_runs], confidence)
   return row
 
 
@@ -210,6 +223,16 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       f"- Worse than `{reference}`: {', '.join(f'`{n}`' for n in worse) or 'none'}.",
       f"- No difference shown: {', '.join(f'`{n}`' for n in unclear) or 'none'}.",
   ]
+  warm = [r for r in rows if r.get("difference_to_start") is not None]
+  if warm:
+    lines += ["", "Against their own start (`student_init=baseline`: the same seed's trained "
+              "baseline, whose budget they add to), paired over seeds, greedy exact match"
+              + (" | pass@1 of sampled answers" if any(r["pass1_difference_to_start"]
+                                                       for r in warm) else "") + ":", ""]
+    for r in warm:
+      parts = [f"{_pm(d, sign=True)} pp ({verdict(r['name'], d, 'its start')})"
+               for d in (r["difference_to_start"], r["pass1_difference_to_start"]) if d]
+      lines.append(f"- `{r['name']}`: " + " | ".join(parts))
   accepted = [f"`{r['name']}` {r['acceptance_rate']:.1%}" for r in rows
               if r["acceptance_rate"] is not None]
   if accepted:

@@ -28,7 +28,10 @@ def fake_results(config, name):
   extra = {}
   if name == WARM:
     config.student_init = "baseline"
-    extra["baseline"] = {"train_tokens": 1000, "wall_seconds": 5.0}
+    # Its start: 0.05, 0.06, 0.07 below it (seeds 0, 1, 2).
+    extra["baseline"] = {"train_tokens": 1000, "wall_seconds": 5.0,
+                         "exact_match": em - 0.05 - 0.01 * seed,
+                         "pass_at_k": {"1": em - 0.1 + 0.02}}   # pass@1 0.02 above its own
   return {"experiment": "t", "headline": "exact_match", "config": config.to_dict(), **extra,
           "teacher": {"exact_match": TEACHER_EM, "params": 9000, "source": "/t", "steps": 200,
                       "train_seconds": 60.0, "pass_at_k": {"1": 0.8, "4": 0.95},
@@ -70,6 +73,11 @@ def test_rows_follow_the_formulas(tmp_path):
   assert row["wall_seconds"] == pytest.approx(11.0) and row["train_tokens"] == 352_000
   warm = llm_table.point_row(WARM, by_point[WARM], by_point["sft"], TEACHER_EM)
   assert warm["train_tokens"] == 353_000 and warm["wall_seconds"] == pytest.approx(16.0)
+  # Paired against its own start: differences 0.05, 0.06, 0.07, mean 0.06, sd 0.01.
+  assert warm["difference_to_start"].mean == pytest.approx(0.06)
+  assert warm["difference_to_start"].half_width == pytest.approx(t * 0.01 / math.sqrt(3))
+  assert row["difference_to_start"] is None and row["pass1_difference_to_start"] is None
+  assert warm["pass1_difference_to_start"].mean == pytest.approx(-0.02)
 
 
 def test_verdicts_need_an_interval_that_excludes_zero(tmp_path):
@@ -77,6 +85,7 @@ def test_verdicts_need_an_interval_that_excludes_zero(tmp_path):
   assert "- Beat `sft` (interval excludes 0): `good`." in text
   assert "- Worse than `sft`: `bad`." in text
   assert "- No difference shown: `same`." in text
+  assert "- `bad`: +6.0 ± 2.5 pp (**beats its start**) | -2.0 ± 0.0 pp (worse than its start)" in text
   assert "| `sft` | 1,000 | 62.0 ± " in text and "(reference)" in text
   assert "| teacher | 9,000 | 90.0 | 95.0 | 100 | 100 |" in text
   # 100 steps · 64 rows · 55 positions; the teacher: 200 steps · 128 rows · 55.

@@ -24,7 +24,7 @@ from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
 from kd_jax.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
-LANGUAGE_ONLY_METHODS = ("gkd", "dpo", "grpo", "minillm")
+LANGUAGE_ONLY_METHODS = ("gkd", "dpo", *methods.RL_METHODS)
 RL_METHODS = methods.RL_METHODS
 # The teacher's reward of a GRPO answer (kd_jax/rl_losses.py: teacher_rewards).
 RL_TEACHER_REWARDS = ("log_ratio", "log_likelihood")

@@ -345,6 +345,8 @@ def _training_curve(runs: Sequence[Mapping[str, Any]], metric: str, smooth: int 
       return None
     per_seed.append(values)
   steps = sorted(set.intersection(*(set(v) for v in per_seed)))
+  if not steps:
+    return None
   mean = np.array([np.mean([v[s] for v in per_seed]) for s in steps])
   width = min(smooth, len(mean))
   return np.array(steps[width - 1:]), np.convolve(mean, np.ones(width) / width, mode="valid")

@@ -106,8 +106,12 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   t = train_config
   data_devices = mesh.shape[parallel.DATA_AXIS]
   if t.batch_size % data_devices:
-    raise ConfigError("train.batch_size", f"train.batch_size={t.batch_size} must be divisible "
-                      f"by the {data_devices} data-parallel devices (mesh.data)")
+    rows = getattr(task, "rows_per_example", 1)
+    # (A policy-gradient phase's batch is train.batch_size / rl.k prompts: methods.py.)
+    what = (f"train.batch_size={t.batch_size}" if rows == 1 else
+            f"this phase's batch of {t.batch_size} examples ({rows} rows each)")
+    raise ConfigError("train.batch_size", f"{what} must be divisible by the {data_devices} "
+                      "data-parallel devices (mesh.data)")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
   record = workdir_lib.identity_record(identity) if identity is not None else None
   if record is not None:

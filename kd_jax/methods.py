@@ -328,7 +328,11 @@ def _group_relative_policy_gradient(settings, step, s_logits, t_logits, targets,
   :class:`kd_jax.rollouts.Rollouts` (``rl.k`` samples per prompt). Reward per answer:
   ``rl.verifier_weight`` × the verifier's verdict + ``rl.teacher_weight`` × the teacher's
   reward (``rl.teacher_reward``: the mean token log-ratio log p_T − log q_S, MiniLLM's,
-  or the mean log-likelihood log p_T). One update per batch of samples, so π_old = π."""
+  or the mean log-likelihood log p_T). One update per batch of samples, so π_old = π: the
+  ratio is 1, the clipping never acts (``clip_fraction`` stays 0) and the gradient is
+  REINFORCE's with group baselines. The loss is one mean over every sampled token of the
+  batch (the library's per-token convention, as DAPO's token-level loss; GRPO's paper
+  averages per answer first, so there a long answer weighs as much as a short one)."""
   del step
   rl = settings.rl
   log_probs = rl_losses.token_log_probs(s_logits, targets.tokens)

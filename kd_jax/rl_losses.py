@@ -201,15 +201,17 @@ def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step
 
   .. math::
     \ell = \frac{1}{|M|}\sum_{(b,t)\in M} w_{bt}\Big[-\big(R^{\text{norm}}_{b,t+1} - \bar R\big)
-           \log q(y_{bt}) + \mathrm{KL}\big(q(\cdot|y_{<t}) \,\|\, p(\cdot|y_{<t})\big)\Big]
-           + \beta\,\mathrm{k3}(q, q_{ref})
+           \log q(y_{bt}) + \mathrm{KL}\big(q(\cdot|y_{<t}) \,\|\, p(\cdot|y_{<t})\big)
+           + \beta\,\mathrm{k3}_{bt}\Big]
 
   The first term is the policy gradient of the long-term reward
   (:func:`normalized_future_rewards`, less its batch mean :math:`\bar R`, a baseline
   that leaves the expected gradient unchanged); the second the *single-step
   regularisation*: the current token's expected reward, −KL(q_t ‖ p_t) over the whole
   vocabulary, differentiated exactly instead of through a sampled token. The last is
-  :func:`policy_gradient_loss`'s k3 KL to the frozen reference, weighted by ``kl_coef``.
+  :func:`policy_gradient_loss`'s k3 estimate of KL(q ‖ q_ref) to the frozen reference,
+  weighted by ``kl_coef`` (and, like the others, by :math:`w_t`: the tokens were drawn
+  from the mixture, not from q).
 
   Args:
     log_probs: ``[B, T]`` the student's log-probabilities of the sampled tokens (differentiated).
@@ -234,9 +236,12 @@ def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step
   mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count
   advantages = future - mean(future)
   policy, metrics = policy_gradient_loss(log_probs, log_probs, reference_log_probs,
-                                         weights * advantages, mask, kl_coef=kl_coef)
+                                         weights * advantages, mask, kl_coef=0.0)
   single_step = mean(weights * single_step_kl.astype(jnp.float32))
-  return policy + single_step, {
+  # k3 is an estimate under samples of q: weighted like the other terms under mixing.
+  log_ref_ratio = (jax.lax.stop_gradient(reference_log_probs.astype(jnp.float32))
+                   - log_probs.astype(jnp.float32))
+  kl = mean(weights * (jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0))
+  return policy + single_step + kl_coef * kl, {
       "policy_loss": metrics["policy_loss"], "single_step_kl": single_step,
-      "kl_to_reference": metrics["kl_to_reference"], "reward": mean(rewards),
-      "importance_weight": mean(weights)}
+      "kl_to_reference": kl, "reward": mean(rewards), "importance_weight": mean(weights)}

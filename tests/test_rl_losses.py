@@ -201,7 +201,7 @@ def test_minillm_loss_matches_its_definition_and_its_gradient_is_the_policy_grad
   # The value, term by term (the losses compute in float32, the reference in float64).
   single = np.sum(np.exp(log_q_all) * (log_q_all - log_p_all), -1)
   d = reference - log_q
-  expected = (np.mean((-w * advantages)[MASK]) + 0.05 * (np.exp(d) - d - 1)[MASK].mean()
+  expected = (np.mean((-w * advantages)[MASK]) + 0.05 * (w * (np.exp(d) - d - 1))[MASK].mean()
               + np.mean((w * single)[MASK]))
   z = jnp.asarray(logits, jnp.float32)
   assert float(loss(z)) == pytest.approx(expected, rel=1e-5)
@@ -212,7 +212,7 @@ def test_minillm_loss_matches_its_definition_and_its_gradient_is_the_policy_grad
     picked = jnp.take_along_axis(log_q_z, tokens[..., None], -1)[..., 0]
     single = jnp.sum(jnp.exp(log_q_z) * (log_q_z - log_p_all), -1)
     d = reference - picked
-    per_token = -w * advantages * picked + 0.05 * (jnp.exp(d) - d - 1) + w * single
+    per_token = -w * advantages * picked + w * (0.05 * (jnp.exp(d) - d - 1) + single)
     return jnp.sum(jnp.where(MASK, per_token, 0.0)) / MASK.sum()
 
   np.testing.assert_allclose(jax.grad(loss)(z), jax.grad(surrogate)(z), rtol=1e-4, atol=1e-6)

@@ -86,30 +86,54 @@ def test_grpo_step_with_all_equal_rewards_changes_nothing_but_the_kl_term():
                update, expected_grads)
 
 
-def test_grpo_step_with_all_equal_rewards_and_no_kl_penalty_changes_nothing():
-  c, task, data, module, teacher = _setup(verifier_weight=1.0, teacher_weight=0.0, kl_coef=0.0)
+def _large_answer(tokens, answers):
+  """A verdict that is the same for every sample of a prompt but differs between prompts
+  (the first four answers are 6, 10, 11, 11: prompts 0 and 1 differ)."""
+  del tokens
+  return answers >= 10
+
+
+@pytest.mark.parametrize("verify", [_always_right, _large_answer])
+def test_grpo_step_with_rewards_equal_within_each_group_and_no_kl_penalty_changes_nothing(
+    verify):
+  # Advantages compare the k samples of one prompt: rewards that differ only between
+  # prompts carry no preference (this fails if the samples were not grouped by prompt).
+  c, task, data, module, teacher = _setup(verify=verify, verifier_weight=1.0,
+                                          teacher_weight=0.0, kl_coef=0.0)
   _, state, new_state, metrics, _ = _one_step(c, task, data, module, teacher)
+  if verify is _large_answer:
+    assert 0 < float(metrics["verifier_reward"]) < 1       # prompts' rewards differ
   assert float(metrics["grad_norm"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
 
 
-def test_verifier_rewards_in_the_step_are_the_checker():
-  c, task, data, module, teacher = _setup(verify=arithmetic.answers_correct)
+def test_verifier_rewards_in_the_step_are_the_checker_on_each_prompts_answers():
+  c, task, data, module, teacher = _setup()
   graphdef, params, model_state = train.split_module(module)
-  answers = []
-  def capture(tokens, gold):
-    answers.append((tokens, gold))
-    return arithmetic.answers_correct(tokens, gold)
-  task = dataclasses.replace(task, verify=capture)
-  _, targets, _, metrics = task.train_batch(data, jnp.arange(4), jnp.ones(4, bool),
-                                            jax.random.key(1), policy=(graphdef, params,
-                                                                       model_state))
-  tokens, gold = answers[0]
-  checked = [ar.check_answer(TOKENIZER.decode(row), int(a)) for row, a in
-             zip(np.asarray(tokens), np.asarray(gold))]
-  np.testing.assert_array_equal(np.asarray(targets.verified), np.asarray(checked, np.float32))
-  assert targets.tokens.shape[0] == 4 * K and gold.tolist() == np.repeat(
-      np.asarray(data.answers)[:4], K).tolist()
+  seen = []
+
+  def verify(tokens, gold):       # the task's checker, on what the step hands the verifier
+    seen.append((tokens, gold))
+    return arithmetic.answers_correct(tokens, gold) | _large_answer(tokens, gold)
+
+  # A generation budget beyond the rows' end: long answers are cut where the row ends.
+  task = dataclasses.replace(task, verify=verify, max_new_tokens=30)
+  index = jnp.array([3, 0, 2, 1])
+  inputs, targets, _, _ = task.train_batch(data, index, jnp.ones(4, bool), jax.random.key(1),
+                                           policy=(graphdef, params, model_state))
+  tokens, gold = seen[0]
+  # Each prompt's gold answer, once per sample, prompt by prompt.
+  np.testing.assert_array_equal(gold, np.repeat(np.asarray(data.answers)[np.asarray(index)], K))
+  expected = [ar.check_answer(TOKENIZER.decode(row), int(a)) or a >= 10
+              for row, a in zip(np.asarray(tokens), np.asarray(gold))]
+  np.testing.assert_array_equal(targets.verified, np.asarray(expected, np.float32))
+  assert 0 < float(np.mean(expected)) < 1
+  # The verifier reads the answer the row holds: the row after its prompt, to the EOS.
+  rows = np.asarray(jnp.concatenate([inputs, targets.tokens[:, -1:]], axis=1))
+  starts = np.repeat(np.argmax(np.asarray(data.prompts.loss_mask), 1)[np.asarray(index)] + 1, K)
+  texts = [TOKENIZER.decode(answer) for answer in np.asarray(tokens)]
+  assert any(texts)
+  assert texts == [TOKENIZER.decode(row[start:]) for row, start in zip(rows, starts)]
 
 
 def test_sampling_from_a_model_mixed_with_itself_is_sampling_from_it():

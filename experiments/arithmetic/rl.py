@@ -24,9 +24,9 @@ inside the jitted step, and the teacher scores them live:
 ``train.learning_rate``). The step logs ``reward``, ``verifier_reward``,
 ``teacher_reward`` and ``kl_to_reference`` (``metrics.jsonl``): the reward curves.
 
-Measured with ``time`` on the 2-core CPU (2026-11-27, seed 0, teacher cached): the SFT
-start 59.4% → GRPO 62.0% greedy exact match, 1,000 steps in 86 s (12 steps/s after
-compiling), 98 s in all. Over 5 seeds (rank_table.py, README) neither GRPO nor MiniLLM
+Measured with ``time`` on the 2-core CPU (2026-11-27, seed 0, the teacher already
+trained): the SFT start 59.4% → GRPO 62.0% greedy exact match, 1,000 steps in 86 s
+(12 steps/s after compiling), 98 s in all. Over 5 seeds (rank_table.py, README) neither GRPO nor MiniLLM
 beats SFT; both raise pass@1 of sampled answers over their start.
 """
 

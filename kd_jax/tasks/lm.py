@@ -201,7 +201,8 @@ class LanguageModeling(NextTokens):
     Returns:
       ``(rows [B, L], loss_mask [B, L-1], answers [B, max_new_tokens])``: the loss mask
       covers the answer and its EOS (and ``mask``'s rows only); ``answers`` are the
-      sampled tokens alone (pad after EOS), for a verifier.
+      sampled tokens alone as the row holds them (pad after EOS and past the row's
+      end), for a verifier.
     """
     model_graphdef, model_state = policy_model(policy)
     prompt_lengths = jnp.argmax(gold_mask, axis=1).astype(jnp.int32) + 1   # first target + 1
@@ -217,7 +218,10 @@ class LanguageModeling(NextTokens):
     target = jnp.arange(1, tokens.shape[1])[None, :]
     loss_mask = ((target >= prompt_lengths[:, None])
                  & (target < prompt_lengths[:, None] + lengths[:, None]) & mask[:, None])
-    return rows, loss_mask, generated
+    # The answer as the row holds it: tokens cut off by the row's end are gone for the
+    # verifier too (it must not reward what the loss never sees).
+    fits = jnp.arange(self.max_new_tokens)[None, :] < tokens.shape[1] - prompt_lengths[:, None]
+    return rows, loss_mask, jnp.where(fits, generated, self.tokenizer.pad_id)
 
   def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
                 reference: tuple | None = None):

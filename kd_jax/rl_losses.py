@@ -172,8 +172,9 @@ def normalized_future_rewards(token_rewards: jax.Array, mask: jax.Array) -> jax.
   reward is empty, its own reward is the single-step term's)."""
   mask = mask.astype(bool)
   values = jnp.where(mask, token_rewards.astype(jnp.float32), 0.0)
-  # Suffix sums from t on, minus the token itself: the sums and counts after t.
-  after = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1) - x
+  # Suffix sums from t on, minus the token itself: the sums and counts after t. (Keyword
+  # arguments: jax2onnx, once imported, replaces jnp.cumsum with a keyword-only version.)
+  after = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, axis=-1), axis=-1), axis=-1) - x
   total, count = after(values), after(mask.astype(jnp.float32))
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 

@@ -220,6 +220,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       entry["status"] = "done"
       entry.pop("error", None)
       entry.pop("traceback", None)
+    elif entry.get("status") == "done":     # its results were deleted since: run it again
+      entry["status"] = "pending"
     entry.setdefault("status", "pending")
     record["runs"].append(entry)
   _write_json(record_path, record)

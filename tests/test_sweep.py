@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -291,6 +292,16 @@ def test_resume_after_interrupt_recomputes_nothing_finished(tmp_path):
   again = FakeRun()
   _sweep(tmp_path, again)
   assert again.calls == []
+
+
+def test_a_done_run_whose_results_were_deleted_runs_again(tmp_path):
+  _sweep(tmp_path, FakeRun())
+  name = sorted(_statuses(tmp_path))[0]
+  shutil.rmtree(tmp_path / "runs" / name)                  # e.g. to redo it after a fix
+  again = FakeRun()
+  _sweep(tmp_path, again)
+  assert again.calls == [os.path.join("runs", name)]
+  assert set(_statuses(tmp_path).values()) == {"done"}
 
 
 def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path):

@@ -22,8 +22,9 @@ Measured on the 2-core CPU (2026-11-27; the table and the curves are in the READ
 no rank or RL point beats ``sft`` or ``seqkd`` with a paired interval that excludes 0;
 DPO and DistiLLM-2 are worse than both. Against their own SFT start, GRPO and MiniLLM
 leave greedy exact match unchanged and raise pass@1 of sampled answers by 3–6 points
-(intervals excluding 0). Each GRPO or MiniLLM student trains in 67–83 s (one run resumed: 24 s), each with
-teacher-mixed sampling in 198–212 s (``wall_seconds``; 22 min for those 5 runs, end to end).
+(intervals excluding 0). Each GRPO or MiniLLM student trains in 67–83 s (one run
+resumed: 24 s), each with teacher-mixed sampling in 198–212 s (``wall_seconds``; 22 min
+for those 5 runs, end to end).
 """
 
 from kd_jax import config as config_lib

@@ -334,7 +334,7 @@ RL_CURVES = (("verifier_reward", "sampled answers correct (verifier reward)"),
 def _training_curve(runs: Sequence[Mapping[str, Any]], metric: str, smooth: int = 5):
   """Steps and the mean over seeds of a logged training metric (a moving average over
   ``smooth`` logged steps), at the steps every seed logged; None if a run lacks it."""
-  from kd_jax import run_log  # noqa: PLC0415
+  from kd_jax import run_log
   per_seed = []
   for r in runs:
     path = os.path.join(r["student"].get("logs", ""), run_log.METRICS_FILE)
@@ -361,7 +361,7 @@ def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any
   curves = {name: c for name, c in curves.items() if all(x is not None for x in c)}
   if not curves:
     return False
-  from kd_jax import plots  # noqa: PLC0415  (matplotlib is slow to import)
+  from kd_jax import plots  # matplotlib is slow to import
   fig, axes = plots.plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4), dpi=130)
   for ax, (metric, label), i in zip(axes, RL_CURVES, range(len(RL_CURVES))):
     for name, c in curves.items():

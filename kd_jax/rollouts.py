@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import rl_losses
+from kd_jax import parallel, rl_losses
 from kd_jax.tasks import lm
 
 
@@ -66,7 +66,6 @@ def rollout_data(prompts: lm.TokenData, answers: np.ndarray, reference_model: nn
                  mesh) -> RolloutData:
   """The rollout split: the gold rows, their answers and a copy of ``reference_model``'s
   variables (taken now: the student trains on from the same values, the reference stays)."""
-  from kd_jax import parallel  # noqa: PLC0415  (parallel imports the tasks' modules)
   state = jax.tree.map(lambda x: np.array(x), nnx.state(reference_model))
   return RolloutData(prompts, *parallel.put_replicated(
       (np.asarray(answers, np.int32), state), mesh))

@@ -144,12 +144,8 @@ def test_sentence_bert_is_mean_pooled_bert_with_qkv_features():
     (lambda c: setattr(c.encoder, "init_layers", ()), "encoder.init_layers"),
 ])
 def test_sentence_configs_name_the_bad_field(edit, field):
-  c = _sentence_config()
-  config_lib.validate(c)
-  edit(c)
-  with pytest.raises(ConfigError) as e:
-    config_lib.validate(c)
-  assert e.value.field == field
+  from tests.test_experiments import assert_refused_field  # noqa: PLC0415
+  assert_refused_field(_sentence_config(), edit, field)
 
 
 def test_teacher_layers_and_sentence_methods_are_refused_for_images():

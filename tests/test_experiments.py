@@ -220,6 +220,17 @@ def cli_load(spec):
   return cli.load_config_file(os.path.join(ROOT, spec))
 
 
+def assert_refused_field(config, edit, field):
+  """``config`` validates; after ``edit(config)`` validation raises a ConfigError naming ``field``."""
+  from kd_jax import config as config_lib
+  from kd_jax.errors import ConfigError
+  config_lib.validate(config)
+  edit(config)
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(config)
+  assert e.value.field == field
+
+
 def test_language_configs_refuse_image_models_methods_and_vocab_mismatch(tmp_path):
   c = cli_load("experiments/arithmetic/token_kd.py:smoke")
   c.student.model = "mlp"

@@ -14,7 +14,8 @@ from flax import nnx
 from kd_jax import config as config_lib
 from kd_jax import generate, methods, rl_losses, rollouts, step, train
 from kd_jax.data import arithmetic as ar
-from kd_jax.tasks import arithmetic
+from kd_jax.tasks import arithmetic, lm
+from tests.test_experiments import assert_refused_field, cli_load
 from tests.test_lm import TOKENIZER, _gpt, _mesh, _split, _task
 
 K = 2   # samples per prompt
@@ -29,7 +30,6 @@ def _setup(method="grpo", verify=_always_right, teacher_mix=0.0, **rl):
   """(config, task, data, student module, teacher) on 16 training problems."""
   problems, tokens, prompt_lengths, lengths = _split("train", 16)
   data_mesh = _mesh()
-  from kd_jax.tasks import lm  # noqa: PLC0415
   prompts = lm.token_data(tokens, prompt_lengths, lengths, data_mesh)
   task = rollouts.Rollouts(*(getattr(_task(problems, prompt_lengths, lengths), f.name)
                              for f in dataclasses.fields(lm.LanguageModeling)),
@@ -108,7 +108,7 @@ def test_grpo_step_with_rewards_equal_within_each_group_and_no_kl_penalty_change
 
 
 def test_verifier_rewards_in_the_step_are_the_checker_on_each_prompts_answers():
-  c, task, data, module, teacher = _setup()
+  _, task, data, module, _ = _setup()
   graphdef, params, model_state = train.split_module(module)
   seen = []
 
@@ -175,7 +175,6 @@ def _rl_fit(workdir, method, stop_at_step=None):
   c, task, data, module, teacher = _setup(method=method, verify=arithmetic.answers_correct,
                                           teacher_mix=0.2 if method == "minillm" else 0.0)
   problems, tokens, prompt_lengths, lengths = _split("test", 16)
-  from kd_jax.tasks import lm  # noqa: PLC0415
   test_data = lm.token_data(tokens, prompt_lengths, lengths, _mesh())
   return train.fit(name="rl", module=module, objective=methods.make_objective(c),
                    train_config=methods.student_train_config(c), train_data=data,
@@ -197,7 +196,10 @@ def test_the_rl_loop_resumes_bit_identically(tmp_path, method):
   jax.tree.map(np.testing.assert_array_equal, nnx.state(straight.module),
                nnx.state(resumed.module))
   assert resumed.final == straight.final
-  read = lambda d: [r for r in map(json.loads, open(d / "metrics.jsonl")) if "loss" in r]
+  def read(directory):
+    with open(directory / "metrics.jsonl") as f:
+      return [r for r in map(json.loads, f) if "loss" in r]
+
   assert read(tmp_path / "straight") == read(tmp_path / "resumed")
   assert straight.train_rows == 8 * 4 * K
 
@@ -215,18 +217,10 @@ def test_the_rl_loop_resumes_bit_identically(tmp_path, method):
     ("minillm_smoke", lambda c: setattr(c.rl, "kl_coef", -0.1), "rl.kl_coef"),
 ])
 def test_rl_configs_name_the_bad_field(arg, edit, field):
-  from kd_jax.errors import ConfigError  # noqa: PLC0415
-  from tests.test_experiments import cli_load  # noqa: PLC0415
-  c = cli_load(f"experiments/arithmetic/rl.py:{arg}")
-  config_lib.validate(c)
-  edit(c)
-  with pytest.raises(ConfigError) as e:
-    config_lib.validate(c)
-  assert e.value.field == field
+  assert_refused_field(cli_load(f"experiments/arithmetic/rl.py:{arg}"), edit, field)
 
 
 def test_a_policy_gradient_phase_keeps_the_rows_per_step_and_takes_its_learning_rate():
-  from tests.test_experiments import cli_load  # noqa: PLC0415
   c = cli_load("experiments/arithmetic/rl.py")
   student = methods.student_train_config(c)
   assert student.batch_size * c.rl.k == c.train.batch_size == 64

@@ -88,6 +88,12 @@ def group_advantages(rewards: jax.Array, *, eps: float = 1e-4) -> jax.Array:
   return (rewards - mean) / (std + eps)
 
 
+def _k3(reference_log_probs, log_probs):
+  """Per token, the k3 estimate e^d − d − 1 of KL(π ‖ π_ref), d = log π_ref − log π (≥ 0)."""
+  d = reference_log_probs - log_probs
+  return jnp.exp(d) - d - 1.0
+
+
 def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
                          reference_log_probs: jax.Array, advantages: jax.Array,
                          mask: jax.Array, *, clip_epsilon: float = 0.2,
@@ -124,8 +130,7 @@ def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
   ratio = jnp.exp(log_probs - old)
   clipped = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon)
   surrogate = -jnp.minimum(ratio * advantages, clipped * advantages)
-  log_ref_ratio = reference - log_probs
-  kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0
+  kl = _k3(reference, log_probs)
   count = jnp.maximum(jnp.sum(mask), 1)
   mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count
   policy, kl_mean = mean(surrogate), mean(kl)
@@ -240,9 +245,8 @@ def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step
                                          weights * advantages, mask, kl_coef=0.0)
   single_step = mean(weights * single_step_kl.astype(jnp.float32))
   # k3 is an estimate under samples of q: weighted like the other terms under mixing.
-  log_ref_ratio = (jax.lax.stop_gradient(reference_log_probs.astype(jnp.float32))
-                   - log_probs.astype(jnp.float32))
-  kl = mean(weights * (jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0))
+  kl = mean(weights * _k3(jax.lax.stop_gradient(reference_log_probs.astype(jnp.float32)),
+                          log_probs.astype(jnp.float32)))
   return policy + single_step + kl_coef * kl, {
       "policy_loss": metrics["policy_loss"], "single_step_kl": single_step,
       "kl_to_reference": kl, "reward": mean(rewards), "importance_weight": mean(weights)}

@@ -31,9 +31,8 @@ def _setup(method="grpo", verify=_always_right, teacher_mix=0.0, **rl):
   problems, tokens, prompt_lengths, lengths = _split("train", 16)
   data_mesh = _mesh()
   prompts = lm.token_data(tokens, prompt_lengths, lengths, data_mesh)
-  task = rollouts.Rollouts(*(getattr(_task(problems, prompt_lengths, lengths), f.name)
-                             for f in dataclasses.fields(lm.LanguageModeling)),
-                           samples_per_prompt=K, teacher_mix=teacher_mix, verify=verify)
+  task = _task(problems, prompt_lengths, lengths).trained_as(
+      rollouts.Rollouts, samples_per_prompt=K, teacher_mix=teacher_mix, verify=verify)
   reference = _gpt(seed=5)                   # a reference that differs from the policy
   data = rollouts.rollout_data(prompts, np.array([p.answer for p in problems]), reference,
                                data_mesh)

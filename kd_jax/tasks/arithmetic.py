@@ -80,14 +80,11 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
   student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
                                      policy_temperature=float(gkd.temperature)) if gkd else None
   if config.method == "dpo":   # batches of preference pairs, evaluated as the task is
-    student_task = preferences.PreferencePairs(*(getattr(task, f.name)
-                                                 for f in dataclasses.fields(task)))
+    student_task = task.trained_as(preferences.PreferencePairs)
   if config.method in methods.RL_METHODS:   # the student's own samples, k per prompt, every step
-    student_task = rollouts.Rollouts(*(getattr(task, f.name) for f in dataclasses.fields(task)),
-                                     samples_per_prompt=config.rl.k,
-                                     teacher_mix=float(config.rl.teacher_mix) if
-                                     config.method == "minillm" else 0.0,
-                                     verify=answers_correct)
+    student_task = task.trained_as(
+        rollouts.Rollouts, samples_per_prompt=config.rl.k, verify=answers_correct,
+        teacher_mix=float(config.rl.teacher_mix) if config.method == "minillm" else 0.0)
   train_data = lm.token_data(*train_arrays, mesh)
   lm.check_vocabularies(config, tokenizer.vocab_size)
 

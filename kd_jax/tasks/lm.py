@@ -172,6 +172,12 @@ class LanguageModeling(NextTokens):
   def augments(self) -> bool:
     return self.on_policy > 0
 
+  def trained_as(self, task_class, **fields):
+    """This task's problems and evaluation as ``task_class`` (a subclass that makes other
+    training batches: DPO's pairs, policy-gradient rollouts), with its own ``fields``."""
+    return task_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                      **fields)
+
   def train_batch(self, data: TokenData, index, mask, rng, policy=None, teacher=None):
     """The gold rows; with ``on_policy`` = λ > 0, a fraction λ of the batches instead holds
     the student's own answers to the same prompts (GKD, Agarwal et al. 2024), sampled

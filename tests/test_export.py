@@ -70,6 +70,17 @@ def test_an_exported_gpt_computes_the_logits_of_token_rows(fmt, tmp_path):
     np.testing.assert_allclose(run(tokens), model(jnp.asarray(tokens)), atol=1e-4, rtol=1e-4)
 
 
+def test_an_export_leaves_jax_numpy_as_it_found_it(tmp_path):
+  """jax2onnx replaces jnp.cumsum with a keyword-only version while it converts."""
+  before = {name: getattr(jnp, name) for name in dir(jnp) if not name.startswith("_")}
+  path = str(tmp_path / "cumsum.onnx")
+  onnx_format.export(lambda x: jnp.cumsum(x.astype(jnp.float32), axis=1), (3,), path, "int32")
+  np.testing.assert_array_equal(jnp.cumsum(jnp.arange(3), 0), [0, 1, 3])   # positional axis
+  assert [name for name, fn in before.items() if getattr(jnp, name) is not fn] == []
+  tokens = np.array([[1, 2, 3]], np.int32)
+  np.testing.assert_allclose(onnx_format.runner(path)(tokens), [[1, 3, 6]])
+
+
 def test_an_operation_without_conversion_is_named_not_a_traceback(tmp_path):
   gram = lambda x: x.astype(jnp.float32)[..., 0] @ x.astype(jnp.float32)[..., 0].swapaxes(1, 2)
   with pytest.raises(ConfigError, match="no ONNX conversion in jax2onnx: eigh"):

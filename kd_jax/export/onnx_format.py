@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,18 +30,44 @@ def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8") 
     ConfigError: jax2onnx has no conversion for one of the function's operations
       (named), instead of the converter's traceback.
   """
-  from jax2onnx import to_onnx  # noqa: PLC0415  (export-only dependency)
   # onnx_ir warns about every untyped shape constant it leaves unserialised: harmless.
   logging.getLogger("onnx_ir").setLevel(logging.ERROR)
   spec = jax.ShapeDtypeStruct(("B", *input_shape), jnp.dtype(input_dtype))
   try:
-    model = to_onnx(function, [spec])
+    with jax_api_restored():
+      from jax2onnx import to_onnx  # noqa: PLC0415  (export-only dependency)
+      model = to_onnx(function, [spec])
   except NotImplementedError as e:       # jax2onnx: "No plugin registered for primitive ..."
     raise ConfigError(None, f"ONNX export: an operation of this student has no ONNX "
                       f"conversion in jax2onnx: {str(e).splitlines()[0]}") from None
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "wb") as f:
     f.write(model.SerializeToString())
+
+
+# The public JAX and Flax namespaces jax2onnx's tracing plugins replace functions in.
+_PATCHED_NAMESPACES = ("jax", "jax.numpy", "jax.lax", "jax.nn", "jax.random", "flax.nnx")
+
+
+@contextlib.contextmanager
+def jax_api_restored():
+  """Puts back every public function of :data:`_PATCHED_NAMESPACES` that the block replaced.
+
+  jax2onnx (0.17) swaps functions such as ``jnp.cumsum`` for keyword-only stand-ins while
+  it traces and leaves them there, so that any later positional call in the process
+  (``jnp.cumsum(x, 0)``) fails. Conversions inside the block still see jax2onnx's
+  versions; the process afterwards sees JAX's own. (A later export re-applies them.)
+  """
+  namespaces = [sys.modules[name] for name in _PATCHED_NAMESPACES if name in sys.modules]
+  saved = [(module, {k: v for k, v in vars(module).items() if not k.startswith("_")})
+           for module in namespaces]
+  try:
+    yield
+  finally:
+    for module, attributes in saved:
+      for name, value in attributes.items():
+        if getattr(module, name, None) is not value:
+          setattr(module, name, value)
 
 
 def to_fp16(path: str, out_path: str) -> None:

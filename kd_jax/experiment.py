@@ -188,12 +188,28 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     DatasetNotFoundError: the dataset is not installed.
   """
   config_lib.validate(config)
-  started = time.perf_counter()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   finished = workdir_lib.finished_results(workdir, config)
   if finished is not None:
     return finished
-  workdir_lib.claim(workdir, config, write=jax.process_index() == 0)
+  return execute_run(config, workdir, teacher_dir=teacher_dir, show_progress=show_progress,
+                     stop_at_step=stop_at_step, mesh=mesh)
+
+
+def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
+                teacher_dir: str | None = None, show_progress: bool = True,
+                stop_at_step: int | None = None, mesh=None) -> dict:
+  """:func:`run_experiment` for a ``config`` already validated and a ``workdir`` already
+  checked (:func:`kd_jax.workdir.finished_results`: no finished run, no other config):
+  records the config in the workdir if it has none and runs the pipeline.
+
+  Raises:
+    WorkdirConflictError: ``workdir``'s checkpoints belong to another config.
+  """
+  started = time.perf_counter()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if jax.process_index() == 0:      # (the others only read it: process 0 writes files)
+    workdir_lib.record(workdir, config)
   teacher_dir = teacher_dir or DEFAULT_TEACHER_DIR
   if mesh is None:
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)

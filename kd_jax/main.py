@@ -26,9 +26,9 @@ from ml_collections import config_flags
 from kd_jax import cli, distributed, report
 from kd_jax import config as config_lib
 from kd_jax import workdir as workdir_lib
-from kd_jax.experiment import DEFAULT_TEACHER_DIR, run_experiment
+from kd_jax.experiment import DEFAULT_TEACHER_DIR, execute_run, run_experiment
 
-__all__ = ["run_experiment", "main"]
+__all__ = ["execute_run", "run_experiment", "main"]
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -80,21 +80,23 @@ def setup_process() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_logging()
+  # Before anything touches a JAX device: jax.distributed must start first.
+  setup_process()
   config = _CONFIG.value
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   finished = workdir_lib.finished_results(workdir, config)
   if finished is not None:     # answers without loading data, models or JAX programs
-    print(f"{workdir} holds this config's finished run (finished "
-          f"{finished.get('timing', {}).get('finished_at', 'earlier')}); nothing was run. "
-          "Its results:")
-    print(report.summary_table(finished, recorded=True))
-    print(report.where_to_look(workdir, finished))
+    if jax.process_index() == 0:
+      print(f"{workdir} holds this config's finished run (finished "
+            f"{finished.get('timing', {}).get('finished_at', 'earlier')}); nothing was run. "
+            "Its results:")
+      print(report.summary_table(finished, recorded=True))
+      print(report.where_to_look(workdir, finished))
     return
-  setup_process()
-  results = run_experiment(config, workdir, teacher_dir=_TEACHER_DIR.value,
-                           show_progress=_PROGRESS.value)
+  # Validated and checked against the workdir's record above: the pipeline does neither again.
+  results = execute_run(config, workdir, teacher_dir=_TEACHER_DIR.value,
+                        show_progress=_PROGRESS.value)
   if jax.process_index() == 0:
     print(report.summary_table(results))
     print(report.where_to_look(workdir, results))

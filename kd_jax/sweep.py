@@ -215,7 +215,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     entry = dict(old_runs.get(run.name, {}), name=run.name, point=run.slug,
                  seed=run.seed, workdir=run.workdir)
     # A run's workdir belongs to its config: stale results of another config are refused.
-    workdir_lib.claim(os.path.join(workdir, run.workdir), run.config, write=False)
+    workdir_lib.check(os.path.join(workdir, run.workdir), run.config)
     if os.path.exists(os.path.join(workdir, run.workdir, "results.json")):
       entry["status"] = "done"
       entry.pop("error", None)
@@ -393,7 +393,8 @@ def main(argv: Sequence[str]) -> None:
       config_lib.validate(run.config)
     except ValueError as e:
       raise ConfigError(None, f"grid point {run.slug}: {e}") from None
-  run_fn = functools.partial(train_main.run_experiment, show_progress=FLAGS.progress)
+  # Each point was validated above and run_sweep checks its workdir: the runs do neither again.
+  run_fn = functools.partial(train_main.execute_run, show_progress=FLAGS.progress)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 

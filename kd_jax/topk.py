@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax import divergences, losses
 
@@ -69,7 +70,8 @@ def from_logits(logits: jax.Array, k: int) -> TopKLogits:
   return TopKLogits(values, ids.astype(jnp.int32), jax.nn.logsumexp(logits, axis=-1))
 
 
-_LOG_TINY = float(jnp.log(jnp.finfo(jnp.float32).tiny))     # ≈ −87.3
+# NumPy, not jnp: importing kd_jax must not start a JAX backend (jax.distributed first).
+_LOG_TINY = float(np.log(np.finfo(np.float32).tiny))     # ≈ −87.3
 
 
 def _tail_log_probs(log_probs_at_ids: jax.Array) -> jax.Array:

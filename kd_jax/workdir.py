@@ -151,47 +151,42 @@ def recorded_fields(workdir: str) -> dict | None:
   return None
 
 
-def claim(workdir: str, config, *, write: bool = True) -> None:
-  """Records ``config`` as ``workdir``'s config, or refuses a different one.
-
-  Call before anything runs. Fields in :data:`RESULT_NEUTRAL_FIELDS` may differ;
-  the recorded config is never overwritten.
-
-  Args:
-    workdir: the run's directory (created if ``write``).
-    config: the run's ConfigDict (or its dict).
-    write: record the config if the workdir has none (process 0 of several
-      writes; the others only check).
+def check(workdir: str, config) -> None:
+  """Refuses ``config`` when ``workdir`` records a run whose result fields differ.
 
   Raises:
-    WorkdirConflictError: the workdir holds a run whose result fields differ,
-      naming each (old → new) and asking for a new workdir.
+    WorkdirConflictError: naming each differing field (old → new) and asking for a new
+      workdir.
   """
   current = result_fields(config)
   recorded = recorded_fields(workdir)
-  if recorded is not None:
-    if not same_results(recorded, current):
-      raise WorkdirConflictError(conflict_message(
-          f"--workdir={workdir}", recorded, current,
-          "Use a new --workdir for this config (the earlier run's results are kept), or "
-          "delete the workdir to discard them."))
-    if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-      return
-  if write:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({**identity_record(current), "config": _as_dict(config)}, f, indent=2,
-                sort_keys=True, default=str)
-    os.replace(tmp, path)
+  if recorded is not None and not same_results(recorded, current):
+    raise WorkdirConflictError(conflict_message(
+        f"--workdir={workdir}", recorded, current,
+        "Use a new --workdir for this config (the earlier run's results are kept), or "
+        "delete the workdir to discard them."))
+
+
+def record(workdir: str, config) -> None:
+  """Writes ``workdir/config.json`` for ``config`` unless the workdir has one (call after
+  :func:`check`: an existing record is never overwritten)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    return
+  os.makedirs(workdir, exist_ok=True)
+  current = result_fields(config)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({**identity_record(current), "config": _as_dict(config)}, f, indent=2,
+              sort_keys=True, default=str)
+  os.replace(tmp, path)
 
 
 def finished_results(workdir: str, config) -> dict | None:
   """The stored ``results.json`` of ``workdir`` when it finished with this config, else None.
 
   Raises:
-    WorkdirConflictError: as :func:`claim`.
+    WorkdirConflictError: as :func:`check`.
   """
-  claim(workdir, config, write=False)
+  check(workdir, config)
   return _read_json(os.path.join(workdir, RESULTS_FILE))

@@ -7,6 +7,8 @@ must restore in a single process with one device.
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 
 from kd_jax import distributed
 from tests.conftest import needs_fashion_mnist
-from tests.multidevice import device_runs, finish, free_port, start, student_losses
+from tests.multidevice import ROOT, device_runs, env, finish, free_port, start, student_losses
 
 _WORKER = r"""
 import json, sys
@@ -111,6 +113,66 @@ def test_two_processes_train_and_cache_the_teacher_and_resume_together(tmp_path,
   straight = _restore_on_one_device(_final_state_dir(reference["workdir"]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                resumed, straight)
+
+
+# --------------------------------------------------------------------------- command line
+
+_TINY_CONFIG = """
+from tests.conftest import tiny_config
+
+
+def get_config():
+  return tiny_config()
+"""
+
+
+def _run_commands(tmp_path, module, *args, timeout=300):
+  """``python -m module args --coordinator_address=... --process_id=i`` as two processes × two
+  CPU devices: the documented multi-process command (docs/scale_out.md)."""
+  config = tmp_path / "tiny.py"
+  config.write_text(_TINY_CONFIG)
+  port = free_port()
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", module, f"--config={config}", *args, "--noprogress",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      env=env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  try:
+    return [finish(p, timeout) for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+
+
+def _assert_matches_one_process(workdir, reference):
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert (results["timing"]["processes"], results["timing"]["devices"]) == (2, 4)
+  np.testing.assert_allclose(student_losses(str(workdir)), reference["losses"], rtol=2e-5)
+  for phase in ("teacher", "student"):
+    assert results[phase]["test_accuracy"] == reference["results"][phase]["test_accuracy"]
+
+
+@needs_fashion_mnist
+def test_the_documented_two_process_command_matches_one_process(tmp_path, teacher_dir):
+  reference = device_runs(teacher_dir)["4"]
+  outputs = _run_commands(tmp_path, "kd_jax.main", f"--workdir={tmp_path / 'run'}",
+                          f"--teacher_dir={teacher_dir}")
+  _assert_matches_one_process(tmp_path / "run", reference)
+  # Process 0 prints the results table, the other nothing of it.
+  assert "student (kd)" in outputs[0] and "student (kd)" not in outputs[1]
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_the_two_process_sweep_command_matches_one_process(tmp_path, teacher_dir):
+  reference = device_runs(teacher_dir)["4"]
+  _run_commands(tmp_path, "kd_jax.sweep", f"--workdir={tmp_path / 'sweep'}",
+                f"--teacher_dir={teacher_dir}", "--grid=divergence=kl")
+  _assert_matches_one_process(tmp_path / "sweep" / "runs" / "divergence=kl" / "seed0",
+                              reference)
+  assert os.path.exists(tmp_path / "sweep" / "summary.md")
 
 
 # --------------------------------------------------------------------------- start-up

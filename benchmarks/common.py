@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the teacher/student pair, timing, FLOPs, JSON output.
 
 Every benchmark builds its models and steps from kd_jax's public pieces
-(``classification.build_model``, ``classification.load_data``, ``train.make_train_step``,
+(``classification.build_model``, ``classification.load_data``, ``engine.make_train_step``,
 ``methods.make_objective`` ...), times them with warm-up, ``block_until_ready``
 and the median of repeats, prints a table and writes
 ``benchmarks/results/<script>[-<tag>].json``.
@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from kd_jax import data as data_lib  # noqa: E402
-from kd_jax import methods, parallel, train  # noqa: E402
+from kd_jax import engine, methods  # noqa: E402
+from kd_jax.core import parallel
 from kd_jax.tasks import classification  # noqa: E402
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -95,16 +96,16 @@ class Setup:
   """Everything a benchmark step needs, built once."""
   config: Any
   mesh: Any
-  train_data: train.DeviceData
-  test_data: train.DeviceData
+  train_data: classification.DeviceData
+  test_data: classification.DeviceData
   data_source: str              # "fashion_mnist" or "synthetic"
   num_classes: int
   input_shape: tuple
-  teacher: train.Teacher
+  teacher: engine.Teacher
   teacher_module: nnx.Module
   student_model: nnx.Module     # the raw student (student-only steps)
   student: methods.Student      # the KD wrapper (same computation for logit KD)
-  preprocess: train.Classification     # the classification task: the batches' preprocessing
+  preprocess: classification.Classification     # the classification task: the batches' preprocessing
   dtype: Any
 
 
@@ -127,18 +128,18 @@ def build(config, data_mode: str = "auto") -> Setup:
     num_classes, input_shape = 10, (28, 28, 1)
     images = rng.integers(0, 256, (n, *input_shape), dtype=np.uint8)
     labels = rng.integers(0, num_classes, n).astype(np.int32)
-    train_data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
+    train_data = classification.DeviceData(*parallel.put_replicated((images, labels), mesh))
     test_n = config.dataset.test_examples or 10000
-    test_data = train.DeviceData(*parallel.put_replicated((images[:test_n], labels[:test_n]), mesh))
+    test_data = classification.DeviceData(*parallel.put_replicated((images[:test_n], labels[:test_n]), mesh))
   make = lambda spec, seed: classification.build_model(spec, num_classes=num_classes,
                                                    input_shape=input_shape, seed=seed, dtype=dtype)
   teacher_module = make(config.teacher, config.teacher.seed)
   student_model = make(config.student, config.seed)
-  t_graphdef, t_params, t_state = train.split_module(teacher_module)
-  teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
+  t_graphdef, t_params, t_state = engine.split_module(teacher_module)
+  teacher = engine.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
   student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(config.seed + 1))
   d = config.dataset
-  preprocess = train.Classification(data_lib.augment.FASHION_MNIST_MEAN,
+  preprocess = classification.Classification(data_lib.augment.FASHION_MNIST_MEAN,
                                 data_lib.augment.FASHION_MNIST_STD, d.crop_padding, d.flip, dtype)
   return Setup(config, mesh, train_data, test_data, source, num_classes, tuple(input_shape), teacher,
                teacher_module, student_model, student, preprocess, dtype)
@@ -152,7 +153,7 @@ class LMSetup:
   prepared: Any                 # kd_jax.tasks.Prepared
   teacher_module: nnx.Module
   student_model: nnx.Module
-  teacher: train.Teacher
+  teacher: engine.Teacher
   batches: list                 # 8 device batches of distinct rows
   teacher_weights: str          # "random" or the cached teacher's directory
 
@@ -164,7 +165,10 @@ def lm_setup(precision: str = "fp32", batch_size: int = 0, *, load_teacher: bool
   ``load_teacher``: load the experiment's trained teacher from the default teacher
   cache when it is there. ``overrides``: top-level config fields.
   """
-  from kd_jax import cli, experiment, tasks, teachers  # noqa: E402
+  from kd_jax import tasks  # noqa: E402
+  from kd_jax.run import teachers  # noqa: E402
+  from kd_jax.config import cli
+  from kd_jax.run import pipeline as experiment
   config = cli.load_config_file(os.path.join(ROOT, "experiments", "arithmetic", "token_kd.py"))
   config.precision = precision
   if batch_size:
@@ -182,8 +186,8 @@ def lm_setup(precision: str = "fp32", batch_size: int = 0, *, load_teacher: bool
                           teachers.teacher_key(config))
     if teachers.load(cached, teacher_module, num_classes=prepared.num_outputs) is not None:
       weights = cached
-  t_graphdef, t_params, t_state = train.split_module(teacher_module)
-  teacher = train.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
+  t_graphdef, t_params, t_state = engine.split_module(teacher_module)
+  teacher = engine.Teacher(t_graphdef, parallel.put_replicated((t_params, t_state), mesh))
   rng, b = np.random.default_rng(0), config.train.batch_size
   sharding = parallel.batch_sharding(mesh)
   batches = [parallel.put_sharded(
@@ -193,9 +197,9 @@ def lm_setup(precision: str = "fp32", batch_size: int = 0, *, load_teacher: bool
 
 
 def initial_state(module: nnx.Module, optimizer, mesh):
-  """A fresh replicated :class:`train.TrainState` for ``module``."""
-  graphdef, params, model_state = train.split_module(module)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+  """A fresh replicated :class:`engine.TrainState` for ``module``."""
+  graphdef, params, model_state = engine.split_module(module)
+  state = engine.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                            opt_state=optimizer.init(params))
   return graphdef, parallel.put_replicated(state, mesh)
 
@@ -211,8 +215,8 @@ def device_batches(setup: Setup, count: int, seed: int = 0) -> list:
 
 
 def host_batches(setup: Setup, seed: int = 0):
-  """Endless batches fed as ``train.fit`` feeds them (:class:`train.BatchFeeder`)."""
-  feeder = train.BatchFeeder(setup.train_data.size, setup.config.train.batch_size, seed,
+  """Endless batches fed as ``engine.fit`` feeds them (:class:`engine.BatchFeeder`)."""
+  feeder = engine.BatchFeeder(setup.train_data.size, setup.config.train.batch_size, seed,
                              setup.mesh)
   step = 0
   while True:
@@ -266,13 +270,13 @@ def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
                                                   times[denominator]["repeats_s"]))
 
 
-def step_runner(step: train.TrainStep, state, batches, seed: int = 0):
+def step_runner(step: engine.TrainStep, state, batches, seed: int = 0):
   """``run(k)``: k train steps from the current state; keeps the (donated) state threaded.
 
-  Passes one replicated base key, as ``train.fit`` does (the step folds in its step count).
+  Passes one replicated base key, as ``engine.fit`` does (the step folds in its step count).
   """
   holder = {"state": state, "i": 0}
-  key = train.replicated_key(seed, state.step.sharding.mesh)
+  key = engine.replicated_key(seed, state.step.sharding.mesh)
   is_list = isinstance(batches, list)
 
   def run(k):
@@ -301,9 +305,9 @@ def cpu_flops(fn: Callable, *args) -> float:
 
 
 def forward_flops(module: nnx.Module, batch_size: int, input_shape, dtype, *, train_mode: bool):
-  graphdef, params, model_state = train.split_module(module)
+  graphdef, params, model_state = engine.split_module(module)
   x = jnp.zeros((batch_size, *input_shape), dtype)
-  fn = lambda p, s, x: train.forward(graphdef, p, s, x, train=train_mode)[0][0]
+  fn = lambda p, s, x: engine.forward(graphdef, p, s, x, train=train_mode)[0][0]
   return cpu_flops(fn, params, model_state, x)
 
 
@@ -380,7 +384,7 @@ def target(value: float | None, bound: float, *, at_most: bool = True) -> str:
 
 
 def model_summary(setup: Setup) -> dict:
-  from kd_jax import metrics as metrics_lib
+  from kd_jax.tasks import metrics as metrics_lib
   count = lambda m: metrics_lib.count_params(nnx.state(m, nnx.Param))
   return {"pair": {"teacher": setup.config.teacher.model,
                    "teacher_kwargs": setup.config.teacher.kwargs.to_dict(),

@@ -23,7 +23,7 @@ import platform
 import numpy as np
 import tokenizers
 
-from kd_jax import experiment
+from kd_jax.run import pipeline as experiment
 from kd_jax.models import hf_checkpoint
 from kd_jax.tasks import embedding
 

@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import cli, models
-from kd_jax import generate as generate_lib
+from kd_jax import models
+from kd_jax.config import cli
+from kd_jax.llm import generate as generate_lib
 
 PROMPT_LEN, NEW_TOKENS, VOCAB = 12, 32, 19
 

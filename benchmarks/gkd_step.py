@@ -7,7 +7,7 @@ student (every step has fixed shapes, generation included, so trained weights wo
 time the same) and the cached trained teacher when there is one (the transfer set's
 rate counts generated tokens up to each EOS, which depends on the weights; the
 JSON says which weights were used). Timed back to back over the same device batches, each built by
-``train.make_train_step``:
+``engine.make_train_step``:
 
 * ``sft``       — the student-only step (method ``none``);
 * ``gkd λ=0``   — GKD on gold rows: the teacher's forward pass (scoring) and the
@@ -36,16 +36,19 @@ import numpy as np
 from flax import nnx
 
 import common
+
 from kd_jax import config as config_lib
-from kd_jax import generate as generate_lib
-from kd_jax import methods, train, transfer
+from kd_jax.llm import generate as generate_lib
+from kd_jax import methods
+from kd_jax import engine
+from kd_jax.llm import transfer
 from kd_jax.data import arithmetic as ar
 
 
 def step_shares(setup: common.LMSetup, steps: int, repeats: int) -> dict:
   config, mesh, batches = setup.config, setup.mesh, setup.batches
   data, task = setup.prepared.train_data, setup.prepared.task
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   student = methods.Student(setup.student_model, {}, {}, rngs=nnx.Rngs(1))
   runners, states = {}, {}
   for name, fraction in (("sft", None), ("gkd λ=0", 0.0), ("gkd λ=1", 1.0)):
@@ -58,7 +61,7 @@ def step_shares(setup: common.LMSetup, steps: int, repeats: int) -> dict:
       run_config.gkd = config_lib.gkd_config(fraction=fraction, beta=0.5)
       objective, teacher = methods.make_objective(run_config), setup.teacher
       step_task = dataclasses.replace(task, on_policy=fraction)
-    runners[name] = train.make_train_step(graphdef, objective, optimizer, step_task, teacher,
+    runners[name] = engine.make_train_step(graphdef, objective, optimizer, step_task, teacher,
                                           data, mesh)
   times = common.time_steps({name: common.step_runner(step, states[name], batches)
                              for name, step in runners.items()}, steps=steps, repeats=repeats)
@@ -67,11 +70,11 @@ def step_shares(setup: common.LMSetup, steps: int, repeats: int) -> dict:
   index = batches[0]["index"]
   tokens, gold_mask = data.tokens[index], data.loss_mask[index]
   mask = jnp.ones(index.shape[0], bool)
-  s_graphdef, s_params, s_state = train.split_module(student)
+  s_graphdef, s_params, s_state = engine.split_module(student)
   sample = jax.jit(lambda p, st, t, g, m, key: task._student_rows(  # pylint: disable=protected-access
       t, g, m, key, (s_graphdef, p, st)))
   t_graphdef, (t_params, t_state) = setup.teacher.graphdef, setup.teacher.variables
-  teacher_forward = jax.jit(lambda p, st, x: train.forward(t_graphdef, p, st, x, train=False)[0][0])
+  teacher_forward = jax.jit(lambda p, st, x: engine.forward(t_graphdef, p, st, x, train=False)[0][0])
   t_generate = common.median_seconds(sample, s_params, s_state, tokens, gold_mask, mask,
                                      jax.random.key(0), repeats=max(repeats, 5))
   t_teacher = common.median_seconds(teacher_forward, t_params, t_state, tokens[:, :-1],

@@ -14,7 +14,7 @@ plus the teacher's forward pass, so at best it costs
 
 student-only steps, with FLOPs per batch from XLA's cost analysis of the CPU
 lowering (teacher in eval mode, student in train mode). Three steps are timed,
-all built by ``train.make_train_step`` over the same device-resident batches:
+all built by ``engine.make_train_step`` over the same device-resident batches:
 
 * student-only (``method='none'``, hard-label CE);
 * KD (the default experiment's logit KD; the teacher runs inside the step);
@@ -37,19 +37,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 import common
-from kd_jax import losses, methods, teacher_cache, train
+
+from kd_jax import methods
+from kd_jax import losses
+from kd_jax.engine import teacher_cache
+from kd_jax import engine
 from kd_jax import config as config_lib
 
 
 def student_training_flops(module, batch_size, input_shape, dtype) -> float:
   """FLOPs of the student's forward + backward pass on one batch (CE loss)."""
-  graphdef, params, model_state = train.split_module(module)
+  graphdef, params, model_state = engine.split_module(module)
   x = jnp.zeros((batch_size, *input_shape), dtype)
   labels = jnp.zeros((batch_size,), jnp.int32)
 
   def grads(p, s, x, y):
     loss = lambda p: losses.cross_entropy(
-        train.forward(graphdef, p, s, x, train=True)[0][0], y)
+        engine.forward(graphdef, p, s, x, train=True)[0][0], y)
     return jax.grad(loss)(p)
 
   return common.cpu_flops(grads, params, model_state, x, labels)
@@ -64,7 +68,7 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
   config, mesh, batches = setup.config, setup.mesh, setup.batches
   data, task, b = setup.prepared.train_data, setup.prepared.task, config.train.batch_size
   teacher_module, student_model, teacher = setup.teacher_module, setup.student_model, setup.teacher
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   sft_objective = methods.make_objective(config_lib.with_method(config, "none"))
   kd_objective = methods.make_objective(config)
   student = methods.Student(student_model, {}, {}, rngs=nnx.Rngs(1))
@@ -79,11 +83,11 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
     topk_data = teacher_cache.attach(topk_config, teacher, data, task, mesh, workdir,
                                      shared_dir=workdir)
   runners = {
-      "student": train.make_train_step(graphdef, sft_objective, optimizer, task, None, data, mesh),
-      "kd": train.make_train_step(graphdef, kd_objective, optimizer, task, teacher, data, mesh),
-      "cached": train.make_train_step(graphdef, kd_objective, optimizer, task, None,
+      "student": engine.make_train_step(graphdef, sft_objective, optimizer, task, None, data, mesh),
+      "kd": engine.make_train_step(graphdef, kd_objective, optimizer, task, teacher, data, mesh),
+      "cached": engine.make_train_step(graphdef, kd_objective, optimizer, task, None,
                                       cached_data, mesh),
-      "cached top-k": train.make_train_step(graphdef, methods.make_objective(topk_config),
+      "cached top-k": engine.make_train_step(graphdef, methods.make_objective(topk_config),
                                             optimizer, task, None, topk_data, mesh)}
   times = common.time_steps({name: common.step_runner(step, state, batches)
                              for (name, step), state in zip(runners.items(), states)},
@@ -91,8 +95,8 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
   tokens = jnp.zeros((b, data.tokens.shape[1] - 1), jnp.int32)
 
   def forward_flops(module, train_mode):
-    g, p, st = train.split_module(module)
-    return common.cpu_flops(lambda p, st, x: train.forward(g, p, st, x, train=train_mode)[0][0],
+    g, p, st = engine.split_module(module)
+    return common.cpu_flops(lambda p, st, x: engine.forward(g, p, st, x, train=train_mode)[0][0],
                             p, st, tokens)
 
   f_teacher, f_student = forward_flops(teacher_module, False), forward_flops(student_model, True)
@@ -136,22 +140,22 @@ def main(argv=None) -> dict:
   config.teacher_cache = "memory"
   setup = common.build(config, args.data)
   mesh, b = setup.mesh, config.train.batch_size
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   batches = common.device_batches(setup, count=8)
 
   student_graphdef, student_state = common.initial_state(setup.student_model, optimizer, mesh)
-  student_step = train.make_train_step(
+  student_step = engine.make_train_step(
       student_graphdef, methods.make_objective(config_lib.with_method(config, "none")),
       optimizer, setup.preprocess, None, setup.train_data, mesh)
   kd_objective = methods.make_objective(config)
   kd_graphdef, kd_state = common.initial_state(setup.student, optimizer, mesh)
-  kd_step = train.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
+  kd_step = engine.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
                                   setup.teacher, setup.train_data, mesh)
   with tempfile.TemporaryDirectory() as workdir:
     cached_data = teacher_cache.attach(config, setup.teacher, setup.train_data, setup.preprocess,
                                        mesh, workdir)
   _, cached_state = common.initial_state(setup.student, optimizer, mesh)
-  cached_step = train.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
+  cached_step = engine.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
                                       None, cached_data, mesh)
   times = common.time_steps({
       "student": common.step_runner(student_step, student_state, batches),

@@ -4,7 +4,7 @@ r"""What kd_jax adds around the computation: loop, input pipeline, compilation, 
 
 Measurements on the default experiment's KD step, and of the command line:
 
-* ``library_over_bare`` — seconds per step of ``train.fit`` (the real loop:
+* ``library_over_bare`` — seconds per step of ``engine.fit`` (the real loop:
   batches fed an epoch at a time, metrics and NaN checks read one step late,
   JSONL and TensorBoard logging) over a bare hand-written ``jax.jit`` loop of
   the same KD computation (same models, ``losses.kd_loss``, optimiser and
@@ -57,10 +57,15 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import common  # noqa: E402
-from kd_jax import losses, methods, parallel, teacher_cache, train  # noqa: E402
+
+from kd_jax import engine, methods  # noqa: E402
+from kd_jax.tasks import classification  # noqa: E402
+from kd_jax import losses
+from kd_jax.core import parallel
+from kd_jax.engine import teacher_cache
 from kd_jax.data import augment  # noqa: E402
 
-STEP_FN = "jit(step_fn)"     # how jax names train.make_train_step's function
+STEP_FN = "jit(step_fn)"     # how jax names engine.make_train_step's function
 
 
 class CompileLog:
@@ -83,7 +88,7 @@ class CompileLog:
     self.active = False
 
 
-def make_bare_step(setup: common.Setup, optimizer, train_data: train.DeviceData):
+def make_bare_step(setup: common.Setup, optimizer, train_data: classification.DeviceData):
   """A hand-written jitted KD step: gather, normalise, teacher, student, kd_loss, update.
 
   With ``train_data.teacher_logits`` set (a cached teacher) the teacher's logits
@@ -139,8 +144,8 @@ def make_bare_step(setup: common.Setup, optimizer, train_data: train.DeviceData)
   return run
 
 
-def run_fit(setup: common.Setup, steps: int, workdir: str) -> train.FitResult:
-  """``train.fit`` of exactly ``steps`` KD steps; returns the FitResult.
+def run_fit(setup: common.Setup, steps: int, workdir: str) -> engine.FitResult:
+  """``engine.fit`` of exactly ``steps`` KD steps; returns the FitResult.
 
   The teacher runs in the step unless ``setup.train_data`` holds its cached outputs.
   """
@@ -151,7 +156,7 @@ def run_fit(setup: common.Setup, steps: int, workdir: str) -> train.FitResult:
   t.epochs = steps / steps_per_epoch
   pairs = {}
   module = methods.Student(setup.student_model, pairs, {}, rngs=nnx.Rngs(config.seed + 1))
-  return train.fit(name="bench", module=module, objective=methods.make_objective(config, pairs),
+  return engine.fit(name="bench", module=module, objective=methods.make_objective(config, pairs),
                    train_config=t, train_data=setup.train_data, test_data=setup.test_data,
                    task=setup.preprocess, mesh=setup.mesh, workdir=workdir,
                    seed=config.seed, teacher=None if cached else setup.teacher,
@@ -160,7 +165,7 @@ def run_fit(setup: common.Setup, steps: int, workdir: str) -> train.FitResult:
 
 
 def library_vs_bare(setup: common.Setup, n1: int, n2: int, repeats: int) -> dict:
-  """``train.fit`` per step vs the bare loop, and between them the library's step in a plain loop.
+  """``engine.fit`` per step vs the bare loop, and between them the library's step in a plain loop.
 
   The middle measurement splits the overhead into the step function's (masking,
   metrics, shardings) and the loop's (batches fed an epoch at a time, reading
@@ -170,11 +175,11 @@ def library_vs_bare(setup: common.Setup, n1: int, n2: int, repeats: int) -> dict
   """
   config = setup.config
   cached = setup.train_data.teacher_logits is not None
-  optimizer = train.make_optimizer(config.train, total_steps=n2)
+  optimizer = engine.make_optimizer(config.train, total_steps=n2)
   bare = make_bare_step(setup, optimizer, setup.train_data)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
   library_step = common.step_runner(
-      train.make_train_step(graphdef, methods.make_objective(config), optimizer,
+      engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                             setup.preprocess, None if cached else setup.teacher,
                             setup.train_data, setup.mesh),
       state, common.host_batches(setup))
@@ -201,17 +206,17 @@ def library_vs_bare(setup: common.Setup, n1: int, n2: int, repeats: int) -> dict
 def real_vs_synthetic(setup: common.Setup, steps: int, repeats: int) -> dict:
   config, mesh = setup.config, setup.mesh
   b = config.train.batch_size
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   objective = methods.make_objective(config)
   graphdef, real_state = common.initial_state(setup.student, optimizer, mesh)
   _, synthetic_state = common.initial_state(setup.student, optimizer, mesh)
-  real_step = train.make_train_step(graphdef, objective, optimizer, setup.preprocess,
+  real_step = engine.make_train_step(graphdef, objective, optimizer, setup.preprocess,
                                     setup.teacher, setup.train_data, mesh)
   rng = np.random.default_rng(1)
-  synthetic = train.DeviceData(*parallel.put_replicated(
+  synthetic = classification.DeviceData(*parallel.put_replicated(
       (rng.integers(0, 256, (b, *setup.input_shape), dtype=np.uint8),
        rng.integers(0, setup.num_classes, b).astype(np.int32)), mesh))
-  synthetic_step = train.make_train_step(graphdef, objective, optimizer, setup.preprocess,
+  synthetic_step = engine.make_train_step(graphdef, objective, optimizer, setup.preprocess,
                                          setup.teacher, synthetic, mesh)
   sharding = parallel.batch_sharding(mesh)
   fixed_batch = [parallel.put_sharded({"index": np.arange(b, dtype=np.int32),
@@ -228,11 +233,11 @@ def real_vs_synthetic(setup: common.Setup, steps: int, repeats: int) -> dict:
 
 
 def epoch_end(setup: common.Setup, repeats: int) -> dict:
-  """Seconds of what ``train.fit`` does at each epoch's end: a test evaluation and a checkpoint."""
-  from kd_jax.checkpoint import Checkpointer
-  optimizer = train.make_optimizer(setup.config.train, total_steps=1000)
+  """Seconds of what ``engine.fit`` does at each epoch's end: a test evaluation and a checkpoint."""
+  from kd_jax.engine.checkpoint import Checkpointer
+  optimizer = engine.make_optimizer(setup.config.train, total_steps=1000)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
-  predict = train.make_predict(graphdef, setup.preprocess, setup.mesh)
+  predict = engine.make_predict(graphdef, setup.preprocess, setup.mesh)
   variables = (state.params, state.model_state)
   eval_batch = setup.config.train.eval_batch_size
   times = {"evaluate": [], "checkpoint": []}
@@ -240,7 +245,7 @@ def epoch_end(setup: common.Setup, repeats: int) -> dict:
     checkpointer = Checkpointer(tmp)
     for r in range(repeats + 1):         # the first round compiles and creates directories
       start = time.perf_counter()
-      train.predict_all(predict, variables, setup.test_data, eval_batch, setup.mesh)
+      engine.predict_all(predict, variables, setup.test_data, eval_batch, setup.mesh)
       evaluated = time.perf_counter()
       checkpointer.save(r, state, {"history": []})
       if r:
@@ -257,7 +262,7 @@ def compiles(setup: common.Setup, compile_log: CompileLog) -> dict:
   """A ``fit`` of two epochs over 3 full batches + a ragged one: how often is the step compiled?"""
   b = setup.config.train.batch_size
   n = 3 * b + b // 8
-  ragged = train.DeviceData(setup.train_data.images[:n], setup.train_data.labels[:n])
+  ragged = classification.DeviceData(setup.train_data.images[:n], setup.train_data.labels[:n])
   subset = common.Setup(**{**setup.__dict__, "train_data": ragged})
   with tempfile.TemporaryDirectory() as tmp, compile_log:
     fit = run_fit(subset, 8, os.path.join(tmp, "run"))
@@ -287,9 +292,9 @@ def startup_child(args) -> None:
                                             args.train_examples)
   setup = common.build(config, args.data)
   built = time.perf_counter()
-  optimizer = train.make_optimizer(config.train, total_steps=1000)
+  optimizer = engine.make_optimizer(config.train, total_steps=1000)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
-  step = train.make_train_step(graphdef, methods.make_objective(config), optimizer,
+  step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                                setup.preprocess, setup.teacher, setup.train_data, setup.mesh)
   batch = common.device_batches(setup, 1)[0]
   jax.block_until_ready(step(state, batch, jax.random.key(0)))
@@ -415,13 +420,13 @@ def main(argv=None) -> dict:
   common.print_table(f"kd_jax overheads ({common.device_description()}, "
                      f"{config.teacher.model} → {config.student.model}, batch "
                      f"{config.train.batch_size}, {config.precision})", [
-      ("cached teacher: train.fit step (ms)", loop["library_step_seconds"] * 1e3),
+      ("cached teacher: engine.fit step (ms)", loop["library_step_seconds"] * 1e3),
       ("cached teacher: bare jax.jit loop step (ms)", loop["bare_step_seconds"] * 1e3),
       ("cached teacher: library / bare (time)", loop["library_over_bare"],
        common.target(loop["library_over_bare"], 1 / 0.95)),
       ("  library step in a plain loop / bare", loop["step_fn_over_bare"]),
-      ("  train.fit / library step in a plain loop", loop["loop_over_step_fn"]),
-      ("teacher in the step: train.fit step (ms)", loop_uncached["library_step_seconds"] * 1e3),
+      ("  engine.fit / library step in a plain loop", loop["loop_over_step_fn"]),
+      ("teacher in the step: engine.fit step (ms)", loop_uncached["library_step_seconds"] * 1e3),
       ("teacher in the step: bare loop step (ms)", loop_uncached["bare_step_seconds"] * 1e3),
       ("teacher in the step: library / bare (time)", loop_uncached["library_over_bare"],
        common.target(loop_uncached["library_over_bare"], 1 / 0.95)),

@@ -41,10 +41,11 @@ _MB = 2**20
 
 def _kd_step(config, setup, teacher):
   """The KD train step of ``setup``'s pair (teacher inside the step) and a fresh state."""
-  from kd_jax import methods, train
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  from kd_jax import methods
+  from kd_jax import engine
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
-  step = train.make_train_step(graphdef, methods.make_objective(config), optimizer,
+  step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                                setup.preprocess, teacher, setup.train_data, setup.mesh)
   return step, state
 
@@ -69,7 +70,8 @@ def memory_worker(args) -> dict:
   """Per-device memory of the KD step with the large teacher sharded or replicated."""
   import jax
   import numpy as np
-  from kd_jax import parallel, train
+  from kd_jax.core import parallel
+  from kd_jax import engine
   config = common.load_experiment_config(args.pair, args.precision, args.batch_size)
   config.teacher.model, config.teacher.kwargs = LARGE_TEACHER[0], dict(LARGE_TEACHER[1])
   config.mesh.data, config.mesh.model = 1, -1
@@ -80,13 +82,13 @@ def memory_worker(args) -> dict:
     setup = common.build(config, "synthetic")
   for x in jax.tree.leaves(setup.teacher.variables):
     x.delete()
-  t_graphdef, t_params, t_state = train.split_module(setup.teacher_module)
+  t_graphdef, t_params, t_state = engine.split_module(setup.teacher_module)
   mesh = setup.mesh
   if args.placement == "sharded":
     t_params = parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params))
   else:
     t_params = parallel.put_replicated(t_params, mesh)
-  teacher = train.Teacher(t_graphdef, (t_params, parallel.put_replicated(t_state, mesh)))
+  teacher = engine.Teacher(t_graphdef, (t_params, parallel.put_replicated(t_state, mesh)))
   step, state = _kd_step(config, setup, teacher)
   batch = common.device_batches(setup, 1)[0]
   compiled = step.jitted.lower(state, teacher.variables, setup.train_data, batch,

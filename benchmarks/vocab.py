@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 import common
+
 from kd_jax import losses
 
 

@@ -6,8 +6,8 @@ Both sides train the student of the default experiment by logit KD with the
 teacher run in every step (no caching), from the whole training set held on
 the device, with batches of example indices drawn on the host:
 
-* kd_jax — ``train.make_train_step`` (the library's compiled step), fed as
-  ``train.fit`` feeds it (``train.BatchFeeder``: an epoch's index batches sent
+* kd_jax — ``engine.make_train_step`` (the library's compiled step), fed as
+  ``engine.fit`` feeds it (``engine.BatchFeeder``: an epoch's index batches sent
   to the device at once);
 * PyTorch eager — a loop written for this benchmark: gather, normalise, teacher
   forward under ``no_grad``, student forward, α·CE + (1−α)·T²·KL(p_T ‖ p_S),
@@ -38,7 +38,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
-from kd_jax import methods, teacher_cache, train  # noqa: E402
+
+from kd_jax import engine, methods  # noqa: E402
+from kd_jax.engine import teacher_cache
 
 try:
   import torch
@@ -123,9 +125,9 @@ def main(argv=None) -> dict:
                                          args.train_examples)
   setup = common.build(config, args.data)
   b = config.train.batch_size
-  optimizer = train.make_optimizer(config.train, total_steps=10_000)
+  optimizer = engine.make_optimizer(config.train, total_steps=10_000)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
-  kd_step = train.make_train_step(graphdef, methods.make_objective(config), optimizer,
+  kd_step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                                   setup.preprocess, setup.teacher, setup.train_data, setup.mesh)
   kd_jax = common.step_runner(kd_step, state, common.host_batches(setup))
   # Not part of the like-for-like comparison: kd_jax's default for un-augmented inputs
@@ -135,7 +137,7 @@ def main(argv=None) -> dict:
     cached_data = teacher_cache.attach(config, setup.teacher, setup.train_data, setup.preprocess,
                                        setup.mesh, workdir)
   _, cached_state = common.initial_state(setup.student, optimizer, setup.mesh)
-  cached_step = train.make_train_step(graphdef, methods.make_objective(config), optimizer,
+  cached_step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                                       setup.preprocess, None, cached_data, setup.mesh)
   kd_jax_cached = common.step_runner(cached_step, cached_state, common.host_batches(setup))
   notes, torch_device, eager_rates, compile_rate, best_threads = {}, None, {}, None, None

@@ -23,10 +23,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kd_jax import cli, distributed, report
+from kd_jax.config import cli
+from kd_jax.core import distributed
+from kd_jax.reporting import report
 from kd_jax import config as config_lib
-from kd_jax import workdir as workdir_lib
-from kd_jax.experiment import DEFAULT_TEACHER_DIR, execute_run, run_experiment
+from kd_jax.run import workdir as workdir_lib
+from kd_jax.run.pipeline import DEFAULT_TEACHER_DIR, execute_run, run_experiment
 
 __all__ = ["execute_run", "run_experiment", "main"]
 

@@ -51,11 +51,12 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from kd_jax import cli, stats
-from kd_jax import workdir as workdir_lib
-from kd_jax.errors import ConfigError, WorkdirConflictError
+from kd_jax.config import cli
+from kd_jax.reporting import stats
+from kd_jax.run import workdir as workdir_lib
+from kd_jax.core.errors import ConfigError, WorkdirConflictError
 # The grid's public names, used by the sweep's callers and tests as sweep.<name>.
-from kd_jax.grid import (NamedPoint, Point, apply_point, combine, parse_grid,  # noqa: F401
+from kd_jax.run.grid import (NamedPoint, Point, apply_point, combine, parse_grid,  # noqa: F401
                          parse_points, slugify)
 
 RunFn = Callable[..., dict]
@@ -293,7 +294,7 @@ def write_summary(workdir: str) -> list[dict]:
     The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
     "runs_failed", "runs_pending"}``.
   """
-  from kd_jax import plots  # matplotlib is slow to import; only needed here.
+  from kd_jax.reporting import plots  # matplotlib is slow to import; only needed here.
 
   with open(os.path.join(workdir, "sweep.json")) as f:
     record = json.load(f)

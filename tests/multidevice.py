@@ -62,8 +62,9 @@ def student_losses(workdir: str) -> list[float]:
 _DEVICE_RUNS = r"""
 import json, sys
 import jax, numpy as np
-from kd_jax import parallel
-from kd_jax.experiment import run_experiment
+
+from kd_jax.core import parallel
+from kd_jax.run.pipeline import run_experiment
 from tests.conftest import tiny_config
 from tests.multidevice import student_losses
 
@@ -87,7 +88,9 @@ mesh = parallel.make_mesh(2, 2, devices[:4])
 run("2x2", mesh, teacher_cache="none")
 
 # The trained teacher placed FSDP-style on the 2×2 mesh, against the same teacher on one device.
-from kd_jax import experiment, teachers, train
+from kd_jax.run import pipeline as experiment
+from kd_jax.run import teachers
+from kd_jax import engine
 from kd_jax.tasks import classification
 from kd_jax.data import augment
 config = tiny_config()
@@ -97,13 +100,13 @@ _, test_data_one, _, _, _ = classification.load_data(config, one)
 module = classification.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
                                 seed=0, dtype=np.float32)
 teachers.load(out["2x2"]["results"]["teacher"]["source"], module, num_classes=num_classes)
-graphdef, params, model_state = train.split_module(module)
+graphdef, params, model_state = engine.split_module(module)
 sharded = (parallel.put_sharded(params, parallel.teacher_shardings(mesh, params)),
            parallel.put_replicated(model_state, mesh))
-preprocess = train.Classification(augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD)
-logits_sharded, _ = train.predict_all(train.make_predict(graphdef, preprocess, mesh), sharded,
+preprocess = classification.Classification(augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD)
+logits_sharded, _ = engine.predict_all(engine.make_predict(graphdef, preprocess, mesh), sharded,
                                       test_data, 64, mesh)
-logits_one, _ = train.predict_all(train.make_predict(graphdef, preprocess, one),
+logits_one, _ = engine.predict_all(engine.make_predict(graphdef, preprocess, one),
                                   parallel.put_replicated((params, model_state), one),
                                   test_data_one, 64, one)
 np.savez(f"{root}/teacher_logits.npz", sharded=logits_sharded, one=logits_one)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from kd_jax import attention_losses
+from kd_jax.objectives import attention_losses
 from tests.test_losses import rand
 
 B, T = 2, 5

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import bert
 from tests.conftest import IN_CI
 

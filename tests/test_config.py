@@ -3,7 +3,7 @@
 import pytest
 
 from kd_jax import config as config_lib
-from kd_jax.experiment import run_experiment
+from kd_jax.run.pipeline import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
 
 
@@ -64,7 +64,8 @@ def test_shape_errors_before_any_training(overrides, message, tmp_path):
 
 
 def test_cache_keys_ignore_only_fields_that_change_no_result():
-  from kd_jax import teachers, workdir
+  from kd_jax.run import teachers
+  from kd_jax.run import workdir
   base = tiny_config()
   neutral = tiny_config(log_every_steps=9, **{"train.eval_batch_size": 7,
                                               "teacher.train.eval_batch_size": 7,
@@ -89,7 +90,7 @@ def test_cache_keys_ignore_only_fields_that_change_no_result():
 
 def test_a_method_block_at_its_defaults_added_to_a_finished_runs_config_is_no_difference():
   from kd_jax import config as config_lib
-  from kd_jax import workdir
+  from kd_jax.run import workdir
   recorded = workdir.result_fields(config_lib.base_config())        # a run from before `rl`
   with_block = config_lib.base_config()
   with_block.rl = config_lib.rl_config()
@@ -103,12 +104,13 @@ def test_transfer_set_leaves_out_exactly_the_omitted_classes():
   import jax
   import numpy as np
   from kd_jax import config as config_lib
-  from kd_jax import parallel, train
+  from kd_jax.core import parallel
+  from kd_jax import engine
   from kd_jax.tasks import classification
   mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
   labels = np.array([0, 3, 1, 3, 2, 0, 3], np.int32)
   images = np.arange(7, dtype=np.uint8).reshape(7, 1, 1, 1)
-  data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
+  data = classification.DeviceData(*parallel.put_replicated((images, labels), mesh))
   config = config_lib.base_config()
   config.dataset.omit_classes = (3, 0)
   kept = classification.transfer_set(config, data, num_classes=4)

@@ -161,7 +161,8 @@ def test_unexpected_param_and_shape_mismatch():
 
 
 def test_docstring_examples():
-  failures, attempted = doctest.testmod(divergences)
+  from kd_jax.objectives import divergences as defined  # kd_jax.divergences re-exports it
+  failures, attempted = doctest.testmod(defined)
   assert attempted >= 9 and failures == 0
 
 

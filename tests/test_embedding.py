@@ -10,11 +10,14 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
-from kd_jax import attention_losses, losses, methods, models, parallel
+from kd_jax import methods, models
+from kd_jax.objectives import attention_losses
+from kd_jax import losses
+from kd_jax.core import parallel
 from kd_jax import config as config_lib
 from kd_jax.data import sentences
 from kd_jax.data.core import DatasetNotFoundError
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import bert
 from tests.conftest import needs_fortunes
 from tests.test_attention_losses import np_relation_loss

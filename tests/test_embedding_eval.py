@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kd_jax import embedding_eval as ev
+from kd_jax.tasks import embedding_eval as ev
 
 
 def _clusters(seed, n_per_class=30, classes=3, dim=8, spread=0.1):

@@ -151,7 +151,7 @@ def test_cli_missing_dataset_names_the_package_and_exits_2(tmp_path):
 
 
 def test_cli_unexpected_errors_keep_their_traceback():
-  code = ("from kd_jax import cli\n"
+  code = ("from kd_jax.config import cli\n"
           "def main(argv):\n  raise RuntimeError('a bug')\n"
           "cli.run(main, 'prog')\n")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -163,7 +163,7 @@ def test_cli_unexpected_errors_keep_their_traceback():
 def test_experiment_modules_run_from_any_directory(tmp_path):
   # Modules that build on kd.py import it by path, not as the `experiments` package.
   out = subprocess.run(
-      [sys.executable, "-c", "from kd_jax import cli; import sys; "
+      [sys.executable, "-c", "from kd_jax.config import cli; import sys; "
        "print(cli.load_config_file(sys.argv[1]).method)",
        os.path.join(ROOT, "experiments", "fashion_mnist", "at.py:smoke")],
       cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -216,14 +216,14 @@ def test_arithmetic_configs_are_valid(name, arg):
 
 
 def cli_load(spec):
-  from kd_jax import cli
+  from kd_jax.config import cli
   return cli.load_config_file(os.path.join(ROOT, spec))
 
 
 def assert_refused_field(config, edit, field):
   """``config`` validates; after ``edit(config)`` validation raises a ConfigError naming ``field``."""
   from kd_jax import config as config_lib
-  from kd_jax.errors import ConfigError
+  from kd_jax.core.errors import ConfigError
   config_lib.validate(config)
   edit(config)
   with pytest.raises(ConfigError) as e:
@@ -242,7 +242,7 @@ def test_language_configs_refuse_image_models_methods_and_vocab_mismatch(tmp_pat
     config_lib.validate(c)
   c = cli_load("experiments/arithmetic/token_kd.py:smoke")
   c.teacher.kwargs.vocab_size = 32
-  from kd_jax.experiment import run_experiment
+  from kd_jax.run.pipeline import run_experiment
   with pytest.raises(ValueError, match="teacher vocab_size=32 but the task's tokenizer has 19"):
     run_experiment(c, str(tmp_path / "w"), teacher_dir=str(tmp_path / "t"), show_progress=False)
   c.student.kwargs.vocab_size = 40

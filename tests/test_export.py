@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from kd_jax import models
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.export import litert_format, measure, onnx_format
 from tests.conftest import needs_fashion_mnist
 from tests.test_experiments import _cli, _run_cli

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import parallel, train
+from kd_jax.core import parallel
+from kd_jax import engine
+from kd_jax.tasks import classification
 
 
 def _mesh():
@@ -19,33 +21,33 @@ def _mesh():
 
 def test_each_epoch_feeds_every_example_once_in_the_seeded_order():
   n, b, seed = 10, 4, 3              # 3 steps an epoch, the last holding 2 examples
-  feeder = train.BatchFeeder(n, b, seed, _mesh())
+  feeder = engine.BatchFeeder(n, b, seed, _mesh())
   assert feeder.steps_per_epoch == 3
   for epoch in range(2):
-    order = train.epoch_order(seed, epoch, n)
+    order = engine.epoch_order(seed, epoch, n)
     batches = [feeder(epoch * 3 + position) for position in range(3)]
     index = np.concatenate([np.asarray(x["index"]) for x in batches])
     mask = np.concatenate([np.asarray(x["mask"]) for x in batches])
     np.testing.assert_array_equal(mask, np.arange(12) < n)
     np.testing.assert_array_equal(index[:n], order)     # batch k = order[k*b:(k+1)*b]
     np.testing.assert_array_equal(index[n:], 0)         # padding rows point at example 0
-  assert not np.array_equal(train.epoch_order(seed, 0, n), train.epoch_order(seed, 1, n))
+  assert not np.array_equal(engine.epoch_order(seed, 0, n), engine.epoch_order(seed, 1, n))
 
 
 def test_a_fresh_feeder_resumes_mid_epoch_with_the_same_batch():
-  running = train.BatchFeeder(50, 8, 0, _mesh())
+  running = engine.BatchFeeder(50, 8, 0, _mesh())
   for step in range(13):
     expected = running(step)
-  resumed = train.BatchFeeder(50, 8, 0, _mesh())(12)
+  resumed = engine.BatchFeeder(50, 8, 0, _mesh())(12)
   for key in ("index", "mask"):
     np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(expected[key]))
   # Step 12 is epoch 1's sixth batch (7 steps an epoch): the seeded order's rows 40..47.
-  np.testing.assert_array_equal(np.asarray(resumed["index"]), train.epoch_order(0, 1, 50)[40:48])
+  np.testing.assert_array_equal(np.asarray(resumed["index"]), engine.epoch_order(0, 1, 50)[40:48])
 
 
 def test_fed_batches_are_sharded_over_data():
   mesh = _mesh()
-  batch = train.BatchFeeder(20, 4, 0, mesh)(0)
+  batch = engine.BatchFeeder(20, 4, 0, mesh)(0)
   assert batch["index"].shape == (4,) and batch["index"].dtype == np.int32
   assert batch["index"].sharding.spec == jax.sharding.PartitionSpec("data")
 
@@ -59,7 +61,7 @@ def test_stacked_global_batch_splits_the_second_axis():
 
 
 def test_replicated_key_is_the_seed_key_on_every_device():
-  key = train.replicated_key(7, _mesh())
+  key = engine.replicated_key(7, _mesh())
   np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(7)))
 
 
@@ -70,7 +72,7 @@ def test_tensorboard_writer_does_not_import_torch(tmp_path):
   fake.mkdir(parents=True)
   (fake / "__init__.py").write_text(
       f"open({str(tmp_path / 'imported')!r}, 'w').close()\n__version__ = 'fake'\n")
-  code = ("import sys; from kd_jax import run_log; "
+  code = ("import sys; from kd_jax.engine import run_log; "
           f"w = run_log._summary_writer({str(tmp_path / 'tb')!r}, 0); w.add_scalar('x', 1.0, 0); "
           "w.close(); "
           "assert 'torch' not in sys.modules, 'torch was imported'; "
@@ -95,13 +97,13 @@ def _fit_mlp(tmp_path, objective, *, epochs, log_every_steps=1):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (80, 4, 4, 1), dtype=np.uint8)
   labels = rng.integers(0, 3, 80).astype(np.int32)
-  data = train.DeviceData(*parallel.put_replicated((images, labels), mesh))
+  data = classification.DeviceData(*parallel.put_replicated((images, labels), mesh))
   t = config_lib.base_config().train
   t.batch_size, t.epochs, t.optimizer = 8, epochs, "sgd"
   module = methods.Student(models.create("mlp", num_classes=3, rngs=nnx.Rngs(0), hidden=(4,),
                                          input_shape=(4, 4, 1)), {}, {}, rngs=nnx.Rngs(1))
-  return train.fit(name="t", module=module, objective=objective, train_config=t,
-                   train_data=data, test_data=data, task=train.Classification(0.0, 255.0),
+  return engine.fit(name="t", module=module, objective=objective, train_config=t,
+                   train_data=data, test_data=data, task=classification.Classification(0.0, 255.0),
                    mesh=mesh, workdir=str(tmp_path), seed=0, show_progress=False,
                    log_every_steps=log_every_steps)
 
@@ -119,7 +121,7 @@ def _cross_entropy_until(bad_step):
 
 def test_nan_loss_is_reported_at_its_exact_step(tmp_path):
   # 10 steps an epoch: step 45 is away from the end-of-epoch reads; the error names it.
-  with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 45\b"):
+  with pytest.raises(engine.NonFiniteLossError, match=r"loss became nan at step 45\b"):
     _fit_mlp(tmp_path, _cross_entropy_until(45), epochs=6)
   # The checkpoint after epoch 4 (step 40) is kept; nothing after the NaN was saved.
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["30", "40"]

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import divergences, losses
+from kd_jax import divergences
+from kd_jax import losses
 from tests.test_divergences import reference
 from tests.test_losses import np_ce, rand
 
@@ -155,8 +156,8 @@ def test_kd_with_loss_chunk_size_trains_like_the_naive_loss(tmp_path):
   steps as the naive kd loss on the logits."""
   import json
   import os
-  from kd_jax import cli
-  from kd_jax.experiment import run_experiment
+  from kd_jax.config import cli
+  from kd_jax.run.pipeline import run_experiment
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   losses_of = {}
   for chunk in (0, 7):
@@ -178,7 +179,7 @@ def test_kd_with_loss_chunk_size_trains_like_the_naive_loss(tmp_path):
 ])
 def test_loss_chunk_size_settings_are_checked(overrides, message):
   import os
-  from kd_jax import cli
+  from kd_jax.config import cli
   from kd_jax import config as config_lib
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = cli.load_config_file(os.path.join(root, "experiments", "arithmetic", "token_kd.py:smoke"))

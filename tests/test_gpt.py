@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kd_jax import generate as generate_lib
+from kd_jax.llm import generate as generate_lib
 from kd_jax import models
 from kd_jax.models import gpt
 

@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from kd_jax import generate
-from kd_jax.errors import ConfigError
+from kd_jax.llm import generate
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import gpt
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")

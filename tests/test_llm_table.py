@@ -6,9 +6,10 @@ import os
 import pytest
 from scipy import stats as scipy_stats
 
-from kd_jax import llm_table, sweep
+from kd_jax import sweep
+from kd_jax.reporting import llm_table
 from kd_jax.config import base_config
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 TEACHER_EM = 0.9
 # Exact match per point and seed: sft 0.60/0.62/0.64; good = sft + 0.10/0.12/0.14; same = sft
@@ -101,7 +102,7 @@ def test_an_unknown_reference_names_the_points(tmp_path):
 
 
 def test_the_topk_fidelity_table_follows_the_formulas(tmp_path):
-  from kd_jax import topk_fidelity
+  from kd_jax.reporting import topk_fidelity
 
   def run_fn(config, workdir, *, teacher_dir=None):
     del workdir, teacher_dir

@@ -11,9 +11,13 @@ import pytest
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import divergences, losses, methods, models, parallel, train
+from kd_jax import methods, models
+from kd_jax import divergences
+from kd_jax import losses
+from kd_jax.core import parallel
+from kd_jax import engine
 from kd_jax.data import arithmetic as ar
-from kd_jax.errors import WorkdirConflictError
+from kd_jax.core.errors import WorkdirConflictError
 from kd_jax.tasks import lm
 from tests.test_divergences import reference
 from tests.test_losses import np_ce, rand
@@ -124,7 +128,7 @@ def _fit(tmp_path, *, epochs=2.0, stop_at_step=None, teacher=None, method="none"
   c.train.batch_size, c.train.epochs, c.train.learning_rate = 32, epochs, 3e-3
   c.train.eval_batch_size = 32
   module = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
-  return train.fit(name="lm", module=module, objective=methods.make_objective(c),
+  return engine.fit(name="lm", module=module, objective=methods.make_objective(c),
                    train_config=c.train, train_data=train_data, test_data=test_data, task=task,
                    mesh=mesh, workdir=str(tmp_path), seed=0, teacher=teacher,
                    show_progress=False, log_every_steps=1, stop_at_step=stop_at_step,
@@ -146,8 +150,8 @@ def test_an_lm_trains_on_the_engine_and_is_evaluated(tmp_path):
 
 def test_token_level_kd_from_a_live_teacher_and_its_evaluation(tmp_path):
   teacher_fit = _fit(tmp_path / "teacher", epochs=2.0)
-  graphdef, params, model_state = train.split_module(teacher_fit.module)
-  teacher = train.Teacher(graphdef, (params, model_state))
+  graphdef, params, model_state = engine.split_module(teacher_fit.module)
+  teacher = engine.Teacher(graphdef, (params, model_state))
   student = _fit(tmp_path / "student", epochs=1.0, teacher=teacher, method="kd")
   records = [r for r in map(__import__("json").loads, open(tmp_path / "student" / "metrics.jsonl"))
              if "loss" in r]
@@ -155,7 +159,7 @@ def test_token_level_kd_from_a_live_teacher_and_its_evaluation(tmp_path):
   # The evaluation against a reference model reports per-token KL and agreement.
   problems, tokens, prompt_lengths, lengths = _split("test", 64)
   data = lm.token_data(tokens, prompt_lengths, lengths, _mesh())
-  s_graphdef, s_params, s_state = train.split_module(student.module)
+  s_graphdef, s_params, s_state = engine.split_module(student.module)
   evaluate = _task(problems, prompt_lengths, lengths).evaluator(
       s_graphdef, data, 32, _mesh(), reference=(graphdef, (params, model_state)))
   metrics, _ = evaluate((s_params, s_state))
@@ -192,7 +196,8 @@ import json, sys, tempfile
 import jax, numpy as np
 sys.path.insert(0, '.')
 from tests import test_lm
-from kd_jax import parallel
+
+from kd_jax.core import parallel
 mesh = parallel.make_mesh(jax.device_count(), 1)
 with tempfile.TemporaryDirectory() as tmp:
   test_lm._fit(tmp, epochs=0.5, mesh=mesh)
@@ -215,8 +220,8 @@ def test_one_and_four_devices_give_the_same_lm_losses(tmp_path):
 
 def _teacher(tmp_path):
   fit = _fit(tmp_path / "teacher", epochs=1.0)
-  graphdef, params, model_state = train.split_module(fit.module)
-  return train.Teacher(graphdef, (params, model_state))
+  graphdef, params, model_state = engine.split_module(fit.module)
+  return engine.Teacher(graphdef, (params, model_state))
 
 
 def test_gkd_with_lambda_0_is_the_kd_step_with_jsd(tmp_path):
@@ -230,15 +235,15 @@ def test_gkd_with_lambda_0_is_the_kd_step_with_jsd(tmp_path):
   kd = ml_collections.ConfigDict({**c.to_dict(), "method": "kd", "divergence": "js",
                                   "divergence_params": {"beta": 0.3}, "alpha": 0.0})
   student = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
-  optimizer = train.make_optimizer(c.train, 100)
+  optimizer = engine.make_optimizer(c.train, 100)
   batch = {"index": jnp.arange(32, dtype=jnp.int32), "mask": jnp.ones(32, bool)}
   outs = []
   for config, on_policy in ((gkd, 0.0), (kd, 0.0)):
     task = dataclasses.replace(_task(problems, prompt_lengths, lengths), on_policy=on_policy)
-    graphdef, params, model_state = train.split_module(student)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    graphdef, params, model_state = engine.split_module(student)
+    state = engine.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              model_state=model_state, opt_state=optimizer.init(params))
-    step = train.make_train_step(graphdef, methods.make_objective(config), optimizer, task,
+    step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer, task,
                                  teacher, data, mesh)
     outs.append(step(parallel.put_replicated(state, mesh), batch, jax.random.key(0)))
   (gkd_state, gkd_metrics), (kd_state, kd_metrics) = outs
@@ -283,9 +288,9 @@ def test_a_student_starts_from_a_finished_fit_of_its_identity(tmp_path):
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, nnx.state(fresh, nnx.Param),
                                               nnx.state(fit.module, nnx.Param))))
   c = config_lib.base_config()
-  step = train.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 0})
+  step = engine.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 0})
   assert step == fit.steps
   same = jax.tree.map(np.array_equal, nnx.state(fresh), nnx.state(fit.module))
   assert all(jax.tree.leaves(same))
   with pytest.raises(WorkdirConflictError, match="seed"):
-    train.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 1})
+    engine.load_trained(fresh, c.train, str(tmp_path), {"phase": "baseline", "seed": 1})

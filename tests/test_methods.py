@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kd_jax import config as config_lib
-from kd_jax import divergences, methods
+from kd_jax import methods
+from kd_jax import divergences
 from tests.test_divergences import CASES, CASE_IDS, reference
 from tests.test_losses import (np_attention, np_ce, np_pkt, np_rkd, np_sp, np_tckd_nckd,
                                rand)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kd_jax import metrics
+from kd_jax.tasks import metrics
 
 
 def test_accuracy_and_agreement():

@@ -15,18 +15,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from kd_jax import distributed
+from kd_jax.core import distributed
 from tests.conftest import needs_fashion_mnist
 from tests.multidevice import ROOT, device_runs, env, finish, free_port, start, student_losses
 
 _WORKER = r"""
 import json, sys
-from kd_jax import distributed
+
+from kd_jax.core import distributed
 port, process_id, workdir, teachers, overrides, stop = sys.argv[1:]
 assert distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
 import jax
 assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
-from kd_jax.experiment import run_experiment
+from kd_jax.run.pipeline import run_experiment
 from tests.conftest import tiny_config
 try:
   run_experiment(tiny_config(**json.loads(overrides)), workdir, teacher_dir=teachers,

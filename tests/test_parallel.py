@@ -18,8 +18,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from kd_jax import config as config_lib
-from kd_jax import methods, models, parallel, train
-from kd_jax.experiment import run_experiment
+from kd_jax import methods, models
+from kd_jax.core import parallel
+from kd_jax import engine
+from kd_jax.tasks import classification
+from kd_jax.run.pipeline import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
 from tests import multidevice
 from tests.multidevice import device_runs, student_losses
@@ -160,15 +163,15 @@ def _lowered_kd_step(dtype) -> str:
   config = tiny_config()
   build = lambda widths: models.create("cnn", num_classes=10, rngs=nnx.Rngs(0), dtype=dtype,
                                        widths=widths)
-  graphdef, params, model_state = train.split_module(build((4, 4)))
-  t_graphdef, t_params, t_state = train.split_module(build((4, 8)))
-  optimizer = train.make_optimizer(config.train, 8)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  graphdef, params, model_state = engine.split_module(build((4, 4)))
+  t_graphdef, t_params, t_state = engine.split_module(build((4, 8)))
+  optimizer = engine.make_optimizer(config.train, 8)
+  state = engine.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            model_state=model_state, opt_state=optimizer.init(params))
-  data = train.DeviceData(jnp.zeros((16, 28, 28, 1), jnp.uint8), jnp.zeros((16,), jnp.int32))
-  step = train.make_train_step(graphdef, methods.make_objective(config, {}), optimizer,
-                               train.Classification(0.3, 0.35, dtype=dtype),
-                               train.Teacher(t_graphdef, (t_params, t_state)), data, mesh)
+  data = classification.DeviceData(jnp.zeros((16, 28, 28, 1), jnp.uint8), jnp.zeros((16,), jnp.int32))
+  step = engine.make_train_step(graphdef, methods.make_objective(config, {}), optimizer,
+                               classification.Classification(0.3, 0.35, dtype=dtype),
+                               engine.Teacher(t_graphdef, (t_params, t_state)), data, mesh)
   batch = {"index": jnp.arange(8, dtype=jnp.int32), "mask": jnp.ones(8, bool)}
   return step.jitted.lower(state, (t_params, t_state), data, batch, jax.random.key(0)).as_text()
 

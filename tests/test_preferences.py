@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kd_jax import preferences
+from kd_jax.methods import preference as preferences
 from tests.test_experiments import assert_refused_field, cli_load
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from kd_jax import divergences, rl_losses
+from kd_jax import divergences
+from kd_jax.objectives import rl_losses
 from kd_jax.data import arithmetic
 
 MASK = np.array([[True, True, True, False], [True, True, False, False]])

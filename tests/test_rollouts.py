@@ -12,7 +12,12 @@ import pytest
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import generate, methods, rl_losses, rollouts, step, train
+from kd_jax import methods
+from kd_jax.llm import generate
+from kd_jax.objectives import rl_losses
+from kd_jax.methods import policy_gradient as rollouts
+from kd_jax.engine import step
+from kd_jax import engine
 from kd_jax.data import arithmetic as ar
 from kd_jax.tasks import arithmetic, lm
 from tests.test_experiments import assert_refused_field, cli_load
@@ -42,14 +47,14 @@ def _setup(method="grpo", verify=_always_right, teacher_mix=0.0, **rl):
   c.train.batch_size, c.train.epochs, c.train.learning_rate = 4 * K, 2.0, 1e-3
   c.train.eval_batch_size = 16
   module = methods.Student(_gpt(), {}, {}, rngs=nnx.Rngs(1))
-  t_graphdef, t_params, t_state = train.split_module(_gpt(seed=9, dim=64))
-  teacher = train.Teacher(t_graphdef, (t_params, t_state))
+  t_graphdef, t_params, t_state = engine.split_module(_gpt(seed=9, dim=64))
+  teacher = engine.Teacher(t_graphdef, (t_params, t_state))
   return c, task, data, module, teacher
 
 
 def _one_step(c, task, data, module, teacher):
   """One jitted train step with SGD at rate 1 (the update is −grad); the rows it trained on."""
-  graphdef, params, model_state = train.split_module(module)
+  graphdef, params, model_state = engine.split_module(module)
   optimizer = optax.sgd(1.0)
   state = step.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                           opt_state=optimizer.init(params))
@@ -108,7 +113,7 @@ def test_grpo_step_with_rewards_equal_within_each_group_and_no_kl_penalty_change
 
 def test_verifier_rewards_in_the_step_are_the_checker_on_each_prompts_answers():
   _, task, data, module, _ = _setup()
-  graphdef, params, model_state = train.split_module(module)
+  graphdef, params, model_state = engine.split_module(module)
   seen = []
 
   def verify(tokens, gold):       # the task's checker, on what the step hands the verifier
@@ -175,7 +180,7 @@ def _rl_fit(workdir, method, stop_at_step=None):
                                           teacher_mix=0.2 if method == "minillm" else 0.0)
   problems, tokens, prompt_lengths, lengths = _split("test", 16)
   test_data = lm.token_data(tokens, prompt_lengths, lengths, _mesh())
-  return train.fit(name="rl", module=module, objective=methods.make_objective(c),
+  return engine.fit(name="rl", module=module, objective=methods.make_objective(c),
                    train_config=methods.student_train_config(c), train_data=data,
                    test_data=test_data, task=dataclasses.replace(
                        task, **{f.name: getattr(_task(problems, prompt_lengths, lengths), f.name)

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kd_jax import schedules
+from kd_jax.objectives import schedules
 
 
 def values(fn, steps):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from kd_jax import stats
+from kd_jax.reporting import stats
 
 T_975_2 = 4.302652729749464  # t_{0.975} with 2 degrees of freedom (tables).
 

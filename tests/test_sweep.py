@@ -391,7 +391,7 @@ def test_cli_checks_every_point_before_training(tmp_path):
 
 @pytest.mark.usefixtures("idx_source")
 def test_real_smoke_sweep_2_points_2_seeds(tmp_path, teacher_dir):
-  from kd_jax.experiment import run_experiment
+  from kd_jax.run.pipeline import run_experiment
   from tests.conftest import MISSING_FASHION_MNIST, have_fashion_mnist, skip_or_fail, tiny_config
   if not have_fashion_mnist():
     skip_or_fail(MISSING_FASHION_MNIST)

@@ -10,7 +10,11 @@ import pytest
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import experiment, methods, models, parallel, teacher_cache, train
+from kd_jax import methods, models
+from kd_jax.run import pipeline as experiment
+from kd_jax.core import parallel
+from kd_jax.engine import teacher_cache
+from kd_jax import engine
 from kd_jax.tasks import classification
 from kd_jax.data import augment
 from tests.conftest import needs_fashion_mnist, tiny_config
@@ -31,13 +35,13 @@ def _teacher(config, mesh, num_classes, input_shape, feature_names=(), seed=None
   module = classification.build_model(config.teacher, num_classes=num_classes, input_shape=input_shape,
                                   seed=config.teacher.seed if seed is None else seed,
                                   dtype=jnp.float32)
-  graphdef, params, state = train.split_module(module)
-  return train.Teacher(graphdef, parallel.put_replicated((params, state), mesh),
+  graphdef, params, state = engine.split_module(module)
+  return engine.Teacher(graphdef, parallel.put_replicated((params, state), mesh),
                        tuple(feature_names))
 
 
 def _preprocess(config):
-  return train.Classification(MEAN, STD, config.dataset.crop_padding, config.dataset.flip)
+  return classification.Classification(MEAN, STD, config.dataset.crop_padding, config.dataset.flip)
 
 
 def _setup(config):
@@ -60,20 +64,20 @@ def test_cached_and_uncached_steps_give_the_same_loss_and_gradients(method, tmp_
   teacher = _teacher(config, mesh, num_classes, input_shape, sorted(set(pairs.values())))
   student = methods.Student(student_model, pairs, {}, rngs=nnx.Rngs(2))
   objective = methods.make_objective(config, pairs)
-  optimizer = train.make_optimizer(config.train, total_steps=8)
+  optimizer = engine.make_optimizer(config.train, total_steps=8)
   preprocess = _preprocess(config)
 
   cached_data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, str(tmp_path))
   assert cached_data.teacher_logits.shape == (train_data.size, num_classes)
   assert set(cached_data.teacher_features) == set(pairs.values())
 
-  graphdef, params, model_state = train.split_module(student)
+  graphdef, params, model_state = engine.split_module(student)
   host = jax.device_get((params, model_state))
 
   def fresh_state():   # the step donates its state: each run gets its own copy
     p, s = host
     return parallel.put_replicated(
-        train.TrainState(step=jnp.zeros((), jnp.int32), params=p, model_state=s,
+        engine.TrainState(step=jnp.zeros((), jnp.int32), params=p, model_state=s,
                          opt_state=optimizer.init(p)), mesh)
 
   # A ragged batch: 40 real rows, 24 padded ones masked out.
@@ -83,9 +87,9 @@ def test_cached_and_uncached_steps_give_the_same_loss_and_gradients(method, tmp_
                                {"index": parallel.batch_sharding(mesh),
                                 "mask": parallel.batch_sharding(mesh)})
   rng = jax.random.key(0)
-  uncached = train.make_train_step(graphdef, objective, optimizer, preprocess, teacher,
+  uncached = engine.make_train_step(graphdef, objective, optimizer, preprocess, teacher,
                                    train_data, mesh)
-  cached = train.make_train_step(graphdef, objective, optimizer, preprocess, None, cached_data,
+  cached = engine.make_train_step(graphdef, objective, optimizer, preprocess, None, cached_data,
                                  mesh)
   state_u, metrics_u = jax.device_get(uncached(fresh_state(), batch, rng))
   state_c, metrics_c = jax.device_get(cached(fresh_state(), batch, rng))
@@ -158,13 +162,13 @@ def test_augmentation_refuses_memory_and_disk_caching_with_a_clear_message(tmp_p
 def count_teacher_passes(monkeypatch):
   """Counts full passes of a teacher over the training set."""
   calls = []
-  original = train.predict_all
+  original = engine.predict_all
 
   def counting(*args, **kwargs):
     calls.append(1)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(train, "predict_all", counting)
+  monkeypatch.setattr(engine.step, "predict_all", counting)   # what teacher_cache calls
   return calls
 
 
@@ -215,7 +219,7 @@ def test_disk_cache_is_reused_and_invalidated_when_teacher_or_data_change(tmp_pa
   assert _stored_identity(workdir)["examples"] == 150
 
   # Other requested features.
-  with_features = train.Teacher(other.graphdef, other.variables, ("embedding",))
+  with_features = engine.Teacher(other.graphdef, other.variables, ("embedding",))
   out = attach(smaller, with_features, small_data)
   assert len(count_teacher_passes) == 5
   assert out.teacher_features["embedding"].shape[0] == 150

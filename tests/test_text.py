@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kd_jax import report
+from kd_jax.reporting import report
 from kd_jax.data import text
 from kd_jax.data.core import DatasetNotFoundError
 from tests.conftest import needs_fortunes
@@ -97,8 +97,8 @@ def test_a_hugging_face_teacher_brings_its_tokenizer_and_vocabulary(tmp_path):
   """teacher.checkpoint = a Llama directory with tokenizer.json: the student is built for its
   vocabulary and the rows are tokenized by its tokenizer."""
   import json
-  from kd_jax import cli
-  from kd_jax.experiment import run_experiment
+  from kd_jax.config import cli
+  from kd_jax.run.pipeline import run_experiment
   from kd_jax.models import gpt, hf_checkpoint
   checkpoint = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "text_llama")
   config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)),
@@ -114,13 +114,14 @@ def test_a_hugging_face_teacher_brings_its_tokenizer_and_vocabulary(tmp_path):
   tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)
   assert (bos, eos) == (tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>"))
   assert results["teacher"]["nll"] > 0 and results["student"]["kl_to_teacher"] >= 0
-  from kd_jax import report
+  from kd_jax.reporting import report
   assert f"teacher loaded from the Hugging Face checkpoint {checkpoint}" in (
       report.summary_table(results))
 
 
 def test_a_text_teachers_cache_key_follows_the_corpus(tmp_path, monkeypatch):
-  from kd_jax import cli, teachers
+  from kd_jax.config import cli
+  from kd_jax.run import teachers
   config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)),
                                              "experiments", "text", "token_kd.py:smoke"))
   keys = []

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import scipy.special
 
-from kd_jax import divergences, losses, topk
+from kd_jax import divergences
+from kd_jax import losses
+from kd_jax.objectives import topk
 from tests.test_losses import rand
 
 B, T, V = 3, 5, 11
@@ -102,7 +104,7 @@ def test_errors_name_the_valid_choices():
 
 def _arithmetic_config(**topk_block):
   import os
-  from kd_jax import cli
+  from kd_jax.config import cli
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = cli.load_config_file(os.path.join(root, "experiments", "arithmetic", "token_kd.py:smoke"))
   c.baseline = False
@@ -120,7 +122,7 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_a_full_vocabulary_top_k_trains_exactly_like_the_full_logits(tmp_path):
   """k = V: the cached top-k run takes the same steps as the cached-full-logits run."""
-  from kd_jax.experiment import run_experiment
+  from kd_jax.run.pipeline import run_experiment
   teachers = str(tmp_path / "cache" / "teachers")
   run = lambda name, c: run_experiment(c, str(tmp_path / name), teacher_dir=teachers,
                                        show_progress=False)

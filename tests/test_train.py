@@ -10,9 +10,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from kd_jax import config as config_lib
-from kd_jax import report, train
-from kd_jax.errors import WorkdirConflictError
-from kd_jax.experiment import run_experiment
+from kd_jax.reporting import report
+from kd_jax import engine
+from kd_jax.core.errors import WorkdirConflictError
+from kd_jax.run.pipeline import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
 
 pytestmark = [needs_fashion_mnist, pytest.mark.usefixtures("idx_source")]
@@ -242,7 +243,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, t
   c.train.lr_schedule = "warmup_cosine"
   c.train.warmup_fraction = 0.5
   c.train.learning_rate = 1e30
-  with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step (\d+)") as error:
+  with pytest.raises(engine.NonFiniteLossError, match=r"loss became nan at step (\d+)") as error:
     run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir,
                    show_progress=False)
   bad_step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
@@ -260,7 +261,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, t
 
 
 def test_a_field_added_later_with_its_default_is_not_a_difference(tmp_path, teacher_dir):
-  from kd_jax import workdir as workdir_lib
+  from kd_jax.run import workdir as workdir_lib
   c = tiny_config(**{"checkpoint.every_steps": 2})
   with pytest.raises(KeyboardInterrupt):
     run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kd_jax import generate as generate_lib
-from kd_jax import models, transfer
+from kd_jax.llm import generate as generate_lib
+from kd_jax import models
+from kd_jax.llm import transfer
 from kd_jax.data import arithmetic as ar
 
 TOKENIZER = ar.CharTokenizer()

@@ -11,7 +11,7 @@ head counts need not match (Wang et al. 2020, 2021; kd_jax/attention_losses.py).
 """
 
 from kd_jax import config as config_lib
-from kd_jax import grid
+from kd_jax.run import grid
 
 distilbert = config_lib.load_sibling(__file__, "distilbert")
 

@@ -8,7 +8,7 @@ initialisation (random instead of the teacher's layers) and the learning rate di
 """
 
 from kd_jax import config as config_lib
-from kd_jax import grid
+from kd_jax.run import grid
 
 distilbert = config_lib.load_sibling(__file__, "distilbert")
 

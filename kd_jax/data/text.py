@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from kd_jax import workdir as workdir_lib
+from kd_jax.run import workdir as workdir_lib
 from kd_jax.data.core import DatasetNotFoundError
 
 FORTUNES_DIR = "/usr/share/games/fortunes"

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from kd_jax import cli
-from kd_jax.errors import ConfigError
+from kd_jax.config import cli
+from kd_jax.core.errors import ConfigError
 from kd_jax.export import FORMATS, QUANTIZATIONS, litert_format, measure, onnx_format
 from kd_jax.export import student as student_lib
 

@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 
 def export(function, input_shape: tuple, path: str, *, input_dtype: str = "uint8",

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 
 def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8") -> None:

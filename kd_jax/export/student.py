@@ -28,9 +28,10 @@ import ml_collections
 import numpy as np
 
 from kd_jax import data as data_lib
-from kd_jax import experiment, models
-from kd_jax import workdir as workdir_lib
-from kd_jax.errors import ConfigError
+from kd_jax import models
+from kd_jax.run import pipeline as experiment
+from kd_jax.run import workdir as workdir_lib
+from kd_jax.core.errors import ConfigError
 from kd_jax.tasks import arithmetic
 
 WEB_SAMPLES = 64      # held-out examples the web page steps through

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import hf_checkpoint
 
 

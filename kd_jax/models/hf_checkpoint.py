@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 ARCHITECTURES = ("llama", "qwen2")
 SINGLE_FILE = "model.safetensors"

@@ -18,9 +18,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import methods, models, preferences, rollouts, step, tasks, teacher_cache, transfer
+from kd_jax import methods, models, tasks
+from kd_jax.methods import preference as preferences
+from kd_jax.methods import policy_gradient as rollouts
+from kd_jax.engine import step
+from kd_jax.engine import teacher_cache
+from kd_jax.llm import transfer
 from kd_jax.data import arithmetic as ar
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.tasks import lm
 
 DATASETS = ("arithmetic",)

@@ -20,10 +20,12 @@ import numpy as np
 from flax import nnx
 
 from kd_jax import data as data_lib
-from kd_jax import metrics as metrics_lib
-from kd_jax import models, parallel, step, tasks
+from kd_jax.tasks import metrics as metrics_lib
+from kd_jax import models, tasks
+from kd_jax.core import parallel
+from kd_jax.engine import step
 from kd_jax.data import augment as augment_lib
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,9 +31,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import embedding_eval, models, parallel, step, tasks
+from kd_jax import models, tasks
+from kd_jax.tasks import embedding_eval
+from kd_jax.core import parallel
+from kd_jax.engine import step
 from kd_jax.data import sentences as sentences_lib
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import bert, hf_checkpoint
 
 DATASETS = ("fortune_sentences",)

@@ -36,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import feeding, parallel, step
-from kd_jax.errors import ConfigError
-from kd_jax import generate as generate_lib
+from kd_jax.engine import feeding
+from kd_jax.core import parallel
+from kd_jax.engine import step
+from kd_jax.core.errors import ConfigError
+from kd_jax.llm import generate as generate_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,10 @@ import os
 import numpy as np
 from flax import nnx
 
-from kd_jax import models, step, tasks
+from kd_jax import models, tasks
+from kd_jax.engine import step
 from kd_jax.data import text as text_data
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import gpt, hf_checkpoint
 from kd_jax.tasks import lm
 

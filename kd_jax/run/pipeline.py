@@ -30,12 +30,18 @@ from absl import logging
 from flax import nnx
 
 from kd_jax import config as config_lib
-from kd_jax import feeding, methods, parallel, run_log, teacher_cache, teachers, train
+from kd_jax import methods
+from kd_jax.engine import feeding
+from kd_jax.core import parallel
+from kd_jax.engine import run_log
+from kd_jax.engine import teacher_cache
+from kd_jax.run import teachers
+from kd_jax import engine
 from kd_jax import tasks
-from kd_jax import metrics as metrics_lib
-from kd_jax import workdir as workdir_lib
+from kd_jax.tasks import metrics as metrics_lib
+from kd_jax.run import workdir as workdir_lib
 from kd_jax.models import hf_checkpoint
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 DEFAULT_TEACHER_DIR = os.path.join("~", ".cache", "kd_jax", "teachers")
 RESULT_FILE = "result.json"   # a finished phase's report, in its directory
@@ -77,7 +83,7 @@ def git_commit() -> str | None:
     return None
 
 
-def _fit_report(fit: train.FitResult, module, headline: str) -> dict:
+def _fit_report(fit: engine.FitResult, module, headline: str) -> dict:
   """The task-independent fields of a trained phase's report: size, best, history, timing."""
   return {
       "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
@@ -113,7 +119,7 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
     return {**info, "source": source, "cached": True}
   logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
   objective = methods.make_objective(config_lib.with_method(config, "none"))
-  fit = train.fit(name="teacher", module=module, objective=objective,
+  fit = engine.fit(name="teacher", module=module, objective=objective,
                   train_config=config.teacher.train, train_data=prepared.train_data,
                   test_data=prepared.test_data, task=prepared.task, mesh=mesh,
                   workdir=source + ".train",
@@ -158,7 +164,7 @@ def load_trained_student(workdir: str, mesh=None):
   student = prepared.build(config.student, config.seed)
   teacher = nnx.eval_shape(lambda: prepared.build(config.teacher, config.teacher.seed, "teacher"))
   module, _ = methods.trainable_student(config, student, teacher)
-  train.load_trained(module, methods.student_train_config(config),
+  engine.load_trained(module, methods.student_train_config(config),
                      os.path.join(workdir, "student"), workdir_lib.result_fields(config))
   return config, prepared, getattr(module, "model", module)
 
@@ -228,10 +234,10 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
 
   teacher_info = obtain_teacher(config, module=teacher_module, prepared=prepared, mesh=mesh,
                                 teacher_dir=teacher_dir, show_progress=show_progress)
-  t_graphdef, t_params, t_state = train.split_module(teacher_module)
+  t_graphdef, t_params, t_state = engine.split_module(teacher_module)
   teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
                        parallel.put_replicated(t_state, mesh))
-  teacher = train.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
+  teacher = engine.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
   eval_batch = feeding.eval_batch_size(config.train.eval_batch_size, test_data.size, mesh)
   teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
   student_train_data, written = prepared.student_train_data, None
@@ -264,7 +270,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     if done is not None:
       return done
     train_config = methods.student_train_config(config) if name == "student" else config.train
-    fit = train.fit(name=name, module=module, objective=objective, train_config=train_config,
+    fit = engine.fit(name=name, module=module, objective=objective, train_config=train_config,
                     train_data=data, test_data=test_data,
                     task=student_task if name == "student" else task, mesh=mesh,
                     seed=config.seed, teacher=teacher_for_step, workdir=phase_dir,
@@ -294,7 +300,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
-      train.load_trained(student_model, config.train, shared_dir,
+      engine.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
   if prepared.student_data is not None:   # made from the starting student (DPO's pairs)
     student_train_data, pair_stats = prepared.student_data(
@@ -317,7 +323,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   results["student"]["teacher_cached"] = uses_teacher and student_teacher is None
   if teacher_cache.topk_k(config):
     # The trained student, as its last checkpoint holds it (also when this phase was done).
-    train.load_trained(student_module, config.train, os.path.join(workdir, "student"),
+    engine.load_trained(student_module, config.train, os.path.join(workdir, "student"),
                        workdir_lib.result_fields(config))
     results["topk"] = teacher_cache.topk_report(config, student_module, teacher, data, task)
   results["timing"] = {

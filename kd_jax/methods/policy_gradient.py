@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import parallel, rl_losses
+from kd_jax.core import parallel
+from kd_jax.objectives import rl_losses
 from kd_jax.tasks import lm
 
 

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from kd_jax import feeding, parallel
+from kd_jax.engine import feeding
+from kd_jax.core import parallel
 
 
 @flax.struct.dataclass

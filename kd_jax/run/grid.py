@@ -18,8 +18,8 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import stats
-from kd_jax.errors import ConfigError
+from kd_jax.reporting import stats
+from kd_jax.core.errors import ConfigError
 
 Point = dict[str, Any]
 NamedPoint = tuple[str | None, Point]     # (name or None, overrides): see `parse_points`

@@ -24,7 +24,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from kd_jax.data.core import DatasetNotFoundError
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 # Errors that are the user's to fix; anything else is a bug and shows its traceback.
 USER_ERRORS = (ConfigError, DatasetNotFoundError)

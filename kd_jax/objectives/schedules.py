@@ -32,7 +32,7 @@ traced integer step.
 
 Example::
 
-    >>> from kd_jax import schedules
+    >>> from kd_jax.objectives import schedules
     >>> temperature = schedules.make(
     ...     {"schedule": "linear", "init": 1.0, "end": 4.0, "steps": 100},
     ...     field="temperature", positive=True)

@@ -32,7 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kd_jax import divergences, losses
+from kd_jax.objectives import divergences
+from kd_jax.objectives import losses
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike

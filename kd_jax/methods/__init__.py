@@ -40,16 +40,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax import attention_losses, divergences, losses, models, rl_losses, schedules, topk
-from kd_jax.errors import ConfigError
+from kd_jax import models
+from kd_jax.objectives import attention_losses
+from kd_jax.objectives import divergences
+from kd_jax.objectives import features, fused_linear, losses
+from kd_jax.objectives import rl_losses
+from kd_jax.objectives import schedules
+from kd_jax.objectives import topk
+from kd_jax.core.errors import ConfigError
 
 # The feature term of each feature method: fn(student_feature, teacher_feature) -> scalar.
 _FEATURE_LOSSES = {
-    "fitnets": losses.hint_loss,
-    "at": losses.attention_transfer_loss,
-    "rkd": losses.rkd_loss,
-    "sp": losses.similarity_preserving_loss,
-    "pkt": losses.pkt_loss,
+    "fitnets": features.hint_loss,
+    "at": features.attention_transfer_loss,
+    "rkd": features.rkd_loss,
+    "sp": features.similarity_preserving_loss,
+    "pkt": features.pkt_loss,
 }
 # Methods whose feature term compares spatial maps [B, H, W, C] rather than vectors.
 _SPATIAL_METHODS = ("at",)
@@ -271,10 +277,10 @@ def _hinton(settings, step, s_logits, t_logits, labels, mask):
 
 def _fused_hinton(settings, t, a, student, teacher, labels, mask):
   """The ``kd`` loss through the output heads, ``loss_chunk_size`` rows at a time
-  (:func:`kd_jax.losses.fused_linear_kd_loss`); its two terms are not logged apart
+  (:func:`kd_jax.fused_linear.fused_linear_kd_loss`); its two terms are not logged apart
   (that would make the logits twice)."""
   (h_s, w_s), (h_t, w_t) = student, teacher
-  return losses.fused_linear_kd_loss(
+  return fused_linear.fused_linear_kd_loss(
       h_s.reshape(-1, h_s.shape[-1]), w_s, h_t.reshape(-1, h_t.shape[-1]), w_t,
       labels.reshape(-1), divergence=settings.divergence, temperature=t, alpha=a,
       mask=mask.reshape(-1), chunk_size=settings.loss_chunk_size,
@@ -297,7 +303,7 @@ def _sentence_cosine(settings, step, s_embeddings, t_embeddings, labels, mask):
   (``mask`` ``[B, T]``: a row with any real token)."""
   del settings, step, labels
   rows = jnp.any(mask, axis=-1) if mask.ndim > 1 else mask
-  loss = losses.hidden_state_loss(s_embeddings[:, None], t_embeddings[:, None], mask=rows)
+  loss = features.hidden_state_loss(s_embeddings[:, None], t_embeddings[:, None], mask=rows)
   return loss, {"embedding_cosine_distance": loss}
 
 
@@ -425,7 +431,7 @@ REGISTRY: dict[str, Method] = {
     # Sentence encoders (kd_jax/tasks/embedding.py): DistilBERT (Sanh et al. 2019) matches
     # the sentence embeddings and the hidden states (distance: config.divergence, cosine or
     # mse); MiniLM (Wang et al. 2020, 2021) the last layer's attention and value relations.
-    "distilbert": Method(_sentence_cosine, losses.hidden_state_loss,
+    "distilbert": Method(_sentence_cosine, features.hidden_state_loss,
                          feature_options=lambda c: {"distance": c.divergence},
                          default_pairs=_uniform_hidden_pairs, check_pair=_equal_widths),
     "minilm": Method(_no_output_term, attention_losses.self_attention_loss,

@@ -33,12 +33,14 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from kd_jax import feeding, optim, parallel
-from kd_jax import step as step_lib
-from kd_jax import workdir as workdir_lib
-from kd_jax.checkpoint import Checkpointer
-from kd_jax.errors import ConfigError, WorkdirConflictError
-from kd_jax.run_log import RunLog
+from kd_jax.engine import feeding
+from kd_jax.engine import optim
+from kd_jax.core import parallel
+from kd_jax.engine import step as step_lib
+from kd_jax.run import workdir as workdir_lib
+from kd_jax.engine.checkpoint import Checkpointer
+from kd_jax.core.errors import ConfigError, WorkdirConflictError
+from kd_jax.engine.run_log import RunLog
 
 
 class NonFiniteLossError(FloatingPointError):

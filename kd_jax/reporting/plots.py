@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # Files only: sweeps run on headless machines.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from kd_jax.stats import DISPLAY, Interval, format_value, sort_rows  # noqa: E402
+from kd_jax.reporting.stats import DISPLAY, Interval, format_value, sort_rows  # noqa: E402
 
 TEMPERATURE_KEYS = ("temperature", "temperature.init")
 

@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from kd_jax.errors import WorkdirConflictError
+from kd_jax.core.errors import WorkdirConflictError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"

@@ -36,8 +36,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import generate as generate_lib
-from kd_jax import workdir as workdir_lib
+from kd_jax.llm import generate as generate_lib
+from kd_jax.run import workdir as workdir_lib
 
 CHUNK_FILE = "chunk_{:05d}.npz"
 

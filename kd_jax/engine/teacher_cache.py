@@ -59,9 +59,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kd_jax import feeding, losses, parallel, teachers, topk, train
-from kd_jax import workdir as workdir_lib
-from kd_jax.errors import ConfigError
+from kd_jax.engine import feeding, step
+from kd_jax.objectives import losses
+from kd_jax.core import parallel
+from kd_jax.run import teachers
+from kd_jax.objectives import topk
+from kd_jax.run import workdir as workdir_lib
+from kd_jax.core.errors import ConfigError
 from kd_jax.models import hf_checkpoint
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
@@ -133,7 +137,7 @@ def _leaf_sums(x):
 _all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
-def cache_identity(config, teacher: train.Teacher, train_data, task) -> dict:
+def cache_identity(config, teacher: step.Teacher, train_data, task) -> dict:
   """What the cached outputs depend on; the disk cache is reused only on an exact match."""
   d = config.dataset
   checkpoint = config.teacher.checkpoint
@@ -164,7 +168,7 @@ def inputs_of(data):
   return dataclasses.replace(data, teacher_logits=None, teacher_features=None)
 
 
-def attach(config, teacher: train.Teacher, train_data,
+def attach(config, teacher: step.Teacher, train_data,
            task, mesh, workdir: str, shared_dir: str | None = None):
   """``train_data`` with the teacher's logits (and features) cached, or unchanged.
 
@@ -199,7 +203,7 @@ def attach(config, teacher: train.Teacher, train_data,
     return train_data
   data_devices = mesh.shape[parallel.DATA_AXIS]
   # The top-k form (kd_jax/topk.py) is made on the devices: full logits never reach the host.
-  predict = train.make_predict(teacher.graphdef, task, mesh, teacher.feature_names,
+  predict = step.make_predict(teacher.graphdef, task, mesh, teacher.feature_names,
                                logits_fn=(lambda x: topk.from_logits(x, k)) if k else None)
   abstract = jax.eval_shape(predict, *teacher.variables, train_data,
                             jax.ShapeDtypeStruct((data_devices,), jnp.int32))
@@ -223,7 +227,7 @@ def attach(config, teacher: train.Teacher, train_data,
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
     batch = feeding.eval_batch_size(config.train.eval_batch_size, train_data.size, mesh)
-    outputs = train.predict_all(predict, teacher.variables, train_data, batch, mesh)
+    outputs = step.predict_all(predict, teacher.variables, train_data, batch, mesh)
     logging.info("teacher outputs computed for %d examples (%.1f MB)", train_data.size, total / 1e6)
     if mode in ("disk", "shared"):
       _save(path, identity, *outputs)
@@ -283,7 +287,7 @@ def _save(path: str, identity: dict, logits: np.ndarray, features: dict) -> None
   os.replace(tmp, path)     # a half-written cache is never read
 
 
-def topk_report(config, student, teacher: train.Teacher, data, task, rows: int = 256) -> dict:
+def topk_report(config, student, teacher: step.Teacher, data, task, rows: int = 256) -> dict:
   """What the top-k cache costs and how far its loss is from the full-logit loss.
 
   On the first ``rows`` training rows, with the trained ``student`` (a module) and
@@ -292,8 +296,8 @@ def topk_report(config, student, teacher: train.Teacher, data, task, rows: int =
   """
   index = jnp.arange(min(rows, data.size))
   inputs, mask = task.eval_inputs(data, index), data.loss_mask[index]
-  graphdef, params, model_state = train.split_module(student)
-  (student_logits, _), _ = train.forward(graphdef, params, model_state, inputs, train=False)
+  graphdef, params, model_state = step.split_module(student)
+  (student_logits, _), _ = step.forward(graphdef, params, model_state, inputs, train=False)
   teacher_logits, _ = teacher(teacher.variables, inputs)
   kwargs = dict(divergence=config.divergence, temperature=float(config.temperature.init),
                 mask=mask, divergence_params=dict(config.divergence_params))

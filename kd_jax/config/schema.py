@@ -16,12 +16,15 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import divergences, methods, models, schedules, topk
+from kd_jax import methods, models
+from kd_jax.objectives import divergences
+from kd_jax.objectives import schedules
+from kd_jax.objectives import topk
 from kd_jax.data import NAMES as IMAGE_DATASETS
 from kd_jax.tasks.arithmetic import DATASETS as REASONING_DATASETS
 from kd_jax.tasks.embedding import DATASETS as SENTENCE_DATASETS
 from kd_jax.tasks.text import DATASETS as TEXT_DATASETS
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 # Methods of language models only (on-policy distillation samples from the student).
 LANGUAGE_ONLY_METHODS = ("gkd", "dpo", *methods.RL_METHODS)

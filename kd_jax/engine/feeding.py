@@ -15,7 +15,7 @@ import math
 import jax
 import numpy as np
 
-from kd_jax import parallel
+from kd_jax.core import parallel
 
 
 def pad_batch(index: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,9 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from kd_jax import workdir as workdir_lib
+from kd_jax.run import workdir as workdir_lib
 from kd_jax.data import text as text_data
-from kd_jax.errors import ConfigError
+from kd_jax.core.errors import ConfigError
 
 TEACHER_FILE = "teacher.json"
 

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import divergences, losses
+from kd_jax.objectives import divergences
+from kd_jax.objectives import losses
 
 MODES = ("renormalize", "tail")
 

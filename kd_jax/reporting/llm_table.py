@@ -1,0 +1,413 @@
+r"""The method-comparison table of a language-model sweep, in the style of DeepSeek-R1's
+distillation table, and its plots.
+
+    python -m kd_jax.llm_table --workdir=runs/r1_table [--reference=sft]
+
+Reads a finished (or running) `kd_jax.sweep` directory whose runs are language-model
+experiments and writes, next to ``sweep.json``:
+
+* ``llm_table.md`` — the teacher and one row per point: parameters, greedy exact
+  match and pass@k on the held-out split (mean ± 95% t-interval over seeds),
+  retention (student / teacher exact match), the gap recovered
+  (student − ref) / (teacher − ref) against the reference point (``sft``), the paired
+  difference to the reference over the same seeds with its interval and a plain
+  verdict, training tokens, wall time, and exact match on the harder splits
+  (``ood_exact_match``) when the runs have them;
+* ``exact_match_vs_tokens.png`` — each point's evaluations during training (mean
+  over seeds) against the training tokens seen;
+* ``policy_gradient_curves.png`` — for the policy-gradient students (``grpo``,
+  ``minillm``): the verifier's and the teacher's rewards of their samples and their KL
+  to the starting SFT student, step by step (mean over seeds), from their logs;
+* ``transfer_vs_temperature.png`` — when the points differ in the teacher's
+  sampling temperature for the transfer set: its acceptance rate, its distinct
+  accepted answers per prompt and the student's exact match against it.
+
+Only the runs' ``results.json`` (and the policy-gradient students' ``metrics.jsonl``) are
+read, so it can run while the sweep is still going.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kd_jax.reporting import stats
+from kd_jax.core.errors import ConfigError
+from kd_jax.reporting.stats import Interval
+
+TABLE_FILE = "llm_table.md"
+TEMPERATURE_KEY = ("transfer", "sampling", "temperature")
+
+
+def load_sweep(workdir: str) -> tuple[dict, dict[str, list[dict]]]:
+  """``(sweep record, {point slug: [results.json of each finished seed, in seed order]})``."""
+  path = os.path.join(workdir, "sweep.json")
+  if not os.path.exists(path):
+    raise ConfigError("workdir", f"--workdir={workdir} is not a kd_jax.sweep directory (no "
+                      "sweep.json)")
+  with open(path) as f:
+    record = json.load(f)
+  by_point: dict[str, list[dict]] = {p["slug"]: [] for p in record["points"]}
+  for entry in sorted(record["runs"], key=lambda e: e["seed"]):
+    path = os.path.join(workdir, entry["workdir"], "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        by_point[entry["point"]].append(json.load(f))
+  return record, by_point
+
+
+def _seed(results: Mapping[str, Any]) -> int:
+  return results["config"]["seed"]
+
+
+def _warm_start(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """The baseline report a ``student_init="baseline"`` student started from (its budget counts)."""
+  if results["config"].get("student_init") == "baseline":
+    return results["baseline"]
+  return None
+
+
+def _largest_k(report: Mapping[str, Any]) -> str | None:
+  ks = sorted(report.get("pass_at_k", {}), key=int)
+  return ks[-1] if ks else None
+
+
+def point_row(name: str, runs: Sequence[Mapping[str, Any]],
+              reference: Sequence[Mapping[str, Any]], teacher_exact_match: float,
+              confidence: float = 0.95) -> dict:
+  """One table row: the point's statistics over its seeds and its comparison to ``reference``.
+
+  The comparison pairs runs by seed (same initialisation and batch order, so the
+  seed-to-seed variance they share cancels: `kd_jax.stats.paired_difference`).
+  """
+  students = [r["student"] for r in runs]
+  exact = [s["exact_match"] for s in students]
+  k = _largest_k(students[0])
+  warm = _warm_start(runs[0]) or {}
+  row = {
+      "name": name, "n": len(runs), "params": students[0]["params"],
+      "exact_match": stats.mean_ci(exact, confidence),
+      "pass_k": k, "pass_at_k": stats.mean_ci([s["pass_at_k"][k] for s in students], confidence)
+      if k else None,
+      "retention": float(np.mean(exact)) / teacher_exact_match if teacher_exact_match else math.nan,
+      # A student that started from the trained baseline also spent the baseline's budget.
+      "train_tokens": (students[0].get("train_tokens", 0) + warm.get("train_tokens", 0)) or None,
+      "wall_seconds": float(np.mean([s["wall_seconds"] + (_warm_start(r) or {}).get(
+          "wall_seconds", 0.0) for r, s in zip(runs, students)])),
+      "ood": {split: stats.mean_ci([s["ood_exact_match"][split] for s in students], confidence)
+              for split in students[0].get("ood_exact_match", {})},
+      "acceptance_rate": (float(np.mean([r["transfer_set"]["acceptance_rate"] for r in runs]))
+                          if all("transfer_set" in r for r in runs) else None),
+  }
+  ref = {_seed(r): r["student"]["exact_match"] for r in reference}
+  paired = [(s["exact_match"], ref[_seed(r)]) for r, s in zip(runs, students) if _seed(r) in ref]
+  if paired:
+    mine, theirs = map(list, zip(*paired))
+    row["difference"] = stats.paired_difference(mine, theirs, confidence)
+    # Of the means (a per-seed ratio explodes on a seed where the reference nearly
+    # matches the teacher): the interval is the paired difference's.
+    gap = teacher_exact_match - float(np.mean(theirs))
+    row["gap_recovered"] = row["difference"].mean / gap if gap else math.nan
+  else:
+    row["difference"] = row["gap_recovered"] = None
+  # A student that started from the trained baseline: its gain over that very start, in
+  # greedy exact match and in pass@1 of sampled answers (what a policy gradient sharpens).
+  warm_runs = [(s, _warm_start(r)) for r, s in zip(runs, students) if _warm_start(r) is not None]
+  row["difference_to_start"] = row["pass1_difference_to_start"] = None
+  if warm_runs:
+    row["difference_to_start"] = stats.paired_difference(
+        [s["exact_match"] for s, _ in warm_runs], [b["exact_match"] for _, b in warm_runs],
+        confidence)
+    if all("1" in s.get("pass_at_k", {}) and "1" in b.get("pass_at_k", {})
+           for s, b in warm_runs):
+      row["pass1_difference_to_start"] = stats.paired_difference(
+          [s["pass_at_k"]["1"] for s, _ in warm_runs],
+          [b["pass_at_k"]["1"] for _, b in warm_runs], confidence)
+  return row
+
+
+def verdict(name: str, difference: Interval | None, reference: str) -> str:
+  """Whether a point beats the reference with a paired interval that excludes 0."""
+  if name == reference:
+    return "(reference)"
+  if difference is None:
+    return "–"
+  if difference.n < 2:
+    return "n = 1: no interval"
+  if difference.low > 0:
+    return f"**beats {reference}**"
+  if difference.high < 0:
+    return f"worse than {reference}"
+  return "no difference shown"
+
+
+def _pm(interval: Interval | None, scale: float = 100.0, digits: int = 1, sign=False) -> str:
+  return stats.format_interval(interval, scale=scale, digits=digits, sign=sign)
+
+
+def _tokens(count: int | None) -> str:
+  if not count:
+    return "–"
+  return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
+
+
+def _teacher(runs_by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict:
+  """The teacher's report (every run of a table shares one teacher: checked) and its budget."""
+  reports = [r for runs in runs_by_point.values() for r in runs]
+  sources = {r["teacher"].get("source") for r in reports}
+  if len(sources) > 1:
+    raise ConfigError(None, f"the sweep's runs have {len(sources)} different teachers "
+                      f"({sorted(sources)}): a table compares the students of one teacher")
+  teacher, config = reports[0]["teacher"], reports[0]["config"]
+  steps = teacher.get("steps")
+  tokens = (steps * config["teacher"]["train"]["batch_size"] * (config["dataset"]["max_len"] - 1)
+            if steps else None)
+  return {**teacher, "train_tokens": tokens}
+
+
+def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str,
+             experiment: str | None, seeds: Sequence[int]) -> str:
+  """``llm_table.md``: the table, what each column means, and the verdicts in words."""
+  k = next((r["pass_k"] for r in rows if r["pass_k"]), None)
+  splits = sorted({s for r in rows for s in r["ood"]})
+  header = ["model", "params", "exact match %", *([f"pass@{k} %"] if k else []),
+            "retention %", "gap recovered %", f"Δ vs {reference} (pp, paired)", "verdict",
+            "train tokens", "wall s", *(f"OOD {s} %" for s in splits), "n"]
+  lines = [f"# {experiment or 'language-model sweep'}: distillation methods compared", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  t_ood = teacher.get("ood_exact_match", {})
+  t_pass = teacher.get("pass_at_k", {}).get(k) if k else None
+  lines.append("| " + " | ".join([
+      "teacher", f"{teacher['params']:,}", f"{teacher['exact_match'] * 100:.1f}",
+      *([f"{t_pass * 100:.1f}" if t_pass is not None else "–"] if k else []),
+      "100", "100", "–", "–",
+      _tokens(teacher.get("train_tokens")),
+      f"{teacher['train_seconds']:.0f}" if teacher.get("train_seconds") else "–",
+      *(f"{t_ood[s] * 100:.1f}" if s in t_ood else "–" for s in splits), "1"]) + " |")
+  for row in rows:
+    if not row["n"]:
+      continue
+    lines.append("| " + " | ".join([
+        f"`{row['name']}`", f"{row['params']:,}", _pm(row["exact_match"]),
+        *([_pm(row["pass_at_k"])] if k else []),
+        "–" if math.isnan(row["retention"]) else f"{row['retention'] * 100:.1f}",
+        "–" if row["gap_recovered"] is None or math.isnan(row["gap_recovered"])
+        else f"{row['gap_recovered'] * 100:.0f}",
+        _pm(row["difference"], sign=True), verdict(row["name"], row["difference"], reference),
+        _tokens(row["train_tokens"]),
+        f"{row['wall_seconds']:.0f}",
+        *(_pm(row["ood"].get(s)) for s in splits), str(row["n"])]) + " |")
+  better = [r["name"] for r in rows if r["name"] != reference and r["difference"] is not None
+            and r["difference"].n > 1 and r["difference"].low > 0]
+  worse = [r["name"] for r in rows if r["name"] != reference and r["difference"] is not None
+           and r["difference"].n > 1 and r["difference"].high < 0]
+  unclear = [r["name"] for r in rows if r["name"] != reference and r["name"] not in better + worse
+             and r["n"]]
+  lines += [
+      "", f"Seeds {', '.join(map(str, seeds))}. Values are mean ± half-width of the 95% "
+      "Student-t interval over seeds. Exact match: greedy answers on the held-out problems; "
+      f"pass@{k}: the unbiased estimator from sampled answers. Retention = student / teacher "
+      f"exact match. Gap recovered = (student − {reference}) / (teacher − {reference}), of "
+      f"the means over the paired seeds. Δ: student − {reference} exact match over the same seeds, paired t interval; "
+      "a verdict needs the interval to exclude 0. Train tokens: every position of every "
+      "training row (the budget), including the trained baseline's for a student that "
+      "started from it (`student_init=baseline`). Wall s: the students' training with its "
+      "evaluations (and the baseline's when it started from it), the teacher's training.",
+      "", f"- Beat `{reference}` (interval excludes 0): "
+      f"{', '.join(f'`{n}`' for n in better) or 'none'}.",
+      f"- Worse than `{reference}`: {', '.join(f'`{n}`' for n in worse) or 'none'}.",
+      f"- No difference shown: {', '.join(f'`{n}`' for n in unclear) or 'none'}.",
+  ]
+  warm = [r for r in rows if r.get("difference_to_start") is not None]
+  if warm:
+    lines += ["", "Against their own start (`student_init=baseline`: the same seed's trained "
+              "baseline, whose budget they add to), paired over seeds, greedy exact match"
+              + (" | pass@1 of sampled answers" if any(r["pass1_difference_to_start"]
+                                                       for r in warm) else "") + ":", ""]
+    for r in warm:
+      parts = [f"{_pm(d, sign=True)} pp ({verdict(r['name'], d, 'its start')})"
+               for d in (r["difference_to_start"], r["pass1_difference_to_start"]) if d]
+      lines.append(f"- `{r['name']}`: " + " | ".join(parts))
+  accepted = [f"`{r['name']}` {r['acceptance_rate']:.1%}" for r in rows
+              if r["acceptance_rate"] is not None]
+  if accepted:
+    lines += ["", "Transfer sets (the teacher's samples the verifier accepted, mean over "
+              f"seeds): {', '.join(accepted)}."]
+  if splits:
+    lines += ["", "OOD: exact match on problems harder than any seen in training "
+              f"({', '.join(splits)}: one more operation, operands one digit longer)."]
+  return "\n".join(lines) + "\n"
+
+
+def _history_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+  """Training tokens and mean exact match over seeds at the evaluation steps all seeds share."""
+  per_seed = [{h["step"]: h["exact_match"] for h in r["student"]["history"]} for r in runs]
+  steps = sorted(set.intersection(*(set(h) for h in per_seed)))
+  student = runs[0]["student"]
+  tokens_per_step = student["train_tokens"] / student["steps"]
+  before = (_warm_start(runs[0]) or {}).get("train_tokens", 0)
+  return (before + np.array(steps) * tokens_per_step,
+          np.array([np.mean([h[s] for h in per_seed]) for s in steps]))
+
+
+def plot_exact_match_vs_tokens(by_point: Mapping[str, Sequence[Mapping[str, Any]]],
+                               teacher: Mapping[str, Any], path: str, title: str) -> None:
+  """One line per point: exact match (mean over seeds) at each evaluation vs tokens seen."""
+  from kd_jax.reporting import plots  # matplotlib is slow to import
+  fig, ax = plots.plt.subplots(figsize=(8, 5), dpi=130)
+  colors = plots.plt.get_cmap("tab20").colors         # 20 distinct colours, then dashes
+  for i, (name, runs) in enumerate((n, r) for n, r in by_point.items() if r):
+    if "train_tokens" not in runs[0]["student"]:
+      continue
+    x, y = _history_curve(runs)
+    ax.plot(x / 1e6, y * 100, "-" if i < 20 else "--", color=colors[i % 20], marker="o",
+            markersize=3, label=name)
+  ax.axhline(teacher["exact_match"] * 100, color="black", linestyle=":", label="teacher")
+  ax.set_xlabel("training tokens (millions)")
+  ax.set_ylabel("held-out exact match (%)")
+  n = min(len(r) for r in by_point.values() if r)
+  ax.set_title(f"{title}\nexact match during training (mean over {n}+ seeds)", fontsize=10)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7, ncol=2, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plots.plt.close(fig)
+
+
+def _temperature(results: Mapping[str, Any]) -> float | None:
+  node = results["config"]
+  for key in TEMPERATURE_KEY:
+    node = node.get(key) if isinstance(node, dict) else None
+  return node
+
+
+def plot_transfer_vs_temperature(by_point: Mapping[str, Sequence[Mapping[str, Any]]],
+                                 path: str, title: str) -> bool:
+  """Acceptance rate, distinct accepted answers per prompt and the student's exact match
+  against the teacher's sampling temperature; False (nothing written) unless the
+  points use transfer sets at two temperatures or more."""
+  points = []
+  for runs in by_point.values():
+    runs = [r for r in runs if "transfer_set" in r]
+    if runs:
+      points.append((_temperature(runs[0]),
+                     np.mean([r["transfer_set"]["acceptance_rate"] for r in runs]),
+                     np.mean([r["transfer_set"]["distinct_accepted_per_prompt"] for r in runs]),
+                     stats.mean_ci([r["student"]["exact_match"] for r in runs])))
+  if len({p[0] for p in points}) < 2:
+    return False
+  from kd_jax.reporting import plots
+  points.sort(key=lambda p: p[0])
+  t = [p[0] for p in points]
+  fig, (left, right) = plots.plt.subplots(1, 2, figsize=(10, 4), dpi=130)
+  left.plot(t, [p[1] * 100 for p in points], "o-", label="acceptance rate (teacher samples)")
+  em = [p[3] for p in points]
+  left.errorbar(t, [i.mean * 100 for i in em],
+                yerr=[0 if i.n < 2 else i.half_width * 100 for i in em], fmt="s--",
+                capsize=3, label="student exact match (seqkd)")
+  left.set_xlabel("teacher sampling temperature")
+  left.set_ylabel("%")
+  left.legend(fontsize=8)
+  left.grid(True, alpha=0.3)
+  right.plot(t, [p[2] for p in points], "o-", color="tab:green")
+  right.set_xlabel("teacher sampling temperature")
+  right.set_ylabel("distinct accepted answers per prompt")
+  right.grid(True, alpha=0.3)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plots.plt.close(fig)
+  return True
+
+
+# The policy-gradient curves: (metric logged by the step, axis label).
+RL_CURVES = (("verifier_reward", "sampled answers correct (verifier reward)"),
+             ("teacher_reward", "teacher reward: mean log p_T − log q_S per answer"),
+             ("kl_to_reference", "KL to the SFT start per token (k3)"))
+
+
+def _training_curve(runs: Sequence[Mapping[str, Any]], metric: str, smooth: int = 5):
+  """Steps and the mean over seeds of a logged training metric (a moving average over
+  ``smooth`` logged steps), at the steps every seed logged; None if a run lacks it."""
+  from kd_jax.engine import run_log
+  per_seed = []
+  for r in runs:
+    path = os.path.join(r["student"].get("logs", ""), run_log.METRICS_FILE)
+    if not os.path.exists(path):
+      return None
+    values = {x["step"]: x[metric] for x in run_log.read_records(path) if metric in x}
+    if not values:
+      return None
+    per_seed.append(values)
+  steps = sorted(set.intersection(*(set(v) for v in per_seed)))
+  if not steps:
+    return None
+  mean = np.array([np.mean([v[s] for v in per_seed]) for s in steps])
+  width = min(smooth, len(mean))
+  return np.array(steps[width - 1:]), np.convolve(mean, np.ones(width) / width, mode="valid")
+
+
+def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                                title: str) -> bool:
+  """The reward curves and the KL to the reference of the points whose steps log them
+  (the policy-gradient students); False (nothing written) when no point does."""
+  curves = {name: [_training_curve(runs, metric) for metric, _ in RL_CURVES]
+            for name, runs in by_point.items() if runs}
+  curves = {name: c for name, c in curves.items() if all(x is not None for x in c)}
+  if not curves:
+    return False
+  from kd_jax.reporting import plots  # matplotlib is slow to import
+  fig, axes = plots.plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4), dpi=130)
+  for ax, (metric, label), i in zip(axes, RL_CURVES, range(len(RL_CURVES))):
+    for name, c in curves.items():
+      steps, values = c[i]
+      ax.plot(steps, values, label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label, fontsize=8)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  n = min(len(by_point[name]) for name in curves)
+  fig.suptitle(f"{title}: policy-gradient students during training (mean over {n}+ seeds, "
+               "moving average of 5 logged steps)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plots.plt.close(fig)
+  return True
+
+
+def write(workdir: str, reference: str = "sft") -> str:
+  """Writes ``llm_table.md`` and the plots into ``workdir``; returns the table's text.
+
+  Raises:
+    ConfigError: ``reference`` is not a point of the sweep (naming the points), no run
+      has finished, or the runs have different teachers.
+  """
+  record, by_point = load_sweep(workdir)
+  if reference not in by_point:
+    raise ConfigError("reference", f"--reference={reference!r} is not a point of the sweep; "
+                      f"its points: {', '.join(by_point)}")
+  if not any(by_point.values()):
+    raise ConfigError(None, f"no run of the sweep in {workdir} has finished yet")
+  teacher = _teacher(by_point)
+  rows = [point_row(name, runs, by_point[reference], teacher["exact_match"])
+          for name, runs in by_point.items() if runs]
+  title = record.get("experiment") or "sweep"
+  text = markdown(rows, teacher, reference=reference, experiment=record.get("experiment"),
+                  seeds=record["seeds"])
+  plot_exact_match_vs_tokens(by_point, teacher, os.path.join(workdir, "exact_match_vs_tokens.png"),
+                             title)
+  if plot_transfer_vs_temperature(by_point, os.path.join(workdir, "transfer_vs_temperature.png"),
+                                  title):
+    text += "\n![transfer_vs_temperature.png](transfer_vs_temperature.png)\n"
+  text += "\n![exact_match_vs_tokens.png](exact_match_vs_tokens.png)\n"
+  if plot_policy_gradient_curves(by_point, os.path.join(workdir, "policy_gradient_curves.png"),
+                                 title):
+    text += "\n![policy_gradient_curves.png](policy_gradient_curves.png)\n"
+  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+    f.write(text)
+  return text

@@ -81,12 +81,15 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 run: install
 	$(PY) -m kd_jax.main --config=experiments/fashion_mnist/kd.py --workdir=runs/default
 
-# The whole suite, smoke runs of every experiment module included (what CI runs).
+# The whole suite, smoke runs of every experiment module included (what CI runs), after the
+# layers of DESIGN.md §1 (.importlinter: no upward import, no cycle).
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Without the tests marked slow (end-to-end smoke runs, TFDS preparation).
 test-fast: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks (issue 6): each prints a table and writes benchmarks/results/<script>.json.

@@ -19,7 +19,7 @@ JSON says which weights were used). Timed back to back over the same device batc
 
 The shares of the fully on-policy step: generating = generate / (gkd λ=1), scoring =
 teacher / (gkd λ=1), updating = the rest. Also the transfer set's generation rate
-(``kd_jax.transfer.build``: the teacher answering prompts with k samples each, with
+(``kd_jax.llm.transfer.build``: the teacher answering prompts with k samples each, with
 the KV cache, as tokens/s) beside ``benchmarks/generate.py``'s cached decoder at the
 same batch, for the same teacher. Writes ``benchmarks/results/gkd_step.json``.
 """

@@ -1,8 +1,10 @@
 """kd_jax: knowledge distillation in JAX/Flax NNX.
 
-Objectives (``divergences``, ``losses``, ``schedules``) are pure functions that
-import nothing heavy; the training stack (``train``, ``experiment``, ``main``,
-``sweep``) is imported on demand.
+A layered package (docs/architecture.md): ``core`` → ``objectives``, ``config``, ``models``,
+``data`` → ``llm`` → ``engine`` → ``tasks``, ``reporting`` → ``methods`` → ``run`` → the
+command lines (``main``, ``sweep``, ``export``, ``llm_table``, ``topk_fidelity``). The pure
+objectives keep their short paths (``kd_jax.divergences``, ``kd_jax.losses``); nothing heavy
+is imported with the package itself.
 """
 
 __version__ = "0.1.0"

@@ -51,8 +51,11 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
+from kd_jax.run import pipeline, process, validation  # process: the flags kd_jax.main shares
 from kd_jax.config import cli
-from kd_jax.reporting import stats
+from kd_jax.core import files
+from kd_jax.reporting import stats, sweep_dir
+from kd_jax.config import records
 from kd_jax.run import workdir as workdir_lib
 from kd_jax.core.errors import ConfigError, WorkdirConflictError
 # The grid's public names, used by the sweep's callers and tests as sweep.<name>.
@@ -112,8 +115,7 @@ def plan_runs(config: ml_collections.ConfigDict, points: Sequence[Point],
 
 
 def _default_run_fn() -> RunFn:
-  from kd_jax.main import run_experiment  # Imports JAX; only needed to really train.
-  return run_experiment
+  return pipeline.run_experiment
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
@@ -128,23 +130,8 @@ def _is_primary() -> bool:
 
 def _write_json(path: str, data: dict) -> None:
   """Atomic write, so a kill never leaves a truncated sweep.json behind (process 0 only)."""
-  if not _is_primary():
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=1, default=str)
-  os.replace(tmp, path)
-
-
-def _read_results(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except json.JSONDecodeError:
-    logging.warning("Ignoring unreadable %s; the run will be redone.", path)
-    return None
+  if _is_primary():
+    files.write_json(path, data, indent=1)
 
 
 def _unique(values: Iterable[Any]) -> list[Any]:
@@ -192,12 +179,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   runs = plan_runs(config, points, num_seeds, names)
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, "sweep.json")
-  old = _read_results(record_path) or {}
-  if old and not workdir_lib.same_results(workdir_lib.result_fields(old["config"]),
-                                          workdir_lib.result_fields(config)):
-    raise WorkdirConflictError(workdir_lib.conflict_message(
-        f"--workdir={workdir} (a sweep)", workdir_lib.result_fields(old["config"]),
-        workdir_lib.result_fields(config),
+  old = sweep_dir.read_results(record_path) or {}
+  if old and not records.same_results(records.result_fields(old["config"]),
+                                          records.result_fields(config)):
+    raise WorkdirConflictError(records.conflict_message(
+        f"--workdir={workdir} (a sweep)", records.result_fields(old["config"]),
+        records.result_fields(config),
         "Use a new --workdir for this sweep (the earlier sweep's results are kept)."))
   old_runs = {r["name"]: r for r in old.get("runs", [])}
   slugs = _unique(r.slug for r in runs)
@@ -288,7 +275,7 @@ def write_summary(workdir: str) -> list[dict]:
   """Writes summary.csv, summary.md and the PNG plots (95% t-intervals) for a sweep.
 
   Reads every run's ``results.json`` afresh (the source of truth), so it can run
-  while the sweep is still going. Plots: see `kd_jax.plots.write_plots`.
+  while the sweep is still going. Plots: see `kd_jax.reporting.plots.write_plots`.
 
   Returns:
     The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
@@ -296,20 +283,17 @@ def write_summary(workdir: str) -> list[dict]:
   """
   from kd_jax.reporting import plots  # matplotlib is slow to import; only needed here.
 
-  with open(os.path.join(workdir, "sweep.json")) as f:
-    record = json.load(f)
-  by_point: dict[str, list[dict]] = {p["slug"]: [] for p in record["points"]}
+  sweep = sweep_dir.read(workdir)
+  record, by_point = sweep.record, sweep.by_point
   failed = {slug: 0 for slug in by_point}
   planned = {slug: 0 for slug in by_point}
   status_counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
   failures, all_results = [], []
-  for entry in record["runs"]:
-    results = _read_results(os.path.join(workdir, entry["workdir"], "results.json"))
+  for entry, results in sweep.entries:
     status = "done" if results is not None else entry["status"]
     status_counts[status] = status_counts.get(status, 0) + 1
     planned[entry["point"]] += 1
     if results is not None:
-      by_point[entry["point"]].append(results)
       all_results.append(results)
     elif status == "failed":
       failed[entry["point"]] += 1
@@ -347,7 +331,7 @@ def write_summary(workdir: str) -> list[dict]:
 
 
 def _define_flags() -> None:
-  """The sweep's own flags; --config, --workdir, --teacher_dir, --progress: kd_jax.main's."""
+  """The sweep's own flags; --config, --workdir, --teacher_dir, --progress: kd_jax.run.process's."""
   flags.DEFINE_multi_string("grid", [], "key=v1,v2,... (repeatable; nested keys with "
                             "dots); the sweep runs the cartesian product.")
   flags.DEFINE_multi_string("point", [], "'name: key=value; key=value' (repeatable): named "
@@ -375,8 +359,6 @@ def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str], points:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from kd_jax import config as config_lib
-  from kd_jax import main as train_main
   FLAGS = flags.FLAGS
   if FLAGS.summarize_only:
     cli.quiet_logging()
@@ -385,23 +367,22 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
   # Several hosts run the same sweep in lockstep, every run on all their devices.
-  train_main.setup_process()
+  process.setup_process()
   grid, point_specs, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.point, FLAGS.seeds)
   names, points = zip(*combine(parse_points(point_specs, FLAGS.config),
                                parse_grid(grid, FLAGS.config)))
   for run in plan_runs(FLAGS.config, points, seeds, names):
     try:  # Every point's values are checked before anything trains.
-      config_lib.validate(run.config)
+      validation.validate(run.config)
     except ValueError as e:
       raise ConfigError(None, f"grid point {run.slug}: {e}") from None
   # Each point was validated above and run_sweep checks its workdir: the runs do neither again.
-  run_fn = functools.partial(train_main.execute_run, show_progress=FLAGS.progress)
+  run_fn = functools.partial(pipeline.execute_run, show_progress=FLAGS.progress)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
 
 
 if __name__ == "__main__":
-  from kd_jax import main as _train_main  # noqa: F401  Defines the flags the sweep shares.
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
   cli.run(main, "kd_jax.sweep")

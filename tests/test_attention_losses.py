@@ -1,4 +1,4 @@
-"""MiniLM's attention and value relations (kd_jax/attention_losses.py) against float64 NumPy."""
+"""MiniLM's attention and value relations (kd_jax/objectives/attention_losses.py) against float64 NumPy."""
 
 import jax
 import jax.numpy as jnp

@@ -2,6 +2,7 @@
 
 import pytest
 
+from kd_jax.run import validation
 from kd_jax import config as config_lib
 from kd_jax.run.pipeline import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
@@ -35,12 +36,12 @@ def _with(**overrides):
 ])
 def test_bad_values_name_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(_with(**overrides))
+    validation.validate(_with(**overrides))
 
 
 def test_defaults_and_tiny_config_are_valid():
-  config_lib.validate(config_lib.base_config())
-  config_lib.validate(tiny_config())
+  validation.validate(config_lib.base_config())
+  validation.validate(tiny_config())
 
 
 @needs_fashion_mnist
@@ -65,38 +66,38 @@ def test_shape_errors_before_any_training(overrides, message, tmp_path):
 
 def test_cache_keys_ignore_only_fields_that_change_no_result():
   from kd_jax.run import teachers
-  from kd_jax.run import workdir
+  from kd_jax.config import records
   base = tiny_config()
   neutral = tiny_config(log_every_steps=9, **{"train.eval_batch_size": 7,
                                               "teacher.train.eval_batch_size": 7,
                                               "checkpoint.every_steps": 3})
   assert teachers.teacher_key(neutral) == teachers.teacher_key(base)
   assert teachers.baseline_key(neutral) == teachers.baseline_key(base)
-  assert workdir.result_fields(neutral) == workdir.result_fields(base)
+  assert records.result_fields(neutral) == records.result_fields(base)
   for field, value in (("teacher.train.epochs", 3.0), ("teacher.seed", 1),
                        ("dataset.train_examples", 100), ("precision", "bf16")):
     changed = tiny_config(**{field: value})
     assert teachers.teacher_key(changed) != teachers.teacher_key(base), field
-    assert workdir.result_fields(changed) != workdir.result_fields(base), field
+    assert records.result_fields(changed) != records.result_fields(base), field
   for field, value in (("train.epochs", 3.0), ("seed", 1), ("student.kwargs", {"widths": (4, 8)})):
     assert teachers.baseline_key(tiny_config(**{field: value})) != teachers.baseline_key(base)
   # The method's settings do not change the teacher or the baseline, only the run.
   kd_settings = tiny_config(alpha=0.9, divergence="js")
   assert teachers.teacher_key(kd_settings) == teachers.teacher_key(base)
   assert teachers.baseline_key(kd_settings) == teachers.baseline_key(base)
-  assert workdir.differences(workdir.result_fields(base), workdir.result_fields(kd_settings)) == [
+  assert records.differences(records.result_fields(base), records.result_fields(kd_settings)) == [
       'alpha: 0.5 → 0.9', 'divergence: "kl" → "js"']
 
 
 def test_a_method_block_at_its_defaults_added_to_a_finished_runs_config_is_no_difference():
   from kd_jax import config as config_lib
-  from kd_jax.run import workdir
-  recorded = workdir.result_fields(config_lib.base_config())        # a run from before `rl`
+  from kd_jax.config import records
+  recorded = records.result_fields(config_lib.base_config())        # a run from before `rl`
   with_block = config_lib.base_config()
   with_block.rl = config_lib.rl_config()
-  assert workdir.differences(recorded, workdir.result_fields(with_block)) == []
+  assert records.differences(recorded, records.result_fields(with_block)) == []
   with_block.rl.kl_coef = 0.5
-  assert workdir.differences(recorded, workdir.result_fields(with_block)) == [
+  assert records.differences(recorded, records.result_fields(with_block)) == [
       "rl.kl_coef: (absent) → 0.5"]
 
 

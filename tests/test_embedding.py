@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
+from kd_jax.run import validation
 from kd_jax import methods, models
 from kd_jax.objectives import attention_losses
 from kd_jax import losses
@@ -155,11 +156,11 @@ def test_teacher_layers_and_sentence_methods_are_refused_for_images():
   c = config_lib.base_config()
   c.student_init = "teacher_layers"
   with pytest.raises(ConfigError, match="needs a sentence dataset"):
-    config_lib.validate(c)
+    validation.validate(c)
   c = config_lib.base_config()
   c.method = "minilm"
   with pytest.raises(ConfigError, match="method: unknown value 'minilm'"):
-    config_lib.validate(c)
+    validation.validate(c)
 
 
 def test_a_packaged_checkpoint_names_its_package_when_missing(monkeypatch):
@@ -221,7 +222,7 @@ def test_a_teacher_layers_student_starts_as_the_teachers_layers():
 @pytest.mark.parametrize("name", ["distilbert", "minilm", "scratch", "table"])
 @pytest.mark.parametrize("arg", ["", ":smoke"])
 def test_minilm_configs_are_valid(name, arg):
-  config_lib.validate(cli_load(f"experiments/minilm/{name}.py{arg}"))
+  validation.validate(cli_load(f"experiments/minilm/{name}.py{arg}"))
 
 
 @needs_fortunes

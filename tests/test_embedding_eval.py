@@ -1,4 +1,4 @@
-"""Probes, neighbours and fidelity of sentence embeddings (kd_jax/embedding_eval.py)."""
+"""Probes, neighbours and fidelity of sentence embeddings (kd_jax/tasks/embedding_eval.py)."""
 
 import numpy as np
 import pytest

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kd_jax.run import validation
 from kd_jax import config as config_lib
 from kd_jax import methods, models
 from tests import multidevice
@@ -33,7 +34,7 @@ def _module(name):
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_config_is_valid_and_feature_layers_exist(name, arg):
   c = _module(name).get_config(arg)
-  config_lib.validate(c)
+  validation.validate(c)
   build = lambda spec: models.create(spec.model, num_classes=10, rngs=nnx.Rngs(0),
                                      **spec.kwargs.to_dict())
   student, teacher = jax.eval_shape(lambda: (build(c.student), build(c.teacher)))
@@ -210,7 +211,7 @@ STUDIES = ("r1_table", "transfer_temperature", "rank_table")     # run with kd_j
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_arithmetic_configs_are_valid(name, arg):
   c = cli_load(f"experiments/arithmetic/{name}.py" + (f":{arg}" if arg else ""))
-  config_lib.validate(c)
+  validation.validate(c)
   assert f"--config=experiments/arithmetic/{name}.py" in importlib.import_module(
       f"experiments.arithmetic.{name}").__doc__
 
@@ -224,10 +225,10 @@ def assert_refused_field(config, edit, field):
   """``config`` validates; after ``edit(config)`` validation raises a ConfigError naming ``field``."""
   from kd_jax import config as config_lib
   from kd_jax.core.errors import ConfigError
-  config_lib.validate(config)
+  validation.validate(config)
   edit(config)
   with pytest.raises(ConfigError) as e:
-    config_lib.validate(config)
+    validation.validate(config)
   assert e.value.field == field
 
 
@@ -235,11 +236,11 @@ def test_language_configs_refuse_image_models_methods_and_vocab_mismatch(tmp_pat
   c = cli_load("experiments/arithmetic/token_kd.py:smoke")
   c.student.model = "mlp"
   with pytest.raises(ValueError, match="student.model: unknown value 'mlp'; valid choices: gpt"):
-    config_lib.validate(c)
+    validation.validate(c)
   c = cli_load("experiments/arithmetic/token_kd.py:smoke")
   c.method = "dkd"
   with pytest.raises(ValueError, match="method: unknown value 'dkd'; valid choices: none, kd"):
-    config_lib.validate(c)
+    validation.validate(c)
   c = cli_load("experiments/arithmetic/token_kd.py:smoke")
   c.teacher.kwargs.vocab_size = 32
   from kd_jax.run.pipeline import run_experiment
@@ -322,12 +323,12 @@ def test_r1_table_pipeline_smoke_run(tmp_path):
                                   "topk_fidelity.py", "topk_fidelity.py:smoke"])
 def test_text_configs_are_valid(spec):
   c = cli_load(f"experiments/text/{spec}")
-  config_lib.validate(c)
+  validation.validate(c)
   module = importlib.import_module(f"experiments.text.{spec.split('.')[0]}")
   assert f"--config=experiments/text/{spec.split(':')[0]}" in module.__doc__
   c.method = "gkd"
   with pytest.raises(ValueError, match="method: unknown value 'gkd'; valid choices: none, kd"):
-    config_lib.validate(c)
+    validation.validate(c)
 
 
 @needs_fortunes

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kd_jax.run import validation
 from kd_jax import divergences
 from kd_jax import losses
 from tests.test_divergences import reference
@@ -187,4 +188,4 @@ def test_loss_chunk_size_settings_are_checked(overrides, message):
   for key, value in overrides.items():
     c[key] = value
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(c)
+    validation.validate(c)

@@ -378,8 +378,11 @@ def test_similarity_preserving_reference():
 def test_pkt_reference():
   np.testing.assert_allclose(losses.pkt_loss(EMB_S, EMB_T), np_pkt(EMB_S, EMB_T),
                              rtol=1e-5)
+  # The feature maps' PKT is a KL between two nearly equal distributions (6.5e-4): float32
+  # cancellation leaves ~1.3e-5 relative error on some CPUs (AMD EPYC, XLA 0.10.x), so the
+  # bound is set from float32's precision of the terms, not of their small difference.
   np.testing.assert_allclose(losses.pkt_loss(FEAT_S, FEAT_T),
-                             np_pkt(FEAT_S, FEAT_T), rtol=1e-5)
+                             np_pkt(FEAT_S, FEAT_T), rtol=1e-4)
 
 
 # Each entry: loss fn on (student, teacher, mask), student, teacher, float64 reference.

@@ -83,3 +83,45 @@ def test_each_feature_method_computes_its_own_term(method):
   assert metrics["feature_loss"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
   expected_ce = np.mean(np_ce(S_LOGITS, LABELS)[MASK])
   assert loss == pytest.approx(expected_ce + 3.0 * expected, rel=1e-4)
+
+
+def test_a_new_method_is_one_registry_entry_validated_and_trained_by_the_plugins(monkeypatch):
+  """docs/architecture.md's worked example: a method defined outside kd_jax, registered by
+  one line, is validated (its own check and the task families it accepts) and builds its
+  objective without any change to config, engine or run."""
+  from kd_jax.config import checks
+  from kd_jax.core.errors import ConfigError
+  from kd_jax.methods.base import Method, require_block
+  from kd_jax.objectives import losses
+  from kd_jax.run import validation
+
+  def term(settings, step, s_logits, t_logits, labels, mask):
+    distill = losses.kd_loss(s_logits, t_logits, None, divergence="reverse_kl",
+                             temperature=settings.temperature(step), alpha=0.0, mask=mask)
+    ce = losses.cross_entropy(s_logits, labels, mask)
+    return ce + distill, {"ce": ce, "distill": distill}
+
+  def check(config):
+    checks.positive("reverse.weight", require_block(config, "reverse", "reverse_config").weight)
+
+  monkeypatch.setitem(methods.REGISTRY, "reverse",
+                      Method(term, ("classification", "arithmetic", "text"), check=check))
+  config = _config(method="reverse", temperature={"schedule": "constant", "init": 2.0})
+  with pytest.raises(ConfigError, match="needs a reverse block") as e:
+    validation.validate(config)
+  assert e.value.field == "reverse"
+  config.reverse = ml_collections.ConfigDict({"weight": 0.0})
+  with pytest.raises(ConfigError, match="reverse.weight must be a positive number"):
+    validation.validate(config)
+  config.reverse.weight = 1.0
+  validation.validate(config)
+  assert "reverse" in methods.accepting("classification")
+  assert "reverse" not in methods.accepting("embedding")
+  loss, metrics = _run(config, 0)
+  want_ce = np.sum(np_ce(S_LOGITS, LABELS) * MASK) / MASK.sum()
+  # T² · the masked mean of KL(student ‖ teacher) at T = 2 (kd_loss's scaling).
+  want_distill = 4.0 * np.sum(reference("reverse_kl", S_LOGITS, T_LOGITS, temperature=2.0)
+                              * MASK) / MASK.sum()
+  np.testing.assert_allclose([metrics["ce"], metrics["distill"]], [want_ce, want_distill],
+                             rtol=1e-5)
+  np.testing.assert_allclose(loss, want_ce + want_distill, rtol=1e-5)

@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from kd_jax.run import validation
 from kd_jax import config as config_lib
 from kd_jax import methods, models
 from kd_jax.core import parallel
@@ -62,7 +63,7 @@ def test_mesh_shape_rejects_bad_sizes_naming_the_field(data, model, devices, mes
 @pytest.mark.parametrize("field", ["data", "model"])
 def test_config_validation_rejects_bad_mesh_sizes(field):
   with pytest.raises(ValueError, match=f"mesh.{field}"):
-    config_lib.validate(tiny_config(**{f"mesh.{field}": 0}))
+    validation.validate(tiny_config(**{f"mesh.{field}": 0}))
 
 
 def test_make_mesh_on_a_subset_of_devices():

@@ -1,4 +1,4 @@
-"""Preference pairs for DPO (kd_jax/preferences.py) and the dpo config's errors."""
+"""Preference pairs for DPO (kd_jax/methods/preference.py) and the dpo config's errors."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Rewards, advantages, the policy-gradient and DPO losses (kd_jax/rl_losses.py) against float64
+"""Rewards, advantages, the policy-gradient and DPO losses (kd_jax/objectives/rl_losses.py) against float64
 NumPy references on hand-made batches."""
 
 import jax

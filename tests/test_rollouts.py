@@ -1,4 +1,4 @@
-"""Policy-gradient students on the one engine (kd_jax/rollouts.py, methods grpo and minillm):
+"""Policy-gradient students on the one engine (kd_jax/methods/policy_gradient.py, methods grpo and minillm):
 sampling inside the step, a step with all-equal rewards, teacher-mixed sampling, resumption."""
 
 import dataclasses

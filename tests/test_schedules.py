@@ -1,4 +1,4 @@
-"""Tests for kd_jax.schedules: closed-form values, warm-up, jit, validation."""
+"""Tests for kd_jax.objectives.schedules: closed-form values, warm-up, jit, validation."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for kd_jax.stats: t intervals and paired differences against scipy and closed form."""
+"""Tests for kd_jax.reporting.stats: t intervals and paired differences against scipy and closed form."""
 
 import math
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kd_jax.run import validation
 from kd_jax import config as config_lib
 from kd_jax import methods, models
 from kd_jax.run import pipeline as experiment
 from kd_jax.core import parallel
 from kd_jax.engine import teacher_cache
+from kd_jax.run import teachers
 from kd_jax import engine
 from kd_jax.tasks import classification
 from kd_jax.data import augment
@@ -126,7 +128,7 @@ def test_cached_logits_are_the_teachers_outputs_on_unaugmented_images(fixed_view
     overrides.update({"dataset.crop_padding": 2, "dataset.flip": True,
                       "teacher_fixed_views": True})
   config = _config(**overrides)
-  config_lib.validate(config)
+  validation.validate(config)
   mesh, train_data, num_classes, input_shape = _setup(config)
   teacher = _teacher(config, mesh, num_classes, input_shape)
   data = teacher_cache.attach(config, teacher, train_data, _preprocess(config), mesh, str(tmp_path))
@@ -139,7 +141,7 @@ def test_augmentation_refuses_memory_and_disk_caching_with_a_clear_message(tmp_p
   for mode in ("memory", "disk"):
     config = _config(teacher_cache=mode, **{"dataset.crop_padding": 2})
     with pytest.raises(ValueError, match="consistent teaching") as info:
-      config_lib.validate(config)
+      validation.validate(config)
     assert "teacher_fixed_views=True" in str(info.value)
     assert f"teacher_cache={mode!r}" in str(info.value)
     mesh, train_data, num_classes, input_shape = _setup(config)
@@ -149,13 +151,13 @@ def test_augmentation_refuses_memory_and_disk_caching_with_a_clear_message(tmp_p
       teacher_cache.attach(config, teacher, train_data, _preprocess(config), mesh, str(tmp_path))
   # auto leaves augmented runs uncached: the teacher runs on the student's view each step.
   config = _config(teacher_cache="auto", **{"dataset.flip": True})
-  config_lib.validate(config)
+  validation.validate(config)
   data = teacher_cache.attach(config, teacher, train_data, _preprocess(config), mesh, str(tmp_path))
   assert data.teacher_logits is None
   assert not os.path.exists(tmp_path / teacher_cache.CACHE_FILE)
   # Fixed views exist only to be cached.
   with pytest.raises(ValueError, match="teacher_fixed_views=True needs cached"):
-    config_lib.validate(_config(teacher_cache="none", teacher_fixed_views=True))
+    validation.validate(_config(teacher_cache="none", teacher_fixed_views=True))
 
 
 @pytest.fixture
@@ -185,7 +187,9 @@ def test_disk_cache_is_reused_and_invalidated_when_teacher_or_data_change(tmp_pa
   preprocess = _preprocess(config)
 
   def attach(config, teacher, data):
-    return teacher_cache.attach(config, teacher, data, preprocess, mesh, workdir)
+    # The pipeline hands down the teacher's name: its cache key (kd_jax.run.teachers).
+    return teacher_cache.attach(config, teacher, data, preprocess, mesh, workdir,
+                                teacher_name=teachers.teacher_key(config))
 
   teacher = _teacher(config, mesh, num_classes, input_shape)
   first = attach(config, teacher, train_data)

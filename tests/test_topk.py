@@ -1,4 +1,4 @@
-"""Top-k teacher logits (kd_jax/topk.py) against float64 references and the full-logit loss."""
+"""Top-k teacher logits (kd_jax/objectives/topk.py) against float64 references and the full-logit loss."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from kd_jax.run import validation
 from kd_jax import divergences
 from kd_jax import losses
 from kd_jax.objectives import topk
@@ -159,4 +160,4 @@ def test_top_k_settings_are_checked_before_anything_runs(overrides, message):
   for key, value in overrides.items():
     c[key] = value
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(c)
+    validation.validate(c)

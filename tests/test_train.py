@@ -12,6 +12,7 @@ import pytest
 from kd_jax import config as config_lib
 from kd_jax.reporting import report
 from kd_jax import engine
+from kd_jax import methods
 from kd_jax.core.errors import WorkdirConflictError
 from kd_jax.run.pipeline import run_experiment
 from tests.conftest import needs_fashion_mnist, tiny_config
@@ -39,7 +40,7 @@ def _records(path):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("method", config_lib.METHODS)
+@pytest.mark.parametrize("method", methods.accepting("classification"))
 def test_every_method_runs_end_to_end(method, tmp_path, teacher_dir):
   overrides = {"feature_layers": {"conv2": "conv2"}} if method == "fitnets" else {}
   c = tiny_config(method, **overrides)
@@ -261,7 +262,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, t
 
 
 def test_a_field_added_later_with_its_default_is_not_a_difference(tmp_path, teacher_dir):
-  from kd_jax.run import workdir as workdir_lib
+  from kd_jax.config import records
   c = tiny_config(**{"checkpoint.every_steps": 2})
   with pytest.raises(KeyboardInterrupt):
     run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False,
@@ -271,9 +272,9 @@ def test_a_field_added_later_with_its_default_is_not_a_difference(tmp_path, teac
   record = json.loads(path.read_text())
   del record["fields"]["train"]["steps"]
   path.write_text(json.dumps(record))
-  assert workdir_lib.differences(record["fields"], workdir_lib.result_fields(c)) == []
+  assert records.differences(record["fields"], records.result_fields(c)) == []
   changed = tiny_config(**{"train.steps": 5})
-  assert workdir_lib.differences(record["fields"], workdir_lib.result_fields(changed)) == [
+  assert records.differences(record["fields"], records.result_fields(changed)) == [
       "train.steps: (absent) → 5"]
   with pytest.raises(WorkdirConflictError, match=r"train.steps: \(absent\) → 5"):
     run_experiment(changed, str(tmp_path / "run"), teacher_dir=teacher_dir, show_progress=False)

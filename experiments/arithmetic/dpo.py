@@ -10,7 +10,7 @@ student starts as the trained SFT student (``student_init="baseline"``, which is
 the frozen reference), samples ``dpo.k`` = 4 answers per training prompt at
 temperature 1, and the samples are ranked by reward = verifier (1 if the answer
 checks) + 0.1 × the teacher's mean token log-likelihood: the best is chosen, the
-worst rejected, prompts whose samples tie are left out (kd_jax/preferences.py).
+worst rejected, prompts whose samples tie are left out (kd_jax/methods/preference.py).
 DPO (β = ``dpo.beta``, peak learning rate ``dpo.learning_rate`` = 1e-4; the SFT start
 keeps ``train.learning_rate``) then trains on the pairs for 1,000 steps of 64 pairs.
 ``:teacher`` makes DistiLLM-2's contrastive pairs instead (Ko et al. 2025): a verified

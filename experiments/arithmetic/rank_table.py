@@ -16,7 +16,7 @@ the SFT student's 4 samples ranked by verifier + teacher) and ``distillm2-from-s
 samples per prompt, 16 prompts per step, scored live by the verifier and the teacher).
 The ``-from-sft`` points start from the same seed's SFT student, shared with the R1
 table's runs. The policy-gradient points were added later with the ``rl`` block at its
-defaults, which the finished points' records accept (kd_jax/workdir.py).
+defaults, which the finished points' records accept (kd_jax/run/workdir.py).
 
 Measured on the 2-core CPU (2026-11-27; the table and the curves are in the README):
 no rank or RL point beats ``sft`` or ``seqkd`` with a paired interval that excludes 0;

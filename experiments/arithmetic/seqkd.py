@@ -6,7 +6,7 @@ the teacher wrote and a verifier accepted.
 
 The data, teacher, student, budget and seed of experiments/arithmetic/token_kd.py.
 The cached teacher answers each of the 8,000 gold training prompts k = 4 times at
-sampling temperature 0.7 (kd_jax/transfer.py); the answers whose final result is
+sampling temperature 0.7 (kd_jax/llm/transfer.py); the answers whose final result is
 right are kept (rejection sampling), and the student is fine-tuned on them
 (``method="none"``) for the same number of steps as the baseline trained on the
 gold chains. ``results.json`` reports the transfer set (``transfer_set``: the

@@ -15,7 +15,7 @@ default class 9, "Ankle boot"). Two students, same data, same budget, 3 seeds:
 Each run's ``results.json`` reports, for both, the accuracy on the omitted class
 with and without Hinton's bias correction (one shift added to the omitted class's
 logit, chosen to maximise overall test accuracy — as in the paper, which tuned it
-on the test set; `kd_jax.metrics.bias_corrected`).
+on the test set; `kd_jax.tasks.metrics.bias_corrected`).
 
 Measured (H100, 3 seeds, 82 s): on class 9 the hard-label student scores 0.0%; the
 distilled student 74.9% uncorrected and 91.9% after a bias shift of 2.5–3.0

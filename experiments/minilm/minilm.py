@@ -7,7 +7,7 @@ As ``distilbert.py`` (teacher, data, budget, evaluation), but the student is 256
 with 4 attention heads and 4 layers, from random weights, and learns only the
 teacher's last-layer self-attention: the attention distributions (Q, K) and the
 value relations (V, V), each cut into 8 relation heads so that the two widths and
-head counts need not match (Wang et al. 2020, 2021; kd_jax/attention_losses.py).
+head counts need not match (Wang et al. 2020, 2021; kd_jax/objectives/attention_losses.py).
 """
 
 from kd_jax import config as config_lib

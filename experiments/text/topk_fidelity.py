@@ -7,7 +7,7 @@ The teacher, student and data of experiments/text/token_kd.py (fortunes, BPE 8k)
 pure distillation (α = 0, KL, T = 1) so that the teacher's signal is all the student
 gets. Points (``config.sweep.points``): the full-logit teacher (``full``: it runs in
 every step, its logits do not fit a cache) and the top-k cache with k ∈ {1, 4, 16, 64}
-in both modes (``renormalize``, ``tail``: kd_jax/topk.py), 3 seeds each; every run
+in both modes (``renormalize``, ``tail``: kd_jax/objectives/topk.py), 3 seeds each; every run
 also trains the student without a teacher (the baseline). ``kd_jax.topk_fidelity``
 writes the table (bytes per token, held-out nll, KL to the teacher, Δnll against the
 full-logit student) and ``topk_fidelity.png``.

@@ -23,8 +23,8 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
-from kd_jax.data.core import DatasetNotFoundError
-from kd_jax.core.errors import ConfigError
+from kd_jax.config import schema
+from kd_jax.core.errors import ConfigError, DatasetNotFoundError
 
 # Errors that are the user's to fix; anything else is a bug and shows its traceback.
 USER_ERRORS = (ConfigError, DatasetNotFoundError)
@@ -92,11 +92,10 @@ def load_config_file(spec: str):
 
 def _unknown_override(argv: Sequence[str]) -> str | None:
   """The message for the first ``--config.*`` flag that names no field, if any."""
-  from kd_jax import config as config_lib  # imports JAX (through the models)
   config = load_config_file(_config_spec(argv))
   for key, typed in config_overrides(argv).items():
     try:
-      config_lib.resolve_field(config, key)
+      schema.resolve_field(config, key)
     except ConfigError as e:
       return f"{typed}: {e}"
   return None

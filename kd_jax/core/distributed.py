@@ -13,7 +13,7 @@
 Otherwise it does nothing and the run is single-process. It must run before
 anything touches a JAX device (``kd_jax.main`` and ``kd_jax.sweep`` call it
 first). Every process then runs the same program: the mesh spans all devices
-of all processes (:mod:`kd_jax.parallel`), checkpoints are saved and restored
+of all processes (:mod:`kd_jax.core.parallel`), checkpoints are saved and restored
 by all of them (orbax coordinates), and only process 0 writes results, logs and
 plots. On CPU, processes exchange collectives through gloo; GPUs and TPUs use
 NCCL and ICI. On SLURM with GPUs, JAX gives each task the GPU numbered by its

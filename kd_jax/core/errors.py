@@ -1,6 +1,6 @@
-"""The errors a person can fix: bad config values, unknown fields, refused workdirs.
+"""The errors a person can fix: bad config values, unknown fields, refused workdirs, missing data.
 
-The command-line entry points (:mod:`kd_jax.cli`) print these as one short
+The command-line entry points (:mod:`kd_jax.config.cli`) print these as one short
 message and exit with status 2; every other exception is a bug and keeps its
 traceback. Both subclass ``ValueError``, so library callers that catch
 ``ValueError`` (and the documented contract of config validation) are unchanged.
@@ -26,3 +26,12 @@ class WorkdirConflictError(ConfigError):
 
   def __init__(self, message: str):
     super().__init__(None, message)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """No usable copy of a dataset was found offline.
+
+  The message says what to install (a Debian package) or which environment
+  variable to set; it is raised instead of whatever a deeper library (TFDS)
+  would have thrown, so users see one actionable line.
+  """

@@ -11,7 +11,7 @@ kd_jax runs every step under ``jax.jit`` with explicit shardings over a 2-D mesh
   still distil; with ``model=1`` (the default) every parameter is replicated.
 
 One device is the trivial 1×1 mesh, so the same code path runs on a laptop, a
-multi-GPU host and (after :func:`kd_jax.distributed.initialize`) a TPU pod slice
+multi-GPU host and (after :func:`kd_jax.core.distributed.initialize`) a TPU pod slice
 or a multi-node GPU cluster. ``mesh.data`` / ``mesh.model`` in the config set the
 shape; ``-1`` means "all the devices that are left"::
 
@@ -27,7 +27,7 @@ its own devices hold (:func:`process_rows`) and builds the global, data-sharded
 batches of the whole epoch from that process-local share with
 ``jax.make_array_from_process_local_data`` (:func:`global_batch`) — the
 multi-host input pattern, where no process ever materialises another's shard.
-(:class:`kd_jax.train.BatchFeeder` does this once an epoch rather than once a
+(:class:`kd_jax.engine.BatchFeeder` does this once an epoch rather than once a
 step: a transfer per step costs more host time than a small step's compute.)
 A dataset too large to replicate would keep the same step and sharding: each
 host would load only its ``process_rows`` examples and pass them to

@@ -6,14 +6,7 @@ import dataclasses
 
 import numpy as np
 
-
-class DatasetNotFoundError(FileNotFoundError):
-  """No usable copy of a dataset was found offline.
-
-  The message says what to install (a Debian package) or which environment
-  variable to set; it is raised instead of whatever a deeper library (TFDS)
-  would have thrown, so users see one actionable line.
-  """
+from kd_jax.core.errors import DatasetNotFoundError  # noqa: F401  (kd_jax.data's name for it)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

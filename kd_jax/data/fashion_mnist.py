@@ -40,6 +40,7 @@ import urllib.parse
 from absl import logging
 import numpy as np
 
+from kd_jax.core import files
 from kd_jax.data import core
 from kd_jax.data import idx
 
@@ -247,10 +248,8 @@ def _decode_array_records(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for stale in glob.glob(os.path.join(os.path.dirname(path), f"{split}-*.npz")):
       os.remove(stale)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path, "wb") as f:    # readers never see a half-written file
       np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)      # readers never see a half-written file
   except OSError as e:
     logging.info("Not caching decoded %s %s arrays in %s: %s", TFDS_NAME, split, path, e)
   return images, labels

@@ -25,7 +25,7 @@ import subprocess
 import numpy as np
 
 from kd_jax.data import text
-from kd_jax.data.core import DatasetNotFoundError
+from kd_jax.core.errors import DatasetNotFoundError
 
 # Collections about one topic each: the labels of the probe and kNN evaluations.
 LABELLED_COLLECTIONS = ("art", "computers", "drugs", "education", "food", "kids", "law",

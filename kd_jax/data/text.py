@@ -23,8 +23,9 @@ import os
 
 import numpy as np
 
-from kd_jax.run import workdir as workdir_lib
-from kd_jax.data.core import DatasetNotFoundError
+from kd_jax.core import files
+from kd_jax.core import identity as identity_lib
+from kd_jax.core.errors import DatasetNotFoundError
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
 CORPORA = ("fortunes",)
@@ -78,7 +79,7 @@ def corpus_digest(directory: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _digest(directory: str) -> str:
-  return workdir_lib.digest([(d.collection, d.text) for d in read_fortunes(directory)])
+  return identity_lib.digest([(d.collection, d.text) for d in read_fortunes(directory)])
 
 
 def split_of(document: Document) -> str:
@@ -102,7 +103,7 @@ def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
   """
   import tokenizers  # noqa: PLC0415  (only text experiments need it)
   from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
-  key = workdir_lib.digest({"texts": hashlib.sha256("\x00".join(
+  key = identity_lib.digest({"texts": hashlib.sha256("\x00".join(
       d.text for d in documents).encode()).hexdigest(), "vocab_size": vocab_size,
                             "kind": "byte-level-bpe", "specials": SPECIAL_TOKENS})
   path = os.path.join(os.path.expanduser(cache_dir), f"tokenizer-{key}.json")
@@ -115,10 +116,8 @@ def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tokenizer.train_from_iterator((d.text for d in documents), trainer=trainer)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  tokenizer.save(tmp)
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    tokenizer.save(tmp)
   return tokenizer
 
 

@@ -7,7 +7,7 @@ A checkpoint holds two items:
   that own their shards and restored onto the target shardings.
 * ``meta``  — a small JSON dict (the best value of the task's headline metric so
   far, the epochs' eval history), so that a resumed run reports the same, and the
-  identity of the run that wrote it (:func:`kd_jax.workdir.identity_record`),
+  identity of the run that wrote it (:func:`kd_jax.core.identity.identity_record`),
   so that a run never resumes another config's checkpoint.
 """
 

@@ -4,12 +4,12 @@ evaluation, resumes from checkpoints and logs each step once.
 The loop keeps host work per step small, because a small model's step can take
 less time than a host-to-device transfer plus eager dispatches (measured in
 docs/performance.md, benchmarks/overhead.py): an epoch's index batches go to the
-devices in one transfer (:class:`kd_jax.feeding.BatchFeeder`), the step derives
+devices in one transfer (:class:`kd_jax.engine.feeding.BatchFeeder`), the step derives
 its random key from ``state.step`` itself, and metrics are read one step late,
 so the host never waits on the step it has just dispatched.
 
 Several devices and hosts: the batch is split over the mesh's ``data`` axis
-and each process contributes only its own rows (see :mod:`kd_jax.parallel`);
+and each process contributes only its own rows (see :mod:`kd_jax.core.parallel`);
 the student's state is replicated, so every process holds the same parameters.
 All processes run :func:`fit` in lockstep (the steps and the orbax checkpoint
 saves and restores are collective); only process 0 writes ``metrics.jsonl``,
@@ -37,7 +37,8 @@ from kd_jax.engine import feeding
 from kd_jax.engine import optim
 from kd_jax.core import parallel
 from kd_jax.engine import step as step_lib
-from kd_jax.run import workdir as workdir_lib
+from kd_jax.config import records
+from kd_jax.core.identity import identity_record
 from kd_jax.engine.checkpoint import Checkpointer
 from kd_jax.core.errors import ConfigError, WorkdirConflictError
 from kd_jax.engine.run_log import RunLog
@@ -91,7 +92,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
 
   Resumes from the latest checkpoint in ``workdir/checkpoints``. Writes
   ``workdir/metrics.jsonl`` and TensorBoard events under ``workdir/tb``
-  (:mod:`kd_jax.run_log`: each step once, also across a resume).
+  (:mod:`kd_jax.engine.run_log`: each step once, also across a resume).
   ``stop_at_step`` aborts with ``KeyboardInterrupt`` when that step is reached
   (without saving), to test resumption the way a kill would exercise it.
   ``identity`` (a JSON-able dict of what the phase's results depend on) is
@@ -115,7 +116,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
     raise ConfigError("train.batch_size", f"{what} must be divisible by the {data_devices} "
                       "data-parallel devices (mesh.data)")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
-  record = workdir_lib.identity_record(identity) if identity is not None else None
+  record = identity_record(identity) if identity is not None else None
   if record is not None:
     _check_checkpoint_identity(checkpointer, record)
   n = train_data.size
@@ -258,14 +259,14 @@ def _check_checkpoint_identity(checkpointer: Checkpointer, record: dict) -> None
   if meta is None or (meta.get("identity") or {}).get("key") == record["key"]:
     return
   recorded = (meta.get("identity") or {}).get("fields")
-  if recorded is not None and workdir_lib.same_results(recorded, record["fields"]):
-    return      # written before a field with a default was added (see workdir.differences)
+  if recorded is not None and records.same_results(recorded, record["fields"]):
+    return      # written before a field with a default was added (see config.records.differences)
   if recorded is None:
     raise WorkdirConflictError(
         f"the checkpoints in {checkpointer.directory} do not record the config they were "
         "trained with (written by an older kd_jax), so they cannot be resumed safely; use "
         "a new --workdir.")
-  raise WorkdirConflictError(workdir_lib.conflict_message(
+  raise WorkdirConflictError(records.conflict_message(
       f"the checkpoints in {checkpointer.directory}", recorded, record["fields"],
       "Use a new --workdir for this config (the earlier run's checkpoints are kept)."))
 
@@ -282,7 +283,7 @@ def load_trained(module: nnx.Module, train_config, workdir: str, identity: dict)
   """
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
-    _check_checkpoint_identity(checkpointer, workdir_lib.identity_record(identity))
+    _check_checkpoint_identity(checkpointer, identity_record(identity))
     _, params, model_state = step_lib.split_module(module)
     # The optimiser state is restored too (its structure does not depend on the budget).
     optimizer = optim.make_optimizer(train_config, 1)

@@ -1,4 +1,4 @@
-"""The optimiser of a ``training_config`` (kd_jax/config.py): optax transforms and schedules."""
+"""The optimiser of a ``training_config`` (kd_jax/config/schema.py): optax transforms and schedules."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def learning_rate_schedule(t, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(t, total_steps: int) -> optax.GradientTransformation:
-  """The optax optimiser of a ``training_config`` (see kd_jax/config.py)."""
+  """The optax optimiser of a ``training_config`` (see kd_jax/config/schema.py)."""
   lr = learning_rate_schedule(t, total_steps)
   if t.optimizer == "adamw":
     opt = optax.adamw(lr, weight_decay=t.weight_decay)

@@ -28,6 +28,8 @@ import sys
 import jax
 from absl import logging
 
+from kd_jax.core import files
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -62,10 +64,8 @@ class RunLog:
       return
     kept = [r for r in read_records(self.path)
             if r["step"] < resume_step or (is_eval(r) and r["step"] == resume_step)]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
     self._writer = _summary_writer(os.path.join(workdir, "tb"), resume_step)
     for record in resumed_evals:
       if record["step"] == resume_step:

@@ -173,7 +173,7 @@ def make_predict(graphdef, task, mesh, feature_names=(), logits_fn=None):
 
   ``task.eval_inputs(data, index)`` gives the model's inputs (no augmentation).
   ``logits_fn`` transforms the float32 logits on the devices (e.g. to their top-k,
-  :func:`kd_jax.topk.from_logits`), so that only its result leaves them.
+  :func:`kd_jax.objectives.topk.from_logits`), so that only its result leaves them.
   """
 
   def predict_fn(params, model_state, data, index):

@@ -26,7 +26,7 @@ what a student-only step costs.
   :data:`AUTO_CACHE_MAX_BYTES`, else ``none``.
 
 ``config.topk.k`` > 0 (language models, ``method="kd"``): the teacher's outputs are
-cached in their top-k form (:mod:`kd_jax.topk`: the k largest raw logits, their
+cached in their top-k form (:mod:`kd_jax.objectives.topk`: the k largest raw logits, their
 ids and the full logsumexp per token), made on the devices batch by batch so that
 full ``[N, L - 1, V]`` logits never exist; the file is kept in a directory shared
 by every run (``<cache root>/teacher_outputs/topk-<identity hash>.npz``, the
@@ -62,11 +62,10 @@ from absl import logging
 from kd_jax.engine import feeding, step
 from kd_jax.objectives import losses
 from kd_jax.core import parallel
-from kd_jax.run import teachers
 from kd_jax.objectives import topk
-from kd_jax.run import workdir as workdir_lib
+from kd_jax.core import files
+from kd_jax.core import identity as identity_lib
 from kd_jax.core.errors import ConfigError
-from kd_jax.models import hf_checkpoint
 
 # Cached teacher outputs above this size stay uncached under teacher_cache="auto".
 AUTO_CACHE_MAX_BYTES = 1 << 30
@@ -137,13 +136,19 @@ def _leaf_sums(x):
 _all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
-def cache_identity(config, teacher: step.Teacher, train_data, task) -> dict:
-  """What the cached outputs depend on; the disk cache is reused only on an exact match."""
+def cache_identity(config, teacher: step.Teacher, train_data, task,
+                   teacher_name: str | None = None) -> dict:
+  """What the cached outputs depend on; the disk cache is reused only on an exact match.
+
+  ``teacher_name`` names the teacher (the run's pipeline hands down its resolved checkpoint
+  path or its cache key, :func:`kd_jax.run.teachers.teacher_key`); without it, the
+  config's ``teacher.checkpoint`` or model name stands in (the variables' fingerprint
+  tells two teachers apart either way).
+  """
   d = config.dataset
-  checkpoint = config.teacher.checkpoint
   return {
       "format": FORMAT_VERSION,
-      "teacher": hf_checkpoint.resolve(checkpoint) if checkpoint else teachers.teacher_key(config),
+      "teacher": teacher_name or config.teacher.checkpoint or config.teacher.model,
       "teacher_variables": fingerprint(teacher.variables),
       # The compute dtype changes the outputs (the variables' fingerprint is float32 either way).
       "precision": config.precision,
@@ -169,7 +174,8 @@ def inputs_of(data):
 
 
 def attach(config, teacher: step.Teacher, train_data,
-           task, mesh, workdir: str, shared_dir: str | None = None):
+           task, mesh, workdir: str, shared_dir: str | None = None, *,
+           teacher_name: str | None = None):
   """``train_data`` with the teacher's logits (and features) cached, or unchanged.
 
   Args:
@@ -184,10 +190,11 @@ def attach(config, teacher: step.Teacher, train_data,
     shared_dir: where top-k caches (``topk.k`` > 0) and ``teacher_cache="shared"`` live,
       shared between runs; top-k caches
       are always kept on disk there (None: as ``teacher_cache`` says, in ``workdir``).
+    teacher_name: the teacher's name in the cache's identity (:func:`cache_identity`).
 
   Returns:
     ``train_data``, with ``teacher_logits`` float32 [N, classes] ([N, L - 1, V] for
-    token rows; a :class:`kd_jax.topk.TopKLogits` with ``topk.k`` > 0) and
+    token rows; a :class:`kd_jax.objectives.topk.TopKLogits` with ``topk.k`` > 0) and
     ``teacher_features`` {name: [N, ...]} set when the outputs are cached.
 
   Raises:
@@ -202,7 +209,7 @@ def attach(config, teacher: step.Teacher, train_data,
       logging.info("teacher outputs not cached: the student's views are augmented")
     return train_data
   data_devices = mesh.shape[parallel.DATA_AXIS]
-  # The top-k form (kd_jax/topk.py) is made on the devices: full logits never reach the host.
+  # The top-k form (kd_jax/objectives/topk.py) is made on the devices: full logits never reach the host.
   predict = step.make_predict(teacher.graphdef, task, mesh, teacher.feature_names,
                                logits_fn=(lambda x: topk.from_logits(x, k)) if k else None)
   abstract = jax.eval_shape(predict, *teacher.variables, train_data,
@@ -220,9 +227,9 @@ def attach(config, teacher: step.Teacher, train_data,
 
   outputs = None
   if mode in ("disk", "shared"):
-    identity = cache_identity(config, teacher, train_data, task)
+    identity = cache_identity(config, teacher, train_data, task, teacher_name)
     # A shared cache serves every run of the same teacher, data, features (and k).
-    path = (os.path.join(shared_dir, f"{'topk-' if k else ''}{workdir_lib.digest(identity)}.npz")
+    path = (os.path.join(shared_dir, f"{'topk-' if k else ''}{identity_lib.digest(identity)}.npz")
             if shared else os.path.join(workdir, CACHE_FILE))
     outputs = _load(path, identity, abstract)
   if not _every_process(outputs is not None):
@@ -281,10 +288,8 @@ def _save(path: str, identity: dict, logits: np.ndarray, features: dict) -> None
     stored = {"logits": np.asarray(logits, np.float32)}
   np.savez(buffer, identity=np.asarray(json.dumps(identity, sort_keys=True)), **stored,
            **{f"feature/{k}": np.asarray(v, np.float32) for k, v in features.items()})
-  tmp = f"{path}.{os.getpid()}.tmp"     # per process: runs sharing the directory may race
-  with open(tmp, "wb") as f:
+  with files.atomic_open(path, "wb") as f:   # a half-written cache is never read
     f.write(buffer.getvalue())
-  os.replace(tmp, path)     # a half-written cache is never read
 
 
 def topk_report(config, student, teacher: step.Teacher, data, task, rows: int = 256) -> dict:

@@ -1,7 +1,7 @@
 """A finished run's trained student, as a function of the raw inputs its users have.
 
 :func:`load` rebuilds the run's student from its ``results.json`` config and loads
-its last checkpoint (:func:`kd_jax.experiment.load_trained_student`), and returns it
+its last checkpoint (:func:`kd_jax.run.pipeline.load_trained_student`), and returns it
 with held-out and calibration inputs as host arrays:
 
 * an image classifier as ``function(uint8 images [B, H, W, C]) -> logits [B, C]``: the

@@ -37,7 +37,8 @@ import numpy as np
 from flax import nnx
 
 from kd_jax.llm import generate as generate_lib
-from kd_jax.run import workdir as workdir_lib
+from kd_jax.core import files
+from kd_jax.core import identity as identity_lib
 
 CHUNK_FILE = "chunk_{:05d}.npz"
 
@@ -64,7 +65,7 @@ class TransferSet:
 def transfer_key(identity: dict, prompts: np.ndarray, prompt_lengths: np.ndarray, **settings) -> str:
   """The cache key of a transfer set: the teacher's identity, the prompts and the settings."""
   valid = [row[:n].tolist() for row, n in zip(np.asarray(prompts), np.asarray(prompt_lengths))]
-  return workdir_lib.digest({"identity": identity, "prompts": valid, **settings})
+  return identity_lib.digest({"identity": identity, "prompts": valid, **settings})
 
 
 def build(model, prompts: np.ndarray, prompt_lengths: np.ndarray, *, k: int, sampling,
@@ -174,10 +175,8 @@ def _generate_chunk(chunk_path, graphdef, state, prompts, prompt_lengths, start,
     tokens.append(out_tokens[:len(rows)])
     lengths.append(out_lengths[:len(rows)])
   seconds = time.perf_counter() - began
-  tmp = f"{chunk_path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
+  with files.atomic_open(chunk_path, "wb") as f:   # a chunk is either complete or absent
     np.savez(f, tokens=np.stack(tokens), lengths=np.stack(lengths), seconds=seconds)
-  os.replace(tmp, chunk_path)              # a chunk is either complete or absent
 
 
 def _majority(texts: list[list[str]], extract: Callable) -> np.ndarray:
@@ -214,3 +213,14 @@ def _assemble(tokens, lengths, accepted, seconds) -> TransferSet:
 def chunk_files(directory: str) -> list[str]:
   """The finished chunk files under a transfer-set cache directory (all keys)."""
   return sorted(glob.glob(os.path.join(directory, "*", "chunk_*.npz")))
+
+
+def response_rows(responses, response_lengths, prompt_index, prompts, prompt_lengths, max_len):
+  """Token rows ``prompt + response`` (``prompts[prompt_index[i]]`` then ``responses[i]``
+  cut at ``max_len``), their prompt lengths and lengths (``encode_pairs`` layout)."""
+  out = np.zeros((len(prompt_index), max_len), np.int32)
+  lengths = np.zeros(len(prompt_index), np.int32)
+  for i, (p, response, n) in enumerate(zip(prompt_index, responses, response_lengths)):
+    row = np.concatenate([prompts[p, :prompt_lengths[p]], response[:n]])[:max_len]
+    out[i, :len(row)], lengths[i] = row, len(row)
+  return out, prompt_lengths[prompt_index].astype(np.int32), lengths

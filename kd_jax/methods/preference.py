@@ -1,10 +1,11 @@
-"""Preference pairs for rank-based distillation (DPO) of a language-model student.
+"""Rank-based distillation (``method="dpo"``) of a language-model student: its checks, its
+objective, and the preference pairs it trains on.
 
 Two ways to make the (chosen, rejected) pairs of a prompt (``dpo.pairs``):
 
 * ``"ranked"`` — the student's own k samples, ranked by a reward: the verifier's
   verdict (1 or 0) plus ``dpo.teacher_weight`` times the teacher's mean per-token
-  log-likelihood of the response (:func:`kd_jax.rl_losses.teacher_rewards`), so the
+  log-likelihood of the response (:func:`kd_jax.objectives.rl_losses.teacher_rewards`), so the
   teacher orders samples the verifier ties. The best sample is chosen, the worst
   rejected; a prompt whose samples all tie gives no pair.
 * ``"teacher"`` — DistiLLM-2's contrastive pairs (Ko et al. 2025): a verified teacher
@@ -28,9 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kd_jax.config import checks, schema
 from kd_jax.core import parallel
+from kd_jax.core.errors import ConfigError
+from kd_jax.engine import teacher_cache
+from kd_jax.engine.splits import DeviceSplit, device_split
+from kd_jax.llm import transfer
+from kd_jax.methods.base import Method, require_block, require_sft_start
 from kd_jax.objectives import rl_losses
 from kd_jax.tasks import lm
+
+# How the pairs are made (the module docstring).
+PAIRS = ("ranked", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +90,7 @@ def teacher_pairs(teacher_prompt_index: np.ndarray, teacher_responses: np.ndarra
                   teacher_lengths: np.ndarray, student_tokens: np.ndarray,
                   student_lengths: np.ndarray) -> Pairs:
   """DistiLLM-2's pairs: each prompt's first verified teacher response (a
-  :class:`kd_jax.transfer.TransferSet`'s) chosen, the student's first sample
+  :class:`kd_jax.llm.transfer.TransferSet`'s) chosen, the student's first sample
   (``[k, N, T]``) rejected; a prompt where the two are the same tokens is left out."""
   prompts, first = np.unique(teacher_prompt_index, return_index=True)
   width = max(teacher_responses.shape[1], student_tokens.shape[2])
@@ -94,41 +104,20 @@ def teacher_pairs(teacher_prompt_index: np.ndarray, teacher_responses: np.ndarra
                 "samples_per_prompt": int(student_tokens.shape[0])})
 
 
-@dataclasses.dataclass(frozen=True)
-class PairData:
+@device_split
+class PairData(DeviceSplit):
   """The student's training split on the devices: both sides' token rows (``lm.TokenData``
   layout) and the reference's sequence log-probabilities ``[M]`` of each response."""
   chosen: lm.TokenData
   rejected: lm.TokenData
   reference_chosen: jax.Array
   reference_rejected: jax.Array
-  teacher_logits: jax.Array | None = None      # (never cached: the step has no teacher)
-  teacher_features: dict | None = None
-
-  @property
-  def size(self) -> int:
-    return self.chosen.size
-
-
-jax.tree_util.register_dataclass(
-    PairData, data_fields=["chosen", "rejected", "reference_chosen", "reference_rejected",
-                           "teacher_logits", "teacher_features"], meta_fields=[])
-
-
-def rows(pairs_responses, pairs_lengths, prompt_index, prompts, prompt_lengths, max_len):
-  """Token rows ``prompt + response`` and their lengths (``encode_pairs`` layout)."""
-  out = np.zeros((len(prompt_index), max_len), np.int32)
-  lengths = np.zeros(len(prompt_index), np.int32)
-  for i, (p, response, n) in enumerate(zip(prompt_index, pairs_responses, pairs_lengths)):
-    row = np.concatenate([prompts[p, :prompt_lengths[p]], response[:n]])[:max_len]
-    out[i, :len(row)], lengths[i] = row, len(row)
-  return out, prompt_lengths[prompt_index].astype(np.int32), lengths
 
 
 def sequence_log_probs(model, token_data: lm.TokenData, batch_size: int = 256, *,
                        mean: bool = False) -> np.ndarray:
   """``[M]``: ``model``'s log-probability of each row's response (its masked targets), or
-  with ``mean`` its mean per-token log-likelihood (:func:`kd_jax.rl_losses.teacher_rewards`)."""
+  with ``mean`` its mean per-token log-likelihood (:func:`kd_jax.objectives.rl_losses.teacher_rewards`)."""
   graphdef, state = nnx.split(model)
   tokens, mask = np.asarray(token_data.tokens), np.asarray(token_data.loss_mask)
   return np.concatenate([np.asarray(_score(graphdef, state, jnp.asarray(tokens[i:i + batch_size]),
@@ -148,9 +137,9 @@ def _score(graphdef, state, tokens, mask, *, mean: bool):
 def preference_data(pairs: Pairs, prompts, prompt_lengths, max_len: int, reference,
                     mesh) -> PairData:
   """``pairs`` as the student's training split, scored once by the frozen ``reference``."""
-  chosen = lm.token_data(*rows(pairs.chosen, pairs.chosen_lengths, pairs.prompt_index, prompts,
+  chosen = lm.token_data(*transfer.response_rows(pairs.chosen, pairs.chosen_lengths, pairs.prompt_index, prompts,
                                prompt_lengths, max_len), mesh)
-  rejected = lm.token_data(*rows(pairs.rejected, pairs.rejected_lengths, pairs.prompt_index,
+  rejected = lm.token_data(*transfer.response_rows(pairs.rejected, pairs.rejected_lengths, pairs.prompt_index,
                                  prompts, prompt_lengths, max_len), mesh)
   scored = parallel.put_replicated((sequence_log_probs(reference, chosen),
                                     sequence_log_probs(reference, rejected)), mesh)
@@ -174,3 +163,84 @@ class PreferencePairs(lm.LanguageModeling):
 
   def train_metrics(self, logits, targets, loss_mask) -> dict:
     return super().train_metrics(logits, targets[0], loss_mask)
+
+
+def _direct_preference(settings, step, s_logits, t_logits, labels, mask):
+  """``dpo``: DPO on a batch of pairs (:class:`PreferencePairs`: rows
+  chosen then rejected, ``labels`` = (targets, the reference's sequence log-probabilities))
+  with β = ``dpo.beta``; no teacher in the step (it ranked or wrote the pairs)."""
+  del step, t_logits
+  targets, reference = labels
+  logps = rl_losses.sequence_log_probs(rl_losses.token_log_probs(s_logits, targets), mask)
+  half = logps.shape[0] // 2
+  loss, metrics = rl_losses.dpo_loss(logps[:half], logps[half:], reference[:half],
+                                     reference[half:], beta=settings.dpo.beta,
+                                     mask=jnp.any(mask[:half], axis=-1))
+  return loss, metrics
+
+
+def _check(config) -> None:
+  p = require_block(config, "dpo", "dpo_config")
+  require_sft_start(config)
+  checks.choice("dpo.pairs", p.pairs, PAIRS)
+  checks.positive("dpo.beta", p.beta)
+  checks.positive("dpo.learning_rate", p.learning_rate)
+  checks.positive("dpo.temperature", p.temperature)
+  checks.ints_at_least("dpo", p, ("k",), 2 if p.pairs == "ranked" else 1)
+  checks.nonnegative("dpo.teacher_weight", p.teacher_weight)
+  if p.pairs == "teacher":
+    lm.check_transfer_block(config, "dpo.pairs='teacher'")
+
+
+def _pairs_task(config, prepared):
+  """Batches of preference pairs, evaluated as the run's task is."""
+  del config
+  return prepared.task.trained_as(PreferencePairs)
+
+
+def _pair_data(config, prepared, student_module, teacher_module, teacher_identity, cache_dir):
+  """DPO's pairs on the gold training prompts, from the starting student's samples."""
+  p, prompts, mesh = config.dpo, prepared.prompts, prepared.mesh
+  samples = transfer.sample(
+      student_module, prompts.prompts, prompts.prompt_lengths, k=p.k,
+      sampling=schema.sampling_config(temperature=p.temperature),
+      max_new_tokens=prepared.task.max_new_tokens, eos_id=prompts.eos_id, pad_id=prompts.pad_id,
+      directory=cache_dir,
+      identity={"student": teacher_cache.fingerprint(nnx.state(student_module))},
+      seed=config.seed)
+  k, n = samples.lengths.shape
+  if p.pairs == "teacher":
+    written = prompts.teacher_samples(teacher_module, teacher_identity, cache_dir)
+    pairs = teacher_pairs(written.prompt_index, written.responses, written.lengths,
+                          samples.tokens, samples.lengths)
+  else:
+    verdicts = np.array([[prompts.check_answer(prompts.decode(row), answer)
+                          for row, answer in zip(sample_rows, prompts.answers)]
+                         for sample_rows in samples.tokens], np.float32)
+    rewards = verdicts
+    if p.teacher_weight:
+      every = lm.token_data(*transfer.response_rows(
+          samples.tokens.reshape(k * n, -1), samples.lengths.reshape(-1),
+          np.tile(np.arange(n), k), prompts.tokens, prompts.prompt_lengths, prompts.max_len),
+          mesh)
+      rewards = rewards + p.teacher_weight * sequence_log_probs(
+          teacher_module, every, mean=True).reshape(k, n)
+    pairs = ranked_pairs(samples.tokens, samples.lengths, rewards)
+    pairs.stats["verifier_accuracy"] = float(verdicts.mean())
+  if not len(pairs.prompt_index):
+    if p.pairs == "teacher":
+      raise ConfigError("transfer", "no preference pairs: none of the teacher's samples "
+                        "passed the verifier (transfer.k, transfer.label_free)")
+    raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie "
+                      "(sample more: dpo.k, dpo.temperature)")
+  data = preference_data(pairs, prompts.tokens, prompts.prompt_lengths, prompts.max_len,
+                         student_module, mesh)
+  return data, {"preference_pairs": {**pairs.stats, "generation_seconds": samples.seconds}}
+
+
+METHODS = {
+    # No teacher in the step: it ranked or wrote the pairs.
+    "dpo": Method(_direct_preference, ("arithmetic",), uses_teacher=False, check=_check,
+                  train_overrides=lambda c: {"learning_rate": c.dpo.learning_rate},
+                  training_task=_pairs_task, student_data=_pair_data),
+}

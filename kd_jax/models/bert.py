@@ -17,7 +17,7 @@ hidden states over the real tokens, and L2 normalisation::
 ``hidden_<i>`` (the output of layer i), ``attention_<i>`` (its attention
 probabilities ``[B, H, T, T]``) and its queries, keys and values ``query_<i>``,
 ``key_<i>``, ``value_<i>`` ``[B, T, D]``: what DistilBERT-style (hidden states) and
-MiniLM-style (:mod:`kd_jax.attention_losses`) distillation match.
+MiniLM-style (:mod:`kd_jax.objectives.attention_losses`) distillation match.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ precision); softmaxes, norms and logits are computed in float32.
 Example::
 
     >>> from flax import nnx
+
+from kd_jax.models import hf_checkpoint
     >>> model = GPT(vocab_size=20, max_len=32, num_layers=2, num_heads=4, dim=32,
     ...             rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 5), jnp.int32)).shape
@@ -38,9 +40,13 @@ Example::
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from kd_jax.models import hf_checkpoint
 
 MLPS = ("swiglu", "gelu")
 
@@ -331,10 +337,46 @@ class GPT(nnx.Module):
     return self._logits(x), new_cache
 
 
-def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
-  """A Llama- or Qwen2-architecture Hugging Face checkpoint directory as a :class:`GPT`.
+def _hf_targets(model) -> dict[str, tuple[nnx.Variable, bool]]:
+  """Hugging Face tensor name → (the GPT variable it fills, whether to transpose)."""
+  targets = {"model.embed_tokens.weight": (model.embed_tokens.embedding, False),
+             "model.norm.weight": (model.norm.weight, False)}
+  if model.lm_head is not None:
+    targets["lm_head.weight"] = (model.lm_head.kernel, True)
+  for i, layer in enumerate(model.layers):
+    prefix = f"model.layers.{i}."
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+      targets[f"{prefix}{norm}.weight"] = (getattr(layer, norm).weight, False)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+      linear = getattr(layer.self_attn, proj)
+      targets[f"{prefix}self_attn.{proj}.weight"] = (linear.kernel, True)
+      if linear.bias is not None:
+        targets[f"{prefix}self_attn.{proj}.bias"] = (linear.bias, False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      targets[f"{prefix}mlp.{proj}.weight"] = (getattr(layer.mlp, proj).kernel, True)
+  return targets
 
-  See :func:`kd_jax.models.hf_checkpoint.load` (what is read, and what is refused).
+
+def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
+  """The GPT of a Llama/Qwen2 Hugging Face checkpoint directory, weights loaded (float32
+  parameters).
+
+  Args:
+    path: the directory (``config.json`` and safetensors weights; read and checked by
+      :mod:`kd_jax.models.hf_checkpoint`).
+    dtype: the computation dtype (``jnp.bfloat16`` for mixed precision).
+    max_len: the longest sequence to accept; default the checkpoint's
+      ``max_position_embeddings``.
+
+  Raises:
+    ConfigError: an unsupported architecture, or a tensor missing, misshapen or
+      unexpected (naming it and the file).
   """
-  from kd_jax.models import hf_checkpoint  # noqa: PLC0415  (it imports this module)
-  return hf_checkpoint.load(path, dtype=dtype, max_len=max_len)
+  path = os.path.expanduser(path)
+  kwargs = hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(path))
+  if max_len:
+    kwargs["max_len"] = max_len
+  model = nnx.eval_shape(lambda: GPT(rngs=nnx.Rngs(0), dtype=dtype, **kwargs))
+  hf_checkpoint.copy_tensors(model, hf_checkpoint.read_tensors(path), _hf_targets(model), path,
+                             ignored=hf_checkpoint.IGNORED_SUFFIXES)
+  return model

@@ -1,4 +1,5 @@
-"""Hugging Face Llama and Qwen2 checkpoints as :class:`kd_jax.models.gpt.GPT` models.
+"""Hugging Face Llama and Qwen2 checkpoints: their configs, tensors and tokenizers, read and
+checked (:func:`kd_jax.models.gpt.from_hf` builds the model from them).
 
 A checkpoint directory in the Hugging Face layout holds ``config.json`` and the
 weights, either one ``model.safetensors`` or shards listed by
@@ -29,7 +30,7 @@ ARCHITECTURES = ("llama", "qwen2")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers some exports include; they are recomputed, not loaded.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def read_config(path: str) -> dict:
@@ -95,49 +96,6 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
       for key in f.keys():
         tensors[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
   return tensors
-
-
-def _targets(model) -> dict[str, tuple[nnx.Variable, bool]]:
-  """Hugging Face tensor name → (the GPT variable it fills, whether to transpose)."""
-  targets = {"model.embed_tokens.weight": (model.embed_tokens.embedding, False),
-             "model.norm.weight": (model.norm.weight, False)}
-  if model.lm_head is not None:
-    targets["lm_head.weight"] = (model.lm_head.kernel, True)
-  for i, layer in enumerate(model.layers):
-    prefix = f"model.layers.{i}."
-    for norm in ("input_layernorm", "post_attention_layernorm"):
-      targets[f"{prefix}{norm}.weight"] = (getattr(layer, norm).weight, False)
-    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-      linear = getattr(layer.self_attn, proj)
-      targets[f"{prefix}self_attn.{proj}.weight"] = (linear.kernel, True)
-      if linear.bias is not None:
-        targets[f"{prefix}self_attn.{proj}.bias"] = (linear.bias, False)
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-      targets[f"{prefix}mlp.{proj}.weight"] = (getattr(layer.mlp, proj).kernel, True)
-  return targets
-
-
-def load(path: str, *, dtype=jnp.float32, max_len: int | None = None):
-  """The GPT of a Llama/Qwen2 checkpoint directory, weights loaded (float32 parameters).
-
-  Args:
-    path: the directory (``config.json`` and safetensors weights).
-    dtype: the computation dtype (``jnp.bfloat16`` for mixed precision).
-    max_len: the longest sequence to accept; default the checkpoint's
-      ``max_position_embeddings``.
-
-  Raises:
-    ConfigError: an unsupported architecture, or a tensor missing, misshapen or
-      unexpected (naming it and the file).
-  """
-  from kd_jax.models import gpt  # noqa: PLC0415  (gpt re-exports this module's loader)
-  path = os.path.expanduser(path)
-  kwargs = gpt_kwargs(read_config(path))
-  if max_len:
-    kwargs["max_len"] = max_len
-  model = nnx.eval_shape(lambda: gpt.GPT(rngs=nnx.Rngs(0), dtype=dtype, **kwargs))
-  copy_tensors(model, read_tensors(path), _targets(model), path, ignored=_IGNORED_SUFFIXES)
-  return model
 
 
 def copy_tensors(model, tensors: dict, targets: dict, source: str, *, ignored=()) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kd_jax.objectives.masked import masked_mean
+
 
 def relations(a: jax.Array, b: jax.Array, num_heads: int, mask: jax.Array | None = None):
   """Log-relations ``log softmax(a_r b_rᵀ / √d_r)``: ``[B, R, T, T]`` float32.
@@ -68,8 +70,7 @@ def relation_loss(student_a, student_b, teacher_a, teacher_b, *, num_heads: int,
   kl = jnp.sum(p * (log_t - log_s), axis=-1)      # [B, R, T]; masked keys: p = 0 exactly
   if mask is None:
     return jnp.mean(kl)
-  rows = jnp.broadcast_to(mask[:, None, :], kl.shape)
-  return jnp.sum(jnp.where(rows, kl, 0.0)) / jnp.maximum(jnp.sum(rows), 1)
+  return masked_mean(kl, jnp.broadcast_to(mask[:, None, :], kl.shape))
 
 
 def self_attention_loss(student_qkv, teacher_qkv, *, num_heads: int,

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.objectives.masked import masked_mean
+
 
 def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """``log softmax(logits)[b, t, tokens[b, t]]``: ``[B, T]`` float32 from logits ``[B, T, V]``."""
@@ -163,7 +165,7 @@ def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
       reference_rejected_log_probs.astype(jnp.float32))
   margin = beta * (chosen - rejected)
   valid = jnp.ones(margin.shape, bool) if mask is None else mask.astype(bool)
-  mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  mean = lambda x: masked_mean(x, valid)
   return mean(-jax.nn.log_sigmoid(margin)), {
       "reward_margin": mean(margin), "preference_accuracy": mean((margin > 0).astype(jnp.float32))}
 

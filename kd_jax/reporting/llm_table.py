@@ -28,7 +28,6 @@ read, so it can run while the sweep is still going.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_jax.reporting import stats
+from kd_jax.reporting import stats, sweep_dir
 from kd_jax.core.errors import ConfigError
 from kd_jax.reporting.stats import Interval
 
@@ -46,19 +45,8 @@ TEMPERATURE_KEY = ("transfer", "sampling", "temperature")
 
 def load_sweep(workdir: str) -> tuple[dict, dict[str, list[dict]]]:
   """``(sweep record, {point slug: [results.json of each finished seed, in seed order]})``."""
-  path = os.path.join(workdir, "sweep.json")
-  if not os.path.exists(path):
-    raise ConfigError("workdir", f"--workdir={workdir} is not a kd_jax.sweep directory (no "
-                      "sweep.json)")
-  with open(path) as f:
-    record = json.load(f)
-  by_point: dict[str, list[dict]] = {p["slug"]: [] for p in record["points"]}
-  for entry in sorted(record["runs"], key=lambda e: e["seed"]):
-    path = os.path.join(workdir, entry["workdir"], "results.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        by_point[entry["point"]].append(json.load(f))
-  return record, by_point
+  sweep = sweep_dir.read(workdir)
+  return sweep.record, sweep.by_point
 
 
 def _seed(results: Mapping[str, Any]) -> int:
@@ -83,7 +71,7 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
   """One table row: the point's statistics over its seeds and its comparison to ``reference``.
 
   The comparison pairs runs by seed (same initialisation and batch order, so the
-  seed-to-seed variance they share cancels: `kd_jax.stats.paired_difference`).
+  seed-to-seed variance they share cancels: `kd_jax.reporting.stats.paired_difference`).
   """
   students = [r["student"] for r in runs]
   exact = [s["exact_match"] for s in students]
@@ -104,10 +92,8 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
       "acceptance_rate": (float(np.mean([r["transfer_set"]["acceptance_rate"] for r in runs]))
                           if all("transfer_set" in r for r in runs) else None),
   }
-  ref = {_seed(r): r["student"]["exact_match"] for r in reference}
-  paired = [(s["exact_match"], ref[_seed(r)]) for r, s in zip(runs, students) if _seed(r) in ref]
-  if paired:
-    mine, theirs = map(list, zip(*paired))
+  mine, theirs = stats.paired_by_seed(runs, reference, lambda r: r["student"]["exact_match"])
+  if mine:
     row["difference"] = stats.paired_difference(mine, theirs, confidence)
     # Of the means (a per-seed ratio explodes on a seed where the reference nearly
     # matches the teacher): the interval is the paired difference's.

@@ -5,7 +5,7 @@ Both functions take the summary rows that `kd_jax.sweep.write_summary` builds:
 "test_accuracy_ci95_low", "test_accuracy_ci95_high", "test_accuracy_n", ...}`` (or the
 columns of another headline metric, e.g. ``exact_match``) with fractions;
 plots show percentages. Shaded bands and error bars are the 95% Student t intervals
-over seeds (`kd_jax.stats.mean_ci`); a point with one seed has none.
+over seeds (`kd_jax.reporting.stats.mean_ci`); a point with one seed has none.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ matplotlib.use("Agg")  # Files only: sweeps run on headless machines.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from kd_jax.reporting.stats import DISPLAY, Interval, format_value, sort_rows  # noqa: E402
+from kd_jax.reporting.catalog import DISPLAY  # noqa: E402
+from kd_jax.reporting.stats import Interval, format_value, sort_rows  # noqa: E402
 
 TEMPERATURE_KEYS = ("temperature", "temperature.init")
 

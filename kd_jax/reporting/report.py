@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from kd_jax.reporting import catalog
+
 
 def _pct(value) -> str:
   return "-" if value is None else f"{value:.2%}"
@@ -58,8 +60,6 @@ _TABLES = {
         "width only); nbr→T: overlap of the 10 nearest held-out neighbours with the "
         "teacher's; sent/s: sentences per second encoding raw text at batch 64 and 1."),
 }
-# Headlines where lower is better (a gain is then baseline − student).
-_LOWER_IS_BETTER = ("nll",)
 
 
 def _student_label(results: dict) -> str:
@@ -91,7 +91,7 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
   if "baseline" in results:
     teacher = results["teacher"][headline]
     scratch = results["baseline"][headline]
-    if headline in _LOWER_IS_BETTER:
+    if catalog.lower_is_better(headline):
       gain, shown, worse = scratch - results["student"][headline], _number, teacher >= scratch
       lines.append(f"KD gain (from scratch − student, final {headline} per token): "
                    f"{gain:+.4f} nats")

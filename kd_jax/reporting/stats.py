@@ -15,61 +15,14 @@ Significance in Natural Language Processing".
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-# Per headline metric (results.json "headline"): the student metrics a summary reports,
-# as (results.json key inside "student"/"baseline", human-readable name). The first is
-# the headline itself, after the *last* training step; the second its best epoch.
-METRICS_BY_HEADLINE = {
-    "test_accuracy": (
-        ("test_accuracy", "final test accuracy"),
-        ("best_test_accuracy", "best-step test accuracy"),
-        ("agreement", "agreement with teacher"),
-        ("kl_to_teacher", "KL(teacher || student)"),
-        ("ece", "expected calibration error"),
-    ),
-    "exact_match": (
-        ("exact_match", "final exact match"),
-        ("best_exact_match", "best-epoch exact match"),
-        ("agreement", "agreement with teacher (per token)"),
-        ("kl_to_teacher", "KL(teacher || student) per token"),
-        ("nll", "nll per token"),
-    ),
-    "nll": (
-        ("nll", "final nll per token"),
-        ("best_nll", "best-epoch nll per token"),
-        ("agreement", "agreement with teacher (per token)"),
-        ("kl_to_teacher", "KL(teacher || student) per token"),
-        ("perplexity", "perplexity"),
-    ),
-    "probe_accuracy": (
-        ("probe_accuracy", "final linear-probe accuracy"),
-        ("best_probe_accuracy", "best-evaluation linear-probe accuracy"),
-        ("knn_accuracy", "10-NN accuracy"),
-        ("probe_retention", "probe accuracy / teacher's"),
-        ("speedup_b64", "sentences/s / teacher's, batch 64"),
-        ("speedup_b1", "sentences/s / teacher's, batch 1"),
-        ("neighbour_overlap", "10-NN overlap with the teacher"),
-        ("mean_cosine", "mean cosine to the teacher"),
-    ),
-}
-# How a headline metric is shown: (factor, unit, decimals). Fractions as percentages.
-DISPLAY = {"test_accuracy": (100.0, "%", 2), "exact_match": (100.0, "%", 2),
-           "nll": (1.0, "nats", 4), "probe_accuracy": (100.0, "%", 2)}
-LOWER_IS_BETTER = frozenset({"nll"})
-# How summary.md shows a student metric after the headline and its best step:
-# (column header, scale, decimals); metrics not listed show their name, unscaled.
-SUMMARY_COLUMNS = {
-    "agreement": ("agreement %", 100.0, 2), "kl_to_teacher": ("KL(teacher‖student)", 1.0, 4),
-    "ece": ("ECE %", 100.0, 2), "knn_accuracy": ("10-NN acc %", 100.0, 2),
-    "probe_retention": ("probe retention %", 100.0, 2),
-    "speedup_b64": ("speedup ×, batch 64", 1.0, 2), "speedup_b1": ("speedup ×, batch 1", 1.0, 2),
-    "neighbour_overlap": ("10-NN overlap %", 100.0, 2),
-}
+from kd_jax.reporting.catalog import (DISPLAY, LOWER_IS_BETTER, METRICS_BY_HEADLINE,
+                                     SUMMARY_COLUMNS)
 
 
 def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
@@ -82,7 +35,7 @@ def headline_of(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 # Hinton et al.'s omitted-class study (dataset.omit_classes): accuracy on the classes the
-# students never saw, before and after the bias correction (kd_jax.metrics.bias_corrected).
+# students never saw, before and after the bias correction (kd_jax.tasks.metrics.bias_corrected).
 OMITTED_CLASS_COLUMNS = (
     ("omitted_student", "student", "accuracy"),
     ("omitted_student_corrected", "student", "corrected_accuracy"),
@@ -185,6 +138,31 @@ def paired_difference(
         f"{a_arr.shape} and {b_arr.shape}."
     )
   return mean_ci(a_arr - b_arr, confidence)
+
+
+def paired_by_seed(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+                   value: Callable[[Mapping[str, Any]], float | None],
+                   reference_value: Callable[[Mapping[str, Any]], float | None] | None = None
+                   ) -> tuple[list[float], list[float]]:
+  """``(mine, theirs)``: ``value`` of each run and ``reference_value`` (default ``value``)
+  of the reference run with the same ``config.seed``, for the seeds both have (in the
+  order of ``runs``), ready for :func:`paired_difference`.
+
+  >>> runs = [{"config": {"seed": s}, "x": x} for s, x in ((0, 0.9), (1, 0.8), (2, 0.7))]
+  >>> ref = [{"config": {"seed": s}, "x": x} for s, x in ((1, 0.5), (0, 0.6))]
+  >>> paired_by_seed(runs, ref, lambda r: r["x"])
+  ([0.9, 0.8], [0.6, 0.5])
+  """
+  reference_value = reference_value or value
+  theirs_by_seed = {r["config"]["seed"]: reference_value(r) for r in reference}
+  mine, theirs = [], []
+  for run in runs:
+    other = theirs_by_seed.get(run["config"]["seed"])
+    own = value(run)
+    if other is not None and own is not None:
+      mine.append(own)
+      theirs.append(other)
+  return mine, theirs
 
 
 def _columns(prefix: str, interval: Interval | None):

@@ -36,16 +36,14 @@ def _setting(results: Mapping[str, Any]) -> tuple[int, str]:
 
 def rows(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
   """One row per point with runs: k, mode, bytes/token, nll and KL intervals, Δnll vs full."""
-  full = {r["config"]["seed"]: r["student"]["nll"]
-          for runs in by_point.values() for r in runs if _setting(r)[0] == 0}
+  full = [r for runs in by_point.values() for r in runs if _setting(r)[0] == 0]
   out = []
   for name, runs in by_point.items():
     if not runs:
       continue
     k, mode = _setting(runs[0])
     students = [r["student"] for r in runs]
-    paired = [(s["nll"], full[r["config"]["seed"]]) for r, s in zip(runs, students)
-              if r["config"]["seed"] in full]
+    paired = stats.paired_by_seed(runs, full, lambda r: r["student"]["nll"])
     vocab = runs[0]["config"]["dataset"].get("vocab_size")
     out.append({
         "name": name, "k": k, "mode": mode, "n": len(runs),
@@ -53,8 +51,7 @@ def rows(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
                             else (vocab or 0) * 4),
         "nll": stats.mean_ci([s["nll"] for s in students]),
         "kl_to_teacher": stats.mean_ci([s["kl_to_teacher"] for s in students]),
-        "nll_vs_full": (stats.paired_difference(*map(list, zip(*paired)))
-                        if paired and k else None),
+        "nll_vs_full": stats.paired_difference(*paired) if paired[0] and k else None,
         "baseline_nll": (stats.mean_ci([r["baseline"]["nll"] for r in runs])
                          if all("baseline" in r for r in runs) else None),
     })

@@ -18,8 +18,9 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax.reporting import stats
+from kd_jax.config import schema
 from kd_jax.core.errors import ConfigError
+from kd_jax.reporting import stats
 
 Point = dict[str, Any]
 NamedPoint = tuple[str | None, Point]     # (name or None, overrides): see `parse_points`
@@ -48,9 +49,8 @@ def _split_values(text: str) -> list[str]:
 def _resolve(config: ml_collections.ConfigDict, key: str,
              flag: str = "--grid") -> tuple[Any, type]:
   """The current value of a dotted key and its field type; ValueError if unknown."""
-  from kd_jax import config as config_lib  # Imports JAX (through the models).
   try:
-    return config_lib.resolve_field(config, key)
+    return schema.resolve_field(config, key)
   except ValueError as e:
     raise ConfigError(key, f"{flag} key {key!r}: {e}") from None
 

@@ -7,7 +7,7 @@ Phases, each resumable and skipped once finished:
 2. **baseline** — with ``baseline=True``, the student trained from scratch with
    the same budget. It depends neither on the method nor on its hyper-parameters,
    so it is cached next to the teacher cache (``TEACHER_DIR/../baselines/<key>``,
-   see :func:`kd_jax.teachers.baseline_key`) and shared by every point of a sweep
+   see :func:`kd_jax.run.teachers.baseline_key`) and shared by every point of a sweep
    with the same seed; ``workdir/baseline/result.json`` is a copy.
 3. **student**  — the student distilled with ``method`` (``workdir/student``).
 
@@ -17,6 +17,7 @@ Phases, each resumable and skipped once finished:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -29,16 +30,18 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
+from kd_jax.run import validation
 from kd_jax import config as config_lib
 from kd_jax import methods
 from kd_jax.engine import feeding
-from kd_jax.core import parallel
+from kd_jax.core import files, parallel
 from kd_jax.engine import run_log
 from kd_jax.engine import teacher_cache
 from kd_jax.run import teachers
 from kd_jax import engine
 from kd_jax import tasks
 from kd_jax.tasks import metrics as metrics_lib
+from kd_jax.config import records
 from kd_jax.run import workdir as workdir_lib
 from kd_jax.models import hf_checkpoint
 from kd_jax.core.errors import ConfigError
@@ -60,19 +63,8 @@ def host_device():
 
 
 def _write_json(path: str, obj) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=float)
-  os.replace(tmp, path)
-
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  if jax.process_index() == 0:    # every process computes the same results; one writes them
+    files.write_json(path, obj, default=float)
 
 
 def git_commit() -> str | None:
@@ -102,21 +94,26 @@ def _fit_report(fit: engine.FitResult, module, headline: str) -> dict:
 
 
 def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress=True) -> dict:
-  """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it."""
+  """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it.
+
+  Returns its info; ``"name"`` is what the run's caches are keyed by: the resolved
+  checkpoint path, or the trained teacher's key (:func:`kd_jax.run.teachers.teacher_key`).
+  """
   if config.teacher.checkpoint:
     source = hf_checkpoint.resolve(config.teacher.checkpoint)
     if hf_checkpoint.is_checkpoint(source):   # the task built it from the checkpoint's weights
       return {"model": config.teacher.model, "params": module.num_params(), "source": source,
-              "cached": True, "format": "huggingface"}
+              "name": source, "cached": True, "format": "huggingface"}
     info = teachers.load(source, module, num_classes=prepared.num_outputs)
     if info is None:
       raise ConfigError("teacher.checkpoint",
                         f"teacher.checkpoint: no saved teacher ({teachers.TEACHER_FILE}) in {source}")
-  else:
-    source = os.path.join(os.path.expanduser(teacher_dir), teachers.teacher_key(config))
-    info = teachers.load(source, module, num_classes=prepared.num_outputs)
+    return {**info, "source": source, "name": source, "cached": True}
+  key = teachers.teacher_key(config)
+  source = os.path.join(os.path.expanduser(teacher_dir), key)
+  info = teachers.load(source, module, num_classes=prepared.num_outputs)
   if info is not None:
-    return {**info, "source": source, "cached": True}
+    return {**info, "source": source, "name": key, "cached": True}
   logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
   objective = methods.make_objective(config_lib.with_method(config, "none"))
   fit = engine.fit(name="teacher", module=module, objective=objective,
@@ -133,7 +130,7 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
       "num_classes": prepared.num_outputs,
       "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
       **fit.final, f"best_{prepared.task.headline}": fit.best, "train_seconds": fit.wall_seconds,
-      "steps": fit.steps, "key": teachers.teacher_key(config), "config": config.to_dict(),
+      "steps": fit.steps, "key": key, "config": config.to_dict(),
   }
   teachers.save(source, module, info)
   if jax.process_index() == 0:  # teachers.save ends at a barrier: every process is done with it
@@ -143,7 +140,7 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
       if os.path.exists(os.path.join(source + ".train", name)):
         shutil.move(os.path.join(source + ".train", name), os.path.join(source, "logs", name))
     shutil.rmtree(source + ".train", ignore_errors=True)
-  return {**info, "source": source, "cached": False}
+  return {**info, "source": source, "name": key, "cached": False}
 
 
 def load_trained_student(workdir: str, mesh=None):
@@ -165,7 +162,7 @@ def load_trained_student(workdir: str, mesh=None):
   teacher = nnx.eval_shape(lambda: prepared.build(config.teacher, config.teacher.seed, "teacher"))
   module, _ = methods.trainable_student(config, student, teacher)
   engine.load_trained(module, methods.student_train_config(config),
-                     os.path.join(workdir, "student"), workdir_lib.result_fields(config))
+                     os.path.join(workdir, "student"), records.result_fields(config))
   return config, prepared, getattr(module, "model", module)
 
 
@@ -174,13 +171,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    stop_at_step: int | None = None, mesh=None) -> dict:
   """Runs (or resumes) the experiment and returns the ``results.json`` dict.
 
-  A workdir belongs to one config (:mod:`kd_jax.workdir`): the first run records
+  A workdir belongs to one config (:mod:`kd_jax.run.workdir`): the first run records
   it; a run with different result fields is refused before anything runs. When
   the workdir's run has finished, its stored ``results.json`` is returned as it
   is (nothing is loaded, trained or rewritten).
 
   Args:
-    config: an experiment config (see kd_jax/config.py); validated first.
+    config: an experiment config (see kd_jax/config/schema.py); validated first.
     workdir: where results, checkpoints and logs go; re-running resumes.
     teacher_dir: the teacher cache (default ``~/.cache/kd_jax/teachers``).
     show_progress: draw progress bars.
@@ -193,7 +190,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     WorkdirConflictError: ``workdir`` or its checkpoints belong to another config.
     DatasetNotFoundError: the dataset is not installed.
   """
-  config_lib.validate(config)
+  validation.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   finished = workdir_lib.finished_results(workdir, config)
   if finished is not None:
@@ -206,7 +203,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                 teacher_dir: str | None = None, show_progress: bool = True,
                 stop_at_step: int | None = None, mesh=None) -> dict:
   """:func:`run_experiment` for a ``config`` already validated and a ``workdir`` already
-  checked (:func:`kd_jax.workdir.finished_results`: no finished run, no other config):
+  checked (:func:`kd_jax.run.workdir.finished_results`: no finished run, no other config):
   records the config in the workdir if it has none and runs the pipeline.
 
   Raises:
@@ -223,7 +220,9 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
 
   prepared = tasks.prepare(config, mesh, dtype)
   task, test_data = prepared.task, prepared.test_data
-  student_task = prepared.student_task or task
+  method = methods.REGISTRY[config.method]
+  # The distilled student's own batches (on-policy samples, DPO pairs, GRPO rollouts).
+  student_task = method.training_task(config, prepared) if method.training_task else task
   # A teacher split over `model` may not fit on one accelerator: build and load it in
   # host memory; put_sharded below then copies each device only its shard.
   with jax.default_device(host_device() if mesh.shape[parallel.MODEL_AXIS] > 1 else None):
@@ -244,8 +243,9 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   # The caches shared between runs (teachers, baselines, transfer sets, top-k outputs).
   cache_root = os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir)))
   # What the teacher-written data (transfer sets, preference pairs) is keyed by.
-  teacher_identity = lambda: {"teacher": teacher_info["source"], "key": teacher_info.get("key"),
-                              "variables": teacher_cache.fingerprint(nnx.state(teacher_module))}
+  teacher_identity = functools.cache(lambda: {
+      "teacher": teacher_info["source"], "key": teacher_info.get("key"),
+      "variables": teacher_cache.fingerprint(nnx.state(teacher_module))})
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
     student_train_data, written = prepared.teacher_data(
         teacher_module, teacher_identity(), os.path.join(cache_root, "transfer_sets"))
@@ -266,7 +266,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
 
   def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None):
     phase_dir = phase_dir or os.path.join(workdir, name)
-    done = _read_json(os.path.join(phase_dir, RESULT_FILE))
+    done = files.read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done
     train_config = methods.student_train_config(config) if name == "student" else config.train
@@ -285,7 +285,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
 
-  uses_teacher = methods.REGISTRY[config.method].uses_teacher
+  uses_teacher = method.uses_teacher
   from_baseline = config.get("student_init") == "baseline"
   if config.baseline and (uses_teacher or from_baseline):
     scratch = prepared.build(config.student, config.seed)
@@ -302,12 +302,11 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
       engine.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
-  if prepared.student_data is not None:   # made from the starting student (DPO's pairs)
-    student_train_data, pair_stats = prepared.student_data(
-        student_model, teacher_module, teacher_identity(),
+  if method.student_data is not None:   # made from the starting student (DPO's pairs)
+    student_train_data, report = method.student_data(
+        config, prepared, student_model, teacher_module, teacher_identity(),
         os.path.join(cache_root, "transfer_sets"))
-    if pair_stats is not None:
-      results["preference_pairs"] = pair_stats
+    results.update(report)
   if not uses_teacher:
     student_teacher, data = None, student_train_data
   else:
@@ -316,15 +315,16 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
       data, student_teacher = student_train_data, dataclasses.replace(teacher, head_inputs=True)
     else:
       data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh,
-                                  workdir, shared_dir=os.path.join(cache_root, "teacher_outputs"))
+                                  workdir, shared_dir=os.path.join(cache_root, "teacher_outputs"),
+                                  teacher_name=teacher_info["name"])
       student_teacher = None if data.teacher_logits is not None else teacher
   results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
-                             student_teacher, data, workdir_lib.result_fields(config))
+                             student_teacher, data, records.result_fields(config))
   results["student"]["teacher_cached"] = uses_teacher and student_teacher is None
   if teacher_cache.topk_k(config):
     # The trained student, as its last checkpoint holds it (also when this phase was done).
     engine.load_trained(student_module, config.train, os.path.join(workdir, "student"),
-                       workdir_lib.result_fields(config))
+                       records.result_fields(config))
     results["topk"] = teacher_cache.topk_report(config, student_module, teacher, data, task)
   results["timing"] = {
       "train_seconds": results["student"]["train_seconds"],

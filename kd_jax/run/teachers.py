@@ -23,7 +23,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from kd_jax.run import workdir as workdir_lib
+from kd_jax.config import records
+from kd_jax.core import identity as identity_lib
 from kd_jax.data import text as text_data
 from kd_jax.core.errors import ConfigError
 
@@ -41,11 +42,11 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
       "model": config.teacher.model,
       "kwargs": config.teacher.kwargs.to_dict(),
       # How often it is evaluated changes its history, not its weights.
-      "train": workdir_lib.without_fields(config.teacher.train,
+      "train": records.without_fields(config.teacher.train,
                                           ["eval_batch_size", "eval_every_steps"]),
       "seed": config.teacher.seed,
       "precision": config.precision,
-      "data": workdir_lib.without_fields(config.dataset, ["test_examples", "ood_examples",
+      "data": records.without_fields(config.dataset, ["test_examples", "ood_examples",
                                                            "omit_classes"]),
   }
   if config.dataset.name in text_data.CORPORA:
@@ -56,7 +57,7 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
 
 def teacher_key(config: ml_collections.ConfigDict) -> str:
   """A short, stable hash of :func:`teacher_identity`: the teacher cache's directory name."""
-  return f"{config.teacher.model}-{workdir_lib.digest(teacher_identity(config))}"
+  return f"{config.teacher.model}-{identity_lib.digest(teacher_identity(config))}"
 
 
 def baseline_identity(config: ml_collections.ConfigDict) -> dict:
@@ -68,7 +69,7 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
   """
   return {
       "student": config.student.to_dict(),
-      "train": workdir_lib.without_fields(config.train, ["eval_batch_size"]),
+      "train": records.without_fields(config.train, ["eval_batch_size"]),
       "data": config.dataset.to_dict(),
       "seed": config.seed,
       "precision": config.precision,
@@ -80,7 +81,7 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
 
 def baseline_key(config: ml_collections.ConfigDict) -> str:
   """A short hash of :func:`baseline_identity`: the shared baseline's directory name."""
-  return f"{config.student.model}-{workdir_lib.digest(baseline_identity(config))}"
+  return f"{config.student.model}-{identity_lib.digest(baseline_identity(config))}"
 
 
 def save(directory: str, module: nnx.Module, info: dict) -> None:
@@ -90,13 +91,15 @@ def save(directory: str, module: nnx.Module, info: dict) -> None:
   the directories, between barriers, so that processes sharing a file system
   never race.
   """
+  # A directory every process writes into collectively (orbax), so one name for all of
+  # them, not kd_jax.core.files' per-process temporary file.
   tmp = directory + ".tmp"
   primary = jax.process_index() == 0
   if primary:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
     os.makedirs(tmp)
-  _barrier("kd_jax.teachers.save:tmp")
+  _barrier("kd_jax.run.teachers.save:tmp")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(tmp, "variables"), nnx.state(module))
   if primary:
@@ -105,7 +108,7 @@ def save(directory: str, module: nnx.Module, info: dict) -> None:
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
-  _barrier("kd_jax.teachers.save:done")
+  _barrier("kd_jax.run.teachers.save:done")
 
 
 def _barrier(name: str) -> None:

@@ -1,4 +1,4 @@
-"""Tasks: what a batch and an evaluation mean, for the one engine (kd_jax.step, kd_jax.loop).
+"""Tasks: what a batch and an evaluation mean, for the one engine (kd_jax.engine).
 
 A task object tells the engine, inside the jitted step and on the host:
 
@@ -20,7 +20,7 @@ A task object tells the engine, inside the jitted step and on the host:
   attribute; ``higher_is_better`` defaults to True) and ``outputs`` is whatever
   the task's report needs.
 
-For caches of teacher outputs (:mod:`kd_jax.teacher_cache`) a task also says
+For caches of teacher outputs (:mod:`kd_jax.engine.teacher_cache`) a task also says
 whether it ``augments`` the training inputs and gives ``input_identity()``, what
 turns stored data into model inputs.
 
@@ -33,63 +33,47 @@ Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
 which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data and
 :mod:`kd_jax.tasks.text` for text corpora, and :mod:`kd_jax.tasks.embedding`
 (sentences → embeddings, distilling a pretrained sentence encoder).
-Each experiment module's ``prepare(config, mesh, dtype)`` gives the experiment a
-:class:`Prepared`: the config flows config → task → engine → report.
+A task family (DESIGN §7) is one module with ``NAME``, ``DATASETS``, ``KIND`` (the
+noun its datasets go by in messages), ``STUDENT_INITS``, ``LANGUAGE`` (whether its
+models are language models), ``check(config)`` (its fields and models, raising
+``ConfigError`` before anything compiles) and ``prepare(config, mesh, dtype)``, which
+gives the pipeline a :class:`~kd_jax.tasks.base.Prepared`: the config flows config →
+task → engine → report. The methods a family accepts are those whose ``tasks`` name it
+(:func:`kd_jax.methods.accepting`). A new family is a module plus one line in
+:data:`FAMILIES`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+from kd_jax.core.errors import ConfigError
+from kd_jax.tasks import arithmetic, classification, embedding, text
+from kd_jax.tasks.base import Prepared
+
+# family name -> module: one line per task family.
+FAMILIES = {
+    classification.NAME: classification,
+    arithmetic.NAME: arithmetic,
+    text.NAME: text,
+    embedding.NAME: embedding,
+}
+DATASETS = tuple(name for family in FAMILIES.values() for name in family.DATASETS)
+
+__all__ = ["DATASETS", "FAMILIES", "Prepared", "family_of", "prepare"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-  """One experiment's task, data and task-specific steps, as :mod:`kd_jax.experiment` uses them.
+def family_of(dataset: str):
+  """The task family (module) whose ``DATASETS`` hold ``dataset``.
 
-  Attributes:
-    task: the batch/evaluation object described above.
-    train_data, test_data: the splits on the devices.
-    student_train_data: the students' transfer set (``train_data`` unless the
-      task leaves examples out).
-    num_outputs: classes, or the vocabulary size: what a saved teacher must predict.
-    build: ``build(spec, seed, role) -> module`` for a config's ``teacher``/``student``.
-    evaluate_teacher: ``(graphdef, variables, batch_size) -> (report, reference)``:
-      the teacher's ``results.json`` fields and what the students' reports compare
-      against (its test logits, or the teacher itself).
-    student_report: ``(fit, module, reference, batch_size) -> dict``: a trained
-      student's task metrics (the engine adds timing and history).
-    student_task: the task of the distilled student's training when it differs from
-      ``task`` (on-policy distillation samples its batches); None: ``task``.
-    teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
-      the students' training data written by the teacher (sequence-level KD), when
-      the config asks for it (``student_data="transfer"``); None otherwise.
-    student_data: ``(student_module, teacher_module, teacher_identity, cache_dir) ->
-      (data, stats)``: the distilled student's training data made from the starting
-      student itself (DPO's preference pairs: its samples, ranked or paired with the
-      teacher's; a policy-gradient student's prompts with the starting student as its
-      reference), after it was initialised; None otherwise. ``stats`` (None: none) go
-      to ``results.json``'s ``preference_pairs``.
+  Raises:
+    ConfigError: an unknown dataset, naming ``dataset.name`` and every valid one.
   """
-  task: Any
-  train_data: Any
-  student_train_data: Any
-  test_data: Any
-  num_outputs: int
-  build: Callable
-  evaluate_teacher: Callable
-  student_report: Callable
-  teacher_data: Callable | None = None
-  student_task: Any = None
-  student_data: Callable | None = None
+  for family in FAMILIES.values():
+    if dataset in family.DATASETS:
+      return family
+  raise ConfigError("dataset.name", f"dataset.name: unknown value {dataset!r}; valid choices: "
+                    f"{', '.join(DATASETS)}")
 
 
 def prepare(config, mesh, dtype) -> Prepared:
   """The task family of ``config.dataset.name``, prepared on ``mesh``."""
-  from kd_jax.tasks import arithmetic, classification, embedding, text  # pylint: disable=g-import-not-at-top
-  families = {**{name: arithmetic for name in arithmetic.DATASETS},
-              **{name: text for name in text.DATASETS},
-              **{name: embedding for name in embedding.DATASETS}}
-  family = families.get(config.dataset.name, classification)
-  return family.prepare(config, mesh, dtype)
+  return family_of(config.dataset.name).prepare(config, mesh, dtype)

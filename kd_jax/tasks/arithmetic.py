@@ -15,20 +15,46 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kd_jax import methods, models, tasks
-from kd_jax.methods import preference as preferences
-from kd_jax.methods import policy_gradient as rollouts
+from kd_jax import models
+from kd_jax.config import checks
 from kd_jax.engine import step
-from kd_jax.engine import teacher_cache
 from kd_jax.llm import transfer
 from kd_jax.data import arithmetic as ar
 from kd_jax.core.errors import ConfigError
+from kd_jax.tasks.base import Prepared
 from kd_jax.tasks import lm
 
+NAME = "arithmetic"
 DATASETS = ("arithmetic",)
+KIND = "reasoning"
+LANGUAGE = True
+STUDENT_INITS = ("scratch", "baseline")
+# What a student trains on: the gold responses, or the teacher's verified answers to the
+# gold prompts (sequence-level KD, kd_jax/llm/transfer.py).
+STUDENT_DATA = ("gold", "transfer")
+
+
+def check(config) -> None:
+  """The arithmetic task's fields (dataset block, models, student_data, transfer and
+  sampling blocks); raises ``ConfigError`` naming the field."""
+  d = config.dataset
+  checks.ints_at_least("dataset", d, ("train_examples", "test_examples", "steps", "digits"), 1)
+  checks.ints_at_least("dataset", d, ("seed",))
+  if "ood_examples" in d:
+    checks.ints_at_least("dataset", d, ("ood_examples",))
+  checks.ints_at_least("dataset", d, ("max_len",), 8)
+  if not d.ops or set(d.ops) - set("+-*"):
+    raise ConfigError("dataset.ops", f"dataset.ops must be a non-empty subset of '+-*', "
+                      f"got {d.ops!r}")
+  lm.check_models(config)
+  checks.choice("student_data", config.get("student_data", "gold"), STUDENT_DATA)
+  if config.get("student_data") == "transfer":
+    lm.check_transfer_block(config, "student_data='transfer'")
+  lm.check_sampling_block(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +82,8 @@ def _ood_splits(d, difficulty, tokenizer, mesh) -> dict[str, _Split]:
   return splits
 
 
-def prepare(config, mesh, dtype) -> tasks.Prepared:
-  """The arithmetic experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
+def prepare(config, mesh, dtype) -> Prepared:
+  """The arithmetic experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`).
 
   Raises:
     ConfigError: a model's ``vocab_size`` differs from the task's tokenizer (or the
@@ -80,16 +106,6 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     raise ConfigError("dataset.max_len", f"dataset.max_len: {e}") from None
   task, test_data = test.task, test.data
   ood = _ood_splits(d, difficulty, tokenizer, mesh)
-  # On-policy distillation: the distilled student (only) samples a fraction of its batches.
-  gkd = config.get("gkd") if config.method == "gkd" else None
-  student_task = dataclasses.replace(task, on_policy=float(gkd.fraction),
-                                     policy_temperature=float(gkd.temperature)) if gkd else None
-  if config.method == "dpo":   # batches of preference pairs, evaluated as the task is
-    student_task = task.trained_as(preferences.PreferencePairs)
-  if config.method in methods.RL_METHODS:   # the student's own samples, k per prompt, every step
-    student_task = task.trained_as(
-        rollouts.Rollouts, samples_per_prompt=config.rl.k, verify=answers_correct,
-        teacher_mix=float(config.rl.teacher_mix) if config.method == "minillm" else 0.0)
   train_data = lm.token_data(*train_arrays, mesh)
   lm.check_vocabularies(config, tokenizer.vocab_size)
 
@@ -159,56 +175,15 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
                                                   d.max_len)
     return lm.token_data(rows, prompt_lengths, lengths, mesh), written.stats
 
-  def preference_data(student_module, teacher_module, teacher_identity, cache_dir):
-    """DPO's pairs on the gold training prompts, from the starting student's samples."""
-    from kd_jax import config as config_lib  # noqa: PLC0415  (kd_jax.config imports this module)
-    p = config.dpo
-    samples = transfer.sample(
-        student_module, train_arrays[0][:, :prompt_len], train_arrays[1], k=p.k,
-        sampling=config_lib.sampling_config(temperature=p.temperature),
-        max_new_tokens=task.max_new_tokens,
-        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, directory=cache_dir,
-        identity={"student": teacher_cache.fingerprint(nnx.state(student_module))},
-        seed=config.seed)
-    k, n = samples.lengths.shape
-    if p.pairs == "teacher":
-      written = teacher_transfer_set(teacher_module, teacher_identity, cache_dir)
-      pairs = preferences.teacher_pairs(written.prompt_index, written.responses,
-                                        written.lengths, samples.tokens, samples.lengths)
-    else:
-      verdicts = np.array([[ar.check_answer(tokenizer.decode(row), problem.answer)
-                            for row, problem in zip(sample_rows, train_problems)]
-                           for sample_rows in samples.tokens], np.float32)
-      rewards = verdicts
-      if p.teacher_weight:
-        every = lm.token_data(*preferences.rows(
-            samples.tokens.reshape(k * n, -1), samples.lengths.reshape(-1),
-            np.tile(np.arange(n), k), train_arrays[0], train_arrays[1], d.max_len), mesh)
-        rewards = rewards + p.teacher_weight * preferences.sequence_log_probs(
-            teacher_module, every, mean=True).reshape(k, n)
-      pairs = preferences.ranked_pairs(samples.tokens, samples.lengths, rewards)
-      pairs.stats["verifier_accuracy"] = float(verdicts.mean())
-    if not len(pairs.prompt_index):
-      if p.pairs == "teacher":
-        raise ConfigError("transfer", "no preference pairs: none of the teacher's samples "
-                          "passed the verifier (transfer.k, transfer.label_free)")
-      raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie "
-                        "(sample more: dpo.k, dpo.temperature)")
-    data = preferences.preference_data(pairs, train_arrays[0], train_arrays[1], d.max_len,
-                                       student_module, mesh)
-    return data, {**pairs.stats, "generation_seconds": samples.seconds}
-
-  def rollout_prompts(student_module, teacher_module, teacher_identity, cache_dir):
-    """The gold training prompts and answers, with the starting student as the reference."""
-    del teacher_module, teacher_identity, cache_dir
-    answers = np.array([p.answer for p in train_problems])
-    return rollouts.rollout_data(train_data, answers, student_module, mesh), None
-
-  student_data = {"dpo": preference_data, **{m: rollout_prompts for m in methods.RL_METHODS}}
-  return tasks.Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
-                        evaluate_teacher, student_report,
-                        teacher_data if config.get("student_data") == "transfer" else None,
-                        student_task, student_data.get(config.method))
+  prompts = lm.PromptSet(*train_arrays, max_len=d.max_len,
+                         answers=np.array([p.answer for p in train_problems]),
+                         decode=tokenizer.decode, check_answer=ar.check_answer,
+                         verify=answers_correct, eos_id=tokenizer.eos_id,
+                         pad_id=tokenizer.pad_id, teacher_samples=teacher_transfer_set)
+  return Prepared(task, train_data, train_data, test_data, tokenizer.vocab_size, build,
+                  evaluate_teacher, student_report,
+                  teacher_data if config.get("student_data") == "transfer" else None,
+                  mesh=mesh, prompts=prompts)
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):
@@ -217,8 +192,8 @@ def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len
   A response longer than the row has room for is cut at ``max_len`` (so it has no
   EOS); every accepted answer of the arithmetic task fits.
   """
-  return preferences.rows(written.responses, written.lengths, written.prompt_index, tokens,
-                          prompt_lengths, max_len)
+  return transfer.response_rows(written.responses, written.lengths, written.prompt_index,
+                                tokens, prompt_lengths, max_len)
 
 
 def answers_correct(tokens: jax.Array, answers: jax.Array) -> jax.Array:
@@ -235,7 +210,6 @@ def answers_correct(tokens: jax.Array, answers: jax.Array) -> jax.Array:
   Returns:
     bool ``[B]``.
   """
-  import jax.numpy as jnp  # noqa: PLC0415
   ids = {c: i + 3 for i, c in enumerate(ar.CHARS)}
   b, t = tokens.shape
   position = jnp.arange(t)

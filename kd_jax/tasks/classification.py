@@ -21,15 +21,47 @@ from flax import nnx
 
 from kd_jax import data as data_lib
 from kd_jax.tasks import metrics as metrics_lib
-from kd_jax import models, tasks
+from kd_jax import models
 from kd_jax.core import parallel
 from kd_jax.engine import step
+from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.data import augment as augment_lib
 from kd_jax.core.errors import ConfigError
+from kd_jax.objectives.masked import masked_mean
+from kd_jax.tasks.base import Prepared
+from kd_jax.config import checks
+
+NAME = "classification"
+DATASETS = data_lib.NAMES
+KIND = "image"
+LANGUAGE = False
+STUDENT_INITS = ("scratch", "baseline")
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
+def check(config) -> None:
+  """An image dataset's fields and models, and the caches augmentation allows."""
+  checks.ints_at_least("dataset", config.dataset, ("train_examples", "test_examples",
+                                                   "crop_padding"))
+  omit = config.dataset.omit_classes
+  if not isinstance(omit, (tuple, list)) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in omit):
+    raise ConfigError("dataset.omit_classes",
+                      f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
+  for role in ("teacher", "student"):
+    checks.choice(f"{role}.model", config[role].model, models.IMAGE_MODELS)
+  augmented = config.dataset.crop_padding > 0 or config.dataset.flip
+  if (augmented and config.teacher_cache in ("memory", "disk", "shared")
+      and not config.teacher_fixed_views):
+    raise ConfigError("teacher_cache",
+        f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
+        "dataset.flip): the teacher must see the same random view as the student "
+        "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
+        "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
+        "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
+
+
+@device_split
+class DeviceData(DeviceSplit):
   """A split held on the devices (replicated): uint8 images, int32 labels.
 
   ``teacher_logits`` / ``teacher_features`` hold the teacher's outputs for
@@ -37,17 +69,6 @@ class DeviceData:
   """
   images: jax.Array
   labels: jax.Array
-  teacher_logits: jax.Array | None = None
-  teacher_features: dict | None = None
-
-  @property
-  def size(self) -> int:
-    return int(self.images.shape[0])
-
-
-jax.tree_util.register_dataclass(
-    DeviceData, data_fields=["images", "labels", "teacher_logits", "teacher_features"],
-    meta_fields=[])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +110,8 @@ class Classification:
     return self.preprocess(data.images[index])
 
   def train_metrics(self, logits, labels, mask) -> dict:
-    correct = (jnp.argmax(logits, -1) == labels) & mask
-    return {"accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(mask), 1)}
+    correct = jnp.argmax(logits, -1) == labels
+    return {"accuracy": masked_mean(correct.astype(jnp.float32), mask)}
 
   def evaluator(self, graphdef, data: DeviceData, batch_size: int, mesh):
     """``evaluate(variables) -> ({"test_accuracy": a}, logits [N, C])`` on the whole split."""
@@ -155,8 +176,8 @@ def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
                       f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
 
 
-def prepare(config, mesh, dtype) -> tasks.Prepared:
-  """The classification experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`)."""
+def prepare(config, mesh, dtype) -> Prepared:
+  """The classification experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`)."""
   train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
   mean, std = data_lib.normalization(config.dataset.name)
   task = Classification(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
@@ -174,8 +195,8 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     return phase_report(fit.test_outputs, test_labels, teacher_test_logits,
                         config.dataset.omit_classes)
 
-  return tasks.Prepared(task, train_data, transfer_set(config, train_data, num_classes),
-                        test_data, num_classes, build, evaluate_teacher, student_report)
+  return Prepared(task, train_data, transfer_set(config, train_data, num_classes),
+                  test_data, num_classes, build, evaluate_teacher, student_report, mesh=mesh)
 
 
 def phase_report(logits, labels, teacher_test_logits, omitted_classes=()) -> dict:

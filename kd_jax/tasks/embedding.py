@@ -7,13 +7,13 @@ are English sentences tokenised by the teacher's WordPiece, truncated at
 ``dataset.max_len``, held on the devices as :class:`SentenceData`. A training batch
 is the sentences' tokens; its loss mask ``[B, T]`` marks the real tokens of the real
 rows (what the hidden-state and attention losses average over). The sentences have
-no training targets: the methods (``distilbert``, ``minilm``, kd_jax/methods.py) only
+no training targets: the methods (``distilbert``, ``minilm``, kd_jax/methods/__init__.py) only
 match the teacher, whose outputs are cacheable (fixed inputs).
 
 Evaluation (:meth:`SentenceEmbedding.evaluator`) embeds the held-out sentences and
 the probe set (labelled training sentences) and reports, on the held-out sentences
 labelled by fortune collection, ``probe_accuracy`` (the headline: a linear probe,
-:func:`kd_jax.embedding_eval.linear_probe_accuracy`) and ``knn_accuracy`` (k = 10).
+:func:`kd_jax.tasks.embedding_eval.linear_probe_accuracy`) and ``knn_accuracy`` (k = 10).
 A student's report adds its fidelity to the teacher (``mean_cosine`` when the widths
 match, ``neighbour_overlap`` of the 10 nearest held-out neighbours), its cost
 (``sentences_per_second`` and ``latency_ms`` at batch 1 and 64, tokenisation
@@ -31,37 +31,61 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kd_jax import models, tasks
+from kd_jax import models
 from kd_jax.tasks import embedding_eval
 from kd_jax.core import parallel
 from kd_jax.engine import step
+from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.data import sentences as sentences_lib
 from kd_jax.core.errors import ConfigError
+from kd_jax.tasks.base import Prepared
+from kd_jax.config import checks
 from kd_jax.models import bert, hf_checkpoint
 
+NAME = "embedding"
 DATASETS = ("fortune_sentences",)
+KIND = "sentence"
+LANGUAGE = False
+# "teacher_layers": the student starts as the teacher's embeddings and layers
+# encoder.init_layers (DistilBERT's initialisation).
+STUDENT_INITS = ("scratch", "teacher_layers")
 NEIGHBOURS = 10
 # Cost is timed on the first held-out sentences: this many at batch 64, fewer at batch 1.
 COST_SENTENCES = {64: 512, 1: 128}
 
 
-@dataclasses.dataclass(frozen=True)
-class SentenceData:
+def check(config) -> None:
+  """A sentence-encoder config: its dataset fields, a pretrained teacher, no hard-label
+  baseline, and the ``encoder`` block."""
+  d = config.dataset
+  checks.ints_at_least("dataset", d, ("train_examples", "test_examples", "bible_verses",
+                                      "probe_examples"))
+  checks.ints_at_least("dataset", d, ("max_len",), 4)
+  for role in ("teacher", "student"):
+    checks.choice(f"{role}.model", config[role].model, models.ENCODER_MODELS)
+  if not config.teacher.checkpoint:
+    raise ConfigError("teacher.checkpoint", "a sentence encoder's teacher is pretrained: set "
+                      "teacher.checkpoint (e.g. 'all-MiniLM-L6-v2', or a BERT directory)")
+  if config.baseline:
+    raise ConfigError("baseline", "baseline=True trains the student on hard labels, which "
+                      "sentences do not have: set baseline=False (the from-scratch student is "
+                      "student_init='scratch' with the same method)")
+  e = config.get("encoder")
+  if e is None:
+    raise ConfigError("encoder", "a sentence-encoder config needs an encoder block "
+                      "(kd_jax.config.encoder_config())")
+  checks.ints_at_least("encoder", e, ("relation_heads",), 1)
+  if not e.init_layers or not all(isinstance(i, int) and i >= 0 for i in e.init_layers):
+    raise ConfigError("encoder.init_layers", "encoder.init_layers must be a non-empty tuple "
+                      f"of teacher layer indices, got {e.init_layers!r}")
+
+
+@device_split
+class SentenceData(DeviceSplit):
   """A split on the devices: ``tokens`` int32 ``[N, T]`` (0 = padding), ``labels`` int32 ``[N]``
   (a collection, or -1), and the cached teacher outputs (embeddings ``[N, D]``, features)."""
   tokens: jax.Array
   labels: jax.Array
-  teacher_logits: jax.Array | None = None
-  teacher_features: dict | None = None
-
-  @property
-  def size(self) -> int:
-    return int(self.tokens.shape[0])
-
-
-jax.tree_util.register_dataclass(
-    SentenceData, data_fields=["tokens", "labels", "teacher_logits", "teacher_features"],
-    meta_fields=[])
 
 
 def tokenize(tokenizer, texts, max_len: int) -> np.ndarray:
@@ -165,8 +189,8 @@ def _layer_student(config, teacher: bert.Bert, kwargs: dict, dtype) -> bert.Sent
     raise ConfigError("encoder.init_layers", f"encoder.init_layers: {e}") from None
 
 
-def prepare(config, mesh, dtype) -> tasks.Prepared:
-  """The sentence-encoder experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
+def prepare(config, mesh, dtype) -> Prepared:
+  """The sentence-encoder experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`).
 
   Raises:
     ConfigError: no such teacher checkpoint, or a student that does not fit it.
@@ -228,5 +252,5 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
       report[f"speedup_b{batch}"] = report[key] / teacher_report[key]
     return report
 
-  return tasks.Prepared(task, train_data, train_data, test_data, 0, build, evaluate_teacher,
-                        student_report)
+  return Prepared(task, train_data, train_data, test_data, 0, build, evaluate_teacher,
+                  student_report, mesh=mesh)

@@ -36,15 +36,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kd_jax import models
+from kd_jax.config import checks
+from kd_jax.objectives.masked import masked_mean
 from kd_jax.engine import feeding
 from kd_jax.core import parallel
 from kd_jax.engine import step
+from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.core.errors import ConfigError
 from kd_jax.llm import generate as generate_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenData:
+@device_split
+class TokenData(DeviceSplit):
   """A split on the devices: ``tokens`` int32 ``[N, L]`` and ``loss_mask`` bool ``[N, L-1]``.
 
   ``loss_mask[i, j]`` says whether target ``tokens[i, j + 1]`` counts (a response
@@ -53,17 +57,6 @@ class TokenData:
   """
   tokens: jax.Array
   loss_mask: jax.Array
-  teacher_logits: jax.Array | None = None
-  teacher_features: dict | None = None
-
-  @property
-  def size(self) -> int:
-    return int(self.tokens.shape[0])
-
-
-jax.tree_util.register_dataclass(
-    TokenData, data_fields=["tokens", "loss_mask", "teacher_logits", "teacher_features"],
-    meta_fields=[])
 
 
 def response_mask(prompt_lengths: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
@@ -76,6 +69,42 @@ def token_data(tokens, prompt_lengths, lengths, mesh) -> TokenData:
   """A :class:`TokenData` on the devices (replicated) from ``encode_pairs``-style arrays."""
   mask = response_mask(np.asarray(prompt_lengths), np.asarray(lengths), tokens.shape[1])
   return TokenData(*parallel.put_replicated((np.asarray(tokens, np.int32), mask), mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+  """A language task's gold training prompts, for the methods that make their own training
+  data from them (DPO's pairs, policy-gradient rollouts: :mod:`kd_jax.methods`).
+
+  Attributes:
+    tokens, prompt_lengths, lengths: the gold training rows ``[N, max_len]`` int32 and
+      their prompt and row lengths ``[N]`` (``encode_pairs`` layout).
+    max_len: tokens per row.
+    answers: the gold answers ``[N]``.
+    decode: token ids -> text.
+    check_answer: ``(text, answer) -> bool`` on the host (the verifier).
+    verify: ``(tokens [B, T], answers [B]) -> bool [B]``: the verifier inside a jitted step.
+    eos_id, pad_id: the tokenizer's.
+    teacher_samples: ``(teacher_module, teacher_identity, cache_dir) -> TransferSet``: the
+      teacher's verified samples of the prompts, as the ``transfer`` block says
+      (:func:`kd_jax.llm.transfer.build`).
+  """
+  tokens: np.ndarray
+  prompt_lengths: np.ndarray
+  lengths: np.ndarray
+  max_len: int
+  answers: np.ndarray
+  decode: Callable
+  check_answer: Callable
+  verify: Callable
+  eos_id: int
+  pad_id: int
+  teacher_samples: Callable
+
+  @property
+  def prompts(self) -> np.ndarray:
+    """``[N, P]``: the rows cut at the longest prompt (what generation starts from)."""
+    return self.tokens[:, :int(self.prompt_lengths.max())]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,8 +137,8 @@ class NextTokens:
     return data.tokens[index][:, :-1]
 
   def train_metrics(self, logits, targets, loss_mask) -> dict:
-    correct = (jnp.argmax(logits, -1) == targets) & loss_mask
-    return {"token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(loss_mask), 1)}
+    correct = jnp.argmax(logits, -1) == targets
+    return {"token_accuracy": masked_mean(correct.astype(jnp.float32), loss_mask)}
 
   def evaluator(self, graphdef, data: TokenData, batch_size: int, mesh, *,
                 reference: tuple | None = None):
@@ -358,3 +387,43 @@ def check_vocabularies(config, vocab_size: int) -> None:
       raise ConfigError(f"{role}.kwargs.vocab_size",
                         f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
                         "tokens: teacher and student must share one tokenizer")
+
+
+def check_models(config) -> None:
+  """The teacher and student must be sequence models (:data:`kd_jax.models.SEQUENCE_MODELS`)."""
+  for role in ("teacher", "student"):
+    checks.choice(f"{role}.model", config[role].model, models.SEQUENCE_MODELS)
+
+
+def check_transfer_block(config, setting: str) -> None:
+  """The ``transfer`` block that ``setting`` (e.g. ``student_data='transfer'``) needs: how
+  the teacher samples its answers (:func:`kd_jax.config.transfer_config`)."""
+  t = config.get("transfer")
+  if t is None:
+    raise ConfigError("transfer", f"{setting} needs a transfer block "
+                      "(kd_jax.config.transfer_config())")
+  checks.ints_at_least("transfer", t, ("k",), 1)
+  s = t.sampling
+  if s.temperature <= 0 or s.top_k < 0 or not 0 < s.top_p <= 1:
+    raise ConfigError("transfer.sampling", "transfer.sampling.temperature must be > 0 (k "
+                      "samples must differ), top_k >= 0 and top_p in (0, 1]; got "
+                      f"{s.to_dict()}")
+
+
+def check_sampling_block(config) -> None:
+  """The ``sampling`` block of pass@k (:func:`kd_jax.config.sampling_config`)."""
+  sampling = config.get("sampling")
+  if sampling is None:
+    raise ConfigError("sampling", "a language-model config needs a sampling block "
+                      "(kd_jax.config.sampling_config())")
+  if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+    raise ConfigError("sampling", "sampling.temperature must be >= 0, sampling.top_k >= 0 and "
+                      f"sampling.top_p in (0, 1]; got {sampling.to_dict()}")
+  checks.ints_at_least("sampling", sampling, ("num_samples",), 1)
+  bad = [k for k in sampling.pass_at_k
+         if not isinstance(k, int) or not 1 <= k <= sampling.num_samples]
+  if bad:
+    raise ConfigError("sampling.pass_at_k", f"sampling.pass_at_k values must be ints in [1, "
+                      f"sampling.num_samples={sampling.num_samples}], got "
+                      f"{list(sampling.pass_at_k)}")
+

@@ -3,7 +3,7 @@
 :func:`prepare` reads the corpus (Debian ``fortunes``), splits it by document,
 trains (or reads back) the BPE tokenizer on the training documents, packs both
 splits into rows of ``dataset.max_len`` tokens, and returns the engine's
-:class:`kd_jax.tasks.Prepared` for :class:`kd_jax.tasks.lm.NextTokens`: every model
+:class:`kd_jax.tasks.base.Prepared` for :class:`kd_jax.tasks.lm.NextTokens`: every model
 is evaluated teacher-forced on the held-out documents, ``nll`` per token (the
 headline, lower is better) and ``perplexity``; students also by their KL to the
 teacher and argmax agreement.
@@ -21,14 +21,30 @@ import os
 import numpy as np
 from flax import nnx
 
-from kd_jax import models, tasks
+from kd_jax import models
+from kd_jax.config import checks
 from kd_jax.engine import step
 from kd_jax.data import text as text_data
 from kd_jax.core.errors import ConfigError
+from kd_jax.tasks.base import Prepared
 from kd_jax.models import gpt, hf_checkpoint
 from kd_jax.tasks import lm
 
+NAME = "text"
 DATASETS = text_data.CORPORA
+KIND = "text"
+LANGUAGE = True
+STUDENT_INITS = ("scratch", "baseline")
+
+
+def check(config) -> None:
+  """A text corpus's fields and models; its students train on the gold text."""
+  d = config.dataset
+  checks.ints_at_least("dataset", d, ("train_examples", "test_examples"))
+  checks.ints_at_least("dataset", d, ("max_len",), 8)
+  checks.ints_at_least("dataset", d, ("vocab_size",), 259)   # the 256 bytes and 3 specials
+  lm.check_models(config)
+  checks.choice("student_data", config.get("student_data", "gold"), ("gold",))
 TOKENIZER_CACHE = os.path.join("~", ".cache", "kd_jax", "tokenizers")
 
 
@@ -53,8 +69,8 @@ def load_rows(d, checkpoint: str = "") -> tuple[object, tuple, tuple]:
   return tokenizer, train, test
 
 
-def prepare(config, mesh, dtype) -> tasks.Prepared:
-  """The text experiment's data, task and reports (see :class:`kd_jax.tasks.Prepared`).
+def prepare(config, mesh, dtype) -> Prepared:
+  """The text experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`).
 
   Raises:
     DatasetNotFoundError: the corpus is not installed.
@@ -101,5 +117,5 @@ def prepare(config, mesh, dtype) -> tasks.Prepared:
     return {**fit.final, **compared,
             "train_tokens": fit.train_rows * (d.max_len - 1)}
 
-  return tasks.Prepared(task, train_data, train_data, test_data, vocab_size, build,
-                        evaluate_teacher, student_report)
+  return Prepared(task, train_data, train_data, test_data, vocab_size, build,
+                  evaluate_teacher, student_report, mesh=mesh)

@@ -1,0 +1,117 @@
+"""Logit distillation: ``none`` (the gold labels alone), ``kd`` (Hinton et al. 2015),
+``dkd`` (Zhao et al. 2022) and, for language models, ``gkd`` (on-policy, Agarwal et al. 2024).
+
+``kd`` is also every feature method's logit term (:mod:`kd_jax.methods.features`); on a
+language model it compares a cached top-k teacher (``topk.k``) or runs through the output
+heads in chunks (``loss_chunk_size``, the fused-linear loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from kd_jax.config import checks
+from kd_jax.methods.base import Method, require_block
+from kd_jax.objectives import fused_linear, losses, topk
+
+# Every task family (kd_jax.tasks.FAMILIES) but the sentence encoders, which have no labels.
+LABELLED_TASKS = ("classification", "arithmetic", "text")
+# Task families with prompts to answer (on-policy sampling needs them).
+PROMPT_TASKS = ("arithmetic",)
+
+
+def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
+  """``none``: cross-entropy on the labels; the teacher is not used."""
+  ce = losses.cross_entropy(s_logits, labels, mask)
+  return ce, {}
+
+
+def hinton_term(settings, step, s_logits, t_logits, labels, mask):
+  """``kd`` (and the logit term of the feature methods): α·CE + (1−α)·T²·D (Hinton et al. 2015).
+
+  kd_loss's value with its two terms logged apart ("ce", "distill"): both are
+  means over the same mask, so their weighted sum is kd_loss's. A term whose
+  static weight is 0 is neither computed nor logged.
+  """
+  t, a = settings.temperature(step), settings.alpha(step)
+  metrics = {"temperature": t, "alpha": a}
+  if isinstance(s_logits, tuple):     # (hidden, head) pairs: loss_chunk_size > 0
+    return _fused_hinton(settings, t, a, s_logits, t_logits, labels, mask), metrics
+  static_alpha = a if isinstance(a, float) else None   # None: scheduled, both terms
+  loss = 0.0
+  if static_alpha != 0:
+    metrics["ce"] = losses.cross_entropy(s_logits, labels, mask)
+    loss = a * metrics["ce"]
+  if static_alpha != 1:
+    if isinstance(t_logits, topk.TopKLogits):      # the teacher's cached top-k (topk.k > 0)
+      metrics["distill"] = topk.topk_kd_loss(s_logits, t_logits, mode=settings.topk_mode,
+                                             divergence=settings.divergence, temperature=t,
+                                             mask=mask,
+                                             divergence_params=settings.divergence_params)
+    else:
+      metrics["distill"] = losses.kd_loss(s_logits, t_logits, None,
+                                          divergence=settings.divergence, temperature=t,
+                                          alpha=0.0, mask=mask,
+                                          divergence_params=settings.divergence_params)
+    loss = loss + (1.0 - a) * metrics["distill"]
+  return loss, metrics
+
+
+def _fused_hinton(settings, t, a, student, teacher, labels, mask):
+  """The ``kd`` loss through the output heads, ``loss_chunk_size`` rows at a time
+  (:func:`kd_jax.objectives.fused_linear.fused_linear_kd_loss`); its two terms are not logged apart
+  (that would make the logits twice)."""
+  (h_s, w_s), (h_t, w_t) = student, teacher
+  return fused_linear.fused_linear_kd_loss(
+      h_s.reshape(-1, h_s.shape[-1]), w_s, h_t.reshape(-1, h_t.shape[-1]), w_t,
+      labels.reshape(-1), divergence=settings.divergence, temperature=t, alpha=a,
+      mask=mask.reshape(-1), chunk_size=settings.loss_chunk_size,
+      divergence_params=settings.divergence_params)
+
+
+def _decoupled(settings, step, s_logits, t_logits, labels, mask):
+  """``dkd``: CE + min(1, step / dkd.warmup_steps) · DKD (Zhao et al. 2022)."""
+  dkd, t = settings.dkd, settings.temperature(step)
+  ce = losses.cross_entropy(s_logits, labels, mask)
+  ramp = jnp.minimum(1.0, step / dkd.warmup_steps) if dkd.warmup_steps else 1.0
+  distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
+                            temperature=t, mask=mask)
+  return ce + ramp * distill, {"temperature": t, "ce": ce, "dkd": distill}
+
+
+def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
+  """``gkd``: T²·JSD(β) between teacher and student on every batch, gold or student-sampled
+  (Agarwal et al. 2024, "On-Policy Distillation of Language Models"); no CE term. β
+  follows TRL: 0 gives KL(teacher ‖ student), 1 KL(student ‖ teacher). Which batches
+  the student samples is the task's (``gkd.fraction``, kd_jax/tasks/lm.py)."""
+  t = settings.temperature(step)
+  distill = losses.kd_loss(s_logits, t_logits, None, divergence="js", temperature=t, alpha=0.0,
+                           mask=mask, divergence_params={"beta": settings.gkd.beta})
+  return distill, {"temperature": t, "distill": distill}
+
+
+def _check_gkd(config) -> None:
+  g = require_block(config, "gkd", "gkd_config")
+  for field in ("fraction", "beta"):
+    checks.in_unit_interval(f"gkd.{field}", g[field])
+  if g.temperature <= 0:
+    checks.positive("gkd.temperature", g.temperature)
+
+
+def _on_policy_task(config, prepared):
+  """The run's task, with a fraction ``gkd.fraction`` of its batches sampled by the student."""
+  g = config.gkd
+  return dataclasses.replace(prepared.task, on_policy=float(g.fraction),
+                             policy_temperature=float(g.temperature))
+
+
+METHODS = {
+    "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False),
+    "kd": Method(hinton_term, LABELLED_TASKS,
+                 head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),
+    "dkd": Method(_decoupled, ("classification",)),
+    "gkd": Method(_generalized_jsd, PROMPT_TASKS, check=_check_gkd,
+                  training_task=_on_policy_task),
+}

@@ -1,0 +1,44 @@
+"""What every task family returns to the experiment pipeline: :class:`Prepared`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """One experiment's task, data and task-specific steps, as :mod:`kd_jax.run.pipeline` uses them.
+
+  Attributes:
+    task: the batch/evaluation object described above.
+    train_data, test_data: the splits on the devices.
+    student_train_data: the students' transfer set (``train_data`` unless the
+      task leaves examples out).
+    num_outputs: classes, or the vocabulary size: what a saved teacher must predict.
+    build: ``build(spec, seed, role) -> module`` for a config's ``teacher``/``student``.
+    evaluate_teacher: ``(graphdef, variables, batch_size) -> (report, reference)``:
+      the teacher's ``results.json`` fields and what the students' reports compare
+      against (its test logits, or the teacher itself).
+    student_report: ``(fit, module, reference, batch_size) -> dict``: a trained
+      student's task metrics (the engine adds timing and history).
+    teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
+      the students' training data written by the teacher (sequence-level KD), when
+      the config asks for it (``student_data="transfer"``); None otherwise.
+    mesh: the device mesh the splits live on.
+    prompts: the gold training prompts (:class:`kd_jax.tasks.lm.PromptSet`) for the
+      methods that make their own training data from them (a method's
+      ``training_task`` / ``student_data`` hooks); None for tasks without prompts.
+  """
+  task: Any
+  train_data: Any
+  student_train_data: Any
+  test_data: Any
+  num_outputs: int
+  build: Callable
+  evaluate_teacher: Callable
+  student_report: Callable
+  teacher_data: Callable | None = None
+  mesh: Any = None
+  prompts: Any = None

@@ -81,7 +81,7 @@ def lm_pair(args, steps: int, repeats: int) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
     cached_data = teacher_cache.attach(config, teacher, data, task, mesh, workdir)
     topk_data = teacher_cache.attach(topk_config, teacher, data, task, mesh, workdir,
-                                     shared_dir=workdir)
+                                     shared_dir=workdir, teacher_name="benchmark-teacher")
   runners = {
       "student": engine.make_train_step(graphdef, sft_objective, optimizer, task, None, data, mesh),
       "kd": engine.make_train_step(graphdef, kd_objective, optimizer, task, teacher, data, mesh),

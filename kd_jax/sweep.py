@@ -51,7 +51,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from kd_jax.run import pipeline, process, validation  # process: the flags kd_jax.main shares
+from kd_jax.run import pipeline, validation
 from kd_jax.config import cli
 from kd_jax.core import files
 from kd_jax.reporting import stats, sweep_dir
@@ -359,6 +359,8 @@ def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str], points:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # The command's flags (shared with kd_jax.main): defined by the command, not on import.
+  from kd_jax.run import process  # noqa: PLC0415
   FLAGS = flags.FLAGS
   if FLAGS.summarize_only:
     cli.quiet_logging()
@@ -383,6 +385,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  from kd_jax.run import process as _shared_flags  # noqa: F401  --config, --workdir, ...
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
   cli.run(main, "kd_jax.sweep")

@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from kd_jax.run import validation
-from kd_jax import config as config_lib
 from kd_jax import methods, models
 from tests import multidevice
 from tests.conftest import needs_fashion_mnist, needs_fortunes
@@ -223,7 +222,6 @@ def cli_load(spec):
 
 def assert_refused_field(config, edit, field):
   """``config`` validates; after ``edit(config)`` validation raises a ConfigError naming ``field``."""
-  from kd_jax import config as config_lib
   from kd_jax.core.errors import ConfigError
   validation.validate(config)
   edit(config)

@@ -181,7 +181,6 @@ def test_kd_with_loss_chunk_size_trains_like_the_naive_loss(tmp_path):
 def test_loss_chunk_size_settings_are_checked(overrides, message):
   import os
   from kd_jax.config import cli
-  from kd_jax import config as config_lib
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = cli.load_config_file(os.path.join(root, "experiments", "arithmetic", "token_kd.py:smoke"))
   c.loss_chunk_size, c.teacher_cache = 8, "none"

@@ -18,7 +18,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from kd_jax.run import validation
-from kd_jax import config as config_lib
 from kd_jax import methods, models
 from kd_jax.core import parallel
 from kd_jax import engine

@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from kd_jax.run import validation
-from kd_jax import config as config_lib
 from kd_jax import methods, models
 from kd_jax.run import pipeline as experiment
 from kd_jax.core import parallel
@@ -69,7 +68,8 @@ def test_cached_and_uncached_steps_give_the_same_loss_and_gradients(method, tmp_
   optimizer = engine.make_optimizer(config.train, total_steps=8)
   preprocess = _preprocess(config)
 
-  cached_data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, str(tmp_path))
+  cached_data = teacher_cache.attach(config, teacher, train_data, preprocess, mesh, str(tmp_path),
+                                     teacher_name=teachers.teacher_key(config))
   assert cached_data.teacher_logits.shape == (train_data.size, num_classes)
   assert set(cached_data.teacher_features) == set(pairs.values())
 
@@ -148,7 +148,8 @@ def test_augmentation_refuses_memory_and_disk_caching_with_a_clear_message(tmp_p
     teacher = _teacher(config, mesh, num_classes, input_shape)
     # attach refuses too, for callers that skip validation.
     with pytest.raises(ValueError, match="consistent teaching"):
-      teacher_cache.attach(config, teacher, train_data, _preprocess(config), mesh, str(tmp_path))
+      teacher_cache.attach(config, teacher, train_data, _preprocess(config), mesh, str(tmp_path),
+                           teacher_name="teacher")
   # auto leaves augmented runs uncached: the teacher runs on the student's view each step.
   config = _config(teacher_cache="auto", **{"dataset.flip": True})
   validation.validate(config)

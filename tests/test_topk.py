@@ -153,7 +153,6 @@ def test_a_full_vocabulary_top_k_trains_exactly_like_the_full_logits(tmp_path):
     (dict(mode="all"), "topk.mode: unknown value 'all'; valid choices: renormalize, tail"),
 ])
 def test_top_k_settings_are_checked_before_anything_runs(overrides, message):
-  from kd_jax import config as config_lib
   c = _arithmetic_config(k=4)
   if "mode" in overrides:
     c.topk.mode = overrides.pop("mode")

@@ -9,7 +9,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from kd_jax import config as config_lib
 from kd_jax.reporting import report
 from kd_jax import engine
 from kd_jax import methods

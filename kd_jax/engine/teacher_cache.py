@@ -136,19 +136,16 @@ def _leaf_sums(x):
 _all_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
 
 
-def cache_identity(config, teacher: step.Teacher, train_data, task,
-                   teacher_name: str | None = None) -> dict:
+def cache_identity(config, teacher: step.Teacher, train_data, task, teacher_name: str) -> dict:
   """What the cached outputs depend on; the disk cache is reused only on an exact match.
 
-  ``teacher_name`` names the teacher (the run's pipeline hands down its resolved checkpoint
-  path or its cache key, :func:`kd_jax.run.teachers.teacher_key`); without it, the
-  config's ``teacher.checkpoint`` or model name stands in (the variables' fingerprint
-  tells two teachers apart either way).
+  ``teacher_name`` names the teacher: the run's pipeline hands down its resolved checkpoint
+  path or its cache key (:func:`kd_jax.run.teachers.teacher_key`).
   """
   d = config.dataset
   return {
       "format": FORMAT_VERSION,
-      "teacher": teacher_name or config.teacher.checkpoint or config.teacher.model,
+      "teacher": teacher_name,
       "teacher_variables": fingerprint(teacher.variables),
       # The compute dtype changes the outputs (the variables' fingerprint is float32 either way).
       "precision": config.precision,
@@ -190,7 +187,8 @@ def attach(config, teacher: step.Teacher, train_data,
     shared_dir: where top-k caches (``topk.k`` > 0) and ``teacher_cache="shared"`` live,
       shared between runs; top-k caches
       are always kept on disk there (None: as ``teacher_cache`` says, in ``workdir``).
-    teacher_name: the teacher's name in the cache's identity (:func:`cache_identity`).
+    teacher_name: the teacher's name in the cache's identity (:func:`cache_identity`);
+      required when the outputs are kept on disk.
 
   Returns:
     ``train_data``, with ``teacher_logits`` float32 [N, classes] ([N, L - 1, V] for
@@ -227,6 +225,9 @@ def attach(config, teacher: step.Teacher, train_data,
 
   outputs = None
   if mode in ("disk", "shared"):
+    if teacher_name is None:
+      raise ValueError("teacher_cache.attach: a cache on disk is keyed by the teacher's name: "
+                       "pass teacher_name (its checkpoint path or kd_jax.run.teachers.teacher_key)")
     identity = cache_identity(config, teacher, train_data, task, teacher_name)
     # A shared cache serves every run of the same teacher, data, features (and k).
     path = (os.path.join(shared_dir, f"{'topk-' if k else ''}{identity_lib.digest(identity)}.npz")

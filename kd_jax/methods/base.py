@@ -95,7 +95,8 @@ def require_block(config, name: str, helper: str):
   """``config[name]``, the method's block, or a ConfigError naming the helper that makes it."""
   block = config.get(name)
   if block is None:
-    raise ConfigError(name, f"method={config.method!r} needs a {name} block "
+    article = "an" if name[0] in "aeiour" else "a"     # "an rl block"
+    raise ConfigError(name, f"method={config.method!r} needs {article} {name} block "
                       f"(kd_jax.config.{helper}())")
   return block
 

@@ -13,6 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from kd_jax.config import checks
+from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
 from kd_jax.objectives import fused_linear, losses, topk
 
@@ -97,7 +98,7 @@ def _check_gkd(config) -> None:
   for field in ("fraction", "beta"):
     checks.in_unit_interval(f"gkd.{field}", g[field])
   if g.temperature <= 0:
-    checks.positive("gkd.temperature", g.temperature)
+    raise ConfigError("gkd.temperature", f"gkd.temperature must be > 0, got {g.temperature}")
 
 
 def _on_policy_task(config, prepared):

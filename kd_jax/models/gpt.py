@@ -28,8 +28,6 @@ precision); softmaxes, norms and logits are computed in float32.
 Example::
 
     >>> from flax import nnx
-
-from kd_jax.models import hf_checkpoint
     >>> model = GPT(vocab_size=20, max_len=32, num_layers=2, num_heads=4, dim=32,
     ...             rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 5), jnp.int32)).shape

@@ -49,10 +49,6 @@ def load_sweep(workdir: str) -> tuple[dict, dict[str, list[dict]]]:
   return sweep.record, sweep.by_point
 
 
-def _seed(results: Mapping[str, Any]) -> int:
-  return results["config"]["seed"]
-
-
 def _warm_start(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
   """The baseline report a ``student_init="baseline"`` student started from (its budget counts)."""
   if results["config"].get("student_init") == "baseline":

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
+
+from absl import logging
 
 from kd_jax.core import files
 from kd_jax.core.errors import ConfigError

@@ -85,7 +85,7 @@ def _check_student_init(config, family) -> None:
   if init not in family.STUDENT_INITS:
     kinds = " or ".join(f.KIND for f in tasks.FAMILIES.values() if init in f.STUDENT_INITS)
     raise ConfigError("student_init", f"student_init={init!r} needs a {kinds} dataset; valid "
-                      f"for a {family.KIND} dataset: {', '.join(family.STUDENT_INITS)}")
+                      f"here: {', '.join(family.STUDENT_INITS)}")
   if init == "baseline" and not config.baseline:
     raise ConfigError("student_init", "student_init='baseline' starts the student from the "
                       "trained baseline: set baseline=True")

@@ -7,7 +7,7 @@ are English sentences tokenised by the teacher's WordPiece, truncated at
 ``dataset.max_len``, held on the devices as :class:`SentenceData`. A training batch
 is the sentences' tokens; its loss mask ``[B, T]`` marks the real tokens of the real
 rows (what the hidden-state and attention losses average over). The sentences have
-no training targets: the methods (``distilbert``, ``minilm``, kd_jax/methods/__init__.py) only
+no training targets: the methods (``distilbert``, ``minilm``, kd_jax/methods/sentence.py) only
 match the teacher, whose outputs are cacheable (fixed inputs).
 
 Evaluation (:meth:`SentenceEmbedding.evaluator`) embeds the held-out sentences and

@@ -45,6 +45,8 @@ def check(config) -> None:
   checks.ints_at_least("dataset", d, ("vocab_size",), 259)   # the 256 bytes and 3 specials
   lm.check_models(config)
   checks.choice("student_data", config.get("student_data", "gold"), ("gold",))
+
+
 TOKENIZER_CACHE = os.path.join("~", ".cache", "kd_jax", "tokenizers")
 
 

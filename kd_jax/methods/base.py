@@ -95,7 +95,8 @@ def require_block(config, name: str, helper: str):
   """``config[name]``, the method's block, or a ConfigError naming the helper that makes it."""
   block = config.get(name)
   if block is None:
-    article = "an" if name[0] in "aeiour" else "a"     # "an rl block"
+    # "an rl block": rl is read letter by letter ("ar-el"), so it takes "an".
+    article = "an" if name[0] in "aeiou" or name == "rl" else "a"
     raise ConfigError(name, f"method={config.method!r} needs {article} {name} block "
                       f"(kd_jax.config.{helper}())")
   return block

@@ -181,7 +181,8 @@ def library_vs_bare(setup: common.Setup, n1: int, n2: int, repeats: int) -> dict
   library_step = common.step_runner(
       engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
                             setup.preprocess, None if cached else setup.teacher,
-                            setup.train_data, setup.mesh),
+                            setup.train_data, setup.mesh,
+                            log_every_steps=config.log_every_steps),     # as fit logs
       state, common.host_batches(setup))
   jax.block_until_ready((bare(2), library_step(2)))
   times = {"fit": [], "library_step_plain_loop": [], "bare": []}
@@ -210,14 +211,15 @@ def real_vs_synthetic(setup: common.Setup, steps: int, repeats: int) -> dict:
   objective = methods.make_objective(config)
   graphdef, real_state = common.initial_state(setup.student, optimizer, mesh)
   _, synthetic_state = common.initial_state(setup.student, optimizer, mesh)
+  logging = dict(log_every_steps=config.log_every_steps)     # as fit logs
   real_step = engine.make_train_step(graphdef, objective, optimizer, setup.preprocess,
-                                    setup.teacher, setup.train_data, mesh)
+                                    setup.teacher, setup.train_data, mesh, **logging)
   rng = np.random.default_rng(1)
   synthetic = classification.DeviceData(*parallel.put_replicated(
       (rng.integers(0, 256, (b, *setup.input_shape), dtype=np.uint8),
        rng.integers(0, setup.num_classes, b).astype(np.int32)), mesh))
   synthetic_step = engine.make_train_step(graphdef, objective, optimizer, setup.preprocess,
-                                         setup.teacher, synthetic, mesh)
+                                         setup.teacher, synthetic, mesh, **logging)
   sharding = parallel.batch_sharding(mesh)
   fixed_batch = [parallel.put_sharded({"index": np.arange(b, dtype=np.int32),
                                        "mask": np.ones(b, bool)},
@@ -295,7 +297,8 @@ def startup_child(args) -> None:
   optimizer = engine.make_optimizer(config.train, total_steps=1000)
   graphdef, state = common.initial_state(setup.student, optimizer, setup.mesh)
   step = engine.make_train_step(graphdef, methods.make_objective(config), optimizer,
-                               setup.preprocess, setup.teacher, setup.train_data, setup.mesh)
+                               setup.preprocess, setup.teacher, setup.train_data, setup.mesh,
+                               log_every_steps=config.log_every_steps)
   batch = common.device_batches(setup, 1)[0]
   jax.block_until_ready(step(state, batch, jax.random.key(0)))
   done = time.perf_counter()

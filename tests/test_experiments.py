@@ -47,12 +47,13 @@ def test_unknown_config_argument_is_rejected():
     _module("kd").get_config("fast")
 
 
-def _run_cli(tmp_path, module, *extra, compilation_cache=multidevice.CACHE):
+def _run_cli(tmp_path, module, *extra, compilation_cache=multidevice.CACHE, teacher_dir=None):
+  """The :smoke run of a Fashion-MNIST module; ``teacher_dir`` defaults to the test's own."""
   env = dict(os.environ, KD_JAX_DATA_SOURCE="idx", JAX_PLATFORMS="cpu")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   cmd = [sys.executable, "-m", "kd_jax.main",
          f"--config=experiments/fashion_mnist/{module}.py:smoke",
-         f"--workdir={tmp_path / module}", f"--teacher_dir={tmp_path / 'teachers'}",
+         f"--workdir={tmp_path / module}", f"--teacher_dir={teacher_dir or tmp_path / 'teachers'}",
          f"--compilation_cache_dir={compilation_cache}", "--noprogress", *extra]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -175,8 +176,10 @@ def test_experiment_modules_run_from_any_directory(tmp_path):
 @needs_fashion_mnist
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [m for m in MODULES if m not in ("kd", "temperature_sweep")])
-def test_every_module_smoke_run(name, tmp_path):
-  _, results = _run_cli(tmp_path, name)
+def test_every_module_smoke_run(name, tmp_path, teacher_dir):
+  # The session's teacher cache: the modules' smoke teachers (and baselines) are trained
+  # once, as a user's second module would find them.
+  _, results = _run_cli(tmp_path, name, teacher_dir=teacher_dir)
   assert 0 <= results["student"]["test_accuracy"] <= 1
   # The module's method really trained the student: its own loss term is non-zero.
   method = results["config"]["method"]
@@ -191,10 +194,10 @@ def test_every_module_smoke_run(name, tmp_path):
 
 @needs_fashion_mnist
 @pytest.mark.slow
-def test_temperature_sweep_module_smoke_run(tmp_path):
+def test_temperature_sweep_module_smoke_run(tmp_path, teacher_dir):
   # A study module: its own grid (2 divergences × 2 temperatures) × 2 seeds.
   out = _cli("--config=experiments/fashion_mnist/temperature_sweep.py:smoke",
-             f"--workdir={tmp_path / 'sweep'}", f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--workdir={tmp_path / 'sweep'}", f"--teacher_dir={teacher_dir}",
              f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress",
              module="kd_jax.sweep", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -251,9 +254,10 @@ def test_language_configs_refuse_image_models_methods_and_vocab_mismatch(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARITHMETIC)
-def test_arithmetic_module_smoke_run(name, tmp_path):
+def test_arithmetic_module_smoke_run(name, tmp_path, teacher_dir):
+  # The session's teacher cache: the arithmetic teacher trains once for all modules.
   out = _cli(f"--config=experiments/arithmetic/{name}.py:smoke", f"--workdir={tmp_path / name}",
-             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--teacher_dir={teacher_dir}",
              f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / name / "results.json") as f:
@@ -295,11 +299,11 @@ def test_arithmetic_module_smoke_run(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_r1_table_pipeline_smoke_run(tmp_path):
+def test_r1_table_pipeline_smoke_run(tmp_path, teacher_dir):
   """The whole R1 pipeline: teacher, transfer set, every family of student, the table."""
   sweep_dir = tmp_path / "r1"
   out = _cli("--config=experiments/arithmetic/r1_table.py:smoke", f"--workdir={sweep_dir}",
-             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--teacher_dir={teacher_dir}",
              f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress",
              module="kd_jax.sweep", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -331,9 +335,9 @@ def test_text_configs_are_valid(spec):
 
 @needs_fortunes
 @pytest.mark.slow
-def test_text_module_smoke_run(tmp_path):
+def test_text_module_smoke_run(tmp_path, teacher_dir):
   out = _cli("--config=experiments/text/token_kd.py:smoke", f"--workdir={tmp_path / 'text'}",
-             f"--teacher_dir={tmp_path / 'teachers'}",
+             f"--teacher_dir={teacher_dir}",
              f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "text" / "results.json") as f:

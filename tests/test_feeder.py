@@ -136,3 +136,51 @@ def test_every_due_step_is_logged_once_in_order(tmp_path):
   # One eval record after each of the 7 epochs, in order among the train records.
   assert [r["step"] for r in records if "test_accuracy" in r] == list(range(10, 71, 10))
   assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+
+
+def test_log_only_metrics_are_computed_on_exactly_the_logged_steps(tmp_path):
+  # The step computes grad_norm and the task's accuracy only on the steps the loop logs
+  # (engine.logs_at): logged with every 4th step (and the last, 69, which is not a
+  # multiple of 4), they equal the run that computes them every step, and none is NaN.
+  objective = _cross_entropy_until(10**9)
+  read = lambda path: {r["step"]: r for r in map(json.loads, open(path)) if "loss" in r}
+  _fit_mlp(tmp_path / "every", objective, epochs=7, log_every_steps=1)
+  _fit_mlp(tmp_path / "fourth", objective, epochs=7, log_every_steps=4)
+  every, fourth = read(tmp_path / "every" / "metrics.jsonl"), read(tmp_path / "fourth" / "metrics.jsonl")
+  assert sorted(fourth) == list(range(0, 70, 4)) + [69]
+  for step, record in fourth.items():
+    assert set(record) == {"step", "loss", "accuracy", "grad_norm"}
+    assert all(np.isfinite(v) for v in record.values()), (step, record)
+    for key in ("loss", "accuracy", "grad_norm"):
+      np.testing.assert_allclose(record[key], every[step][key], rtol=1e-6, err_msg=f"{key}@{step}")
+
+
+def test_a_step_that_is_not_logged_leaves_its_log_only_metrics_nan():
+  from flax import nnx
+  from kd_jax import config as config_lib
+  from kd_jax import losses, methods, models
+  mesh = _mesh()
+  rng = np.random.default_rng(0)
+  data = classification.DeviceData(*parallel.put_replicated(
+      (rng.integers(0, 256, (8, 4, 4, 1), dtype=np.uint8), np.zeros(8, np.int32)), mesh))
+  module = methods.Student(models.create("mlp", num_classes=3, rngs=nnx.Rngs(0), hidden=(4,),
+                                         input_shape=(4, 4, 1)), {}, {}, rngs=nnx.Rngs(1))
+  objective = lambda step, s, t, labels, mask: (lambda l: (l, {"loss": l}))(
+      losses.cross_entropy(s[0], labels, mask))
+  optimizer = engine.make_optimizer(config_lib.base_config().train, total_steps=10)
+  graphdef, params, model_state = engine.split_module(module)
+  state = parallel.put_replicated(engine.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+      opt_state=optimizer.init(params)), mesh)
+  train_step = engine.make_train_step(graphdef, objective, optimizer,
+                                      classification.Classification(0.0, 255.0), None, data,
+                                      mesh, log_every_steps=3, total_steps=5)
+  batch = engine.BatchFeeder(8, 8, 0, mesh)(0)
+  logged = []
+  for step in range(5):
+    state, metrics = train_step(state, batch, engine.replicated_key(0, mesh))
+    assert np.isfinite(float(metrics["loss"]))
+    finite = [np.isfinite(float(metrics[k])) for k in ("grad_norm", "accuracy")]
+    assert finite[0] == finite[1]
+    logged.append(finite[0])
+  assert logged == [True, False, False, True, True]     # steps 0 and 3, and the last (4)

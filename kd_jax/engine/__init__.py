@@ -16,5 +16,5 @@ from kd_jax.engine.feeding import (BatchFeeder, epoch_order, pad_batch,  # noqa:
                                    padded_batches, replicated_key, round_up)
 from kd_jax.engine.loop import FitResult, NonFiniteLossError, fit, load_trained  # noqa: F401
 from kd_jax.engine.optim import learning_rate_schedule, make_optimizer  # noqa: F401
-from kd_jax.engine.step import (Teacher, TrainState, TrainStep, forward,  # noqa: F401
+from kd_jax.engine.step import (Teacher, TrainState, TrainStep, forward, logs_at,  # noqa: F401
                                 make_predict, make_train_step, predict_all, split_module)

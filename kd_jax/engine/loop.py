@@ -133,7 +133,8 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
                               model_state=model_state, opt_state=optimizer.init(params))
   state = parallel.put_replicated(state, mesh)
   train_step = step_lib.make_train_step(graphdef, objective, optimizer, task, teacher,
-                                        train_data, mesh)
+                                        train_data, mesh, log_every_steps=log_every_steps,
+                                        total_steps=total_steps)
   eval_batch = feeding.eval_batch_size(t.eval_batch_size, test_data.size, mesh)
   evaluator = task.evaluator(graphdef, test_data, eval_batch, mesh)
   base_key = feeding.replicated_key(seed, mesh)
@@ -177,7 +178,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
           f"{name}: the loss became {loss} at step {step}. Stopping; the last good checkpoint "
           f"(step {last_saved}) is kept in {checkpointer.directory}. Lower the learning rate "
           "or check the inputs.")
-    if step % log_every_steps == 0 or step == total_steps - 1:
+    if step_lib.logs_at(step, log_every_steps, total_steps):
       # np.asarray per leaf: cheaper than one jax.device_get of the whole dict.
       record = {"step": step, **{k: float(np.asarray(v)) for k, v in step_metrics.items()}}
       shown["loss"] = f"{record['loss']:.4f}"

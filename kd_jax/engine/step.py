@@ -109,8 +109,19 @@ class TrainStep:
     return self.jitted(state, self._teacher_variables, self._data, batch, rng)
 
 
+def logs_at(step, every: int, total_steps: int | None):
+  """Whether optimiser step ``step`` (0-based) is logged: every ``every``-th, and the last.
+
+  One rule for the loop (Python ints) and the step (a traced ``state.step``), so
+  that the step computes its log-only metrics exactly on the steps the loop logs.
+  """
+  logged = step % every == 0
+  return logged if total_steps is None else logged | (step == total_steps - 1)
+
+
 def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTransformation,
-                    task, teacher: Teacher | None, data, mesh) -> TrainStep:
+                    task, teacher: Teacher | None, data, mesh, *, log_every_steps: int = 1,
+                    total_steps: int | None = None) -> TrainStep:
   """Builds the pure step and compiles it with explicit shardings and donation.
 
   ``task`` turns an index batch into ``(inputs, targets, loss_mask)`` and names the
@@ -120,6 +131,14 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
   ``state.step``); the state and the dataset are replicated, the teacher's
   variables keep the shardings they were placed with (FSDP over ``model`` for a
   large teacher).
+
+  Metrics that only the log reads (the task's train metrics, ``grad_norm``) are
+  computed on the steps :func:`logs_at` (``log_every_steps``, ``total_steps``)
+  names and are NaN on the others, behind a ``lax.cond``: a small model's step is
+  a few dozen kernels, and the gradient norm's per-leaf reductions are a share of
+  them worth skipping (``benchmarks/overhead.py``, docs/performance.md). The loss
+  and the objective's own terms come every step; with the default
+  ``log_every_steps=1`` every step computes everything.
   """
 
   # An objective that takes (hidden, head) pairs (kd with loss_chunk_size > 0) says so.
@@ -142,19 +161,29 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     else:
       teacher_out = None
 
+    def when_logged(metrics_fn, *args):
+      """``metrics_fn(*args)`` on a logged step (logs_at), NaN of the same shapes on the others."""
+      if log_every_steps == 1:
+        return metrics_fn(*args)
+      nans = lambda *args: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                                        jax.eval_shape(metrics_fn, *args))
+      return jax.lax.cond(logs_at(state.step, log_every_steps, total_steps),
+                          metrics_fn, nans, *args)
+
     def loss_fn(params):
       student_out, new_model_state = forward(graphdef, params, state.model_state, inputs,
                                              train=True, head_inputs=head_inputs)
       loss, metrics = objective(state.step, student_out, teacher_out, targets, loss_mask)
       if not head_inputs:      # (the fused loss never makes the logits the metrics need)
-        metrics.update(task.train_metrics(student_out[0], targets, loss_mask))
+        metrics.update(when_logged(task.train_metrics, jax.lax.stop_gradient(student_out[0]),
+                                   targets, loss_mask))
       metrics.update(batch_metrics)
       return loss, (new_model_state, metrics)
 
     grads, (new_model_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["grad_norm"] = when_logged(optax.tree.norm, grads)
     new_state = TrainState(step=state.step + 1, params=params, model_state=new_model_state,
                            opt_state=opt_state)
     return new_state, metrics

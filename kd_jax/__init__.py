@@ -8,3 +8,7 @@ is imported with the package itself.
 """
 
 __version__ = "0.1.0"
+
+# The code is fingerprinted as it is imported (DESIGN §5.6): every cache key and results.json
+# name the source this process loaded, even if a file is edited while it runs.
+from kd_jax.core import fingerprint as _fingerprint  # noqa: E402,F401

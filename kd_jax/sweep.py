@@ -54,6 +54,7 @@ from absl import app, flags, logging
 from kd_jax.run import pipeline, validation
 from kd_jax.config import cli
 from kd_jax.core import files
+from kd_jax.core import fingerprint as source_code
 from kd_jax.reporting import stats, sweep_dir
 from kd_jax.config import records
 from kd_jax.run import workdir as workdir_lib
@@ -151,7 +152,8 @@ def _eta(seconds: float) -> str:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str,
               points: Sequence[Point] = ({},), *, num_seeds: int | None = None,
               names: Sequence[str | None] | None = None,
-              teacher_dir: str | None = None, run_fn: RunFn | None = None) -> dict:
+              teacher_dir: str | None = None, run_fn: RunFn | None = None,
+              allow_mixed_code: bool = False) -> dict:
   """Runs every point × seed (skipping finished runs), then writes the summary.
 
   Args:
@@ -166,6 +168,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       resume from checkpoints in ``workdir`` and write ``workdir/results.json`` (if it
       only returns the dict, the sweep writes it). Default:
       `kd_jax.main.run_experiment`.
+    allow_mixed_code: keep finished runs computed by other code (another code
+      fingerprint, :mod:`kd_jax.core.fingerprint`) and tabulate them with the new ones.
 
   Returns:
     The sweep record, as written to ``workdir/sweep.json``.
@@ -174,7 +178,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     ConfigError: bad grid/seeds.
     WorkdirConflictError: ``workdir`` holds a sweep of another base config, or a
       run directory holds results of another config (they would silently mix
-      with these; use a new workdir).
+      with these; use a new workdir), or (unless ``allow_mixed_code``) finished
+      results of other code; all before anything runs.
   """
   runs = plan_runs(config, points, num_seeds, names)
   os.makedirs(workdir, exist_ok=True)
@@ -212,6 +217,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       entry["status"] = "pending"
     entry.setdefault("status", "pending")
     record["runs"].append(entry)
+  if not allow_mixed_code:
+    _check_finished_runs_share_this_code(workdir, record["runs"])
+  record["code"] = source_code.record()
   _write_json(record_path, record)
 
   run_fn = run_fn or _default_run_fn()
@@ -249,10 +257,33 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     entry["seconds"] = round(time.time() - start, 3)
     elapsed.append(entry["seconds"])
     _write_json(record_path, record)
+  changed = source_code.changed_since_import()
+  if changed:   # the runs used the code loaded at the start; a later process would not
+    record["code"]["changed_since_import"] = changed
+    _write_json(record_path, record)
+    print(f"note: {len(changed)} source file(s) changed while this sweep ran "
+          f"({', '.join(changed[:3])}{', …' if len(changed) > 3 else ''}); every run used "
+          f"the code loaded at its start (fingerprint {record['code']['fingerprint']}).",
+          flush=True)
   if _is_primary():
-    write_summary(workdir)
+    write_summary(workdir, allow_mixed_code=allow_mixed_code)
     print(finished_message(workdir, record), flush=True)
   return record
+
+
+def _check_finished_runs_share_this_code(workdir: str, entries: Sequence[dict]) -> None:
+  """Refuses finished runs whose results were computed by other code than this process's."""
+  finished = [(e["name"], sweep_dir.read_results(os.path.join(workdir, e["workdir"],
+                                                              "results.json")))
+              for e in entries if e["status"] == "done"]
+  groups = sweep_dir.by_code((name, r) for name, r in finished if r is not None)
+  groups.pop(source_code.fingerprint(), None)
+  if groups:
+    raise WorkdirConflictError(
+        f"--workdir={workdir}: finished runs were computed by other code than this "
+        f"(fingerprint {source_code.fingerprint()}): {sweep_dir.describe_code(groups)}. Use a "
+        "new --workdir (the old results are kept), or pass --allow_mixed_code to keep them "
+        "and tabulate them with the new runs.")
 
 
 def finished_message(workdir: str, record: dict) -> str:
@@ -271,7 +302,7 @@ def finished_message(workdir: str, record: dict) -> str:
 
 # --------------------------------------------------------------------------- summary
 
-def write_summary(workdir: str) -> list[dict]:
+def write_summary(workdir: str, *, allow_mixed_code: bool = False) -> list[dict]:
   """Writes summary.csv, summary.md and the PNG plots (95% t-intervals) for a sweep.
 
   Reads every run's ``results.json`` afresh (the source of truth), so it can run
@@ -283,7 +314,7 @@ def write_summary(workdir: str) -> list[dict]:
   """
   from kd_jax.reporting import plots  # matplotlib is slow to import; only needed here.
 
-  sweep = sweep_dir.read(workdir)
+  sweep = sweep_dir.read(workdir, allow_mixed_code=allow_mixed_code)
   record, by_point = sweep.record, sweep.by_point
   failed = {slug: 0 for slug in by_point}
   planned = {slug: 0 for slug in by_point}
@@ -322,6 +353,7 @@ def write_summary(workdir: str) -> list[dict]:
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
       baseline=baseline, failures=failures, plots=written, headline=headline)
+  text += "\n" + sweep_dir.code_line(sweep) + "\n"
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
   return rows
@@ -338,6 +370,8 @@ def _define_flags() -> None:
                             "points instead of (or times) the --grid product.")
   flags.DEFINE_integer("seeds", None, "Seeds per point: config.seed + 0 .. N-1.")
   flags.DEFINE_bool("summarize_only", False, "Only (re)write the summary and plots.")
+  flags.DEFINE_bool("allow_mixed_code", False, "Keep and tabulate finished runs computed by "
+                    "other code (another code fingerprint) next to new ones.")
 
 
 def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str], points: Sequence[str],
@@ -364,7 +398,7 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   if FLAGS.summarize_only:
     cli.quiet_logging()
-    write_summary(FLAGS.workdir)
+    write_summary(FLAGS.workdir, allow_mixed_code=FLAGS.allow_mixed_code)
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
@@ -381,7 +415,8 @@ def main(argv: Sequence[str]) -> None:
   # Each point was validated above and run_sweep checks its workdir: the runs do neither again.
   run_fn = functools.partial(pipeline.execute_run, show_progress=FLAGS.progress)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
-            teacher_dir=FLAGS.teacher_dir, run_fn=run_fn)
+            teacher_dir=FLAGS.teacher_dir, run_fn=run_fn,
+            allow_mixed_code=FLAGS.allow_mixed_code)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The language-model method table (kd_jax/llm_table.py) on hand-made results with known stats."""
 
+import glob
+import json
 import math
 import os
 
@@ -7,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from kd_jax import sweep
-from kd_jax.reporting import llm_table
+from kd_jax.reporting import llm_table, sweep_dir
 from kd_jax.config import base_config
 from kd_jax.core.errors import ConfigError
 
@@ -58,7 +60,8 @@ def _sweep(tmp_path, names=tuple(EXACT)):
 
 
 def test_rows_follow_the_formulas(tmp_path):
-  record, by_point = llm_table.load_sweep(_sweep(tmp_path))
+  sweep = sweep_dir.read(_sweep(tmp_path))
+  record, by_point = sweep.record, sweep.by_point
   assert [_ for _ in by_point] == list(EXACT) and record["seeds"] == [0, 1, 2]
   row = llm_table.point_row("good", by_point["good"], by_point["sft"], TEACHER_EM)
   t = scipy_stats.t.ppf(0.975, 2)
@@ -124,7 +127,7 @@ def test_the_topk_fidelity_table_follows_the_formulas(tmp_path):
            "tail-k4: topk.k=4; topk.mode=tail", "renormalize-k4: topk.k=4; topk.mode=renormalize"]
   names, points = zip(*sweep.parse_points(specs, config))
   sweep.run_sweep(config, str(tmp_path), points, num_seeds=3, names=names, run_fn=run_fn)
-  _, by_point = llm_table.load_sweep(str(tmp_path))
+  by_point = sweep_dir.read(str(tmp_path)).by_point
   table = {r["name"]: r for r in topk_fidelity.rows(by_point)}
   assert table["full"]["bytes_per_token"] == 400 and table["tail-k4"]["bytes_per_token"] == 36
   assert table["tail-k2"]["nll"].mean == pytest.approx(3.51)
@@ -160,3 +163,26 @@ def test_policy_gradient_curves_average_the_seeds_logs(tmp_path):
   assert not llm_table.plot_policy_gradient_curves({"sft": no_rewards}, str(tmp_path / "x.png"),
                                                    "t")
   assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_the_table_names_its_code_and_refuses_runs_of_different_code(tmp_path):
+  workdir = _sweep(tmp_path, names=("sft", "good"))
+  paths = sorted(glob.glob(os.path.join(workdir, "runs", "*", "seed*", "results.json")))
+  for i, path in enumerate(paths):          # every run of one code, but the last
+    with open(path) as f:
+      results = json.load(f)
+    results["code"] = {"fingerprint": "f" * 16 if i < len(paths) - 1 else "0" * 16,
+                       "commit": "abc123", "dirty": False}
+    with open(path, "w") as f:
+      json.dump(results, f)
+  with pytest.raises(ConfigError, match=r"mixes runs of different code: fingerprint f{16} "
+                     r"\(5 runs: .*fingerprint 0{16} \(1 run: ") as e:
+    llm_table.write(workdir)
+  assert e.value.field == "allow_mixed_code"
+  assert "Code: runs of different code" in llm_table.write(workdir, allow_mixed_code=True)
+  with open(paths[-1]) as f:
+    results = json.load(f)
+  results["code"]["fingerprint"] = "f" * 16
+  with open(paths[-1], "w") as f:
+    json.dump(results, f)
+  assert "Code: commit abc123, fingerprint " + "f" * 16 in llm_table.write(workdir)

@@ -18,6 +18,7 @@ import ml_collections
 import pytest
 
 from kd_jax import sweep
+from kd_jax.core.errors import ConfigError, WorkdirConflictError
 
 T_975_1 = 12.706204736174704  # t_{0.975} with 1 degree of freedom (tables).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,10 +174,11 @@ def fake_accuracy(config):
 class FakeRun:
   """A run_fn that records its calls and writes results.json like run_experiment."""
 
-  def __init__(self, fail_when=None, interrupt_on_call=None):
+  def __init__(self, fail_when=None, interrupt_on_call=None, code=None):
     self.calls = []
     self.fail_when = fail_when
     self.interrupt_on_call = interrupt_on_call
+    self.code = code        # the code record its results carry (results.json "code")
 
   def __call__(self, config, workdir, *, teacher_dir=None):
     self.calls.append(os.path.relpath(workdir, os.path.dirname(os.path.dirname(
@@ -198,17 +200,18 @@ class FakeRun:
         "baseline": {"params": 10, "test_accuracy": baseline,
                      "best_test_accuracy": baseline, "agreement": 0.8,
                      "kl_to_teacher": 0.5, "ece": 0.05},
+        **({"code": self.code} if self.code else {}),
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f)
     return results
 
 
-def _sweep(workdir, run_fn, grid=("temperature=1,4",), seeds=2, config=None):
+def _sweep(workdir, run_fn, grid=("temperature=1,4",), seeds=2, config=None, **kwargs):
   config = config or base_config()
   points = sweep.parse_grid(list(grid), config)
   return sweep.run_sweep(config, str(workdir), points, num_seeds=seeds,
-                         teacher_dir="/teachers", run_fn=run_fn)
+                         teacher_dir="/teachers", run_fn=run_fn, **kwargs)
 
 
 def _statuses(workdir):
@@ -527,3 +530,30 @@ def test_a_sweep_of_a_lower_is_better_headline_sorts_and_shows_nats(tmp_path):
   assert "lower is better" in md and "(negative is better)" in md
   assert "-0.6950 ± " in md                   # T = 4: 2.505 − 3.2
   assert (tmp_path / "methods_bar.png").exists()
+
+
+def test_a_sweep_refuses_to_mix_finished_runs_of_other_code(tmp_path):
+  from kd_jax.core import fingerprint
+  this = {"fingerprint": fingerprint.fingerprint(), "commit": "c0ffee", "dirty": False}
+  _sweep(tmp_path, FakeRun(code=this), seeds=1)
+  assert "Code: commit c0ffee, fingerprint " + this["fingerprint"] in \
+      (tmp_path / "summary.md").read_text()
+  record = json.loads((tmp_path / "sweep.json").read_text())
+  assert record["code"]["fingerprint"] == this["fingerprint"]
+  # One finished run as other code computed it; a third point is still to run.
+  path = tmp_path / "runs" / "temperature=4" / "seed10" / "results.json"
+  results = json.loads(path.read_text())
+  results["code"] = {**this, "fingerprint": "0123456789abcdef"}
+  path.write_text(json.dumps(results))
+  run = FakeRun(code=this)
+  with pytest.raises(WorkdirConflictError, match=r"other code.*fingerprint 0123456789abcdef "
+                     r"\(1 run: temperature=4/seed10\)"):
+    _sweep(tmp_path, run, grid=("temperature=1,4,8",), seeds=1)
+  assert run.calls == []                   # refused before anything ran
+  with pytest.raises(ConfigError, match="mixes runs of different code") as e:
+    sweep.write_summary(str(tmp_path))
+  assert e.value.field == "allow_mixed_code"
+  # Told to, it keeps them, runs the new point and tabulates all three, saying so.
+  _sweep(tmp_path, run, grid=("temperature=1,4,8",), seeds=1, allow_mixed_code=True)
+  assert run.calls == [os.path.join("runs", "temperature=8", "seed10")]
+  assert "Code: runs of different code" in (tmp_path / "summary.md").read_text()

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from kd_jax.core import fingerprint as source_code
 from kd_jax.engine import feeding, step
 from kd_jax.objectives import losses
 from kd_jax.core import parallel
@@ -157,6 +158,8 @@ def cache_identity(config, teacher: step.Teacher, train_data, task, teacher_name
       # How the task turns the data into the teacher's inputs (never the augmentation).
       "inputs": task.input_identity(),
       **({"topk": topk_k(config)} if topk_k(config) else {}),
+      # The code that computed them (DESIGN §5.6).
+      "code": source_code.fingerprint(),
   }
 
 

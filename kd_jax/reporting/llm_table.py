@@ -43,12 +43,6 @@ TABLE_FILE = "llm_table.md"
 TEMPERATURE_KEY = ("transfer", "sampling", "temperature")
 
 
-def load_sweep(workdir: str) -> tuple[dict, dict[str, list[dict]]]:
-  """``(sweep record, {point slug: [results.json of each finished seed, in seed order]})``."""
-  sweep = sweep_dir.read(workdir)
-  return sweep.record, sweep.by_point
-
-
 def _warm_start(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
   """The baseline report a ``student_init="baseline"`` student started from (its budget counts)."""
   if results["config"].get("student_init") == "baseline":
@@ -362,14 +356,16 @@ def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any
   return True
 
 
-def write(workdir: str, reference: str = "sft") -> str:
+def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = False) -> str:
   """Writes ``llm_table.md`` and the plots into ``workdir``; returns the table's text.
 
   Raises:
     ConfigError: ``reference`` is not a point of the sweep (naming the points), no run
-      has finished, or the runs have different teachers.
+      has finished, the runs have different teachers, or (unless ``allow_mixed_code``)
+      they were computed by different code.
   """
-  record, by_point = load_sweep(workdir)
+  sweep = sweep_dir.read(workdir, allow_mixed_code=allow_mixed_code)
+  record, by_point = sweep.record, sweep.by_point
   if reference not in by_point:
     raise ConfigError("reference", f"--reference={reference!r} is not a point of the sweep; "
                       f"its points: {', '.join(by_point)}")
@@ -381,6 +377,7 @@ def write(workdir: str, reference: str = "sft") -> str:
   title = record.get("experiment") or "sweep"
   text = markdown(rows, teacher, reference=reference, experiment=record.get("experiment"),
                   seeds=record["seeds"])
+  text += "\n" + sweep_dir.code_line(sweep) + "\n"
   plot_exact_match_vs_tokens(by_point, teacher, os.path.join(workdir, "exact_match_vs_tokens.png"),
                              title)
   if plot_transfer_vs_temperature(by_point, os.path.join(workdir, "transfer_vs_temperature.png"),

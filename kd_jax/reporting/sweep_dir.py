@@ -1,6 +1,10 @@
 """A sweep's directory as the reports read it: its record (``sweep.json``) and each run's
 ``results.json``, read afresh (the source of truth, so a report can run while the sweep
 is still going). Read by the sweep summary, ``llm_table`` and ``topk_fidelity``.
+
+A table compares runs of one code: runs whose ``results.json`` record different code
+fingerprints (:mod:`kd_jax.core.fingerprint`), or none, are refused unless the reader is
+told ``allow_mixed_code``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,35 @@ class SweepDir:
     record: the sweep record (base config, grid, points, runs with their status).
     by_point: ``{point slug: [results.json of each finished run, in seed order]}``.
     entries: ``[(run entry, its results or None)]``, in the record's order.
+    code: the code record (``results.json["code"]``: fingerprint, commit, dirty) of its
+      finished runs, or None when there are none or they do not record one.
   """
   record: dict
   by_point: dict[str, list[dict]]
   entries: list[tuple[dict, dict | None]]
+  code: dict | None = None
+
+
+def code_fingerprint(results: dict) -> str | None:
+  """The code fingerprint a run's ``results.json`` records (None: recorded before there was one)."""
+  return (results.get("code") or {}).get("fingerprint")
+
+
+def by_code(named_results) -> dict[str | None, list[str]]:
+  """``{fingerprint: [run names]}`` of ``[(name, results)]``, in order of appearance."""
+  groups: dict[str | None, list[str]] = {}
+  for name, results in named_results:
+    groups.setdefault(code_fingerprint(results), []).append(name)
+  return groups
+
+
+def describe_code(groups: dict[str | None, list[str]]) -> str:
+  """One phrase per fingerprint: ``fingerprint 1a2b… (3 runs: a, b, c)``."""
+  def runs(names):
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"{len(names)} run{'s' if len(names) != 1 else ''}: {shown}"
+  return "; ".join(f"{'no recorded fingerprint' if fp is None else 'fingerprint ' + fp} "
+                   f"({runs(names)})" for fp, names in groups.items())
 
 
 def read_results(path: str) -> dict | None:
@@ -39,11 +68,23 @@ def read_results(path: str) -> dict | None:
     return None
 
 
-def read(workdir: str) -> SweepDir:
+def code_line(sweep: SweepDir) -> str:
+  """The line a table states its code with: the commit and fingerprint of its runs."""
+  groups = by_code((e["name"], r) for e, r in sweep.entries if r is not None)
+  if sweep.code is None:
+    return (f"Code: runs of different code ({describe_code(groups)})." if len(groups) > 1
+            else "Code: not recorded by these runs.")
+  dirty = " with uncommitted changes" if sweep.code.get("dirty") else ""
+  return (f"Code: commit {sweep.code.get('commit') or 'unknown'}{dirty}, fingerprint "
+          f"{sweep.code['fingerprint']} (kd_jax.core.fingerprint).")
+
+
+def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:
   """The sweep in ``workdir``.
 
   Raises:
-    ConfigError: ``workdir`` holds no ``sweep.json``.
+    ConfigError: ``workdir`` holds no ``sweep.json``, or (unless ``allow_mixed_code``)
+      its finished runs were computed by different code.
   """
   record = files.read_json(os.path.join(workdir, RECORD_FILE))
   if record is None:
@@ -55,4 +96,13 @@ def read(workdir: str) -> SweepDir:
   for entry, results in sorted(entries, key=lambda e: e[0]["seed"]):
     if results is not None:
       by_point[entry["point"]].append(results)
-  return SweepDir(record, by_point, entries)
+  finished = [(entry["name"], results) for entry, results in entries if results is not None]
+  groups = by_code(finished)
+  if len(groups) > 1 and not allow_mixed_code:
+    raise ConfigError("allow_mixed_code", f"--workdir={workdir} mixes runs of different code: "
+                      f"{describe_code(groups)}. Rerun them at one commit in a new --workdir, "
+                      "or pass --allow_mixed_code to tabulate them anyway.")
+  code = None
+  if len(groups) == 1 and None not in groups:
+    code = {k: finished[0][1]["code"].get(k) for k in ("fingerprint", "commit", "dirty")}
+  return SweepDir(record, by_point, entries, code)

@@ -22,7 +22,7 @@ import numpy as np
 
 from kd_jax.reporting import stats
 from kd_jax.core.errors import ConfigError
-from kd_jax.reporting.llm_table import load_sweep
+from kd_jax.reporting import sweep_dir
 
 FILE = "fidelity.md"
 PLOT = "topk_fidelity.png"
@@ -116,17 +116,20 @@ def plot(table: Sequence[dict], path: str, title: str) -> None:
   plots.plt.close(fig)
 
 
-def write(workdir: str) -> str:
+def write(workdir: str, *, allow_mixed_code: bool = False) -> str:
   """Writes ``fidelity.md`` and ``topk_fidelity.png``; returns the markdown.
 
   Raises:
-    ConfigError: no finished run, or no point with ``topk.k`` > 0.
+    ConfigError: no finished run, no point with ``topk.k`` > 0, or (unless
+      ``allow_mixed_code``) runs computed by different code.
   """
-  record, by_point = load_sweep(workdir)
+  sweep = sweep_dir.read(workdir, allow_mixed_code=allow_mixed_code)
+  record, by_point = sweep.record, sweep.by_point
   table = rows(by_point)
   if not any(r["k"] for r in table):
     raise ConfigError(None, f"no finished run in {workdir} used a top-k cache (topk.k > 0)")
   text = markdown(table, record.get("experiment"), record["seeds"])
+  text += "\n" + sweep_dir.code_line(sweep) + "\n"
   plot(table, os.path.join(workdir, PLOT), record.get("experiment") or "sweep")
   text += f"\n![{PLOT}]({PLOT})\n"
   with open(os.path.join(workdir, FILE), "w") as f:

@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import time
 
 import jax
@@ -35,6 +34,7 @@ from kd_jax import config as config_lib
 from kd_jax import methods
 from kd_jax.engine import feeding
 from kd_jax.core import files, parallel
+from kd_jax.core import fingerprint as source_code
 from kd_jax.engine import run_log
 from kd_jax.engine import teacher_cache
 from kd_jax.run import teachers
@@ -65,14 +65,6 @@ def host_device():
 def _write_json(path: str, obj) -> None:
   if jax.process_index() == 0:    # every process computes the same results; one writes them
     files.write_json(path, obj, default=float)
-
-
-def git_commit() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-  except (OSError, subprocess.CalledProcessError):
-    return None
 
 
 def _fit_report(fit: engine.FitResult, module, headline: str) -> dict:
@@ -245,15 +237,18 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   # What the teacher-written data (transfer sets, preference pairs) is keyed by.
   teacher_identity = functools.cache(lambda: {
       "teacher": teacher_info["source"], "key": teacher_info.get("key"),
-      "variables": teacher_cache.fingerprint(nnx.state(teacher_module))})
+      "variables": teacher_cache.fingerprint(nnx.state(teacher_module)),
+      "code": source_code.fingerprint()})
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
     student_train_data, written = prepared.teacher_data(
         teacher_module, teacher_identity(), os.path.join(cache_root, "transfer_sets"))
+  code = source_code.record()
   results = {
       "experiment": config.experiment,
       "headline": task.headline,
       "config": config.to_dict(),
-      "git_commit": git_commit(),
+      "git_commit": code["commit"],
+      "code": code,     # the fingerprint, commit and versions of the code this process loaded
       **({"transfer_set": written} if written is not None else {}),
       "teacher": {**teacher_report,
                   "params": teacher_info["params"], "model": config.teacher.model,

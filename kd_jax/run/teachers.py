@@ -6,7 +6,7 @@ training's metrics.jsonl and TensorBoard events) and ``variables/`` (an
 orbax checkpoint of every variable: parameters and BatchNorm statistics).
 ``<key>`` hashes everything that changes the trained weights: the model and its
 kwargs, the training data (dataset, subset size, augmentation), the training
-settings, the seed and the precision. A teacher named by
+settings, the seed, the precision and the code (:mod:`kd_jax.core.fingerprint`). A teacher named by
 ``config.teacher.checkpoint`` is loaded from a directory of the same layout.
 """
 
@@ -24,6 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from kd_jax.config import records
+from kd_jax.core import fingerprint as source_code
 from kd_jax.core import identity as identity_lib
 from kd_jax.data import text as text_data
 from kd_jax.core.errors import ConfigError
@@ -48,6 +49,7 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
       "precision": config.precision,
       "data": records.without_fields(config.dataset, ["test_examples", "ood_examples",
                                                            "omit_classes"]),
+      "code": source_code.fingerprint(),     # the code that trains it (DESIGN §5.6)
   }
   if config.dataset.name in text_data.CORPORA:
     # A text corpus comes from an installed package whose version the config cannot name.
@@ -74,6 +76,7 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
       "seed": config.seed,
       "precision": config.precision,
       "teacher": config.teacher.checkpoint or teacher_key(config),
+      "code": source_code.fingerprint(),
       # A language model's report includes sampled answers (pass@k).
       **({"sampling": config.sampling.to_dict()} if "sampling" in config else {}),
   }

@@ -1,0 +1,105 @@
+"""The code fingerprint: which source and library versions computed a result (DESIGN §5.6).
+
+Every cache (teachers, baselines, teacher outputs, transfer sets) is keyed by its config
+*and* by :func:`fingerprint`, so that a change of the code that computes it — say a
+rotary embedding whose forward pass is unchanged but whose gradients differ — retrains
+instead of reusing. ``results.json`` records :func:`record`.
+
+The fingerprint is a digest of the source of every module under :data:`NUMERICS_PACKAGES`
+plus the versions of the libraries in :data:`LIBRARIES`, **as they were when kd_jax was
+imported**: the sources are read once, when this module is first imported (``import
+kd_jax`` does it), so a file edited while a sweep runs does not change what the sweep's
+runs say they ran; :func:`changed_since_import` tells that it happened.
+
+One fingerprint serves every cache rather than one per artefact: a teacher is trained by
+the same engine, objectives, task and pipeline as the students, and a finer split would
+have to follow each artefact's imports, where a missed module is exactly the silent reuse
+this exists to prevent. Comments count (the digest is of the text): a comment-only edit
+retrains, which is the safe side. The command lines, export, the config schema and the
+reports change no result and are left out (see :data:`NUMERICS_PACKAGES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The packages whose code computes what runs and caches hold: DESIGN §1's layers below
+# the command lines, less `reporting`, which only reads results, and `config`, whose
+# defaults reach a result only as config values, which every cache key holds already.
+NUMERICS_PACKAGES = ("core", "objectives", "models", "data", "llm", "engine", "tasks",
+                     "methods", "run")
+# The libraries whose versions change numbers (DESIGN §5.6).
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def _source_digests(package_dir: str = PACKAGE_DIR) -> dict[str, str]:
+  """``{path relative to kd_jax/: sha256 of its bytes}`` for every ``.py`` of the numerics packages."""
+  digests = {}
+  for package in NUMERICS_PACKAGES:
+    root = os.path.join(package_dir, package)
+    for directory, subdirs, names in os.walk(root):
+      subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+      for name in sorted(n for n in names if n.endswith(".py")):
+        path = os.path.join(directory, name)
+        with open(path, "rb") as f:
+          digests[os.path.relpath(path, package_dir)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def _versions() -> dict[str, str | None]:
+  versions = {}
+  for name in LIBRARIES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def _git(*args: str) -> str | None:
+  try:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                          cwd=PACKAGE_DIR, timeout=30).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _commit() -> dict:
+  """The checkout's commit and whether its numerics packages differ from it (None outside git)."""
+  commit = _git("rev-parse", "HEAD")
+  status = _git("status", "--porcelain", "--", *NUMERICS_PACKAGES) if commit else None
+  return {"commit": commit, "dirty": bool(status) if commit else None}
+
+
+# Taken once, at import: what this process's code is.
+_SOURCES = _source_digests()
+_VERSIONS = _versions()
+_COMMIT = _commit()
+_FINGERPRINT = hashlib.sha256(
+    repr((sorted(_SOURCES.items()), sorted(_VERSIONS.items()))).encode()).hexdigest()[:16]
+
+
+def fingerprint() -> str:
+  """A 16-hex-digit digest of the loaded numerics code and the library versions."""
+  return _FINGERPRINT
+
+
+def record() -> dict:
+  """What ``results.json`` stores under ``"code"``: the fingerprint, commit and versions.
+
+  ``commit`` and ``dirty`` (uncommitted changes under the numerics packages) are read at
+  import, next to the sources; ``changed_since_import`` lists files edited since.
+  """
+  changed = changed_since_import()
+  return {"fingerprint": _FINGERPRINT, **_COMMIT, "versions": dict(_VERSIONS),
+          **({"changed_since_import": changed} if changed else {})}
+
+
+def changed_since_import() -> list[str]:
+  """The numerics source files (relative to kd_jax/) that differ on disk from what was imported."""
+  now = _source_digests()
+  return sorted(p for p in set(now) | set(_SOURCES) if now.get(p) != _SOURCES.get(p))

@@ -21,6 +21,27 @@ def test_ranked_pairs_take_the_best_and_worst_sample_and_drop_ties():
   assert pairs.stats["mean_reward_chosen"] == pytest.approx((1.0 + 1.0 + 0.9) / 3)
 
 
+def test_a_ranked_pair_chooses_only_a_verified_correct_answer():
+  tokens = np.arange(3 * 3 * 2).reshape(3, 3, 2)         # [k=3, N=3, T=2]
+  lengths = np.full((3, 3), 2)
+  # Rewards where a wrong answer outranks the right one (a large teacher term), prompt 2
+  # has no correct sample at all.
+  rewards = np.array([[1.0, 0.9, 0.8],
+                      [1.5, 0.1, 0.2],
+                      [0.0, 0.5, 0.0]])
+  correct = np.array([[True, True, False],
+                      [False, False, False],
+                      [False, True, False]])
+  pairs = preferences.ranked_pairs(tokens, lengths, rewards, correct=correct)
+  np.testing.assert_array_equal(pairs.prompt_index, [0, 1])
+  np.testing.assert_array_equal(pairs.chosen, [tokens[0, 0], tokens[0, 1]])   # not [1, 0]
+  np.testing.assert_array_equal(pairs.rejected, [tokens[2, 0], tokens[1, 1]])
+  assert pairs.stats["prompts_without_a_correct_sample"] == 1
+  # Without verdicts the highest reward wins, right or wrong.
+  np.testing.assert_array_equal(preferences.ranked_pairs(tokens, lengths, rewards).chosen[0],
+                                tokens[1, 0])
+
+
 def test_teacher_pairs_choose_the_teachers_first_verified_answer():
   teacher_index = np.array([0, 0, 2])
   teacher = np.array([[7, 7, 0], [8, 8, 0], [9, 9, 9]])
@@ -38,6 +59,7 @@ def test_teacher_pairs_choose_the_teachers_first_verified_answer():
     (lambda c: setattr(c.dpo, "pairs", "random"), "dpo.pairs"),
     (lambda c: setattr(c.dpo, "beta", 0.0), "dpo.beta"),
     (lambda c: setattr(c.dpo, "k", 1), "dpo.k"),
+    (lambda c: setattr(c.dpo, "nll_weight", -0.5), "dpo.nll_weight"),
 ])
 def test_dpo_configs_name_the_bad_field(edit, field):
   assert_refused_field(cli_load("experiments/arithmetic/dpo.py:smoke"), edit, field)

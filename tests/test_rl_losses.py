@@ -106,6 +106,35 @@ def test_dpo_loss_matches_the_float64_formula_and_is_log2_for_equal_policies():
     rl_losses.dpo_loss(pc, pr, rc, rr, beta=0.0)
 
 
+def test_dpo_with_an_nll_term_adds_the_chosen_per_token_nll_and_logs_both_log_probs():
+  pc, pr = np.array([-3.0, -10.0, -2.5]), np.array([-4.0, -9.0, -2.0])
+  rc, rr = np.array([-3.5, -9.5, -2.0]), np.array([-3.5, -9.5, -2.2])
+  counts, beta, lam = np.array([3, 5, 2]), 0.5, 0.7
+  loss, metrics = rl_losses.dpo_loss(pc, pr, rc, rr, beta=beta, nll_weight=lam,
+                                     chosen_lengths=counts)
+  nll = np.mean(-pc / counts)               # Pang et al. 2024, eq. 1: -log p(y_w) / |y_w|
+  np.testing.assert_allclose(loss, _np_dpo(pc, pr, rc, rr, beta) + lam * nll, rtol=1e-6)
+  np.testing.assert_allclose(metrics["chosen_nll"], nll, rtol=1e-6)
+  np.testing.assert_allclose(metrics["chosen_log_prob"], pc.mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["rejected_log_prob"], pr.mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["chosen_reward"], beta * (pc - rc).mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["rejected_reward"], beta * (pr - rr).mean(), rtol=1e-6)
+  # The pair mask covers the NLL term too.
+  keep = np.array([True, False, True])
+  masked, _ = rl_losses.dpo_loss(pc, pr, rc, rr, beta=beta, nll_weight=lam, chosen_lengths=counts,
+                                 mask=keep)
+  np.testing.assert_allclose(masked, _np_dpo(pc[keep], pr[keep], rc[keep], rr[keep], beta)
+                             + lam * np.mean(-pc[keep] / counts[keep]), rtol=1e-6)
+  # Its gradient raises the chosen log-probability more than DPO alone does.
+  grad = lambda w: jax.grad(lambda c: rl_losses.dpo_loss(
+      c, pr, rc, rr, beta=beta, nll_weight=w, chosen_lengths=counts)[0])(jnp.asarray(pc))
+  np.testing.assert_allclose(grad(lam) - grad(0.0), -lam / counts / 3, rtol=1e-5)
+  with pytest.raises(ValueError, match="needs chosen_lengths"):
+    rl_losses.dpo_loss(pc, pr, rc, rr, nll_weight=1.0)
+  with pytest.raises(ValueError, match="nll_weight must be >= 0"):
+    rl_losses.dpo_loss(pc, pr, rc, rr, nll_weight=-1.0, chosen_lengths=counts)
+
+
 def test_dpo_gradients_reach_only_the_policy():
   pc, pr, rc, rr = (jnp.asarray(x) for x in ([-3.0, -1.0], [-2.0, -4.0], [-3.5, -1.0],
                                               [-2.0, -3.0]))
@@ -174,14 +203,15 @@ def test_mixture_importance_weights_are_q_over_the_mixture():
 
 def _minillm_constants(logits, teacher_logits, tokens, mask, mix):
   """Float64 NumPy: both models' log-probabilities (all tokens; sampled tokens), the importance
-  weights and the baselined long-term rewards, from their definitions."""
+  weights and the whitened long-term rewards, from their definitions."""
   log_q_all = scipy.special.log_softmax(logits, -1)
   log_p_all = scipy.special.log_softmax(teacher_logits, -1)
   pick = lambda a: np.take_along_axis(a, tokens[..., None], -1)[..., 0]
   log_q, log_p = pick(log_q_all), pick(log_p_all)
   w = np.exp(log_q) / (mix * np.exp(log_p) + (1 - mix) * np.exp(log_q))
   future = _future_means(log_p - log_q, mask)
-  return log_q_all, log_p_all, log_q, w, future - future[mask].mean()
+  centred = future - future[mask].mean()
+  return log_q_all, log_p_all, log_q, w, centred / np.sqrt(centred[mask].var() + 1e-8)
 
 
 @pytest.mark.parametrize("mix", [0.0, 0.2])

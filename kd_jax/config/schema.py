@@ -186,7 +186,7 @@ def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
 
 
 def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperature: float = 1.0,
-               teacher_weight: float = 0.1, learning_rate: float = 1e-4
+               teacher_weight: float = 0.1, learning_rate: float = 1e-4, nll_weight: float = 0.0
                ) -> ml_collections.ConfigDict:
   """Rank-based distillation (``method="dpo"``, from the trained baseline): the starting
   student samples ``k`` answers per training prompt at ``temperature``; ``pairs`` =
@@ -194,10 +194,11 @@ def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperat
   log-likelihood (best chosen, worst rejected), ``"teacher"`` pairs a verified teacher
   answer (chosen, the ``transfer`` block's sampling) with the student's (rejected). DPO's
   ``beta`` scales the log-ratio margin; ``learning_rate`` is the DPO phase's peak rate (the
-  SFT start trains with ``train.learning_rate``)."""
+  SFT start trains with ``train.learning_rate``); ``nll_weight`` > 0 adds that times the
+  chosen answers' per-token NLL (Pang et al. 2024, against likelihood displacement)."""
   return ml_collections.ConfigDict(dict(beta=beta, pairs=pairs, k=k, temperature=temperature,
                                         teacher_weight=teacher_weight,
-                                        learning_rate=learning_rate))
+                                        learning_rate=learning_rate, nll_weight=nll_weight))
 
 
 def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float = 0.1,

@@ -6,8 +6,12 @@ Two ways to make the (chosen, rejected) pairs of a prompt (``dpo.pairs``):
 * ``"ranked"`` — the student's own k samples, ranked by a reward: the verifier's
   verdict (1 or 0) plus ``dpo.teacher_weight`` times the teacher's mean per-token
   log-likelihood of the response (:func:`kd_jax.objectives.rl_losses.teacher_rewards`), so the
-  teacher orders samples the verifier ties. The best sample is chosen, the worst
-  rejected; a prompt whose samples all tie gives no pair.
+  teacher orders samples the verifier ties. The best verified-correct sample is chosen,
+  the worst rejected; a prompt whose samples all tie, or with no correct sample, gives
+  no pair.
+
+``dpo.nll_weight`` = λ > 0 adds λ times the chosen responses' length-normalised NLL to
+the loss (Pang et al. 2024; :func:`kd_jax.objectives.rl_losses.dpo_loss`).
 * ``"teacher"`` — DistiLLM-2's contrastive pairs (Ko et al. 2025): a verified teacher
   sample chosen, the student's first sample rejected (prompts without a verified
   teacher sample give no pair).
@@ -64,14 +68,22 @@ def _differ(a: np.ndarray, a_lengths: np.ndarray, b: np.ndarray, b_lengths: np.n
   return (a_lengths != b_lengths) | ~same_tokens
 
 
-def ranked_pairs(tokens: np.ndarray, lengths: np.ndarray, rewards: np.ndarray) -> Pairs:
+def ranked_pairs(tokens: np.ndarray, lengths: np.ndarray, rewards: np.ndarray,
+                 correct: np.ndarray | None = None) -> Pairs:
   """Pairs from k samples per prompt (``tokens`` ``[k, N, T]``, ``lengths`` and ``rewards``
   ``[k, N]``): the highest-reward sample chosen, the lowest rejected (the first of equals);
   prompts whose rewards all tie, or whose chosen and rejected answers are the same
-  tokens, are left out."""
-  best, worst = np.argmax(rewards, axis=0), np.argmin(rewards, axis=0)
+  tokens, are left out.
+
+  With ``correct`` (``[k, N]`` bool, the verifier's verdicts) the chosen sample is the
+  highest-reward *correct* one, and a prompt without a correct sample gives no pair: a
+  pair that prefers one wrong answer to another teaches the wrong answer's chain.
+  """
+  chosen_rewards = rewards if correct is None else np.where(correct, rewards, -np.inf)
+  best, worst = np.argmax(chosen_rewards, axis=0), np.argmin(rewards, axis=0)
   prompts = np.arange(rewards.shape[1])
-  keep = (rewards[best, prompts] > rewards[worst, prompts]) & _differ(
+  has_chosen = np.ones(rewards.shape[1], bool) if correct is None else correct.any(axis=0)
+  keep = has_chosen & (rewards[best, prompts] > rewards[worst, prompts]) & _differ(
       tokens[best, prompts], lengths[best, prompts], tokens[worst, prompts],
       lengths[worst, prompts])
   index = prompts[keep]
@@ -83,7 +95,9 @@ def ranked_pairs(tokens: np.ndarray, lengths: np.ndarray, rewards: np.ndarray) -
                 "mean_reward_chosen": float(rewards[best, prompts][keep].mean()) if keep.any()
                 else None,
                 "mean_reward_rejected": float(rewards[worst, prompts][keep].mean()) if keep.any()
-                else None})
+                else None,
+                **({} if correct is None else
+                   {"prompts_without_a_correct_sample": int((~has_chosen).sum())})})
 
 
 def teacher_pairs(teacher_prompt_index: np.ndarray, teacher_responses: np.ndarray,
@@ -175,7 +189,9 @@ def _direct_preference(settings, step, s_logits, t_logits, labels, mask):
   half = logps.shape[0] // 2
   loss, metrics = rl_losses.dpo_loss(logps[:half], logps[half:], reference[:half],
                                      reference[half:], beta=settings.dpo.beta,
-                                     mask=jnp.any(mask[:half], axis=-1))
+                                     mask=jnp.any(mask[:half], axis=-1),
+                                     nll_weight=settings.dpo.get("nll_weight", 0.0),
+                                     chosen_lengths=jnp.sum(mask[:half], axis=-1))
   return loss, metrics
 
 
@@ -188,6 +204,7 @@ def _check(config) -> None:
   checks.positive("dpo.temperature", p.temperature)
   checks.ints_at_least("dpo", p, ("k",), 2 if p.pairs == "ranked" else 1)
   checks.nonnegative("dpo.teacher_weight", p.teacher_weight)
+  checks.nonnegative("dpo.nll_weight", p.get("nll_weight", 0.0))
   if p.pairs == "teacher":
     lm.check_transfer_block(config, "dpo.pairs='teacher'")
 
@@ -225,7 +242,7 @@ def _pair_data(config, prepared, student_module, teacher_module, teacher_identit
           mesh)
       rewards = rewards + p.teacher_weight * sequence_log_probs(
           teacher_module, every, mean=True).reshape(k, n)
-    pairs = ranked_pairs(samples.tokens, samples.lengths, rewards)
+    pairs = ranked_pairs(samples.tokens, samples.lengths, rewards, correct=verdicts > 0)
     pairs.stats["verifier_accuracy"] = float(verdicts.mean())
   if not len(pairs.prompt_index):
     if p.pairs == "teacher":

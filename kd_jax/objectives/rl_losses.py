@@ -143,22 +143,40 @@ def policy_gradient_loss(log_probs: jax.Array, old_log_probs: jax.Array,
 
 def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
              reference_chosen_log_probs: jax.Array, reference_rejected_log_probs: jax.Array,
-             *, beta: float = 0.1, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  r"""Direct preference optimisation: the mean over pairs of
+             *, beta: float = 0.1, mask: jax.Array | None = None, nll_weight: float = 0.0,
+             chosen_lengths: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  r"""Direct preference optimisation, with an optional NLL term on the chosen responses:
+  the mean over pairs of
 
   .. math:: -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w))
                                    - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big)
+            \;-\; \lambda\,\frac{\log\pi(y_w)}{|y_w|}
 
   from sequence log-probabilities ``[B]`` (:func:`sequence_log_probs`) of the chosen
-  ``y_w`` and rejected ``y_l`` responses. Equal policy and reference give log 2 for
-  every β. The reference's log-probabilities are constants. ``mask`` ``[B]`` keeps the
-  real pairs (the padding of a ragged last batch counts for nothing).
+  ``y_w`` and rejected ``y_l`` responses (Rafailov et al. 2023). Equal policy and reference
+  give log 2 for every β when λ = ``nll_weight`` = 0. The reference's log-probabilities
+  are constants. ``mask`` ``[B]`` keeps the real pairs (the padding of a ragged last
+  batch counts for nothing).
+
+  The λ term is the length-normalised negative log-likelihood of the chosen response
+  (``chosen_lengths`` ``[B]``: its token count), Pang et al. 2024, "Iterative Reasoning
+  Preference Optimization" (https://arxiv.org/abs/2404.19733), eq. 1; TRL calls λ
+  ``rpo_alpha``. It counters *likelihood displacement*: chosen and rejected chains that
+  share their first tokens let DPO raise the margin by lowering both log-probabilities,
+  which the logged ``chosen_log_prob`` and ``rejected_log_prob`` show.
 
   Returns:
-    ``(loss, {"reward_margin": β·margin mean, "preference_accuracy": fraction with margin > 0})``.
+    ``(loss, metrics)``: ``reward_margin`` (β·margin mean), ``preference_accuracy``
+    (fraction with margin > 0), ``chosen_log_prob`` / ``rejected_log_prob`` (the policy's
+    mean sequence log-probabilities), ``chosen_reward`` / ``rejected_reward`` (β times
+    their log-ratios to the reference) and, with λ > 0, ``chosen_nll`` (the λ term's NLL).
   """
   if beta <= 0:
     raise ValueError(f"dpo_loss: beta must be > 0, got {beta}")
+  if nll_weight < 0:
+    raise ValueError(f"dpo_loss: nll_weight must be >= 0, got {nll_weight}")
+  if nll_weight and chosen_lengths is None:
+    raise ValueError("dpo_loss: nll_weight > 0 needs chosen_lengths (the chosen token counts)")
   chosen = chosen_log_probs.astype(jnp.float32) - jax.lax.stop_gradient(
       reference_chosen_log_probs.astype(jnp.float32))
   rejected = rejected_log_probs.astype(jnp.float32) - jax.lax.stop_gradient(
@@ -166,8 +184,17 @@ def dpo_loss(chosen_log_probs: jax.Array, rejected_log_probs: jax.Array,
   margin = beta * (chosen - rejected)
   valid = jnp.ones(margin.shape, bool) if mask is None else mask.astype(bool)
   mean = lambda x: masked_mean(x, valid)
-  return mean(-jax.nn.log_sigmoid(margin)), {
-      "reward_margin": mean(margin), "preference_accuracy": mean((margin > 0).astype(jnp.float32))}
+  loss = mean(-jax.nn.log_sigmoid(margin))
+  metrics = {"reward_margin": mean(margin),
+             "preference_accuracy": mean((margin > 0).astype(jnp.float32)),
+             "chosen_log_prob": mean(chosen_log_probs.astype(jnp.float32)),
+             "rejected_log_prob": mean(rejected_log_probs.astype(jnp.float32)),
+             "chosen_reward": mean(beta * chosen), "rejected_reward": mean(beta * rejected)}
+  if nll_weight:
+    counts = jnp.maximum(chosen_lengths.astype(jnp.float32), 1.0)
+    metrics["chosen_nll"] = mean(-chosen_log_probs.astype(jnp.float32) / counts)
+    loss = loss + nll_weight * metrics["chosen_nll"]
+  return loss, metrics
 
 
 def normalized_future_rewards(token_rewards: jax.Array, mask: jax.Array) -> jax.Array:
@@ -208,13 +235,17 @@ def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step
   importance weights :math:`w_t` of teacher-mixed sampling (1 without it):
 
   .. math::
-    \ell = \frac{1}{|M|}\sum_{(b,t)\in M} w_{bt}\Big[-\big(R^{\text{norm}}_{b,t+1} - \bar R\big)
+    \ell = \frac{1}{|M|}\sum_{(b,t)\in M} w_{bt}\Big[-A_{bt}
            \log q(y_{bt}) + \mathrm{KL}\big(q(\cdot|y_{<t}) \,\|\, p(\cdot|y_{<t})\big)
-           + \beta\,\mathrm{k3}_{bt}\Big]
+           + \beta\,\mathrm{k3}_{bt}\Big],
+    \qquad A_{bt} = \frac{R^{\text{norm}}_{b,t+1} - \bar R}{\sqrt{\sigma_R^2 + 10^{-8}}}
 
   The first term is the policy gradient of the long-term reward
-  (:func:`normalized_future_rewards`, less its batch mean :math:`\bar R`, a baseline
-  that leaves the expected gradient unchanged); the second the *single-step
+  (:func:`normalized_future_rewards`) *whitened* over the batch's response tokens, as
+  the MiniLLM authors' code (LMOps) does: less its mean :math:`\bar R` (a baseline that
+  leaves the expected gradient unchanged) and divided by its standard deviation
+  :math:`\sigma_R` (population variance over the masked tokens), which keeps the
+  policy term's scale fixed as the rewards shrink during training; the second the *single-step
   regularisation*: the current token's expected reward, −KL(q_t ‖ p_t) over the whole
   vocabulary, differentiated exactly instead of through a sampled token. The last is
   :func:`policy_gradient_loss`'s k3 estimate of KL(q ‖ q_ref) to the frozen reference,
@@ -242,7 +273,8 @@ def minillm_loss(log_probs: jax.Array, teacher_log_probs: jax.Array, single_step
   future = normalized_future_rewards(rewards, mask)
   count = jnp.maximum(jnp.sum(mask), 1)
   mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count
-  advantages = future - mean(future)
+  centred = future - mean(future)
+  advantages = centred * jax.lax.rsqrt(mean(centred * centred) + 1e-8)
   policy, metrics = policy_gradient_loss(log_probs, log_probs, reference_log_probs,
                                          weights * advantages, mask, kl_coef=0.0)
   single_step = mean(weights * single_step_kl.astype(jnp.float32))

@@ -40,6 +40,7 @@ def get_config(arg=None):
   if arg == "smoke":
     c.train.steps = 8
     c.dpo.k = 2
+    c.dpo.correct_chosen = False       # the smoke SFT start is never right: rank by the teacher
     c.transfer.k = 2
     c.transfer.label_free = True       # the smoke teacher is rarely right
   return c

@@ -54,5 +54,6 @@ def get_config(arg=None):
   c.sweep = dict(points=POINTS, seeds=5)
   if arg == "smoke":
     c.dpo.k = 2
+    c.dpo.correct_chosen = False       # the smoke SFT start is never right: rank by the teacher
     c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5]), seeds=1)
   return c

@@ -186,8 +186,8 @@ def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
 
 
 def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperature: float = 1.0,
-               teacher_weight: float = 0.1, learning_rate: float = 1e-4, nll_weight: float = 0.0
-               ) -> ml_collections.ConfigDict:
+               teacher_weight: float = 0.1, learning_rate: float = 1e-4, nll_weight: float = 0.0,
+               correct_chosen: bool = True) -> ml_collections.ConfigDict:
   """Rank-based distillation (``method="dpo"``, from the trained baseline): the starting
   student samples ``k`` answers per training prompt at ``temperature``; ``pairs`` =
   ``"ranked"`` ranks them by verifier + ``teacher_weight`` × the teacher's mean token
@@ -195,10 +195,13 @@ def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperat
   answer (chosen, the ``transfer`` block's sampling) with the student's (rejected). DPO's
   ``beta`` scales the log-ratio margin; ``learning_rate`` is the DPO phase's peak rate (the
   SFT start trains with ``train.learning_rate``); ``nll_weight`` > 0 adds that times the
-  chosen answers' per-token NLL (Pang et al. 2024, against likelihood displacement)."""
+  chosen answers' per-token NLL (Pang et al. 2024, against likelihood displacement);
+  ``correct_chosen``: a ranked pair's chosen answer must pass the verifier (False ranks
+  by the reward alone, for a start that is never right, as the smoke configs' is)."""
   return ml_collections.ConfigDict(dict(beta=beta, pairs=pairs, k=k, temperature=temperature,
                                         teacher_weight=teacher_weight,
-                                        learning_rate=learning_rate, nll_weight=nll_weight))
+                                        learning_rate=learning_rate, nll_weight=nll_weight,
+                                        correct_chosen=correct_chosen))
 
 
 def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float = 0.1,

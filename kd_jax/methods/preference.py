@@ -6,9 +6,9 @@ Two ways to make the (chosen, rejected) pairs of a prompt (``dpo.pairs``):
 * ``"ranked"`` — the student's own k samples, ranked by a reward: the verifier's
   verdict (1 or 0) plus ``dpo.teacher_weight`` times the teacher's mean per-token
   log-likelihood of the response (:func:`kd_jax.objectives.rl_losses.teacher_rewards`), so the
-  teacher orders samples the verifier ties. The best verified-correct sample is chosen,
-  the worst rejected; a prompt whose samples all tie, or with no correct sample, gives
-  no pair.
+  teacher orders samples the verifier ties. The best verified-correct sample is chosen
+  (any best sample with ``dpo.correct_chosen=False``), the worst rejected; a prompt
+  whose samples all tie, or with no correct sample, gives no pair.
 
 ``dpo.nll_weight`` = λ > 0 adds λ times the chosen responses' length-normalised NLL to
 the loss (Pang et al. 2024; :func:`kd_jax.objectives.rl_losses.dpo_loss`).
@@ -242,14 +242,15 @@ def _pair_data(config, prepared, student_module, teacher_module, teacher_identit
           mesh)
       rewards = rewards + p.teacher_weight * sequence_log_probs(
           teacher_module, every, mean=True).reshape(k, n)
-    pairs = ranked_pairs(samples.tokens, samples.lengths, rewards, correct=verdicts > 0)
+    pairs = ranked_pairs(samples.tokens, samples.lengths, rewards,
+                         correct=verdicts > 0 if p.get("correct_chosen", True) else None)
     pairs.stats["verifier_accuracy"] = float(verdicts.mean())
   if not len(pairs.prompt_index):
     if p.pairs == "teacher":
       raise ConfigError("transfer", "no preference pairs: none of the teacher's samples "
                         "passed the verifier (transfer.k, transfer.label_free)")
-    raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie "
-                      "(sample more: dpo.k, dpo.temperature)")
+    raise ConfigError("dpo", f"no preference pairs: every prompt's {k} samples tie or none "
+                      "is correct (sample more: dpo.k, dpo.temperature)")
   data = preference_data(pairs, prompts.tokens, prompts.prompt_lengths, prompts.max_len,
                          student_module, mesh)
   return data, {"preference_pairs": {**pairs.stats, "generation_seconds": samples.seconds}}

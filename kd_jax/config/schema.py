@@ -136,6 +136,26 @@ def arithmetic_dataset(*, train_examples: int = 8000, test_examples: int = 500, 
       ood_examples=ood_examples))
 
 
+def reasoning_dataset(*, answers_examples: int = 4000, gold_examples: int = 500,
+                      pool_examples: int = 16000, test_examples: int = 500,
+                      ood_examples: int = 500, terms: int = 4, digits: int = 2,
+                      minus: float = 0.4, seed: int = 0, max_len: int = 56
+                      ) -> ml_collections.ConfigDict:
+  """The reasoning testbed's data (kd_jax/data/reasoning.py) as a ``dataset`` block.
+
+  The student's original data are ``answers_examples`` problems with final answers only;
+  the teacher learns from ``gold_examples`` step-by-step solutions and writes traces for
+  ``pool_examples`` unlabelled prompts (``student_data="transfer"``); ``ood_examples`` > 0
+  adds a held-out split with one operand more (``ood_exact_match["terms+1"]``).
+  """
+  return ml_collections.ConfigDict(dict(
+      name="reasoning", answers_examples=answers_examples, gold_examples=gold_examples,
+      pool_examples=pool_examples, test_examples=test_examples, ood_examples=ood_examples,
+      terms=terms, digits=digits, minus=minus,
+      seed=seed,          # the problem generator's seed (the split of a problem is its hash)
+      max_len=max_len))   # tokens per (prompt, response) training row
+
+
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
                  train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
   """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 from kd_jax.core.errors import ConfigError
 from kd_jax.objectives.masked import masked_mean
 
+# Task families whose problems are prompts to answer, with a verifier: the methods that
+# sample answers (on-policy distillation, preference pairs, policy gradients) need them.
+PROMPT_TASKS = ("arithmetic", "reasoning")
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:

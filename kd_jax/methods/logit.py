@@ -14,13 +14,11 @@ import jax.numpy as jnp
 
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
-from kd_jax.methods.base import Method, require_block
+from kd_jax.methods.base import PROMPT_TASKS, Method, require_block
 from kd_jax.objectives import fused_linear, losses, topk
 
 # Every task family (kd_jax.tasks.FAMILIES) but the sentence encoders, which have no labels.
-LABELLED_TASKS = ("classification", "arithmetic", "text")
-# Task families with prompts to answer (on-policy sampling needs them).
-PROMPT_TASKS = ("arithmetic",)
+LABELLED_TASKS = ("classification", "arithmetic", "reasoning", "text")
 
 
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):

@@ -32,7 +32,8 @@ from kd_jax.config import checks
 from kd_jax.core import parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
-from kd_jax.methods.base import Method, mean_over_answers, require_block, require_sft_start
+from kd_jax.methods.base import (PROMPT_TASKS, Method, mean_over_answers, require_block,
+                                 require_sft_start)
 from kd_jax.objectives import divergences, rl_losses
 from kd_jax.tasks import lm
 
@@ -208,7 +209,7 @@ def _rollout_prompts(config, prepared, student_module, teacher_module, teacher_i
 
 
 def _hooks(term):
-  return Method(term, ("arithmetic",), check=_check, train_overrides=_rl_overrides,
+  return Method(term, PROMPT_TASKS, check=_check, train_overrides=_rl_overrides,
                 training_task=_rollout_task, student_data=_rollout_prompts)
 
 

@@ -39,7 +39,7 @@ from kd_jax.core.errors import ConfigError
 from kd_jax.engine import teacher_cache
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.llm import transfer
-from kd_jax.methods.base import Method, require_block, require_sft_start
+from kd_jax.methods.base import PROMPT_TASKS, Method, require_block, require_sft_start
 from kd_jax.objectives import rl_losses
 from kd_jax.tasks import lm
 
@@ -258,7 +258,7 @@ def _pair_data(config, prepared, student_module, teacher_module, teacher_identit
 
 METHODS = {
     # No teacher in the step: it ranked or wrote the pairs.
-    "dpo": Method(_direct_preference, ("arithmetic",), uses_teacher=False, check=_check,
+    "dpo": Method(_direct_preference, PROMPT_TASKS, uses_teacher=False, check=_check,
                   train_overrides=lambda c: {"learning_rate": c.dpo.learning_rate},
                   training_task=_pairs_task, student_data=_pair_data),
 }

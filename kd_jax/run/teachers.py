@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from kd_jax import tasks
 from kd_jax.config import records
 from kd_jax.core import fingerprint as source_code
 from kd_jax.core import identity as identity_lib
@@ -47,8 +48,10 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
                                           ["eval_batch_size", "eval_every_steps"]),
       "seed": config.teacher.seed,
       "precision": config.precision,
-      "data": records.without_fields(config.dataset, ["test_examples", "ood_examples",
-                                                           "omit_classes"]),
+      # (and the fields only the students' data depend on, as the task family says)
+      "data": records.without_fields(config.dataset, [
+          "test_examples", "ood_examples", "omit_classes",
+          *getattr(tasks.family_of(config.dataset.name), "STUDENT_ONLY_FIELDS", ())]),
       "code": source_code.fingerprint(),     # the code that trains it (DESIGN §5.6)
   }
   if config.dataset.name in text_data.CORPORA:

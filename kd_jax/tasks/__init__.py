@@ -46,13 +46,14 @@ task → engine → report. The methods a family accepts are those whose ``tasks
 from __future__ import annotations
 
 from kd_jax.core.errors import ConfigError
-from kd_jax.tasks import arithmetic, classification, embedding, text
+from kd_jax.tasks import arithmetic, classification, embedding, reasoning, text
 from kd_jax.tasks.base import Prepared
 
 # family name -> module: one line per task family.
 FAMILIES = {
     classification.NAME: classification,
     arithmetic.NAME: arithmetic,
+    reasoning.NAME: reasoning,
     text.NAME: text,
     embedding.NAME: embedding,
 }

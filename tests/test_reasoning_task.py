@@ -1,0 +1,107 @@
+"""The reasoning task family (kd_jax/tasks/reasoning.py): what each phase trains on, and its checks."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax.core import parallel
+from kd_jax.core.errors import ConfigError
+from kd_jax.data import arithmetic
+from kd_jax.run import teachers, validation
+from kd_jax.tasks import reasoning
+from tests import multidevice
+from tests.test_experiments import _cli, assert_refused_field, cli_load
+
+SFT, SEQKD = "experiments/reasoning/sft.py", "experiments/reasoning/seqkd.py"
+
+
+def _prompt_lengths(data):
+  """BOS + prompt: the first response position is the first target the loss counts."""
+  return np.argmax(np.asarray(data.loss_mask), axis=1) + 1
+
+
+def _texts(data, tokenizer=arithmetic.CharTokenizer()):
+  """``[(prompt, response)]`` of a split's token rows."""
+  tokens = np.asarray(data.tokens)
+  return [(tokenizer.decode(row[1:p]), tokenizer.decode(row[p:])) for row, p in
+          zip(tokens, _prompt_lengths(data))]
+
+
+@pytest.mark.parametrize("spec", [SFT, SFT + ":gold", SFT + ":smoke", SEQKD, SEQKD + ":smoke"])
+def test_reasoning_configs_are_valid_and_name_their_command(spec):
+  validation.validate(cli_load(spec))
+
+
+@pytest.mark.parametrize("student_data, expect", [("answers", "answers"), ("gold", "gold"),
+                                                   ("transfer", "answers")])
+def test_the_teacher_learns_from_gold_and_the_students_from_their_own_data(student_data, expect):
+  c = cli_load(SFT + ":smoke")
+  c.student_data = student_data
+  if student_data == "transfer":
+    c = cli_load(SEQKD + ":smoke")
+  mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+  prepared = reasoning.prepare(c, mesh, np.float32)
+  gold = _texts(prepared.train_data)
+  assert len(gold) == c.dataset.gold_examples
+  assert all(";" in response and "####" in response for _, response in gold)   # worked traces
+  student = _texts(prepared.student_train_data)
+  if expect == "answers":       # the original data: final answers, no reasoning
+    assert len(student) == c.dataset.answers_examples
+    assert all(response.startswith("####") and "=" not in response for _, response in student)
+  else:
+    assert student == gold
+  assert (prepared.teacher_data is not None) == (student_data == "transfer")
+  # The pool's prompts (what the teacher writes traces for) are none of the others.
+  tokenizer = arithmetic.CharTokenizer()
+  pool = {tokenizer.decode(row[1:n]) for row, n in
+          zip(prepared.prompts.tokens, prepared.prompts.prompt_lengths)}
+  assert len(pool) == c.dataset.pool_examples and all(p.endswith("=") for p in pool)
+  for data in (prepared.train_data, prepared.student_train_data, prepared.test_data):
+    assert not {prompt for prompt, _ in _texts(data)} & pool
+
+
+def test_the_teachers_key_ignores_the_students_data_only():
+  c = cli_load(SEQKD + ":smoke")
+  key = teachers.teacher_key(c)
+  c.dataset.answers_examples += 1
+  c.dataset.pool_examples += 1
+  assert teachers.teacher_key(c) == key
+  c.dataset.gold_examples += 1
+  assert teachers.teacher_key(c) != key
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c.dataset, "minus", 1.5), "dataset.minus"),
+    (lambda c: setattr(c.dataset, "terms", 1), "dataset.terms"),
+    (lambda c: setattr(c.dataset, "gold_examples", 0), "dataset.gold_examples"),
+    (lambda c: setattr(c, "student_data", "pool"), "student_data"),
+])
+def test_bad_reasoning_fields_are_named(edit, field):
+  assert_refused_field(cli_load(SFT + ":smoke"), edit, field)
+
+
+def test_a_too_short_row_names_dataset_max_len():
+  c = cli_load(SFT + ":smoke")
+  c.dataset.max_len = 20
+  with pytest.raises(ConfigError, match="dataset.max_len: a problem needs"):
+    reasoning.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), np.float32)
+
+
+@pytest.mark.slow
+def test_the_seqkd_smoke_run_writes_traces_for_the_pool(tmp_path, teacher_dir):
+  out = _cli(f"--config={SEQKD}:smoke", f"--workdir={tmp_path / 'seqkd'}",
+             f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
+             "--noprogress", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "seqkd" / "results.json") as f:
+    results = json.load(f)
+  assert results["headline"] == "exact_match"
+  written = results["transfer_set"]
+  assert written["prompts"] == 128 and written["samples"] == 2 * 128 and written["accepted"] > 0
+  for phase in ("teacher", "student"):
+    assert set(results[phase]["ood_exact_match"]) == {"terms+1"}
+    assert 0 <= results[phase]["exact_match"] <= 1
+  assert os.path.isdir(tmp_path / "seqkd" / "student")

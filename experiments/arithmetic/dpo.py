@@ -13,8 +13,8 @@ checks) + 0.1 × the teacher's mean token log-likelihood: the best is chosen, th
 worst rejected, prompts whose samples tie are left out (kd_jax/methods/preference.py).
 DPO (β = ``dpo.beta``, peak learning rate ``dpo.learning_rate`` = 1e-4; the SFT start
 keeps ``train.learning_rate``) then trains on the pairs for 1,000 steps of 64 pairs.
-``:teacher`` makes DistiLLM-2's contrastive pairs instead (Ko et al. 2025): a verified
-teacher answer chosen, the student's own rejected. ``results.json`` has the pairs'
+``:teacher`` makes teacher-versus-student pairs instead (DPO on them is DPKD, Li et
+al. 2024): a verified teacher answer chosen, the student's own rejected. ``results.json`` has the pairs'
 statistics under ``preference_pairs``.
 """
 

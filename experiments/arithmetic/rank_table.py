@@ -1,5 +1,5 @@
 r"""Rank-based and RL distillation against the R1 table's baselines, 5 seeds: DPO on the SFT
-student's ranked samples, DistiLLM-2's teacher-versus-student pairs, and the
+student's ranked samples, DPO on teacher-versus-student pairs (DPKD), and the
 policy-gradient students GRPO and MiniLLM (with and without teacher-mixed sampling).
 
     python -m kd_jax.sweep --config=experiments/arithmetic/rank_table.py --workdir=runs/rank_table
@@ -10,17 +10,20 @@ The task, teacher, student, budget (1,000 steps, evaluated every 125) and seeds 
 sweep: the R1 table's finished runs keep their config). Points: ``sft`` and ``seqkd``
 (the references), ``sft2x`` (SFT trained on for 1,000 more steps: the control of
 every ``-from-sft`` point), ``dpo-from-sft`` (experiments/arithmetic/dpo.py: pairs of
-the SFT student's 4 samples ranked by verifier + teacher) and ``distillm2-from-sft``
-(a verified teacher answer chosen, the student's own rejected), ``grpo-from-sft``,
+the SFT student's 4 samples ranked by verifier + teacher) and ``dpkd-from-sft``
+(a verified teacher answer chosen, the student's own rejected: DPKD, Li et al. 2024, the
+DPO baseline that DistiLLM-2 compares with; it was named ``distillm2-from-sft`` before,
+but DistiLLM-2's own loss is not DPO), ``grpo-from-sft``,
 ``minillm-from-sft`` and ``minillm-mix-from-sft`` (experiments/arithmetic/rl.py: 4
 samples per prompt, 16 prompts per step, scored live by the verifier and the teacher).
 The ``-from-sft`` points start from the same seed's SFT student, shared with the R1
 table's runs. The policy-gradient points were added later with the ``rl`` block at its
 defaults, which the finished points' records accept (kd_jax/run/workdir.py).
 
-Measured on the 2-core CPU (2026-11-27; the table and the curves are in the README):
+Measured on the 2-core CPU (2026-11-27, about commit 9a6413b, before a ranked pair's
+chosen answer had to be correct; the table and the curves are in docs/language_models.md):
 no rank or RL point beats ``sft`` or ``seqkd`` with a paired interval that excludes 0;
-DPO and DistiLLM-2 are worse than both. Against their own SFT start, GRPO and MiniLLM
+DPO on either kind of pair is worse than both. Against their own SFT start, GRPO and MiniLLM
 leave greedy exact match unchanged and raise pass@1 of sampled answers by 3–6 points
 (intervals excluding 0). Each GRPO or MiniLLM student trains in 67–83 s (one run
 resumed: 24 s), each with teacher-mixed sampling in 198–212 s (``wall_seconds``; 22 min
@@ -36,7 +39,7 @@ POINTS = (
     "seqkd: method=none; student_data=transfer",
     "sft2x: method=none; student_init=baseline; baseline=true",
     "dpo-from-sft: method=dpo; student_init=baseline; baseline=true",
-    "distillm2-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
+    "dpkd-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
     # Policy-gradient students (experiments/arithmetic/rl.py), from the same SFT student.
     "grpo-from-sft: method=grpo; student_init=baseline; baseline=true",
     "minillm-from-sft: method=minillm; student_init=baseline; baseline=true",

@@ -12,9 +12,10 @@ Two ways to make the (chosen, rejected) pairs of a prompt (``dpo.pairs``):
 
 ``dpo.nll_weight`` = λ > 0 adds λ times the chosen responses' length-normalised NLL to
 the loss (Pang et al. 2024; :func:`kd_jax.objectives.rl_losses.dpo_loss`).
-* ``"teacher"`` — DistiLLM-2's contrastive pairs (Ko et al. 2025): a verified teacher
-  sample chosen, the student's first sample rejected (prompts without a verified
-  teacher sample give no pair).
+* ``"teacher"`` — teacher-versus-student pairs: a verified teacher sample chosen, the
+  student's first sample rejected (prompts without a verified teacher sample give no
+  pair). DPO on them is DPKD (Li et al. 2024), the baseline DistiLLM-2 (Ko et al. 2025)
+  compares with; DistiLLM-2's own loss on such data is not DPO.
 
 :func:`preference_data` turns pairs into the student's training split: token rows for
 both sides and the frozen reference's (the starting student's) sequence
@@ -103,7 +104,7 @@ def ranked_pairs(tokens: np.ndarray, lengths: np.ndarray, rewards: np.ndarray,
 def teacher_pairs(teacher_prompt_index: np.ndarray, teacher_responses: np.ndarray,
                   teacher_lengths: np.ndarray, student_tokens: np.ndarray,
                   student_lengths: np.ndarray) -> Pairs:
-  """DistiLLM-2's pairs: each prompt's first verified teacher response (a
+  """Teacher-versus-student pairs (DPKD's): each prompt's first verified teacher response (a
   :class:`kd_jax.llm.transfer.TransferSet`'s) chosen, the student's first sample
   (``[k, N, T]``) rejected; a prompt where the two are the same tokens is left out."""
   prompts, first = np.unique(teacher_prompt_index, return_index=True)

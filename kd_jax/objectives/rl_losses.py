@@ -27,7 +27,7 @@ its single-step regularisation.
 
 Preferences: :func:`dpo_loss` (Rafailov et al. 2023) on (chosen, rejected) pairs
 against a frozen reference; with teacher samples as chosen and student samples as
-rejected it is the contrastive objective of DistiLLM-2 (Ko et al. 2025) in its DPO form.
+rejected it is DPKD (Li et al. 2024), the DPO baseline of DistiLLM-2 (Ko et al. 2025).
 """
 
 from __future__ import annotations

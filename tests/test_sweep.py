@@ -18,6 +18,7 @@ import ml_collections
 import pytest
 
 from kd_jax import sweep
+from kd_jax.core import fingerprint
 from kd_jax.core.errors import ConfigError, WorkdirConflictError
 
 T_975_1 = 12.706204736174704  # t_{0.975} with 1 degree of freedom (tables).
@@ -178,7 +179,9 @@ class FakeRun:
     self.calls = []
     self.fail_when = fail_when
     self.interrupt_on_call = interrupt_on_call
-    self.code = code        # the code record its results carry (results.json "code")
+    # The code record its results carry (results.json "code"), as run_experiment's do:
+    # by default this process's.
+    self.code = code or {"fingerprint": fingerprint.fingerprint(), "commit": None, "dirty": None}
 
   def __call__(self, config, workdir, *, teacher_dir=None):
     self.calls.append(os.path.relpath(workdir, os.path.dirname(os.path.dirname(
@@ -200,7 +203,7 @@ class FakeRun:
         "baseline": {"params": 10, "test_accuracy": baseline,
                      "best_test_accuracy": baseline, "agreement": 0.8,
                      "kl_to_teacher": 0.5, "ece": 0.05},
-        **({"code": self.code} if self.code else {}),
+        "code": self.code,
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f)
@@ -533,7 +536,6 @@ def test_a_sweep_of_a_lower_is_better_headline_sorts_and_shows_nats(tmp_path):
 
 
 def test_a_sweep_refuses_to_mix_finished_runs_of_other_code(tmp_path):
-  from kd_jax.core import fingerprint
   this = {"fingerprint": fingerprint.fingerprint(), "commit": "c0ffee", "dirty": False}
   _sweep(tmp_path, FakeRun(code=this), seeds=1)
   assert "Code: commit c0ffee, fingerprint " + this["fingerprint"] in \

@@ -82,15 +82,18 @@ run: install
 	$(PY) -m kd_jax.main --config=experiments/fashion_mnist/kd.py --workdir=runs/default
 
 # The whole suite, smoke runs of every experiment module included (what CI runs), after the
-# layers of DESIGN.md §1 (.importlinter: no upward import, no cycle).
+# layers of DESIGN.md §1 (.importlinter: no upward import, no cycle). Two worker processes:
+# most of a smoke test is one process compiling or starting up, which leaves a core idle.
+# Serial: make test TEST_WORKERS=0.
+TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Without the tests marked slow (end-to-end smoke runs, TFDS preparation).
 test-fast: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # Benchmarks (issue 6): each prints a table and writes benchmarks/results/<script>.json.
 #   make bench                                  full runs (~2–4 min on 2 CPU cores)

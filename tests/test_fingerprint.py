@@ -21,7 +21,8 @@ from kd_jax.core import fingerprint
 from kd_jax.run import teachers
 config = base_config()
 keys = {"fingerprint": fingerprint.fingerprint(), "teacher": teachers.teacher_key(config),
-        "baseline": teachers.baseline_key(config), "package": fingerprint.PACKAGE_DIR}
+        "baseline": teachers.baseline_key(config), "package": fingerprint.PACKAGE_DIR,
+        "commit": fingerprint.record()["commit"]}
 if len(sys.argv) > 1:                      # edit a file after the import
   with open(sys.argv[1], "a") as f:
     f.write("\\n# edited while running\\n")
@@ -45,6 +46,7 @@ def test_cache_keys_change_with_the_source_of_a_model_and_not_of_a_report(tmp_pa
                   ignore=shutil.ignore_patterns("__pycache__"))
   before = _keys(copy)
   assert before["package"] == str(copy / "kd_jax")          # the copy, not the checkout
+  assert before["commit"] is None                           # and no git checkout's commit
   # A report's source computes no result: the keys stay.
   with open(copy / "kd_jax" / "reporting" / "plots.py", "a") as f:
     f.write("\n# a report's edit\n")

@@ -69,8 +69,10 @@ def _git(*args: str) -> str | None:
 
 
 def _commit() -> dict:
-  """The checkout's commit and whether its numerics packages differ from it (None outside git)."""
-  commit = _git("rev-parse", "HEAD")
+  """The checkout's commit and whether its numerics packages differ from it (None outside git,
+  and when the package is not tracked there: installed into a venv inside another repository)."""
+  tracked = _git("ls-files", "--", "__init__.py") == "__init__.py"
+  commit = _git("rev-parse", "HEAD") if tracked else None
   status = _git("status", "--porcelain", "--", *NUMERICS_PACKAGES) if commit else None
   return {"commit": commit, "dirty": bool(status) if commit else None}
 

@@ -9,13 +9,13 @@ Two ways to make the (chosen, rejected) pairs of a prompt (``dpo.pairs``):
   teacher orders samples the verifier ties. The best verified-correct sample is chosen
   (any best sample with ``dpo.correct_chosen=False``), the worst rejected; a prompt
   whose samples all tie, or with no correct sample, gives no pair.
-
-``dpo.nll_weight`` = λ > 0 adds λ times the chosen responses' length-normalised NLL to
-the loss (Pang et al. 2024; :func:`kd_jax.objectives.rl_losses.dpo_loss`).
 * ``"teacher"`` — teacher-versus-student pairs: a verified teacher sample chosen, the
   student's first sample rejected (prompts without a verified teacher sample give no
   pair). DPO on them is DPKD (Li et al. 2024), the baseline DistiLLM-2 (Ko et al. 2025)
   compares with; DistiLLM-2's own loss on such data is not DPO.
+
+``dpo.nll_weight`` = λ > 0 adds λ times the chosen responses' length-normalised NLL to
+the loss (Pang et al. 2024; :func:`kd_jax.objectives.rl_losses.dpo_loss`).
 
 :func:`preference_data` turns pairs into the student's training split: token rows for
 both sides and the frozen reference's (the starting student's) sequence

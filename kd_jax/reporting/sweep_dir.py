@@ -28,13 +28,15 @@ class SweepDir:
     record: the sweep record (base config, grid, points, runs with their status).
     by_point: ``{point slug: [results.json of each finished run, in seed order]}``.
     entries: ``[(run entry, its results or None)]``, in the record's order.
-    code: the code record (``results.json["code"]``: fingerprint, commit, dirty) of its
-      finished runs, or None when there are none or they do not record one.
   """
   record: dict
   by_point: dict[str, list[dict]]
   entries: list[tuple[dict, dict | None]]
-  code: dict | None = None
+
+  @property
+  def finished(self) -> list[tuple[str, dict]]:
+    """``[(run name, results)]`` of the finished runs, in the record's order."""
+    return [(entry["name"], results) for entry, results in self.entries if results is not None]
 
 
 def code_fingerprint(results: dict) -> str | None:
@@ -70,13 +72,15 @@ def read_results(path: str) -> dict | None:
 
 def code_line(sweep: SweepDir) -> str:
   """The line a table states its code with: the commit and fingerprint of its runs."""
-  groups = by_code((e["name"], r) for e, r in sweep.entries if r is not None)
-  if sweep.code is None:
-    return (f"Code: runs of different code ({describe_code(groups)})." if len(groups) > 1
-            else "Code: not recorded by these runs.")
-  dirty = " with uncommitted changes" if sweep.code.get("dirty") else ""
-  return (f"Code: commit {sweep.code.get('commit') or 'unknown'}{dirty}, fingerprint "
-          f"{sweep.code['fingerprint']} (kd_jax.core.fingerprint).")
+  groups = by_code(sweep.finished)
+  if len(groups) > 1:
+    return f"Code: runs of different code ({describe_code(groups)})."
+  if not groups or None in groups:
+    return "Code: not recorded by these runs."
+  code = sweep.finished[0][1]["code"]
+  dirty = " with uncommitted changes" if code.get("dirty") else ""
+  return (f"Code: commit {code.get('commit') or 'unknown'}{dirty}, fingerprint "
+          f"{code['fingerprint']} (kd_jax.core.fingerprint).")
 
 
 def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:
@@ -96,13 +100,10 @@ def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:
   for entry, results in sorted(entries, key=lambda e: e[0]["seed"]):
     if results is not None:
       by_point[entry["point"]].append(results)
-  finished = [(entry["name"], results) for entry, results in entries if results is not None]
-  groups = by_code(finished)
+  sweep = SweepDir(record, by_point, entries)
+  groups = by_code(sweep.finished)
   if len(groups) > 1 and not allow_mixed_code:
     raise ConfigError("allow_mixed_code", f"--workdir={workdir} mixes runs of different code: "
                       f"{describe_code(groups)}. Rerun them at one commit in a new --workdir, "
                       "or pass --allow_mixed_code to tabulate them anyway.")
-  code = None
-  if len(groups) == 1 and None not in groups:
-    code = {k: finished[0][1]["code"].get(k) for k in ("fingerprint", "commit", "dirty")}
-  return SweepDir(record, by_point, entries, code)
+  return sweep

@@ -22,7 +22,7 @@ def base(arg=None):
   """The testbed's data, teacher, student and budget (shared by the reasoning modules)."""
   c = config_lib.base_config()
   c.experiment = "reasoning/sft"
-  c.dataset = config_lib.reasoning_dataset()
+  c.dataset = config_lib.reasoning_dataset(gold_examples=4000)
   c.sampling = config_lib.sampling_config()
   c.teacher.model = "gpt"
   c.teacher.kwargs = dict(num_layers=4, num_heads=4, dim=128)
@@ -31,10 +31,12 @@ def base(arg=None):
   c.teacher.train.learning_rate = 3e-3
   c.teacher.train.lr_schedule = "warmup_cosine"
   c.teacher.train.eval_batch_size = 500
+  c.teacher.train.eval_every_steps = 500
   c.student.model = "gpt"
   c.student.kwargs = dict(num_layers=2, num_heads=2, dim=64)
   c.method = "none"
-  c.train.steps = 2000
+  c.train.steps = 3000
+  c.train.eval_every_steps = 300      # the learning curve: its last 20% shows the plateau
   c.train.batch_size = 64
   c.train.learning_rate = 3e-3
   c.train.lr_schedule = "warmup_cosine"
@@ -45,7 +47,9 @@ def base(arg=None):
                                              pool_examples=128, test_examples=64,
                                              ood_examples=32)
     c.teacher.train.steps = 8
+    c.teacher.train.eval_every_steps = 4
     c.train.steps = 8
+    c.train.eval_every_steps = 4
     c.sampling.num_samples = 2
     c.sampling.pass_at_k = (1, 2)
     c.log_every_steps = 2

@@ -105,3 +105,30 @@ def test_the_seqkd_smoke_run_writes_traces_for_the_pool(tmp_path, teacher_dir):
     assert set(results[phase]["ood_exact_match"]) == {"terms+1"}
     assert 0 <= results[phase]["exact_match"] <= 1
   assert os.path.isdir(tmp_path / "seqkd" / "student")
+
+
+def test_policy_gradient_rollouts_verify_each_pool_prompt_against_its_own_answer():
+  # The rollouts sample the PromptSet's prompts (the pool) and check them against its answers:
+  # the gold rows (the teacher's data) with the pool's answers would score every sample
+  # against another problem's total.
+  from kd_jax.methods import policy_gradient
+  c = cli_load(SFT + ":smoke")
+  mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+  prepared = reasoning.prepare(c, mesh, np.float32)
+  student = prepared.build(c.student, 0)
+  data, _ = policy_gradient._rollout_prompts(c, prepared, student, None, None, None)
+  prompts = [prompt for prompt, _ in _texts(data.prompts)]
+  assert len(prompts) == c.dataset.pool_examples
+  totals = [eval(prompt.rstrip("="), {}) for prompt in prompts]     # "37+48-15+26" -> 96
+  assert totals == np.asarray(data.answers).tolist()
+
+
+@pytest.mark.parametrize("method", ["grpo", "minillm", "dpo"])
+def test_sampling_methods_start_from_the_answers_baseline_and_refuse_a_transfer_set(method):
+  from kd_jax import config as config_lib
+  c = cli_load(SFT + ":smoke")
+  c.method, c.student_init, c.baseline = method, "baseline", True
+  c.rl, c.dpo = config_lib.rl_config(teacher_weight=0.0), config_lib.dpo_config()
+  validation.validate(c)          # student_data="answers": the baseline's own data
+  c.transfer = config_lib.transfer_config()
+  assert_refused_field(c, lambda c: setattr(c, "student_data", "transfer"), "student_data")

@@ -90,9 +90,11 @@ def require_sft_start(config) -> None:
   if config.get("student_init") != "baseline" or not config.baseline:
     raise ConfigError("student_init", f"method={method!r} starts from the trained SFT student "
                       "(its reference): set student_init='baseline' and baseline=True")
-  if config.get("student_data", "gold") != "gold":
-    raise ConfigError("student_data", f"method={method!r} trains on its own samples: leave "
-                      "student_data='gold'")
+  if config.get("student_data") == "transfer":
+    # The baseline trains on the task's own data; the teacher's transfer set would go unused.
+    raise ConfigError("student_data", f"method={method!r} trains on its own samples, from the "
+                      "baseline trained on the task's own data: student_data='transfer' has no "
+                      "effect here (leave the task's default)")
 
 
 def require_block(config, name: str, helper: str):

@@ -43,8 +43,8 @@ TEACHER_REWARDS = ("log_ratio", "log_likelihood")
 
 @device_split
 class RolloutData(DeviceSplit):
-  """The prompts on the devices: ``prompts`` the gold rows (only their prompts are used),
-  ``answers`` ``[N]`` int32 the gold answers, ``reference`` the frozen starting student's
+  """The prompts on the devices: ``prompts`` the training prompts' rows (only their prompts
+  are used), ``answers`` ``[N]`` int32 their answers, ``reference`` the frozen starting student's
   ``nnx.State`` (model variables, replicated)."""
   prompts: lm.TokenData
   answers: jax.Array
@@ -62,7 +62,7 @@ class RolloutTargets(NamedTuple):
 
 def rollout_data(prompts: lm.TokenData, answers: np.ndarray, reference_model: nnx.Module,
                  mesh) -> RolloutData:
-  """The rollout split: the gold rows, their answers and a copy of ``reference_model``'s
+  """The rollout split: the prompts' rows, their answers and a copy of ``reference_model``'s
   variables (taken now: the student trains on from the same values, the reference stays)."""
   state = jax.tree.map(lambda x: np.array(x), nnx.state(reference_model))
   return RolloutData(prompts, *parallel.put_replicated(
@@ -202,10 +202,13 @@ def _rollout_task(config, prepared):
 
 def _rollout_prompts(config, prepared, student_module, teacher_module, teacher_identity,
                      cache_dir):
-  """The gold training prompts and answers, with the starting student as the reference."""
+  """The task's training prompts (:class:`kd_jax.tasks.lm.PromptSet`: the gold prompts of
+  arithmetic, the unlabelled pool of the reasoning testbed) and their answers, with the
+  starting student as the reference."""
   del config, teacher_module, teacher_identity, cache_dir
-  return rollout_data(prepared.train_data, prepared.prompts.answers, student_module,
-                      prepared.mesh), {}
+  p = prepared.prompts
+  rows = lm.token_data(p.tokens, p.prompt_lengths, p.lengths, prepared.mesh)
+  return rollout_data(rows, p.answers, student_module, prepared.mesh), {}
 
 
 def _hooks(term):

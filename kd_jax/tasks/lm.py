@@ -73,14 +73,16 @@ def token_data(tokens, prompt_lengths, lengths, mesh) -> TokenData:
 
 @dataclasses.dataclass(frozen=True)
 class PromptSet:
-  """A language task's gold training prompts, for the methods that make their own training
-  data from them (DPO's pairs, policy-gradient rollouts: :mod:`kd_jax.methods`).
+  """A language task's training prompts (arithmetic: the gold training problems; the
+  reasoning testbed: the unlabelled pool), for the teacher's transfer set and the methods
+  that make their own training data from them (DPO's pairs, policy-gradient rollouts:
+  :mod:`kd_jax.methods`).
 
   Attributes:
-    tokens, prompt_lengths, lengths: the gold training rows ``[N, max_len]`` int32 and
+    tokens, prompt_lengths, lengths: the prompts' rows ``[N, max_len]`` int32 and
       their prompt and row lengths ``[N]`` (``encode_pairs`` layout).
     max_len: tokens per row.
-    answers: the gold answers ``[N]``.
+    answers: the prompts' answers ``[N]`` (for the verifier).
     decode: token ids -> text.
     check_answer: ``(text, answer) -> bool`` on the host (the verifier).
     verify: ``(tokens [B, T], answers [B]) -> bool [B]``: the verifier inside a jitted step.

@@ -1,33 +1,53 @@
 r"""DeepSeek-R1's distillation finding on the reasoning testbed: the teacher's written traces
-against the student's own data, 5 seeds.
+against the student's own data and against RL on the student alone, 5 seeds.
 
     python -m kd_jax.sweep --config=experiments/reasoning/r1_table.py --workdir=runs/reasoning_r1
-    python -m kd_jax.llm_table --workdir=runs/reasoning_r1 --reference=sft-gold
+    python -m kd_jax.llm_table --workdir=runs/reasoning_r1 --reference=sft-answers
 
 The data, teacher, student and budget of experiments/reasoning/sft.py: every student
-trains 3,000 steps of 64 rows, evaluated every 300. The points (``config.sweep.points``):
+phase trains 3,000 steps of 64 rows, evaluated every 300. The points
+(``config.sweep.points``):
 
+* ``sft-answers`` — the student on its original data, the 4,000 answers-only problems.
+  It is the shared baseline (``baseline=true``) that the warm-started rows start from,
+  as R1's distilled and RL-trained models start from one pretrained base;
 * ``sft-gold`` — the student on the teacher's 4,000 worked solutions;
-* ``seqkd`` — the R1 recipe: the student that learnt the original data (the 4,000
-  answers-only problems: the shared baseline, ``sft-answers``) fine-tuned on the
-  teacher's verified traces for the 16,000 pool prompts, k = 4 samples each at
-  temperature 0.7. Its ``baseline`` block is the ``sft-answers`` student of its seed.
+* ``seqkd-<n>k`` — the R1 recipe: ``sft-answers`` fine-tuned on the first n thousand of
+  the teacher's verified traces for the 20,000 pool prompts (k = 4 samples each at
+  temperature 0.7; ``transfer.max_examples``): the transfer-set-size axis, 1k to 64k;
+* ``seqkd-16k-k1`` — 16k traces again, one sample per prompt (k = 1, so from about four
+  times as many prompts): the k axis at a fixed number of traces;
+* ``rl-zero`` — R1-Zero on the small model: ``sft-answers`` trained by GRPO with the
+  verifier's reward alone (no teacher: ``rl.teacher_weight=0``), 4 samples per prompt
+  of the pool, for 1,500 steps: the student compute of a ``seqkd`` row (a GRPO step of
+  64 sampled rows counts about twice an SFT step's FLOPs: tests/test_compute.py checks
+  the two within 1%).
 
-Seeds 0–4 change the student's initialisation, the batch order and the transfer set's
-samples; the teacher and the problems are fixed. Being calibrated (issue 23): these
-points measure the reference students' plateaus and seed spread before the table's
-other rows (rl-zero, the transfer-set-size and k axes, on-policy KD, MiniLLM, DPO) are
-added.
+Seeds 0–4 change the student's initialisation, the batch order, the transfer set's
+samples and the RL samples; the teacher and the problems are fixed. Not yet run as a
+table (issue 23): the calibration of its reference students is in
+docs/language_models.md.
 """
 
 from kd_jax import config as config_lib
 
 sft = config_lib.load_sibling(__file__, "sft")
 
-POINTS = (
-    "sft-gold: method=none; student_data=gold",
-    "seqkd: method=none; student_data=transfer; student_init=baseline; baseline=true",
-)
+FROM_BASE = "student_init=baseline; baseline=true"
+SEQKD = f"method=none; student_data=transfer; {FROM_BASE}"
+RL_ZERO_STEPS = 1500        # the student compute of train.steps = 3,000 SFT steps
+
+
+def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS):
+  """The table's points (smaller sizes and steps for ``:smoke``)."""
+  name = lambda n: f"{n // 1000}k" if n >= 1000 else str(n)
+  return (
+      "sft-answers: method=none; baseline=true",
+      "sft-gold: method=none; student_data=gold",
+      *(f"seqkd-{name(n)}: {SEQKD}; transfer.max_examples={n}" for n in sizes),
+      f"seqkd-{name(k1_size)}-k1: {SEQKD}; transfer.k=1; transfer.max_examples={k1_size}",
+      f"rl-zero: method=grpo; rl.teacher_weight=0.0; rl.steps={rl_steps}; {FROM_BASE}",
+  )
 
 
 def get_config(arg=None):
@@ -36,10 +56,13 @@ def get_config(arg=None):
   c = sft.base(arg)
   c.experiment = "reasoning/r1_table"
   c.student_data = "answers"
+  c.dataset.pool_examples = 20000
   c.transfer = config_lib.transfer_config(k=4, temperature=0.7)
-  c.sweep = dict(points=POINTS, seeds=5)
+  c.rl = config_lib.rl_config()
+  c.sweep = dict(points=points(), seeds=5)
   if arg == "smoke":
+    c.dataset.pool_examples = 128
     c.transfer.k = 2
     c.transfer.label_free = True      # the smoke teacher (8 steps) is never right
-    c.sweep = dict(points=POINTS, seeds=1)
+    c.sweep = dict(points=points(sizes=(4, 8), k1_size=4, rl_steps=4), seeds=1)
   return c

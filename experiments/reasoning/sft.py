@@ -35,6 +35,7 @@ def base(arg=None):
   c.student.model = "gpt"
   c.student.kwargs = dict(num_layers=2, num_heads=2, dim=64)
   c.method = "none"
+  c.baseline = False    # the points that start from it (or are it) set baseline=True
   c.train.steps = 3000
   c.train.eval_every_steps = 300      # the learning curve: its last 20% shows the plateau
   c.train.batch_size = 64

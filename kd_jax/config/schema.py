@@ -226,7 +226,7 @@ def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperat
 
 def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float = 0.1,
               teacher_reward: str = "log_ratio", kl_coef: float = 0.04, teacher_mix: float = 0.0,
-              learning_rate: float = 1e-4) -> ml_collections.ConfigDict:
+              learning_rate: float = 1e-4, steps: int = 0) -> ml_collections.ConfigDict:
   """Policy-gradient distillation (``method="grpo"`` or ``"minillm"``, from the trained
   baseline, which is also the frozen reference of the KL penalty ``kl_coef``).
 
@@ -236,12 +236,13 @@ def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float
   log p_T − log q_S, MiniLLM's reverse-KL reward; ``"log_likelihood"``: the mean log p_T);
   MiniLLM's reward is the token log-ratio alone, and ``teacher_mix`` = α > 0 samples from
   α·teacher + (1 − α)·student (its teacher-mixed sampling; GRPO samples from the
-  student). ``learning_rate`` is the phase's peak rate (the SFT start keeps
-  ``train.learning_rate``)."""
+  student). ``learning_rate`` is the phase's peak rate and ``steps`` > 0 its number of
+  steps (0: ``train.steps``; the SFT start keeps ``train``'s), e.g. to give it the student
+  compute of another row (kd_jax/llm/compute.py)."""
   return ml_collections.ConfigDict(dict(
       k=k, verifier_weight=verifier_weight, teacher_weight=teacher_weight,
       teacher_reward=teacher_reward, kl_coef=kl_coef, teacher_mix=teacher_mix,
-      learning_rate=learning_rate))
+      learning_rate=learning_rate, steps=steps))
 
 
 # The blocks of one method, absent from other configs, and their defaults (a finished run
@@ -250,14 +251,17 @@ METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
-                    label_free: bool = False) -> ml_collections.ConfigDict:
+                    label_free: bool = False, max_examples: int = 0) -> ml_collections.ConfigDict:
   """How the teacher writes a transfer set (kd_jax/llm/transfer.py) for ``student_data="transfer"``.
 
-  ``k`` samples per gold training prompt at the sampling settings; the verified
+  ``k`` samples per training prompt at the sampling settings; the verified
   ones are kept (``label_free``: the samples agreeing with the majority answer).
+  ``max_examples`` > 0 trains on the first that many kept samples, in prompt order (all
+  of a prompt's before the next prompt's: the transfer-set-size axis of a study, from
+  one generation of the full set); 0 keeps all.
   """
   return ml_collections.ConfigDict(dict(
-      k=k, label_free=label_free,
+      k=k, label_free=label_free, max_examples=max_examples,
       sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p)))
 
 

@@ -101,9 +101,11 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
   if feature_loss is not None and method.feature_options is not None:
     feature_loss = functools.partial(feature_loss, **method.feature_options(config))
 
+  uses_teacher = method.runs_teacher(config)
+
   def objective(step, student_out, teacher_out, labels, mask):
     s_logits, s_features = student_out
-    t_logits, t_features = teacher_out if method.uses_teacher else (None, {})
+    t_logits, t_features = teacher_out if uses_teacher else (None, {})
     loss, metrics = method.logit_term(settings, step, s_logits, t_logits, labels, mask)
     if method.feature_loss is not None:
       feature_term = sum(_masked_feature_loss(feature_loss, s_features[s],

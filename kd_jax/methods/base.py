@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from kd_jax.core.errors import ConfigError
+from kd_jax.llm import compute
 from kd_jax.objectives.masked import masked_mean
 
 # Task families whose problems are prompts to answer, with a verifier: the methods that
@@ -32,7 +33,8 @@ class Method:
     tasks: the task families (:data:`kd_jax.tasks.FAMILIES` names) it runs on.
     feature_loss: ``(student feature, teacher feature, mask) -> scalar``; None: no
       feature term.
-    uses_teacher: whether the step runs (or reads the cached outputs of) the teacher.
+    uses_teacher: whether the step runs (or reads the cached outputs of) the teacher; or
+      ``config -> bool`` when the method's settings decide (:meth:`runs_teacher`).
     feature_options: ``config -> keyword arguments of feature_loss`` (e.g. relation heads).
     default_pairs: ``(student features, teacher features) -> pairs`` when the method
       has its own default pairing.
@@ -53,11 +55,14 @@ class Method:
       cache_dir) -> (data, report)``: the distilled student's training data made after it
       was initialised (DPO's pairs from its samples; a policy-gradient student's prompts
       with itself as the reference); ``report`` (a dict) is added to ``results.json``.
+    step_flops: ``(config, shapes) -> {"student": FLOPs, "teacher": FLOPs}`` of one step of a
+      language-model phase (:class:`kd_jax.llm.compute.Shapes`); None:
+      :func:`kd_jax.llm.compute.supervised_step`.
   """
   logit_term: Callable
   tasks: tuple[str, ...]
   feature_loss: Callable | None = None
-  uses_teacher: bool = True
+  uses_teacher: bool | Callable = True
   feature_options: Callable | None = None
   default_pairs: Callable | None = None
   check_pair: Callable | None = None
@@ -67,6 +72,17 @@ class Method:
   train_overrides: Callable | None = None
   training_task: Callable | None = None
   student_data: Callable | None = None
+  step_flops: Callable | None = None
+
+  def runs_teacher(self, config) -> bool:
+    """Whether a run of ``config`` gives this method the teacher's outputs in its steps."""
+    return self.uses_teacher(config) if callable(self.uses_teacher) else self.uses_teacher
+
+  def flops_per_step(self, config, shapes: compute.Shapes) -> dict[str, int]:
+    """The counted FLOPs of one training step (student's and teacher's)."""
+    if self.step_flops is None:
+      return compute.supervised_step(shapes)
+    return self.step_flops(config, shapes)
 
 
 @dataclasses.dataclass(frozen=True)

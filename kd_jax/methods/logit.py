@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
+from kd_jax.llm import compute
 from kd_jax.methods.base import PROMPT_TASKS, Method, require_block
 from kd_jax.objectives import fused_linear, losses, topk
 
@@ -106,11 +107,20 @@ def _on_policy_task(config, prepared):
                              policy_temperature=float(g.temperature))
 
 
+def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
+  """SFT's step plus, in the expected fraction ``gkd.fraction`` of the steps (each batch is
+  drawn on-policy with that probability), the student's sampling of its rows from
+  whole-row prompt buffers."""
+  step = compute.supervised_step(shapes)
+  sampled = compute.generation(shapes.student, shapes.batch, shapes.row + 1, shapes.new_tokens)
+  return {**step, "student": step["student"] + round(float(config.gkd.fraction) * sampled)}
+
+
 METHODS = {
     "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False),
     "kd": Method(hinton_term, LABELLED_TASKS,
                  head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),
     "dkd": Method(_decoupled, ("classification",)),
     "gkd": Method(_generalized_jsd, PROMPT_TASKS, check=_check_gkd,
-                  training_task=_on_policy_task),
+                  training_task=_on_policy_task, step_flops=_gkd_step_flops),
 }

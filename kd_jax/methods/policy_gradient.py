@@ -32,6 +32,7 @@ from kd_jax.config import checks
 from kd_jax.core import parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
+from kd_jax.llm import compute
 from kd_jax.methods.base import (PROMPT_TASKS, Method, mean_over_answers, require_block,
                                  require_sft_start)
 from kd_jax.objectives import divergences, rl_losses
@@ -123,15 +124,19 @@ def _group_relative_policy_gradient(settings, step, s_logits, t_logits, targets,
   reward (``rl.teacher_reward``: the mean token log-ratio log p_T − log q_S, MiniLLM's,
   or the mean log-likelihood log p_T). One update per batch of samples, so π_old = π: the
   ratio is 1, the clipping never acts (``clip_fraction`` stays 0) and the gradient is
-  REINFORCE's with group baselines. The loss is one mean over every sampled token of the
+  REINFORCE's with group baselines. With ``rl.teacher_weight`` = 0 the teacher does not
+  run (the verifier's reward alone: R1-Zero). The loss is one mean over every sampled token of the
   batch (the library's per-token convention, as DAPO's token-level loss; GRPO's paper
   averages per answer first, so there a long answer weighs as much as a short one)."""
   del step
   rl = settings.rl
   log_probs = rl_losses.token_log_probs(s_logits, targets.tokens)
-  teacher = rl_losses.teacher_rewards(
-      rl_losses.token_log_probs(t_logits, targets.tokens), mask,
-      log_probs if rl.teacher_reward == "log_ratio" else None)
+  if t_logits is None:    # rl.teacher_weight = 0: no teacher in the step (R1-Zero's setting)
+    teacher = jnp.zeros_like(targets.verified)
+  else:
+    teacher = rl_losses.teacher_rewards(
+        rl_losses.token_log_probs(t_logits, targets.tokens), mask,
+        log_probs if rl.teacher_reward == "log_ratio" else None)
   rewards = rl.verifier_weight * targets.verified + rl.teacher_weight * teacher
   advantages = rl_losses.group_advantages(rewards.reshape(-1, rl.k)).reshape(-1)
   loss, metrics = rl_losses.policy_gradient_loss(log_probs, log_probs, targets.reference,
@@ -162,9 +167,12 @@ def _reverse_kl_policy_gradient(settings, step, s_logits, t_logits, targets, mas
 def _rl_overrides(config) -> dict:
   """A policy-gradient phase's step holds ``train.batch_size`` rows: batch_size / k prompts
   with k samples each (the same rows per step as every other method); its peak learning
-  rate is ``rl.learning_rate``."""
-  return {"learning_rate": config.rl.learning_rate,
-          "batch_size": config.train.batch_size // config.rl.k}
+  rate is ``rl.learning_rate``, its steps ``rl.steps`` when set."""
+  overrides = {"learning_rate": config.rl.learning_rate,
+               "batch_size": config.train.batch_size // config.rl.k}
+  if config.rl.get("steps", 0):
+    overrides["steps"] = int(config.rl.steps)
+  return overrides
 
 
 def _check(config) -> None:
@@ -177,6 +185,7 @@ def _check(config) -> None:
     raise ConfigError("rl.k", f"train.batch_size={config.train.batch_size} rows must be a "
                       f"whole number of prompts of rl.k={r.k} samples")
   checks.choice("rl.teacher_reward", r.teacher_reward, TEACHER_REWARDS)
+  checks.ints_at_least("rl", r, ("steps",))
   for field in ("verifier_weight", "teacher_weight", "kl_coef"):
     checks.nonnegative(f"rl.{field}", r[field])
   if grpo and not (r.verifier_weight or r.teacher_weight):
@@ -211,10 +220,29 @@ def _rollout_prompts(config, prepared, student_module, teacher_module, teacher_i
   return rollout_data(rows, p.answers, student_module, prepared.mesh), {}
 
 
-def _hooks(term):
-  return Method(term, PROMPT_TASKS, check=_check, train_overrides=_rl_overrides,
-                training_task=_rollout_task, student_data=_rollout_prompts)
+def _rollout_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
+  """A rollout step's compute: ``shapes.batch`` rows sampled from whole-row prompt buffers
+  (:meth:`kd_jax.tasks.lm.LanguageModeling.sample_rows`), trained on, and scored by the
+  frozen reference and (when it runs) the teacher, which with ``rl.teacher_mix`` > 0
+  also decodes alongside the student."""
+  rows, buffer = shapes.batch, shapes.row + 1
+  student = (compute.generation(shapes.student, rows, buffer, shapes.new_tokens)
+             + compute.training(shapes.student, rows, shapes.row)
+             + compute.forward(shapes.student, rows, shapes.row))       # the reference
+  teacher = 0
+  if shapes.teacher is not None:
+    teacher = compute.forward(shapes.teacher, rows, shapes.row)
+    if config.method == "minillm" and config.rl.teacher_mix:
+      teacher += compute.generation(shapes.teacher, rows, buffer, shapes.new_tokens)
+  return {"student": student, "teacher": teacher}
 
 
-METHODS = {"grpo": _hooks(_group_relative_policy_gradient),
+def _hooks(term, uses_teacher=True):
+  return Method(term, PROMPT_TASKS, uses_teacher=uses_teacher, check=_check,
+                train_overrides=_rl_overrides, training_task=_rollout_task,
+                student_data=_rollout_prompts, step_flops=_rollout_step_flops)
+
+
+METHODS = {"grpo": _hooks(_group_relative_policy_gradient,
+                          uses_teacher=lambda config: config.rl.teacher_weight > 0),
            "minillm": _hooks(_reverse_kl_policy_gradient)}

@@ -39,7 +39,7 @@ from kd_jax.core import parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine import teacher_cache
 from kd_jax.engine.splits import DeviceSplit, device_split
-from kd_jax.llm import transfer
+from kd_jax.llm import compute, transfer
 from kd_jax.methods.base import PROMPT_TASKS, Method, require_block, require_sft_start
 from kd_jax.objectives import rl_losses
 from kd_jax.tasks import lm
@@ -254,7 +254,28 @@ def _pair_data(config, prepared, student_module, teacher_module, teacher_identit
                       "is correct (sample more: dpo.k, dpo.temperature)")
   data = preference_data(pairs, prompts.tokens, prompts.prompt_lengths, prompts.max_len,
                          student_module, mesh)
-  return data, {"preference_pairs": {**pairs.stats, "generation_seconds": samples.seconds}}
+  return data, {"preference_pairs": {**pairs.stats, "generation_seconds": samples.seconds,
+                                     **_pair_flops(config, prepared, student_module,
+                                                   teacher_module, k * n, len(pairs.prompt_index))}}
+
+
+def _pair_flops(config, prepared, student_module, teacher_module, samples: int,
+                pairs: int) -> dict[str, int]:
+  """What making the pairs cost once (:mod:`kd_jax.llm.compute`): the student's samples and
+  the reference's scores of both answers of each pair; the teacher's scores of the samples
+  (ranked pairs with ``dpo.teacher_weight``) or its transfer set (teacher pairs)."""
+  p, prompt = config.dpo, prepared.prompts.prompts.shape[1]
+  row, new_tokens = prepared.prompts.max_len - 1, prepared.task.max_new_tokens
+  student = (compute.generation(student_module.config, samples, prompt, new_tokens)
+             + compute.forward(student_module.config, 2 * pairs, row))
+  teacher = 0
+  if p.pairs == "teacher":
+    teacher = compute.generation(teacher_module.config,
+                                 len(prepared.prompts.answers) * config.transfer.k, prompt,
+                                 new_tokens)
+  elif p.teacher_weight:
+    teacher = compute.forward(teacher_module.config, samples, row)
+  return {"student_flops": student, "teacher_flops": teacher}
 
 
 METHODS = {

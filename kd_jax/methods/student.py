@@ -117,7 +117,7 @@ def trainable_student(config, student_model: nnx.Module, teacher_model: nnx.Modu
   validated on shapes alone (:func:`kd_jax.models.feature_shapes`), before anything
   compiles; ``teacher_model`` may be abstract (``nnx.eval_shape``).
   """
-  if not method.uses_teacher:
+  if not method.runs_teacher(config):
     return student_model, {}
   s_shapes = t_shapes = {}
   if method.feature_loss is not None:

@@ -39,6 +39,8 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,31 @@ def param_count(*, vocab_size: int, num_layers: int, num_heads: int, dim: int,
   block = 2 * dim + attention + mlp_params
   head = 0 if tie_embeddings else dim * vocab_size
   return vocab_size * dim + num_layers * block + dim + head
+
+
+def forward_flops(config: Mapping[str, Any], tokens: int, context: int | None = None) -> int:
+  """Matmul FLOPs (2 per multiply-add) of a :class:`GPT` forward pass over one sequence.
+
+  ``config`` is :attr:`GPT.config` (or its constructor's keyword arguments, defaults
+  resolved here); ``tokens`` positions run, each attending over ``context`` key positions
+  (default ``tokens``). Attention is computed densely, so masked keys count: the upper
+  triangle of a causal forward and a KV cache's unwritten tail. Per position and block:
+  the q and o projections 2·2·D·H·h, k and v 2·2·D·K·h, the attention scores and their
+  weighted sum 2·2·H·h·context, the MLP 2·3·D·F (SwiGLU) or 2·2·D·F (GELU); then the
+  head 2·D·V. The embedding is a lookup; norms, RoPE, softmax and biases are elementwise
+  (O(D) per position) and left out, as in Kaplan et al. 2020, Table 1.
+  """
+  dim, heads = config["dim"], config["num_heads"]
+  kv_heads = config.get("num_kv_heads") or heads
+  head_dim = config.get("head_dim") or dim // heads
+  mlp = config.get("mlp", "swiglu")
+  mlp_dim = config.get("mlp_dim") or default_mlp_dim(dim, mlp)
+  context = tokens if context is None else context
+  projections = 2 * dim * head_dim * (2 * heads + 2 * kv_heads)
+  attention = 2 * 2 * heads * head_dim * context
+  mlp_flops = 2 * (3 if mlp == "swiglu" else 2) * dim * mlp_dim
+  per_position = config["num_layers"] * (projections + attention + mlp_flops)
+  return tokens * (per_position + 2 * dim * config["vocab_size"])
 
 
 def default_mlp_dim(dim: int, mlp: str) -> int:

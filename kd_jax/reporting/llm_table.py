@@ -81,6 +81,7 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
               for split in students[0].get("ood_exact_match", {})},
       "acceptance_rate": (float(np.mean([r["transfer_set"]["acceptance_rate"] for r in runs]))
                           if all("transfer_set" in r for r in runs) else None),
+      **_mean_flops(runs),
   }
   mine, theirs = stats.paired_by_seed(runs, reference, lambda r: r["student"]["exact_match"])
   if mine:
@@ -105,6 +106,42 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
           [s["pass_at_k"]["1"] for s, _ in warm_runs],
           [b["pass_at_k"]["1"] for _, b in warm_runs], confidence)
   return row
+
+
+def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:
+  """A run's counted FLOPs (kd_jax/llm/compute.py), ``{"student", "teacher"}``, or None for
+  a run recorded without them.
+
+  The student's: its phase's steps, the trained baseline's when it started from it,
+  and the one-off scoring of preference pairs. The teacher's: its work for this student
+  (forwards in the steps, the transfer set it wrote, the pairs it scored or wrote),
+  not its own training (the teacher row's).
+  """
+  student = results["student"]
+  if "flops" not in student:
+    return None
+  warm = _warm_start(results)
+  if warm is not None and "flops" not in warm:
+    return None
+  pairs = results.get("preference_pairs", {})
+  return {
+      "student": (student["flops"]["student"] + (warm["flops"]["student"] if warm else 0)
+                  + pairs.get("student_flops", 0)),
+      "teacher": (student["flops"]["teacher"] + results.get("transfer_set", {}).get(
+          "teacher_flops", 0) + pairs.get("teacher_flops", 0)),
+  }
+
+
+def _mean_flops(runs: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+  counted = [run_flops(r) for r in runs]
+  if any(c is None for c in counted):
+    return {"student_flops": None, "teacher_flops": None}
+  return {f"{side}_flops": float(np.mean([c[side] for c in counted]))
+          for side in ("student", "teacher")}
+
+
+def _flops(count: float | None) -> str:
+  return "–" if count is None else ("0" if not count else f"{count:.2e}")
 
 
 def verdict(name: str, difference: Interval | None, reference: str) -> str:
@@ -153,7 +190,8 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
   splits = sorted({s for r in rows for s in r["ood"]})
   header = ["model", "params", "exact match %", *([f"pass@{k} %"] if k else []),
             "retention %", "gap recovered %", f"Δ vs {reference} (pp, paired)", "verdict",
-            "train tokens", "wall s", *(f"OOD {s} %" for s in splits), "n"]
+            "train tokens", "student FLOPs", "teacher FLOPs", "wall s",
+            *(f"OOD {s} %" for s in splits), "n"]
   lines = [f"# {experiment or 'language-model sweep'}: distillation methods compared", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   t_ood = teacher.get("ood_exact_match", {})
@@ -162,7 +200,7 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       "teacher", f"{teacher['params']:,}", f"{teacher['exact_match'] * 100:.1f}",
       *([f"{t_pass * 100:.1f}" if t_pass is not None else "–"] if k else []),
       "100", "100", "–", "–",
-      _tokens(teacher.get("train_tokens")),
+      _tokens(teacher.get("train_tokens")), "–", _flops(teacher.get("flops", {}).get("teacher")),
       f"{teacher['train_seconds']:.0f}" if teacher.get("train_seconds") else "–",
       *(f"{t_ood[s] * 100:.1f}" if s in t_ood else "–" for s in splits), "1"]) + " |")
   for row in rows:
@@ -175,7 +213,7 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
         "–" if row["gap_recovered"] is None or math.isnan(row["gap_recovered"])
         else f"{row['gap_recovered'] * 100:.0f}",
         _pm(row["difference"], sign=True), verdict(row["name"], row["difference"], reference),
-        _tokens(row["train_tokens"]),
+        _tokens(row["train_tokens"]), _flops(row["student_flops"]), _flops(row["teacher_flops"]),
         f"{row['wall_seconds']:.0f}",
         *(_pm(row["ood"].get(s)) for s in splits), str(row["n"])]) + " |")
   better = [r["name"] for r in rows if r["name"] != reference and r["difference"] is not None
@@ -192,7 +230,10 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       f"the means over the paired seeds. Δ: student − {reference} exact match over the same seeds, paired t interval; "
       "a verdict needs the interval to exclude 0. Train tokens: every position of every "
       "training row (the budget), including the trained baseline's for a student that "
-      "started from it (`student_init=baseline`). Wall s: the students' training with its "
+      "started from it (`student_init=baseline`). FLOPs: counted matmul FLOPs "
+      "(kd_jax/llm/compute.py) of the student's training (its sampling and the baseline it "
+      "started from included) and of the teacher's work for it (forwards in the steps, "
+      "the transfer set or pairs it wrote); the teacher row's is its own training. Wall s: the students' training with its "
       "evaluations (and the baseline's when it started from it), the teacher's training.",
       "", f"- Beat `{reference}` (interval excludes 0): "
       f"{', '.join(f'`{n}`' for n in better) or 'none'}.",

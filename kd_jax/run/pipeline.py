@@ -37,6 +37,7 @@ from kd_jax.core import files, parallel
 from kd_jax.core import fingerprint as source_code
 from kd_jax.engine import run_log
 from kd_jax.engine import teacher_cache
+from kd_jax.llm import compute
 from kd_jax.run import teachers
 from kd_jax import engine
 from kd_jax import tasks
@@ -158,6 +159,20 @@ def load_trained_student(workdir: str, mesh=None):
   return config, prepared, getattr(module, "model", module)
 
 
+def _counted_flops(prepared, entry, config, fit, trained, teacher_module, *, live: bool,
+                   cached: bool, data_rows: int) -> dict[str, int]:
+  """A language-model phase's counted FLOPs (:mod:`kd_jax.llm.compute`): ``fit.steps`` of the
+  method's step, plus the teacher's one pass over the ``data_rows`` training rows when its
+  outputs were cached instead of run in the steps."""
+  shapes = prepared.compute_shapes(fit.train_rows // fit.steps, trained,
+                                   teacher_module if live else None)
+  step = entry.flops_per_step(config, shapes)
+  flops = {"student": fit.steps * step["student"], "teacher": fit.steps * step["teacher"]}
+  if cached:
+    flops["teacher"] += compute.forward(teacher_module.config, data_rows, shapes.row)
+  return flops
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    teacher_dir: str | None = None, show_progress: bool = True,
                    stop_at_step: int | None = None, mesh=None) -> dict:
@@ -258,8 +273,14 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                   "train_seconds": teacher_info.get("train_seconds"),
                   "steps": teacher_info.get("steps")},
   }
+  if prepared.compute_shapes is not None and teacher_info.get("steps"):
+    # The teacher's own training (SFT), for the table's compute of the teacher row.
+    shapes = prepared.compute_shapes(config.teacher.train.batch_size, teacher_module, None)
+    results["teacher"]["flops"] = {"teacher": teacher_info["steps"] * compute.supervised_step(
+        shapes)["student"]}
 
-  def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None):
+  def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None,
+            entry=method):
     phase_dir = phase_dir or os.path.join(workdir, name)
     done = files.read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
@@ -277,12 +298,22 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     trained = getattr(fit.module, "model", fit.module)     # without FitNets adapters
     report = {**prepared.student_report(fit, trained, reference, eval_batch),
               **_fit_report(fit, trained, task.headline), "logs": phase_dir}
+    if prepared.compute_shapes is not None:
+      report["flops"] = _counted_flops(prepared, entry, config, fit, trained, teacher_module,
+                                       live=teacher_for_step is not None,
+                                       cached=entry.runs_teacher(config) and teacher_for_step is None,
+                                       data_rows=data.size)
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
 
-  uses_teacher = method.uses_teacher
+  uses_teacher = method.runs_teacher(config)
   from_baseline = config.get("student_init") == "baseline"
-  if config.baseline and (uses_teacher or from_baseline):
+  # A student trained exactly as the baseline is (no method, from scratch, on the baseline's
+  # data with the same train block) is that baseline: with baseline=True it is the shared
+  # run of the points that start from it (the R1 table's sft-answers), not trained twice.
+  is_the_baseline = (config.baseline and config.method == "none" and not from_baseline
+                     and prepared.teacher_data is None and not teacher_cache.topk_k(config))
+  if config.baseline and (uses_teacher or from_baseline or is_the_baseline):
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
     # (a sweep's points), next to the teacher cache; a copy goes into the workdir.
@@ -291,7 +322,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                                 methods.make_objective(config_lib.with_method(config, "none")),
                                 None, prepared.student_train_data,
                                 teachers.baseline_identity(config),
-                                phase_dir=shared_dir)
+                                phase_dir=shared_dir, entry=methods.REGISTRY["none"])
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
@@ -313,8 +344,11 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                                   workdir, shared_dir=os.path.join(cache_root, "teacher_outputs"),
                                   teacher_name=teacher_info["name"])
       student_teacher = None if data.teacher_logits is not None else teacher
-  results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
-                             student_teacher, data, records.result_fields(config))
+  if is_the_baseline:
+    results["student"] = {**results["baseline"], "is_the_baseline": True}
+  else:
+    results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
+                               student_teacher, data, records.result_fields(config))
   results["student"]["teacher_cached"] = uses_teacher and student_teacher is None
   if teacher_cache.topk_k(config):
     # The trained student, as its last checkpoint holds it (also when this phase was done).

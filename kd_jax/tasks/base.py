@@ -30,6 +30,9 @@ class Prepared:
     prompts: the gold training prompts (:class:`kd_jax.tasks.lm.PromptSet`) for the
       methods that make their own training data from them (a method's
       ``training_task`` / ``student_data`` hooks); None for tasks without prompts.
+    compute_shapes: ``(rows_per_step, student_module, teacher_module | None) ->``
+      :class:`kd_jax.llm.compute.Shapes` of a phase, for its counted FLOPs; None for
+      tasks whose compute is not counted.
   """
   task: Any
   train_data: Any
@@ -42,3 +45,4 @@ class Prepared:
   teacher_data: Callable | None = None
   mesh: Any = None
   prompts: Any = None
+  compute_shapes: Callable | None = None

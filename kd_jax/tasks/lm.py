@@ -405,6 +405,7 @@ def check_transfer_block(config, setting: str) -> None:
     raise ConfigError("transfer", f"{setting} needs a transfer block "
                       "(kd_jax.config.transfer_config())")
   checks.ints_at_least("transfer", t, ("k",), 1)
+  checks.ints_at_least("transfer", t, ("max_examples",))
   s = t.sampling
   if s.temperature <= 0 or s.top_k < 0 or not 0 < s.top_p <= 1:
     raise ConfigError("transfer.sampling", "transfer.sampling.temperature must be > 0 (k "

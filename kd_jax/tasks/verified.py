@@ -23,7 +23,7 @@ from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.data import arithmetic as ar
 from kd_jax.engine import step
-from kd_jax.llm import transfer
+from kd_jax.llm import compute, transfer
 from kd_jax.tasks import lm
 from kd_jax.tasks.base import Prepared
 
@@ -160,19 +160,50 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
       raise ConfigError("transfer", f"the teacher's transfer set is empty: none of its "
                         f"{written.stats['samples']} samples passed the verifier. Train the "
                         "teacher longer, sample more (transfer.k) or use transfer.label_free")
+    written, stats = _first_examples(written, config.transfer.get("max_examples", 0))
     rows, prompt_lengths, lengths = transfer_rows(written, prompts.tokens, prompts.prompt_lengths,
                                                   d.max_len)
-    return lm.token_data(rows, prompt_lengths, lengths, mesh), written.stats
+    # What writing it cost (also when it was read back from the cache: the row's compute).
+    flops = compute.generation(teacher_module.config, len(prompts.answers) * config.transfer.k,
+                               prompt_len, task.max_new_tokens)
+    return lm.token_data(rows, prompt_lengths, lengths, mesh), {**stats, "teacher_flops": flops}
 
   prompt_set = lm.PromptSet(prompts.tokens, prompts.prompt_lengths, prompts.lengths,
                             max_len=d.max_len, answers=prompts.answers, decode=tokenizer.decode,
                             check_answer=check_answer, verify=answers_correct,
                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                             teacher_samples=teacher_transfer_set)
+  def compute_shapes(rows_per_step, student_module, teacher_module):
+    return compute.Shapes(student=student_module.config,
+                          teacher=None if teacher_module is None else teacher_module.config,
+                          batch=rows_per_step, row=d.max_len - 1, prompt=prompt_len,
+                          new_tokens=task.max_new_tokens)
+
   return Prepared(task, train_data, student_train_data, test_data, tokenizer.vocab_size, build,
                   evaluate_teacher, student_report,
                   teacher_data if config.get("student_data") == "transfer" else None,
-                  mesh=mesh, prompts=prompt_set)
+                  mesh=mesh, prompts=prompt_set, compute_shapes=compute_shapes)
+
+
+def _first_examples(written: transfer.TransferSet, count: int):
+  """The first ``count`` accepted samples of ``written`` (in prompt order; 0: all) and its
+  stats with ``used``, the number kept.
+
+  Raises:
+    ConfigError: fewer accepted samples than ``count``, naming ``transfer.max_examples``.
+  """
+  accepted = len(written.prompt_index)
+  if count > accepted:
+    raise ConfigError("transfer.max_examples", f"transfer.max_examples={count}, but the "
+                      f"teacher's set has {accepted} accepted samples (of "
+                      f"{written.stats['samples']}): lower it, or raise transfer.k or the "
+                      "number of prompts")
+  if not count:
+    return written, {**written.stats, "used": accepted}
+  kept = dataclasses.replace(written, prompt_index=written.prompt_index[:count],
+                             responses=written.responses[:count],
+                             lengths=written.lengths[:count])
+  return kept, {**written.stats, "used": count}
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

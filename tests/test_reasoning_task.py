@@ -132,3 +132,53 @@ def test_sampling_methods_start_from_the_answers_baseline_and_refuse_a_transfer_
   validation.validate(c)          # student_data="answers": the baseline's own data
   c.transfer = config_lib.transfer_config()
   assert_refused_field(c, lambda c: setattr(c, "student_data", "transfer"), "student_data")
+
+
+@pytest.mark.slow
+def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, teacher_dir):
+  sweep_dir = tmp_path / "r1"
+  out = _cli("--config=experiments/reasoning/r1_table.py:smoke", f"--workdir={sweep_dir}",
+             f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
+             "--noprogress", module="kd_jax.sweep", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"[sweep 6/6 done, 0 failed] {sweep_dir}" in out.stdout
+
+  def results(point):
+    with open(sweep_dir / "runs" / point / "seed0" / "results.json") as f:
+      return json.load(f)
+
+  # sft-answers is the shared baseline the warm-started rows start from, not a second run.
+  answers, seqkd, rl_zero = results("sft-answers"), results("seqkd-8"), results("rl-zero")
+  assert answers["student"]["is_the_baseline"]
+  assert answers["student"]["history"] == seqkd["baseline"]["history"] == (
+      rl_zero["baseline"]["history"])
+  # The size axis takes the first traces of one generation; k=1 is another generation.
+  assert [results(p)["transfer_set"]["used"] for p in ("seqkd-4", "seqkd-8")] == [4, 8]
+  assert results("seqkd-4-k1")["transfer_set"]["samples_per_prompt"] == 1
+  # R1-Zero: no teacher in the step, and the student compute of a seqkd row.
+  assert rl_zero["student"]["flops"]["teacher"] == 0
+  assert rl_zero["student"]["flops"]["student"] == pytest.approx(
+      seqkd["student"]["flops"]["student"], rel=0.01)
+  # A supervised phase: 3 × the forward FLOPs of each of its rows (8 steps × 64 rows).
+  from kd_jax.models import gpt
+  config = seqkd["config"]
+  student = {"vocab_size": arithmetic.CharTokenizer().vocab_size, **config["student"]["kwargs"]}
+  assert seqkd["baseline"]["flops"]["student"] == 8 * 64 * 3 * gpt.forward_flops(
+      student, config["dataset"]["max_len"] - 1)
+  table = _cli(f"--workdir={sweep_dir}", "--reference=sft-answers", module="kd_jax.llm_table",
+               timeout=300)
+  assert table.returncode == 0, table.stderr[-3000:]
+  rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+  assert "| student FLOPs | teacher FLOPs |" in rows[0]
+  assert [r.split(" | ")[0] for r in rows[1:]] == [
+      "| teacher", "| `sft-answers`", "| `sft-gold`", "| `seqkd-4`", "| `seqkd-8`",
+      "| `seqkd-4-k1`", "| `rl-zero`"]
+
+
+def test_the_baselines_key_names_the_data_it_trains_on():
+  c = cli_load(SEQKD + ":smoke")       # student_data="transfer": the baseline learns the answers
+  key = teachers.baseline_key(c)
+  c.student_data = "answers"
+  assert teachers.baseline_key(c) == key
+  c.student_data = "gold"
+  assert teachers.baseline_key(c) != key

@@ -13,7 +13,9 @@ every ``-from-sft`` point), ``dpo-from-sft`` (experiments/arithmetic/dpo.py: pai
 the SFT student's 4 samples ranked by verifier + teacher) and ``dpkd-from-sft``
 (a verified teacher answer chosen, the student's own rejected: DPKD, Li et al. 2024, the
 DPO baseline that DistiLLM-2 compares with; it was named ``distillm2-from-sft`` before,
-but DistiLLM-2's own loss is not DPO), ``grpo-from-sft``,
+but DistiLLM-2's own loss is not DPO), ``distillm2-from-sft`` (DistiLLM-2's contrastive
+loss on the same pairs, the teacher live: skew KL on the teacher's answer, skew reverse KL
+on the student's; added 2026-12-04, not in the table below), ``grpo-from-sft``,
 ``minillm-from-sft`` and ``minillm-mix-from-sft`` (experiments/arithmetic/rl.py: 4
 samples per prompt, 16 prompts per step, scored live by the verifier and the teacher).
 The ``-from-sft`` points start from the same seed's SFT student, shared with the R1
@@ -40,6 +42,8 @@ POINTS = (
     "sft2x: method=none; student_init=baseline; baseline=true",
     "dpo-from-sft: method=dpo; student_init=baseline; baseline=true",
     "dpkd-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
+    # DistiLLM-2's own loss on the same teacher-versus-student pairs (kd_jax/methods/contrastive.py).
+    "distillm2-from-sft: method=distillm2; student_init=baseline; baseline=true",
     # Policy-gradient students (experiments/arithmetic/rl.py), from the same SFT student.
     "grpo-from-sft: method=grpo; student_init=baseline; baseline=true",
     "minillm-from-sft: method=minillm; student_init=baseline; baseline=true",
@@ -54,9 +58,10 @@ def get_config(arg=None):
   c.dpo = config_lib.dpo_config(beta=0.1, pairs="ranked", k=4, temperature=1.0,
                                 teacher_weight=0.1, learning_rate=1e-4)
   c.rl = config_lib.rl_config()
+  c.distillm2 = config_lib.distillm2_config(learning_rate=1e-4)
   c.sweep = dict(points=POINTS, seeds=5)
   if arg == "smoke":
     c.dpo.k = 2
     c.dpo.correct_chosen = False       # the smoke SFT start is never right: rank by the teacher
-    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5]), seeds=1)
+    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5], POINTS[6]), seeds=1)
   return c

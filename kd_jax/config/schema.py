@@ -245,9 +245,23 @@ def rl_config(*, k: int = 4, verifier_weight: float = 1.0, teacher_weight: float
       learning_rate=learning_rate, steps=steps))
 
 
+def distillm2_config(*, alpha_teacher: float = 0.1, alpha_student: float = 0.1,
+                     temperature: float = 1.0, learning_rate: float = 1e-4
+                     ) -> ml_collections.ConfigDict:
+  """DistiLLM-2's contrastive distillation (``method="distillm2"``, from the trained baseline):
+  the skews α₁ (``alpha_teacher``, the skew KL on the teacher's responses) and α₂
+  (``alpha_student``, the skew reverse KL on the starting student's, sampled once at
+  ``temperature``); ``learning_rate`` is the phase's peak rate (the SFT start keeps
+  ``train.learning_rate``). The teacher's responses are its transfer set (the ``transfer``
+  block)."""
+  return ml_collections.ConfigDict(dict(alpha_teacher=alpha_teacher, alpha_student=alpha_student,
+                                        temperature=temperature, learning_rate=learning_rate))
+
+
 # The blocks of one method, absent from other configs, and their defaults (a finished run
 # without the block is the same run as one with it at these defaults: kd_jax/config/records.py).
-METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config}
+METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config,
+                 "distillm2": distillm2_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,

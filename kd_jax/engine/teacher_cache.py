@@ -92,6 +92,12 @@ def resolve_mode(config, task) -> str:
       augmented and ``teacher_fixed_views`` is off.
   """
   mode = config.teacher_cache
+  if not getattr(task, "teacher_outputs_cacheable", True):
+    # e.g. preference pairs: two rows per example, which the cache's layout cannot hold.
+    if mode in ("memory", "disk", "shared"):
+      raise ConfigError("teacher_cache", f"teacher_cache={mode!r}: this method's batches "
+                        "cannot be cached (the teacher runs live): use 'auto' or 'none'")
+    return "none"
   fixed = not task.augments or config.get("teacher_fixed_views", False)
   if mode in ("memory", "disk", "shared") and not fixed:
     raise ConfigError("teacher_cache", refusal_message(mode))

@@ -20,6 +20,7 @@ plus one line below.
 * :mod:`~kd_jax.methods.sentence`: ``distilbert``, ``minilm``
 * :mod:`~kd_jax.methods.preference`: ``dpo``
 * :mod:`~kd_jax.methods.policy_gradient`: ``grpo``, ``minillm``
+* :mod:`~kd_jax.methods.contrastive`: ``distillm2``
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import features, logit, policy_gradient, preference, sentence
+from kd_jax.methods import contrastive, features, logit, policy_gradient, preference, sentence
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -44,6 +45,7 @@ REGISTRY: dict[str, Method] = {
     **sentence.METHODS,
     **preference.METHODS,
     **policy_gradient.METHODS,
+    **contrastive.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",
@@ -94,6 +96,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
                            constant_as_number=True),
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
       dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"), rl=config.get("rl"),
+      distillm2=config.get("distillm2"),
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})

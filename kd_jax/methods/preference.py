@@ -167,6 +167,8 @@ class PreferencePairs(lm.LanguageModeling):
   ones; the targets carry the reference's sequence log-probabilities ``[2B]`` for the loss
   (``methods``' ``dpo``). Evaluation is :class:`~kd_jax.tasks.lm.LanguageModeling`'s."""
   rows_per_example: ClassVar[int] = 2
+  # Two rows per example: a teacher-output cache holds one (a teacher in the step runs live).
+  teacher_outputs_cacheable: ClassVar[bool] = False
 
   def train_batch(self, data: PairData, index, mask, rng, policy=None, teacher=None):
     del rng, policy, teacher
@@ -210,15 +212,18 @@ def _check(config) -> None:
     lm.check_transfer_block(config, "dpo.pairs='teacher'")
 
 
-def _pairs_task(config, prepared):
+def pairs_task(config, prepared):
   """Batches of preference pairs, evaluated as the run's task is."""
   del config
   return prepared.task.trained_as(PreferencePairs)
 
 
-def _pair_data(config, prepared, student_module, teacher_module, teacher_identity, cache_dir):
-  """DPO's pairs on the gold training prompts, from the starting student's samples."""
-  p, prompts, mesh = config.dpo, prepared.prompts, prepared.mesh
+def pair_data(p, config, prepared, student_module, teacher_module, teacher_identity, cache_dir):
+  """Pairs on the task's training prompts from the starting student's samples, as the block
+  ``p`` says (``pairs``, ``k``, ``temperature``, ``teacher_weight``, ``correct_chosen``: the
+  fields of :func:`kd_jax.config.dpo_config`), as the student's training split and the
+  report ``results.json`` adds (``preference_pairs``)."""
+  prompts, mesh = prepared.prompts, prepared.mesh
   samples = transfer.sample(
       student_module, prompts.prompts, prompts.prompt_lengths, k=p.k,
       sampling=schema.sampling_config(temperature=p.temperature),
@@ -255,16 +260,16 @@ def _pair_data(config, prepared, student_module, teacher_module, teacher_identit
   data = preference_data(pairs, prompts.tokens, prompts.prompt_lengths, prompts.max_len,
                          student_module, mesh)
   return data, {"preference_pairs": {**pairs.stats, "generation_seconds": samples.seconds,
-                                     **_pair_flops(config, prepared, student_module,
+                                     **_pair_flops(p, config, prepared, student_module,
                                                    teacher_module, k * n, len(pairs.prompt_index))}}
 
 
-def _pair_flops(config, prepared, student_module, teacher_module, samples: int,
+def _pair_flops(p, config, prepared, student_module, teacher_module, samples: int,
                 pairs: int) -> dict[str, int]:
   """What making the pairs cost once (:mod:`kd_jax.llm.compute`): the student's samples and
   the reference's scores of both answers of each pair; the teacher's scores of the samples
-  (ranked pairs with ``dpo.teacher_weight``) or its transfer set (teacher pairs)."""
-  p, prompt = config.dpo, prepared.prompts.prompts.shape[1]
+  (ranked pairs with ``teacher_weight``) or its transfer set (teacher pairs)."""
+  prompt = prepared.prompts.prompts.shape[1]
   row, new_tokens = prepared.prompts.max_len - 1, prepared.task.max_new_tokens
   student = (compute.generation(student_module.config, samples, prompt, new_tokens)
              + compute.forward(student_module.config, 2 * pairs, row))
@@ -282,5 +287,6 @@ METHODS = {
     # No teacher in the step: it ranked or wrote the pairs.
     "dpo": Method(_direct_preference, PROMPT_TASKS, uses_teacher=False, check=_check,
                   train_overrides=lambda c: {"learning_rate": c.dpo.learning_rate},
-                  training_task=_pairs_task, student_data=_pair_data),
+                  training_task=pairs_task,
+                  student_data=lambda config, *rest: pair_data(config.dpo, config, *rest)),
 }

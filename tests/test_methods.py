@@ -125,3 +125,18 @@ def test_a_new_method_is_one_registry_entry_validated_and_trained_by_the_plugins
   np.testing.assert_allclose([metrics["ce"], metrics["distill"]], [want_ce, want_distill],
                              rtol=1e-5)
   np.testing.assert_allclose(loss, want_ce + want_distill, rtol=1e-5)
+
+
+def test_a_continued_sft_phase_takes_its_blocks_learning_rate_and_steps():
+  # The same-learning-rate control of a warm-started method (experiments/arithmetic/rank_table.py).
+  from kd_jax import config as config_lib
+  from kd_jax.methods import student_train_config
+  from tests.test_experiments import assert_refused_field, cli_load
+  c = cli_load("experiments/arithmetic/rank_table.py:smoke")
+  c.method, c.student_init, c.baseline = "none", "baseline", True
+  assert student_train_config(c).learning_rate == c.train.learning_rate      # block at defaults
+  c.sft = config_lib.sft_config(learning_rate=1e-4, steps=3)
+  phase = student_train_config(c)
+  assert (phase.learning_rate, phase.steps) == (1e-4, 3)
+  assert (c.train.learning_rate, c.train.steps) != (1e-4, 3)     # the baseline keeps train's
+  assert_refused_field(c, lambda c: setattr(c, "student_init", "scratch"), "sft")

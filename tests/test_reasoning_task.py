@@ -78,6 +78,7 @@ def test_the_teachers_key_ignores_the_students_data_only():
     (lambda c: setattr(c.dataset, "terms", 1), "dataset.terms"),
     (lambda c: setattr(c.dataset, "gold_examples", 0), "dataset.gold_examples"),
     (lambda c: setattr(c, "student_data", "pool"), "student_data"),
+    (lambda c: setattr(c.dataset, "baseline_data", "transfer"), "dataset.baseline_data"),
 ])
 def test_bad_reasoning_fields_are_named(edit, field):
   assert_refused_field(cli_load(SFT + ":smoke"), edit, field)
@@ -147,10 +148,11 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
     with open(sweep_dir / "runs" / point / "seed0" / "results.json") as f:
       return json.load(f)
 
-  # sft-answers is the shared baseline the warm-started rows start from, not a second run.
-  answers, seqkd, rl_zero = results("sft-answers"), results("seqkd-8"), results("rl-zero")
-  assert answers["student"]["is_the_baseline"]
-  assert answers["student"]["history"] == seqkd["baseline"]["history"] == (
+  # sft-gold is the shared baseline the warm-started rows start from, not a second run.
+  gold, seqkd, rl_zero = results("sft-gold"), results("seqkd-8"), results("rl-zero")
+  assert gold["student"]["is_the_baseline"] and "is_the_baseline" not in results(
+      "sft-answers")["student"]
+  assert gold["student"]["history"] == seqkd["baseline"]["history"] == (
       rl_zero["baseline"]["history"])
   # The size axis takes the first traces of one generation; k=1 is another generation.
   assert [results(p)["transfer_set"]["used"] for p in ("seqkd-4", "seqkd-8")] == [4, 8]
@@ -176,9 +178,22 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
 
 
 def test_the_baselines_key_names_the_data_it_trains_on():
-  c = cli_load(SEQKD + ":smoke")       # student_data="transfer": the baseline learns the answers
+  c = cli_load(SEQKD + ":smoke")
   key = teachers.baseline_key(c)
-  c.student_data = "answers"
+  c.student_data = "gold"                # what the distilled student trains on: not the baseline
   assert teachers.baseline_key(c) == key
-  c.student_data = "gold"
+  c.dataset.baseline_data = "gold"
   assert teachers.baseline_key(c) != key
+  assert teachers.teacher_key(c) == teachers.teacher_key(cli_load(SEQKD + ":smoke"))
+
+
+@pytest.mark.parametrize("baseline_data", ["answers", "gold"])
+def test_the_baseline_trains_on_dataset_baseline_data_whatever_the_student_trains_on(
+    baseline_data):
+  c = cli_load(SEQKD + ":smoke")
+  c.dataset.baseline_data = baseline_data
+  prepared = reasoning.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), np.float32)
+  responses = [response for _, response in _texts(prepared.baseline_data)]
+  assert len(responses) == (c.dataset.gold_examples if baseline_data == "gold"
+                            else c.dataset.answers_examples)
+  assert all((";" in r) == (baseline_data == "gold") for r in responses)

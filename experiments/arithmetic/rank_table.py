@@ -19,7 +19,9 @@ on the student's; added 2026-12-04, not in the table below), ``grpo-from-sft``,
 ``minillm-from-sft`` and ``minillm-mix-from-sft`` (experiments/arithmetic/rl.py: 4
 samples per prompt, 16 prompts per step, scored live by the verifier and the teacher).
 The ``-from-sft`` points start from the same seed's SFT student, shared with the R1
-table's runs. The policy-gradient points were added later with the ``rl`` block at its
+table's runs. ``sft-more-from-sft`` is their control at their own learning rate and steps
+(1e-4, 1,000 steps; ``sft2x`` continues at SFT's 3e-3), added 2026-12-04 and not in the
+table below. The policy-gradient points were added later with the ``rl`` block at its
 defaults, which the finished points' records accept (kd_jax/run/workdir.py).
 
 Measured on the 2-core CPU (2026-11-27, about commit 9a6413b, before a ranked pair's
@@ -40,6 +42,10 @@ POINTS = (
     "sft: method=none",
     "seqkd: method=none; student_data=transfer",
     "sft2x: method=none; student_init=baseline; baseline=true",
+    # The control of every -from-sft row below: the same start trained on by SFT at their
+    # learning rate (1e-4: the dpo, rl and distillm2 blocks) for their steps (train.steps).
+    "sft-more-from-sft: method=none; sft.learning_rate=1e-4; student_init=baseline; "
+    "baseline=true",
     "dpo-from-sft: method=dpo; student_init=baseline; baseline=true",
     "dpkd-from-sft: method=dpo; dpo.pairs=teacher; student_init=baseline; baseline=true",
     # DistiLLM-2's own loss on the same teacher-versus-student pairs (kd_jax/methods/contrastive.py).
@@ -59,9 +65,11 @@ def get_config(arg=None):
                                 teacher_weight=0.1, learning_rate=1e-4)
   c.rl = config_lib.rl_config()
   c.distillm2 = config_lib.distillm2_config(learning_rate=1e-4)
+  c.sft = config_lib.sft_config()
   c.sweep = dict(points=POINTS, seeds=5)
   if arg == "smoke":
     c.dpo.k = 2
     c.dpo.correct_chosen = False       # the smoke SFT start is never right: rank by the teacher
-    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5], POINTS[6]), seeds=1)
+    c.sweep = dict(points=(POINTS[0], POINTS[3], POINTS[4], POINTS[5], POINTS[6], POINTS[7]),
+                   seeds=1)
   return c

@@ -139,21 +139,24 @@ def arithmetic_dataset(*, train_examples: int = 8000, test_examples: int = 500, 
 def reasoning_dataset(*, answers_examples: int = 4000, gold_examples: int = 500,
                       pool_examples: int = 16000, test_examples: int = 500,
                       ood_examples: int = 500, terms: int = 4, digits: int = 2,
-                      minus: float = 0.4, seed: int = 0, max_len: int = 56
-                      ) -> ml_collections.ConfigDict:
+                      minus: float = 0.4, seed: int = 0, max_len: int = 56,
+                      baseline_data: str = "answers") -> ml_collections.ConfigDict:
   """The reasoning testbed's data (kd_jax/data/reasoning.py) as a ``dataset`` block.
 
   The student's original data are ``answers_examples`` problems with final answers only;
   the teacher learns from ``gold_examples`` step-by-step solutions and writes traces for
   ``pool_examples`` unlabelled prompts (``student_data="transfer"``); ``ood_examples`` > 0
   adds a held-out split with one operand more (``ood_exact_match["terms+1"]``).
+  The baseline (and every student that starts from it) trains on ``baseline_data``:
+  ``"answers"`` or ``"gold"``.
   """
   return ml_collections.ConfigDict(dict(
       name="reasoning", answers_examples=answers_examples, gold_examples=gold_examples,
       pool_examples=pool_examples, test_examples=test_examples, ood_examples=ood_examples,
       terms=terms, digits=digits, minus=minus,
       seed=seed,          # the problem generator's seed (the split of a problem is its hash)
-      max_len=max_len))   # tokens per (prompt, response) training row
+      max_len=max_len,    # tokens per (prompt, response) training row
+      baseline_data=baseline_data))
 
 
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
@@ -258,10 +261,18 @@ def distillm2_config(*, alpha_teacher: float = 0.1, alpha_student: float = 0.1,
                                         temperature=temperature, learning_rate=learning_rate))
 
 
+def sft_config(*, learning_rate: float = 0.0, steps: int = 0) -> ml_collections.ConfigDict:
+  """Supervised fine-tuning (``method="none"``) that continues the trained baseline
+  (``student_init="baseline"``) at its own peak ``learning_rate`` and for its own ``steps``
+  (0: ``train``'s): the same-learning-rate, same-steps control of a warm-started method
+  whose block sets them (``dpo.learning_rate``, ``rl.learning_rate``, ...)."""
+  return ml_collections.ConfigDict(dict(learning_rate=learning_rate, steps=steps))
+
+
 # The blocks of one method, absent from other configs, and their defaults (a finished run
 # without the block is the same run as one with it at these defaults: kd_jax/config/records.py).
 METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config,
-                 "distillm2": distillm2_config}
+                 "distillm2": distillm2_config, "sft": sft_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,

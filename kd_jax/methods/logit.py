@@ -107,6 +107,27 @@ def _on_policy_task(config, prepared):
                              policy_temperature=float(g.temperature))
 
 
+def _continued_sft(config) -> dict:
+  """A warm-started ``none`` student's phase at the ``sft`` block's learning rate and steps
+  (its zeros, or no block: ``train``'s)."""
+  block = config.get("sft")
+  if block is None or config.get("student_init") != "baseline":
+    return {}
+  return {name: block[name] for name in ("learning_rate", "steps") if block[name]}
+
+
+def _check_sft(config) -> None:
+  block = config.get("sft")
+  if block is None:
+    return
+  checks.nonnegative("sft.learning_rate", block.learning_rate)
+  checks.ints_at_least("sft", block, ("steps",))
+  if (block.learning_rate or block.steps) and config.get("student_init") != "baseline":
+    raise ConfigError("sft", "the sft block sets the phase that continues the trained "
+                      "baseline: set student_init='baseline' and baseline=True, or leave it "
+                      "at its defaults (train's learning rate and steps)")
+
+
 def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
   """SFT's step plus, in the expected fraction ``gkd.fraction`` of the steps (each batch is
   drawn on-policy with that probability), the student's sampling of its rows from
@@ -117,7 +138,8 @@ def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
 
 
 METHODS = {
-    "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False),
+    "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False, check=_check_sft,
+                   train_overrides=_continued_sft),
     "kd": Method(hinton_term, LABELLED_TASKS,
                  head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),
     "dkd": Method(_decoupled, ("classification",)),

@@ -312,7 +312,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   # data with the same train block) is that baseline: with baseline=True it is the shared
   # run of the points that start from it (the R1 table's sft-answers), not trained twice.
   is_the_baseline = (config.baseline and config.method == "none" and not from_baseline
-                     and prepared.teacher_data is None and not teacher_cache.topk_k(config))
+                     and prepared.teacher_data is None and not teacher_cache.topk_k(config)
+                     and prepared.baseline_data is prepared.student_train_data)
   if config.baseline and (uses_teacher or from_baseline or is_the_baseline):
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
@@ -320,7 +321,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     shared_dir = os.path.join(cache_root, "baselines", teachers.baseline_key(config))
     results["baseline"] = phase("baseline", scratch,
                                 methods.make_objective(config_lib.with_method(config, "none")),
-                                None, prepared.student_train_data,
+                                None, prepared.baseline_data,
                                 teachers.baseline_identity(config),
                                 phase_dir=shared_dir, entry=methods.REGISTRY["none"])
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)

@@ -74,7 +74,6 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
   """
   return {
       "student": config.student.to_dict(),
-      "student_data": baseline_data(config),
       "train": records.without_fields(config.train, ["eval_batch_size"]),
       "data": config.dataset.to_dict(),
       "seed": config.seed,
@@ -84,17 +83,6 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
       # A language model's report includes sampled answers (pass@k).
       **({"sampling": config.sampling.to_dict()} if "sampling" in config else {}),
   }
-
-
-def baseline_data(config: ml_collections.ConfigDict) -> str | None:
-  """What the baseline trains on: ``student_data`` (its family's first choice when unset),
-  except that a teacher-written transfer set replaces only the distilled student's data,
-  so the baseline of a ``"transfer"`` run trains on the family's own (first) choice."""
-  choices = getattr(tasks.family_of(config.dataset.name), "STUDENT_DATA", None)
-  if not choices:
-    return None
-  data = config.get("student_data") or choices[0]
-  return choices[0] if data == "transfer" else data
 
 
 def baseline_key(config: ml_collections.ConfigDict) -> str:

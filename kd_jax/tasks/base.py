@@ -30,6 +30,8 @@ class Prepared:
     prompts: the gold training prompts (:class:`kd_jax.tasks.lm.PromptSet`) for the
       methods that make their own training data from them (a method's
       ``training_task`` / ``student_data`` hooks); None for tasks without prompts.
+    baseline_train_data: what the baseline (the from-scratch student, and the start of a
+      ``student_init="baseline"`` one) trains on; None: ``student_train_data``.
     compute_shapes: ``(rows_per_step, student_module, teacher_module | None) ->``
       :class:`kd_jax.llm.compute.Shapes` of a phase, for its counted FLOPs; None for
       tasks whose compute is not counted.
@@ -46,3 +48,9 @@ class Prepared:
   mesh: Any = None
   prompts: Any = None
   compute_shapes: Callable | None = None
+  baseline_train_data: Any = None
+
+  @property
+  def baseline_data(self):
+    """The baseline's training split (``baseline_train_data``, else the students')."""
+    return self.student_train_data if self.baseline_train_data is None else self.baseline_train_data

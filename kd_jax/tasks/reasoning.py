@@ -7,10 +7,13 @@ teacher answers with verified traces for sequence-level KD (``student_data="tran
 the verifier computes each prompt's answer, DeepSeek-R1's rule-based check). What the
 students train on (``student_data``):
 
-* ``"answers"`` — the original data (``sft-answers``), also the baseline's data;
+* ``"answers"`` — the original data (``sft-answers``);
 * ``"gold"`` — the teacher's small set of worked solutions (``sft-gold``);
-* ``"transfer"`` — the teacher's verified traces for the pool (``seqkd``); the
-  baseline still trains on the answers.
+* ``"transfer"`` — the teacher's verified traces for the pool (``seqkd``).
+
+The baseline (the from-scratch student, and the start of every ``student_init="baseline"``
+row) trains on ``dataset.baseline_data``: ``"answers"`` or ``"gold"`` (a base that can
+already write worked solutions, as DeepSeek-R1's pretrained base could).
 
 The teacher trains on the gold solutions only, so its cache key ignores the students'
 fields (:data:`STUDENT_ONLY_FIELDS`). Every model is evaluated by greedy exact match
@@ -34,7 +37,8 @@ LANGUAGE = True
 STUDENT_INITS = ("scratch", "baseline")
 STUDENT_DATA = ("answers", "gold", "transfer")
 # Dataset fields only the students' data depend on: the teacher's cache key leaves them out.
-STUDENT_ONLY_FIELDS = ("answers_examples", "pool_examples")
+STUDENT_ONLY_FIELDS = ("answers_examples", "pool_examples", "baseline_data")
+BASELINE_DATA = ("answers", "gold")
 
 
 def check(config) -> None:
@@ -46,6 +50,7 @@ def check(config) -> None:
   checks.ints_at_least("dataset", d, ("seed", "ood_examples"))
   checks.ints_at_least("dataset", d, ("max_len",), 8)
   checks.in_unit_interval("dataset.minus", d.minus)
+  checks.choice("dataset.baseline_data", d.get("baseline_data", "answers"), BASELINE_DATA)
   verified.check(config, STUDENT_DATA)
 
 
@@ -74,8 +79,9 @@ def prepare(config, mesh, dtype) -> Prepared:
   if d.ood_examples:
     problems = split("ood", d.ood_examples)
     ood["terms+1"] = verified.Rows.encode(problems, tokenizer, ar.row_length(problems))
+  own = {"answers": answers, "gold": gold}
   return verified.prepare(
       config, mesh, dtype, tokenizer=tokenizer, teacher_train=gold,
-      student_train=gold if config.get("student_data") == "gold" else answers, test=test,
+      student_train=own.get(config.get("student_data"), answers), test=test,
       ood=ood, prompts=pool, check_answer=ar.check_answer, extract_answer=ar.extract_answer,
-      max_len=d.max_len)
+      max_len=d.max_len, baseline_train=own[d.get("baseline_data", "answers")])

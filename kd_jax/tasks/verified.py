@@ -68,7 +68,8 @@ def check(config, student_data: tuple[str, ...]) -> None:
 
 def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_train: Rows,
             test: Rows, ood: dict[str, Rows], prompts: Rows, check_answer: Callable,
-            extract_answer: Callable, max_len: int) -> Prepared:
+            extract_answer: Callable, max_len: int, baseline_train: Rows | None = None
+            ) -> Prepared:
   """The :class:`~kd_jax.tasks.base.Prepared` of a verifiable-problems task.
 
   Args:
@@ -81,6 +82,7 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
     prompts: the training prompts the teacher writes its transfer set for and the
       prompt-sampling methods draw from (:class:`kd_jax.tasks.lm.PromptSet`).
     max_len: ``dataset.max_len``, the tokens of a training row.
+    baseline_train: what the baseline trains on when it is not ``student_train``.
 
   Raises:
     ConfigError: language models in several processes; a model's ``vocab_size``
@@ -96,7 +98,15 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
   ood_splits = {name: _split(rows, tokenizer, check_answer, mesh) for name, rows in ood.items()}
   to_device = lambda rows: lm.token_data(rows.tokens, rows.prompt_lengths, rows.lengths, mesh)
   train_data = to_device(teacher_train)
-  student_train_data = train_data if student_train is teacher_train else to_device(student_train)
+  placed = {id(teacher_train): train_data}     # a split given twice goes to the devices once
+
+  def on_devices(rows):
+    if id(rows) not in placed:
+      placed[id(rows)] = to_device(rows)
+    return placed[id(rows)]
+
+  student_train_data = on_devices(student_train)
+  baseline_train_data = None if baseline_train is None else on_devices(baseline_train)
   lm.check_vocabularies(config, tokenizer.vocab_size)
 
   # A row, or a prompt and its generation, of every split (RoPE has no learnt positions:
@@ -182,7 +192,8 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
   return Prepared(task, train_data, student_train_data, test_data, tokenizer.vocab_size, build,
                   evaluate_teacher, student_report,
                   teacher_data if config.get("student_data") == "transfer" else None,
-                  mesh=mesh, prompts=prompt_set, compute_shapes=compute_shapes)
+                  mesh=mesh, prompts=prompt_set, compute_shapes=compute_shapes,
+                  baseline_train_data=baseline_train_data)
 
 
 def _first_examples(written: transfer.TransferSet, count: int):

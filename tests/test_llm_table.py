@@ -186,3 +186,25 @@ def test_the_table_names_its_code_and_refuses_runs_of_different_code(tmp_path):
   with open(paths[-1], "w") as f:
     json.dump(results, f)
   assert "Code: commit abc123, fingerprint " + "f" * 16 in llm_table.write(workdir)
+
+
+def test_the_calibration_gives_the_plateau_the_spread_and_the_detectable_difference(tmp_path):
+  import copy
+  by_point = sweep_dir.read(_sweep(tmp_path)).by_point
+  good = copy.deepcopy(by_point["good"])
+  for r, late in zip(good, (0.01, 0.02, 0.06)):     # evaluations at 80% and 100% of 100 steps
+    em = r["student"]["exact_match"]
+    r["student"]["history"] = [{"step": 50, "exact_match": 0.1},
+                               {"step": 80, "exact_match": em - late},
+                               {"step": 100, "exact_match": em}]
+  row = llm_table.point_row("good", good, by_point["sft"], TEACHER_EM)
+  assert row["late_change"] == pytest.approx(0.03)
+  # good − sft = 0.10, 0.12, 0.14 over the seeds: sd 0.02, n = 3.
+  quantiles = scipy_stats.t.ppf(0.975, 2) + scipy_stats.t.ppf(0.8, 2)
+  assert row["detectable"] == pytest.approx(quantiles * 0.02 / math.sqrt(3))
+  # Without two evaluations in the last 20% of the steps there is no plateau check.
+  assert llm_table.point_row("sft", by_point["sft"], by_point["sft"], TEACHER_EM)[
+      "late_change"] is None
+  text = llm_table.markdown([row], {"exact_match": TEACHER_EM, "params": 9000}, reference="sft",
+                            experiment="t", seeds=[0, 1, 2])
+  assert f"| `good` | 4.0 | +3.0 | {quantiles * 2 / math.sqrt(3):.1f} | 3 |" in text

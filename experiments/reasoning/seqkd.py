@@ -7,11 +7,11 @@ on the traces the teacher wrote for unlabelled prompts and the verifier accepted
 The data, teacher, student and budget of experiments/reasoning/sft.py. The cached
 teacher answers each of the 16,000 pool prompts k = 4 times at sampling temperature
 0.7; the traces whose final answer the verifier accepts are kept, and the student is
-fine-tuned on them (``method="none"``) for the same steps as ``sft-answers``
-(experiments/reasoning/sft.py, the run to compare with). The transfer-set size is ``dataset.pool_examples`` (prompts)
-times ``transfer.k``. ``--config.method=kd`` distils token by token on the traces.
-
-Not yet calibrated (issue 23): see experiments/reasoning/sft.py.
+trained on them from scratch (``method="none"``) for the same steps as ``sft-answers``
+(experiments/reasoning/sft.py, the run to compare with). The transfer-set size is
+``dataset.pool_examples`` (prompts) times ``transfer.k``; ``--config.method=kd`` distils
+token by token on the traces. In experiments/reasoning/r1_table.py the ``seqkd-*`` rows
+start from the gold-trained student instead (the table's shared base).
 """
 
 from kd_jax import config as config_lib

@@ -6,14 +6,16 @@ r"""The reasoning testbed's reference students: supervised fine-tuning on the st
 
 The task (kd_jax/tasks/reasoning.py, kd_jax/data/reasoning.py): signed sums of four
 two-digit numbers (``37+48-15+26=``) that a worked solution may take in any order whose
-running totals stay >= 0. The student's original data are 4,000 problems with final
-answers only (``sft-answers``, the default); ``:gold`` trains it instead on the 500
-step-by-step solutions the teacher (a 4-layer, 128-wide GPT) learns from (``sft-gold``).
-Headline: greedy exact match on 500 held-out problems; ``ood_exact_match["terms+1"]`` on
-problems with five numbers.
+running totals stay >= 0. The student (a 2-layer, 64-wide GPT, 103k parameters) has as
+its original data 4,000 problems with final answers only (``sft-answers``, the default);
+``:gold`` trains it instead on the 4,000 step-by-step solutions the teacher (a 4-layer,
+128-wide GPT, 0.8M parameters, 2,000 steps) learns from (``sft-gold``). Every student
+trains 3,000 steps of 64 rows, evaluated every 300. Headline: greedy exact match on 500
+held-out problems; ``ood_exact_match["terms+1"]`` on problems with five numbers.
 
-Not yet calibrated (issue 23): the sizes, budgets and models here are a first guess.
-The calibration will set them from measured learning curves and seed spreads.
+The teacher reaches 84.8% exact match. The calibration of these budgets (learning
+curves and seed spreads of the reference students) is in docs/language_models.md,
+"The reasoning testbed".
 """
 
 from kd_jax import config as config_lib

@@ -83,9 +83,13 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
                           if all("transfer_set" in r for r in runs) else None),
       **_mean_flops(runs),
   }
+  row["late_change"] = _late_change(runs)
   mine, theirs = stats.paired_by_seed(runs, reference, lambda r: r["student"]["exact_match"])
+  row["detectable"] = math.nan
   if mine:
     row["difference"] = stats.paired_difference(mine, theirs, confidence)
+    row["detectable"] = stats.detectable_difference(row["difference"].std, row["difference"].n,
+                                                    confidence)
     # Of the means (a per-seed ratio explodes on a seed where the reference nearly
     # matches the teacher): the interval is the paired difference's.
     gap = teacher_exact_match - float(np.mean(theirs))
@@ -106,6 +110,20 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
           [s["pass_at_k"]["1"] for s, _ in warm_runs],
           [b["pass_at_k"]["1"] for _, b in warm_runs], confidence)
   return row
+
+
+def _late_change(runs: Sequence[Mapping[str, Any]], last: float = 0.2) -> float | None:
+  """The plateau check: mean over seeds of the final exact match minus the exact match at
+  the first evaluation in the last ``last`` of the steps (None without such evaluations)."""
+  changes = []
+  for r in runs:
+    student = r["student"]
+    history = [h for h in student.get("history", []) if "exact_match" in h]
+    late = [h for h in history if h["step"] >= (1 - last) * student["steps"]]
+    if len(late) < 2:
+      return None
+    changes.append(late[-1]["exact_match"] - late[0]["exact_match"])
+  return float(np.mean(changes))
 
 
 def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:
@@ -250,6 +268,7 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       parts = [f"{_pm(d, sign=True)} pp ({verdict(r['name'], d, 'its start')})"
                for d in (r["difference_to_start"], r["pass1_difference_to_start"]) if d]
       lines.append(f"- `{r['name']}`: " + " | ".join(parts))
+  lines += _calibration(rows, reference)
   accepted = [f"`{r['name']}` {r['acceptance_rate']:.1%}" for r in rows
               if r["acceptance_rate"] is not None]
   if accepted:
@@ -259,6 +278,28 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
     lines += ["", "OOD: exact match on problems harder than any seen in training "
               f"({', '.join(splits)}: one more operation, operands one digit longer)."]
   return "\n".join(lines) + "\n"
+
+
+def _calibration(rows: Sequence[dict], reference: str) -> list[str]:
+  """The table's calibration: seed spread, plateau and the smallest detectable difference."""
+  shown = [r for r in rows if r["n"] > 1]
+  if not shown:
+    return []
+  pp = lambda value: "–" if value is None or math.isnan(value) else f"{value * 100:+.1f}"
+  lines = ["", "Calibration: the seed-to-seed standard deviation of exact match; its change "
+           "over the last 20% of the steps (final minus the first evaluation there, mean "
+           "over seeds: a plateau is near 0); and the smallest true difference to "
+           f"`{reference}` that a paired 95% interval over these seeds would exclude from 0 "
+           "four times in five (80% power; from the observed spread of the paired "
+           "differences).", "",
+           "| model | sd (pp) | change, last 20% of steps (pp) | detectable Δ (pp) | n |",
+           "|---|---|---|---|---|"]
+  for r in shown:
+    sd = r["exact_match"].std * 100
+    lines.append(f"| `{r['name']}` | {sd:.1f} | {pp(r['late_change'])} | "
+                 f"{'–' if r['name'] == reference else pp(r['detectable']).lstrip('+')} | "
+                 f"{r['n']} |")
+  return lines
 
 
 def _history_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

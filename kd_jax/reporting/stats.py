@@ -140,6 +140,28 @@ def paired_difference(
   return mean_ci(a_arr - b_arr, confidence)
 
 
+def detectable_difference(std: float, n: int, confidence: float = 0.95,
+                          power: float = 0.8) -> float:
+  r"""The smallest true paired difference that a paired t interval of ``n`` seeds excludes
+  from 0 with probability ``power``, for differences of standard deviation ``std``.
+
+  .. math::
+    \delta = (t_{(1+c)/2,\, n-1} + t_{\text{power},\, n-1}) \, \frac{s}{\sqrt n}
+
+  (the usual normal-approximation power formula with t quantiles; e.g. Cohen 1988). NaN
+  when n < 2 or ``std`` is NaN.
+
+  Example:
+    >>> round(detectable_difference(1.0, 5), 3)   # (2.776 + 0.941) / sqrt(5)
+    1.662
+  """
+  if n < 2 or not math.isfinite(std):
+    return math.nan
+  quantiles = (scipy_stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)
+               + scipy_stats.t.ppf(power, df=n - 1))
+  return float(quantiles * std / math.sqrt(n))
+
+
 def paired_by_seed(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
                    value: Callable[[Mapping[str, Any]], float | None],
                    reference_value: Callable[[Mapping[str, Any]], float | None] | None = None

@@ -63,7 +63,7 @@ def test_the_count_is_xlas_matmuls_without_its_elementwise_work(kwargs):
 
 def _shapes(teacher=True):
   return compute.Shapes(student=TINY, teacher={**TINY, "num_layers": 2} if teacher else None,
-                        batch=4, row=11, prompt=5, new_tokens=7)
+                        batch=4, row=11, new_tokens=7)
 
 
 def test_a_supervised_step_is_a_forward_and_backward_and_the_teachers_forward():

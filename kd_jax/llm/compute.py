@@ -27,15 +27,14 @@ class Shapes:
     student, teacher: the models' :attr:`kd_jax.models.gpt.GPT.config` (teacher None when
       the step does not run it).
     batch: rows per step (the phase's ``train.batch_size``).
-    row: positions of a training row (``dataset.max_len - 1``: the inputs of its targets).
-    prompt: positions of a padded prompt, where generation starts.
+    row: positions of a training row (``dataset.max_len - 1``: the inputs of its targets);
+      a step that samples answers starts from whole rows (``row + 1`` positions).
     new_tokens: the generation budget per answer.
   """
   student: Mapping[str, Any]
   teacher: Mapping[str, Any] | None
   batch: int
   row: int
-  prompt: int
   new_tokens: int
 
 

@@ -310,7 +310,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   from_baseline = config.get("student_init") == "baseline"
   # A student trained exactly as the baseline is (no method, from scratch, on the baseline's
   # data with the same train block) is that baseline: with baseline=True it is the shared
-  # run of the points that start from it (the R1 table's sft-answers), not trained twice.
+  # run of the points that start from it (the reasoning R1 table's sft-gold), not trained twice.
   is_the_baseline = (config.baseline and config.method == "none" and not from_baseline
                      and prepared.teacher_data is None and not teacher_cache.topk_k(config)
                      and prepared.baseline_data is prepared.student_train_data)

@@ -186,7 +186,7 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
   def compute_shapes(rows_per_step, student_module, teacher_module):
     return compute.Shapes(student=student_module.config,
                           teacher=None if teacher_module is None else teacher_module.config,
-                          batch=rows_per_step, row=d.max_len - 1, prompt=prompt_len,
+                          batch=rows_per_step, row=d.max_len - 1,
                           new_tokens=task.max_new_tokens)
 
   return Prepared(task, train_data, student_train_data, test_data, tokenizer.vocab_size, build,

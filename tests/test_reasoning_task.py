@@ -197,3 +197,13 @@ def test_the_baseline_trains_on_dataset_baseline_data_whatever_the_student_train
   assert len(responses) == (c.dataset.gold_examples if baseline_data == "gold"
                             else c.dataset.answers_examples)
   assert all((";" in r) == (baseline_data == "gold") for r in responses)
+
+
+@pytest.mark.parametrize("arg", ["", ":smoke"])
+def test_every_r1_table_point_is_a_valid_run(arg):
+  from kd_jax import sweep
+  c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
+  names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
+  assert len(set(names)) == len(names)
+  for run in sweep.plan_runs(c, points, 1, names):
+    validation.validate(run.config)

@@ -25,7 +25,14 @@ phase trains 3,000 steps of 64 rows, evaluated every 300. The points
   verifier's reward alone (no teacher: ``rl.teacher_weight=0``), 4 samples per prompt
   of the pool, for 1,500 steps: the student compute of a ``seqkd`` row (a GRPO step of
   64 sampled rows counts about twice an SFT step's FLOPs: tests/test_compute.py checks
-  the two within 1%).
+  the two within 1%);
+* the rank and RL rows from the same base, at their own learning rate (1e-4):
+  ``dpo`` (DPO on the base's ranked samples, a verified answer chosen), ``dpkd`` (DPO on
+  teacher-versus-student pairs), ``distillm2`` (DistiLLM-2's contrastive loss on those
+  pairs), ``minillm`` (MiniLLM's policy gradient), each 3,000 steps, and their control
+  ``sft-gold-more``: the base trained on by SFT at 1e-4 for 3,000 steps. (On-policy KD
+  from the ``seqkd`` student, ``seqkd+kd``, needs a start that is itself a distilled
+  student: not yet expressible as a point.)
 
 Seeds 0–4 change the student's initialisation, the batch order, the transfer set's
 samples and the RL samples; the teacher and the problems are fixed. Not yet run as a
@@ -42,15 +49,24 @@ SEQKD = f"method=none; student_data=transfer; {FROM_BASE}"
 RL_ZERO_STEPS = 1500        # the student compute of train.steps = 3,000 SFT steps
 
 
-def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS):
-  """The table's points (smaller sizes and steps for ``:smoke``)."""
+def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS,
+           warm_rows=True):
+  """The table's points (smaller sizes and steps, and no rank rows, for ``:smoke``)."""
   name = lambda n: f"{n // 1000}k" if n >= 1000 else str(n)
+  warm = (
+      f"dpo: method=dpo; {FROM_BASE}",
+      f"dpkd: method=dpo; dpo.pairs=teacher; {FROM_BASE}",
+      f"distillm2: method=distillm2; {FROM_BASE}",
+      f"minillm: method=minillm; {FROM_BASE}",
+      f"sft-gold-more: method=none; sft.learning_rate=1e-4; {FROM_BASE}",
+  )
   return (
       "sft-answers: method=none",
       "sft-gold: method=none; student_data=gold; baseline=true",
       *(f"seqkd-{name(n)}: {SEQKD}; transfer.max_examples={n}" for n in sizes),
       f"seqkd-{name(k1_size)}-k1: {SEQKD}; transfer.k=1; transfer.max_examples={k1_size}",
       f"rl-zero: method=grpo; rl.teacher_weight=0.0; rl.steps={rl_steps}; {FROM_BASE}",
+      *(warm if warm_rows else ()),
   )
 
 
@@ -64,10 +80,14 @@ def get_config(arg=None):
   c.dataset.baseline_data = "gold"
   c.transfer = config_lib.transfer_config(k=4, temperature=0.7)
   c.rl = config_lib.rl_config()
+  c.dpo = config_lib.dpo_config(learning_rate=1e-4)
+  c.distillm2 = config_lib.distillm2_config(learning_rate=1e-4)
+  c.sft = config_lib.sft_config()
   c.sweep = dict(points=points(), seeds=5)
   if arg == "smoke":
     c.dataset.pool_examples = 128
     c.transfer.k = 2
     c.transfer.label_free = True      # the smoke teacher (8 steps) is never right
-    c.sweep = dict(points=points(sizes=(4, 8), k1_size=4, rl_steps=4), seeds=1)
+    # The rank rows run in experiments/arithmetic/rank_table.py's smoke.
+    c.sweep = dict(points=points(sizes=(4, 8), k1_size=4, rl_steps=4, warm_rows=False), seeds=1)
   return c

@@ -298,6 +298,18 @@ def test_arithmetic_module_smoke_run(name, tmp_path, teacher_dir):
     assert results["student"]["train_tokens"] == 8 * 64 * positions
 
 
+def first_table(text: str) -> list[str]:
+  """The rows (header first, the |---| line left out) of the first markdown table in ``text``."""
+  lines = text.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+  block = []
+  for line in lines[start:]:
+    if not line.startswith("|"):
+      break
+    block.append(line)
+  return [line for line in block if line.startswith("| ")]
+
+
 @pytest.mark.slow
 def test_r1_table_pipeline_smoke_run(tmp_path, teacher_dir):
   """The whole R1 pipeline: teacher, transfer set, every family of student, the table."""
@@ -310,9 +322,11 @@ def test_r1_table_pipeline_smoke_run(tmp_path, teacher_dir):
   assert f"[sweep 10/10 done, 0 failed] {sweep_dir}" in out.stdout
   table = _cli(f"--workdir={sweep_dir}", module="kd_jax.llm_table", timeout=300)
   assert table.returncode == 0, table.stderr[-3000:]
-  rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+  rows = first_table(table.stdout)
   assert rows[0].startswith("| model | params | exact match % | pass@2 % |")
   assert "OOD steps+1 %" in rows[0] and "OOD digits+1 %" in rows[0]
+  calibration = table.stdout.split("Calibration:")[1]    # 2 seeds: the spread is shown
+  assert "| `sft` |" in calibration and "| `gkd-from-sft` |" in calibration
   assert [r.split(" | ")[0] for r in rows[1:]] == [
       "| teacher", "| `sft`", "| `seqkd`", "| `kd-kl`", "| `gkd`", "| `gkd-from-sft`"]
   with open(sweep_dir / "runs" / "gkd-from-sft" / "seed0" / "results.json") as f:

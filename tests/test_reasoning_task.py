@@ -13,7 +13,7 @@ from kd_jax.data import arithmetic
 from kd_jax.run import teachers, validation
 from kd_jax.tasks import reasoning
 from tests import multidevice
-from tests.test_experiments import _cli, assert_refused_field, cli_load
+from tests.test_experiments import _cli, assert_refused_field, cli_load, first_table
 
 SFT, SEQKD = "experiments/reasoning/sft.py", "experiments/reasoning/seqkd.py"
 
@@ -170,7 +170,7 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   table = _cli(f"--workdir={sweep_dir}", "--reference=sft-answers", module="kd_jax.llm_table",
                timeout=300)
   assert table.returncode == 0, table.stderr[-3000:]
-  rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+  rows = first_table(table.stdout)
   assert "| student FLOPs | teacher FLOPs |" in rows[0]
   assert [r.split(" | ")[0] for r in rows[1:]] == [
       "| teacher", "| `sft-answers`", "| `sft-gold`", "| `seqkd-4`", "| `seqkd-8`",

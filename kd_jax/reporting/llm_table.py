@@ -276,7 +276,8 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
               f"seeds): {', '.join(accepted)}."]
   if splits:
     lines += ["", "OOD: exact match on problems harder than any seen in training "
-              f"({', '.join(splits)}: one more operation, operands one digit longer)."]
+              f"({', '.join(splits)}: `steps+1` and `terms+1` have one more operation, "
+              "`digits+1` operands one digit longer)."]
   return "\n".join(lines) + "\n"
 
 
@@ -457,8 +458,10 @@ def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = Fals
   rows = [point_row(name, runs, by_point[reference], teacher["exact_match"])
           for name, runs in by_point.items() if runs]
   title = record.get("experiment") or "sweep"
+  # The seeds of the finished runs (a running sweep has not reached all of record["seeds"]).
+  finished = sorted({r["config"]["seed"] for runs in by_point.values() for r in runs})
   text = markdown(rows, teacher, reference=reference, experiment=record.get("experiment"),
-                  seeds=record["seeds"])
+                  seeds=finished)
   text += "\n" + sweep_dir.code_line(sweep) + "\n"
   plot_exact_match_vs_tokens(by_point, teacher, os.path.join(workdir, "exact_match_vs_tokens.png"),
                              title)

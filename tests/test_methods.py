@@ -140,3 +140,33 @@ def test_a_continued_sft_phase_takes_its_blocks_learning_rate_and_steps():
   assert (phase.learning_rate, phase.steps) == (1e-4, 3)
   assert (c.train.learning_rate, c.train.steps) != (1e-4, 3)     # the baseline keeps train's
   assert_refused_field(c, lambda c: setattr(c, "student_init", "scratch"), "sft")
+
+
+@pytest.mark.parametrize("start", ["baseline", "seqkd"])
+def test_a_warm_started_gkd_phase_takes_its_blocks_learning_rate_and_steps(start):
+  # seqkd+kd (experiments/reasoning/r1_table.py): on-policy KD at 1e-4 from the seqkd student.
+  from kd_jax import config as config_lib
+  from kd_jax.methods import student_train_config
+  from kd_jax.run import validation
+  from tests.test_experiments import assert_refused_field, cli_load
+  c = cli_load("experiments/reasoning/r1_table.py:smoke")
+  c.method, c.student_init, c.baseline = "gkd", start, True
+  c.gkd = config_lib.gkd_config(fraction=1.0, beta=1.0)
+  assert student_train_config(c).learning_rate == c.train.learning_rate      # block at defaults
+  c.gkd = config_lib.gkd_config(fraction=1.0, beta=1.0, learning_rate=1e-4, steps=5)
+  validation.validate(c)
+  phase = student_train_config(c)
+  assert (phase.learning_rate, phase.steps) == (1e-4, 5) != (c.train.learning_rate, c.train.steps)
+  copy = lambda: ml_collections.ConfigDict(c.to_dict())
+  assert_refused_field(copy(), lambda c: setattr(c, "student_init", "scratch"), "gkd")
+  assert_refused_field(copy(), lambda c: setattr(c.gkd, "steps", -1), "gkd.steps")
+
+
+def test_a_seqkd_start_needs_a_transfer_block_and_the_baseline():
+  from kd_jax.run import validation
+  from tests.test_experiments import assert_refused_field, cli_load
+  c = cli_load("experiments/reasoning/r1_table.py:smoke")
+  c.method, c.student_init, c.baseline = "none", "seqkd", True
+  copy = lambda: ml_collections.ConfigDict(c.to_dict())
+  assert_refused_field(copy(), lambda c: setattr(c, "baseline", False), "student_init")
+  assert_refused_field(copy(), lambda c: delattr(c, "transfer"), "transfer")

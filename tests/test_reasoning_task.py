@@ -142,7 +142,7 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
              f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
              "--noprogress", module="kd_jax.sweep", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert f"[sweep 6/6 done, 0 failed] {sweep_dir}" in out.stdout
+  assert f"[sweep 8/8 done, 0 failed] {sweep_dir}" in out.stdout
 
   def results(point):
     with open(sweep_dir / "runs" / point / "seed0" / "results.json") as f:
@@ -154,6 +154,13 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
       "sft-answers")["student"]
   assert gold["student"]["history"] == seqkd["baseline"]["history"] == (
       rl_zero["baseline"]["history"])
+  # seqkd+kd and its control start from seqkd-8's student: that very run, not a retrain.
+  chained, more = results("seqkd+kd"), results("seqkd-more")
+  assert chained["start"]["history"] == more["start"]["history"] == seqkd["student"]["history"]
+  assert chained["baseline"]["history"] == gold["student"]["history"]
+  assert chained["start"]["logs"] == more["start"]["logs"] == seqkd["student"]["logs"]
+  assert "-seqkd-" in os.path.basename(seqkd["student"]["logs"])     # in the shared cache
+  assert chained["config"]["gkd"]["fraction"] == 1.0 and chained["student"]["steps"] == 8
   # The size axis takes the first traces of one generation; k=1 is another generation.
   assert [results(p)["transfer_set"]["used"] for p in ("seqkd-4", "seqkd-8")] == [4, 8]
   assert results("seqkd-4-k1")["transfer_set"]["samples_per_prompt"] == 1
@@ -174,7 +181,15 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   assert "| student FLOPs | teacher FLOPs |" in rows[0]
   assert [r.split(" | ")[0] for r in rows[1:]] == [
       "| teacher", "| `sft-answers`", "| `sft-gold`", "| `seqkd-4`", "| `seqkd-8`",
-      "| `seqkd-4-k1`", "| `rl-zero`"]
+      "| `seqkd-4-k1`", "| `rl-zero`", "| `seqkd+kd`", "| `seqkd-more`"]
+  # A chained start's budget counts: the baseline's, then the start's, then its own.
+  from kd_jax.reporting import llm_table
+  counted = llm_table.run_flops(chained)
+  assert counted["student"] == (chained["student"]["flops"]["student"]
+                                + chained["start"]["flops"]["student"]
+                                + chained["baseline"]["flops"]["student"])
+  assert counted["teacher"] == (chained["student"]["flops"]["teacher"]
+                                + chained["transfer_set"]["teacher_flops"])
 
 
 def test_the_baselines_key_names_the_data_it_trains_on():

@@ -30,9 +30,13 @@ phase trains 3,000 steps of 64 rows, evaluated every 300. The points
   ``dpo`` (DPO on the base's ranked samples, a verified answer chosen), ``dpkd`` (DPO on
   teacher-versus-student pairs), ``distillm2`` (DistiLLM-2's contrastive loss on those
   pairs), ``minillm`` (MiniLLM's policy gradient), each 3,000 steps, and their control
-  ``sft-gold-more``: the base trained on by SFT at 1e-4 for 3,000 steps. (On-policy KD
-  from the ``seqkd`` student, ``seqkd+kd``, needs a start that is itself a distilled
-  student: not yet expressible as a point.)
+  ``sft-gold-more``: the base trained on by SFT at 1e-4 for 3,000 steps;
+* ``seqkd+kd`` — on-policy distillation from the ``seqkd-64k`` student
+  (``student_init=seqkd``: the same seed's run of that point, shared, not retrained): GKD
+  with λ = 1 and β = 1, the per-token reverse KL to the teacher on the student's own
+  samples (Thinking Machines' on-policy distillation), at 1e-4 for 3,000 steps; its
+  control ``seqkd-more``: that start trained on by SFT on its 64k traces at 1e-4 for
+  3,000 steps.
 
 Seeds 0–4 change the student's initialisation, the batch order, the transfer set's
 samples and the RL samples; the teacher and the problems are fixed. Not yet run as a
@@ -53,6 +57,8 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
            warm_rows=True):
   """The table's points (smaller sizes and steps, and no rank rows, for ``:smoke``)."""
   name = lambda n: f"{n // 1000}k" if n >= 1000 else str(n)
+  # From the largest seqkd point's student (student_init=seqkd: that very run, shared).
+  from_seqkd = f"student_init=seqkd; baseline=true; transfer.max_examples={max(sizes)}"
   warm = (
       f"dpo: method=dpo; {FROM_BASE}",
       f"dpkd: method=dpo; dpo.pairs=teacher; {FROM_BASE}",
@@ -66,6 +72,11 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
       *(f"seqkd-{name(n)}: {SEQKD}; transfer.max_examples={n}" for n in sizes),
       f"seqkd-{name(k1_size)}-k1: {SEQKD}; transfer.k=1; transfer.max_examples={k1_size}",
       f"rl-zero: method=grpo; rl.teacher_weight=0.0; rl.steps={rl_steps}; {FROM_BASE}",
+      # On-policy distillation after seqkd (Thinking Machines; GKD with λ = 1, β = 1: the
+      # per-token reverse KL on the student's own samples), and its control.
+      f"seqkd+kd: method=gkd; gkd.fraction=1.0; gkd.beta=1.0; gkd.learning_rate=1e-4; "
+      f"{from_seqkd}",
+      f"seqkd-more: method=none; student_data=transfer; sft.learning_rate=1e-4; {from_seqkd}",
       *(warm if warm_rows else ()),
   )
 
@@ -83,6 +94,7 @@ def get_config(arg=None):
   c.dpo = config_lib.dpo_config(learning_rate=1e-4)
   c.distillm2 = config_lib.distillm2_config(learning_rate=1e-4)
   c.sft = config_lib.sft_config()
+  c.gkd = config_lib.gkd_config()
   c.sweep = dict(points=points(), seeds=5)
   if arg == "smoke":
     c.dataset.pool_examples = 128

@@ -24,6 +24,10 @@ LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRECISIONS = ("fp32", "bf16")
 # "shared": as disk, in a directory every run shares (kd_jax/engine/teacher_cache.py).
 TEACHER_CACHES = ("auto", "none", "memory", "disk", "shared")
+# The student_init values that start the student from a trained student of the same seed,
+# shared between runs (the pipeline trains it once): the baseline, or the baseline
+# fine-tuned on the teacher's transfer set ("seqkd").
+WARM_STARTS = ("baseline", "seqkd")
 
 
 def training_config(epochs: float = 5, batch_size: int = 128, optimizer: str = "adamw",
@@ -89,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (losses.fused_linear_kd_loss: the [tokens, vocab] logits are never made); 0: naive.
   c.loss_chunk_size = 0
   # "baseline": the student starts from the trained baseline (the same seed's student
-  # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch.
+  # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch;
+  # "seqkd" (tasks with transfer sets): from that baseline fine-tuned on the teacher's
+  # transfer set (R1's distilled student), e.g. on-policy distillation after seqkd.
   c.student_init = "scratch"
   c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
   # True: under augmentation the teacher sees the un-augmented image while the student sees
@@ -201,11 +207,14 @@ def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 
                                         num_samples=num_samples, pass_at_k=tuple(pass_at_k)))
 
 
-def gkd_config(*, fraction: float = 0.5, beta: float = 0.5,
-               temperature: float = 1.0) -> ml_collections.ConfigDict:
+def gkd_config(*, fraction: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
+               learning_rate: float = 0.0, steps: int = 0) -> ml_collections.ConfigDict:
   """On-policy distillation (``method="gkd"``): a fraction λ of the batches is sampled by the
-  student at ``temperature``; every batch is scored with T²·JSD(β) against the teacher."""
-  return ml_collections.ConfigDict(dict(fraction=fraction, beta=beta, temperature=temperature))
+  student at ``temperature``; every batch is scored with T²·JSD(β) against the teacher.
+  From a warm start (``student_init`` ``"baseline"`` or ``"seqkd"``), ``learning_rate``
+  and ``steps`` > 0 set the phase's peak rate and length (0: ``train``'s)."""
+  return ml_collections.ConfigDict(dict(fraction=fraction, beta=beta, temperature=temperature,
+                                        learning_rate=learning_rate, steps=steps))
 
 
 def dpo_config(*, beta: float = 0.1, pairs: str = "ranked", k: int = 4, temperature: float = 1.0,
@@ -262,8 +271,8 @@ def distillm2_config(*, alpha_teacher: float = 0.1, alpha_student: float = 0.1,
 
 
 def sft_config(*, learning_rate: float = 0.0, steps: int = 0) -> ml_collections.ConfigDict:
-  """Supervised fine-tuning (``method="none"``) that continues the trained baseline
-  (``student_init="baseline"``) at its own peak ``learning_rate`` and for its own ``steps``
+  """Supervised fine-tuning (``method="none"``) that continues a trained start
+  (``student_init="baseline"`` or ``"seqkd"``) at its own peak ``learning_rate`` and for its own ``steps``
   (0: ``train``'s): the same-learning-rate, same-steps control of a warm-started method
   whose block sets them (``dpo.learning_rate``, ``rl.learning_rate``, ...)."""
   return ml_collections.ConfigDict(dict(learning_rate=learning_rate, steps=steps))

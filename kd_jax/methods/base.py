@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from kd_jax import config as config_lib
 from kd_jax.core.errors import ConfigError
 from kd_jax.llm import compute
 from kd_jax.objectives.masked import masked_mean
@@ -104,9 +105,10 @@ class Settings:
 def require_sft_start(config) -> None:
   """A method that improves the trained baseline (SFT) student, its reference."""
   method = config.method
-  if config.get("student_init") != "baseline" or not config.baseline:
-    raise ConfigError("student_init", f"method={method!r} starts from the trained SFT student "
-                      "(its reference): set student_init='baseline' and baseline=True")
+  if config.get("student_init") not in config_lib.WARM_STARTS or not config.baseline:
+    raise ConfigError("student_init", f"method={method!r} starts from a trained SFT student "
+                      "(its reference): set baseline=True and student_init to one of "
+                      f"{', '.join(config_lib.WARM_STARTS)}")
   if config.get("student_data") == "transfer":
     # The baseline trains on the task's own data; the teacher's transfer set would go unused.
     raise ConfigError("student_data", f"method={method!r} trains on its own samples, from the "

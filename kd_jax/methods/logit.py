@@ -12,6 +12,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from kd_jax import config as config_lib
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.llm import compute
@@ -98,6 +99,7 @@ def _check_gkd(config) -> None:
     checks.in_unit_interval(f"gkd.{field}", g[field])
   if g.temperature <= 0:
     raise ConfigError("gkd.temperature", f"gkd.temperature must be > 0, got {g.temperature}")
+  _check_warm_phase(config, "gkd")
 
 
 def _on_policy_task(config, prepared):
@@ -107,25 +109,32 @@ def _on_policy_task(config, prepared):
                              policy_temperature=float(g.temperature))
 
 
-def _continued_sft(config) -> dict:
-  """A warm-started ``none`` student's phase at the ``sft`` block's learning rate and steps
-  (its zeros, or no block: ``train``'s)."""
-  block = config.get("sft")
-  if block is None or config.get("student_init") != "baseline":
-    return {}
-  return {name: block[name] for name in ("learning_rate", "steps") if block[name]}
+def _warm_phase(block_name: str):
+  """The train overrides of a warm-started student's phase: the ``block_name`` block's
+  ``learning_rate`` and ``steps`` (its zeros, no block or a cold start: ``train``'s)."""
+  def overrides(config) -> dict:
+    block = config.get(block_name)
+    if block is None or config.get("student_init") not in config_lib.WARM_STARTS:
+      return {}
+    return {name: block[name] for name in ("learning_rate", "steps") if block[name]}
+  return overrides
+
+
+def _check_warm_phase(config, block_name: str) -> None:
+  block = config[block_name]
+  checks.nonnegative(f"{block_name}.learning_rate", block.learning_rate)
+  checks.ints_at_least(block_name, block, ("steps",))
+  if ((block.learning_rate or block.steps)
+      and config.get("student_init") not in config_lib.WARM_STARTS):
+    raise ConfigError(block_name, f"{block_name}.learning_rate and .steps set the phase that "
+                      "continues a trained start: set baseline=True and student_init to one "
+                      f"of {', '.join(config_lib.WARM_STARTS)}, or leave them at 0 (train's "
+                      "learning rate and steps)")
 
 
 def _check_sft(config) -> None:
-  block = config.get("sft")
-  if block is None:
-    return
-  checks.nonnegative("sft.learning_rate", block.learning_rate)
-  checks.ints_at_least("sft", block, ("steps",))
-  if (block.learning_rate or block.steps) and config.get("student_init") != "baseline":
-    raise ConfigError("sft", "the sft block sets the phase that continues the trained "
-                      "baseline: set student_init='baseline' and baseline=True, or leave it "
-                      "at its defaults (train's learning rate and steps)")
+  if config.get("sft") is not None:
+    _check_warm_phase(config, "sft")
 
 
 def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
@@ -139,10 +148,11 @@ def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
 
 METHODS = {
     "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False, check=_check_sft,
-                   train_overrides=_continued_sft),
+                   train_overrides=_warm_phase("sft")),
     "kd": Method(hinton_term, LABELLED_TASKS,
                  head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),
     "dkd": Method(_decoupled, ("classification",)),
     "gkd": Method(_generalized_jsd, PROMPT_TASKS, check=_check_gkd,
+                  train_overrides=_warm_phase("gkd"),
                   training_task=_on_policy_task, step_flops=_gkd_step_flops),
 }

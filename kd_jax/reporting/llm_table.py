@@ -43,11 +43,27 @@ TABLE_FILE = "llm_table.md"
 TEMPERATURE_KEY = ("transfer", "sampling", "temperature")
 
 
+BUDGET_FIELDS = ("train_tokens", "wall_seconds")
+
+
 def _warm_start(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
-  """The baseline report a ``student_init="baseline"`` student started from (its budget counts)."""
-  if results["config"].get("student_init") == "baseline":
+  """The report of the trained student a warm-started student began from, with the budget
+  of everything before it: ``student_init="baseline"``: the baseline's report;
+  ``"seqkd"``: the seqkd start's (``results["start"]``: the baseline fine-tuned on the
+  teacher's transfer set), its tokens, wall time and FLOPs added to the baseline's."""
+  init = results["config"].get("student_init")
+  if init == "baseline":
     return results["baseline"]
-  return None
+  if init != "seqkd":
+    return None
+  base, start = results["baseline"], results["start"]
+  chained = {**start, **{f: start.get(f, 0) + base.get(f, 0) for f in BUDGET_FIELDS}}
+  if "flops" in start and "flops" in base:
+    chained["flops"] = {side: start["flops"][side] + base["flops"][side]
+                        for side in ("student", "teacher")}
+  else:
+    chained.pop("flops", None)
+  return chained
 
 
 def _largest_k(report: Mapping[str, Any]) -> str | None:
@@ -130,8 +146,9 @@ def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:
   """A run's counted FLOPs (kd_jax/llm/compute.py), ``{"student", "teacher"}``, or None for
   a run recorded without them.
 
-  The student's: its phase's steps, the trained baseline's when it started from it,
-  and the one-off scoring of preference pairs. The teacher's: its work for this student
+  The student's: its phase's steps, its warm start's (the trained baseline, and a seqkd
+  start's phase on the transfer set) when it began from one, and the one-off scoring of
+  preference pairs. The teacher's: its work for this student
   (forwards in the steps, the transfer set it wrote, the pairs it scored or wrote),
   not its own training (the teacher row's).
   """
@@ -145,8 +162,10 @@ def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:
   return {
       "student": (student["flops"]["student"] + (warm["flops"]["student"] if warm else 0)
                   + pairs.get("student_flops", 0)),
-      "teacher": (student["flops"]["teacher"] + results.get("transfer_set", {}).get(
-          "teacher_flops", 0) + pairs.get("teacher_flops", 0)),
+      # (a seqkd start's transfer set included: the run records the set it trained on)
+      "teacher": (student["flops"]["teacher"] + (warm["flops"]["teacher"] if warm else 0)
+                  + results.get("transfer_set", {}).get("teacher_flops", 0)
+                  + pairs.get("teacher_flops", 0)),
   }
 
 
@@ -247,8 +266,9 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
       f"exact match. Gap recovered = (student − {reference}) / (teacher − {reference}), of "
       f"the means over the paired seeds. Δ: student − {reference} exact match over the same seeds, paired t interval; "
       "a verdict needs the interval to exclude 0. Train tokens: every position of every "
-      "training row (the budget), including the trained baseline's for a student that "
-      "started from it (`student_init=baseline`). FLOPs: counted matmul FLOPs "
+      "training row (the budget), including its warm start's for a student that began "
+      "from one (`student_init=baseline`: the trained baseline; `seqkd`: the baseline, "
+      "then its fine-tuning on the transfer set). FLOPs: counted matmul FLOPs "
       "(kd_jax/llm/compute.py) of the student's training (its sampling and the baseline it "
       "started from included) and of the teacher's work for it (forwards in the steps, "
       "the transfer set or pairs it wrote); the teacher row's is its own training. Wall s: the students' training with its "
@@ -260,8 +280,9 @@ def markdown(rows: Sequence[dict], teacher: Mapping[str, Any], *, reference: str
   ]
   warm = [r for r in rows if r.get("difference_to_start") is not None]
   if warm:
-    lines += ["", "Against their own start (`student_init=baseline`: the same seed's trained "
-              "baseline, whose budget they add to), paired over seeds, greedy exact match"
+    lines += ["", "Against their own start (the same seed's trained baseline, or its seqkd "
+              "student for `student_init=seqkd`, whose budget they add to), paired over "
+              "seeds, greedy exact match"
               + (" | pass@1 of sampled answers" if any(r["pass1_difference_to_start"]
                                                        for r in warm) else "") + ":", ""]
     for r in warm:

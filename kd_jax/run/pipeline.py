@@ -35,6 +35,7 @@ from kd_jax import methods
 from kd_jax.engine import feeding
 from kd_jax.core import files, parallel
 from kd_jax.core import fingerprint as source_code
+from kd_jax.core import identity as identity_lib
 from kd_jax.engine import run_log
 from kd_jax.engine import teacher_cache
 from kd_jax.llm import compute
@@ -254,9 +255,15 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
       "teacher": teacher_info["source"], "key": teacher_info.get("key"),
       "variables": teacher_cache.fingerprint(nnx.state(teacher_module)),
       "code": source_code.fingerprint()})
+  seqkd_start = config.get("student_init") == "seqkd"
   if prepared.teacher_data is not None:   # sequence-level KD: the teacher writes the data
-    student_train_data, written = prepared.teacher_data(
+    teacher_written, written = prepared.teacher_data(
         teacher_module, teacher_identity(), os.path.join(cache_root, "transfer_sets"))
+    # The data of the student's start; of its own phase too, unless that is the task's own
+    # (a seqkd start asks for the transfer set whatever the student then trains on).
+    start_data = teacher_written
+    if not seqkd_start or config.get("student_data") == "transfer":
+      student_train_data = teacher_written
   code = source_code.record()
   results = {
       "experiment": config.experiment,
@@ -280,12 +287,12 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
         shapes)["student"]}
 
   def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None,
-            entry=method):
+            entry=method, phase_config=config):
     phase_dir = phase_dir or os.path.join(workdir, name)
     done = files.read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done
-    train_config = methods.student_train_config(config) if name == "student" else config.train
+    train_config = methods.student_train_config(phase_config) if name != "baseline" else config.train
     fit = engine.fit(name=name, module=module, objective=objective, train_config=train_config,
                     train_data=data, test_data=test_data,
                     task=student_task if name == "student" else task, mesh=mesh,
@@ -299,15 +306,29 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     report = {**prepared.student_report(fit, trained, reference, eval_batch),
               **_fit_report(fit, trained, task.headline), "logs": phase_dir}
     if prepared.compute_shapes is not None:
-      report["flops"] = _counted_flops(prepared, entry, config, fit, trained, teacher_module,
+      report["flops"] = _counted_flops(prepared, entry, phase_config, fit, trained, teacher_module,
                                        live=teacher_for_step is not None,
-                                       cached=entry.runs_teacher(config) and teacher_for_step is None,
+                                       cached=entry.runs_teacher(phase_config) and teacher_for_step is None,
                                        data_rows=data.size)
     _write_json(os.path.join(phase_dir, RESULT_FILE), report)
     return {**report, "ran_now": True}
 
+  def shared_seqkd_phase():
+    """Where the seqkd start (shared by the points that start from it, and by the seqkd
+    point that is it) lives, and its identity."""
+    start_config = teachers.seqkd_start_config(config)
+    identity = teachers.seqkd_start_identity(config, methods.student_train_config(start_config),
+                                             teacher_identity())
+    name = f"{config.student.model}-seqkd-{identity_lib.digest(identity)}"
+    return start_config, os.path.join(cache_root, "baselines", name), identity
+
+  def copy_report(name, report):
+    os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    _write_json(os.path.join(workdir, name, RESULT_FILE),
+                {k: v for k, v in report.items() if k != "ran_now"})
+
   uses_teacher = method.runs_teacher(config)
-  from_baseline = config.get("student_init") == "baseline"
+  from_baseline = config.get("student_init") in config_lib.WARM_STARTS
   # A student trained exactly as the baseline is (no method, from scratch, on the baseline's
   # data with the same train block) is that baseline: with baseline=True it is the shared
   # run of the points that start from it (the reasoning R1 table's sft-gold), not trained twice.
@@ -324,11 +345,18 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                                 None, prepared.baseline_data,
                                 teachers.baseline_identity(config),
                                 phase_dir=shared_dir, entry=methods.REGISTRY["none"])
-    os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
-    _write_json(os.path.join(workdir, "baseline", RESULT_FILE), results["baseline"])
+    copy_report("baseline", results["baseline"])
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
       engine.load_trained(student_model, config.train, shared_dir,
                         teachers.baseline_identity(config))
+    if seqkd_start:     # then SFT on the teacher's traces (R1's recipe), then this method
+      start_config, start_dir, start_identity = shared_seqkd_phase()
+      results["start"] = phase("start", student_model, methods.make_objective(start_config),
+                               None, start_data, start_identity, phase_dir=start_dir,
+                               entry=methods.REGISTRY["none"], phase_config=start_config)
+      copy_report("start", results["start"])
+      engine.load_trained(student_model, methods.student_train_config(start_config), start_dir,
+                          start_identity)
   if method.student_data is not None:   # made from the starting student (DPO's pairs)
     student_train_data, report = method.student_data(
         config, prepared, student_model, teacher_module, teacher_identity(),
@@ -347,6 +375,11 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
       student_teacher = None if data.teacher_logits is not None else teacher
   if is_the_baseline:
     results["student"] = {**results["baseline"], "is_the_baseline": True}
+  elif teachers.is_seqkd_start(config):
+    _, start_dir, start_identity = shared_seqkd_phase()
+    results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
+                               student_teacher, data, start_identity, phase_dir=start_dir)
+    copy_report("student", results["student"])
   else:
     results["student"] = phase("student", student_module, methods.make_objective(config, pairs),
                                student_teacher, data, records.result_fields(config))
@@ -372,7 +405,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
       "devices": mesh.size, "mesh": dict(mesh.shape), "processes": jax.process_count(),
       "platform": mesh.devices.flat[0].platform,
   }
-  for name in ("baseline", "student"):
+  for name in ("baseline", "start", "student"):
     if name in results:
       results[name].pop("ran_now", None)
   _write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)

@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from kd_jax import config as config_lib
 from kd_jax import tasks
 from kd_jax.config import records
 from kd_jax.core import fingerprint as source_code
@@ -88,6 +89,40 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
 def baseline_key(config: ml_collections.ConfigDict) -> str:
   """A short hash of :func:`baseline_identity`: the shared baseline's directory name."""
   return f"{config.student.model}-{identity_lib.digest(baseline_identity(config))}"
+
+
+def seqkd_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run that trains a ``student_init="seqkd"`` student's start: the R1 recipe's student,
+  the baseline fine-tuned (method ``none``) on the teacher's transfer set."""
+  start = config_lib.with_method(config, "none")
+  start.student_init, start.student_data = "baseline", "transfer"
+  if "sft" in start:    # the point's own phase settings (e.g. a control's rate) are not its start's
+    start.sft = config_lib.sft_config()
+  return start
+
+
+def is_seqkd_start(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config``'s student is itself that start (a ``seqkd`` point): then it is the
+  shared run the ``student_init="seqkd"`` points start from, not trained twice."""
+  sft = config.get("sft")
+  return (config.baseline and config.method == "none"
+          and config.get("student_init") == "baseline"
+          and config.get("student_data") == "transfer"
+          and (sft is None or not (sft.learning_rate or sft.steps))   # train's rate and steps
+          and not config.get("topk", {}).get("k", 0))
+
+
+def seqkd_start_identity(config: ml_collections.ConfigDict, train_config,
+                         teacher_data_identity: dict) -> dict:
+  """What determines the seqkd start: its baseline, the transfer set (the teacher that
+  wrote it and the transfer block: k, sampling, ``max_examples``) and the phase's
+  training settings. Not the method or the blocks of the point that starts from it."""
+  return {
+      "baseline": baseline_identity(config),
+      "transfer": config.transfer.to_dict(),
+      "teacher": teacher_data_identity,
+      "train": records.without_fields(train_config, ["eval_batch_size"]),
+  }
 
 
 def save(directory: str, module: nnx.Module, info: dict) -> None:

@@ -86,8 +86,8 @@ def _check_student_init(config, family) -> None:
     kinds = " or ".join(f.KIND for f in tasks.FAMILIES.values() if init in f.STUDENT_INITS)
     raise ConfigError("student_init", f"student_init={init!r} needs a {kinds} dataset; valid "
                       f"here: {', '.join(family.STUDENT_INITS)}")
-  if init == "baseline" and not config.baseline:
-    raise ConfigError("student_init", "student_init='baseline' starts the student from the "
+  if init in schema.WARM_STARTS and not config.baseline:
+    raise ConfigError("student_init", f"student_init={init!r} starts the student from the "
                       "trained baseline: set baseline=True")
 
 

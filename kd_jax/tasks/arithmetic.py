@@ -24,7 +24,7 @@ NAME = "arithmetic"
 DATASETS = ("arithmetic",)
 KIND = "reasoning"
 LANGUAGE = True
-STUDENT_INITS = ("scratch", "baseline")
+STUDENT_INITS = ("scratch", "baseline", "seqkd")
 # What a student trains on: the gold responses, or the teacher's verified answers to the
 # gold prompts (sequence-level KD, kd_jax/llm/transfer.py).
 STUDENT_DATA = ("gold", "transfer")

@@ -25,7 +25,8 @@ class Prepared:
       student's task metrics (the engine adds timing and history).
     teacher_data: ``(teacher_module, teacher_identity, cache_dir) -> (data, stats)``:
       the students' training data written by the teacher (sequence-level KD), when
-      the config asks for it (``student_data="transfer"``); None otherwise.
+      the config asks for it (``student_data="transfer"``, or ``student_init="seqkd"``:
+      then it is the data of the student's start); None otherwise.
     mesh: the device mesh the splits live on.
     prompts: the gold training prompts (:class:`kd_jax.tasks.lm.PromptSet`) for the
       methods that make their own training data from them (a method's

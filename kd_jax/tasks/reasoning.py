@@ -34,7 +34,7 @@ NAME = "reasoning"
 DATASETS = ("reasoning",)
 KIND = "reasoning"
 LANGUAGE = True
-STUDENT_INITS = ("scratch", "baseline")
+STUDENT_INITS = ("scratch", "baseline", "seqkd")
 STUDENT_DATA = ("answers", "gold", "transfer")
 # Dataset fields only the students' data depend on: the teacher's cache key leaves them out.
 STUDENT_ONLY_FIELDS = ("answers_examples", "pool_examples", "baseline_data")

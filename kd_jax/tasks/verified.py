@@ -63,6 +63,8 @@ def check(config, student_data: tuple[str, ...]) -> None:
   checks.choice("student_data", config.get("student_data", student_data[0]), student_data)
   if config.get("student_data") == "transfer":
     lm.check_transfer_block(config, "student_data='transfer'")
+  if config.get("student_init") == "seqkd":      # (its start trains on the transfer set)
+    lm.check_transfer_block(config, "student_init='seqkd'")
   lm.check_sampling_block(config)
 
 
@@ -191,7 +193,8 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
 
   return Prepared(task, train_data, student_train_data, test_data, tokenizer.vocab_size, build,
                   evaluate_teacher, student_report,
-                  teacher_data if config.get("student_data") == "transfer" else None,
+                  teacher_data if (config.get("student_data") == "transfer"
+                                   or config.get("student_init") == "seqkd") else None,
                   mesh=mesh, prompts=prompt_set, compute_shapes=compute_shapes,
                   baseline_train_data=baseline_train_data)
 

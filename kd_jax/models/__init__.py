@@ -38,6 +38,13 @@ returns ``[B, T, vocab_size]`` logits; it is created without ``num_classes``::
     model = models.create("gpt", vocab_size=20, max_len=64, num_layers=2,
                           num_heads=4, dim=64, rngs=nnx.Rngs(0))
 
+The denoiser ``unet`` (`kd_jax.models.unet`, the diffusion task's) takes a noised batch,
+its diffusion times ``[B]`` and optional labels and returns a prediction of the batch's
+shape; ``num_classes`` (optional) makes it class-conditional::
+
+    model = models.create("unet", widths=(32, 64), num_classes=10, rngs=nnx.Rngs(0))
+    v = model(x_t, t, labels)                                      # [B, 28, 28, 1] f32
+
 The sentence encoder ``bert`` (`kd_jax.models.bert.SentenceBert`) takes token ids
 ``[B, T]`` (0 = padding) and returns unit-norm sentence embeddings ``[B, D]``::
 
@@ -58,12 +65,14 @@ from kd_jax.models import cnn
 from kd_jax.models import gpt
 from kd_jax.models import mlp
 from kd_jax.models import resnet
+from kd_jax.models import unet
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": mlp.MLP,
     "cnn": cnn.CNN,
     "gpt": gpt.GPT,
     "bert": bert.SentenceBert,
+    "unet": unet.UNet,
     **{
         name: functools.partial(resnet.ResNet, depth=depth, widths=widths,
                                 name=name)
@@ -75,8 +84,11 @@ NAMES: tuple[str, ...] = tuple(_BUILDERS)
 SEQUENCE_MODELS = ("gpt",)
 # Sentence encoders: token ids in (0 = padding), unit-norm embeddings [B, D] out.
 ENCODER_MODELS = ("bert",)
-IMAGE_MODELS: tuple[str, ...] = tuple(n for n in NAMES
-                                      if n not in SEQUENCE_MODELS + ENCODER_MODELS)
+# Denoisers: (x_t, t, labels) in, a prediction of x_t's shape out; num_classes is optional
+# (None: unconditional).
+DENOISER_MODELS = ("unet",)
+IMAGE_MODELS: tuple[str, ...] = tuple(
+    n for n in NAMES if n not in SEQUENCE_MODELS + ENCODER_MODELS + DENOISER_MODELS)
 
 # Arguments that `create` supplies itself, and those fixed by a registered name.
 _RESERVED = {"num_classes", "rngs", "dtype"}
@@ -128,6 +140,8 @@ def create(name: str, *, rngs: nnx.Rngs, num_classes: int | None = None, dtype=j
         f"model {name!r} got unexpected keyword argument(s) {unknown}; it"
         f" accepts {list(accepted)}")
   token_models = SEQUENCE_MODELS + ENCODER_MODELS
+  if name in DENOISER_MODELS:     # (its own check: num_classes may be None)
+    return _BUILDERS[name](num_classes=num_classes, rngs=rngs, dtype=dtype, **kwargs)
   if name not in token_models and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
   for key, value in kwargs.items():

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keys whose values depend on the clock, the machine, the paths or the code's commit.
 VOLATILE = re.compile(r"(seconds|per_second|latency|speedup|finished_at|^logs$|^source$|"
                       r"^git_commit$|^code$|^cached$|^ran_now$|^versions$|^teacher_cached$|"
-                      r"^platform$|^workdir$|^path$|^directory$)")
+                      r"^platform$|^workdir$|^path$|^directory$|^ms_per_image$)")
 EXTRA_SPECS = ("experiments/arithmetic/rl.py:minillm_smoke",)
 
 

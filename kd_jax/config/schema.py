@@ -165,6 +165,27 @@ def reasoning_dataset(*, answers_examples: int = 4000, gold_examples: int = 500,
       baseline_data=baseline_data))
 
 
+def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
+                      conditional: bool = False, label_dropout: float = 0.1,
+                      parameterization: str = "v", guidance: float = 0.0, samples: int = 1000,
+                      sample_steps=(256, 16, 4, 2, 1), seed: int = 0
+                      ) -> ml_collections.ConfigDict:
+  """Fashion-MNIST images for a denoiser (kd_jax/tasks/diffusion.py) as a ``dataset`` block.
+
+  ``train_examples`` / ``test_examples`` > 0 keep the first images (smoke runs); the
+  network predicts ``parameterization`` ("v" or "x"); ``conditional``: class labels in,
+  each dropped to the null label with probability ``label_dropout`` in training, and
+  sampled with classifier-free ``guidance``; every trained model is reported on
+  ``samples`` images drawn from fixed noise (``seed``) with DDIM at each of
+  ``sample_steps``.
+  """
+  return ml_collections.ConfigDict(dict(
+      name="fashion_mnist_diffusion", train_examples=train_examples,
+      test_examples=test_examples, conditional=conditional, label_dropout=label_dropout,
+      parameterization=parameterization, guidance=guidance, samples=samples,
+      sample_steps=tuple(sample_steps), seed=seed))
+
+
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
                  train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
   """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of

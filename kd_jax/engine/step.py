@@ -53,7 +53,8 @@ def forward(graphdef, params, model_state, x, *, train: bool, feature_names=(),
             head_inputs: bool = False):
   """Runs a model (or :class:`~kd_jax.methods.Student`) functionally.
 
-  Returns ``((logits, features), new_model_state)``; ``features`` holds
+  ``x`` is the model's input, or a tuple of its positional inputs. Returns
+  ``((logits, features), new_model_state)``; ``features`` holds
   ``feature_names`` (for a raw model) or the student's matched layers. With
   ``head_inputs`` (a GPT), ``logits`` is instead ``(hidden, head)``
   (``GPT.hidden_and_head``), for the fused-linear loss that never makes the logits.
@@ -68,6 +69,8 @@ def forward(graphdef, params, model_state, x, *, train: bool, feature_names=(),
   elif feature_names:
     logits, features = module(x, train=train, return_features=True)
     out = (logits, {n: features[n] for n in feature_names})
+  elif isinstance(x, tuple):   # several positional inputs (a denoiser's (z_t, t, labels))
+    out = (module(*x, train=train), {})
   else:
     out = (module(x, train=train), {})
   new_state = nnx.state(module, nnx.Not(nnx.Param)) if train else model_state

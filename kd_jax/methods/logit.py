@@ -18,13 +18,19 @@ from kd_jax.core.errors import ConfigError
 from kd_jax.llm import compute
 from kd_jax.methods.base import PROMPT_TASKS, Method, require_block
 from kd_jax.objectives import fused_linear, losses, topk
+from kd_jax.objectives.masked import masked_mean
 
 # Every task family (kd_jax.tasks.FAMILIES) but the sentence encoders, which have no labels.
 LABELLED_TASKS = ("classification", "arithmetic", "reasoning", "text")
 
 
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
-  """``none``: cross-entropy on the labels; the teacher is not used."""
+  """``none``: the task's own supervised loss, no teacher: cross-entropy on integer labels,
+  or, for real-valued targets of the prediction's shape (a denoiser's v), the squared
+  error averaged over each row's elements, then over the real rows."""
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    squared = jnp.square(s_logits.astype(jnp.float32) - labels)
+    return masked_mean(squared.reshape(squared.shape[0], -1).mean(axis=1), mask), {}
   ce = losses.cross_entropy(s_logits, labels, mask)
   return ce, {}
 
@@ -147,7 +153,8 @@ def _gkd_step_flops(config, shapes: compute.Shapes) -> dict[str, int]:
 
 
 METHODS = {
-    "none": Method(_hard_labels, LABELLED_TASKS, uses_teacher=False, check=_check_sft,
+    "none": Method(_hard_labels, (*LABELLED_TASKS, "diffusion"), uses_teacher=False,
+                   check=_check_sft,
                    train_overrides=_warm_phase("sft")),
     "kd": Method(hinton_term, LABELLED_TASKS,
                  head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),

@@ -40,11 +40,16 @@ METRICS_BY_HEADLINE = {
         ("neighbour_overlap", "10-NN overlap with the teacher"),
         ("mean_cosine", "mean cosine to the teacher"),
     ),
+    "test_loss": (
+        ("test_loss", "final held-out denoising loss"),
+        ("best_test_loss", "best-evaluation held-out denoising loss"),
+    ),
 }
 # How a headline metric is shown: (factor, unit, decimals). Fractions as percentages.
 DISPLAY = {"test_accuracy": (100.0, "%", 2), "exact_match": (100.0, "%", 2),
-           "nll": (1.0, "nats", 4), "probe_accuracy": (100.0, "%", 2)}
-LOWER_IS_BETTER = frozenset({"nll"})
+           "nll": (1.0, "nats", 4), "probe_accuracy": (100.0, "%", 2),
+           "test_loss": (1.0, "", 4)}
+LOWER_IS_BETTER = frozenset({"nll", "test_loss"})
 # How summary.md shows a student metric after the headline and its best step:
 # (column header, scale, decimals); metrics not listed show their name, unscaled.
 SUMMARY_COLUMNS = {

@@ -59,7 +59,19 @@ _TABLES = {
         "10-nearest-neighbour accuracy; cos→T: mean cosine to the teacher's embeddings (same "
         "width only); nbr→T: overlap of the 10 nearest held-out neighbours with the "
         "teacher's; sent/s: sentences per second encoding raw text at batch 64 and 1."),
+    "test_loss": (
+        [("test loss", "test_loss", _number), ("best loss", "best_test_loss", _number),
+         ("ms/img@1", lambda r: _ms(r, 1), None),
+         ("MSE→T@1", lambda r: _number(r.get("steps_1", {}).get("mse_to_teacher")), None)],
+        "test loss: the denoising loss on the held-out images at fixed (t, noise) (lower is "
+        "better); ms/img@1: DDIM at one step, ms per image (batch 64); MSE→T@1: squared "
+        "distance of the one-step samples to the teacher's at its most steps, same noise."),
 }
+
+
+def _ms(row, steps: int) -> str:
+  value = row.get(f"steps_{steps}", {}).get("ms_per_image")
+  return "-" if value is None else f"{value:.2f}"
 
 
 def _student_label(results: dict) -> str:
@@ -93,8 +105,9 @@ def summary_table(results: dict, *, recorded: bool = False) -> str:
     scratch = results["baseline"][headline]
     if catalog.lower_is_better(headline):
       gain, shown, worse = scratch - results["student"][headline], _number, teacher >= scratch
-      lines.append(f"KD gain (from scratch − student, final {headline} per token): "
-                   f"{gain:+.4f} nats")
+      per = " per token" if headline == "nll" else ""
+      lines.append(f"KD gain (from scratch − student, final {headline}{per}): {gain:+.4f}"
+                   f"{' nats' if headline == 'nll' else ''}")
     else:
       gain, shown, worse = results["student"][headline] - scratch, _pct, teacher <= scratch
       lines.append(f"KD gain (student − from scratch, final {headline.replace('_', ' ')}): "

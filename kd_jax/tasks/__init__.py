@@ -32,7 +32,8 @@ Tasks: :mod:`kd_jax.tasks.classification` (images → classes) and
 :mod:`kd_jax.tasks.lm` (causal language modelling on prompt/response pairs),
 which :mod:`kd_jax.tasks.arithmetic` sets up for the arithmetic reasoning data and
 :mod:`kd_jax.tasks.text` for text corpora, and :mod:`kd_jax.tasks.embedding`
-(sentences → embeddings, distilling a pretrained sentence encoder).
+(sentences → embeddings, distilling a pretrained sentence encoder), and
+:mod:`kd_jax.tasks.diffusion` (image generation by a denoiser: Fashion-MNIST, issue 24).
 A task family (DESIGN §7) is one module with ``NAME``, ``DATASETS``, ``KIND`` (the
 noun its datasets go by in messages), ``STUDENT_INITS``, ``LANGUAGE`` (whether its
 models are language models), ``check(config)`` (its fields and models, raising
@@ -46,7 +47,7 @@ task → engine → report. The methods a family accepts are those whose ``tasks
 from __future__ import annotations
 
 from kd_jax.core.errors import ConfigError
-from kd_jax.tasks import arithmetic, classification, embedding, reasoning, text
+from kd_jax.tasks import arithmetic, classification, diffusion, embedding, reasoning, text
 from kd_jax.tasks.base import Prepared
 
 # family name -> module: one line per task family.
@@ -56,6 +57,7 @@ FAMILIES = {
     reasoning.NAME: reasoning,
     text.NAME: text,
     embedding.NAME: embedding,
+    diffusion.NAME: diffusion,
 }
 DATASETS = tuple(name for family in FAMILIES.values() for name in family.DATASETS)
 

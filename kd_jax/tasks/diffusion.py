@@ -1,0 +1,258 @@
+"""Image generation by diffusion as a task family of the engine (DESIGN §8, issue 24).
+
+The data are Fashion-MNIST's images scaled to [−1, 1] (``dataset.name =
+"fashion_mnist_diffusion"``), held on the devices as uint8 with their labels. A training
+batch draws, per row, a time t ~ U(0, 1) and noise eps ~ N(0, I) and gives the denoiser
+``(z_t, t, labels)`` with the target ``dataset.parameterization`` names: v = alpha·eps −
+sigma·x (the default) or x (:mod:`kd_jax.objectives.diffusion`); the ``none`` method's
+loss on a real-valued target is the squared error (kd_jax/methods/logit.py), unweighted
+in the target's own space. With ``dataset.conditional`` the labels are the classes,
+each replaced by the null label with probability ``dataset.label_dropout`` (so that one
+network learns both halves of classifier-free guidance); without it the model takes
+no labels (None).
+
+Evaluation during training is the denoising loss on the test images at a fixed (t, eps)
+per image (the headline ``test_loss``, lower is better), so its curve is comparable
+step to step. The report of a trained model adds, per step count n of
+``dataset.sample_steps``, its DDIM samples from ``dataset.samples`` fixed noise draws
+(:mod:`kd_jax.tasks.diffusion_sampler`): ``results[phase]["steps_<n>"]`` with
+``ms_per_image`` (batch 64) and, for students, ``mse_to_teacher`` (against the
+teacher's samples from the same noise at its most steps). Still to come (issue 24): the
+feature-space metrics (``fd``, ``precision``, ``recall``, ``coverage_kl``, from the
+cached classifier and :mod:`kd_jax.tasks.image_quality`), ``samples/<name>.npz`` and the
+distillation methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kd_jax import data as data_lib
+from kd_jax import models
+from kd_jax.config import checks
+from kd_jax.core import parallel
+from kd_jax.core.errors import ConfigError
+from kd_jax.engine.splits import DeviceSplit, device_split
+from kd_jax.objectives import diffusion
+from kd_jax.objectives.masked import masked_mean
+from kd_jax.tasks import diffusion_sampler
+from kd_jax.tasks.base import Prepared
+
+NAME = "diffusion"
+DATASETS = ("fashion_mnist_diffusion",)
+KIND = "image-generation"
+LANGUAGE = False
+STUDENT_INITS = ("scratch",)
+SOURCE = {"fashion_mnist_diffusion": "fashion_mnist"}     # the images each dataset generates
+TIMING_BATCH = 64       # ms_per_image is measured on batches of this many images
+EVAL_KEY, SAMPLE_KEY = 0, 1      # folded into dataset.seed: the fixed test noise, the samples'
+
+
+def check(config) -> None:
+  """The diffusion dataset block's fields and the models (denoisers); raises ``ConfigError``."""
+  d = config.dataset
+  checks.ints_at_least("dataset", d, ("train_examples", "test_examples", "seed"))
+  checks.ints_at_least("dataset", d, ("samples",), 1)
+  checks.choice("dataset.parameterization", d.parameterization, diffusion.PREDICTIONS)
+  checks.in_unit_interval("dataset.label_dropout", d.label_dropout)
+  steps = d.sample_steps
+  if (not isinstance(steps, (tuple, list)) or not steps
+      or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps)):
+    raise ConfigError("dataset.sample_steps", "dataset.sample_steps must be a non-empty tuple "
+                      f"of step counts >= 1, got {steps!r}")
+  checks.nonnegative("dataset.guidance", d.guidance)
+  if d.guidance and not d.conditional:
+    raise ConfigError("dataset.guidance", "dataset.guidance > 0 needs a class-conditional "
+                      "model: set dataset.conditional=True")
+  for role in ("teacher", "student"):
+    checks.choice(f"{role}.model", config[role].model, models.DENOISER_MODELS)
+
+
+@device_split
+class DeviceData(DeviceSplit):
+  """A split on the devices (replicated): uint8 images ``[N, 28, 28, 1]``, int32 labels."""
+  images: jax.Array
+  labels: jax.Array
+
+
+def to_unit_range(images):
+  """uint8 pixels → float32 in [−1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images) -> np.ndarray:
+  """Images in [−1, 1] → uint8 pixels (rounded, clipped)."""
+  return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoising:
+  """The batch side of the task: noised images in, the parameterisation's target out."""
+  parameterization: str = "v"
+  num_classes: int | None = None    # class-conditional with this many classes; None: not
+  label_dropout: float = 0.1
+  dtype: Any = jnp.float32
+  headline: ClassVar[str] = "test_loss"
+  higher_is_better: ClassVar[bool] = False
+  augments: ClassVar[bool] = False
+
+  def input_identity(self) -> dict:
+    return {"parameterization": self.parameterization, "num_classes": self.num_classes,
+            "dtype": jnp.dtype(self.dtype).name}
+
+  def noised(self, images, labels, key, *, dropout: bool):
+    """``((z_t, t, labels), target)`` for uint8 ``images`` at a time and noise drawn from ``key``."""
+    x = to_unit_range(images)
+    key_t, key_eps, key_drop = jax.random.split(key, 3)
+    t = jax.random.uniform(key_t, (x.shape[0],))
+    eps = jax.random.normal(key_eps, x.shape)
+    z = diffusion.noise(x, eps, t)
+    target = diffusion.v_target(x, eps, t) if self.parameterization == "v" else x
+    if self.num_classes is None:
+      labels = None
+    elif dropout and self.label_dropout:
+      null = jax.random.bernoulli(key_drop, self.label_dropout, labels.shape)
+      labels = jnp.where(null, self.num_classes, labels)
+    return (z.astype(self.dtype), t, labels), target
+
+  def train_batch(self, data: DeviceData, index, mask, rng, policy=None, teacher=None):
+    """``((z_t, t, labels), target, mask [B], {})`` of a training batch (inside the step)."""
+    del policy, teacher
+    inputs, target = self.noised(data.images[index], data.labels[index], rng, dropout=True)
+    return inputs, target, mask, {}
+
+  def train_metrics(self, prediction, target, mask) -> dict:
+    del prediction, target, mask      # the loss is the metric: nothing else to log
+    return {}
+
+  def evaluator(self, graphdef, data: DeviceData, batch_size: int, mesh, seed: int = 0):
+    """``evaluate(variables) -> ({"test_loss": l}, None)``: the mean squared error of the
+    target on every test image, each at its own fixed (t, eps) (the same every call)."""
+    del mesh
+    size = data.size
+    base = jax.random.fold_in(jax.random.key(seed), EVAL_KEY)
+
+    @jax.jit
+    def batch_loss(variables, images, labels, index, valid):
+      keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+      # One key per image: its (t, eps) do not depend on the batch it falls in.
+      inputs, target = jax.vmap(
+          lambda im, lab, k: jax.tree.map(lambda a: a[0], self.noised(
+              im[None], lab[None], k, dropout=False)))(images, labels, keys)
+      model = nnx.merge(graphdef, *variables)
+      prediction = model(*inputs)
+      squared = jnp.square(prediction - target).reshape(prediction.shape[0], -1).mean(axis=1)
+      return jnp.sum(jnp.where(valid, squared, 0.0))
+
+    def evaluate(variables):
+      total = 0.0
+      for start in range(0, size, batch_size):
+        index = np.arange(start, start + batch_size) % size     # padded: one compilation
+        valid = np.arange(start, start + batch_size) < size
+        total += float(batch_loss(variables, data.images[index], data.labels[index],
+                                  jnp.asarray(index), jnp.asarray(valid)))
+      return {"test_loss": total / size}, None
+
+    return evaluate
+
+
+def _load(config, mesh):
+  d = config.dataset
+  splits = {}
+  for split, limit in (("train", d.train_examples), ("test", d.test_examples)):
+    s = data_lib.load_split(SOURCE[d.name], split)
+    images, labels = s.images, s.labels.astype(np.int32)
+    if limit:
+      images, labels = images[:limit], labels[:limit]
+    splits[split] = DeviceData(*parallel.put_replicated((images, labels), mesh))
+  return splits["train"], splits["test"], s.num_classes, s.images.shape[1:]
+
+
+class SampleReport:
+  """A trained denoiser's samples at each of ``dataset.sample_steps`` from fixed noise."""
+
+  def __init__(self, config, num_classes: int, input_shape):
+    d = config.dataset
+    key = jax.random.fold_in(jax.random.key(d.seed), SAMPLE_KEY)
+    self.noise = jax.random.normal(key, (d.samples, *input_shape))
+    # Conditional samples cycle through the classes (the same labels for every model).
+    self.labels = (jnp.arange(d.samples, dtype=jnp.int32) % num_classes
+                   if d.conditional else None)
+    self.steps, self.guidance = tuple(d.sample_steps), float(d.guidance)
+    self.parameterization = d.parameterization
+
+  def images(self, module, steps: int) -> tuple[np.ndarray, float]:
+    """``(images [N, H, W, C] in [−1, 1], ms per image)``: batches of TIMING_BATCH, timed
+    after the first (which compiles)."""
+    graphdef, state = nnx.split(module)
+    out, seconds, timed = [], 0.0, 0
+    for start in range(0, len(self.noise), TIMING_BATCH):
+      noise = self.noise[start:start + TIMING_BATCH]
+      labels = None if self.labels is None else self.labels[start:start + TIMING_BATCH]
+      began = time.perf_counter()
+      batch = jax.block_until_ready(diffusion_sampler.sample(
+          graphdef, state, noise, steps=steps, labels=labels, guidance=self.guidance,
+          parameterization=self.parameterization))
+      if start and len(noise) == TIMING_BATCH:
+        seconds, timed = seconds + time.perf_counter() - began, timed + len(noise)
+      out.append(np.asarray(batch))
+    if not timed:         # one batch only: time it again, compiled
+      began = time.perf_counter()
+      jax.block_until_ready(diffusion_sampler.sample(
+          graphdef, state, self.noise[:TIMING_BATCH], steps=steps,
+          labels=None if self.labels is None else self.labels[:TIMING_BATCH],
+          guidance=self.guidance, parameterization=self.parameterization))
+      seconds, timed = time.perf_counter() - began, min(TIMING_BATCH, len(self.noise))
+    return np.concatenate(out), 1000.0 * seconds / timed
+
+  def report(self, module, reference: np.ndarray | None = None) -> tuple[dict, dict]:
+    """``({"steps_<n>": {"ms_per_image", ["mse_to_teacher"]}}, {n: images})`` for every
+    step count; ``mse_to_teacher`` is against ``reference``, when given."""
+    result, images_by_steps = {}, {}
+    for steps in self.steps:
+      images, ms = self.images(module, steps)
+      entry = {"ms_per_image": ms}
+      if reference is not None:
+        entry["mse_to_teacher"] = float(np.mean(np.square(images - reference)))
+      result[f"steps_{steps}"], images_by_steps[steps] = entry, images
+    return result, images_by_steps
+
+
+def prepare(config, mesh, dtype) -> Prepared:
+  """The diffusion experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`)."""
+  d = config.dataset
+  train_data, test_data, num_classes, input_shape = _load(config, mesh)
+  task = Denoising(d.parameterization, num_classes if d.conditional else None,
+                   float(d.label_dropout), dtype)
+  samples = SampleReport(config, num_classes, input_shape)
+
+  def build(spec, seed, role="student"):
+    kwargs = spec.kwargs.to_dict()
+    try:
+      return models.create(spec.model, num_classes=task.num_classes, rngs=nnx.Rngs(seed),
+                           dtype=dtype, input_shape=tuple(input_shape), **kwargs)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{role}.kwargs", f"{role}.kwargs={kwargs} do not fit model "
+                        f"{spec.model!r}: {e}") from None
+
+  def evaluate(graphdef, variables, batch_size):
+    return task.evaluator(graphdef, test_data, batch_size, mesh, seed=d.seed)(variables)[0]
+
+  def evaluate_teacher(graphdef, variables, batch_size):
+    # The students' reference: the teacher's samples at its largest step count.
+    report, images = samples.report(nnx.merge(graphdef, *variables))
+    return {**evaluate(graphdef, variables, batch_size), **report}, images[max(samples.steps)]
+
+  def student_report(fit, module, reference, batch_size):
+    del batch_size
+    return {**fit.final, **samples.report(module, reference)[0]}
+
+  return Prepared(task, train_data, train_data, test_data, task.num_classes or 0, build,
+                  evaluate_teacher, student_report, mesh=mesh)

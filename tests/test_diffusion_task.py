@@ -1,0 +1,114 @@
+"""The diffusion task family (kd_jax/tasks/diffusion.py): its batches, evaluation, checks and
+the teacher experiment's smoke run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax.core import parallel
+from kd_jax.objectives import diffusion as df
+from kd_jax.tasks import diffusion
+from tests import multidevice
+from tests.conftest import needs_fashion_mnist
+from tests.test_experiments import _cli, assert_refused_field, cli_load
+
+TEACHER = "experiments/diffusion/teacher.py"
+
+
+def _prepared(**dataset):
+  c = cli_load(TEACHER + ":smoke")
+  c.dataset.update(dataset)
+  return c, diffusion.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), jnp.float32)
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("parameterization", ["v", "x"])
+def test_a_batch_is_the_noised_image_and_its_target(parameterization):
+  _, prepared = _prepared(parameterization=parameterization)
+  data, index = prepared.train_data, jnp.arange(16)
+  (z, t, labels), target, mask, _ = prepared.task.train_batch(
+      data, index, jnp.ones(16, bool), jax.random.key(0))
+  assert labels is None and mask.all() and z.shape == target.shape == (16, 28, 28, 1)
+  x = np.asarray(data.images[:16], np.float32) / 127.5 - 1.0
+  alpha, sigma = (np.asarray(a)[:, None, None, None] for a in df.alpha_sigma(t))
+  # z = alpha·x + sigma·eps, so the target fixes x: v gives x = alpha·z − sigma·v.
+  x_from_target = alpha * z - sigma * target if parameterization == "v" else target
+  np.testing.assert_allclose(x_from_target, x, atol=1e-5)
+  assert -1.0 <= x.min() and x.max() <= 1.0
+
+
+@needs_fashion_mnist
+def test_conditional_batches_drop_labels_to_the_null_class_at_the_configured_rate():
+  _, prepared = _prepared(conditional=True, label_dropout=0.25)
+  data = prepared.train_data
+  index = jnp.arange(256)
+  (_, _, labels), *_ = prepared.task.train_batch(data, index, jnp.ones(256, bool),
+                                                 jax.random.key(1))
+  labels, true = np.asarray(labels), np.asarray(data.labels[:256])
+  dropped = labels == 10
+  assert np.array_equal(labels[~dropped], true[~dropped])
+  # 256 draws at p = 0.25: sd 0.027; 4 of them allowed.
+  assert abs(dropped.mean() - 0.25) < 0.11
+
+
+@needs_fashion_mnist
+def test_the_held_out_loss_is_fixed_and_does_not_depend_on_the_batch_size():
+  from flax import nnx
+  c, prepared = _prepared()
+  model = prepared.build(c.student, 0)
+  model.out.kernel.set_value(0.1 * jax.random.normal(jax.random.key(2), model.out.kernel.shape))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  losses = [prepared.task.evaluator(graphdef, prepared.test_data, b, None)((params, rest))[0]
+            ["test_loss"] for b in (16, 64, 64)]
+  np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+  # A model that predicts 0 everywhere (the initial UNet): the loss is the mean square of
+  # the v targets, E[alpha²·eps² + sigma²·x²] = E[alpha² + sigma²·E[x²]], which lies between
+  # E[x²] and 1 whatever the times drawn (alpha² + sigma² = 1).
+  graphdef0, params0, rest0 = nnx.split(prepared.build(c.student, 0), nnx.Param, ...)
+  zero = prepared.task.evaluator(graphdef0, prepared.test_data, 64, None)((params0, rest0))[0]
+  x2 = np.mean(np.square(np.asarray(prepared.test_data.images, np.float32) / 127.5 - 1.0))
+  assert x2 - 0.02 < zero["test_loss"] < 1.02, (x2, zero)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c.dataset, "parameterization", "eps"), "dataset.parameterization"),
+    (lambda c: setattr(c.dataset, "guidance", 1.0), "dataset.guidance"),
+    (lambda c: setattr(c.dataset, "sample_steps", ()), "dataset.sample_steps"),
+    (lambda c: setattr(c.dataset, "samples", 0), "dataset.samples"),
+    (lambda c: setattr(c.student, "model", "cnn"), "student.model"),
+    (lambda c: setattr(c, "method", "kd"), "method"),
+])
+def test_bad_diffusion_fields_are_named(edit, field):
+  assert_refused_field(cli_load(TEACHER + ":smoke"), edit, field)
+
+
+def test_the_none_method_regresses_real_valued_targets():
+  from kd_jax import methods
+  c = cli_load(TEACHER + ":smoke")
+  objective = methods.make_objective(c)
+  prediction, target = jnp.arange(8.0).reshape(2, 2, 2, 1), jnp.ones((2, 2, 2, 1))
+  mask = jnp.array([True, False])
+  loss, _ = objective(0, (prediction, {}), None, target, mask)
+  # Row 0 only: the mean of (0..3 − 1)² = (1 + 0 + 1 + 4) / 4.
+  np.testing.assert_allclose(loss, 1.5)
+
+
+@needs_fashion_mnist
+def test_the_teacher_smoke_run_reports_every_sampler_step_count(tmp_path, teacher_dir):
+  out = _cli(f"--config={TEACHER}:smoke", f"--workdir={tmp_path / 'd'}",
+             f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
+             "--noprogress", timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "d" / "results.json") as f:
+    results = json.load(f)
+  assert results["headline"] == "test_loss"
+  for phase in ("teacher", "student"):
+    assert np.isfinite(results[phase]["test_loss"])
+    for steps in (4, 1):
+      assert results[phase][f"steps_{steps}"]["ms_per_image"] > 0
+  # The student's samples against the teacher's (4 steps, its most), from the same noise.
+  assert results["student"]["steps_1"]["mse_to_teacher"] > 0
+  assert "test loss" in out.stdout

@@ -108,7 +108,24 @@ def test_the_teacher_smoke_run_reports_every_sampler_step_count(tmp_path, teache
   for phase in ("teacher", "student"):
     assert np.isfinite(results[phase]["test_loss"])
     for steps in (4, 1):
-      assert results[phase][f"steps_{steps}"]["ms_per_image"] > 0
+      entry = results[phase][f"steps_{steps}"]
+      assert entry["ms_per_image"] > 0 and entry["fd"] > 0
+      assert 0 <= entry["precision"] <= 1 and 0 <= entry["recall"] <= 1
+      assert 0 <= entry["coverage_kl"] <= np.log(10) + 1e-9
   # The student's samples against the teacher's (4 steps, its most), from the same noise.
   assert results["student"]["steps_1"]["mse_to_teacher"] > 0
   assert "test loss" in out.stdout
+
+
+@needs_fashion_mnist
+def test_the_feature_classifier_is_trained_once_and_read_back(tmp_path):
+  from kd_jax.tasks import diffusion_quality
+  mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+  first = diffusion_quality.obtain(str(tmp_path), mesh, train_examples=256, epochs=1)
+  again = diffusion_quality.obtain(str(tmp_path), mesh, train_examples=256, epochs=1)
+  assert again.info == first.info and 0.1 < first.info["test_accuracy"] <= 1
+  images = jnp.asarray(np.linspace(-1, 1, 4 * 28 * 28).reshape(4, 28, 28, 1), jnp.float32)
+  (f1, l1), (f2, l2) = first.features_and_labels(images), again.features_and_labels(images)
+  np.testing.assert_array_equal(f1, f2)
+  np.testing.assert_array_equal(l1, l2)
+  assert f1.shape == (4, 256)

@@ -246,10 +246,12 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                        parallel.put_replicated(t_state, mesh))
   teacher = engine.Teacher(t_graphdef, teacher_variables, tuple(sorted(set(pairs.values()))))
   eval_batch = feeding.eval_batch_size(config.train.eval_batch_size, test_data.size, mesh)
-  teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
-  student_train_data, written = prepared.student_train_data, None
   # The caches shared between runs (teachers, baselines, transfer sets, top-k outputs).
   cache_root = os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir)))
+  if prepared.use_cache_root is not None:
+    prepared.use_cache_root(cache_root)
+  teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
+  student_train_data, written = prepared.student_train_data, None
   # What the teacher-written data (transfer sets, preference pairs) is keyed by.
   teacher_identity = functools.cache(lambda: {
       "teacher": teacher_info["source"], "key": teacher_info.get("key"),

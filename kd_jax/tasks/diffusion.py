@@ -16,11 +16,14 @@ per image (the headline ``test_loss``, lower is better), so its curve is compara
 step to step. The report of a trained model adds, per step count n of
 ``dataset.sample_steps``, its DDIM samples from ``dataset.samples`` fixed noise draws
 (:mod:`kd_jax.tasks.diffusion_sampler`): ``results[phase]["steps_<n>"]`` with
-``ms_per_image`` (batch 64) and, for students, ``mse_to_teacher`` (against the
-teacher's samples from the same noise at its most steps). Still to come (issue 24): the
-feature-space metrics (``fd``, ``precision``, ``recall``, ``coverage_kl``, from the
-cached classifier and :mod:`kd_jax.tasks.image_quality`), ``samples/<name>.npz`` and the
-distillation methods.
+``ms_per_image`` (batch 64); ``fd``, the Fréchet distance of the samples' features to
+all the test images' in the cached classifier (:mod:`kd_jax.tasks.diffusion_quality`);
+``precision`` and ``recall`` (k = 3) against as many test images as samples; and
+``coverage_kl``, KL(the classifier's label histogram of the samples ‖ uniform)
+(:mod:`kd_jax.tasks.image_quality`); for students also ``mse_to_teacher``, against
+the teacher's samples from the same noise at its most steps. Every run re-samples the
+teacher for that reference. Still to come (issue 24): ``samples/<name>.npz`` and the
+PNG grids, and the distillation methods.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.objectives import diffusion
 from kd_jax.objectives.masked import masked_mean
-from kd_jax.tasks import diffusion_sampler
+from kd_jax.tasks import diffusion_quality, diffusion_sampler, image_quality
 from kd_jax.tasks.base import Prepared
 
 NAME = "diffusion"
@@ -53,6 +56,7 @@ STUDENT_INITS = ("scratch",)
 SOURCE = {"fashion_mnist_diffusion": "fashion_mnist"}     # the images each dataset generates
 TIMING_BATCH = 64       # ms_per_image is measured on batches of this many images
 EVAL_KEY, SAMPLE_KEY = 0, 1      # folded into dataset.seed: the fixed test noise, the samples'
+PR_NEIGHBOURS = 3       # k of precision/recall's k-NN manifolds (Kynkäänniemi et al.'s)
 
 
 def check(config) -> None:
@@ -176,7 +180,8 @@ def _load(config, mesh):
 
 
 class SampleReport:
-  """A trained denoiser's samples at each of ``dataset.sample_steps`` from fixed noise."""
+  """A trained denoiser's samples at each of ``dataset.sample_steps`` from fixed noise, and
+  their quality in the cached feature classifier's space (once :meth:`use_classifier`)."""
 
   def __init__(self, config, num_classes: int, input_shape):
     d = config.dataset
@@ -187,6 +192,27 @@ class SampleReport:
                    if d.conditional else None)
     self.steps, self.guidance = tuple(d.sample_steps), float(d.guidance)
     self.parameterization = d.parameterization
+    self.num_classes = num_classes
+    self.classifier = self.real_features = None
+
+  def use_classifier(self, classifier, test_images: np.ndarray) -> None:
+    """Measures quality with ``classifier`` against the features of ``test_images`` (uint8)."""
+    self.classifier = classifier
+    self.real_features, _ = classifier.features_and_labels(to_unit_range(test_images))
+    # Precision and recall compare sets of one size (the samples' and as many test images).
+    count = min(len(self.noise), len(self.real_features))
+    self.recall_real = self.real_features[:count]
+    self.real_radii = image_quality.knn_radii(self.recall_real, PR_NEIGHBOURS)
+
+  def quality(self, images: np.ndarray) -> dict:
+    """FD to the test images, precision and recall, and class coverage of ``images``."""
+    if self.classifier is None:
+      return {}
+    features, labels = self.classifier.features_and_labels(images)
+    return {"fd": image_quality.frechet_distance(features, self.real_features),
+            **image_quality.precision_recall(self.recall_real, features, PR_NEIGHBOURS,
+                                             real_radii=self.real_radii),
+            "coverage_kl": image_quality.coverage_kl(labels, self.num_classes)}
 
   def images(self, module, steps: int) -> tuple[np.ndarray, float]:
     """``(images [N, H, W, C] in [−1, 1], ms per image)``: batches of TIMING_BATCH, timed
@@ -218,7 +244,7 @@ class SampleReport:
     result, images_by_steps = {}, {}
     for steps in self.steps:
       images, ms = self.images(module, steps)
-      entry = {"ms_per_image": ms}
+      entry = {"ms_per_image": ms, **self.quality(images)}
       if reference is not None:
         entry["mse_to_teacher"] = float(np.mean(np.square(images - reference)))
       result[f"steps_{steps}"], images_by_steps[steps] = entry, images
@@ -232,6 +258,10 @@ def prepare(config, mesh, dtype) -> Prepared:
   task = Denoising(d.parameterization, num_classes if d.conditional else None,
                    float(d.label_dropout), dtype)
   samples = SampleReport(config, num_classes, input_shape)
+
+  def use_cache_root(cache_root):
+    classifier = diffusion_quality.obtain(cache_root, mesh, train_examples=d.train_examples)
+    samples.use_classifier(classifier, np.asarray(test_data.images))
 
   def build(spec, seed, role="student"):
     kwargs = spec.kwargs.to_dict()
@@ -255,4 +285,4 @@ def prepare(config, mesh, dtype) -> Prepared:
     return {**fit.final, **samples.report(module, reference)[0]}
 
   return Prepared(task, train_data, train_data, test_data, task.num_classes or 0, build,
-                  evaluate_teacher, student_report, mesh=mesh)
+                  evaluate_teacher, student_report, mesh=mesh, use_cache_root=use_cache_root)

@@ -84,14 +84,17 @@ def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
   return inside
 
 
-def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3) -> dict[str, float]:
+def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3, *,
+                     real_radii: np.ndarray | None = None) -> dict[str, float]:
   """Improved precision and recall of ``generated`` ``[M, D]`` against ``real`` ``[N, D]``
-  features, k-nearest-neighbour manifolds (the paper's k = 3)."""
+  features, k-nearest-neighbour manifolds (the paper's k = 3); ``real_radii``:
+  :func:`knn_radii` of ``real`` already computed (several generated sets, one real)."""
   real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
   if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
     raise ValueError(f"real and generated must be [N, D] and [M, D], got {real.shape} and "
                      f"{generated.shape}")
-  precision = _inside(generated, real, knn_radii(real, k)).mean()
+  radii = knn_radii(real, k) if real_radii is None else real_radii
+  precision = _inside(generated, real, radii).mean()
   recall = _inside(real, generated, knn_radii(generated, k)).mean()
   return {"precision": float(precision), "recall": float(recall)}
 

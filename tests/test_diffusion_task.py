@@ -114,6 +114,12 @@ def test_the_teacher_smoke_run_reports_every_sampler_step_count(tmp_path, teache
       assert 0 <= entry["coverage_kl"] <= np.log(10) + 1e-9
   # The student's samples against the teacher's (4 steps, its most), from the same noise.
   assert results["student"]["steps_1"]["mse_to_teacher"] > 0
+  for phase in ("teacher", "student"):
+    for steps in (4, 1):
+      written = np.load(tmp_path / "d" / phase / "samples" / f"steps_{steps}.npz")
+      assert written["images"].dtype == np.uint8 and written["images"].shape == (8, 28, 28, 1)
+      assert "labels" not in written          # unconditional
+      assert (tmp_path / "d" / phase / "samples" / f"steps_{steps}.png").stat().st_size > 0
   assert "test loss" in out.stdout
 
 

@@ -67,6 +67,7 @@ class FitResult:
   # Rows trained on in all: steps × batch size × the task's rows per example (a DPO pair is
   # 2 rows, a policy-gradient prompt its k samples); the budget in sequences.
   train_rows: int = 0
+  workdir: str = ""            # the phase's directory (checkpoints, logs, what its report writes)
 
   @property
   def steps_per_second(self) -> float | None:
@@ -239,7 +240,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
   if final is None:     # nothing left to run: the checkpoint was final
     final, test_outputs = evaluate(state)
   trained = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
-  return FitResult(module=trained, final=final, test_outputs=test_outputs,
+  return FitResult(module=trained, final=final, test_outputs=test_outputs, workdir=workdir,
                    history=meta["history"], best=meta["best"],
                    wall_seconds=time.perf_counter() - called, train_seconds=train_seconds,
                    eval_seconds=eval_seconds, checkpoint_seconds=checkpoint_seconds,

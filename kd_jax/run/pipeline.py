@@ -248,8 +248,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   eval_batch = feeding.eval_batch_size(config.train.eval_batch_size, test_data.size, mesh)
   # The caches shared between runs (teachers, baselines, transfer sets, top-k outputs).
   cache_root = os.path.dirname(os.path.abspath(os.path.expanduser(teacher_dir)))
-  if prepared.use_cache_root is not None:
-    prepared.use_cache_root(cache_root)
+  if prepared.use_run_dirs is not None:
+    prepared.use_run_dirs(workdir, cache_root)
   teacher_report, reference = prepared.evaluate_teacher(t_graphdef, teacher_variables, eval_batch)
   student_train_data, written = prepared.student_train_data, None
   # What the teacher-written data (transfer sets, preference pairs) is keyed by.

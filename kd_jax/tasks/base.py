@@ -33,10 +33,10 @@ class Prepared:
       ``training_task`` / ``student_data`` hooks); None for tasks without prompts.
     baseline_train_data: what the baseline (the from-scratch student, and the start of a
       ``student_init="baseline"`` one) trains on; None: ``student_train_data``.
-    use_cache_root: ``(cache_root) -> None``, called with the run's cache root (the
-      directory that holds the teacher cache) before the teacher is evaluated, by a
-      task that keeps caches of its own there (the diffusion task's feature
-      classifier); None for the others.
+    use_run_dirs: ``(workdir, cache_root) -> None``, called with the run's workdir and
+      cache root (the directory that holds the teacher cache) before the teacher is
+      evaluated, by a task that writes files of its own (the diffusion task's samples)
+      or keeps caches there (its feature classifier); None for the others.
     compute_shapes: ``(rows_per_step, student_module, teacher_module | None) ->``
       :class:`kd_jax.llm.compute.Shapes` of a phase, for its counted FLOPs; None for
       tasks whose compute is not counted.
@@ -54,7 +54,7 @@ class Prepared:
   prompts: Any = None
   compute_shapes: Callable | None = None
   baseline_train_data: Any = None
-  use_cache_root: Callable | None = None
+  use_run_dirs: Callable | None = None
 
   @property
   def baseline_data(self):

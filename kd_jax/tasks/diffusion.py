@@ -22,13 +22,16 @@ all the test images' in the cached classifier (:mod:`kd_jax.tasks.diffusion_qual
 ``coverage_kl``, KL(the classifier's label histogram of the samples ‖ uniform)
 (:mod:`kd_jax.tasks.image_quality`); for students also ``mse_to_teacher``, against
 the teacher's samples from the same noise at its most steps. Every run re-samples the
-teacher for that reference. Still to come (issue 24): ``samples/<name>.npz`` and the
-PNG grids, and the distillation methods.
+teacher for that reference. Each phase writes its samples to ``<phase dir>/samples/
+steps_<n>.npz`` (uint8 ``images`` ``[N, 28, 28, 1]``, ``labels`` when conditional) and
+``steps_<n>.png`` (a grid of the first 64): the teacher's in ``<workdir>/teacher``, the
+student's in ``<workdir>/student``. Still to come (issue 24): the distillation methods.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, ClassVar
 
@@ -40,7 +43,7 @@ from flax import nnx
 from kd_jax import data as data_lib
 from kd_jax import models
 from kd_jax.config import checks
-from kd_jax.core import parallel
+from kd_jax.core import files, parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.objectives import diffusion
@@ -194,6 +197,7 @@ class SampleReport:
     self.parameterization = d.parameterization
     self.num_classes = num_classes
     self.classifier = self.real_features = None
+    self.teacher_dir = None        # where the teacher's samples go (use_run_dirs sets it)
 
   def use_classifier(self, classifier, test_images: np.ndarray) -> None:
     """Measures quality with ``classifier`` against the features of ``test_images`` (uint8)."""
@@ -238,9 +242,10 @@ class SampleReport:
       seconds, timed = time.perf_counter() - began, min(TIMING_BATCH, len(self.noise))
     return np.concatenate(out), 1000.0 * seconds / timed
 
-  def report(self, module, reference: np.ndarray | None = None) -> tuple[dict, dict]:
-    """``({"steps_<n>": {"ms_per_image", ["mse_to_teacher"]}}, {n: images})`` for every
-    step count; ``mse_to_teacher`` is against ``reference``, when given."""
+  def report(self, module, reference: np.ndarray | None = None, *,
+             directory: str | None = None) -> tuple[dict, dict]:
+    """``({"steps_<n>": {metrics}}, {n: images})`` for every step count; ``mse_to_teacher``
+    is against ``reference``, when given; the samples go to ``directory``/samples/."""
     result, images_by_steps = {}, {}
     for steps in self.steps:
       images, ms = self.images(module, steps)
@@ -248,7 +253,30 @@ class SampleReport:
       if reference is not None:
         entry["mse_to_teacher"] = float(np.mean(np.square(images - reference)))
       result[f"steps_{steps}"], images_by_steps[steps] = entry, images
+      if directory and jax.process_index() == 0:
+        self.write(os.path.join(directory, "samples"), f"steps_{steps}", images)
     return result, images_by_steps
+
+  def write(self, directory: str, name: str, images: np.ndarray) -> None:
+    """``name.npz`` (``images`` uint8 ``[N, H, W, C]``, ``labels`` when conditional) and
+    ``name.png``, a grid of the first 64, in ``directory`` (DESIGN §8)."""
+    import matplotlib  # noqa: PLC0415  (slow to import; only reports need it)
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # noqa: PLC0415
+    os.makedirs(directory, exist_ok=True)
+    pixels = to_uint8(images)
+    arrays = {"images": pixels}
+    if self.labels is not None:
+      arrays["labels"] = np.asarray(self.labels)
+    with files.atomic_open(os.path.join(directory, f"{name}.npz"), "wb") as f:
+      np.savez(f, **arrays)
+    side = int(np.ceil(np.sqrt(min(64, len(pixels)))))
+    grid = np.zeros((side * pixels.shape[1], side * pixels.shape[2]), np.uint8)
+    for i, image in enumerate(pixels[:side * side]):
+      r, c = divmod(i, side)
+      grid[r * pixels.shape[1]:(r + 1) * pixels.shape[1],
+           c * pixels.shape[2]:(c + 1) * pixels.shape[2]] = image[..., 0]
+    plt.imsave(os.path.join(directory, f"{name}.png"), grid, cmap="gray", vmin=0, vmax=255)
 
 
 def prepare(config, mesh, dtype) -> Prepared:
@@ -259,9 +287,10 @@ def prepare(config, mesh, dtype) -> Prepared:
                    float(d.label_dropout), dtype)
   samples = SampleReport(config, num_classes, input_shape)
 
-  def use_cache_root(cache_root):
+  def use_run_dirs(workdir, cache_root):
     classifier = diffusion_quality.obtain(cache_root, mesh, train_examples=d.train_examples)
     samples.use_classifier(classifier, np.asarray(test_data.images))
+    samples.teacher_dir = os.path.join(workdir, "teacher")
 
   def build(spec, seed, role="student"):
     kwargs = spec.kwargs.to_dict()
@@ -277,12 +306,13 @@ def prepare(config, mesh, dtype) -> Prepared:
 
   def evaluate_teacher(graphdef, variables, batch_size):
     # The students' reference: the teacher's samples at its largest step count.
-    report, images = samples.report(nnx.merge(graphdef, *variables))
+    report, images = samples.report(nnx.merge(graphdef, *variables),
+                                    directory=samples.teacher_dir)
     return {**evaluate(graphdef, variables, batch_size), **report}, images[max(samples.steps)]
 
   def student_report(fit, module, reference, batch_size):
     del batch_size
-    return {**fit.final, **samples.report(module, reference)[0]}
+    return {**fit.final, **samples.report(module, reference, directory=fit.workdir)[0]}
 
   return Prepared(task, train_data, train_data, test_data, task.num_classes or 0, build,
-                  evaluate_teacher, student_report, mesh=mesh, use_cache_root=use_cache_root)
+                  evaluate_teacher, student_report, mesh=mesh, use_run_dirs=use_run_dirs)

@@ -4,6 +4,7 @@ the teacher experiment's smoke run."""
 import json
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -135,3 +136,26 @@ def test_the_feature_classifier_is_trained_once_and_read_back(tmp_path):
   np.testing.assert_array_equal(f1, f2)
   np.testing.assert_array_equal(l1, l2)
   assert f1.shape == (4, 256)
+
+
+@needs_fashion_mnist
+def test_a_student_initialised_from_the_teacher_starts_as_its_copy(tmp_path, teacher_dir):
+  from kd_jax.run import pipeline
+  c = cli_load(TEACHER + ":smoke")
+  c.student.kwargs = ml_collections.ConfigDict(c.teacher.kwargs.to_dict())
+  c.student_init, c.train.steps = "teacher", 1
+  c.train.learning_rate = 1e-12        # one step at a negligible rate: still the teacher
+  results = pipeline.run_experiment(c, str(tmp_path / "w"), teacher_dir=teacher_dir,
+                                    show_progress=False)
+  for steps in (4, 1):
+    assert results["student"][f"steps_{steps}"]["fd"] == pytest.approx(
+        results["teacher"][f"steps_{steps}"]["fd"], rel=1e-4)
+  assert results["student"]["steps_4"]["mse_to_teacher"] < 1e-10
+
+
+def test_a_copy_of_the_teacher_needs_the_teachers_model():
+  c = cli_load(TEACHER + ":smoke")
+  c.student.kwargs = ml_collections.ConfigDict(c.teacher.kwargs.to_dict())
+  c.student_init = "teacher"
+  assert_refused_field(c, lambda c: setattr(c.student.kwargs, "widths", (8, 8)),
+                       "student_init")

@@ -95,7 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   # "baseline": the student starts from the trained baseline (the same seed's student
   # trained without a teacher, e.g. SFT before on-policy distillation) instead of scratch;
   # "seqkd" (tasks with transfer sets): from that baseline fine-tuned on the teacher's
-  # transfer set (R1's distilled student), e.g. on-policy distillation after seqkd.
+  # transfer set (R1's distilled student), e.g. on-policy distillation after seqkd;
+  # "teacher" (diffusion): a copy of the trained teacher, e.g. a few-step student.
   c.student_init = "scratch"
   c.teacher_cache = "auto"  # auto = memory when the student sees fixed (un-augmented) views
   # True: under augmentation the teacher sees the un-augmented image while the student sees

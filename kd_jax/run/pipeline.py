@@ -241,6 +241,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
 
   teacher_info = obtain_teacher(config, module=teacher_module, prepared=prepared, mesh=mesh,
                                 teacher_dir=teacher_dir, show_progress=show_progress)
+  if config.get("student_init") == "teacher":   # e.g. a few-step diffusion student
+    nnx.update(student_model, nnx.state(teacher_module))
   t_graphdef, t_params, t_state = engine.split_module(teacher_module)
   teacher_variables = (parallel.put_sharded(t_params, parallel.teacher_shardings(mesh, t_params)),
                        parallel.put_replicated(t_state, mesh))

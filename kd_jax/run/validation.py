@@ -86,6 +86,11 @@ def _check_student_init(config, family) -> None:
     kinds = " or ".join(f.KIND for f in tasks.FAMILIES.values() if init in f.STUDENT_INITS)
     raise ConfigError("student_init", f"student_init={init!r} needs a {kinds} dataset; valid "
                       f"here: {', '.join(family.STUDENT_INITS)}")
+  if init == "teacher" and (config.student.model != config.teacher.model
+                            or config.student.kwargs.to_dict() != config.teacher.kwargs.to_dict()):
+    raise ConfigError("student_init", "student_init='teacher' starts the student as a copy of "
+                      "the trained teacher: student.model and student.kwargs must be the "
+                      f"teacher's ({config.teacher.model!r}, {config.teacher.kwargs.to_dict()})")
   if init in schema.WARM_STARTS and not config.baseline:
     raise ConfigError("student_init", f"student_init={init!r} starts the student from the "
                       "trained baseline: set baseline=True")

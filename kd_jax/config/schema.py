@@ -187,6 +187,14 @@ def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
       sample_steps=tuple(sample_steps), seed=seed))
 
 
+def progressive_config(*, start_steps: int = 256, final_steps: int = 1
+                       ) -> ml_collections.ConfigDict:
+  """Progressive distillation (``method="progressive"``): rounds that halve the sampler's
+  steps from the teacher's ``start_steps`` to ``final_steps`` (powers of 2), each round
+  ``train.steps`` / rounds steps (kd_jax/methods/diffusion.py)."""
+  return ml_collections.ConfigDict(dict(start_steps=start_steps, final_steps=final_steps))
+
+
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
                  train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
   """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of

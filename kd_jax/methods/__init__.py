@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import contrastive, features, logit, policy_gradient, preference, sentence
+from kd_jax.methods import (contrastive, diffusion, features, logit, policy_gradient,
+                            preference, sentence)
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -46,6 +47,7 @@ REGISTRY: dict[str, Method] = {
     **preference.METHODS,
     **policy_gradient.METHODS,
     **contrastive.METHODS,
+    **diffusion.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",

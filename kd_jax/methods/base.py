@@ -56,6 +56,10 @@ class Method:
       cache_dir) -> (data, report)``: the distilled student's training data made after it
       was initialised (DPO's pairs from its samples; a policy-gradient student's prompts
       with itself as the reference); ``report`` (a dict) is added to ``results.json``.
+    student_module: ``(config, student_model) -> module``: what the run trains and
+      checkpoints when it is a wrapper with state of its own (progressive distillation's
+      round teacher); its ``model`` attribute is the student. None: the model itself (or
+      the feature methods' :class:`~kd_jax.methods.student.Student`).
     step_flops: ``(config, shapes) -> {"student": FLOPs, "teacher": FLOPs}`` of one step of a
       language-model phase (:class:`kd_jax.llm.compute.Shapes`); None:
       :func:`kd_jax.llm.compute.supervised_step`.
@@ -74,6 +78,7 @@ class Method:
   training_task: Callable | None = None
   student_data: Callable | None = None
   step_flops: Callable | None = None
+  student_module: Callable | None = None
 
   def runs_teacher(self, config) -> bool:
     """Whether a run of ``config`` gives this method the teacher's outputs in its steps."""

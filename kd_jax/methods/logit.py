@@ -24,13 +24,19 @@ from kd_jax.objectives.masked import masked_mean
 LABELLED_TASKS = ("classification", "arithmetic", "reasoning", "text")
 
 
+def regression(settings, step, prediction, t_logits, target, mask):
+  """The squared error to a real-valued ``target`` of the prediction's shape (a denoiser's
+  v), averaged over each row's elements, then over the real rows of ``mask``."""
+  del settings, step, t_logits
+  squared = jnp.square(prediction.astype(jnp.float32) - target)
+  return masked_mean(squared.reshape(squared.shape[0], -1).mean(axis=1), mask), {}
+
+
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
   """``none``: the task's own supervised loss, no teacher: cross-entropy on integer labels,
-  or, for real-valued targets of the prediction's shape (a denoiser's v), the squared
-  error averaged over each row's elements, then over the real rows."""
+  or :func:`regression` on real-valued targets."""
   if jnp.issubdtype(labels.dtype, jnp.floating):
-    squared = jnp.square(s_logits.astype(jnp.float32) - labels)
-    return masked_mean(squared.reshape(squared.shape[0], -1).mean(axis=1), mask), {}
+    return regression(settings, step, s_logits, t_logits, labels, mask)
   ce = losses.cross_entropy(s_logits, labels, mask)
   return ce, {}
 

@@ -117,6 +117,8 @@ def trainable_student(config, student_model: nnx.Module, teacher_model: nnx.Modu
   validated on shapes alone (:func:`kd_jax.models.feature_shapes`), before anything
   compiles; ``teacher_model`` may be abstract (``nnx.eval_shape``).
   """
+  if method.student_module is not None:
+    return method.student_module(config, student_model), {}
   if not method.runs_teacher(config):
     return student_model, {}
   s_shapes = t_shapes = {}

@@ -122,12 +122,18 @@ class Denoising:
     eps = jax.random.normal(key_eps, x.shape)
     z = diffusion.noise(x, eps, t)
     target = diffusion.v_target(x, eps, t) if self.parameterization == "v" else x
-    if self.num_classes is None:
-      labels = None
-    elif dropout and self.label_dropout:
-      null = jax.random.bernoulli(key_drop, self.label_dropout, labels.shape)
-      labels = jnp.where(null, self.num_classes, labels)
+    labels = self.model_labels(labels, key_drop) if dropout else self.model_labels(labels)
     return (z.astype(self.dtype), t, labels), target
+
+  def model_labels(self, labels, key=None):
+    """What the model is given: None when unconditional; else the labels, each replaced
+    by the null label with probability ``label_dropout`` when a ``key`` is given."""
+    if self.num_classes is None:
+      return None
+    if key is None or not self.label_dropout:
+      return labels
+    null = jax.random.bernoulli(key, self.label_dropout, labels.shape)
+    return jnp.where(null, self.num_classes, labels)
 
   def train_batch(self, data: DeviceData, index, mask, rng, policy=None, teacher=None):
     """``((z_t, t, labels), target, mask [B], {})`` of a training batch (inside the step)."""

@@ -19,6 +19,8 @@ its cached Fashion-MNIST classifier and calls these.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 
@@ -42,8 +44,14 @@ def frechet_distance_of(mean_a, cov_a, mean_b, cov_b) -> float:
   """
   diff = np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64)
   cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
-  root = scipy.linalg.sqrtm(cov_a @ cov_b)
-  if not np.isfinite(root).all():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+    try:
+      root = scipy.linalg.sqrtm(cov_a @ cov_b)
+      singular = not np.isfinite(root).all()
+    except scipy.linalg.LinAlgWarning:
+      singular = True
+  if singular:
     offset = 1e-6 * np.eye(len(cov_a))
     root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
   root = np.real(root)

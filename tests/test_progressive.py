@@ -1,0 +1,113 @@
+"""Progressive distillation (kd_jax/methods/diffusion.py): its target, its rounds, its checks."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from kd_jax import models
+from kd_jax.core import parallel
+from kd_jax.methods import diffusion as pd
+from kd_jax.objectives import diffusion as df
+from kd_jax.tasks import diffusion
+from tests.conftest import needs_fashion_mnist
+from tests.test_experiments import assert_refused_field, cli_load
+
+SMOKE = "experiments/diffusion/progressive.py:smoke"
+
+
+def _student(steps_per_round):
+  model = models.create("unet", rngs=nnx.Rngs(0), widths=(8, 16), embed_dim=32)
+  model.out.kernel.set_value(0.1 * jax.random.normal(jax.random.key(5), model.out.kernel.shape))
+  return pd.RoundStudent(model, steps_per_round)
+
+
+def _teacher_two_steps(model, z, t, n):
+  """Two DDIM steps of ``model`` from z at t, by the formulas (x_hat, eps_hat, then the update)."""
+  for now, later in ((t, t - 0.5 / n), (t - 0.5 / n, t - 1.0 / n)):
+    alpha, sigma = (a[:, None, None, None] for a in df.alpha_sigma(now))
+    v = model(z, now)
+    x_hat, eps_hat = alpha * z - sigma * v, sigma * z + alpha * v
+    alpha_s, sigma_s = (a[:, None, None, None] for a in df.alpha_sigma(later))
+    z = alpha_s * x_hat + sigma_s * eps_hat
+  return z
+
+
+@needs_fashion_mnist
+def test_one_student_step_to_the_target_lands_where_two_teacher_steps_did():
+  c = cli_load(SMOKE)
+  prepared = diffusion.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), jnp.float32)
+  task = pd._progressive_task(c, prepared)
+  student = _student(task.steps_per_round)
+  (z_t, t, _), target, _, metrics = task.train_batch(
+      prepared.train_data, jnp.arange(8), jnp.ones(8, bool), jax.random.key(1),
+      policy=nnx.split(student, nnx.Param, ...))
+  n = float(metrics["student_steps"])
+  assert n == c.progressive.start_steps // 2                  # round 0: 4 → 2 steps
+  np.testing.assert_allclose(np.asarray(t) * n, np.rint(np.asarray(t) * n), atol=1e-5)
+  want = _teacher_two_steps(student.model, z_t, t, n)
+  alpha, sigma = (a[:, None, None, None] for a in df.alpha_sigma(t))
+  x_tilde = alpha * z_t - sigma * target               # the target is a v
+  eps_tilde = (z_t - alpha * x_tilde) / sigma
+  alpha_s, sigma_s = (a[:, None, None, None] for a in df.alpha_sigma(t - 1.0 / n))
+  np.testing.assert_allclose(alpha_s * x_tilde + sigma_s * eps_tilde, want, atol=2e-4)
+
+
+def test_the_round_teacher_is_the_student_at_each_rounds_first_step():
+  student = _student(steps_per_round=2)
+  weights = lambda: nnx.to_pure_dict(nnx.state(student.model, nnx.Param))
+  x, t = jnp.zeros((1, 28, 28, 1)), jnp.array([0.5])
+  start = weights()
+  student(x, t, train=True)                 # step 0: a round begins, the teacher is the start
+  kernel = student.model.out.kernel
+  kernel.set_value(kernel[...] + 1.0)      # as if the optimiser had moved the student
+  np.testing.assert_array_equal(student.round_teacher_weights()["out"]["kernel"],
+                                start["out"]["kernel"])
+  student(x, t, train=True)                 # step 1: the same round, the same teacher
+  np.testing.assert_array_equal(student.frozen.get_value()["out"]["kernel"], start["out"]["kernel"])
+  # Step 2 begins the next round: its teacher is the student as it is now.
+  np.testing.assert_array_equal(student.round_teacher_weights()["out"]["kernel"],
+                                weights()["out"]["kernel"])
+  assert int(student.steps[...]) == 2
+  # The frozen weights are no nnx.Param: the optimiser never sees them.
+  assert not any("frozen" in str(path) for path, _ in
+                 jax.tree_util.tree_leaves_with_path(nnx.state(student, nnx.Param)))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c.progressive, "start_steps", 6), "progressive"),
+    (lambda c: setattr(c.progressive, "final_steps", 4), "progressive"),
+    (lambda c: setattr(c.train, "steps", 3), "train.steps"),
+    (lambda c: setattr(c, "student_init", "scratch"), "student_init"),
+])
+def test_bad_progressive_settings_are_named(edit, field):
+  assert_refused_field(cli_load(SMOKE), edit, field)
+
+
+def test_progressive_needs_its_block():
+  c = cli_load(SMOKE)
+  del c.progressive
+  from kd_jax.core.errors import ConfigError
+  from kd_jax.run import validation
+  with pytest.raises(ConfigError, match="progressive_config"):
+    validation.validate(c)
+  assert isinstance(cli_load(SMOKE).progressive, ml_collections.ConfigDict)
+
+
+@needs_fashion_mnist
+def test_the_progressive_smoke_run_halves_the_steps_round_by_round(tmp_path, teacher_dir):
+  import json
+  from tests import multidevice
+  from tests.test_experiments import _cli
+  out = _cli(f"--config={SMOKE}", f"--workdir={tmp_path / 'pd'}", f"--teacher_dir={teacher_dir}",
+             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  logged = [json.loads(line) for line in open(tmp_path / "pd" / "student" / "metrics.jsonl")]
+  rounds = {r["step"]: (r["round"], r["student_steps"]) for r in logged if "round" in r}
+  assert rounds[0] == (0.0, 2.0) and rounds[3] == (1.0, 1.0)       # 4 → 2, then 2 → 1
+  with open(tmp_path / "pd" / "results.json") as f:
+    results = json.load(f)
+  assert results["student"]["steps_1"]["fd"] > 0 and "mse_to_teacher" in results[
+      "student"]["steps_1"]

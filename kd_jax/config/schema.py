@@ -195,6 +195,16 @@ def progressive_config(*, start_steps: int = 256, final_steps: int = 1
   return ml_collections.ConfigDict(dict(start_steps=start_steps, final_steps=final_steps))
 
 
+def consistency_config(*, grid: int = 64, ema: float = 0.95, distance: str = "l2",
+                       sigma_data: float = 0.5) -> ml_collections.ConfigDict:
+  """Consistency distillation (``method="consistency"``): one teacher DDIM step between the
+  neighbours of a ``grid``-point time grid, an EMA target network (rate ``ema``), the
+  ``distance`` ("l2" or "pseudo_huber") and the data scale ``sigma_data`` of the skip
+  parameterisation (kd_jax/methods/diffusion.py)."""
+  return ml_collections.ConfigDict(dict(grid=grid, ema=ema, distance=distance,
+                                        sigma_data=sigma_data))
+
+
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
                  train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
   """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of

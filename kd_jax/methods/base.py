@@ -103,6 +103,7 @@ class Settings:
   dpo: Any = None             # the dpo block (rank-based distillation)
   rl: Any = None              # the rl block (policy-gradient distillation)
   distillm2: Any = None       # the distillm2 block (contrastive distillation)
+  consistency: Any = None     # the consistency block (diffusion consistency distillation)
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/objectives/topk.py)
   loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 

@@ -195,6 +195,14 @@ def progressive_config(*, start_steps: int = 256, final_steps: int = 1
   return ml_collections.ConfigDict(dict(start_steps=start_steps, final_steps=final_steps))
 
 
+def one_step_kd_config(*, pairs: int = 10000, teacher_steps: int = 256
+                       ) -> ml_collections.ConfigDict:
+  """One-step knowledge distillation (``method="one_step_kd"``): the teacher's DDIM samples
+  at ``teacher_steps`` from ``pairs`` fixed noise draws, cached, regressed by the student
+  in one step (kd_jax/methods/diffusion.py)."""
+  return ml_collections.ConfigDict(dict(pairs=pairs, teacher_steps=teacher_steps))
+
+
 def consistency_config(*, grid: int = 64, ema: float = 0.95, distance: str = "l2",
                        sigma_data: float = 0.5) -> ml_collections.ConfigDict:
   """Consistency distillation (``method="consistency"``): one teacher DDIM step between the

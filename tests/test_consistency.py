@@ -12,7 +12,7 @@ from flax import nnx
 
 from kd_jax import models
 from kd_jax.core import parallel
-from kd_jax.methods import diffusion as methods_diffusion
+from kd_jax.methods import consistency as cd
 from kd_jax.objectives import diffusion as df
 from kd_jax.tasks import diffusion
 from tests import multidevice
@@ -30,7 +30,7 @@ def _network(seed=0):
 
 
 def _student(ema=0.9):
-  return methods_diffusion.ConsistencyStudent(_network(), sigma_data=0.5, ema=ema)
+  return cd.ConsistencyStudent(_network(), sigma_data=0.5, ema=ema)
 
 
 def test_the_boundary_condition_holds_exactly():
@@ -71,7 +71,7 @@ def test_the_ema_target_starts_as_the_student_and_then_averages():
 def test_the_target_is_the_ema_networks_f_after_one_teacher_ddim_step():
   c = cli_load(SMOKE)
   prepared = diffusion.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), jnp.float32)
-  task = methods_diffusion._consistency_task(c, prepared)
+  task = cd._consistency_task(c, prepared)
   student, teacher = _student(), _network(seed=3)
   student.steps[...] = jnp.int32(5)                        # past the first step: the EMA counts
   ema = _network(seed=4)
@@ -102,11 +102,11 @@ def test_the_distances_match_their_formulas():
   f = jnp.arange(8.0).reshape(2, 2, 2, 1)
   target = jnp.zeros_like(f)
   mask = jnp.array([True, True])
-  l2 = methods_diffusion.consistency_distance("l2", f, target, mask)
+  l2 = cd.consistency_distance("l2", f, target, mask)
   np.testing.assert_allclose(l2, np.mean([np.mean(np.arange(4.0)**2),
                                           np.mean(np.arange(4.0, 8.0)**2)]))
   c = 0.00054 * math.sqrt(4)
-  huber = methods_diffusion.consistency_distance("pseudo_huber", f, target, mask)
+  huber = cd.consistency_distance("pseudo_huber", f, target, mask)
   want = np.mean([np.sqrt(np.sum(np.arange(4.0)**2) + c**2) - c,
                   np.sqrt(np.sum(np.arange(4.0, 8.0)**2) + c**2) - c])
   np.testing.assert_allclose(huber, want, rtol=1e-6)

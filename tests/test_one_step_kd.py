@@ -11,7 +11,7 @@ from flax import nnx
 
 from kd_jax import models
 from kd_jax.core import parallel
-from kd_jax.methods import diffusion as methods_diffusion
+from kd_jax.methods import one_step_kd as kd1
 from kd_jax.objectives import diffusion as df
 from kd_jax.tasks import diffusion, diffusion_sampler
 from tests import multidevice
@@ -33,7 +33,7 @@ def test_the_pairs_are_the_teachers_samples_and_are_made_once(tmp_path):
   c.one_step_kd.pairs = 10
   prepared = diffusion.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), jnp.float32)
   teacher = _teacher()
-  noise, samples, labels = methods_diffusion.teacher_pairs(c, prepared, teacher, {"t": 1},
+  noise, samples, labels = kd1.teacher_pairs(c, prepared, teacher, {"t": 1},
                                                            str(tmp_path))
   graphdef, state = nnx.split(teacher)
   want = diffusion_sampler.sample(graphdef, state, jnp.asarray(noise),
@@ -42,11 +42,11 @@ def test_the_pairs_are_the_teachers_samples_and_are_made_once(tmp_path):
   assert noise.shape == (10, 28, 28, 1) and labels.shape == (10,)
   (path,) = [p for p in os.listdir(tmp_path) if p.startswith("diffusion_pairs-")]
   written = os.path.getmtime(tmp_path / path)
-  again = methods_diffusion.teacher_pairs(c, prepared, teacher, {"t": 1}, str(tmp_path))
+  again = kd1.teacher_pairs(c, prepared, teacher, {"t": 1}, str(tmp_path))
   np.testing.assert_array_equal(again[1], samples)
   assert os.path.getmtime(tmp_path / path) == written            # read back, not remade
   # Another teacher (its identity) is another set.
-  methods_diffusion.teacher_pairs(c, prepared, teacher, {"t": 2}, str(tmp_path))
+  kd1.teacher_pairs(c, prepared, teacher, {"t": 2}, str(tmp_path))
   assert len(os.listdir(tmp_path)) == 2
 
 
@@ -54,10 +54,10 @@ def test_the_pairs_are_the_teachers_samples_and_are_made_once(tmp_path):
 def test_a_batch_asks_for_the_teachers_sample_from_its_noise_in_one_step():
   c = cli_load(SMOKE)
   prepared = diffusion.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), jnp.float32)
-  task = methods_diffusion._one_step_task(c, prepared)
+  task = kd1._one_step_task(c, prepared)
   noise = jax.random.normal(jax.random.key(3), (4, 28, 28, 1))
   samples = jax.random.uniform(jax.random.key(4), (4, 28, 28, 1), minval=-1, maxval=1)
-  data = methods_diffusion.PairData(noise, samples, jnp.zeros(4, jnp.int32))
+  data = kd1.PairData(noise, samples, jnp.zeros(4, jnp.int32))
   (z, t, labels), target, _, _ = task.train_batch(data, jnp.arange(4), jnp.ones(4, bool),
                                                   jax.random.key(0))
   np.testing.assert_array_equal(z, noise)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from kd_jax import models
 from kd_jax.core import parallel
-from kd_jax.methods import diffusion as pd
+from kd_jax.methods import progressive as pd
 from kd_jax.objectives import diffusion as df
 from kd_jax.tasks import diffusion
 from tests.conftest import needs_fashion_mnist

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import (contrastive, diffusion, features, logit, policy_gradient,
-                            preference, sentence)
+from kd_jax.methods import (consistency, contrastive, features, logit, one_step_kd,
+                            policy_gradient, preference, progressive, sentence)
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -47,7 +47,9 @@ REGISTRY: dict[str, Method] = {
     **preference.METHODS,
     **policy_gradient.METHODS,
     **contrastive.METHODS,
-    **diffusion.METHODS,
+    **progressive.METHODS,
+    **consistency.METHODS,
+    **one_step_kd.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",

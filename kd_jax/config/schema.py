@@ -329,7 +329,9 @@ def sft_config(*, learning_rate: float = 0.0, steps: int = 0) -> ml_collections.
 # The blocks of one method, absent from other configs, and their defaults (a finished run
 # without the block is the same run as one with it at these defaults: kd_jax/config/records.py).
 METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config,
-                 "distillm2": distillm2_config, "sft": sft_config}
+                 "distillm2": distillm2_config, "sft": sft_config,
+                 "progressive": progressive_config, "consistency": consistency_config,
+                 "one_step_kd": one_step_kd_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,

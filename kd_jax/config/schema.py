@@ -195,6 +195,18 @@ def progressive_config(*, start_steps: int = 256, final_steps: int = 1
   return ml_collections.ConfigDict(dict(start_steps=start_steps, final_steps=final_steps))
 
 
+def adversarial_config(*, student_times=(1.0, 0.75, 0.5, 0.25), distillation_weight: float = 2.5,
+                       discriminator_learning_rate: float = 1e-4,
+                       discriminator_width: int = 32) -> ml_collections.ConfigDict:
+  """Adversarial diffusion distillation (``method="adversarial"``): the student's times, the
+  score-distillation weight λ, and the discriminator's learning rate and first width
+  (kd_jax/methods/adversarial.py)."""
+  return ml_collections.ConfigDict(dict(
+      student_times=tuple(student_times), distillation_weight=distillation_weight,
+      discriminator_learning_rate=discriminator_learning_rate,
+      discriminator_width=discriminator_width))
+
+
 def one_step_kd_config(*, pairs: int = 10000, teacher_steps: int = 256
                        ) -> ml_collections.ConfigDict:
   """One-step knowledge distillation (``method="one_step_kd"``): the teacher's DDIM samples
@@ -331,7 +343,7 @@ def sft_config(*, learning_rate: float = 0.0, steps: int = 0) -> ml_collections.
 METHOD_BLOCKS = {"gkd": gkd_config, "dpo": dpo_config, "rl": rl_config,
                  "distillm2": distillm2_config, "sft": sft_config,
                  "progressive": progressive_config, "consistency": consistency_config,
-                 "one_step_kd": one_step_kd_config}
+                 "one_step_kd": one_step_kd_config, "adversarial": adversarial_config}
 
 
 def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,

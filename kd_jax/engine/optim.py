@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 
@@ -15,7 +16,37 @@ def learning_rate_schedule(t, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(t, total_steps: int) -> optax.GradientTransformation:
-  """The optax optimiser of a ``training_config`` (see kd_jax/config/schema.py)."""
+  """The optax optimiser of a ``training_config`` (see kd_jax/config/schema.py).
+
+  A method's phase may add ``param_groups`` to it (``{submodule: {field: value}}``, e.g.
+  an adversarial student's discriminator with its own learning rate): the parameters
+  under each named top-level submodule then get an optimiser of their own, ``t`` with
+  those fields replaced (``optax.multi_transform``), the rest ``t``'s.
+  """
+  groups = dict(t.get("param_groups") or {})
+  if not groups:
+    return _single_optimizer(t, total_steps)
+  transforms = {"default": _single_optimizer(t, total_steps)}
+  for name, fields in groups.items():
+    group = t.copy_and_resolve_references()
+    with group.unlocked():
+      del group["param_groups"]
+      group.update(dict(fields))
+    transforms[name] = _single_optimizer(group, total_steps)
+  return optax.multi_transform(transforms, lambda params: param_labels(params, tuple(groups)))
+
+
+def param_labels(params, groups: tuple[str, ...]):
+  """The ``multi_transform`` label of every leaf: its top-level submodule when that is one
+  of ``groups``, else "default"."""
+  def label(path, _):
+    first = path[0]
+    name = str(getattr(first, "key", getattr(first, "name", first)))
+    return name if name in groups else "default"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _single_optimizer(t, total_steps: int) -> optax.GradientTransformation:
   lr = learning_rate_schedule(t, total_steps)
   if t.optimizer == "adamw":
     opt = optax.adamw(lr, weight_decay=t.weight_decay)

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import (consistency, contrastive, features, logit, one_step_kd,
-                            policy_gradient, preference, progressive, sentence)
+from kd_jax.methods import (adversarial, consistency, contrastive, features, logit,
+                            one_step_kd, policy_gradient, preference, progressive, sentence)
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -50,6 +50,7 @@ REGISTRY: dict[str, Method] = {
     **progressive.METHODS,
     **consistency.METHODS,
     **one_step_kd.METHODS,
+    **adversarial.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",
@@ -101,6 +102,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
       dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"), rl=config.get("rl"),
       distillm2=config.get("distillm2"), consistency=config.get("consistency"),
+      adversarial=config.get("adversarial"),
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})

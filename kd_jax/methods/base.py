@@ -104,6 +104,7 @@ class Settings:
   rl: Any = None              # the rl block (policy-gradient distillation)
   distillm2: Any = None       # the distillm2 block (contrastive distillation)
   consistency: Any = None     # the consistency block (diffusion consistency distillation)
+  adversarial: Any = None     # the adversarial block (adversarial diffusion distillation)
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/objectives/topk.py)
   loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 

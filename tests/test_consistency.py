@@ -1,4 +1,4 @@
-"""Consistency distillation (kd_jax/methods/diffusion.py): the boundary condition, the EMA
+"""Consistency distillation (kd_jax/methods/consistency.py): the boundary condition, the EMA
 target network, the teacher's ODE step and the distances."""
 
 import json

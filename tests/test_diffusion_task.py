@@ -159,3 +159,34 @@ def test_a_copy_of_the_teacher_needs_the_teachers_model():
   c.student_init = "teacher"
   assert_refused_field(c, lambda c: setattr(c.student.kwargs, "widths", (8, 8)),
                        "student_init")
+
+
+@needs_fashion_mnist
+def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher_dir):
+  sweep = tmp_path / "table"
+  out = _cli("--config=experiments/diffusion/table.py:smoke", f"--workdir={sweep}",
+             f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
+             "--noprogress", module="kd_jax.sweep", timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"[sweep 4/4 done, 0 failed] {sweep}" in out.stdout
+  table = _cli(f"--workdir={sweep}", module="kd_jax.diffusion_table", timeout=300)
+  assert table.returncode == 0, table.stderr[-3000:]
+  rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+  assert rows[0].startswith("| model | steps | FD-FMNIST | precision | recall")
+  labels = [r.split(" | ")[0].lstrip("| ") for r in rows[1:]]
+  assert labels == ["teacher (DDIM)"] * 2 + [f"`{m}`" for m in (
+      "progressive", "consistency", "one_step_kd", "adversarial") for _ in range(2)]
+  assert "- 4-step target" in table.stdout and "- 1-step target" in table.stdout
+
+
+def test_the_tables_targets_follow_the_issues_bounds():
+  from kd_jax.reporting import diffusion_table
+  teacher = [{"steps_256": {"fd": 10.0}, "steps_1": {"fd": 100.0}}]
+  students = {"a": [{"steps_4": {"fd": 14.0}, "steps_1": {"fd": 25.0}}],
+              "b": [{"steps_4": {"fd": 16.0}, "steps_1": {"fd": 26.0}}]}
+  four, one = diffusion_table.targets(teacher, students)
+  # 4 steps: ≤ 1.5 × 10 = 15; 1 step: ≤ 3 × 10 = 30 and ≤ 100 / 4 = 25.
+  assert "= 15.00" in four and "best `a` 14.00 — met; reached by `a`." in four
+  assert "(25.00)" in one and "best `a` 25.00 — met; reached by `a`." in one
+  students["a"][0]["steps_1"]["fd"] = 25.5
+  assert "— not met; reached by none." in diffusion_table.targets(teacher, students)[1]

@@ -1,4 +1,4 @@
-"""One-step KD (kd_jax/methods/diffusion.py): the teacher's cached pairs and the regression batch."""
+"""One-step KD (kd_jax/methods/one_step_kd.py): the teacher's cached pairs and the regression batch."""
 
 import json
 import os

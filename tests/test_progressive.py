@@ -1,4 +1,4 @@
-"""Progressive distillation (kd_jax/methods/diffusion.py): its target, its rounds, its checks."""
+"""Progressive distillation (kd_jax/methods/progressive.py): its target, its rounds, its checks."""
 
 import jax
 import jax.numpy as jnp

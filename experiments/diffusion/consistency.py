@@ -6,7 +6,7 @@ r"""Consistency distillation (Song et al. 2023) of the diffusion teacher (issue 
 The teacher of experiments/diffusion/teacher.py; the student starts as its copy, wrapped
 as a consistency function (f(z, 0) = z exactly), and learns from one teacher DDIM step
 between neighbours of a 64-point time grid against an EMA target network
-(kd_jax/methods/diffusion.py). Reported at 256, 16, 4, 2 and 1 steps beside the
+(kd_jax/methods/consistency.py). Reported at 256, 16, 4, 2 and 1 steps beside the
 teacher. Not yet calibrated (issue 24): the budget is a first guess.
 """
 

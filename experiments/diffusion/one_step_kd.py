@@ -5,7 +5,7 @@ r"""One-step knowledge distillation (Luhman & Luhman 2021) of the diffusion teac
 
 The teacher of experiments/diffusion/teacher.py writes 10,000 (noise, 256-step DDIM
 sample) pairs once (cached by teacher and settings); the student, a copy of the teacher,
-learns to map each noise to its sample in one step (kd_jax/methods/diffusion.py).
+learns to map each noise to its sample in one step (kd_jax/methods/one_step_kd.py).
 Reported at 256, 16, 4, 2 and 1 steps beside the teacher. Not yet calibrated (issue
 24): the budget is a first guess.
 """

@@ -5,7 +5,7 @@ r"""Progressive distillation (Salimans & Ho 2022) of the diffusion teacher (issu
 
 The teacher of experiments/diffusion/teacher.py; the student starts as its copy
 (``student_init="teacher"``) and halves its DDIM steps round by round, 256 → 1 (eight
-rounds of ``train.steps`` / 8 steps: kd_jax/methods/diffusion.py), and is reported at
+rounds of ``train.steps`` / 8 steps: kd_jax/methods/progressive.py), and is reported at
 256, 16, 4, 2 and 1 steps beside the teacher. Not yet calibrated (issue 24): the budget
 is a first guess.
 """

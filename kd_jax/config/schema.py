@@ -191,7 +191,7 @@ def progressive_config(*, start_steps: int = 256, final_steps: int = 1
                        ) -> ml_collections.ConfigDict:
   """Progressive distillation (``method="progressive"``): rounds that halve the sampler's
   steps from the teacher's ``start_steps`` to ``final_steps`` (powers of 2), each round
-  ``train.steps`` / rounds steps (kd_jax/methods/diffusion.py)."""
+  ``train.steps`` / rounds steps (kd_jax/methods/progressive.py)."""
   return ml_collections.ConfigDict(dict(start_steps=start_steps, final_steps=final_steps))
 
 
@@ -211,7 +211,7 @@ def one_step_kd_config(*, pairs: int = 10000, teacher_steps: int = 256
                        ) -> ml_collections.ConfigDict:
   """One-step knowledge distillation (``method="one_step_kd"``): the teacher's DDIM samples
   at ``teacher_steps`` from ``pairs`` fixed noise draws, cached, regressed by the student
-  in one step (kd_jax/methods/diffusion.py)."""
+  in one step (kd_jax/methods/one_step_kd.py)."""
   return ml_collections.ConfigDict(dict(pairs=pairs, teacher_steps=teacher_steps))
 
 
@@ -220,7 +220,7 @@ def consistency_config(*, grid: int = 64, ema: float = 0.95, distance: str = "l2
   """Consistency distillation (``method="consistency"``): one teacher DDIM step between the
   neighbours of a ``grid``-point time grid, an EMA target network (rate ``ema``), the
   ``distance`` ("l2" or "pseudo_huber") and the data scale ``sigma_data`` of the skip
-  parameterisation (kd_jax/methods/diffusion.py)."""
+  parameterisation (kd_jax/methods/consistency.py)."""
   return ml_collections.ConfigDict(dict(grid=grid, ema=ema, distance=distance,
                                         sigma_data=sigma_data))
 

@@ -84,3 +84,16 @@ def test_the_one_step_smoke_run_records_its_pairs(tmp_path, teacher_dir):
     results = json.load(f)
   assert results["teacher_pairs"] == {"pairs": 64, "teacher_steps": 4}
   assert results["student"]["steps_1"]["fd"] > 0
+  # The one-step student exports: float32 noise in, uint8 images out, checked against JAX.
+  exported = _cli(f"--workdir={tmp_path / 'k'}", "--format=onnx", module="kd_jax.export",
+                  timeout=600)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert "max |Δpixel|" in exported.stdout
+  with open(tmp_path / "k" / "export" / "report.json") as f:
+    parity = json.load(f)["student.onnx"]["parity"]
+  assert parity["max_abs_pixel_difference"] <= 1 and parity["equal_pixels"] > 0.99
+  with open(tmp_path / "k" / "export" / "samples.json") as f:
+    web = json.load(f)
+  assert web["kind"] == "denoiser" and np.array(web["noise"]).shape == (4, 28 * 28)
+  refused = _cli(f"--workdir={tmp_path / 'k'}", "--format=tflite", module="kd_jax.export")
+  assert refused.returncode == 2 and "float32 ONNX so far" in refused.stderr

@@ -90,3 +90,29 @@ def test_the_page_reasons_token_by_token_as_the_jax_student_does(served):
         break
     assert generated == expected, prompt
   assert page["median_ms_per_token"] > 0
+
+
+def test_the_page_draws_the_garment_the_jax_generator_draws(served):
+  from kd_jax.objectives import diffusion as df
+  root, url = served
+  model = models.create("unet", rngs=nnx.Rngs(4), widths=(8, 16), embed_dim=32)
+  model.out.kernel.set_value(0.1 * np.random.default_rng(1).normal(
+      size=model.out.kernel.shape).astype(np.float32))
+
+  def function(noise):          # kd_jax/export/student.py's one-step generator
+    t = jnp.ones((noise.shape[0],), jnp.float32)
+    x_hat, _ = df.to_x_eps(model(noise, t), noise, t)
+    return jnp.clip(jnp.round((jnp.clip(x_hat, -1, 1) + 1) * 127.5), 0, 255).astype(jnp.uint8)
+
+  export = root / "runs" / "gen" / "export"
+  onnx_format.export(function, (28, 28, 1), str(export / "student.onnx"), "float32")
+  noise = np.random.default_rng(2).normal(size=(3, 28, 28, 1)).astype(np.float32)
+  with open(export / "samples.json", "w") as f:
+    json.dump({"kind": "denoiser", "input_shape": [28, 28, 1], "description": "a known UNet",
+               "noise": noise.reshape(3, -1).tolist()}, f)
+  page = _open(f"{url}/web/?run=runs/gen&auto=1")
+  expected = np.asarray(function(jnp.asarray(noise))).reshape(3, -1).astype(np.int32)
+  got = np.array(page["images"], np.int32)
+  # float32 in two runtimes: a pixel may round the other way at a .5 boundary, no further.
+  assert got.shape == expected.shape and np.abs(got - expected).max() <= 1
+  assert np.mean(got == expected) > 0.99 and page["median_ms_per_image"] > 0

@@ -1,6 +1,7 @@
 // Runs an exported kd_jax student with onnxruntime-web's WebAssembly backend: an image
 // classifier (uint8 images [B, H, W, C] in, logits out: the normalisation is inside the
-// model) or the arithmetic language model (int32 tokens [B, L] in, logits [B, L, V] out;
+// model), a one-step diffusion generator (float32 noise in, uint8 image out) or the
+// arithmetic language model (int32 tokens [B, L] in, logits [B, L, V] out;
 // greedy generation runs the whole fixed-length row once per new token).
 "use strict";
 
@@ -31,8 +32,8 @@ function canvasPixels(height, width) {
   return pixels;
 }
 
-function drawPixels(pixels, height, width) {
-  const image = context.createImageData(width, height);
+function drawPixels(pixels, height, width, target = context) {
+  const image = target.createImageData(width, height);
   for (let i = 0; i < pixels.length; i++) {
     image.data.set([pixels[i], pixels[i], pixels[i], 255], 4 * i);
   }
@@ -40,8 +41,8 @@ function drawPixels(pixels, height, width) {
   small.width = width;
   small.height = height;
   small.getContext("2d").putImageData(image, 0, 0);
-  context.imageSmoothingEnabled = false;
-  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+  target.imageSmoothingEnabled = false;
+  target.drawImage(small, 0, 0, target.canvas.width, target.canvas.height);
 }
 
 async function logitsOf(batch, count) {
@@ -171,6 +172,52 @@ function enableProblems() {
   document.getElementById("next-prompt").onclick();
 }
 
+// ---------------------------------------------------------------- the one-step generator
+// float32 noise [1, H, W, C] in, uint8 image [1, H, W, C] out (kd_jax/export/student.py).
+
+function gaussianNoise(size) {         // Box–Muller
+  const noise = new Float32Array(size);
+  for (let i = 0; i < size; i += 2) {
+    const radius = Math.sqrt(-2 * Math.log(1 - Math.random()));
+    const angle = 2 * Math.PI * Math.random();
+    noise[i] = radius * Math.cos(angle);
+    if (i + 1 < size) noise[i + 1] = radius * Math.sin(angle);
+  }
+  return noise;
+}
+
+async function imageOf(noise) {
+  const [h, w, c] = samples.input_shape;
+  const output = await session.run(
+    { [session.inputNames[0]]: new ort.Tensor("float32", noise, [1, h, w, c]) });
+  return output[session.outputNames[0]].data;
+}
+
+async function drawGarment() {
+  const [h, w, c] = samples.input_shape;
+  const start = performance.now();
+  const pixels = await imageOf(gaussianNoise(h * w * c));
+  const milliseconds = performance.now() - start;
+  drawPixels(pixels, h, w, document.getElementById("garment").getContext("2d"));
+  document.getElementById("garment-latency").textContent =
+    `${milliseconds.toFixed(2)} ms for this image in the browser (one forward pass)`;
+}
+
+// ?auto=1: the image of every fixed noise draw in samples.json, and the median time.
+async function runAllNoise() {
+  const images = [];
+  const times = [];
+  for (const noise of samples.noise) {
+    const start = performance.now();
+    images.push(Array.from(await imageOf(Float32Array.from(noise))));
+    times.push(performance.now() - start);
+  }
+  times.sort((a, b) => a - b);
+  document.getElementById("results").textContent = JSON.stringify(
+    { images, median_ms_per_image: times[times.length >> 1] });
+  document.body.dataset.done = "1";
+}
+
 // ---------------------------------------------------------------- the image classifier
 
 function enableDrawing() {
@@ -207,10 +254,15 @@ async function main() {
                                                 { executionProviders: ["wasm"] });
     status.textContent = `${run}: ${samples.description}`;
     const language = samples.kind === "language_model";
+    const generator = samples.kind === "denoiser";
     if (params.get("auto")) {
-      await (language ? runAllProblems() : runAll());
+      await (language ? runAllProblems() : generator ? runAllNoise() : runAll());
     } else if (language) {
       enableProblems();
+    } else if (generator) {
+      document.getElementById("generator").hidden = false;
+      document.getElementById("draw-garment").onclick = drawGarment;
+      await drawGarment();
     } else {
       document.getElementById("image-classifier").hidden = false;
       context.fillStyle = "black";

@@ -67,6 +67,9 @@ def _write_tflite(exportable, directory: str, quantize: str) -> str:
 def export(workdir: str, fmt: str, quantize: str) -> dict:
   """Exports, measures and records one file; returns its report entry."""
   exportable = student_lib.load(workdir)
+  if exportable.web["kind"] == "denoiser" and (fmt, quantize) != ("onnx", "none"):
+    raise ConfigError(None, "a one-step diffusion student exports as float32 ONNX so far "
+                      "(--format onnx --quantize none)")
   directory = os.path.join(workdir, "export")
   write = _write_tflite if fmt == "tflite" else _write_onnx
   path = write(exportable, directory, quantize)
@@ -74,11 +77,12 @@ def export(workdir: str, fmt: str, quantize: str) -> dict:
   runtime = RUNTIMES[fmt]
   run_jax = jax.jit(exportable.function)
   inputs, predictions = exportable.test_inputs, exportable.positions
+  reference = predictions(measure.in_batches(run_jax, inputs))
+  exported = predictions(measure.in_batches(run_exported, inputs))
   entry = {"file": os.path.basename(path), "format": fmt, "quantize": quantize,
            "bytes": os.path.getsize(path),
-           "parity": measure.parity(predictions(measure.in_batches(run_jax, inputs)),
-                                    predictions(measure.in_batches(run_exported, inputs)),
-                                    exportable.labels),
+           "parity": (exportable.compare(reference, exported) if exportable.compare else
+                      measure.parity(reference, exported, exportable.labels)),
            "latency_ms": {}}
   for batch in LATENCY_BATCHES:
     x = np.ascontiguousarray(inputs[:batch])
@@ -104,10 +108,15 @@ def main(argv) -> None:
   entry = export(os.path.abspath(os.path.expanduser(_WORKDIR.value)), _FORMAT.value,
                  _QUANTIZE.value)
   p, lat = entry["parity"], entry["latency_ms"]
-  print(f"{entry['file']}: {entry['bytes'] / 1e6:.2f} MB; max |Δlogit| "
-        f"{p['max_abs_logit_difference']:.2e}, top-1 agreement {p['top1_agreement']:.2%}, "
-        f"accuracy {p['jax_accuracy']:.2%} → {p['exported_accuracy']:.2%} on "
-        f"{p['examples']} held-out predictions")
+  if "max_abs_pixel_difference" in p:        # a one-step generator's images
+    print(f"{entry['file']}: {entry['bytes'] / 1e6:.2f} MB; max |Δpixel| "
+          f"{p['max_abs_pixel_difference']}, equal pixels {p['equal_pixels']:.2%} on "
+          f"{p['examples']} images from fixed noise")
+  else:
+    print(f"{entry['file']}: {entry['bytes'] / 1e6:.2f} MB; max |Δlogit| "
+          f"{p['max_abs_logit_difference']:.2e}, top-1 agreement {p['top1_agreement']:.2%}, "
+          f"accuracy {p['jax_accuracy']:.2%} → {p['exported_accuracy']:.2%} on "
+          f"{p['examples']} held-out predictions")
   runtime = RUNTIMES[entry["format"]]
   for batch, ms in lat.items():
     print(f"  {batch}: {runtime} {ms[runtime]:.3f} ms, JAX {ms['jax']:.3f} ms")

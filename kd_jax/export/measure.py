@@ -25,6 +25,15 @@ def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray) -> d
           "accuracy_change": exported_accuracy - jax_accuracy, "examples": int(len(labels))}
 
 
+def pixel_parity(reference: np.ndarray, exported: np.ndarray) -> dict:
+  """How far the exported uint8 images ``[N, H, W, C]`` are from the JAX student's on the
+  same noise: ``max_abs_pixel_difference`` and ``equal_pixels`` (the fraction equal)."""
+  reference, exported = np.asarray(reference, np.int32), np.asarray(exported, np.int32)
+  return {"max_abs_pixel_difference": int(np.max(np.abs(reference - exported))),
+          "equal_pixels": float(np.mean(reference == exported)),
+          "examples": int(len(reference))}
+
+
 def median_latency_ms(run: Callable[[np.ndarray], object], batch: np.ndarray,
                       repeats: int = 50) -> float:
   """The median wall time of ``run(batch)`` in ms, after two warm-up calls (compilation)."""

@@ -6,6 +6,9 @@ with held-out and calibration inputs as host arrays:
 
 * an image classifier as ``function(uint8 images [B, H, W, C]) -> logits [B, C]``: the
   task's normalisation is inside the function, so the exported graph takes raw pixels;
+* a one-step diffusion student (an unconditional denoiser) as ``function(float32 noise
+  [B, 28, 28, 1]) -> uint8 images [B, 28, 28, 1]``: its x̂ at t = 1 from the noise, clipped
+  to [−1, 1] and scaled to pixels (DESIGN §8);
 * the arithmetic language model as ``function(int32 tokens [B, L]) -> logits [B, L, V]``
   at the fixed length L = ``dataset.max_len``: generation runs the full forward pass
   once per new token (no KV cache in the exported graph), reading the logits at the
@@ -32,6 +35,8 @@ from kd_jax import models
 from kd_jax.run import pipeline as experiment
 from kd_jax.run import workdir as workdir_lib
 from kd_jax.core.errors import ConfigError
+from kd_jax.export import measure
+from kd_jax.objectives import diffusion
 from kd_jax.tasks import arithmetic
 
 WEB_SAMPLES = 64      # held-out examples the web page steps through
@@ -53,6 +58,8 @@ class Exportable:
   train_inputs: np.ndarray    # calibration for int8
   config: ml_collections.ConfigDict
   web: dict
+  # (reference outputs, exported outputs) -> the parity report; None: logits against labels
+  compare: Callable | None = None
 
 
 def _model_name(workdir: str) -> str | None:
@@ -71,10 +78,13 @@ def load(workdir: str, *, calibration_examples: int = 256) -> Exportable:
   """
   name = _model_name(workdir)
   language = name in models.SEQUENCE_MODELS
-  if name is not None and name not in models.IMAGE_MODELS and not language:
+  denoiser = name in models.DENOISER_MODELS
+  if name is not None and name not in models.IMAGE_MODELS and not (language or denoiser):
     raise ConfigError(None, f"--workdir={workdir}: its student is a {name!r}; image "
-                      f"classifiers and language models export so far")
+                      f"classifiers, one-step denoisers and language models export so far")
   config, prepared, model = experiment.load_trained_student(workdir)
+  if denoiser:
+    return _one_step_generator(config, prepared, model, calibration_examples)
   if language and config.dataset.name not in arithmetic.DATASETS:
     raise ConfigError(None, f"--workdir={workdir}: of the language models, only the arithmetic "
                       "task's students export so far")
@@ -115,3 +125,29 @@ def _language_model(config, prepared, model, host, calibration_examples, descrip
   return Exportable(function, (int(tokens.shape[1]),), "int32", tokens,
                     tokens[:, 1:][mask], lambda logits: logits[:, :-1][mask],
                     host(prepared.train_data.tokens[:calibration_examples]), config, web)
+
+
+def _one_step_generator(config, prepared, model, calibration_examples):
+  """A diffusion student as the one-step generator of the module docstring."""
+  if config.dataset.conditional:
+    raise ConfigError("dataset.conditional", "a class-conditional diffusion student does not "
+                      "export yet (its graph would take labels too); export an "
+                      "unconditional one")
+  parameterization = config.dataset.parameterization
+
+  def function(noise):
+    t = jnp.ones((noise.shape[0],), jnp.float32)
+    x_hat, _ = diffusion.to_x_eps(model(noise, t), noise, t, parameterization=parameterization)
+    pixels = jnp.round((jnp.clip(x_hat, -1.0, 1.0) + 1.0) * 127.5)
+    return jnp.clip(pixels, 0, 255).astype(jnp.uint8)
+
+  shape = tuple(model.input_shape)
+  noise = np.asarray(jax.random.normal(jax.random.key(config.dataset.seed),
+                                       (max(WEB_SAMPLES, calibration_examples), *shape)))
+  web = {"kind": "denoiser", "input_shape": list(shape),
+         "description": f"one-step {config.student.model} student of {config.experiment} "
+                        f"({config.method})",
+         # Fixed noise (the browser test's), flattened; the page also draws its own.
+         "noise": noise[:4].reshape(4, -1).tolist()}
+  return Exportable(function, shape, "float32", noise[:WEB_SAMPLES], None, lambda x: x,
+                    noise[:calibration_examples], config, web, compare=measure.pixel_parity)

@@ -156,6 +156,7 @@ class UNet(nnx.Module):
       for _ in range(self.blocks + 1):
         h = next(blocks)(jnp.concatenate([h, skips.pop()], axis=-1), embedding)
       if level > 0:
-        b, hh, ww, c = h.shape
-        h = next(upsample)(jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
+        # Nearest-neighbour 2x by repetition (jax.image.resize's equal, but exportable with
+        # a symbolic batch: jax2onnx's resize needs a constant shape).
+        h = next(upsample)(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))
     return self.out(jax.nn.silu(self.out_norm(h))).astype(jnp.float32)

@@ -111,3 +111,29 @@ def test_the_progressive_smoke_run_halves_the_steps_round_by_round(tmp_path, tea
     results = json.load(f)
   assert results["student"]["steps_1"]["fd"] > 0 and "mse_to_teacher" in results[
       "student"]["steps_1"]
+
+
+@needs_fashion_mnist
+def test_a_resumed_progressive_run_is_bit_identical_mid_round(tmp_path, teacher_dir):
+  # The round's frozen teacher and the step count live in the checkpointed state.
+  import json
+  from kd_jax.run import pipeline
+  c = cli_load(SMOKE)
+  c.train.steps, c.checkpoint.every_steps = 8, 1          # 2 rounds of 4 steps
+  run = lambda name, **kw: pipeline.run_experiment(c, str(tmp_path / name),
+                                                   teacher_dir=teacher_dir,
+                                                   show_progress=False, **kw)
+  straight = run("straight")
+  with pytest.raises(KeyboardInterrupt):
+    run("resumed", stop_at_step=6)                      # in the second round
+  resumed = run("resumed")
+  assert resumed["student"]["resumed_from_step"] > 4
+  logs = lambda name: [json.loads(line) for line in
+                       open(tmp_path / name / "student" / "metrics.jsonl")]
+  assert logs("resumed") == logs("straight")
+  # (the "round" each logged step trained in is among the logs: a lost step count shows)
+  untimed = lambda entry: {k: v for k, v in entry.items() if k != "ms_per_image"}
+  assert resumed["student"]["test_loss"] == straight["student"]["test_loss"]
+  for steps in (4, 1):
+    assert (untimed(resumed["student"][f"steps_{steps}"])
+            == untimed(straight["student"][f"steps_{steps}"]))

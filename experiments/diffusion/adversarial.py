@@ -17,15 +17,8 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  c = teacher.base(arg)
-  c.experiment = "diffusion/adversarial"
-  c.method = "adversarial"
-  c.student_init = "teacher"
-  c.student.kwargs = dict(c.teacher.kwargs)
+  c = teacher.distilled(arg, "adversarial")
   c.adversarial = config_lib.adversarial_config()
-  c.train.learning_rate = 1e-4
   if arg == "smoke":
     c.adversarial.discriminator_width = 8
   return c

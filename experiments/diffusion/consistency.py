@@ -16,15 +16,8 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  c = teacher.base(arg)
-  c.experiment = "diffusion/consistency"
-  c.method = "consistency"
-  c.student_init = "teacher"
-  c.student.kwargs = dict(c.teacher.kwargs)
+  c = teacher.distilled(arg, "consistency")
   c.consistency = config_lib.consistency_config(grid=64, ema=0.95, distance="pseudo_huber")
-  c.train.learning_rate = 1e-4
   if arg == "smoke":
     c.consistency.grid = 4
   return c

@@ -16,15 +16,8 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  c = teacher.base(arg)
-  c.experiment = "diffusion/one_step_kd"
-  c.method = "one_step_kd"
-  c.student_init = "teacher"
-  c.student.kwargs = dict(c.teacher.kwargs)
+  c = teacher.distilled(arg, "one_step_kd")
   c.one_step_kd = config_lib.one_step_kd_config(pairs=10000, teacher_steps=256)
-  c.train.learning_rate = 1e-4
   if arg == "smoke":
     c.one_step_kd = config_lib.one_step_kd_config(pairs=64, teacher_steps=4)
   return c

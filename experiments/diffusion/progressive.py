@@ -16,16 +16,9 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
-  c = teacher.base(arg)
-  c.experiment = "diffusion/progressive"
-  c.method = "progressive"
-  c.student_init = "teacher"
-  c.student.kwargs = dict(c.teacher.kwargs)
+  c = teacher.distilled(arg, "progressive")
   c.progressive = config_lib.progressive_config(start_steps=256, final_steps=1)
   c.train.steps = 8 * 500
-  c.train.learning_rate = 1e-4
   if arg == "smoke":
     c.progressive = config_lib.progressive_config(start_steps=4, final_steps=1)
     c.train.steps = 4          # two rounds of two steps: 4 → 2 → 1

@@ -55,6 +55,20 @@ def base(arg=None):
   return c
 
 
+def distilled(arg, method: str):
+  """The shared setting of every distilled student: ``method`` from a copy of the teacher
+  (``student_init="teacher"``, the teacher's UNet) at a fine-tuning rate."""
+  if arg not in (None, "smoke"):
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  c = base(arg)
+  c.experiment = f"diffusion/{method}"
+  c.method = method
+  c.student_init = "teacher"
+  c.student.kwargs = dict(c.teacher.kwargs)
+  c.train.learning_rate = 1e-4
+  return c
+
+
 def get_config(arg=None):
   if arg not in (None, "smoke"):
     raise ValueError(f"unknown config argument {arg!r}; valid: smoke")

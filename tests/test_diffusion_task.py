@@ -178,6 +178,35 @@ def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher
       "progressive", "consistency", "one_step_kd", "adversarial") for _ in range(2)]
   assert "- 4-step target" in table.stdout and "- 1-step target" in table.stdout
 
+  # Each method's own signature, from its run of the sweep.
+  run_dir = lambda point: sweep / "runs" / point / "seed0"
+  results = lambda point: json.load(open(run_dir(point) / "results.json"))
+  logged = lambda point: [json.loads(line) for line in
+                          open(run_dir(point) / "student" / "metrics.jsonl")]
+  rounds = {r["step"]: (r["round"], r["student_steps"]) for r in logged("progressive")
+            if "round" in r}
+  assert rounds[0] == (0.0, 2.0) and rounds[3] == (1.0, 1.0)       # 4 → 2, then 2 → 1
+  adversarial = next(r for r in logged("adversarial") if "discriminator" in r)
+  assert np.isfinite([adversarial["distill"], adversarial["student_adversarial"],
+                      adversarial["discriminator"]]).all()
+  # The reported student is the generator alone (the discriminator is not counted).
+  assert results("adversarial")["student"]["params"] == results("adversarial")["teacher"]["params"]
+  assert results("one_step_kd")["teacher_pairs"] == {"pairs": 64, "teacher_steps": 4}
+  assert results("consistency")["config"]["consistency"]["grid"] == 4
+
+  # The one-step student exports: float32 noise in, uint8 images out, checked against JAX.
+  exported = _cli(f"--workdir={run_dir('one_step_kd')}", "--format=onnx", module="kd_jax.export",
+                  timeout=600)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert "max |Δpixel|" in exported.stdout
+  report = json.load(open(run_dir("one_step_kd") / "export" / "report.json"))
+  parity = report["student.onnx"]["parity"]
+  assert parity["max_abs_pixel_difference"] <= 1 and parity["equal_pixels"] > 0.99
+  web = json.load(open(run_dir("one_step_kd") / "export" / "samples.json"))
+  assert web["kind"] == "denoiser" and np.array(web["noise"]).shape == (4, 28 * 28)
+  refused = _cli(f"--workdir={run_dir('one_step_kd')}", "--format=tflite", module="kd_jax.export")
+  assert refused.returncode == 2 and "float32 ONNX so far" in refused.stderr
+
 
 def test_the_tables_targets_follow_the_issues_bounds():
   from kd_jax.reporting import diffusion_table

@@ -96,22 +96,6 @@ def test_progressive_needs_its_block():
   assert isinstance(cli_load(SMOKE).progressive, ml_collections.ConfigDict)
 
 
-@needs_fashion_mnist
-def test_the_progressive_smoke_run_halves_the_steps_round_by_round(tmp_path, teacher_dir):
-  import json
-  from tests import multidevice
-  from tests.test_experiments import _cli
-  out = _cli(f"--config={SMOKE}", f"--workdir={tmp_path / 'pd'}", f"--teacher_dir={teacher_dir}",
-             f"--compilation_cache_dir={multidevice.CACHE}", "--noprogress", timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  logged = [json.loads(line) for line in open(tmp_path / "pd" / "student" / "metrics.jsonl")]
-  rounds = {r["step"]: (r["round"], r["student_steps"]) for r in logged if "round" in r}
-  assert rounds[0] == (0.0, 2.0) and rounds[3] == (1.0, 1.0)       # 4 → 2, then 2 → 1
-  with open(tmp_path / "pd" / "results.json") as f:
-    results = json.load(f)
-  assert results["student"]["steps_1"]["fd"] > 0 and "mse_to_teacher" in results[
-      "student"]["steps_1"]
-
 
 @needs_fashion_mnist
 def test_a_resumed_progressive_run_is_bit_identical_mid_round(tmp_path, teacher_dir):

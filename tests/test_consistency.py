@@ -60,6 +60,9 @@ def test_the_ema_target_starts_as_the_student_and_then_averages():
   np.testing.assert_allclose(kernel(student.target.get_value()), start, rtol=1e-6)
   moved = student.network.out.kernel
   moved.set_value(moved[...] + 1.0)                         # as if the optimiser had stepped
+  # Song et al.'s order: the next step's target is μ·θ⁻ + (1 − μ)·θ with the updated θ.
+  np.testing.assert_allclose(kernel(student.target_weights()), 0.9 * start + 0.1 * (start + 1),
+                             rtol=1e-5, atol=1e-6)
   student(z, t, train=True)
   np.testing.assert_allclose(kernel(student.target.get_value()), 0.9 * start + 0.1 * (start + 1),
                              rtol=1e-5, atol=1e-6)
@@ -72,8 +75,13 @@ def test_the_target_is_the_ema_networks_f_after_one_teacher_ddim_step():
   task = cd._consistency_task(c, prepared)
   student, teacher = _student(), _network(seed=3)
   student.steps[...] = jnp.int32(5)                        # past the first step: the EMA counts
+  stored = _network(seed=4)
+  student.target.set_value(nnx.to_pure_dict(nnx.state(stored, nnx.Param)))
+  # The step's target network: μ·stored + (1 − μ)·student, μ = 0.9.
+  student.ema = 0.9
   ema = _network(seed=4)
-  student.target.set_value(nnx.to_pure_dict(nnx.state(ema, nnx.Param)))
+  nnx.update(ema, jax.tree.map(lambda e, c: 0.9 * e + 0.1 * c, nnx.state(stored, nnx.Param),
+                               nnx.state(student.network, nnx.Param)))
   t_graphdef, t_params, t_rest = nnx.split(teacher, nnx.Param, ...)
   (z, t_next, _), (target, z2, t2), _, _ = task.train_batch(
       prepared.train_data, jnp.arange(6), jnp.ones(6, bool), jax.random.key(2),

@@ -68,6 +68,7 @@ def test_a_batch_asks_for_the_teachers_sample_from_its_noise_in_one_step():
 @pytest.mark.parametrize("edit, field", [
     (lambda c: setattr(c.one_step_kd, "pairs", 0), "one_step_kd.pairs"),
     (lambda c: setattr(c.one_step_kd, "teacher_steps", 0), "one_step_kd.teacher_steps"),
+    (lambda c: c.dataset.update(conditional=True, guidance=1.0), "dataset.guidance"),
 ])
 def test_bad_one_step_settings_are_named(edit, field):
   assert_refused_field(cli_load(SMOKE), edit, field)

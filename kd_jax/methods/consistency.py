@@ -13,7 +13,9 @@ distance (``consistency.distance``: ``"l2"``, the mean square, or ``"pseudo_hube
 student's f at (z_{t_{n+1}}, t_{n+1}) and the target network's f at the teacher's
 z_{t_n}. The target network is an EMA of the student (rate ``consistency.ema``) kept
 in its state; it starts, at the first step, as the student (the teacher's copy), and
-is updated each step with the weights that step's batch was made with.
+each step's target is μ·θ⁻ + (1 − μ)·θ with the weights θ the previous update gave (the
+paper's order). The student reported is the trained wrapper itself (its multistep
+samples are DDIM's on its f, not the paper's re-noising multistep sampler).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ConsistencyStudent(nnx.Module):
   def __init__(self, network: nnx.Module, *, sigma_data: float, ema: float):
     self.network, self.sigma_data, self.ema = network, sigma_data, ema
     self.num_classes = getattr(network, "num_classes", None)
+    self.input_shape = network.input_shape        # (what an exporter reads)
     self.target = Frozen(nnx.to_pure_dict(nnx.state(network, nnx.Param)))
     self.steps = StepCount(jnp.zeros((), jnp.int32))
 
@@ -58,10 +61,13 @@ class ConsistencyStudent(nnx.Module):
     return skip * z / alpha + (1.0 - skip) * x_hat
 
   def target_weights(self):
-    """The EMA target as a pure dict: the student itself before the first step."""
+    """The EMA target θ⁻ as a pure dict, for the step about to run: the student itself at
+    the first step, then μ·θ⁻ + (1 − μ)·θ with θ the weights the last update gave, which
+    is Song et al.'s θ⁻ after that update (Algorithm 2)."""
     current = jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(self.network, nnx.Param)))
     first = self.steps[...] == 0
-    return jax.tree.map(lambda c, e: jnp.where(first, c, e), current, self.target.get_value())
+    return jax.tree.map(lambda c, e: jnp.where(first, c, self.ema * e + (1.0 - self.ema) * c),
+                        current, self.target.get_value())
 
   def target_network(self):
     graphdef, params, rest = nnx.split(self.network, nnx.Param, ...)
@@ -69,10 +75,8 @@ class ConsistencyStudent(nnx.Module):
     return nnx.merge(graphdef, params, rest)
 
   def __call__(self, z, t, labels=None, *, train: bool = False):
-    if train:      # the EMA takes the weights this step's batch was made with
-      current = jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(self.network, nnx.Param)))
-      self.target.set_value(jax.tree.map(lambda e, c: self.ema * e + (1.0 - self.ema) * c,
-                                         self.target_weights(), current))
+    if train:      # keeps the target this step's batch was made with
+      self.target.set_value(self.target_weights())
       self.steps[...] = self.steps[...] + 1
     f = self.consistency(self.network, z, t, labels)
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (z.shape[0],))

@@ -21,6 +21,7 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core import files, parallel
 from kd_jax.core import identity as identity_lib
+from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.methods.base import Method, require_block
 from kd_jax.methods.diffusion_base import task_like
@@ -103,6 +104,11 @@ def _one_step_task(config, prepared):
 def _check_one_step(config) -> None:
   block = require_block(config, "one_step_kd", "one_step_kd_config")
   checks.ints_at_least("one_step_kd", block, ("pairs", "teacher_steps"), 1)
+  if config.dataset.guidance:
+    # Its student regresses the teacher's samples with their labels and never sees the
+    # null label, so the report's guided sampling would mix in outputs it never learned.
+    raise ConfigError("dataset.guidance", "method='one_step_kd' learns samples, not the "
+                      "guidance mix: set dataset.guidance=0")
 
 
 METHODS = {

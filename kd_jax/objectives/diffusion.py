@@ -111,7 +111,8 @@ def ancestral_step(x_hat, z, t, s, key, **schedule):
   alpha_t, sigma_t = alpha_sigma(t, **schedule)
   alpha_s, sigma_s = alpha_sigma(s, **schedule)
   alpha_ts = alpha_t / alpha_s
-  var_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+  # (>= 0 in exact arithmetic; float32 can round it below 0 for close t and s)
+  var_ts = jnp.maximum(sigma_t**2 - alpha_ts**2 * sigma_s**2, 0.0)
   mean = (_per_example(alpha_ts * sigma_s**2 / sigma_t**2, z) * z
           + _per_example(alpha_s * var_ts / sigma_t**2, z) * x_hat)
   std = _per_example(jnp.sqrt(var_ts * sigma_s**2 / sigma_t**2), z)

@@ -220,7 +220,8 @@ class SampleReport:
     """FD to the test images, precision and recall, and class coverage of ``images``."""
     if self.classifier is None:
       return {}
-    features, labels = self.classifier.features_and_labels(images)
+    # The images as saved (uint8 pixels), as the test images are.
+    features, labels = self.classifier.features_and_labels(to_unit_range(to_uint8(images)))
     return {"fd": image_quality.frechet_distance(features, self.real_features),
             **image_quality.precision_recall(self.recall_real, features, PR_NEIGHBOURS,
                                              real_radii=self.real_radii),
@@ -296,7 +297,9 @@ def prepare(config, mesh, dtype) -> Prepared:
   samples = SampleReport(config, num_classes, input_shape)
 
   def use_run_dirs(workdir, cache_root):
-    classifier = diffusion_quality.obtain(cache_root, mesh, train_examples=d.train_examples)
+    # One ruler for every run: the classifier of the whole training split, whatever
+    # subset this run's denoisers train on.
+    classifier = diffusion_quality.obtain(cache_root, mesh)
     samples.use_classifier(classifier, np.asarray(test_data.images))
     samples.teacher_dir = os.path.join(workdir, "teacher")
 

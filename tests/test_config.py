@@ -30,7 +30,8 @@ def _with(**overrides):
     ({"dataset.crop_padding": 2, "teacher_cache": "memory"}, r"teacher_cache='memory' with augmentation"),
     ({"dataset.omit_classes": ("3",)}, r"dataset.omit_classes must be a tuple of class ids"),
     ({"mesh.data": 0}, r"mesh.data must be a positive int or -1"),
-    ({"student_init": "teacher"}, r"student_init: unknown value 'teacher'; valid choices: scratch"),
+    ({"student_init": "pretrained"},
+     r"student_init: unknown value 'pretrained'; valid choices: scratch"),
     ({"student_init": "baseline", "baseline": False}, r"student_init='baseline' .* baseline=True"),
     ({"train.eval_every_steps": -5}, r"train.eval_every_steps must be an int >= 0"),
 ])

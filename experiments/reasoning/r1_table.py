@@ -23,9 +23,9 @@ phase trains 3,000 steps of 64 rows, evaluated every 300. The points
   times as many prompts): the k axis at a fixed number of traces;
 * ``rl-zero`` — R1-Zero on the small model: ``sft-gold`` trained by GRPO with the
   verifier's reward alone (no teacher: ``rl.teacher_weight=0``), 4 samples per prompt
-  of the pool, for 1,500 steps: the student compute of a ``seqkd`` row (a GRPO step of
-  64 sampled rows counts about twice an SFT step's FLOPs: tests/test_compute.py checks
-  the two within 1%);
+  of the pool, for 1,527 steps: the student compute of a ``seqkd`` row (a GRPO step of
+  64 sampled rows counts 1.965 SFT steps' FLOPs: tests/test_compute.py checks the two
+  within 1%);
 * the rank and RL rows from the same base, at their own learning rate (1e-4):
   ``dpo`` (DPO on the base's ranked samples, a verified answer chosen), ``dpkd`` (DPO on
   teacher-versus-student pairs), ``distillm2`` (DistiLLM-2's contrastive loss on those
@@ -50,7 +50,9 @@ sft = config_lib.load_sibling(__file__, "sft")
 
 FROM_BASE = "student_init=baseline; baseline=true"
 SEQKD = f"method=none; student_data=transfer; {FROM_BASE}"
-RL_ZERO_STEPS = 1500        # the student compute of train.steps = 3,000 SFT steps
+# The student compute of train.steps = 3,000 SFT steps: a GRPO step of 64 sampled rows of
+# the 128-wide student counts 1.965 SFT steps (tests/test_compute.py checks it within 1%).
+RL_ZERO_STEPS = 1527
 
 
 def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS,

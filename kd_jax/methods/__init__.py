@@ -139,9 +139,10 @@ def _masked_feature_loss(fn, student_feature, teacher_feature, mask):
 def student_train_config(config):
   """``config.train`` with the method's overrides for the distilled student's phase."""
   overrides = REGISTRY[config.method].train_overrides
-  if overrides is None:
+  fields = overrides(config) if overrides is not None else {}
+  if not fields:
     return config.train
   train_config = config.train.copy_and_resolve_references()
   with train_config.unlocked():
-    train_config.update(overrides(config))
+    train_config.update(fields)
   return train_config

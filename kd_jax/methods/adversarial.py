@@ -38,7 +38,7 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, task_like
+from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
 from kd_jax.objectives import diffusion
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks import diffusion as diffusion_task
@@ -153,12 +153,7 @@ def _check(config) -> None:
   checks.nonnegative("adversarial.distillation_weight", a.distillation_weight)
   checks.positive("adversarial.discriminator_learning_rate", a.discriminator_learning_rate)
   checks.ints_at_least("adversarial", a, ("discriminator_width",), 1)
-  if config.dataset.parameterization != "v":
-    raise ConfigError("dataset.parameterization", "method='adversarial' reads the student and "
-                      "teacher as v-predictors: set dataset.parameterization='v'")
-  if config.get("student_init") != "teacher":
-    raise ConfigError("student_init", "method='adversarial' starts from the teacher: set "
-                      "student_init='teacher' (and the teacher's student.model and kwargs)")
+  require_teacher_start(config, v_prediction=True)
 
 
 def _student(config, model):

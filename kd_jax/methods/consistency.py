@@ -30,7 +30,7 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, task_like
+from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
 from kd_jax.objectives import diffusion
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks import diffusion as diffusion_task
@@ -136,12 +136,7 @@ def _check_consistency(config) -> None:
   if block.sigma_data <= 0:
     raise ConfigError("consistency.sigma_data", "consistency.sigma_data must be > 0, got "
                       f"{block.sigma_data}")
-  if config.dataset.parameterization != "v":
-    raise ConfigError("dataset.parameterization", "method='consistency' reads the teacher and "
-                      "student as v-predictors: set dataset.parameterization='v'")
-  if config.get("student_init") != "teacher":
-    raise ConfigError("student_init", "method='consistency' starts from the teacher: set "
-                      "student_init='teacher' (and the teacher's student.model and kwargs)")
+  require_teacher_start(config, v_prediction=True)
 
 
 def _consistency_task(config, prepared):

@@ -8,6 +8,7 @@ import dataclasses
 
 from flax import nnx
 
+from kd_jax.core.errors import ConfigError
 from kd_jax.tasks import diffusion as diffusion_task
 
 
@@ -24,3 +25,15 @@ def task_like(cls, prepared, **fields):
   :class:`kd_jax.tasks.diffusion.Denoising` that makes its own batches, with ``fields``."""
   return cls(**{f.name: getattr(prepared.task, f.name)
                 for f in dataclasses.fields(diffusion_task.Denoising)}, **fields)
+
+
+def require_teacher_start(config, *, v_prediction: bool = False) -> None:
+  """A student that starts as the teacher's copy (and, with ``v_prediction``, reads both
+  as v-predictors); raises ``ConfigError`` naming the field otherwise."""
+  method = config.method
+  if v_prediction and config.dataset.parameterization != "v":
+    raise ConfigError("dataset.parameterization", f"method={method!r} reads the student and "
+                      "teacher as v-predictors: set dataset.parameterization='v'")
+  if config.get("student_init") != "teacher":
+    raise ConfigError("student_init", f"method={method!r} starts from the teacher: set "
+                      "student_init='teacher' (and the teacher's student.model and kwargs)")

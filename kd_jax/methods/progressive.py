@@ -32,7 +32,7 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, task_like
+from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
 from kd_jax.methods.logit import regression
 from kd_jax.objectives import diffusion
 from kd_jax.tasks import diffusion as diffusion_task
@@ -115,10 +115,7 @@ def _check(config) -> None:
   if config.train.steps < rounds or config.train.steps % rounds:
     raise ConfigError("train.steps", f"train.steps={config.train.steps} must be a positive "
                       f"multiple of the {rounds} rounds ({start} → {final} steps)")
-  if config.get("student_init") != "teacher":
-    raise ConfigError("student_init", "method='progressive' distils the teacher into a copy of "
-                      "itself: set student_init='teacher' (and the teacher's student.model "
-                      "and student.kwargs)")
+  require_teacher_start(config)
 
 
 def _progressive_task(config, prepared):

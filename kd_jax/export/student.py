@@ -38,6 +38,7 @@ from kd_jax.core.errors import ConfigError
 from kd_jax.export import measure
 from kd_jax.objectives import diffusion
 from kd_jax.tasks import arithmetic
+from kd_jax.tasks import diffusion as diffusion_task
 
 WEB_SAMPLES = 64      # held-out examples the web page steps through
 
@@ -138,8 +139,7 @@ def _one_step_generator(config, prepared, model, calibration_examples):
   def function(noise):
     t = jnp.ones((noise.shape[0],), jnp.float32)
     x_hat, _ = diffusion.to_x_eps(model(noise, t), noise, t, parameterization=parameterization)
-    pixels = jnp.round((jnp.clip(x_hat, -1.0, 1.0) + 1.0) * 127.5)
-    return jnp.clip(pixels, 0, 255).astype(jnp.uint8)
+    return diffusion_task.to_uint8(x_hat)
 
   shape = tuple(model.input_shape)
   noise = np.asarray(jax.random.normal(jax.random.key(config.dataset.seed),

@@ -38,7 +38,8 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
+from kd_jax.methods.diffusion_base import (Frozen, StepCount, require_teacher_start, select,
+                                           task_like, weights_of, with_weights)
 from kd_jax.objectives import diffusion
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks import diffusion as diffusion_task
@@ -76,27 +77,19 @@ class AdversarialStudent(nnx.Module):
 
   def __init__(self, model: nnx.Module, discriminator: Discriminator):
     self.model, self.discriminator = model, discriminator
-    self.teacher = Frozen(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    self.teacher = Frozen(weights_of(model))
     self.steps = StepCount(jnp.zeros((), jnp.int32))
 
   def teacher_weights(self):
     """The frozen teacher: before the first step, the student's own (the teacher's copy)."""
-    current = jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(self.model, nnx.Param)))
-    first = self.steps[...] == 0
-    return jax.tree.map(lambda c, f: jnp.where(first, c, f), current, self.teacher.get_value())
-
-  def _teacher_model(self):
-    graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
-    nnx.replace_by_pure_dict(params, self.teacher_weights())
-    return nnx.merge(graphdef, params, rest)
+    return select(self.steps[...] == 0, weights_of(self.model), self.teacher.get_value())
 
   def __call__(self, z, t, labels=None, real=None, t_distill=None, eps_distill=None, *,
                train: bool = False):
     if real is None:
       return self.model(z, t, labels, train=train)
-    alpha, sigma = (a[:, None, None, None] for a in diffusion.alpha_sigma(t))
-    x_gen = alpha * z - sigma * self.model(z, t, labels, train=train)     # x̂_θ in one step
-    teacher = self._teacher_model()
+    x_gen, _ = diffusion.to_x_eps(self.model(z, t, labels, train=train), z, t)   # x̂_θ, one step
+    teacher = with_weights(self.model, self.teacher_weights())
     z_distill = diffusion.noise(jax.lax.stop_gradient(x_gen), eps_distill, t_distill)
     teacher_x, _ = diffusion.to_x_eps(teacher(z_distill, t_distill, labels), z_distill,
                                       t_distill)

@@ -30,7 +30,8 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
+from kd_jax.methods.diffusion_base import (Frozen, StepCount, require_teacher_start, select,
+                                           task_like, weights_of, with_weights)
 from kd_jax.objectives import diffusion
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks import diffusion as diffusion_task
@@ -44,7 +45,7 @@ class ConsistencyStudent(nnx.Module):
     self.network, self.sigma_data, self.ema = network, sigma_data, ema
     self.num_classes = getattr(network, "num_classes", None)
     self.input_shape = network.input_shape        # (what an exporter reads)
-    self.target = Frozen(nnx.to_pure_dict(nnx.state(network, nnx.Param)))
+    self.target = Frozen(weights_of(network))
     self.steps = StepCount(jnp.zeros((), jnp.int32))
 
   def c_skip(self, t):
@@ -55,33 +56,30 @@ class ConsistencyStudent(nnx.Module):
   def consistency(self, network, z, t, labels):
     """f(z, t) with ``network``'s weights (the student's or the target's)."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (z.shape[0],))
-    alpha, sigma = (a[:, None, None, None] for a in diffusion.alpha_sigma(t))
+    alpha = diffusion.alpha_sigma(t)[0][:, None, None, None]
     skip = self.c_skip(t)[:, None, None, None]
-    x_hat = alpha * z - sigma * network(z, t, labels)
+    x_hat, _ = diffusion.to_x_eps(network(z, t, labels), z, t)
     return skip * z / alpha + (1.0 - skip) * x_hat
 
   def target_weights(self):
     """The EMA target θ⁻ as a pure dict, for the step about to run: the student itself at
     the first step, then μ·θ⁻ + (1 − μ)·θ with θ the weights the last update gave, which
     is Song et al.'s θ⁻ after that update (Algorithm 2)."""
-    current = jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(self.network, nnx.Param)))
-    first = self.steps[...] == 0
-    return jax.tree.map(lambda c, e: jnp.where(first, c, self.ema * e + (1.0 - self.ema) * c),
-                        current, self.target.get_value())
+    current = weights_of(self.network)
+    averaged = jax.tree.map(lambda e, c: self.ema * e + (1.0 - self.ema) * c,
+                            self.target.get_value(), current)
+    return select(self.steps[...] == 0, current, averaged)
 
   def target_network(self):
-    graphdef, params, rest = nnx.split(self.network, nnx.Param, ...)
-    nnx.replace_by_pure_dict(params, self.target_weights())
-    return nnx.merge(graphdef, params, rest)
+    return with_weights(self.network, self.target_weights())
 
   def __call__(self, z, t, labels=None, *, train: bool = False):
     if train:      # keeps the target this step's batch was made with
       self.target.set_value(self.target_weights())
       self.steps[...] = self.steps[...] + 1
-    f = self.consistency(self.network, z, t, labels)
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (z.shape[0],))
-    alpha, sigma = (a[:, None, None, None] for a in diffusion.alpha_sigma(t))
-    return (alpha * z - f) / sigma          # the v whose x̂ is f: what samplers read
+    # The v whose x̂ is f: what samplers read.
+    return diffusion.from_x(self.consistency(self.network, z, t, labels), z, t)
 
 
 DISTANCES = ("l2", "pseudo_huber")
@@ -124,8 +122,7 @@ def _consistency_term(settings, step, prediction, t_logits, targets, mask):
   """The distance between the student's f (from its v at z, t) and the target's f."""
   del step, t_logits
   target, z, t = targets
-  alpha, sigma = (a[:, None, None, None] for a in diffusion.alpha_sigma(t))
-  f = alpha * z - sigma * prediction
+  f, _ = diffusion.to_x_eps(prediction, z, t)
   return consistency_distance(settings.consistency.distance, f, target, mask), {}
 
 def _check_consistency(config) -> None:

@@ -1,11 +1,15 @@
 """What the diffusion distillation methods share (kd_jax/methods/progressive.py,
-consistency.py, one_step_kd.py): variables a student wrapper keeps in its state that the
-optimiser never sees, and the run's diffusion task with another batch maker."""
+consistency.py, one_step_kd.py, adversarial.py): variables a student wrapper keeps in its
+state that the optimiser never sees, a model's weights as a pure dict and a copy of it
+with other weights (the round teacher, the EMA target, the frozen teacher), and the
+run's diffusion task with another batch maker."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from kd_jax.core.errors import ConfigError
@@ -18,6 +22,24 @@ class Frozen(nnx.Variable):
 
 class StepCount(nnx.Variable):
   """The number of training steps the module has taken (its state, so resumes keep it)."""
+
+
+def weights_of(model: nnx.Module):
+  """``model``'s parameters as a pure dict, behind ``stop_gradient`` (read, never trained)."""
+  return jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def with_weights(model: nnx.Module, weights) -> nnx.Module:
+  """A copy of ``model`` whose parameters are ``weights`` (a pure dict of :func:`weights_of`'s
+  form)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  nnx.replace_by_pure_dict(params, weights)
+  return nnx.merge(graphdef, params, rest)
+
+
+def select(condition, when_true, when_false):
+  """Leaf by leaf, ``when_true`` where the (traced, scalar) ``condition`` holds."""
+  return jax.tree.map(lambda a, b: jnp.where(condition, a, b), when_true, when_false)
 
 
 def task_like(cls, prepared, **fields):

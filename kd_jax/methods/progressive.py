@@ -32,7 +32,8 @@ from flax import nnx
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method, require_block
-from kd_jax.methods.diffusion_base import Frozen, StepCount, require_teacher_start, task_like
+from kd_jax.methods.diffusion_base import (Frozen, StepCount, require_teacher_start, select,
+                                           task_like, weights_of, with_weights)
 from kd_jax.methods.logit import regression
 from kd_jax.objectives import diffusion
 from kd_jax.tasks import diffusion as diffusion_task
@@ -45,15 +46,14 @@ class RoundStudent(nnx.Module):
 
   def __init__(self, model: nnx.Module, steps_per_round: int):
     self.model, self.steps_per_round = model, steps_per_round
-    self.frozen = Frozen(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    self.frozen = Frozen(weights_of(model))
     self.steps = StepCount(jnp.zeros((), jnp.int32))
 
   def round_teacher_weights(self):
     """The round's teacher as a pure dict: at a round's first step the student's own
     weights (the step's batch is made before it updates them), else the frozen ones."""
     fresh = self.steps[...] % self.steps_per_round == 0
-    current = jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(self.model, nnx.Param)))
-    return jax.tree.map(lambda c, f: jnp.where(fresh, c, f), current, self.frozen.get_value())
+    return select(fresh, weights_of(self.model), self.frozen.get_value())
 
   def __call__(self, z, t, labels=None, *, train: bool = False):
     if train:      # (in the step, before the update: the weights its batch was made with)
@@ -61,9 +61,14 @@ class RoundStudent(nnx.Module):
       self.steps[...] = self.steps[...] + 1
     return self.model(z, t, labels, train=train)
 
+
 def rounds_of(block) -> int:
   """log2(start_steps / final_steps): the halvings from the teacher to the last student."""
   return int(round(math.log2(block.start_steps // block.final_steps)))
+
+
+def steps_per_round(config) -> int:
+  return config.train.steps // rounds_of(config.progressive)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +84,7 @@ class ProgressiveDenoising(diffusion_task.Denoising):
     done = student.steps[...]
     round_ = done // self.steps_per_round
     student_steps = self.start_steps // (2 * 2**round_)       # N_r (traced)
-    model_graphdef, model_params, model_rest = nnx.split(student.model, nnx.Param, ...)
-    nnx.replace_by_pure_dict(model_params, student.round_teacher_weights())
-    round_teacher = nnx.merge(model_graphdef, model_params, model_rest)
+    round_teacher = with_weights(student.model, student.round_teacher_weights())
 
     key_i, key_eps, key_drop = jax.random.split(rng, 3)
     x = diffusion_task.to_unit_range(data.images[index])
@@ -121,12 +124,12 @@ def _check(config) -> None:
 def _progressive_task(config, prepared):
   block = config.progressive
   return task_like(ProgressiveDenoising, prepared, start_steps=int(block.start_steps),
-                   steps_per_round=config.train.steps // rounds_of(block))
+                   steps_per_round=steps_per_round(config))
 
 
 METHODS = {
     "progressive": Method(regression, (diffusion_task.NAME,), uses_teacher=False,
                           check=_check, training_task=_progressive_task,
                           student_module=lambda config, model: RoundStudent(
-                              model, config.train.steps // rounds_of(config.progressive))),
+                              model, steps_per_round(config))),
 }

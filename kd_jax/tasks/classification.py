@@ -159,9 +159,10 @@ def transfer_set(config, train_data: DeviceData, num_classes: int) -> DeviceData
   return DeviceData(train_data.images[keep], train_data.labels[keep])
 
 
-def build_model(spec, *, num_classes: int, input_shape, seed: int, dtype,
+def build_model(spec, *, num_classes: int | None, input_shape, seed: int, dtype,
                 role: str = "student") -> nnx.Module:
-  """Builds ``spec.model`` with ``spec.kwargs``.
+  """Builds ``spec.model`` with ``spec.kwargs`` (``num_classes`` None: an unconditional
+  denoiser, kd_jax/tasks/diffusion.py).
 
   Raises:
     ConfigError: the kwargs do not fit the model (an unknown name or a bad value),

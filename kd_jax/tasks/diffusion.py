@@ -25,7 +25,8 @@ the teacher's samples from the same noise at its most steps. Every run re-sample
 teacher for that reference. Each phase writes its samples to ``<phase dir>/samples/
 steps_<n>.npz`` (uint8 ``images`` ``[N, 28, 28, 1]``, ``labels`` when conditional) and
 ``steps_<n>.png`` (a grid of the first 64): the teacher's in ``<workdir>/teacher``, the
-student's in ``<workdir>/student``. Still to come (issue 24): the distillation methods.
+student's in ``<workdir>/student``. The distillation methods are kd_jax/methods/
+progressive.py, consistency.py, one_step_kd.py and adversarial.py.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ from kd_jax.core import files, parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.objectives import diffusion
-from kd_jax.objectives.masked import masked_mean
-from kd_jax.tasks import diffusion_quality, diffusion_sampler, image_quality
+from kd_jax.tasks import classification, diffusion_quality, diffusion_sampler, image_quality
 from kd_jax.tasks.base import Prepared
 
 NAME = "diffusion"
@@ -94,9 +94,10 @@ def to_unit_range(images):
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-def to_uint8(images) -> np.ndarray:
-  """Images in [−1, 1] → uint8 pixels (rounded, clipped)."""
-  return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(images):
+  """Images in [−1, 1] → uint8 pixels (rounded half to even, clipped); traceable, so the
+  exported one-step generator (kd_jax/export/student.py) ends with it too."""
+  return jnp.clip(jnp.round((jnp.asarray(images) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,24 +232,25 @@ class SampleReport:
     """``(images [N, H, W, C] in [−1, 1], ms per image)``: batches of TIMING_BATCH, timed
     after the first (which compiles)."""
     graphdef, state = nnx.split(module)
-    out, seconds, timed = [], 0.0, 0
-    for start in range(0, len(self.noise), TIMING_BATCH):
-      noise = self.noise[start:start + TIMING_BATCH]
-      labels = None if self.labels is None else self.labels[start:start + TIMING_BATCH]
+
+    def batch_from(start):
+      """The samples of the batch at ``start`` and the seconds it took."""
       began = time.perf_counter()
       batch = jax.block_until_ready(diffusion_sampler.sample(
-          graphdef, state, noise, steps=steps, labels=labels, guidance=self.guidance,
-          parameterization=self.parameterization))
-      if start and len(noise) == TIMING_BATCH:
-        seconds, timed = seconds + time.perf_counter() - began, timed + len(noise)
-      out.append(np.asarray(batch))
-    if not timed:         # one batch only: time it again, compiled
-      began = time.perf_counter()
-      jax.block_until_ready(diffusion_sampler.sample(
-          graphdef, state, self.noise[:TIMING_BATCH], steps=steps,
-          labels=None if self.labels is None else self.labels[:TIMING_BATCH],
+          graphdef, state, self.noise[start:start + TIMING_BATCH], steps=steps,
+          labels=None if self.labels is None else self.labels[start:start + TIMING_BATCH],
           guidance=self.guidance, parameterization=self.parameterization))
-      seconds, timed = time.perf_counter() - began, min(TIMING_BATCH, len(self.noise))
+      return np.asarray(batch), time.perf_counter() - began
+
+    out, seconds, timed = [], 0.0, 0
+    for start in range(0, len(self.noise), TIMING_BATCH):
+      batch, took = batch_from(start)
+      if start and len(batch) == TIMING_BATCH:
+        seconds, timed = seconds + took, timed + len(batch)
+      out.append(batch)
+    if not timed:         # one batch only: time it again, compiled
+      batch, seconds = batch_from(0)
+      timed = len(batch)
     return np.concatenate(out), 1000.0 * seconds / timed
 
   def report(self, module, reference: np.ndarray | None = None, *,
@@ -273,7 +275,7 @@ class SampleReport:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # noqa: PLC0415
     os.makedirs(directory, exist_ok=True)
-    pixels = to_uint8(images)
+    pixels = np.asarray(to_uint8(images))
     arrays = {"images": pixels}
     if self.labels is not None:
       arrays["labels"] = np.asarray(self.labels)
@@ -304,13 +306,8 @@ def prepare(config, mesh, dtype) -> Prepared:
     samples.teacher_dir = os.path.join(workdir, "teacher")
 
   def build(spec, seed, role="student"):
-    kwargs = spec.kwargs.to_dict()
-    try:
-      return models.create(spec.model, num_classes=task.num_classes, rngs=nnx.Rngs(seed),
-                           dtype=dtype, input_shape=tuple(input_shape), **kwargs)
-    except (TypeError, ValueError) as e:
-      raise ConfigError(f"{role}.kwargs", f"{role}.kwargs={kwargs} do not fit model "
-                        f"{spec.model!r}: {e}") from None
+    return classification.build_model(spec, num_classes=task.num_classes,
+                                      input_shape=input_shape, seed=seed, dtype=dtype, role=role)
 
   def evaluate(graphdef, variables, batch_size):
     return task.evaluator(graphdef, test_data, batch_size, mesh, seed=d.seed)(variables)[0]

@@ -25,7 +25,7 @@ keys = {"fingerprint": fingerprint.fingerprint(), "teacher": teachers.teacher_ke
         "commit": fingerprint.record()["commit"]}
 if len(sys.argv) > 1:                      # edit a file after the import
   with open(sys.argv[1], "a") as f:
-    f.write("\\n# edited while running\\n")
+    f.write("\\n_EDITED_WHILE_RUNNING = 1\\n")
   keys["changed"] = fingerprint.changed_since_import()
   keys["still"] = fingerprint.fingerprint()
 print(json.dumps(keys))
@@ -51,9 +51,14 @@ def test_cache_keys_change_with_the_source_of_a_model_and_not_of_a_report(tmp_pa
   with open(copy / "kd_jax" / "reporting" / "plots.py", "a") as f:
     f.write("\n# a report's edit\n")
   assert _keys(copy) == before
-  # A model's source (as a change like apply_rope's: same file, other numbers) does change them.
-  with open(copy / "kd_jax" / "models" / "gpt.py", "a") as f:
-    f.write("\n# a model's edit\n")
+  # Comments and docstrings of a model compute nothing: the keys stay.
+  gpt = copy / "kd_jax" / "models" / "gpt.py"
+  source = gpt.read_text()
+  gpt.write_text(source.replace('"""', '"""An edited docstring. ', 1) + "\n# a comment\n")
+  assert _keys(copy) == before
+  # A model's code (as a change like apply_rope's: same file, other numbers) does change them.
+  with open(gpt, "a") as f:
+    f.write("\n_A_MODEL_EDIT = 1\n")
   after = _keys(copy)
   for key in ("fingerprint", "teacher", "baseline"):
     assert after[key] != before[key], key
@@ -61,6 +66,27 @@ def test_cache_keys_change_with_the_source_of_a_model_and_not_of_a_report(tmp_pa
   during = _keys(copy, str(copy / "kd_jax" / "engine" / "step.py"))
   assert during["fingerprint"] == during["still"] == after["fingerprint"]
   assert during["changed"] == [os.path.join("engine", "step.py")]
+
+
+def test_a_code_digest_ignores_comments_docstrings_and_layout_but_not_code():
+  source = b'''"""Module doc."""
+def f(x):
+  """Doc."""
+  return x * 2  # twice
+'''
+  same = b'''"""Another module doc."""
+
+
+def f(x):
+  # a new comment
+  return x*2
+'''
+  digest = fingerprint.code_digest(source)
+  assert fingerprint.code_digest(same) == digest
+  assert fingerprint.code_digest(source.replace(b"x * 2", b"x * 3")) != digest
+  assert fingerprint.code_digest(source.replace(b"return x", b"y = x\n  return y")) != digest
+  # A string statement that is not a docstring is code, not documentation.
+  assert fingerprint.code_digest(source.replace(b"  return", b"  x\n  's'\n  return")) != digest
 
 
 def test_the_record_names_the_commit_and_the_library_versions():

@@ -121,3 +121,18 @@ def test_a_resumed_progressive_run_is_bit_identical_mid_round(tmp_path, teacher_
   for steps in (4, 1):
     assert (untimed(resumed["student"][f"steps_{steps}"])
             == untimed(straight["student"][f"steps_{steps}"]))
+
+
+def test_the_learning_rate_schedule_restarts_with_every_round():
+  from kd_jax import methods
+  from kd_jax.engine import optim
+  c = cli_load(SMOKE)            # 4 steps, two rounds (4 → 2 → 1)
+  with c.unlocked():
+    c.train.lr_schedule, c.train.learning_rate = "cosine", 1e-3
+  schedule = optim.learning_rate_schedule(methods.student_train_config(c), c.train.steps)
+  # Each round is a cosine of two steps from the peak: 1e-3, then cos²(π/4)·1e-3 = 0.5e-3.
+  np.testing.assert_allclose([float(schedule(s)) for s in range(4)], [1e-3, 5e-4, 1e-3, 5e-4],
+                             rtol=1e-6)
+  # A method that sets nothing keeps one schedule over the phase.
+  plain = optim.learning_rate_schedule(c.train, 4)
+  np.testing.assert_allclose(float(plain(2)), 5e-4, rtol=1e-6)

@@ -17,7 +17,7 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 
 def get_config(arg=None):
   c = teacher.distilled(arg, "one_step_kd")
-  c.one_step_kd = config_lib.one_step_kd_config(pairs=10000, teacher_steps=256)
+  c.one_step_kd = config_lib.one_step_kd_config(pairs=2000, teacher_steps=32)
   if arg == "smoke":
     c.one_step_kd = config_lib.one_step_kd_config(pairs=64, teacher_steps=4)
   return c

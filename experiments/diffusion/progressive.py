@@ -18,7 +18,7 @@ teacher = config_lib.load_sibling(__file__, "teacher")
 def get_config(arg=None):
   c = teacher.distilled(arg, "progressive")
   c.progressive = config_lib.progressive_config(start_steps=256, final_steps=1)
-  c.train.steps = 8 * 500
+  c.train.steps = teacher.STUDENT_STEPS      # 8 rounds of 30 steps
   if arg == "smoke":
     c.progressive = config_lib.progressive_config(start_steps=4, final_steps=1)
     c.train.steps = 4          # two rounds of two steps: 4 → 2 → 1

@@ -18,25 +18,28 @@ still to come (issue 24).
 
 from kd_jax import config as config_lib
 
+SAMPLES = 500          # noise draws every model is sampled from (FD's fixed N)
+STUDENT_STEPS = 240    # every distilled student's budget (progressive: 8 rounds of 30)
+
 
 def base(arg=None):
   """The data, teacher and budget the diffusion experiments share."""
   c = config_lib.base_config()
   c.experiment = "diffusion/teacher"
-  c.dataset = config_lib.diffusion_dataset()
+  c.dataset = config_lib.diffusion_dataset(samples=SAMPLES)
   c.teacher.model = "unet"
-  c.teacher.kwargs = dict(widths=(32, 64), embed_dim=128)
-  c.teacher.train.steps = 4000
+  c.teacher.kwargs = dict(widths=(16, 32), embed_dim=64)
+  c.teacher.train.steps = 2000
   c.teacher.train.batch_size = 64
   c.teacher.train.learning_rate = 1e-3
   c.teacher.train.lr_schedule = "warmup_cosine"
   c.teacher.train.eval_every_steps = 1000
   c.teacher.train.eval_batch_size = 500
   c.student.model = "unet"
-  c.student.kwargs = dict(widths=(16, 32), embed_dim=64)
+  c.student.kwargs = dict(widths=(8, 16), embed_dim=32)
   c.method = "none"
   c.baseline = False        # the student here is itself the from-scratch reference
-  c.train.steps = 4000
+  c.train.steps = 2000
   c.train.batch_size = 64
   c.train.learning_rate = 1e-3
   c.train.lr_schedule = "warmup_cosine"
@@ -65,7 +68,12 @@ def distilled(arg, method: str):
   c.method = method
   c.student_init = "teacher"
   c.student.kwargs = dict(c.teacher.kwargs)
-  c.train.learning_rate = 1e-4
+  c.train.learning_rate = 3e-4
+  c.train.steps = c.train.eval_every_steps = STUDENT_STEPS
+  if arg == "smoke":
+    c.train.steps, c.train.eval_every_steps = 4, 2
+  else:   # the few-step students at the step counts they are for (the teacher: all of them)
+    c.dataset.student_sample_steps = (4, 2, 1)
   return c
 
 

@@ -169,8 +169,8 @@ def reasoning_dataset(*, answers_examples: int = 4000, gold_examples: int = 500,
 def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
                       conditional: bool = False, label_dropout: float = 0.1,
                       parameterization: str = "v", guidance: float = 0.0, samples: int = 1000,
-                      sample_steps=(256, 16, 4, 2, 1), seed: int = 0
-                      ) -> ml_collections.ConfigDict:
+                      sample_steps=(256, 16, 4, 2, 1), student_sample_steps=(),
+                      seed: int = 0) -> ml_collections.ConfigDict:
   """Fashion-MNIST images for a denoiser (kd_jax/tasks/diffusion.py) as a ``dataset`` block.
 
   ``train_examples`` / ``test_examples`` > 0 keep the first images (smoke runs); the
@@ -178,13 +178,14 @@ def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
   each dropped to the null label with probability ``label_dropout`` in training, and
   sampled with classifier-free ``guidance``; every trained model is reported on
   ``samples`` images drawn from fixed noise (``seed``) with DDIM at each of
-  ``sample_steps``.
+  ``sample_steps``; the students at each of ``student_sample_steps`` instead, when given.
   """
   return ml_collections.ConfigDict(dict(
       name="fashion_mnist_diffusion", train_examples=train_examples,
       test_examples=test_examples, conditional=conditional, label_dropout=label_dropout,
       parameterization=parameterization, guidance=guidance, samples=samples,
-      sample_steps=tuple(sample_steps), seed=seed))
+      sample_steps=tuple(sample_steps), student_sample_steps=tuple(student_sample_steps),
+      seed=seed))
 
 
 def progressive_config(*, start_steps: int = 256, final_steps: int = 1

@@ -14,13 +14,16 @@ runs say they ran; :func:`changed_since_import` tells that it happened.
 One fingerprint serves every cache rather than one per artefact: a teacher is trained by
 the same engine, objectives, task and pipeline as the students, and a finer split would
 have to follow each artefact's imports, where a missed module is exactly the silent reuse
-this exists to prevent. Comments count (the digest is of the text): a comment-only edit
-retrains, which is the safe side. The command lines, export, the config schema and the
-reports change no result and are left out (see :data:`NUMERICS_PACKAGES`).
+this exists to prevent. A module's digest is of its syntax tree less its docstrings
+(:func:`code_digest`): comments, docstrings and layout compute nothing, so editing them
+keeps every cache, while any change of a statement, name or constant retrains. The
+command lines, export, the config schema and the reports change no result and are left
+out (see :data:`NUMERICS_PACKAGES`).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import os
@@ -36,8 +39,30 @@ NUMERICS_PACKAGES = ("core", "objectives", "models", "data", "llm", "engine", "t
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+  """``tree`` with the docstring of every module, class and function removed (in place)."""
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      body = node.body
+      if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+          and isinstance(body[0].value.value, str)):
+        node.body = body[1:] or [ast.Pass()]
+  return tree
+
+
+def code_digest(source: bytes) -> str:
+  """sha256 of what ``source`` computes: its syntax tree without docstrings, so comments,
+  docstrings and layout do not count (``ast.dump`` holds no positions or comments). A
+  file that does not parse is digested as its bytes."""
+  try:
+    tree = ast.parse(source)
+  except SyntaxError:
+    return hashlib.sha256(source).hexdigest()
+  return hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
+
+
 def _source_digests(package_dir: str = PACKAGE_DIR) -> dict[str, str]:
-  """``{path relative to kd_jax/: sha256 of its bytes}`` for every ``.py`` of the numerics packages."""
+  """``{path relative to kd_jax/: code_digest of it}`` for every ``.py`` of the numerics packages."""
   digests = {}
   for package in NUMERICS_PACKAGES:
     root = os.path.join(package_dir, package)
@@ -46,7 +71,7 @@ def _source_digests(package_dir: str = PACKAGE_DIR) -> dict[str, str]:
       for name in sorted(n for n in names if n.endswith(".py")):
         path = os.path.join(directory, name)
         with open(path, "rb") as f:
-          digests[os.path.relpath(path, package_dir)] = hashlib.sha256(f.read()).hexdigest()
+          digests[os.path.relpath(path, package_dir)] = code_digest(f.read())
   return digests
 
 
@@ -102,6 +127,7 @@ def record() -> dict:
 
 
 def changed_since_import() -> list[str]:
-  """The numerics source files (relative to kd_jax/) that differ on disk from what was imported."""
+  """The numerics source files (relative to kd_jax/) whose code (:func:`code_digest`) differs
+  on disk from what was imported."""
   now = _source_digests()
   return sorted(p for p in set(now) | set(_SOURCES) if now.get(p) != _SOURCES.get(p))

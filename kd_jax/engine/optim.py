@@ -7,6 +7,17 @@ import optax
 
 
 def learning_rate_schedule(t, total_steps: int) -> optax.Schedule:
+  """``t.lr_schedule`` over ``total_steps``; a phase whose method sets ``schedule_cycles``
+  = n > 1 (progressive distillation's rounds) restarts it every ``total_steps`` / n steps."""
+  cycles = int(t.get("schedule_cycles") or 1)
+  if cycles > 1:
+    length = total_steps // cycles
+    return optax.join_schedules([_one_schedule(t, length)] * cycles,
+                                [length * i for i in range(1, cycles)])
+  return _one_schedule(t, total_steps)
+
+
+def _one_schedule(t, total_steps: int) -> optax.Schedule:
   if t.lr_schedule == "constant":
     return optax.constant_schedule(t.learning_rate)
   if t.lr_schedule == "cosine":

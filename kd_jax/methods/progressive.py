@@ -17,7 +17,11 @@ the student module (:class:`RoundStudent`) carries its round's teacher as frozen
 weights in its state, replaced by the student's own weights at the first step of every
 round (at step 0 these are the teacher's, the student's start), and counts its steps,
 so a resumed run resumes mid-round. The frozen weights are never differentiated or
-updated by the optimiser (their variable type is not ``nnx.Param``).
+updated by the optimiser (their variable type is not ``nnx.Param``). The learning-rate
+schedule restarts with every round (``schedule_cycles`` = rounds,
+:func:`kd_jax.engine.optim.learning_rate_schedule`), as the paper anneals it within each
+round: one schedule over all rounds would leave the last ones, the hardest (2 → 1 step),
+at a learning rate near zero.
 """
 
 from __future__ import annotations
@@ -130,6 +134,8 @@ def _progressive_task(config, prepared):
 METHODS = {
     "progressive": Method(regression, (diffusion_task.NAME,), uses_teacher=False,
                           check=_check, training_task=_progressive_task,
+                          train_overrides=lambda config: {
+                              "schedule_cycles": rounds_of(config.progressive)},
                           student_module=lambda config, model: RoundStudent(
                               model, steps_per_round(config))),
 }

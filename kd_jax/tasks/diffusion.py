@@ -21,8 +21,13 @@ all the test images' in the cached classifier (:mod:`kd_jax.tasks.diffusion_qual
 ``precision`` and ``recall`` (k = 3) against as many test images as samples; and
 ``coverage_kl``, KL(the classifier's label histogram of the samples ‖ uniform)
 (:mod:`kd_jax.tasks.image_quality`); for students also ``mse_to_teacher``, against
-the teacher's samples from the same noise at its most steps. Every run re-samples the
-teacher for that reference. Each phase writes its samples to ``<phase dir>/samples/
+the teacher's samples from the same noise at its most steps. Students are sampled at
+``dataset.student_sample_steps`` (empty: the teacher's ``sample_steps``), so a table of
+1–4-step students need not run them for 256 steps. The teacher's report is computed once
+per teacher and sample settings and cached (:mod:`kd_jax.tasks.diffusion_reference`).
+The sample settings (``samples``, ``sample_steps``, ``student_sample_steps``,
+``guidance``) change no trained weights and are not part of the teacher's cache key
+(:data:`STUDENT_ONLY_FIELDS`). Each phase writes its samples to ``<phase dir>/samples/
 steps_<n>.npz`` (uint8 ``images`` ``[N, 28, 28, 1]``, ``labels`` when conditional) and
 ``steps_<n>.png`` (a grid of the first 64): the teacher's in ``<workdir>/teacher``, the
 student's in ``<workdir>/student``. The distillation methods are kd_jax/methods/
@@ -48,7 +53,8 @@ from kd_jax.core import files, parallel
 from kd_jax.core.errors import ConfigError
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.objectives import diffusion
-from kd_jax.tasks import classification, diffusion_quality, diffusion_sampler, image_quality
+from kd_jax.tasks import (classification, diffusion_quality, diffusion_reference,
+                          diffusion_sampler, image_quality)
 from kd_jax.tasks.base import Prepared
 
 NAME = "diffusion"
@@ -60,6 +66,16 @@ SOURCE = {"fashion_mnist_diffusion": "fashion_mnist"}     # the images each data
 TIMING_BATCH = 64       # ms_per_image is measured on batches of this many images
 EVAL_KEY, SAMPLE_KEY = 0, 1      # folded into dataset.seed: the fixed test noise, the samples'
 PR_NEIGHBOURS = 3       # k of precision/recall's k-NN manifolds (Kynkäänniemi et al.'s)
+# How the models are sampled and reported, not how they train: outside the teacher's key.
+STUDENT_ONLY_FIELDS = ("samples", "sample_steps", "student_sample_steps", "guidance")
+
+
+def _check_steps(field: str, steps, *, allow_empty: bool) -> None:
+  if (not isinstance(steps, (tuple, list)) or (not steps and not allow_empty)
+      or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps)):
+    empty = " (or empty: the teacher's)" if allow_empty else ""
+    raise ConfigError(field, f"{field} must be a non-empty tuple of step counts >= 1{empty}, "
+                      f"got {steps!r}")
 
 
 def check(config) -> None:
@@ -69,11 +85,9 @@ def check(config) -> None:
   checks.ints_at_least("dataset", d, ("samples",), 1)
   checks.choice("dataset.parameterization", d.parameterization, diffusion.PREDICTIONS)
   checks.in_unit_interval("dataset.label_dropout", d.label_dropout)
-  steps = d.sample_steps
-  if (not isinstance(steps, (tuple, list)) or not steps
-      or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps)):
-    raise ConfigError("dataset.sample_steps", "dataset.sample_steps must be a non-empty tuple "
-                      f"of step counts >= 1, got {steps!r}")
+  _check_steps("dataset.sample_steps", d.sample_steps, allow_empty=False)
+  _check_steps("dataset.student_sample_steps", d.get("student_sample_steps", ()),
+               allow_empty=True)
   checks.nonnegative("dataset.guidance", d.guidance)
   if d.guidance and not d.conditional:
     raise ConfigError("dataset.guidance", "dataset.guidance > 0 needs a class-conditional "
@@ -192,7 +206,8 @@ def _load(config, mesh):
 
 
 class SampleReport:
-  """A trained denoiser's samples at each of ``dataset.sample_steps`` from fixed noise, and
+  """A trained denoiser's samples at each of its step counts (the teacher's
+  ``dataset.sample_steps``, the students' ``student_sample_steps``) from fixed noise, and
   their quality in the cached feature classifier's space (once :meth:`use_classifier`)."""
 
   def __init__(self, config, num_classes: int, input_shape):
@@ -202,11 +217,21 @@ class SampleReport:
     # Conditional samples cycle through the classes (the same labels for every model).
     self.labels = (jnp.arange(d.samples, dtype=jnp.int32) % num_classes
                    if d.conditional else None)
-    self.steps, self.guidance = tuple(d.sample_steps), float(d.guidance)
+    self.seed, self.teacher_steps = int(d.seed), tuple(d.sample_steps)
+    self.student_steps = tuple(d.get("student_sample_steps", ())) or self.teacher_steps
+    self.guidance = float(d.guidance)
     self.parameterization = d.parameterization
     self.num_classes = num_classes
     self.classifier = self.real_features = None
     self.teacher_dir = None        # where the teacher's samples go (use_run_dirs sets it)
+    self.cache_root = None         # where the teacher's report is cached (use_run_dirs)
+
+  def settings(self, test_examples: int) -> dict:
+    """What the teacher's report depends on besides the teacher and the code."""
+    return {"noise": [int(len(self.noise)), *map(int, self.noise.shape[1:])],
+            "seed": self.seed, "steps": list(self.teacher_steps),
+            "labels": self.labels is not None, "guidance": self.guidance,
+            "parameterization": self.parameterization, "test_examples": test_examples}
 
   def use_classifier(self, classifier, test_images: np.ndarray) -> None:
     """Measures quality with ``classifier`` against the features of ``test_images`` (uint8)."""
@@ -253,12 +278,13 @@ class SampleReport:
       timed = len(batch)
     return np.concatenate(out), 1000.0 * seconds / timed
 
-  def report(self, module, reference: np.ndarray | None = None, *,
+  def report(self, module, steps_list, reference: np.ndarray | None = None, *,
              directory: str | None = None) -> tuple[dict, dict]:
-    """``({"steps_<n>": {metrics}}, {n: images})`` for every step count; ``mse_to_teacher``
-    is against ``reference``, when given; the samples go to ``directory``/samples/."""
+    """``({"steps_<n>": {metrics}}, {n: images})`` for every step count of ``steps_list``;
+    ``mse_to_teacher`` is against ``reference``, when given; the samples go to
+    ``directory``/samples/."""
     result, images_by_steps = {}, {}
-    for steps in self.steps:
+    for steps in steps_list:
       images, ms = self.images(module, steps)
       entry = {"ms_per_image": ms, **self.quality(images)}
       if reference is not None:
@@ -304,6 +330,7 @@ def prepare(config, mesh, dtype) -> Prepared:
     classifier = diffusion_quality.obtain(cache_root, mesh)
     samples.use_classifier(classifier, np.asarray(test_data.images))
     samples.teacher_dir = os.path.join(workdir, "teacher")
+    samples.cache_root = cache_root
 
   def build(spec, seed, role="student"):
     return classification.build_model(spec, num_classes=task.num_classes,
@@ -313,14 +340,22 @@ def prepare(config, mesh, dtype) -> Prepared:
     return task.evaluator(graphdef, test_data, batch_size, mesh, seed=d.seed)(variables)[0]
 
   def evaluate_teacher(graphdef, variables, batch_size):
-    # The students' reference: the teacher's samples at its largest step count.
-    report, images = samples.report(nnx.merge(graphdef, *variables),
-                                    directory=samples.teacher_dir)
-    return {**evaluate(graphdef, variables, batch_size), **report}, images[max(samples.steps)]
+    def compute(directory):
+      # The students' reference: the teacher's samples at its largest step count.
+      report, images = samples.report(nnx.merge(graphdef, *variables), samples.teacher_steps,
+                                      directory=directory)
+      return ({**evaluate(graphdef, variables, batch_size), **report},
+              images[max(samples.teacher_steps)])
+
+    if samples.cache_root is None:      # (no run directories: nothing to cache in)
+      return compute(samples.teacher_dir)
+    key = diffusion_reference.key(variables, samples.settings(test_data.size))
+    return diffusion_reference.obtain(samples.cache_root, key, compute, samples.teacher_dir)
 
   def student_report(fit, module, reference, batch_size):
     del batch_size
-    return {**fit.final, **samples.report(module, reference, directory=fit.workdir)[0]}
+    return {**fit.final, **samples.report(module, samples.student_steps, reference,
+                                          directory=fit.workdir)[0]}
 
   return Prepared(task, train_data, train_data, test_data, task.num_classes or 0, build,
                   evaluate_teacher, student_report, mesh=mesh, use_run_dirs=use_run_dirs)

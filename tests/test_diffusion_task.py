@@ -78,6 +78,7 @@ def test_the_held_out_loss_is_fixed_and_does_not_depend_on_the_batch_size():
     (lambda c: setattr(c.dataset, "parameterization", "eps"), "dataset.parameterization"),
     (lambda c: setattr(c.dataset, "guidance", 1.0), "dataset.guidance"),
     (lambda c: setattr(c.dataset, "sample_steps", ()), "dataset.sample_steps"),
+    (lambda c: setattr(c.dataset, "student_sample_steps", (2, 0)), "dataset.student_sample_steps"),
     (lambda c: setattr(c.dataset, "samples", 0), "dataset.samples"),
     (lambda c: setattr(c.student, "model", "cnn"), "student.model"),
     (lambda c: setattr(c, "method", "kd"), "method"),
@@ -161,6 +162,9 @@ def test_a_copy_of_the_teacher_needs_the_teachers_model():
                        "student_init")
 
 
+STUDENTS = ("progressive", "consistency", "one_step_kd", "adversarial")
+
+
 @needs_fashion_mnist
 def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher_dir):
   sweep = tmp_path / "table"
@@ -174,8 +178,7 @@ def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher
   rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
   assert rows[0].startswith("| model | steps | FD-FMNIST | precision | recall")
   labels = [r.split(" | ")[0].lstrip("| ") for r in rows[1:]]
-  assert labels == ["teacher (DDIM)"] * 2 + [f"`{m}`" for m in (
-      "progressive", "consistency", "one_step_kd", "adversarial") for _ in range(2)]
+  assert labels == ["teacher (DDIM)"] * 2 + [f"`{m}`" for m in STUDENTS for _ in range(2)]
   assert "- 4-step target" in table.stdout and "- 1-step target" in table.stdout
 
   # Each method's own signature, from its run of the sweep.
@@ -193,6 +196,18 @@ def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher
   assert results("adversarial")["student"]["params"] == results("adversarial")["teacher"]["params"]
   assert results("one_step_kd")["teacher_pairs"] == {"pairs": 64, "teacher_steps": 4}
   assert results("consistency")["config"]["consistency"]["grid"] == 4
+
+  # One teacher, the same noise: its report is computed once and read back by the other
+  # runs (identical, and said so), each of which still holds the teacher's samples.
+  teachers = [results(p)["teacher"] for p in STUDENTS]
+  assert sum(t.pop("report_cached") for t in teachers) >= len(STUDENTS) - 1
+  for t in teachers:
+    t.pop("cached")          # (whether the weights were trained by this run)
+  assert all(t == teachers[0] for t in teachers)
+  for point in STUDENTS:
+    written = np.load(run_dir(point) / "teacher" / "samples" / "steps_4.npz")["images"]
+    np.testing.assert_array_equal(written, np.load(
+        run_dir(STUDENTS[0]) / "teacher" / "samples" / "steps_4.npz")["images"])
 
   # The one-step student exports: float32 noise in, uint8 images out, checked against JAX.
   exported = _cli(f"--workdir={run_dir('one_step_kd')}", "--format=onnx", module="kd_jax.export",

@@ -92,26 +92,46 @@ def test_the_page_reasons_token_by_token_as_the_jax_student_does(served):
   assert page["median_ms_per_token"] > 0
 
 
-def test_the_page_draws_the_garment_the_jax_generator_draws(served):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_page_draws_the_garment_the_jax_generator_draws(served, conditional):
   from kd_jax.objectives import diffusion as df
   root, url = served
-  model = models.create("unet", rngs=nnx.Rngs(4), widths=(8, 16), embed_dim=32)
+  model = models.create("unet", rngs=nnx.Rngs(4), widths=(8, 16), embed_dim=32,
+                        num_classes=10 if conditional else None)
   model.out.kernel.set_value(0.1 * np.random.default_rng(1).normal(
       size=model.out.kernel.shape).astype(np.float32))
+  guidance = 1.5
 
-  def function(noise):          # kd_jax/export/student.py's one-step generator
+  def image(noise, v):
     t = jnp.ones((noise.shape[0],), jnp.float32)
-    x_hat, _ = df.to_x_eps(model(noise, t), noise, t)
+    x_hat, _ = df.to_x_eps(v, noise, t)
     return jnp.clip(jnp.round((jnp.clip(x_hat, -1, 1) + 1) * 127.5), 0, 255).astype(jnp.uint8)
 
-  export = root / "runs" / "gen" / "export"
-  onnx_format.export(function, (28, 28, 1), str(export / "student.onnx"), "float32")
+  def function(noise):          # kd_jax/export/student.py's one-step generator
+    return image(noise, model(noise, jnp.ones((noise.shape[0],))))
+
+  def guided(noise, labels):    # its class-conditional form, classifier-free guidance w = 1.5
+    t, null = jnp.ones((noise.shape[0],)), jnp.full_like(labels, 10)
+    return image(noise, (1 + guidance) * model(noise, t, labels) - guidance * model(noise, t, null))
+
+  name = "gen_conditional" if conditional else "gen"
+  export = root / "runs" / name / "export"
   noise = np.random.default_rng(2).normal(size=(3, 28, 28, 1)).astype(np.float32)
+  labels = np.array([7, 0, 3], np.int32)
+  samples = {"kind": "denoiser", "input_shape": [28, 28, 1], "description": "a known UNet",
+             "noise": noise.reshape(3, -1).tolist()}
+  if conditional:
+    onnx_format.export(guided, (28, 28, 1), str(export / "student.onnx"), "float32",
+                       (((), "int32"),))
+    samples.update(labels=labels.tolist(), class_names=[f"class {i}" for i in range(10)])
+    expected = guided(jnp.asarray(noise), jnp.asarray(labels))
+  else:
+    onnx_format.export(function, (28, 28, 1), str(export / "student.onnx"), "float32")
+    expected = function(jnp.asarray(noise))
   with open(export / "samples.json", "w") as f:
-    json.dump({"kind": "denoiser", "input_shape": [28, 28, 1], "description": "a known UNet",
-               "noise": noise.reshape(3, -1).tolist()}, f)
-  page = _open(f"{url}/web/?run=runs/gen&auto=1")
-  expected = np.asarray(function(jnp.asarray(noise))).reshape(3, -1).astype(np.int32)
+    json.dump(samples, f)
+  page = _open(f"{url}/web/?run=runs/{name}&auto=1")
+  expected = np.asarray(expected).reshape(3, -1).astype(np.int32)
   got = np.array(page["images"], np.int32)
   # float32 in two runtimes: a pixel may round the other way at a .5 boundary, no further.
   assert got.shape == expected.shape and np.abs(got - expected).max() <= 1

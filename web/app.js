@@ -173,7 +173,8 @@ function enableProblems() {
 }
 
 // ---------------------------------------------------------------- the one-step generator
-// float32 noise [1, H, W, C] in, uint8 image [1, H, W, C] out (kd_jax/export/student.py).
+// float32 noise [1, H, W, C] in, uint8 image [1, H, W, C] out (kd_jax/export/student.py);
+// a class-conditional student (samples.class_names) also takes an int32 label [1].
 
 function gaussianNoise(size) {         // Box–Muller
   const noise = new Float32Array(size);
@@ -186,17 +187,28 @@ function gaussianNoise(size) {         // Box–Muller
   return noise;
 }
 
-async function imageOf(noise) {
+async function imageOf(noise, label) {
   const [h, w, c] = samples.input_shape;
-  const output = await session.run(
-    { [session.inputNames[0]]: new ort.Tensor("float32", noise, [1, h, w, c]) });
+  const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", noise, [1, h, w, c]) };
+  if (session.inputNames.length > 1) {
+    feeds[session.inputNames[1]] = new ort.Tensor("int32", Int32Array.from([label]), [1]);
+  }
+  const output = await session.run(feeds);
   return output[session.outputNames[0]].data;
+}
+
+function enableClasses() {           // a class-conditional generator: which garment to draw
+  const picker = document.getElementById("garment-class");
+  samples.class_names.forEach((name, i) => picker.add(new Option(name, i)));
+  picker.hidden = false;
+  picker.onchange = drawGarment;
 }
 
 async function drawGarment() {
   const [h, w, c] = samples.input_shape;
+  const label = Number(document.getElementById("garment-class").value || 0);
   const start = performance.now();
-  const pixels = await imageOf(gaussianNoise(h * w * c));
+  const pixels = await imageOf(gaussianNoise(h * w * c), label);
   const milliseconds = performance.now() - start;
   drawPixels(pixels, h, w, document.getElementById("garment").getContext("2d"));
   document.getElementById("garment-latency").textContent =
@@ -207,9 +219,10 @@ async function drawGarment() {
 async function runAllNoise() {
   const images = [];
   const times = [];
-  for (const noise of samples.noise) {
+  for (const [i, noise] of samples.noise.entries()) {
     const start = performance.now();
-    images.push(Array.from(await imageOf(Float32Array.from(noise))));
+    const label = samples.labels ? samples.labels[i] : 0;
+    images.push(Array.from(await imageOf(Float32Array.from(noise), label)));
     times.push(performance.now() - start);
   }
   times.sort((a, b) => a - b);
@@ -261,6 +274,7 @@ async function main() {
       enableProblems();
     } else if (generator) {
       document.getElementById("generator").hidden = false;
+      if (samples.class_names) enableClasses();
       document.getElementById("draw-garment").onclick = drawGarment;
       await drawGarment();
     } else {

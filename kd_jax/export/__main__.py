@@ -43,7 +43,8 @@ def write_web_samples(exportable, directory: str) -> None:
 
 def _write_onnx(exportable, directory: str, quantize: str) -> str:
   path = os.path.join(directory, "student.onnx")
-  onnx_format.export(exportable.function, exportable.input_shape, path, exportable.input_dtype)
+  onnx_format.export(exportable.function, exportable.input_shape, path, exportable.input_dtype,
+                     exportable.extra_inputs)
   write_web_samples(exportable, directory)
   if quantize == "none":
     return path
@@ -75,7 +76,9 @@ def export(workdir: str, fmt: str, quantize: str) -> dict:
   path = write(exportable, directory, quantize)
   run_exported = litert_format.Runner(path) if fmt == "tflite" else onnx_format.runner(path)
   runtime = RUNTIMES[fmt]
-  run_jax = jax.jit(exportable.function)
+  several = isinstance(exportable.test_inputs, tuple)    # (noise, labels) of a conditional one
+  run_jax = jax.jit((lambda inputs: exportable.function(*inputs)) if several
+                    else exportable.function)
   inputs, predictions = exportable.test_inputs, exportable.positions
   reference = predictions(measure.in_batches(run_jax, inputs))
   exported = predictions(measure.in_batches(run_exported, inputs))
@@ -85,7 +88,7 @@ def export(workdir: str, fmt: str, quantize: str) -> dict:
                       measure.parity(reference, exported, exportable.labels)),
            "latency_ms": {}}
   for batch in LATENCY_BATCHES:
-    x = np.ascontiguousarray(inputs[:batch])
+    x = measure.rows(inputs, 0, batch)
     entry["latency_ms"][f"batch_{batch}"] = {
         runtime: measure.median_latency_ms(run_exported, x),
         "jax": measure.median_latency_ms(run_jax, x)}

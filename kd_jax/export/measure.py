@@ -34,6 +34,18 @@ def pixel_parity(reference: np.ndarray, exported: np.ndarray) -> dict:
           "examples": int(len(reference))}
 
 
+def rows(inputs, start: int, stop: int):
+  """Rows ``start:stop`` of ``inputs``: an array, or a tuple of arrays (several inputs)."""
+  if isinstance(inputs, tuple):
+    return tuple(np.ascontiguousarray(x[start:stop]) for x in inputs)
+  return np.ascontiguousarray(inputs[start:stop])
+
+
+def count(inputs) -> int:
+  """How many examples ``inputs`` (an array or a tuple of arrays) hold."""
+  return len(inputs[0] if isinstance(inputs, tuple) else inputs)
+
+
 def median_latency_ms(run: Callable[[np.ndarray], object], batch: np.ndarray,
                       repeats: int = 50) -> float:
   """The median wall time of ``run(batch)`` in ms, after two warm-up calls (compilation)."""
@@ -49,6 +61,6 @@ def median_latency_ms(run: Callable[[np.ndarray], object], batch: np.ndarray,
 
 def in_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
                batch_size: int = 256) -> np.ndarray:
-  """``run`` over ``inputs`` in batches, concatenated (host arrays)."""
-  return np.concatenate([np.asarray(run(inputs[i:i + batch_size]))
-                         for i in range(0, len(inputs), batch_size)])
+  """``run`` over ``inputs`` (an array, or a tuple of arrays) in batches, concatenated."""
+  return np.concatenate([np.asarray(run(rows(inputs, i, i + batch_size)))
+                         for i in range(0, count(inputs), batch_size)])

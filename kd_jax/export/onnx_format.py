@@ -23,8 +23,12 @@ import numpy as np
 from kd_jax.core.errors import ConfigError
 
 
-def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8") -> None:
+def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8",
+           extra_inputs: tuple = ()) -> None:
   """Writes ``function``'s ONNX graph for inputs ``input_dtype`` ``[B, *input_shape]`` to ``path``.
+
+  ``extra_inputs``: ``(shape, dtype)`` of each further per-example input, in the order
+  ``function`` takes them (a class-conditional generator's int32 labels: ``((), "int32")``).
 
   Raises:
     ConfigError: jax2onnx has no conversion for one of the function's operations
@@ -32,11 +36,12 @@ def export(function, input_shape: tuple, path: str, input_dtype: str = "uint8") 
   """
   # onnx_ir warns about every untyped shape constant it leaves unserialised: harmless.
   logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-  spec = jax.ShapeDtypeStruct(("B", *input_shape), jnp.dtype(input_dtype))
+  specs = [jax.ShapeDtypeStruct(("B", *shape), jnp.dtype(dtype))
+           for shape, dtype in ((input_shape, input_dtype), *extra_inputs)]
   try:
     with jax_api_restored():
       from jax2onnx import to_onnx  # noqa: PLC0415  (export-only dependency)
-      model = to_onnx(function, [spec])
+      model = to_onnx(function, specs)
   except NotImplementedError as e:       # jax2onnx: "No plugin registered for primitive ..."
     raise ConfigError(None, f"ONNX export: an operation of this student has no ONNX "
                       f"conversion in jax2onnx: {str(e).splitlines()[0]}") from None
@@ -104,10 +109,12 @@ def to_int8(path: str, out_path: str, calibration: np.ndarray) -> None:
 
 def runner(path: str):
   """``run(inputs) -> outputs``: the model at ``path`` on onnxruntime's CPU provider (its
-  one input, its first output), as :class:`kd_jax.export.litert_format.Runner` for LiteRT."""
+  first output), as :class:`kd_jax.export.litert_format.Runner` for LiteRT; ``inputs`` is
+  an array, or a tuple of arrays for a model of several inputs (in their order)."""
   opened = session(path)
-  name = opened.get_inputs()[0].name
-  return lambda inputs: opened.run(None, {name: inputs})[0]
+  names = [i.name for i in opened.get_inputs()]
+  return lambda inputs: opened.run(None, dict(zip(
+      names, inputs if isinstance(inputs, tuple) else (inputs,))))[0]
 
 
 def session(path: str, threads: int = 0):

@@ -6,9 +6,10 @@ with held-out and calibration inputs as host arrays:
 
 * an image classifier as ``function(uint8 images [B, H, W, C]) -> logits [B, C]``: the
   task's normalisation is inside the function, so the exported graph takes raw pixels;
-* a one-step diffusion student (an unconditional denoiser) as ``function(float32 noise
-  [B, 28, 28, 1]) -> uint8 images [B, 28, 28, 1]``: its x̂ at t = 1 from the noise, clipped
-  to [−1, 1] and scaled to pixels (DESIGN §8);
+* a one-step diffusion student as ``function(float32 noise [B, 28, 28, 1]) -> uint8 images
+  [B, 28, 28, 1]``: its x̂ at t = 1 from the noise, clipped to [−1, 1] and scaled to pixels
+  (DESIGN §8); a class-conditional one as ``function(noise, int32 labels [B])``, with the
+  run's classifier-free guidance (``dataset.guidance``) inside the graph;
 * the arithmetic language model as ``function(int32 tokens [B, L]) -> logits [B, L, V]``
   at the fixed length L = ``dataset.max_len``: generation runs the full forward pass
   once per new token (no KV cache in the exported graph), reading the logits at the
@@ -61,6 +62,9 @@ class Exportable:
   web: dict
   # (reference outputs, exported outputs) -> the parity report; None: logits against labels
   compare: Callable | None = None
+  # ((shape, dtype), ...) of the inputs after the first (a conditional generator's labels);
+  # with them, test_inputs and train_inputs are tuples of arrays, one per input
+  extra_inputs: tuple = ()
 
 
 def _model_name(workdir: str) -> str | None:
@@ -130,24 +134,40 @@ def _language_model(config, prepared, model, host, calibration_examples, descrip
 
 def _one_step_generator(config, prepared, model, calibration_examples):
   """A diffusion student as the one-step generator of the module docstring."""
-  if config.dataset.conditional:
-    raise ConfigError("dataset.conditional", "a class-conditional diffusion student does not "
-                      "export yet (its graph would take labels too); export an "
-                      "unconditional one")
-  parameterization = config.dataset.parameterization
+  d = config.dataset
+  parameterization, guidance = d.parameterization, float(d.guidance)
 
-  def function(noise):
+  def image(noise, prediction):
     t = jnp.ones((noise.shape[0],), jnp.float32)
-    x_hat, _ = diffusion.to_x_eps(model(noise, t), noise, t, parameterization=parameterization)
+    x_hat, _ = diffusion.to_x_eps(prediction(t), noise, t, parameterization=parameterization)
     return diffusion_task.to_uint8(x_hat)
 
+  def function(noise):
+    return image(noise, lambda t: model(noise, t))
+
+  def conditional(noise, labels):
+    def prediction(t):      # the sampler's classifier-free guidance (diffusion_sampler)
+      if not guidance:
+        return model(noise, t, labels)
+      null = jnp.full_like(labels, model.num_classes)
+      return (1.0 + guidance) * model(noise, t, labels) - guidance * model(noise, t, null)
+    return image(noise, prediction)
+
   shape = tuple(model.input_shape)
-  noise = np.asarray(jax.random.normal(jax.random.key(config.dataset.seed),
-                                       (max(WEB_SAMPLES, calibration_examples), *shape)))
+  count = max(WEB_SAMPLES, calibration_examples)
+  noise = np.asarray(jax.random.normal(jax.random.key(d.seed), (count, *shape)))
   web = {"kind": "denoiser", "input_shape": list(shape),
          "description": f"one-step {config.student.model} student of {config.experiment} "
                         f"({config.method})",
          # Fixed noise (the browser test's), flattened; the page also draws its own.
          "noise": noise[:4].reshape(4, -1).tolist()}
-  return Exportable(function, shape, "float32", noise[:WEB_SAMPLES], None, lambda x: x,
-                    noise[:calibration_examples], config, web, compare=measure.pixel_parity)
+  if not d.conditional:
+    return Exportable(function, shape, "float32", noise[:WEB_SAMPLES], None, lambda x: x,
+                      noise[:calibration_examples], config, web, compare=measure.pixel_parity)
+  labels = (np.arange(count) % model.num_classes).astype(np.int32)   # every class in turn
+  web.update(class_names=list(data_lib.load_split(
+      diffusion_task.SOURCE[d.name], "test").class_names), labels=labels[:4].tolist())
+  return Exportable(conditional, shape, "float32", (noise[:WEB_SAMPLES], labels[:WEB_SAMPLES]),
+                    None, lambda x: x, (noise[:calibration_examples],
+                                        labels[:calibration_examples]),
+                    config, web, compare=measure.pixel_parity, extra_inputs=(((), "int32"),))

@@ -96,7 +96,7 @@ test-fast: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # Benchmarks (issue 6): each prints a table and writes benchmarks/results/<script>.json.
-#   make bench                                  full runs (~2–4 min on 2 CPU cores)
+#   make bench                                  full runs (~5–7 min on 2 CPU cores)
 #   make bench BENCH_FLAGS=--quick              fewer steps and repeats (~2 min)
 #   make bench BENCH_FLAGS="--precision bf16"   on a GPU (add --pair resnet for a GPU-sized pair)
 #   bash benchmarks/gpu_suite.sh                the whole bf16 GPU suite, installing nothing
@@ -112,6 +112,7 @@ bench: bench-deps
 	$(PY) benchmarks/overhead.py $(BENCH_FLAGS)
 	$(PY) benchmarks/vs_pytorch.py $(BENCH_FLAGS)
 	$(PY) benchmarks/scaling.py $(BENCH_FLAGS)
+	$(PY) benchmarks/diffusion.py $(if $(findstring --quick,$(BENCH_FLAGS)),--quick)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -15,12 +15,9 @@ Writes ``benchmarks/results/diffusion[-T].json``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import common
 import jax
-import numpy as np
 from flax import nnx
 
 from kd_jax import config as config_lib
@@ -45,16 +42,9 @@ def images_per_second(graphdef, state, *, batch: int, steps: int, ddim: bool,
   rng = None if ddim else jax.random.key(1)
 
   def run():
-    jax.block_until_ready(diffusion_sampler.sample(graphdef, state, noise, steps=steps,
-                                                   ddim=ddim, rng=rng))
+    return diffusion_sampler.sample(graphdef, state, noise, steps=steps, ddim=ddim, rng=rng)
 
-  run()                                  # warm-up (compiles)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return batch / statistics.median(times)
+  return batch / common.median_seconds(run, repeats=repeats)
 
 
 def main() -> None:

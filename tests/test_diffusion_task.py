@@ -154,6 +154,31 @@ def test_a_student_initialised_from_the_teacher_starts_as_its_copy(tmp_path, tea
   assert results["student"]["steps_4"]["mse_to_teacher"] < 1e-10
 
 
+@needs_fashion_mnist
+def test_a_class_conditional_one_step_student_exports_with_its_labels_and_guidance(
+    tmp_path, teacher_dir):
+  from kd_jax.run import pipeline
+  c = cli_load(TEACHER + ":smoke")
+  c.dataset.conditional, c.dataset.guidance = True, 1.5
+  c.student.kwargs = ml_collections.ConfigDict(c.teacher.kwargs.to_dict())
+  c.student_init, c.train.steps = "teacher", 2
+  workdir = tmp_path / "w"
+  pipeline.run_experiment(c, str(workdir), teacher_dir=teacher_dir, show_progress=False)
+  written = np.load(workdir / "student" / "samples" / "steps_1.npz")
+  np.testing.assert_array_equal(written["labels"], np.arange(8) % 10)   # the classes in turn
+  out = _cli(f"--workdir={workdir}", "--format=onnx", module="kd_jax.export", timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  parity = json.load(open(workdir / "export" / "report.json"))["student.onnx"]["parity"]
+  assert parity["max_abs_pixel_difference"] <= 1 and parity["equal_pixels"] > 0.99
+  web = json.load(open(workdir / "export" / "samples.json"))
+  assert web["labels"] == [0, 1, 2, 3] and web["class_names"][0] == "T-shirt/top"
+  # The graph takes (noise [B, 28, 28, 1] float32, labels [B] int32).
+  import onnxruntime as ort
+  session = ort.InferenceSession(str(workdir / "export" / "student.onnx"))
+  assert [(i.type, len(i.shape)) for i in session.get_inputs()] == [
+      ("tensor(float)", 4), ("tensor(int32)", 1)]
+
+
 def test_a_copy_of_the_teacher_needs_the_teachers_model():
   c = cli_load(TEACHER + ":smoke")
   c.student.kwargs = ml_collections.ConfigDict(c.teacher.kwargs.to_dict())

@@ -8,7 +8,8 @@ Reads a finished (or running) ``kd_jax.sweep`` directory of diffusion runs
 point's student at each of its step counts, with FD-FMNIST, precision, recall,
 coverage (KL of the class histogram to uniform) and ms per image, mean ± the half-width
 of the 95% Student-t interval over seeds (the teacher: one report per seed, all of the
-same cached teacher on the same noise, so only its timing varies); then the issue's targets, checked on the means: the best
+same cached teacher on the same noise, read from its cached report: no spread); then the
+issue's targets, checked on the means: the best
 4-step student's FD within 1.5× the teacher's at its most steps, the best 1-step
 student's within 3× that and at most a quarter of the teacher's own 1-step FD.
 

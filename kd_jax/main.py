@@ -26,7 +26,8 @@ from kd_jax.reporting import report
 from kd_jax.run import validation
 from kd_jax.run import workdir as workdir_lib
 from kd_jax.run.pipeline import execute_run, run_experiment
-from kd_jax.run.process import CONFIG, PROGRESS, TEACHER_DIR, WORKDIR, setup_process
+from kd_jax.run.process import (ALLOW_VERSION_CHANGE, CONFIG, PROGRESS, TEACHER_DIR, WORKDIR,
+                                setup_process)
 
 __all__ = ["execute_run", "run_experiment", "main", "setup_process"]
 
@@ -50,7 +51,8 @@ def main(argv) -> None:
     return
   # Validated and checked against the workdir's record above: the pipeline does neither again.
   results = execute_run(config, workdir, teacher_dir=TEACHER_DIR.value,
-                        show_progress=PROGRESS.value)
+                        show_progress=PROGRESS.value,
+                        allow_version_change=ALLOW_VERSION_CHANGE.value)
   if jax.process_index() == 0:
     print(report.summary_table(results))
     print(report.where_to_look(workdir, results))

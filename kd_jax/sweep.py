@@ -413,7 +413,8 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
       raise ConfigError(None, f"grid point {run.slug}: {e}") from None
   # Each point was validated above and run_sweep checks its workdir: the runs do neither again.
-  run_fn = functools.partial(pipeline.execute_run, show_progress=FLAGS.progress)
+  run_fn = functools.partial(pipeline.execute_run, show_progress=FLAGS.progress,
+                             allow_version_change=FLAGS.allow_version_change)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn,
             allow_mixed_code=FLAGS.allow_mixed_code)

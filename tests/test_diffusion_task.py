@@ -2,6 +2,7 @@
 the teacher experiment's smoke run."""
 
 import json
+import os
 
 import jax
 import ml_collections
@@ -259,3 +260,40 @@ def test_the_tables_targets_follow_the_issues_bounds():
   assert "(25.00)" in one and "best `a` 25.00 — met; reached by `a`." in one
   students["a"][0]["steps_1"]["fd"] = 25.5
   assert "— not met; reached by none." in diffusion_table.targets(teacher, students)[1]
+
+
+def _fake_report(directory, fd):
+  """What a teacher's report computation leaves: samples under ``directory`` and the report."""
+  os.makedirs(os.path.join(directory, "samples"))
+  with open(os.path.join(directory, "samples", "steps_1.npz"), "wb") as f:
+    np.savez(f, images=np.full((2, 28, 28, 1), fd, np.uint8))
+  return {"steps_1": {"fd": float(fd)}}, np.full((2, 28, 28, 1), fd / 100, np.float32)
+
+
+def test_the_teacher_report_cache_is_computed_once_and_survives_a_concurrent_writer(tmp_path):
+  from kd_jax.tasks import diffusion_reference as cache
+  calls = []
+
+  def compute(directory):
+    calls.append(directory)
+    return _fake_report(directory, 7)
+
+  report, reference = cache.obtain(str(tmp_path), "k", compute, str(tmp_path / "run1"))
+  assert report == {"steps_1": {"fd": 7.0}, "report_cached": False}
+  again, reference_again = cache.obtain(str(tmp_path), "k", compute, str(tmp_path / "run2"))
+  assert again == {"steps_1": {"fd": 7.0}, "report_cached": True} and len(calls) == 1
+  np.testing.assert_array_equal(reference_again, reference)
+  assert (tmp_path / "run2" / "samples" / "steps_1.npz").exists()
+
+  # Another run finishes the same entry while this one computes: its entry is kept whole.
+  def racing(directory):
+    finished = tmp_path / cache.SUBDIR / "r"
+    first = _fake_report(str(finished), 3)
+    np.save(finished / cache.REFERENCE_FILE, first[1])
+    with open(finished / cache.REPORT_FILE, "w") as f:
+      json.dump(first[0], f)
+    return _fake_report(directory, 9)
+
+  report, reference = cache.obtain(str(tmp_path), "r", racing, str(tmp_path / "run3"))
+  assert report["steps_1"]["fd"] == 3.0 and float(reference.max()) == pytest.approx(0.03)
+  assert sorted(os.listdir(tmp_path / cache.SUBDIR)) == ["k", "r"]     # no temporaries left

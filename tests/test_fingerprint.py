@@ -86,7 +86,7 @@ def f(x):
   assert fingerprint.code_digest(source.replace(b"x * 2", b"x * 3")) != digest
   assert fingerprint.code_digest(source.replace(b"return x", b"y = x\n  return y")) != digest
   # A string statement that is not a docstring is code, not documentation.
-  assert fingerprint.code_digest(source.replace(b"  return", b"  x\n  's'\n  return")) != digest
+  assert fingerprint.code_digest(source.replace(b"  return", b"  's'\n  return")) != digest
 
 
 def test_the_record_names_the_commit_and_the_library_versions():

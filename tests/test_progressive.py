@@ -133,6 +133,8 @@ def test_the_learning_rate_schedule_restarts_with_every_round():
   # Each round is a cosine of two steps from the peak: 1e-3, then cos²(π/4)·1e-3 = 0.5e-3.
   np.testing.assert_allclose([float(schedule(s)) for s in range(4)], [1e-3, 5e-4, 1e-3, 5e-4],
                              rtol=1e-6)
+  with pytest.raises(ValueError, match="schedule_cycles=2 must divide the phase's 5 steps"):
+    optim.learning_rate_schedule(methods.student_train_config(c), 5)
   # A method that sets nothing keeps one schedule over the phase.
   plain = optim.learning_rate_schedule(c.train, 4)
   np.testing.assert_allclose(float(plain(2)), 5e-4, rtol=1e-6)

@@ -28,6 +28,7 @@ import hashlib
 import importlib.metadata
 import os
 import subprocess
+import sys
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The packages whose code computes what runs and caches hold: DESIGN §1's layers below
@@ -105,24 +106,36 @@ def _commit() -> dict:
 # Taken once, at import: what this process's code is.
 _SOURCES = _source_digests()
 _VERSIONS = _versions()
+# XLA's flags change compiled programs (and so numbers) without changing the code.
+_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 _COMMIT = _commit()
-_FINGERPRINT = hashlib.sha256(
-    repr((sorted(_SOURCES.items()), sorted(_VERSIONS.items()))).encode()).hexdigest()[:16]
+# ast.dump's form differs between Python versions (3.12 added type_params): the digests
+# are those of this interpreter's minor version, which the fingerprint therefore holds.
+_FINGERPRINT = hashlib.sha256(repr((sorted(_SOURCES.items()), sorted(_VERSIONS.items()),
+                                    sys.version_info[:2])).encode()).hexdigest()[:16]
 
 
 def fingerprint() -> str:
-  """A 16-hex-digit digest of the loaded numerics code and the library versions."""
+  """A 16-hex-digit digest of the loaded numerics code, the library versions and the
+  Python minor version (the code digests are of its syntax trees)."""
   return _FINGERPRINT
 
 
+def versions() -> dict[str, str | None]:
+  """The versions of :data:`LIBRARIES` this process imported (None: not installed)."""
+  return dict(_VERSIONS)
+
+
 def record() -> dict:
-  """What ``results.json`` stores under ``"code"``: the fingerprint, commit and versions.
+  """What ``results.json`` stores under ``"code"``: the fingerprint, commit, versions and
+  ``XLA_FLAGS`` (as the process started; '' when unset).
 
   ``commit`` and ``dirty`` (uncommitted changes under the numerics packages) are read at
   import, next to the sources; ``changed_since_import`` lists files edited since.
   """
   changed = changed_since_import()
   return {"fingerprint": _FINGERPRINT, **_COMMIT, "versions": dict(_VERSIONS),
+          "xla_flags": _XLA_FLAGS,
           **({"changed_since_import": changed} if changed else {})}
 
 

@@ -11,6 +11,8 @@ def learning_rate_schedule(t, total_steps: int) -> optax.Schedule:
   = n > 1 (progressive distillation's rounds) restarts it every ``total_steps`` / n steps."""
   cycles = int(t.get("schedule_cycles") or 1)
   if cycles > 1:
+    if total_steps % cycles:
+      raise ValueError(f"schedule_cycles={cycles} must divide the phase's {total_steps} steps")
     length = total_steps // cycles
     return optax.join_schedules([_one_schedule(t, length)] * cycles,
                                 [length * i for i in range(1, cycles)])

@@ -21,7 +21,9 @@ updated by the optimiser (their variable type is not ``nnx.Param``). The learnin
 schedule restarts with every round (``schedule_cycles`` = rounds,
 :func:`kd_jax.engine.optim.learning_rate_schedule`), as the paper anneals it within each
 round: one schedule over all rounds would leave the last ones, the hardest (2 → 1 step),
-at a learning rate near zero.
+at a learning rate near zero. Each round's schedule is the whole phase's shrunk to the
+round, warm-up included: with ``warmup_cosine`` every round starts from a learning rate
+of 0 (its first step makes no update).
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def _counted_flops(prepared, entry, config, fit, trained, teacher_module, *, liv
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    teacher_dir: str | None = None, show_progress: bool = True,
-                   stop_at_step: int | None = None, mesh=None) -> dict:
+                   stop_at_step: int | None = None, mesh=None,
+                   allow_version_change: bool = False) -> dict:
   """Runs (or resumes) the experiment and returns the ``results.json`` dict.
 
   A workdir belongs to one config (:mod:`kd_jax.run.workdir`): the first run records
@@ -192,10 +193,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     stop_at_step: abort the student phase at this step (tests of resumption).
     mesh: a ``("data", "model")`` mesh to run on instead of ``config.mesh`` over
       all devices (e.g. one over a subset of them: scaling tests and benchmarks).
+    allow_version_change: resume a run started with other library versions (jax,
+      jaxlib, flax, optax, orbax, numpy) instead of refusing it.
 
   Raises:
     ConfigError: an invalid config (before anything runs).
-    WorkdirConflictError: ``workdir`` or its checkpoints belong to another config.
+    WorkdirConflictError: ``workdir`` or its checkpoints belong to another config, or
+      its unfinished run was started with other library versions.
     DatasetNotFoundError: the dataset is not installed.
   """
   validation.validate(config)
@@ -204,21 +208,25 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   if finished is not None:
     return finished
   return execute_run(config, workdir, teacher_dir=teacher_dir, show_progress=show_progress,
-                     stop_at_step=stop_at_step, mesh=mesh)
+                     stop_at_step=stop_at_step, mesh=mesh,
+                     allow_version_change=allow_version_change)
 
 
 def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                 teacher_dir: str | None = None, show_progress: bool = True,
-                stop_at_step: int | None = None, mesh=None) -> dict:
+                stop_at_step: int | None = None, mesh=None,
+                allow_version_change: bool = False) -> dict:
   """:func:`run_experiment` for a ``config`` already validated and a ``workdir`` already
   checked (:func:`kd_jax.run.workdir.finished_results`: no finished run, no other config):
   records the config in the workdir if it has none and runs the pipeline.
 
   Raises:
-    WorkdirConflictError: ``workdir``'s checkpoints belong to another config.
+    WorkdirConflictError: ``workdir``'s checkpoints belong to another config, or (unless
+      ``allow_version_change``) its run was started with other library versions.
   """
   started = time.perf_counter()
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir_lib.check_versions(workdir, allow_change=allow_version_change)
   if jax.process_index() == 0:      # (the others only read it: process 0 writes files)
     workdir_lib.record(workdir, config)
   teacher_dir = teacher_dir or DEFAULT_TEACHER_DIR

@@ -1,7 +1,8 @@
 """What every kd_jax command shares: its flags and the set-up of its process.
 
 ``kd_jax.main`` and ``kd_jax.sweep`` define the same ``--config``, ``--workdir``,
-``--teacher_dir``, ``--progress``, ``--compilation_cache_dir`` and multi-host flags
+``--teacher_dir``, ``--progress``, ``--allow_version_change``, ``--compilation_cache_dir``
+and multi-host flags
 (:mod:`kd_jax.core.distributed`) by importing this module, and call
 :func:`setup_process` before anything touches a JAX device: ``jax.distributed`` must
 start first.
@@ -26,6 +27,10 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoin
 TEACHER_DIR = flags.DEFINE_string(
     "teacher_dir", DEFAULT_TEACHER_DIR, "Cache of trained teachers, shared by all workdirs.")
 PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on the console.")
+ALLOW_VERSION_CHANGE = flags.DEFINE_bool(
+    "allow_version_change", False,
+    "Resume a run whose workdir records other versions of jax, jaxlib, flax, optax, orbax or "
+    "numpy (refused by default: its checkpoints would continue under other numerics).")
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "kd_jax", "xla")
 COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache_dir", DEFAULT_COMPILATION_CACHE,

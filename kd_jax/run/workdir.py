@@ -7,6 +7,10 @@ fields can change a result, and how two records compare, is
 :mod:`kd_jax.config.records`'s.
 
 Paths and progress bars are flags, not config fields, so they may differ too.
+The record also holds the library versions that started the run
+(:func:`kd_jax.core.fingerprint.versions`): an unfinished run is not resumed under
+other versions unless told to (:func:`check_versions`), as its checkpoints would
+continue under other numerics.
 Checkpoints carry the same record (:func:`identity_record`) in their metadata,
 and the teacher, baseline and teacher-output caches are keyed by everything
 their contents depend on (:mod:`kd_jax.run.teachers`, :mod:`kd_jax.engine.teacher_cache`).
@@ -18,6 +22,7 @@ import os
 
 from kd_jax.config.records import as_dict, conflict_message, result_fields, same_results
 from kd_jax.core import files
+from kd_jax.core import fingerprint as source_code
 from kd_jax.core.errors import WorkdirConflictError
 from kd_jax.core.identity import identity_record
 
@@ -58,8 +63,28 @@ def record(workdir: str, config) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
     return
-  files.write_json(path, {**identity_record(result_fields(config)), "config": as_dict(config)},
-                   sort_keys=True)
+  files.write_json(path, {**identity_record(result_fields(config)), "config": as_dict(config),
+                          "versions": source_code.versions()}, sort_keys=True)
+
+
+def check_versions(workdir: str, *, allow_change: bool = False) -> None:
+  """Refuses to resume the run in ``workdir`` under other library versions than those that
+  started it (a workdir recorded before versions were, or ``allow_change``, passes).
+
+  Raises:
+    WorkdirConflictError: naming each library whose version differs (recorded → now).
+  """
+  record = files.read_json(os.path.join(workdir, CONFIG_FILE)) or {}
+  recorded, now = record.get("versions"), source_code.versions()
+  if not recorded or allow_change:
+    return
+  changed = [f"{name}: {recorded.get(name)} → {now.get(name)}"
+             for name in sorted(set(recorded) | set(now)) if recorded.get(name) != now.get(name)]
+  if changed:
+    raise WorkdirConflictError(
+        f"--workdir={workdir}: its run was started with other library versions "
+        f"({'; '.join(changed)}); resuming its checkpoints would continue under other "
+        "numerics. Use a new --workdir, or pass --allow_version_change to resume anyway.")
 
 
 def finished_results(workdir: str, config) -> dict | None:

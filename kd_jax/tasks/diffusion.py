@@ -226,12 +226,16 @@ class SampleReport:
     self.teacher_dir = None        # where the teacher's samples go (use_run_dirs sets it)
     self.cache_root = None         # where the teacher's report is cached (use_run_dirs)
 
-  def settings(self, test_examples: int) -> dict:
-    """What the teacher's report depends on besides the teacher and the code."""
+  def settings(self, dataset: str, test_examples: int, dtype) -> dict:
+    """What the teacher's report depends on besides the teacher's weights and the code:
+    the samples' noise and steps, the reference images, the precision the teacher runs
+    in, and the kind of device (the report holds its timings)."""
     return {"noise": [int(len(self.noise)), *map(int, self.noise.shape[1:])],
             "seed": self.seed, "steps": list(self.teacher_steps),
             "labels": self.labels is not None, "guidance": self.guidance,
-            "parameterization": self.parameterization, "test_examples": test_examples}
+            "parameterization": self.parameterization, "dataset": dataset,
+            "test_examples": test_examples, "dtype": jnp.dtype(dtype).name,
+            "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind}"}
 
   def use_classifier(self, classifier, test_images: np.ndarray) -> None:
     """Measures quality with ``classifier`` against the features of ``test_images`` (uint8)."""
@@ -349,7 +353,7 @@ def prepare(config, mesh, dtype) -> Prepared:
 
     if samples.cache_root is None:      # (no run directories: nothing to cache in)
       return compute(samples.teacher_dir)
-    key = diffusion_reference.key(variables, samples.settings(test_data.size))
+    key = diffusion_reference.key(variables, samples.settings(d.name, test_data.size, dtype))
     return diffusion_reference.obtain(samples.cache_root, key, compute, samples.teacher_dir)
 
   def student_report(fit, module, reference, batch_size):

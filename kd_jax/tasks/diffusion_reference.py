@@ -8,15 +8,21 @@ from the same noise gives the same report, so it is computed once and cached in
 ``<cache root>/diffusion_teacher_reports/<key>/`` (``report.json``, ``reference.npy`` and
 ``samples/``, which every later run copies into its own ``teacher/samples``). The key is a
 digest of the teacher's weights (:func:`kd_jax.engine.teacher_cache.fingerprint`), the
-settings the samples depend on and the code fingerprint, so another teacher, other noise
-or other code computes anew. A report read from the cache says so (``report_cached``);
-its ``ms_per_image`` are those measured when it was made.
+settings the samples depend on (the noise, steps, guidance, precision, and the device
+kind, since the report holds timings) and the code fingerprint, so another teacher, other
+noise, other numerics or other code computes anew. A report read from the cache says so
+(``report_cached``); its ``ms_per_image`` are those measured when it was made, on the
+same kind of device. Each writer fills a temporary directory of its own and renames it
+into place; a finished entry is never removed, so runs that share the cache and compute
+the same entry at once each end with a complete one. Written by process 0 (the diffusion
+task runs single-host).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -46,15 +52,20 @@ def obtain(cache_root: str, report_key: str, compute: Callable, phase_dir: str |
   report = files.read_json(os.path.join(directory, REPORT_FILE))
   cached = report is not None
   if not cached:
-    tmp = directory + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    report, reference = compute(tmp)
-    if jax.process_index() == 0:
-      os.makedirs(tmp, exist_ok=True)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f"{report_key}.", suffix=".tmp", dir=os.path.dirname(directory))
+    try:
+      report, reference = compute(tmp)
       np.save(os.path.join(tmp, REFERENCE_FILE), np.asarray(reference, np.float32))
       files.write_json(os.path.join(tmp, REPORT_FILE), report, default=float)
-      shutil.rmtree(directory, ignore_errors=True)
-      os.replace(tmp, directory)             # complete or absent: never half-written
+      try:
+        os.rename(tmp, directory)          # complete or absent: never half-written
+      except OSError:                      # another run finished the same entry first
+        if not os.path.exists(os.path.join(directory, REPORT_FILE)):
+          raise
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    report = files.read_json(os.path.join(directory, REPORT_FILE))   # whichever run's it is
   reference = np.load(os.path.join(directory, REFERENCE_FILE))
   if phase_dir and jax.process_index() == 0:
     shutil.copytree(os.path.join(directory, SAMPLES_DIR), os.path.join(phase_dir, SAMPLES_DIR),

@@ -81,6 +81,7 @@ def test_the_held_out_loss_is_fixed_and_does_not_depend_on_the_batch_size():
     (lambda c: setattr(c.dataset, "sample_steps", ()), "dataset.sample_steps"),
     (lambda c: setattr(c.dataset, "student_sample_steps", (2, 0)), "dataset.student_sample_steps"),
     (lambda c: setattr(c.dataset, "samples", 0), "dataset.samples"),
+    (lambda c: setattr(c.dataset, "classifier_examples", -1), "dataset.classifier_examples"),
     (lambda c: setattr(c.student, "model", "cnn"), "student.model"),
     (lambda c: setattr(c, "method", "kd"), "method"),
 ])

@@ -49,7 +49,9 @@ def base(arg=None):
   c.train.eval_batch_size = 500
   c.log_every_steps = 50
   if arg == "smoke":
+    # (the quality metrics in a classifier of 2,048 training images, not all 60,000)
     c.dataset = config_lib.diffusion_dataset(train_examples=256, test_examples=64, samples=8,
+                                             classifier_examples=2048,
                                              sample_steps=(4, 1))
     c.teacher.kwargs = dict(widths=(8, 16), embed_dim=32)
     c.student.kwargs = dict(widths=(8, 8), embed_dim=32)

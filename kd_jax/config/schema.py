@@ -170,7 +170,8 @@ def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
                       conditional: bool = False, label_dropout: float = 0.1,
                       parameterization: str = "v", guidance: float = 0.0, samples: int = 1000,
                       sample_steps=(256, 16, 4, 2, 1), student_sample_steps=(),
-                      seed: int = 0) -> ml_collections.ConfigDict:
+                      classifier_examples: int = 0, seed: int = 0
+                      ) -> ml_collections.ConfigDict:
   """Fashion-MNIST images for a denoiser (kd_jax/tasks/diffusion.py) as a ``dataset`` block.
 
   ``train_examples`` / ``test_examples`` > 0 keep the first images (smoke runs); the
@@ -179,13 +180,16 @@ def diffusion_dataset(*, train_examples: int = 0, test_examples: int = 0,
   sampled with classifier-free ``guidance``; every trained model is reported on
   ``samples`` images drawn from fixed noise (``seed``) with DDIM at each of
   ``sample_steps``; the students at each of ``student_sample_steps`` instead, when given.
+  Quality is measured in the features of a classifier trained on the first
+  ``classifier_examples`` training images (0: all of them, the tables' ruler; smoke runs
+  use fewer).
   """
   return ml_collections.ConfigDict(dict(
       name="fashion_mnist_diffusion", train_examples=train_examples,
       test_examples=test_examples, conditional=conditional, label_dropout=label_dropout,
       parameterization=parameterization, guidance=guidance, samples=samples,
       sample_steps=tuple(sample_steps), student_sample_steps=tuple(student_sample_steps),
-      seed=seed))
+      classifier_examples=classifier_examples, seed=seed))
 
 
 def progressive_config(*, start_steps: int = 256, final_steps: int = 1

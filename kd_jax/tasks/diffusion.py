@@ -67,7 +67,8 @@ TIMING_BATCH = 64       # ms_per_image is measured on batches of this many image
 EVAL_KEY, SAMPLE_KEY = 0, 1      # folded into dataset.seed: the fixed test noise, the samples'
 PR_NEIGHBOURS = 3       # k of precision/recall's k-NN manifolds (Kynkäänniemi et al.'s)
 # How the models are sampled and reported, not how they train: outside the teacher's key.
-STUDENT_ONLY_FIELDS = ("samples", "sample_steps", "student_sample_steps", "guidance")
+STUDENT_ONLY_FIELDS = ("samples", "sample_steps", "student_sample_steps", "guidance",
+                       "classifier_examples")
 
 
 def _check_steps(field: str, steps, *, allow_empty: bool) -> None:
@@ -82,6 +83,8 @@ def check(config) -> None:
   """The diffusion dataset block's fields and the models (denoisers); raises ``ConfigError``."""
   d = config.dataset
   checks.ints_at_least("dataset", d, ("train_examples", "test_examples", "seed"))
+  if "classifier_examples" in d:        # (absent from the records of older runs)
+    checks.ints_at_least("dataset", d, ("classifier_examples",))
   checks.ints_at_least("dataset", d, ("samples",), 1)
   checks.choice("dataset.parameterization", d.parameterization, diffusion.PREDICTIONS)
   checks.in_unit_interval("dataset.label_dropout", d.label_dropout)
@@ -218,6 +221,7 @@ class SampleReport:
     self.labels = (jnp.arange(d.samples, dtype=jnp.int32) % num_classes
                    if d.conditional else None)
     self.seed, self.teacher_steps = int(d.seed), tuple(d.sample_steps)
+    self.classifier_examples = int(d.get("classifier_examples", 0))    # FD's ruler
     self.student_steps = tuple(d.get("student_sample_steps", ())) or self.teacher_steps
     self.guidance = float(d.guidance)
     self.parameterization = d.parameterization
@@ -235,6 +239,7 @@ class SampleReport:
             "labels": self.labels is not None, "guidance": self.guidance,
             "parameterization": self.parameterization, "dataset": dataset,
             "test_examples": test_examples, "dtype": jnp.dtype(dtype).name,
+            "classifier_examples": self.classifier_examples,
             "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind}"}
 
   def use_classifier(self, classifier, test_images: np.ndarray) -> None:
@@ -330,8 +335,9 @@ def prepare(config, mesh, dtype) -> Prepared:
 
   def use_run_dirs(workdir, cache_root):
     # One ruler for every run: the classifier of the whole training split, whatever
-    # subset this run's denoisers train on.
-    classifier = diffusion_quality.obtain(cache_root, mesh)
+    # subset this run's denoisers train on (smoke runs: of the first classifier_examples).
+    classifier = diffusion_quality.obtain(cache_root, mesh,
+                                          train_examples=int(d.get("classifier_examples", 0)))
     samples.use_classifier(classifier, np.asarray(test_data.images))
     samples.teacher_dir = os.path.join(workdir, "teacher")
     samples.cache_root = cache_root

@@ -26,7 +26,7 @@ the teacher's samples from the same noise at its most steps. Students are sample
 1–4-step students need not run them for 256 steps. The teacher's report is computed once
 per teacher and sample settings and cached (:mod:`kd_jax.tasks.diffusion_reference`).
 The sample settings (``samples``, ``sample_steps``, ``student_sample_steps``,
-``guidance``) change no trained weights and are not part of the teacher's cache key
+``guidance``, ``classifier_examples``) change no trained weights and are not part of the teacher's cache key
 (:data:`STUDENT_ONLY_FIELDS`). Each phase writes its samples to ``<phase dir>/samples/
 steps_<n>.npz`` (uint8 ``images`` ``[N, 28, 28, 1]``, ``labels`` when conditional) and
 ``steps_<n>.png`` (a grid of the first 64): the teacher's in ``<workdir>/teacher``, the

@@ -14,8 +14,8 @@ noise, other numerics or other code computes anew. A report read from the cache 
 (``report_cached``); its ``ms_per_image`` are those measured when it was made, on the
 same kind of device. Each writer fills a temporary directory of its own and renames it
 into place; a finished entry is never removed, so runs that share the cache and compute
-the same entry at once each end with a complete one. Written by process 0 (the diffusion
-task runs single-host).
+the same entry at once each end with a complete one. The diffusion task runs single-host:
+one process writes the entry.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from kd_jax.export import measure
 from kd_jax.objectives import diffusion
 from kd_jax.tasks import arithmetic
 from kd_jax.tasks import diffusion as diffusion_task
+from kd_jax.tasks import diffusion_sampler
 
 WEB_SAMPLES = 64      # held-out examples the web page steps through
 
@@ -137,21 +138,15 @@ def _one_step_generator(config, prepared, model, calibration_examples):
   d = config.dataset
   parameterization, guidance = d.parameterization, float(d.guidance)
 
-  def image(noise, prediction):
+  def conditional(noise, labels):      # the sampler's one step, guidance included
+    prediction = diffusion_sampler.guided_prediction(model, noise, 1.0, labels, guidance,
+                                                     guided=bool(guidance))
     t = jnp.ones((noise.shape[0],), jnp.float32)
-    x_hat, _ = diffusion.to_x_eps(prediction(t), noise, t, parameterization=parameterization)
+    x_hat, _ = diffusion.to_x_eps(prediction, noise, t, parameterization=parameterization)
     return diffusion_task.to_uint8(x_hat)
 
   def function(noise):
-    return image(noise, lambda t: model(noise, t))
-
-  def conditional(noise, labels):
-    def prediction(t):      # the sampler's classifier-free guidance (diffusion_sampler)
-      if not guidance:
-        return model(noise, t, labels)
-      null = jnp.full_like(labels, model.num_classes)
-      return (1.0 + guidance) * model(noise, t, labels) - guidance * model(noise, t, null)
-    return image(noise, prediction)
+    return conditional(noise, None)
 
   shape = tuple(model.input_shape)
   count = max(WEB_SAMPLES, calibration_examples)

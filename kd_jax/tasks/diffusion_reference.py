@@ -47,7 +47,7 @@ def obtain(cache_root: str, report_key: str, compute: Callable, phase_dir: str |
            ) -> tuple[dict, np.ndarray]:
   """``(report, reference)`` from the cache, else from ``compute(directory)``, which writes
   its samples under ``directory``/samples and is then cached; either way the samples end
-  up in ``phase_dir``/samples (when given). Written by process 0 (the task is single-host)."""
+  up in ``phase_dir``/samples (when given)."""
   directory = os.path.join(cache_root, SUBDIR, report_key)
   report = files.read_json(os.path.join(directory, REPORT_FILE))
   cached = report is not None

@@ -31,11 +31,16 @@ from flax import nnx
 from kd_jax.objectives import diffusion
 
 
-def _prediction(model, z, t, labels, guidance, guided: bool):
-  t = jnp.full((z.shape[0],), t, jnp.float32)
+def guided_prediction(model, z, t, labels, guidance, guided: bool):
+  """``model``'s prediction at ``z`` and time ``t`` (a scalar), mixed with the null label's
+  by classifier-free guidance weight ``guidance`` when ``guided`` (see the module docstring);
+  the samplers' and the exported one-step generator's (kd_jax/export/student.py)."""
+  # (ones · t and full_like, not jnp.full of z's batch: the exported generator's batch is
+  # symbolic, and jnp.full of a symbolic shape does not trace)
+  t = jnp.ones((z.shape[0],), jnp.float32) * t
   if not guided:
     return model(z, t, labels)
-  null = jnp.full((z.shape[0],), model.num_classes, jnp.int32)
+  null = jnp.full_like(labels, model.num_classes)
   return (1.0 + guidance) * model(z, t, labels) - guidance * model(z, t, null)
 
 
@@ -47,7 +52,7 @@ def _sample(graphdef, state, noise, labels, guidance, rng, *, steps: int, ddim: 
   times = diffusion.time_grid(steps)
 
   def x_hat_at(z, t):
-    prediction = _prediction(model, z, t, labels, guidance, guided)
+    prediction = guided_prediction(model, z, t, labels, guidance, guided)
     x_hat, _ = diffusion.to_x_eps(prediction, z, t, parameterization=parameterization)
     return jnp.clip(x_hat, -1.0, 1.0) if clip else x_hat
 

@@ -1,0 +1,206 @@
+r"""Distillation between a teacher and a student with different tokenizers (DESIGN §9).
+
+A teacher's next-token distribution ``p`` lives on its own vocabulary ``V_t``; the
+student's ``q`` on ``V_s``. Two losses compare them without a shared vocabulary; the
+positions they compare are chosen by the caller (the task's alignment:
+:mod:`kd_jax.data.token_alignment`).
+
+* :func:`uld_loss` — Universal Logit Distillation (Boizard et al. 2024): the two
+  probability vectors sorted in decreasing order, the shorter padded with zeros, compared
+  by their L1 distance (the Wasserstein-1 distance between the sorted distributions on a
+  common index set). It ignores which token carries which probability: only the shape
+  of the distribution is taught.
+* :func:`aligned_kd_loss` — at positions where both tokenizations end at the same byte:
+  where the next token is the same string on both sides, KL between the two
+  distributions restricted to the vocabulary they share (``vocab_map[v] = u`` when
+  teacher token ``v`` and student token ``u`` are the same byte string, −1 when no
+  student token is), renormalised; elsewhere ULD (the "hybrid" form of TRL's GOLD
+  trainer). With the same tokenizer on both sides (the identity map, every position
+  exact) the loss is :func:`kd_jax.objectives.losses.kd_loss` with ``divergence="kl"``.
+
+Both add the student's hard-label cross-entropy: ``α·CE + (1−α)·distill``, each term
+the mean over its own positions: CE over ``mask`` (every target), the distillation term
+over ``mask & aligned`` (the positions that have a teacher distribution to compare).
+
+References:
+  Boizard et al., *Towards Cross-Tokenizer Distillation: the Universal Logit
+  Distillation Loss for LLMs*, 2024 (arXiv:2402.12030).
+  Patiño et al., *Unlocking On-Policy Distillation for Any Model Family* (TRL's GOLD
+  trainer), 2025.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax.objectives import losses
+from kd_jax.objectives.masked import at_least_float32, checked_mask, masked_mean
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AlignedTeacher:
+  """A teacher's outputs moved onto the student's positions (a pytree).
+
+  Attributes:
+    logits: ``[B, T_s, V_t]``: at student position ``j``, the teacher's raw logits at
+      the teacher position aligned with it (garbage where ``aligned`` is false).
+    aligned: bool ``[B, T_s]``: whether position ``j`` has an aligned teacher position.
+    exact: bool ``[B, T_s]``: whether the next token is the same byte string on both
+      sides there (:func:`aligned_kd_loss`).
+    vocab_map: int32 ``[V_t]``: the student id of each teacher token of the same byte
+      string, −1 where there is none.
+  """
+  logits: Array
+  aligned: Array
+  exact: Array
+  vocab_map: Array
+
+
+def _sorted_l1(p: Array, q: Array) -> Array:
+  """Σ_i |sort↓(p)_i − sort↓(q)_i| over the last axis, the shorter vector zero-padded."""
+  width = max(p.shape[-1], q.shape[-1])
+  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+  # Sorting −x ascending is sorting x descending; the padded zeros sort last (x ≥ 0).
+  p_sorted = -jnp.sort(-pad(p), axis=-1)
+  q_sorted = -jnp.sort(-pad(q), axis=-1)
+  return jnp.sum(jnp.abs(p_sorted - q_sorted), axis=-1)
+
+
+def _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask):
+  """``α·CE(mask) + (1−α)·mean(distill over distill_mask)``, skipping a term of static weight 0."""
+  loss = 0.0
+  if not (isinstance(alpha, (int, float)) and alpha == 0):
+    loss = alpha * losses.cross_entropy(student_logits, labels, mask)
+  if not (isinstance(alpha, (int, float)) and alpha == 1):
+    loss = loss + (1.0 - alpha) * masked_mean(distill, distill_mask)
+  return loss
+
+
+def _masks(shape, mask, aligned):
+  mask = jnp.ones(shape, bool) if mask is None else checked_mask(mask, shape)
+  distill_mask = mask if aligned is None else mask & checked_mask(aligned, shape)
+  return mask, distill_mask
+
+
+def uld_terms(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
+              temperature: ArrayLike = 1.0) -> Array:
+  """The per-position ULD distance ``Σ_i |sort↓(p)_i − sort↓(q)_i|`` ``[...]`` (no mean)."""
+  p = jax.nn.softmax(at_least_float32(teacher_logits) / temperature, axis=-1)
+  q = jax.nn.softmax(at_least_float32(student_logits) / temperature, axis=-1)
+  return _sorted_l1(jax.lax.stop_gradient(p), q)
+
+
+def uld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
+             labels: ArrayLike | None, *, alpha: ArrayLike = 0.5,
+             temperature: ArrayLike = 1.0, mask: ArrayLike | None = None,
+             aligned: ArrayLike | None = None) -> Array:
+  r"""Universal Logit Distillation (Boizard et al. 2024).
+
+  .. math::
+    \ell = \alpha\,\mathrm{CE}(z_s, y) + (1-\alpha)\,
+           \sum_i \bigl|\mathrm{sort}_\downarrow(p)_i - \mathrm{sort}_\downarrow(q)_i\bigr|,
+    \quad p = \mathrm{softmax}(z_t / T),\ q = \mathrm{softmax}(z_s / T)
+
+  with the shorter of ``p``, ``q`` padded with zeros to the longer's length. The
+  distance is not scaled by T² (the paper's form; it is bounded by 2 at every T). The
+  teacher gets no gradient.
+
+  Args:
+    student_logits: ``[..., V_s]``.
+    teacher_logits: ``[..., V_t]``, the same leading shape; ``V_t`` may differ from ``V_s``.
+    labels: the student's integer targets ``[...]``; may be None when ``alpha == 0``.
+    alpha: the CE weight in [0, 1] (a number or a traced scalar).
+    temperature: T > 0 of both softmaxes.
+    mask: optional boolean ``[...]``: the positions of the CE term (and of the ULD term).
+    aligned: optional boolean ``[...]``: the ULD term is averaged over ``mask & aligned``
+      only (positions without a teacher position count in the CE alone).
+
+  Returns:
+    float32 scalar.
+  """
+  student_logits = jnp.asarray(student_logits)
+  shape = student_logits.shape[:-1]
+  mask, distill_mask = _masks(shape, mask, aligned)
+  distill = uld_terms(student_logits, teacher_logits, temperature=temperature)
+  return _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask)
+
+
+def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
+                     vocab_map: ArrayLike, *, temperature: ArrayLike = 1.0) -> Array:
+  r"""``T²·KL(p̃ ‖ q̃)`` per position ``[...]``: both distributions restricted to the shared
+  vocabulary (the teacher tokens with ``vocab_map[v] ≥ 0`` and their student tokens) and
+  renormalised there. With the identity map it is ``T²·KL(p ‖ q)``."""
+  vocab_map = jnp.asarray(vocab_map)
+  matched = vocab_map >= 0
+  index = jnp.where(matched, vocab_map, 0)
+  log_p = jnp.where(matched, jax.nn.log_softmax(
+      at_least_float32(teacher_logits) / temperature, -1), -jnp.inf)
+  log_p = jax.lax.stop_gradient(log_p - jax.nn.logsumexp(log_p, -1, keepdims=True))
+  log_q = jnp.where(matched, jax.nn.log_softmax(
+      at_least_float32(student_logits) / temperature, -1)[..., index], -jnp.inf)
+  log_q = log_q - jax.nn.logsumexp(log_q, -1, keepdims=True)
+  p = jnp.exp(log_p)
+  # Σ p (log p − log q) over the matched tokens; an entry with p = 0 adds 0 (and no NaN).
+  safe = matched & (p > 0)
+  kl = jnp.sum(jnp.where(safe, p * (jnp.where(safe, log_p, 0.0) - jnp.where(safe, log_q, 0.0)),
+                         0.0), -1)
+  return temperature ** 2 * kl
+
+
+def aligned_kd_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
+                     vocab_map: ArrayLike, exact: ArrayLike, *,
+                     temperature: ArrayLike = 1.0) -> Array:
+  """The per-position distillation term of :func:`aligned_kd_loss` ``[...]`` (no mean):
+  :func:`matched_kl_terms` where ``exact``, :func:`uld_terms` elsewhere."""
+  kl = matched_kl_terms(student_logits, teacher_logits, vocab_map, temperature=temperature)
+  uld = uld_terms(student_logits, teacher_logits, temperature=temperature)
+  return jnp.where(jnp.asarray(exact, bool), kl, uld)
+
+
+def aligned_kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
+                    labels: ArrayLike | None, vocab_map: ArrayLike, *,
+                    exact: ArrayLike | None = None, alpha: ArrayLike = 0.5,
+                    temperature: ArrayLike = 1.0, mask: ArrayLike | None = None,
+                    aligned: ArrayLike | None = None) -> Array:
+  r"""Distillation at byte-aligned positions: KL on the shared vocabulary where the next
+  token is the same string on both sides, ULD elsewhere; plus the student's CE.
+
+  .. math::
+    \ell = \alpha\,\mathrm{CE}(z_s, y) + (1-\alpha)\,
+      \mathrm{mean}_{j\,\in\,\mathrm{aligned}}
+      \begin{cases} T^2\,\mathrm{KL}(\tilde p_j \,\|\, \tilde q_j) & \text{exact}_j \\
+                     \mathrm{ULD}(p_j, q_j) & \text{otherwise} \end{cases}
+
+  ``p̃``, ``q̃``: the teacher's and student's distributions restricted to the shared
+  vocabulary (``vocab_map``) and renormalised (:func:`matched_kl_terms`). A position is
+  *exact* when both tokenizations' next token is the same byte string (a 1:1 span, whose
+  probability both sides give directly); a span of several tokens on either side has no
+  token-level counterpart, and only the shapes of the two distributions are compared
+  there (ULD). With one tokenizer (the identity map, every position exact and aligned)
+  this is ``kd_loss(..., divergence="kl")``.
+
+  Args:
+    student_logits: ``[..., V_s]``.
+    teacher_logits: ``[..., V_t]``.
+    labels: the student's targets ``[...]``; may be None when ``alpha == 0``.
+    vocab_map: int ``[V_t]``: the student id of each teacher token's byte string, or −1.
+    exact: optional boolean ``[...]`` (None: every position): where the matched KL applies.
+    alpha, temperature, mask, aligned: as :func:`uld_loss`.
+
+  Returns:
+    float32 scalar.
+  """
+  student_logits = jnp.asarray(student_logits)
+  shape = student_logits.shape[:-1]
+  mask, distill_mask = _masks(shape, mask, aligned)
+  exact = jnp.ones(shape, bool) if exact is None else checked_mask(exact, shape)
+  distill = aligned_kd_terms(student_logits, teacher_logits, vocab_map, exact,
+                             temperature=temperature)
+  return _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask)

@@ -1,0 +1,133 @@
+"""Cross-tokenizer losses (kd_jax/objectives/cross_tokenizer.py) against independent NumPy
+forms of their formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from kd_jax import losses
+from kd_jax.objectives import cross_tokenizer as ct
+
+
+def _softmax(z, t=1.0):
+  z = np.asarray(z, np.float64) / t
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _ce(s, labels):
+  log_q = np.log(_softmax(s))
+  return -np.take_along_axis(log_q, labels[..., None], -1)[..., 0]
+
+
+def _uld_numpy(s, t, temperature):
+  """Per position: sort both probability vectors (descending), pad the shorter with zeros."""
+  p, q = _softmax(t, temperature), _softmax(s, temperature)
+  out = np.zeros(s.shape[:-1])
+  for idx in np.ndindex(*s.shape[:-1]):
+    a, b = sorted(p[idx], reverse=True), sorted(q[idx], reverse=True)
+    n = max(len(a), len(b))
+    a, b = np.array(a + [0.0] * (n - len(a))), np.array(b + [0.0] * (n - len(b)))
+    out[idx] = np.abs(a - b).sum()
+  return out
+
+
+def _mean(values, mask):
+  return values[mask].mean() if mask.any() else 0.0
+
+
+@pytest.mark.parametrize("v_s,v_t", [(5, 9), (9, 5), (7, 7)])
+def test_uld_matches_numpy_with_unequal_vocabularies_and_masks(v_s, v_t):
+  rng = np.random.default_rng(v_s * 10 + v_t)
+  s = rng.normal(size=(2, 4, v_s)) * 2
+  t = rng.normal(size=(2, 4, v_t)) * 2
+  labels = rng.integers(0, v_s, (2, 4))
+  mask = np.array([[True, True, False, True], [True, False, True, True]])
+  aligned = np.array([[True, False, True, True], [True, True, True, False]])
+  for alpha, temperature in [(0.5, 1.0), (0.0, 2.0), (0.3, 0.5)]:
+    expected = (alpha * _mean(_ce(s, labels), mask)
+                + (1 - alpha) * _mean(_uld_numpy(s, t, temperature), mask & aligned))
+    got = ct.uld_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                      jnp.asarray(labels), alpha=alpha, temperature=temperature,
+                      mask=jnp.asarray(mask), aligned=jnp.asarray(aligned))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_uld_is_zero_for_a_permuted_teacher_and_needs_no_labels_at_alpha_zero():
+  z = jnp.array([[3.0, 1.0, -2.0, 0.5]])
+  permuted = z[:, ::-1]
+  assert float(ct.uld_loss(z, permuted, None, alpha=0.0)) == pytest.approx(0.0, abs=1e-7)
+  # A teacher with a larger vocabulary whose extra tokens carry no mass: still 0.
+  padded = jnp.concatenate([permuted, jnp.full((1, 3), -1e9)], -1)
+  assert float(ct.uld_loss(z, padded, None, alpha=0.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_uld_gradients_are_the_students_only():
+  rng = np.random.default_rng(0)
+  s = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(3, 10)), jnp.float32)
+  labels = jnp.array([1, 4, 0])
+  check_grads(lambda x: ct.uld_loss(x, t, labels, alpha=0.3, temperature=1.5), (s,),
+              order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+  teacher_grad = jax.grad(lambda x: ct.uld_loss(s, x, labels))(t)
+  assert float(jnp.abs(teacher_grad).max()) == 0.0
+
+
+def test_aligned_kd_with_the_identity_map_is_kd_with_kl():
+  rng = np.random.default_rng(1)
+  s = jnp.asarray(rng.normal(size=(2, 5, 11)) * 2, jnp.float32)
+  t = jnp.asarray(rng.normal(size=(2, 5, 11)) * 2, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 11, (2, 5)))
+  mask = jnp.asarray(rng.random((2, 5)) > 0.3)
+  for alpha, temperature in [(0.5, 1.0), (0.2, 3.0)]:
+    expected = losses.kd_loss(s, t, labels, divergence="kl", temperature=temperature,
+                              alpha=alpha, mask=mask)
+    got = ct.aligned_kd_loss(s, t, labels, jnp.arange(11), alpha=alpha,
+                             temperature=temperature, mask=mask)
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-5, atol=1e-6)
+
+
+def _matched_kl_numpy(s, t, vocab_map, temperature):
+  """Restrict both distributions to the matched pairs by a loop, renormalise, KL."""
+  p, q = _softmax(t, temperature), _softmax(s, temperature)
+  out = np.zeros(s.shape[:-1])
+  pairs = [(v, u) for v, u in enumerate(vocab_map) if u >= 0]
+  for idx in np.ndindex(*s.shape[:-1]):
+    pm = np.array([p[idx][v] for v, _ in pairs]); qm = np.array([q[idx][u] for _, u in pairs])
+    pm, qm = pm / pm.sum(), qm / qm.sum()
+    out[idx] = temperature ** 2 * np.sum(pm * np.log(pm / qm))
+  return out
+
+
+def test_aligned_kd_with_a_partial_map_matches_numpy():
+  rng = np.random.default_rng(2)
+  s = rng.normal(size=(3, 4, 6)) * 2              # student: 6 tokens
+  t = rng.normal(size=(3, 4, 8)) * 2              # teacher: 8 tokens
+  vocab_map = np.array([2, -1, 0, 5, -1, -1, 1, -1])   # student 3 and 4 unmatched
+  labels = rng.integers(0, 6, (3, 4))
+  mask = rng.random((3, 4)) > 0.2
+  aligned = rng.random((3, 4)) > 0.3
+  exact = rng.random((3, 4)) > 0.5
+  for alpha, temperature in [(0.5, 1.0), (0.0, 2.0)]:
+    per_position = np.where(exact, _matched_kl_numpy(s, t, vocab_map, temperature),
+                            _uld_numpy(s, t, temperature))
+    expected = (alpha * _mean(_ce(s, labels), mask)
+                + (1 - alpha) * _mean(per_position, mask & aligned))
+    got = ct.aligned_kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                             jnp.asarray(labels), jnp.asarray(vocab_map),
+                             exact=jnp.asarray(exact), alpha=alpha, temperature=temperature,
+                             mask=jnp.asarray(mask), aligned=jnp.asarray(aligned))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_aligned_kd_is_finite_where_either_side_puts_no_mass_on_a_shared_token():
+  s = jnp.array([[0.0, -1e9, 2.0]])       # student token 1 has probability 0
+  t = jnp.array([[1.0, 0.5, 0.0, -1e9]])  # teacher token 3 has probability 0
+  vocab_map = jnp.array([0, 2, -1, 1])    # teacher 3 ↔ student 1: both 0
+  loss, grad = jax.value_and_grad(
+      lambda x: ct.aligned_kd_loss(x, t, None, vocab_map, alpha=0.0))(s)
+  assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
+  check_grads(lambda x: ct.aligned_kd_loss(x, t, jnp.array([2]), vocab_map, alpha=0.5),
+              (jnp.array([[0.3, -1.0, 2.0]]),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)

@@ -1,0 +1,161 @@
+"""Two tokenizations of the same text, aligned by byte offsets (DESIGN §9).
+
+A teacher and a student with different tokenizers see the same documents cut into
+different tokens. Everything here works on the bytes each token stands for
+(:func:`token_bytes`), never on decoded strings: a byte-level tokenizer may split a
+multi-byte UTF-8 character across tokens, where character offsets (and
+``tokenizer.decode`` of one token) are wrong — the bug TRL's GOLD trainer shipped and
+fixed with byte offsets.
+
+A token stream is a sequence of ids in which the special tokens (BOS, EOS, pad) stand for
+no text. To align two streams of the same documents, each token gets a length in *units*:
+its bytes, or one unit for a special token (so that "EOS of one document, BOS of the
+next", zero bytes of text, still gives distinct boundaries). Two streams whose specials
+sit in the same places (the same documents, the same BOS/EOS convention: the run's
+pre-flight checks see to that) then have the same unit offsets at every common boundary.
+
+* :func:`token_bytes`: the bytes of every id of a ``tokenizers.Tokenizer`` (byte-level
+  BPE such as GPT-2's, Qwen's and this package's; or a byte-fallback SentencePiece-style
+  vocabulary such as Llama's).
+* :func:`unit_ends`: where each token of a stream ends, in units.
+* :func:`align_ends`: for each token of one stream, the token of the other that ends at
+  the same offset (−1 where none does).
+* :func:`vocabulary_map`: teacher id → student id of the same byte string (−1: none).
+* :func:`target_counts`: the bytes and characters each token stands for (bits per byte).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+import numpy as np
+
+_METASPACE = "\u2581"    # SentencePiece's word-boundary mark, a space in the text
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+  """The byte-level (GPT-2) alphabet: the printable character that stands for each byte.
+
+  Bytes that are printable Latin-1 stand for themselves; the others (control bytes, space,
+  ...) are shifted to 256 + n in the order they occur, as the ``tokenizers`` library's
+  ``ByteLevel`` pre-tokenizer does.
+  """
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  chars, shift = {}, 0
+  for byte in range(256):
+    if byte in printable:
+      chars[chr(byte)] = byte
+    else:
+      chars[chr(256 + shift)] = byte
+      shift += 1
+  return chars
+
+
+def _decoder_kinds(spec: dict) -> set[str]:
+  decoder = spec.get("decoder") or {}
+  kinds = {decoder.get("type")}
+  for sub in decoder.get("decoders") or []:
+    kinds.add(sub.get("type"))
+  return kinds
+
+
+def tokenizer_digest(tokenizer) -> str:
+  """A 16-hex-digit digest of a ``tokenizers.Tokenizer``'s whole definition (its
+  ``tokenizer.json``): equal digests, the same tokenizer."""
+  return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+  """The tokenizer's special (added) tokens: ``{content: id}``."""
+  spec = json.loads(tokenizer.to_str())
+  return {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+  """The bytes every id of ``tokenizer`` stands for (``b""`` for its special tokens).
+
+  Raises:
+    ValueError: a tokenizer whose tokens are neither byte-level (``ByteLevel`` decoder)
+      nor SentencePiece-style with byte fallback (``ByteFallback`` decoder): their bytes
+      cannot be read from the vocabulary, so byte offsets are not defined.
+  """
+  spec = json.loads(tokenizer.to_str())
+  kinds = _decoder_kinds(spec)
+  vocab = tokenizer.get_vocab(with_added_tokens=True)
+  specials = set(special_ids(tokenizer).values())
+  out = [b""] * max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values()) + 1)
+  if "ByteLevel" in kinds:
+    alphabet = _byte_level_alphabet()
+    for token, i in vocab.items():
+      if i not in specials:
+        out[i] = bytes(alphabet[c] for c in token)
+  elif "ByteFallback" in kinds:
+    for token, i in vocab.items():
+      if i in specials:
+        continue
+      if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        out[i] = bytes([int(token[3:5], 16)])
+      else:
+        out[i] = token.replace(_METASPACE, " ").encode()
+  else:
+    raise ValueError(f"tokenizer with decoder {sorted(k for k in kinds if k)}: byte offsets "
+                     "need a byte-level (ByteLevel) or byte-fallback (ByteFallback) "
+                     "tokenizer, whose tokens' bytes the vocabulary gives")
+  return out
+
+
+def unit_ends(ids, lengths, unit_ids=()) -> np.ndarray:
+  """``[n]`` int64: the unit offset where each token of the stream ``ids`` ends.
+
+  ``lengths[id]`` is the token's byte length (0 for a special token); an id in
+  ``unit_ids`` (the special tokens both streams have, e.g. BOS and EOS) counts one unit.
+  A special token only one side has (a BOS the other tokenizer does not add) counts none:
+  it ends where the token before it ends.
+  """
+  ids = np.asarray(ids, np.int64)
+  units = np.asarray(lengths, np.int64)[ids]
+  units[np.isin(ids, np.asarray(list(unit_ids), np.int64))] = 1
+  return np.cumsum(units)
+
+
+def align_ends(ends: np.ndarray, other_ends: np.ndarray) -> np.ndarray:
+  """``[len(ends)]``: for each token ``i``, the index of the token of the other stream
+  that ends at ``ends[i]``, or −1 where none does.
+
+  Offsets are non-decreasing; where several tokens of the other stream end at the same
+  offset (a zero-unit special after a text token), the last is taken: its prediction is
+  the one made with all the text up to that offset *and* that special in context.
+  """
+  ends, other_ends = np.asarray(ends), np.asarray(other_ends)
+  if len(other_ends) == 0:
+    return np.full(len(ends), -1, np.int64)
+  at = np.searchsorted(other_ends, ends, side="right") - 1
+  found = (at >= 0) & (other_ends[np.maximum(at, 0)] == ends)
+  return np.where(found, at, -1)
+
+
+def vocabulary_map(teacher_bytes: list[bytes], student_bytes: list[bytes],
+                   special_pairs: dict[int, int] | None = None) -> np.ndarray:
+  """``[V_t]`` int32: the student id whose token is the same byte string as each teacher
+  id's, −1 where none is; ``special_pairs`` maps the special ids by role (teacher BOS →
+  student BOS, ...). Special tokens (``b""``) are otherwise never matched."""
+  index = {b: u for u, b in enumerate(student_bytes) if b}
+  out = np.array([index.get(b, -1) if b else -1 for b in teacher_bytes], np.int32)
+  for v, u in (special_pairs or {}).items():
+    out[v] = u
+  return out
+
+
+def target_counts(ids, token_byte_strings: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+  """``(bytes, characters)`` ``[n]``: the UTF-8 bytes each token of ``ids`` stands for and
+  the characters that start in them (bytes that are not UTF-8 continuation bytes,
+  ``0b10xxxxxx``), so that a character split across tokens counts once."""
+  lengths = np.array([len(b) for b in token_byte_strings], np.int64)
+  starts = np.array([sum(1 for c in b if c & 0xC0 != 0x80) for b in token_byte_strings],
+                    np.int64)
+  ids = np.asarray(ids)
+  return lengths[ids], starts[ids]

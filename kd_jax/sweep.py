@@ -153,7 +153,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
               points: Sequence[Point] = ({},), *, num_seeds: int | None = None,
               names: Sequence[str | None] | None = None,
               teacher_dir: str | None = None, run_fn: RunFn | None = None,
-              allow_mixed_code: bool = False) -> dict:
+              allow_mixed_code: bool = False, metric: str | None = None) -> dict:
   """Runs every point × seed (skipping finished runs), then writes the summary.
 
   Args:
@@ -170,6 +170,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       `kd_jax.main.run_experiment`.
     allow_mixed_code: keep finished runs computed by other code (another code
       fingerprint, :mod:`kd_jax.core.fingerprint`) and tabulate them with the new ones.
+    metric: what the summary ranks by (`write_summary`); None: the runs' headline.
 
   Returns:
     The sweep record, as written to ``workdir/sweep.json``.
@@ -266,7 +267,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
           f"the code loaded at its start (fingerprint {record['code']['fingerprint']}).",
           flush=True)
   if _is_primary():
-    write_summary(workdir, allow_mixed_code=allow_mixed_code)
+    write_summary(workdir, allow_mixed_code=allow_mixed_code, metric=metric)
     print(finished_message(workdir, record), flush=True)
   return record
 
@@ -302,11 +303,15 @@ def finished_message(workdir: str, record: dict) -> str:
 
 # --------------------------------------------------------------------------- summary
 
-def write_summary(workdir: str, *, allow_mixed_code: bool = False) -> list[dict]:
+def write_summary(workdir: str, *, allow_mixed_code: bool = False,
+                  metric: str | None = None) -> list[dict]:
   """Writes summary.csv, summary.md and the PNG plots (95% t-intervals) for a sweep.
 
   Reads every run's ``results.json`` afresh (the source of truth), so it can run
   while the sweep is still going. Plots: see `kd_jax.reporting.plots.write_plots`.
+  ``metric`` (a `kd_jax.reporting.catalog.METRICS_BY_HEADLINE` key, e.g.
+  ``bits_per_byte`` for students of different tokenizers) replaces the runs' headline
+  as what the summary ranks by; None: the headline.
 
   Returns:
     The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
@@ -329,7 +334,7 @@ def write_summary(workdir: str, *, allow_mixed_code: bool = False) -> list[dict]
     elif status == "failed":
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
-  headline = stats.headline_of(all_results)
+  headline = check_metric(metric) or stats.headline_of(all_results)
   rows = [{"point": {"name": p["name"]} if "name" in p else p["values"], "slug": p["slug"],
            **stats.aggregate_point(by_point[p["slug"]], headline=headline),
            "runs_failed": failed[p["slug"]],
@@ -372,6 +377,21 @@ def _define_flags() -> None:
   flags.DEFINE_bool("summarize_only", False, "Only (re)write the summary and plots.")
   flags.DEFINE_bool("allow_mixed_code", False, "Keep and tabulate finished runs computed by "
                     "other code (another code fingerprint) next to new ones.")
+  flags.DEFINE_string("metric", None, "Rank the summary by this metric instead of the runs' "
+                      "headline (e.g. bits_per_byte); default: the experiment module's "
+                      "sweep.metric, else the headline.")
+
+
+def check_metric(metric: str | None) -> str | None:
+  """``metric`` if the summary can rank by it (None passes).
+
+  Raises:
+    ConfigError: naming ``--metric`` and the valid choices.
+  """
+  if metric is not None and metric not in stats.METRICS_BY_HEADLINE:
+    raise ConfigError("--metric", f"--metric={metric!r}: valid choices: "
+                      f"{', '.join(stats.METRICS_BY_HEADLINE)}")
+  return metric
 
 
 def default_grid(config: ml_collections.ConfigDict, grid: Sequence[str], points: Sequence[str],
@@ -396,12 +416,14 @@ def main(argv: Sequence[str]) -> None:
   # The command's flags (shared with kd_jax.main): defined by the command, not on import.
   from kd_jax.run import process  # noqa: PLC0415
   FLAGS = flags.FLAGS
+  check_metric(FLAGS.metric)
   if FLAGS.summarize_only:
     cli.quiet_logging()
-    write_summary(FLAGS.workdir, allow_mixed_code=FLAGS.allow_mixed_code)
+    write_summary(FLAGS.workdir, allow_mixed_code=FLAGS.allow_mixed_code, metric=FLAGS.metric)
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
+  metric = check_metric(FLAGS.metric or (FLAGS.config.get("sweep") or {}).get("metric"))
   # Several hosts run the same sweep in lockstep, every run on all their devices.
   process.setup_process()
   grid, point_specs, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.point, FLAGS.seeds)
@@ -417,7 +439,7 @@ def main(argv: Sequence[str]) -> None:
                              allow_version_change=FLAGS.allow_version_change)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn,
-            allow_mixed_code=FLAGS.allow_mixed_code)
+            allow_mixed_code=FLAGS.allow_mixed_code, metric=metric)
 
 
 if __name__ == "__main__":

@@ -231,13 +231,18 @@ def consistency_config(*, grid: int = 64, ema: float = 0.95, distance: str = "l2
 
 
 def text_dataset(*, name: str = "fortunes", vocab_size: int = 8192, max_len: int = 128,
-                 train_examples: int = 0, test_examples: int = 0) -> ml_collections.ConfigDict:
+                 train_examples: int = 0, test_examples: int = 0,
+                 student_vocab_size: int = 0) -> ml_collections.ConfigDict:
   """A text corpus (kd_jax/data/text.py) as a ``dataset`` block: a BPE tokenizer of
   ``vocab_size`` trained on its training documents, packed rows of ``max_len`` tokens;
-  ``train_examples`` / ``test_examples`` > 0 keep the first rows (smoke runs)."""
+  ``train_examples`` / ``test_examples`` > 0 keep the first rows (smoke runs).
+  ``student_vocab_size`` > 0 gives the student a tokenizer of its own, a BPE of that
+  many tokens (259: the bytes and the three specials), while the teacher keeps
+  ``vocab_size``'s (or its checkpoint's); 0: the student shares the teacher's."""
   return ml_collections.ConfigDict(dict(name=name, vocab_size=vocab_size, max_len=max_len,
                                         train_examples=train_examples,
-                                        test_examples=test_examples))
+                                        test_examples=test_examples,
+                                        student_vocab_size=student_vocab_size))
 
 
 def sentence_dataset(*, max_len: int = 48, bible_verses: int = 0, train_examples: int = 0,

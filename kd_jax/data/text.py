@@ -121,6 +121,22 @@ def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
   return tokenizer
 
 
+def token_stream(documents: list[Document], tokenizer, *, bos: int = BOS,
+                 eos: int = EOS) -> np.ndarray:
+  """int32 ``[n]``: the documents as one stream ``<bos> text <eos> <bos> text <eos> ...``.
+
+  ``add_special_tokens=False``: the stream gets these BOS/EOS, whatever the tokenizer's
+  post-processor would add.
+  """
+  encodings = tokenizer.encode_batch([d.text for d in documents], add_special_tokens=False)
+  return np.concatenate([np.array([bos, *e.ids, eos], np.int32) for e in encodings])
+
+
+def row_starts(stream_length: int, max_len: int) -> range:
+  """Where each row of :func:`token_rows` starts in the stream (rows overlap by one token)."""
+  return range(0, max(stream_length - 1, 1), max_len - 1)
+
+
 def token_rows(documents: list[Document], tokenizer, max_len: int, *, bos: int = BOS,
                eos: int = EOS, pad: int = PAD):
   """The documents as one stream ``<bos> text <eos> <bos> text <eos> ...`` cut into rows.
@@ -135,11 +151,12 @@ def token_rows(documents: list[Document], tokenizer, max_len: int, *, bos: int =
   Returns:
     ``tokens`` int32 ``[N, max_len]`` and ``lengths`` int32 ``[N]`` (real tokens per row).
   """
-  # add_special_tokens=False: the rows get this function's BOS/EOS, whatever the
-  # tokenizer's post-processor would add.
-  stream = np.concatenate([np.array([bos, *e.ids, eos], np.int32) for e in tokenizer.encode_batch(
-      [d.text for d in documents], add_special_tokens=False)])
-  starts = range(0, max(len(stream) - 1, 1), max_len - 1)
+  return rows_of(token_stream(documents, tokenizer, bos=bos, eos=eos), max_len, pad)
+
+
+def rows_of(stream: np.ndarray, max_len: int, pad: int = PAD):
+  """:func:`token_rows` of a stream: ``(tokens [N, max_len], lengths [N])``."""
+  starts = row_starts(len(stream), max_len)
   tokens = np.full((len(starts), max_len), pad, np.int32)
   lengths = np.zeros(len(starts), np.int32)
   for i, start in enumerate(starts):

@@ -159,3 +159,46 @@ def target_counts(ids, token_byte_strings: list[bytes]) -> tuple[np.ndarray, np.
                     np.int64)
   ids = np.asarray(ids)
   return lengths[ids], starts[ids]
+
+
+def teacher_views(student_stream: np.ndarray, student_ends: np.ndarray,
+                  teacher_stream: np.ndarray, teacher_ends: np.ndarray, vocab_map: np.ndarray,
+                  starts, max_len: int, teacher_max_len: int, teacher_pad: int):
+  """The teacher's tokens of the text of every student row, and where the two align.
+
+  The student's rows are ``student_stream[a : a + max_len]`` for ``a`` in ``starts``
+  (:func:`kd_jax.data.text.row_starts`). Each row's teacher view starts at the first
+  teacher token that starts at or after the row's first token and runs on for the
+  teacher tokens the row's text needs (at most ``teacher_max_len``).
+
+  Returns:
+    ``tokens`` int32 ``[N, T_t]`` (padded with ``teacher_pad``), ``lengths`` int32
+    ``[N]``, ``index`` int32 ``[N, max_len - 1]`` (for student input position ``j``, the
+    teacher view's position that ends at the same offset, −1 where none does or it lies
+    past the view) and ``exact`` bool ``[N, max_len - 1]`` (aligned, and both next tokens
+    the same string: ``vocab_map[teacher next] == student next``).
+  """
+  starts = np.asarray(list(starts), np.int64)
+  teacher_starts = np.concatenate([[0], teacher_ends[:-1]])
+  at = align_ends(student_ends, teacher_ends)                 # student token -> teacher token
+  student_start_offsets = np.concatenate([[0], student_ends[:-1]])[starts]
+  first = np.searchsorted(teacher_starts, student_start_offsets, side="left")
+  last_input = np.minimum(starts + max_len - 2, len(student_stream) - 1)
+  needed = np.searchsorted(teacher_ends, student_ends[last_input], side="right") - first
+  width = int(min(max(needed.max(initial=1), 1), teacher_max_len))
+  n = len(starts)
+  tokens = np.full((n, width), teacher_pad, np.int32)
+  lengths = np.zeros(n, np.int32)
+  index = np.full((n, max_len - 1), -1, np.int32)
+  exact = np.zeros((n, max_len - 1), bool)
+  for r in range(n):
+    view = teacher_stream[first[r]:first[r] + width]
+    tokens[r, :len(view)], lengths[r] = view, len(view)
+    positions = np.arange(starts[r], min(starts[r] + max_len - 1, len(student_stream) - 1))
+    k = at[positions] - first[r]
+    ok = (at[positions] >= 0) & (k >= 0) & (k < len(view))
+    index[r, :len(positions)] = np.where(ok, k, -1)
+    teacher_next = np.minimum(at[positions] + 1, len(teacher_stream) - 1)
+    same = vocab_map[teacher_stream[teacher_next]] == student_stream[positions + 1]
+    exact[r, :len(positions)] = ok & (at[positions] + 1 < len(teacher_stream)) & same
+  return tokens, lengths, index, exact

@@ -159,6 +159,10 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
     if data.teacher_logits is not None:        # cached teacher outputs
       teacher_out = (data.teacher_logits[index],
                      {n: f[index] for n, f in (data.teacher_features or {}).items()})
+    elif teacher is not None and hasattr(task, "teacher_outputs"):
+      # The teacher reads inputs of its own (another tokenizer's tokens of the same text):
+      # the task runs it and puts its outputs where the student's positions are.
+      teacher_out = task.teacher_outputs(data, index, lambda x: teacher(teacher_variables, x))
     elif teacher is not None:
       teacher_out = teacher(teacher_variables, inputs)
     else:

@@ -21,6 +21,8 @@ plus one line below.
 * :mod:`~kd_jax.methods.preference`: ``dpo``
 * :mod:`~kd_jax.methods.policy_gradient`: ``grpo``, ``minillm``
 * :mod:`~kd_jax.methods.contrastive`: ``distillm2``
+* :mod:`~kd_jax.methods.cross_tokenizer`: ``uld``, ``aligned_kd`` (teacher and student with
+  different tokenizers)
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import (adversarial, consistency, contrastive, features, logit,
-                            one_step_kd, policy_gradient, preference, progressive, sentence)
+from kd_jax.methods import (adversarial, consistency, contrastive, cross_tokenizer, features,
+                            logit, one_step_kd, policy_gradient, preference, progressive,
+                            sentence)
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -51,6 +54,7 @@ REGISTRY: dict[str, Method] = {
     **consistency.METHODS,
     **one_step_kd.METHODS,
     **adversarial.METHODS,
+    **cross_tokenizer.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",

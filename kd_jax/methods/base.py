@@ -63,6 +63,8 @@ class Method:
     step_flops: ``(config, shapes) -> {"student": FLOPs, "teacher": FLOPs}`` of one step of a
       language-model phase (:class:`kd_jax.llm.compute.Shapes`); None:
       :func:`kd_jax.llm.compute.supervised_step`.
+    cross_tokenizer: whether the method works when teacher and student have different
+      tokenizers (DESIGN §9); a method that runs the teacher without it is refused then.
   """
   logit_term: Callable
   tasks: tuple[str, ...]
@@ -79,6 +81,7 @@ class Method:
   student_data: Callable | None = None
   step_flops: Callable | None = None
   student_module: Callable | None = None
+  cross_tokenizer: bool = False
 
   def runs_teacher(self, config) -> bool:
     """Whether a run of ``config`` gives this method the teacher's outputs in its steps."""

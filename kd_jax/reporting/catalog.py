@@ -29,6 +29,7 @@ METRICS_BY_HEADLINE = {
         ("agreement", "agreement with teacher (per token)"),
         ("kl_to_teacher", "KL(teacher || student) per token"),
         ("perplexity", "perplexity"),
+        ("bits_per_byte", "bits per byte (comparable across tokenizers)"),
     ),
     "probe_accuracy": (
         ("probe_accuracy", "final linear-probe accuracy"),
@@ -40,6 +41,14 @@ METRICS_BY_HEADLINE = {
         ("neighbour_overlap", "10-NN overlap with the teacher"),
         ("mean_cosine", "mean cosine to the teacher"),
     ),
+    "bits_per_byte": (         # a text run's nll in bits per byte: across tokenizers
+        ("bits_per_byte", "final bits per byte"),
+        ("best_bits_per_byte", "best-epoch bits per byte"),
+        ("nll_per_char", "nll per character"),
+        ("nll", "nll per token"),
+        ("agreement", "agreement with teacher (per token)"),
+        ("kl_to_teacher", "KL(teacher || student) per token"),
+    ),
     "test_loss": (
         ("test_loss", "final held-out denoising loss"),
         ("best_test_loss", "best-evaluation held-out denoising loss"),
@@ -48,8 +57,9 @@ METRICS_BY_HEADLINE = {
 # How a headline metric is shown: (factor, unit, decimals). Fractions as percentages.
 DISPLAY = {"test_accuracy": (100.0, "%", 2), "exact_match": (100.0, "%", 2),
            "nll": (1.0, "nats", 4), "probe_accuracy": (100.0, "%", 2),
-           "test_loss": (1.0, "", 4)}
-LOWER_IS_BETTER = frozenset({"nll", "test_loss"})
+           "test_loss": (1.0, "", 4), "bits_per_byte": (1.0, "bits", 4),
+           "nll_per_char": (1.0, "nats", 4)}
+LOWER_IS_BETTER = frozenset({"nll", "test_loss", "bits_per_byte", "nll_per_char"})
 # How summary.md shows a student metric after the headline and its best step:
 # (column header, scale, decimals); metrics not listed show their name, unscaled.
 SUMMARY_COLUMNS = {
@@ -58,6 +68,7 @@ SUMMARY_COLUMNS = {
     "probe_retention": ("probe retention %", 100.0, 2),
     "speedup_b64": ("speedup ×, batch 64", 1.0, 2), "speedup_b1": ("speedup ×, batch 1", 1.0, 2),
     "neighbour_overlap": ("10-NN overlap %", 100.0, 2),
+    "bits_per_byte": ("bits/byte", 1.0, 4), "nll_per_char": ("nll/char (nats)", 1.0, 4),
 }
 
 

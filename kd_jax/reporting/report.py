@@ -44,12 +44,15 @@ _TABLES = {
         "responses; KL→T: KL(teacher ‖ model) per token; agree: argmax agreement with the "
         "teacher per token."),
     "nll": (
-        [("nll/tok", "nll", _number), ("ppl", "perplexity", _number),
+        [("nll/tok", "nll", _number), ("bits/byte", "bits_per_byte", _number),
+         ("ppl", "perplexity", _number),
          ("tok acc", "token_accuracy", _pct), ("KL→T/tok", "kl_to_teacher", _number),
          ("agree", "agreement", _pct)],
         "nll: teacher-forced negative log-likelihood per token on the held-out documents "
-        "(lower is better); ppl: exp(nll); tok acc: argmax accuracy; KL→T: KL(teacher ‖ "
-        "model) per token; agree: argmax agreement with the teacher per token."),
+        "(lower is better); bits/byte: the same nll in bits per byte of text (comparable "
+        "across tokenizers); ppl: exp(nll); tok acc: argmax accuracy; KL→T: KL(teacher ‖ "
+        "model) per token (one tokenizer only); agree: argmax agreement with the teacher per "
+        "token."),
     "probe_accuracy": (
         [("probe", "probe_accuracy", _pct), ("kNN", "knn_accuracy", _pct),
          ("cos→T", "mean_cosine", _number), ("nbr→T", "neighbour_overlap", _pct),

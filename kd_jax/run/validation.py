@@ -27,7 +27,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   method = methods.REGISTRY[config.method]
   if method.check is not None:
     method.check(config)
+  _check_tokenizers(config, family, method)
   _check_shared_fields(config, family)
+
+
+def _check_tokenizers(config, family, method) -> None:
+  """Teacher and student with different tokenizers (DESIGN §9): only a cross-tokenizer
+  method may use the teacher, and never through a same-vocabulary cache or loss."""
+  differ = getattr(family, "tokenizers_differ", None)
+  if differ is None or not differ(config) or not method.runs_teacher(config):
+    return
+  across = [n for n, m in methods.REGISTRY.items()
+            if m.cross_tokenizer and family.NAME in m.tasks]
+  if not method.cross_tokenizer:
+    raise ConfigError("method", f"method={config.method!r} compares teacher and student token "
+                      "by token in one vocabulary, but their tokenizers differ "
+                      f"(dataset.student_vocab_size={config.dataset.student_vocab_size}): use "
+                      f"one of {', '.join(across)}, or method='none' (no teacher)")
 
 
 def _check_training(prefix: str, t) -> None:

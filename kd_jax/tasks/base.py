@@ -40,6 +40,9 @@ class Prepared:
     compute_shapes: ``(rows_per_step, student_module, teacher_module | None) ->``
       :class:`kd_jax.llm.compute.Shapes` of a phase, for its counted FLOPs; None for
       tasks whose compute is not counted.
+    teacher_test_data: the held-out split the teacher is evaluated on while it trains,
+      when it reads other inputs than the students (another tokenizer's rows); None:
+      ``test_data``. (``train_data`` is always the teacher's.)
   """
   task: Any
   train_data: Any
@@ -55,6 +58,7 @@ class Prepared:
   compute_shapes: Callable | None = None
   baseline_train_data: Any = None
   use_run_dirs: Callable | None = None
+  teacher_test_data: Any = None
 
   @property
   def baseline_data(self):

@@ -12,29 +12,47 @@ teacher and argmax agreement.
 (:mod:`kd_jax.models.hf_checkpoint`): the teacher is loaded from it, and the
 tokenizer (its ``tokenizer.json``) and the vocabulary are the teacher's, so that a
 researcher with a real teacher on disk distils it into a student of its vocabulary.
+
+``dataset.student_vocab_size`` > 0 gives the student a tokenizer of its own (a BPE of
+that size trained on the same documents; 259 is the bytes): teacher and student then
+read the same text in different tokens (DESIGN §9). The teacher trains and is evaluated
+on its own rows; the students' rows carry the teacher's view of the same text, aligned
+by byte offsets (:mod:`kd_jax.tasks.aligned_text`), for the cross-tokenizer methods;
+the methods that need one vocabulary are refused before anything runs
+(:func:`tokenizers_differ`, checked by :mod:`kd_jax.run.validation`). Every report adds
+``bits_per_byte`` and ``nll_per_char``, which compare models of different tokenizers
+(per-token ``nll`` does not).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from kd_jax import models
 from kd_jax.config import checks
 from kd_jax.engine import step
 from kd_jax.data import text as text_data
+from kd_jax.data import token_alignment
 from kd_jax.core.errors import ConfigError
 from kd_jax.tasks.base import Prepared
 from kd_jax.models import gpt, hf_checkpoint
-from kd_jax.tasks import lm
+from kd_jax.tasks import aligned_text, lm
 
 NAME = "text"
 DATASETS = text_data.CORPORA
 KIND = "text"
 LANGUAGE = True
 STUDENT_INITS = ("scratch", "baseline")
+# Only the students' data depend on these dataset fields (not the teacher's cache key).
+STUDENT_ONLY_FIELDS = ("student_vocab_size",)
+BYTE_VOCAB = 259        # the 256 bytes and the 3 specials: a BPE of this size has no merges
 
 
 def check(config) -> None:
@@ -42,33 +60,137 @@ def check(config) -> None:
   d = config.dataset
   checks.ints_at_least("dataset", d, ("train_examples", "test_examples"))
   checks.ints_at_least("dataset", d, ("max_len",), 8)
-  checks.ints_at_least("dataset", d, ("vocab_size",), 259)   # the 256 bytes and 3 specials
+  checks.ints_at_least("dataset", d, ("vocab_size",), BYTE_VOCAB)
+  student_vocab = d.get("student_vocab_size", 0)
+  if student_vocab != 0:
+    checks.ints_at_least("dataset", d, ("student_vocab_size",), BYTE_VOCAB)
   lm.check_models(config)
   checks.choice("student_data", config.get("student_data", "gold"), ("gold",))
+
+
+def _hf_teacher(config) -> str:
+  """The teacher's Hugging Face checkpoint directory, or "" when it is trained here."""
+  checkpoint = config.teacher.checkpoint
+  if checkpoint and hf_checkpoint.is_checkpoint(checkpoint):
+    return os.path.expanduser(checkpoint)
+  return ""
+
+
+def tokenizers_differ(config) -> bool:
+  """Whether teacher and student read the text in different tokens (from the config alone:
+  the student's own BPE differs from the teacher's checkpoint tokenizer, or from the
+  teacher's BPE of another size; a BPE of the same size on the same documents is the same
+  tokenizer)."""
+  student_vocab = config.dataset.get("student_vocab_size", 0)
+  if not student_vocab:
+    return False
+  return bool(_hf_teacher(config)) or student_vocab != config.dataset.vocab_size
 
 
 TOKENIZER_CACHE = os.path.join("~", ".cache", "kd_jax", "tokenizers")
 
 
-def load_rows(d, checkpoint: str = "") -> tuple[object, tuple, tuple]:
-  """``(tokenizer, (train tokens, lengths), (test tokens, lengths))`` of a ``text_dataset`` block.
+@dataclasses.dataclass(frozen=True)
+class Tokenization:
+  """One side's tokenizer and the corpus in its tokens.
 
-  The tokenizer is a BPE trained on the training documents, or, with a Hugging Face
-  ``checkpoint`` as the teacher, the teacher's own (its ``tokenizer.json``, BOS and EOS).
+  Attributes:
+    tokenizer: a ``tokenizers.Tokenizer``.
+    special: ``{"bos", "eos", "pad"}`` ids of the rows.
+    train_stream, test_stream: the documents of each split as one token stream.
+  """
+  tokenizer: object
+  special: dict
+  train_stream: np.ndarray
+  test_stream: np.ndarray
+
+  @property
+  def digest(self) -> str:
+    return token_alignment.tokenizer_digest(self.tokenizer)
+
+  def rows(self, split: str, max_len: int, limit: int):
+    """``(tokens, lengths)`` of ``split``'s packed rows, the first ``limit`` (0: all)."""
+    stream = self.train_stream if split == "train" else self.test_stream
+    tokens, lengths = text_data.rows_of(stream, max_len, self.special["pad"])
+    return (tokens[:limit], lengths[:limit]) if limit else (tokens, lengths)
+
+
+def _tokenization(tokenizer, special, train_docs, test_docs) -> Tokenization:
+  streams = [text_data.token_stream(docs, tokenizer, bos=special["bos"], eos=special["eos"])
+             for docs in (train_docs, test_docs)]
+  return Tokenization(tokenizer, special, *streams)
+
+
+def load_tokenizations(d, checkpoint: str = "") -> tuple[Tokenization, Tokenization]:
+  """``(teacher's, student's)`` :class:`Tokenization` of a ``text_dataset`` block.
+
+  The teacher's tokenizer is a BPE of ``d.vocab_size`` trained on the training documents,
+  or a Hugging Face ``checkpoint``'s own (its ``tokenizer.json``, BOS and EOS); the
+  student's is the teacher's, or with ``d.student_vocab_size`` a BPE of that size.
+
+  Raises:
+    ConfigError: a checkpoint's BOS or EOS id is not one of its tokenizer's special tokens.
   """
   train_docs, test_docs = text_data.split(text_data.read_fortunes())
+  defaults = dict(bos=text_data.BOS, eos=text_data.EOS, pad=text_data.PAD)
   if checkpoint:
     tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)
-    special = dict(bos=bos, eos=eos, pad=eos)     # padding is never a target: any id will do
+    special = dict(bos=bos, eos=eos, pad=eos)   # padding is never a target: any id will do
+    check_special_tokens(tokenizer, special, "teacher.checkpoint")
+    _name_chat_template(checkpoint)
   else:
-    tokenizer, special = text_data.train_tokenizer(train_docs, d.vocab_size, TOKENIZER_CACHE), {}
-  train = text_data.token_rows(train_docs, tokenizer, d.max_len, **special)
-  test = text_data.token_rows(test_docs, tokenizer, d.max_len, **special)
-  if d.train_examples:
-    train = tuple(x[:d.train_examples] for x in train)
-  if d.test_examples:
-    test = tuple(x[:d.test_examples] for x in test)
-  return tokenizer, train, test
+    tokenizer = text_data.train_tokenizer(train_docs, d.vocab_size, TOKENIZER_CACHE)
+    special = defaults
+  teacher = _tokenization(tokenizer, special, train_docs, test_docs)
+  student_vocab = d.get("student_vocab_size", 0)
+  if not student_vocab:
+    return teacher, teacher
+  student_tokenizer = text_data.train_tokenizer(train_docs, student_vocab, TOKENIZER_CACHE)
+  return teacher, _tokenization(student_tokenizer, defaults, train_docs, test_docs)
+
+
+def check_special_tokens(tokenizer, special: dict, field: str) -> None:
+  """Each of a side's BOS/EOS ids must be one of its tokenizer's special tokens: an EOS id
+  that is an ordinary word makes a model end (or never end) its answers in the wrong place,
+  the length collapse of on-policy distillation."""
+  specials = token_alignment.special_ids(tokenizer)
+  by_id = {i: name for name, i in specials.items()}
+  for role in ("bos", "eos"):
+    if special[role] not in by_id:
+      raise ConfigError(field, f"{field}: its {role.upper()} id {special[role]} is not a "
+                        "special token of its tokenizer.json (special tokens: "
+                        f"{', '.join(f'{n}={i}' for n, i in sorted(specials.items()))})")
+
+
+def _name_chat_template(checkpoint: str) -> None:
+  """Says so when a checkpoint's tokenizer has a chat template: its teacher was tuned on
+  prompts in that format, while the text task's rows are plain ``<bos> text <eos>``."""
+  path = os.path.join(checkpoint, "tokenizer_config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      template = json.load(f).get("chat_template")
+    if template:
+      logging.warning("teacher.checkpoint %s has a chat template (tokenizer_config.json): it "
+                      "was tuned on prompts in that format, but the text task's rows are "
+                      "plain text <bos> text <eos>, which the teacher reads out of format",
+                      checkpoint)
+
+
+def text_counts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings) -> dict:
+  """``{"tokens", "bytes", "chars"}``: the targets of packed rows (every real token after
+  the first of a row) and the UTF-8 bytes and characters they stand for."""
+  targets = np.concatenate([row[1:n] for row, n in zip(tokens, lengths)] or [np.zeros(0, int)])
+  n_bytes, n_chars = token_alignment.target_counts(targets, token_byte_strings)
+  return {"tokens": int(len(targets)), "bytes": int(n_bytes.sum()), "chars": int(n_chars.sum())}
+
+
+def per_byte(nll: float, counts: dict) -> dict:
+  """``bits_per_byte`` and ``nll_per_char`` (nats) from the per-token ``nll`` of the targets
+  ``counts`` describes: the same total nll spread over the text's bytes (in bits) and
+  characters, which do not depend on the tokenizer."""
+  total = nll * counts["tokens"]
+  return {"bits_per_byte": total / math.log(2) / max(counts["bytes"], 1),
+          "nll_per_char": total / max(counts["chars"], 1)}
 
 
 def prepare(config, mesh, dtype) -> Prepared:
@@ -76,22 +198,58 @@ def prepare(config, mesh, dtype) -> Prepared:
 
   Raises:
     DatasetNotFoundError: the corpus is not installed.
-    ConfigError: a model's ``vocab_size`` differs from the tokenizer's.
+    ConfigError: a model's ``vocab_size`` differs from its tokenizer's.
   """
   d = config.dataset
-  # A Hugging Face teacher brings its tokenizer and vocabulary (the student shares them).
-  hf_teacher = (os.path.expanduser(config.teacher.checkpoint)
-                if config.teacher.checkpoint and hf_checkpoint.is_checkpoint(
-                    config.teacher.checkpoint) else "")
-  tokenizer, (train_tokens, train_lengths), (test_tokens, test_lengths) = load_rows(d, hf_teacher)
-  vocab_size = (hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(hf_teacher))["vocab_size"]
-                if hf_teacher else tokenizer.get_vocab_size())
-  if not hf_teacher:
-    lm.check_vocabularies(config, vocab_size)
-  # Packed rows: every real token after the first of a row is a target.
-  train_data = lm.token_data(train_tokens, np.ones(len(train_tokens), np.int32), train_lengths,
-                             mesh)
-  test_data = lm.token_data(test_tokens, np.ones(len(test_tokens), np.int32), test_lengths, mesh)
+  # A Hugging Face teacher brings its tokenizer and vocabulary.
+  hf_teacher = _hf_teacher(config)
+  teacher_side, student_side = load_tokenizations(d, hf_teacher)
+  cross = teacher_side.digest != student_side.digest
+  if cross != tokenizers_differ(config):     # the validation's answer must be this one
+    raise AssertionError(f"tokenizers_differ={tokenizers_differ(config)} but the digests "
+                         f"are {teacher_side.digest} and {student_side.digest}")
+  teacher_vocab = (hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(hf_teacher))["vocab_size"]
+                   if hf_teacher else teacher_side.tokenizer.get_vocab_size())
+  student_vocab = (teacher_vocab if not cross else student_side.tokenizer.get_vocab_size())
+  if not hf_teacher and not cross:
+    lm.check_vocabularies(config, teacher_vocab)
+  teacher_bytes = token_alignment.token_bytes(teacher_side.tokenizer)
+  student_bytes = token_alignment.token_bytes(student_side.tokenizer)
+  if cross:
+    logging.info("teacher and student tokenizers differ (%d and %d tokens): aligned by byte "
+                 "offsets, BOS and EOS mapped by role", teacher_vocab, student_vocab)
+
+  # The students' rows, with the teacher's view of the same text.
+  student_train = student_side.rows("train", d.max_len, d.train_examples)
+  roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
+  vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
+  teacher_lengths = np.array([len(b) for b in teacher_bytes])
+  student_lengths = np.array([len(b) for b in student_bytes])
+  views = token_alignment.teacher_views(
+      student_side.train_stream,
+      token_alignment.unit_ends(student_side.train_stream, student_lengths,
+                                [student_side.special[r] for r in ("bos", "eos")]),
+      teacher_side.train_stream,
+      token_alignment.unit_ends(teacher_side.train_stream, teacher_lengths,
+                                [teacher_side.special[r] for r in ("bos", "eos")]),
+      vocab_map, list(text_data.row_starts(len(student_side.train_stream), d.max_len))[
+          :len(student_train[0])], d.max_len, d.max_len, teacher_side.special["pad"])
+  student_data = aligned_text.aligned_token_data(*student_train, views, vocab_map, mesh)
+  student_test = student_side.rows("test", d.max_len, d.test_examples)
+  student_test_data = lm.token_data(student_test[0], np.ones(len(student_test[0]), np.int32),
+                                    student_test[1], mesh)
+  student_counts = text_counts(*student_test, student_bytes)
+  # The teacher's own rows.
+  if cross:
+    teacher_train = teacher_side.rows("train", d.max_len, d.train_examples)
+    teacher_test = teacher_side.rows("test", d.max_len, d.test_examples)
+    train_data = lm.token_data(teacher_train[0], np.ones(len(teacher_train[0]), np.int32),
+                               teacher_train[1], mesh)
+    teacher_test_data = lm.token_data(teacher_test[0], np.ones(len(teacher_test[0]), np.int32),
+                                      teacher_test[1], mesh)
+    teacher_counts = text_counts(*teacher_test, teacher_bytes)
+  else:
+    train_data, teacher_test_data, teacher_counts = student_data, student_test_data, student_counts
   task = lm.NextTokens()
 
   def build(spec, seed, role="student"):
@@ -101,6 +259,7 @@ def prepare(config, mesh, dtype) -> Prepared:
         raise ConfigError("dataset.max_len", f"dataset.max_len={d.max_len} exceeds the "
                           f"teacher's max_position_embeddings ({model.max_len})")
       return model
+    vocab_size = teacher_vocab if role == "teacher" else student_vocab
     kwargs = {"vocab_size": vocab_size, "max_len": d.max_len, **spec.kwargs.to_dict()}
     try:
       return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
@@ -109,15 +268,19 @@ def prepare(config, mesh, dtype) -> Prepared:
                         f"{role}.kwargs={kwargs} do not fit model {spec.model!r}: {e}") from None
 
   def evaluate_teacher(graphdef, variables, batch_size):
-    metrics, _ = task.evaluator(graphdef, test_data, batch_size, mesh)(variables)
-    return metrics, (graphdef, variables)
+    metrics, _ = task.evaluator(graphdef, teacher_test_data, batch_size, mesh)(variables)
+    return {**metrics, **per_byte(metrics["nll"], teacher_counts)}, (graphdef, variables)
 
   def student_report(fit, module, teacher, batch_size):
     graphdef, params, model_state = step.split_module(module)
-    compared = task.token_metrics(graphdef, test_data, batch_size, mesh, reference=teacher)(
-        (params, model_state))
-    return {**fit.final, **compared,
-            "train_tokens": fit.train_rows * (d.max_len - 1)}
+    # KL to the teacher and argmax agreement need one vocabulary.
+    compared = task.token_metrics(graphdef, student_test_data, batch_size, mesh,
+                                  reference=None if cross else teacher)((params, model_state))
+    # (the best evaluation's nll, in bits per byte of the same held-out text)
+    best = per_byte(fit.best, student_counts)["bits_per_byte"] if fit.best is not None else None
+    return {**fit.final, **compared, **per_byte(compared["nll"], student_counts),
+            "best_bits_per_byte": best, "train_tokens": fit.train_rows * (d.max_len - 1)}
 
-  return Prepared(task, train_data, train_data, test_data, vocab_size, build,
-                  evaluate_teacher, student_report, mesh=mesh)
+  return Prepared(task, train_data, student_data, student_test_data, teacher_vocab, build,
+                  evaluate_teacher, student_report, mesh=mesh,
+                  teacher_test_data=teacher_test_data)

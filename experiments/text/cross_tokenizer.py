@@ -1,0 +1,46 @@
+r"""A teacher with another tokenizer: the fortunes teacher (8k BPE) teaches students that
+read the same text in a 2k BPE or in bytes (issue 25).
+
+    python -m kd_jax.main --config=experiments/text/cross_tokenizer.py:smoke --workdir=/tmp/xtok
+    python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py --workdir=runs/xtok
+
+The teacher is experiments/text/token_kd.py's (4 layers, 128 wide, an 8,192-token BPE;
+trained once and cached, shared with that experiment's runs of the same code). Each
+point is a student (2 layers, 64 wide) with its own tokenizer
+(``dataset.student_vocab_size``: 2,048, or 259 = the bytes), trained alone
+(``method='none'``), by ``uld`` (sequence-order ULD) or by ``aligned_kd`` (byte-aligned
+KL on the shared vocabulary, ULD elsewhere); the reference is the ``kd`` student that
+shares the teacher's tokenizer. Models of different tokenizers are compared by held-out
+``bits_per_byte`` (the sweep's ``metric``); per-token ``nll`` is not comparable across
+tokenizers.
+"""
+
+from kd_jax import config as config_lib
+
+token_kd = config_lib.load_sibling(__file__, "token_kd")
+
+STUDENT_VOCABULARIES = {"2k": 2048, "bytes": 259}
+METHODS = ("none", "uld", "aligned_kd")
+
+
+def get_config(arg=None):
+  c = token_kd.get_config("smoke" if arg == "smoke" else None)
+  c.experiment = "text/cross_tokenizer"
+  c.dataset.student_vocab_size = STUDENT_VOCABULARIES["2k"]
+  c.method = "aligned_kd"
+  c.baseline = False
+  points = [f"{m}-{name}: method={m}; dataset.student_vocab_size={size}"
+            for name, size in STUDENT_VOCABULARIES.items() for m in METHODS]
+  points.append("kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0")
+  if arg == "smoke":
+    c.dataset.student_vocab_size = 300
+    c.train.steps = 6
+    points = ["none-300: method=none", "uld-300: method=uld",
+              "aligned_kd-300: method=aligned_kd",
+              "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  # Students of different tokenizers are ranked by bits per byte (per-token nll is not
+  # comparable across them).
+  c.sweep = dict(points=tuple(points), seeds=1 if arg == "smoke" else 3, metric="bits_per_byte")
+  return c

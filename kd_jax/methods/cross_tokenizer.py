@@ -1,0 +1,69 @@
+"""Distillation across tokenizers (DESIGN §9): ``uld`` (Boizard et al. 2024) and
+``aligned_kd`` (byte-aligned KL on the shared vocabulary, ULD elsewhere: TRL's GOLD form).
+
+Both run the teacher on its own tokens of the student's text in every step: the student's
+task is :class:`kd_jax.tasks.aligned_text.AlignedNextTokens`, which moves the teacher's
+logits onto the student's positions — by sequence order for ``uld`` (position j of both,
+as the paper does), by byte offsets for ``aligned_kd``. The losses are
+:mod:`kd_jax.objectives.cross_tokenizer`'s; ``alpha`` weighs the student's CE and
+``temperature`` both softmaxes, as for ``kd``. With one tokenizer ``aligned_kd`` is ``kd``
+with the KL divergence.
+"""
+
+from __future__ import annotations
+
+from kd_jax.core.errors import ConfigError
+from kd_jax.methods.base import Method
+from kd_jax.objectives import cross_tokenizer as ct
+from kd_jax.objectives import losses
+from kd_jax.objectives.masked import masked_mean
+from kd_jax.tasks import aligned_text
+
+TEXT_TASKS = ("text",)
+
+
+def _term(distill_terms):
+  """A logit term ``α·CE + (1−α)·mean(distill over the aligned positions)``, its two parts
+  logged apart (``ce``, ``distill``) and the aligned fraction of the targets."""
+  def term(settings, step, s_logits, t_logits: ct.AlignedTeacher, labels, mask):
+    t, a = settings.temperature(step), settings.alpha(step)
+    ce = losses.cross_entropy(s_logits, labels, mask)
+    aligned = mask & t_logits.aligned
+    distill = masked_mean(distill_terms(s_logits, t_logits, t), aligned)
+    metrics = {"temperature": t, "alpha": a, "ce": ce, "distill": distill,
+               "aligned_fraction": masked_mean(t_logits.aligned.astype("float32"), mask)}
+    return a * ce + (1.0 - a) * distill, metrics
+  return term
+
+
+def _uld(s_logits, t_logits, temperature):
+  return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature)
+
+
+def _aligned(s_logits, t_logits, temperature):
+  return ct.aligned_kd_terms(s_logits, t_logits.logits, t_logits.vocab_map, t_logits.exact,
+                             temperature=temperature)
+
+
+def _training_task(alignment: str):
+  def task(config, prepared):
+    del config
+    if not hasattr(prepared.student_train_data, "teacher_tokens"):
+      raise ConfigError("method", "this task's rows carry no teacher view to align")
+    return aligned_text.AlignedNextTokens(alignment=alignment)
+  return task
+
+
+def _check(config) -> None:
+  if config.divergence != "kl":
+    raise ConfigError("divergence", f"method={config.method!r} compares the teacher by its own "
+                      f"loss (KL on the shared vocabulary, ULD elsewhere): divergence must be "
+                      f"'kl', got {config.divergence!r}")
+
+
+METHODS = {
+    "uld": Method(_term(_uld), TEXT_TASKS, check=_check, training_task=_training_task("order"),
+                  cross_tokenizer=True),
+    "aligned_kd": Method(_term(_aligned), TEXT_TASKS, check=_check,
+                         training_task=_training_task("bytes"), cross_tokenizer=True),
+}

@@ -1,0 +1,171 @@
+"""A teacher and a student with different tokenizers on the text task (issue 25): the teacher's
+view of each student row, the pre-flight refusals, bits per byte, and the smoke run."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from kd_jax.config import cli
+from kd_jax.core.errors import ConfigError
+from kd_jax.data import text as text_data
+from kd_jax.data import token_alignment as ta
+from kd_jax.run import validation
+from kd_jax.tasks import text
+from tests.conftest import needs_fortunes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "experiments", "text", "cross_tokenizer.py:smoke")
+
+DOCS = [text_data.Document("t", s) for s in (
+    "Café au lait, s'il vous plaît. 12345 + 678 = 13023.",
+    "",
+    "Naïve façades: 3.14159 and ümlauts \U0001F600 in the quick brown fox.",
+    "The quick brown fox jumps over the lazy dog, 42 times a day.") * 6]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+  cache = str(tmp_path_factory.mktemp("tok"))
+  return {n: text_data.train_tokenizer(DOCS, n, cache) for n in (259, 300, 320)}
+
+
+def _views(student, teacher, max_len=16):
+  """Everything teacher_views needs, from two tokenizers of DOCS."""
+  s_stream = text_data.token_stream(DOCS, student)
+  t_stream = text_data.token_stream(DOCS, teacher)
+  s_bytes, t_bytes = ta.token_bytes(student), ta.token_bytes(teacher)
+  units = [text_data.BOS, text_data.EOS]
+  s_ends = ta.unit_ends(s_stream, [len(b) for b in s_bytes], units)
+  t_ends = ta.unit_ends(t_stream, [len(b) for b in t_bytes], units)
+  vocab_map = ta.vocabulary_map(t_bytes, s_bytes, {text_data.BOS: text_data.BOS,
+                                                   text_data.EOS: text_data.EOS})
+  starts = list(text_data.row_starts(len(s_stream), max_len))
+  views = ta.teacher_views(s_stream, s_ends, t_stream, t_ends, vocab_map, starts, max_len,
+                           max_len, text_data.PAD)
+  return s_stream, t_stream, starts, views
+
+
+def _spelled(stream, tokenizer, upto):
+  """The text of ``stream[:upto]`` with BOS/EOS as markers: an independent account of what a
+  prefix of tokens has read."""
+  token_bytes = ta.token_bytes(tokenizer)
+  marks = {text_data.BOS: b"\x00B", text_data.EOS: b"\x00E"}
+  return b"".join(marks.get(int(i), token_bytes[int(i)]) for i in stream[:upto])
+
+
+def test_one_tokenizer_gives_the_identity_view(tokenizers):
+  s_stream, t_stream, starts, (tokens, lengths, index, exact) = _views(tokenizers[300],
+                                                                        tokenizers[300])
+  rows, row_lengths = text_data.rows_of(s_stream, 16)
+  np.testing.assert_array_equal(tokens[:, :16], rows[:, :tokens.shape[1]])
+  for r, n in enumerate(row_lengths):
+    np.testing.assert_array_equal(index[r, :n - 1], np.arange(n - 1))
+    assert exact[r, :n - 1].all() and (index[r, n - 1:] == -1).all()
+
+
+@pytest.mark.parametrize("student,teacher", [(259, 320), (300, 320), (320, 259)])
+def test_aligned_positions_have_read_the_same_text(tokenizers, student, teacher):
+  s_tok, t_tok = tokenizers[student], tokenizers[teacher]
+  s_stream, t_stream, starts, (tokens, lengths, index, exact) = _views(s_tok, t_tok)
+  first = {}
+  aligned = 0
+  for r, a in enumerate(starts):
+    # The view is the teacher stream from its first token that starts at or after the
+    # row's text (the spelled prefixes are equally long there), for lengths[r] tokens.
+    n, start = lengths[r], len(_spelled(s_stream, s_tok, a))
+    first[r] = next(i for i in range(len(t_stream) + 1)
+                    if len(_spelled(t_stream, t_tok, i)) >= start)
+    np.testing.assert_array_equal(tokens[r, :n], t_stream[first[r]:first[r] + n])
+    for j in np.flatnonzero(index[r] >= 0):
+      k = index[r, j]
+      assert _spelled(s_stream, s_tok, a + j + 1) == _spelled(t_stream, t_tok, first[r] + k + 1)
+      aligned += 1
+      # exact: the next token is the same string on both sides.
+      s_next = _spelled(s_stream, s_tok, a + j + 2)[len(_spelled(s_stream, s_tok, a + j + 1)):]
+      t_next = _spelled(t_stream, t_tok, first[r] + k + 2)[
+          len(_spelled(t_stream, t_tok, first[r] + k + 1)):]
+      assert exact[r, j] == (s_next == t_next), (r, j, s_next, t_next)
+  assert aligned > 0
+  # Every student position whose text ends where some teacher token (inside the view) ends
+  # is aligned: count the common boundaries independently, by their spelled prefixes.
+  r, a = 1, starts[1]
+  view_prefixes = {_spelled(t_stream, t_tok, first[r] + k + 1) for k in range(lengths[r])}
+  expected = [j for j in range(min(15, len(s_stream) - 1 - a))
+              if _spelled(s_stream, s_tok, a + j + 1) in view_prefixes]
+  assert list(np.flatnonzero(index[r] >= 0)) == expected
+
+
+def test_bits_per_byte_is_nll_times_tokens_over_bytes_in_bits():
+  counts = {"tokens": 3, "bytes": 4, "chars": 2}
+  got = text.per_byte(2.0, counts)
+  assert got["bits_per_byte"] == pytest.approx(2.0 * 3 / 4 / math.log(2))
+  assert got["nll_per_char"] == pytest.approx(2.0 * 3 / 2)
+  # The counts of packed rows: targets are every real token after the first of a row.
+  token_bytes = [b"", b"", b"", b"ab", "é".encode(), b"\xc3"]
+  rows = np.array([[1, 3, 4, 2], [2, 5, 0, 0]])
+  counts = text.text_counts(rows, np.array([4, 2]), token_bytes)
+  assert counts == {"tokens": 4, "bytes": 2 + 2 + 0 + 1, "chars": 2 + 1 + 0 + 1}
+
+
+def _smoke(**overrides):
+  config = cli.load_config_file(SMOKE)
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+@pytest.mark.parametrize("method", ["kd", "gkd", "dkd"])
+def test_a_same_tokenizer_method_is_refused_across_tokenizers(method):
+  with pytest.raises(ConfigError, match="uld, aligned_kd") as error:
+    validation.validate(_smoke(method=method))
+  if method == "kd":
+    assert "dataset.student_vocab_size=300" in str(error.value)
+
+
+def test_the_top_k_cache_and_the_fused_loss_are_refused_across_tokenizers():
+  with pytest.raises(ConfigError, match="uld, aligned_kd"):
+    validation.validate(_smoke(method="kd", **{"topk.k": 4}))
+  with pytest.raises(ConfigError, match="uld, aligned_kd"):
+    validation.validate(_smoke(method="kd", loss_chunk_size=64))
+  # The cross-tokenizer methods themselves refuse them (they need kd).
+  with pytest.raises(ConfigError, match="topk.k=4"):
+    validation.validate(_smoke(method="uld", **{"topk.k": 4}))
+
+
+def test_the_same_tokenizer_and_no_teacher_pass_and_small_vocabularies_are_refused():
+  validation.validate(_smoke(method="kd", **{"dataset.student_vocab_size": 0}))
+  validation.validate(_smoke(method="kd", **{"dataset.student_vocab_size": 1024}))  # the same BPE
+  validation.validate(_smoke(method="none"))
+  with pytest.raises(ConfigError, match="dataset.student_vocab_size"):
+    validation.validate(_smoke(**{"dataset.student_vocab_size": 100}))
+  with pytest.raises(ConfigError, match="divergence must be 'kl'"):
+    validation.validate(_smoke(method="uld", divergence="js"))
+
+
+def test_a_checkpoint_eos_that_is_no_special_token_is_refused(tokenizers):
+  special = dict(bos=text_data.BOS, eos=text_data.EOS, pad=text_data.PAD)
+  text.check_special_tokens(tokenizers[300], special, "teacher.checkpoint")
+  with pytest.raises(ConfigError, match="EOS id 42 is not a special token.*<eos>=2"):
+    text.check_special_tokens(tokenizers[300], {**special, "eos": 42}, "teacher.checkpoint")
+
+
+@needs_fortunes
+def test_the_smoke_run_distils_across_tokenizers(tmp_path):
+  from kd_jax.run.pipeline import run_experiment
+  results = run_experiment(_smoke(), str(tmp_path / "run"), teacher_dir=str(tmp_path / "t"),
+                           show_progress=False)
+  teacher, student = results["teacher"], results["student"]
+  for model in (teacher, student):
+    assert model["bits_per_byte"] > 0 and model["nll_per_char"] > 0
+  # KL and agreement need one vocabulary: not reported across tokenizers.
+  assert "kl_to_teacher" not in student and "agreement" not in student
+  import json
+  records = [json.loads(line) for line in open(tmp_path / "run" / "student" / "metrics.jsonl")]
+  steps = [r for r in records if "distill" in r]
+  assert steps and all(r["distill"] > 0 and 0 < r["aligned_fraction"] < 1 for r in steps)

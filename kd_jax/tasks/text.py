@@ -176,21 +176,62 @@ def _name_chat_template(checkpoint: str) -> None:
                       checkpoint)
 
 
-def text_counts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings) -> dict:
+def text_counts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings) -> dict | None:
   """``{"tokens", "bytes", "chars"}``: the targets of packed rows (every real token after
-  the first of a row) and the UTF-8 bytes and characters they stand for."""
+  the first of a row) and the UTF-8 bytes and characters they stand for; None without
+  ``token_byte_strings``."""
+  if token_byte_strings is None:
+    return None
   targets = np.concatenate([row[1:n] for row, n in zip(tokens, lengths)] or [np.zeros(0, int)])
   n_bytes, n_chars = token_alignment.target_counts(targets, token_byte_strings)
   return {"tokens": int(len(targets)), "bytes": int(n_bytes.sum()), "chars": int(n_chars.sum())}
 
 
-def per_byte(nll: float, counts: dict) -> dict:
+def per_byte(nll: float, counts: dict | None) -> dict:
   """``bits_per_byte`` and ``nll_per_char`` (nats) from the per-token ``nll`` of the targets
   ``counts`` describes: the same total nll spread over the text's bytes (in bits) and
-  characters, which do not depend on the tokenizer."""
+  characters, which do not depend on the tokenizer ({} without counts)."""
+  if counts is None:
+    return {}
   total = nll * counts["tokens"]
   return {"bits_per_byte": total / math.log(2) / max(counts["bytes"], 1),
           "nll_per_char": total / max(counts["chars"], 1)}
+
+
+def _bytes_of(side: Tokenization, cross: bool):
+  """The bytes of ``side``'s tokens; None when its vocabulary does not give them and the
+  run does not need them (one tokenizer: no alignment, no bits per byte).
+
+  Raises:
+    ConfigError: across tokenizers, a tokenizer whose tokens' bytes are unknown.
+  """
+  try:
+    return token_alignment.token_bytes(side.tokenizer)
+  except ValueError as e:
+    if cross:
+      raise ConfigError("dataset.student_vocab_size", f"teacher and student tokenizers "
+                        f"differ, and they are aligned by bytes: {e}") from None
+    logging.info("no bits per byte: %s", e)
+    return None
+
+
+def _with_teacher_views(d, student_side, teacher_side, student_train, student_bytes,
+                        teacher_bytes, mesh) -> aligned_text.AlignedTokenData:
+  """The students' training rows with the teacher's view of each
+  (:func:`kd_jax.data.token_alignment.teacher_views`); with one tokenizer, the identity."""
+  roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
+  vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
+
+  def ends(side, token_byte_strings):
+    return token_alignment.unit_ends(side.train_stream, [len(b) for b in token_byte_strings],
+                                     [side.special[r] for r in ("bos", "eos")])
+
+  starts = list(text_data.row_starts(len(student_side.train_stream), d.max_len))
+  views = token_alignment.teacher_views(
+      student_side.train_stream, ends(student_side, student_bytes),
+      teacher_side.train_stream, ends(teacher_side, teacher_bytes), vocab_map,
+      starts[:len(student_train[0])], d.max_len, d.max_len, teacher_side.special["pad"])
+  return aligned_text.aligned_token_data(*student_train, views, vocab_map, mesh)
 
 
 def prepare(config, mesh, dtype) -> Prepared:
@@ -213,28 +254,19 @@ def prepare(config, mesh, dtype) -> Prepared:
   student_vocab = (teacher_vocab if not cross else student_side.tokenizer.get_vocab_size())
   if not hf_teacher and not cross:
     lm.check_vocabularies(config, teacher_vocab)
-  teacher_bytes = token_alignment.token_bytes(teacher_side.tokenizer)
-  student_bytes = token_alignment.token_bytes(student_side.tokenizer)
+  teacher_bytes = _bytes_of(teacher_side, cross)
+  student_bytes = teacher_bytes if not cross else _bytes_of(student_side, cross)
   if cross:
     logging.info("teacher and student tokenizers differ (%d and %d tokens): aligned by byte "
                  "offsets, BOS and EOS mapped by role", teacher_vocab, student_vocab)
-
   # The students' rows, with the teacher's view of the same text.
   student_train = student_side.rows("train", d.max_len, d.train_examples)
-  roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
-  vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
-  teacher_lengths = np.array([len(b) for b in teacher_bytes])
-  student_lengths = np.array([len(b) for b in student_bytes])
-  views = token_alignment.teacher_views(
-      student_side.train_stream,
-      token_alignment.unit_ends(student_side.train_stream, student_lengths,
-                                [student_side.special[r] for r in ("bos", "eos")]),
-      teacher_side.train_stream,
-      token_alignment.unit_ends(teacher_side.train_stream, teacher_lengths,
-                                [teacher_side.special[r] for r in ("bos", "eos")]),
-      vocab_map, list(text_data.row_starts(len(student_side.train_stream), d.max_len))[
-          :len(student_train[0])], d.max_len, d.max_len, teacher_side.special["pad"])
-  student_data = aligned_text.aligned_token_data(*student_train, views, vocab_map, mesh)
+  if student_bytes is None:   # (one tokenizer whose tokens' bytes are unknown: no views)
+    student_data = lm.token_data(student_train[0], np.ones(len(student_train[0]), np.int32),
+                                 student_train[1], mesh)
+  else:
+    student_data = _with_teacher_views(d, student_side, teacher_side, student_train,
+                                       student_bytes, teacher_bytes, mesh)
   student_test = student_side.rows("test", d.max_len, d.test_examples)
   student_test_data = lm.token_data(student_test[0], np.ones(len(student_test[0]), np.int32),
                                     student_test[1], mesh)
@@ -277,7 +309,8 @@ def prepare(config, mesh, dtype) -> Prepared:
     compared = task.token_metrics(graphdef, student_test_data, batch_size, mesh,
                                   reference=None if cross else teacher)((params, model_state))
     # (the best evaluation's nll, in bits per byte of the same held-out text)
-    best = per_byte(fit.best, student_counts)["bits_per_byte"] if fit.best is not None else None
+    best = (per_byte(fit.best, student_counts).get("bits_per_byte")
+            if fit.best is not None else None)
     return {**fit.final, **compared, **per_byte(compared["nll"], student_counts),
             "best_bits_per_byte": best, "train_tokens": fit.train_rows * (d.max_len - 1)}
 

@@ -131,3 +131,25 @@ def test_aligned_kd_is_finite_where_either_side_puts_no_mass_on_a_shared_token()
   assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
   check_grads(lambda x: ct.aligned_kd_loss(x, t, jnp.array([2]), vocab_map, alpha=0.5),
               (jnp.array([[0.3, -1.0, 2.0]]),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_truncated_uld_is_a_lower_bound_within_twice_the_smaller_tail():
+  rng = np.random.default_rng(4)
+  s = rng.normal(size=(3, 5, 12)) * 1.5
+  t = rng.normal(size=(3, 5, 20)) * 1.5
+  exact = _uld_numpy(s, t, 1.0)
+  for k in (1, 3, 8):
+    p, q = _softmax(t), _softmax(s)
+    p_top, q_top = -np.sort(-p, -1)[..., :k], -np.sort(-q, -1)[..., :k]
+    expected = (np.abs(p_top - q_top).sum(-1)
+                + np.abs((1 - p_top.sum(-1)) - (1 - q_top.sum(-1))))
+    got = np.asarray(ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                                  top_k=k))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    bound = np.asarray(ct.uld_tail_bound(jnp.asarray(s, jnp.float32),
+                                         jnp.asarray(t, jnp.float32), top_k=k))
+    assert np.all(got <= exact + 1e-5) and np.all(exact - got <= bound + 1e-5)
+  # top_k at or past the shorter vocabulary is the exact form.
+  np.testing.assert_allclose(
+      np.asarray(ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                              top_k=12)), exact, rtol=1e-5, atol=1e-6)

@@ -277,6 +277,15 @@ def sampling_config(*, temperature: float = 0.7, top_k: int = 0, top_p: float = 
                                         num_samples=num_samples, pass_at_k=tuple(pass_at_k)))
 
 
+def uld_config(*, top_k: int = 0) -> ml_collections.ConfigDict:
+  """The ULD term of the cross-tokenizer methods (``uld``, and ``aligned_kd`` where the next
+  token differs): ``top_k`` > 0 compares each side's ``top_k`` largest probabilities and
+  its remaining mass as one bucket (a lower bound of exact ULD within twice the smaller
+  tail, logged as ``uld_tail_bound``); 0 is exact ULD (kd_jax/objectives/cross_tokenizer.py).
+  Without the block: exact."""
+  return ml_collections.ConfigDict(dict(top_k=top_k))
+
+
 def gkd_config(*, fraction: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
                learning_rate: float = 0.0, steps: int = 0) -> ml_collections.ConfigDict:
   """On-policy distillation (``method="gkd"``): a fraction λ of the batches is sampled by the

@@ -106,7 +106,7 @@ def make_objective(config, pairs: dict[str, str] | None = None) -> Callable:
       divergence=config.divergence, divergence_params=dict(config.divergence_params),
       dkd=config.dkd, gkd=config.get("gkd"), dpo=config.get("dpo"), rl=config.get("rl"),
       distillm2=config.get("distillm2"), consistency=config.get("consistency"),
-      adversarial=config.get("adversarial"),
+      adversarial=config.get("adversarial"), uld=config.get("uld"),
       topk_mode=(config.get("topk") or {}).get("mode", "tail"),
       loss_chunk_size=int(config.get("loss_chunk_size", 0)))
   pairs = dict(pairs or {})

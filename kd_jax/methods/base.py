@@ -108,6 +108,7 @@ class Settings:
   distillm2: Any = None       # the distillm2 block (contrastive distillation)
   consistency: Any = None     # the consistency block (diffusion consistency distillation)
   adversarial: Any = None     # the adversarial block (adversarial diffusion distillation)
+  uld: Any = None             # the uld block (the cross-tokenizer methods' ULD term)
   topk_mode: str = "tail"     # how a cached top-k teacher is compared (kd_jax/objectives/topk.py)
   loss_chunk_size: int = 0    # > 0: kd through the fused-linear loss in chunks of this
 

@@ -7,11 +7,15 @@ logits onto the student's positions — by sequence order for ``uld`` (position 
 as the paper does), by byte offsets for ``aligned_kd``. The losses are
 :mod:`kd_jax.objectives.cross_tokenizer`'s; ``alpha`` weighs the student's CE and
 ``temperature`` both softmaxes, as for ``kd``. With one tokenizer ``aligned_kd`` is ``kd``
-with the KL divergence.
+with the KL divergence. An optional ``uld`` block (:func:`kd_jax.config.uld_config`)
+truncates the ULD term to each side's ``top_k`` largest probabilities (exact without it).
 """
 
 from __future__ import annotations
 
+import jax
+
+from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method
 from kd_jax.objectives import cross_tokenizer as ct
@@ -27,22 +31,26 @@ def _term(distill_terms):
   logged apart (``ce``, ``distill``) and the aligned fraction of the targets."""
   def term(settings, step, s_logits, t_logits: ct.AlignedTeacher, labels, mask):
     t, a = settings.temperature(step), settings.alpha(step)
+    top_k = int(settings.uld.top_k) if settings.uld is not None else 0
     ce = losses.cross_entropy(s_logits, labels, mask)
     aligned = mask & t_logits.aligned
-    distill = masked_mean(distill_terms(s_logits, t_logits, t), aligned)
+    distill = masked_mean(distill_terms(s_logits, t_logits, t, top_k), aligned)
     metrics = {"temperature": t, "alpha": a, "ce": ce, "distill": distill,
                "aligned_fraction": masked_mean(t_logits.aligned.astype("float32"), mask)}
+    if top_k:   # how far below exact ULD the truncated term may lie
+      metrics["uld_tail_bound"] = masked_mean(jax.lax.stop_gradient(ct.uld_tail_bound(
+          s_logits, t_logits.logits, top_k=top_k, temperature=t)), aligned)
     return a * ce + (1.0 - a) * distill, metrics
   return term
 
 
-def _uld(s_logits, t_logits, temperature):
-  return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature)
+def _uld(s_logits, t_logits, temperature, top_k):
+  return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature, top_k=top_k)
 
 
-def _aligned(s_logits, t_logits, temperature):
+def _aligned(s_logits, t_logits, temperature, top_k):
   return ct.aligned_kd_terms(s_logits, t_logits.logits, t_logits.vocab_map, t_logits.exact,
-                             temperature=temperature)
+                             temperature=temperature, top_k=top_k)
 
 
 def _training_task(alignment: str):
@@ -55,6 +63,8 @@ def _training_task(alignment: str):
 
 
 def _check(config) -> None:
+  if config.get("uld") is not None:
+    checks.ints_at_least("uld", config.uld, ("top_k",))
   if config.divergence != "kl":
     raise ConfigError("divergence", f"method={config.method!r} compares the teacher by its own "
                       f"loss (KL on the shared vocabulary, ULD elsewhere): divergence must be "

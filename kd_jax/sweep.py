@@ -204,6 +204,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       "points": [dict(slug=slug, values=p, **({"name": slug} if named else {}))
                  for slug, p in zip(slugs, points)],
       "runs": [],
+      # What the summary ranks by, so that --summarize_only ranks the same way.
+      **({"metric": metric} if metric else {}),
   }
   for run in runs:
     entry = dict(old_runs.get(run.name, {}), name=run.name, point=run.slug,
@@ -311,7 +313,7 @@ def write_summary(workdir: str, *, allow_mixed_code: bool = False,
   while the sweep is still going. Plots: see `kd_jax.reporting.plots.write_plots`.
   ``metric`` (a `kd_jax.reporting.catalog.METRICS_BY_HEADLINE` key, e.g.
   ``bits_per_byte`` for students of different tokenizers) replaces the runs' headline
-  as what the summary ranks by; None: the headline.
+  as what the summary ranks by; None: the sweep's own (``sweep.json``), else the headline.
 
   Returns:
     The rows, one per point: ``{"point", "slug", **stats.aggregate_point(...),
@@ -334,7 +336,8 @@ def write_summary(workdir: str, *, allow_mixed_code: bool = False,
     elif status == "failed":
       failed[entry["point"]] += 1
       failures.append(f"`{entry['name']}`: {entry.get('error', '?')}")
-  headline = check_metric(metric) or stats.headline_of(all_results)
+  headline = (check_metric(metric) or record.get("metric")
+              or stats.headline_of(all_results))
   rows = [{"point": {"name": p["name"]} if "name" in p else p["values"], "slug": p["slug"],
            **stats.aggregate_point(by_point[p["slug"]], headline=headline),
            "runs_failed": failed[p["slug"]],

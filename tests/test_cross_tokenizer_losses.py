@@ -138,18 +138,18 @@ def test_truncated_uld_is_a_lower_bound_within_twice_the_smaller_tail():
   s = rng.normal(size=(3, 5, 12)) * 1.5
   t = rng.normal(size=(3, 5, 20)) * 1.5
   exact = _uld_numpy(s, t, 1.0)
+  p, q = _softmax(t), _softmax(s)
   for k in (1, 3, 8):
-    p, q = _softmax(t), _softmax(s)
     p_top, q_top = -np.sort(-p, -1)[..., :k], -np.sort(-q, -1)[..., :k]
-    expected = (np.abs(p_top - q_top).sum(-1)
-                + np.abs((1 - p_top.sum(-1)) - (1 - q_top.sum(-1))))
-    got = np.asarray(ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
-                                  top_k=k))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    bound = np.asarray(ct.uld_tail_bound(jnp.asarray(s, jnp.float32),
-                                         jnp.asarray(t, jnp.float32), top_k=k))
-    assert np.all(got <= exact + 1e-5) and np.all(exact - got <= bound + 1e-5)
-  # top_k at or past the shorter vocabulary is the exact form.
-  np.testing.assert_allclose(
-      np.asarray(ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
-                              top_k=12)), exact, rtol=1e-5, atol=1e-6)
+    p_tail, q_tail = 1 - p_top.sum(-1), 1 - q_top.sum(-1)
+    expected = np.abs(p_top - q_top).sum(-1) + np.abs(p_tail - q_tail)
+    got, bound = ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                              top_k=k, with_bound=True)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bound), 2 * np.minimum(p_tail, q_tail), atol=1e-6)
+    assert np.all(expected <= exact + 1e-9) and np.all(exact - expected <= bound + 1e-5)
+  # top_k at or past the shorter vocabulary is the exact form, with no gap.
+  got, bound = ct.uld_terms(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
+                            top_k=12, with_bound=True)
+  np.testing.assert_allclose(np.asarray(got), exact, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(bound).max()) == 0.0

@@ -87,17 +87,27 @@ def token_bytes(tokenizer) -> list[bytes]:
   kinds = _decoder_kinds(spec)
   vocab = tokenizer.get_vocab(with_added_tokens=True)
   specials = set(special_ids(tokenizer).values())
+  # Added (non-special) tokens are stored as their raw text, not in the model's alphabet.
+  added = {t["id"]: t["content"].encode() for t in spec.get("added_tokens", [])
+           if not t.get("special")}
   out = [b""] * max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values()) + 1)
   if "ByteLevel" in kinds:
     alphabet = _byte_level_alphabet()
     for token, i in vocab.items():
-      if i not in specials:
-        out[i] = bytes(alphabet[c] for c in token)
+      if i in added:
+        out[i] = added[i]
+      elif i not in specials:
+        try:
+          out[i] = bytes(alphabet[c] for c in token)
+        except KeyError:
+          raise ValueError(f"token {token!r} (id {i}) is not in the byte-level alphabet") from None
   elif "ByteFallback" in kinds:
     for token, i in vocab.items():
       if i in specials:
         continue
-      if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+      if i in added:
+        out[i] = added[i]
+      elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
         out[i] = bytes([int(token[3:5], 16)])
       else:
         out[i] = token.replace(_METASPACE, " ").encode()
@@ -106,6 +116,23 @@ def token_bytes(tokenizer) -> list[bytes]:
                      "need a byte-level (ByteLevel) or byte-fallback (ByteFallback) "
                      "tokenizer, whose tokens' bytes the vocabulary gives")
   return out
+
+
+def check_spelling(tokenizer, token_byte_strings: list[bytes], texts) -> None:
+  """Refuses a tokenizer whose tokens' bytes do not spell the text they encode (a
+  normalizer that prepends a space, as Llama-2's and Mistral's do, or lower-cases;
+  ``add_prefix_space``): byte offsets would drift by document, silently.
+
+  Raises:
+    ValueError: naming the first text whose bytes differ.
+  """
+  for text in texts:
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    spelled = b"".join(token_byte_strings[i] for i in ids)
+    if spelled != text.encode():
+      raise ValueError(f"its tokens spell {spelled[:40]!r} for the text {text[:40]!r} (a "
+                       "normalizer or a prefix space changes the text): byte offsets would "
+                       "not match the text")
 
 
 def unit_ends(ids, lengths, unit_ids=()) -> np.ndarray:
@@ -142,9 +169,22 @@ def vocabulary_map(teacher_bytes: list[bytes], student_bytes: list[bytes],
                    special_pairs: dict[int, int] | None = None) -> np.ndarray:
   """``[V_t]`` int32: the student id whose token is the same byte string as each teacher
   id's, −1 where none is; ``special_pairs`` maps the special ids by role (teacher BOS →
-  student BOS, ...). Special tokens (``b""``) are otherwise never matched."""
-  index = {b: u for u, b in enumerate(student_bytes) if b}
-  out = np.array([index.get(b, -1) if b else -1 for b in teacher_bytes], np.int32)
+  student BOS, ...). Special tokens (``b""``) are otherwise never matched.
+
+  The map is injective: where a vocabulary holds one byte string twice (a byte-fallback
+  ``<0x41>`` beside ``A``), only the first id of each side is matched, so that no student
+  probability is counted twice in the matched KL.
+  """
+  index: dict[bytes, int] = {}
+  for u, b in enumerate(student_bytes):
+    if b:
+      index.setdefault(b, u)
+  seen: set[bytes] = set()
+  out = np.full(len(teacher_bytes), -1, np.int32)
+  for v, b in enumerate(teacher_bytes):
+    if b and b not in seen and b in index:
+      out[v] = index[b]
+    seen.add(b)
   for v, u in (special_pairs or {}).items():
     out[v] = u
   return out

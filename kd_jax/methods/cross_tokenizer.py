@@ -13,13 +13,10 @@ truncates the ULD term to each side's ``top_k`` largest probabilities (exact wit
 
 from __future__ import annotations
 
-import jax
-
 from kd_jax.config import checks
 from kd_jax.core.errors import ConfigError
 from kd_jax.methods.base import Method
 from kd_jax.objectives import cross_tokenizer as ct
-from kd_jax.objectives import losses
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks import aligned_text
 
@@ -27,30 +24,32 @@ TEXT_TASKS = ("text",)
 
 
 def _term(distill_terms):
-  """A logit term ``α·CE + (1−α)·mean(distill over the aligned positions)``, its two parts
-  logged apart (``ce``, ``distill``) and the aligned fraction of the targets."""
+  """A logit term ``α·CE + (1−α)·mean(distill over the aligned positions)``
+  (:func:`kd_jax.objectives.cross_tokenizer.combine`), its two parts logged apart (``ce``,
+  ``distill``), the aligned fraction of the targets and, for a truncated ULD
+  (``uld.top_k``), ``uld_tail_bound``: how far below exact ULD its term may lie on average."""
   def term(settings, step, s_logits, t_logits: ct.AlignedTeacher, labels, mask):
     t, a = settings.temperature(step), settings.alpha(step)
     top_k = int(settings.uld.top_k) if settings.uld is not None else 0
-    ce = losses.cross_entropy(s_logits, labels, mask)
     aligned = mask & t_logits.aligned
-    distill = masked_mean(distill_terms(s_logits, t_logits, t, top_k), aligned)
-    metrics = {"temperature": t, "alpha": a, "ce": ce, "distill": distill,
+    distill, bound = distill_terms(s_logits, t_logits, t, top_k)
+    loss, parts = ct.combine(s_logits, labels, a, distill, aligned, mask)
+    metrics = {"temperature": t, "alpha": a, **parts,
                "aligned_fraction": masked_mean(t_logits.aligned.astype("float32"), mask)}
-    if top_k:   # how far below exact ULD the truncated term may lie
-      metrics["uld_tail_bound"] = masked_mean(jax.lax.stop_gradient(ct.uld_tail_bound(
-          s_logits, t_logits.logits, top_k=top_k, temperature=t)), aligned)
-    return a * ce + (1.0 - a) * distill, metrics
+    if top_k:
+      metrics["uld_tail_bound"] = masked_mean(bound, aligned)
+    return loss, metrics
   return term
 
 
 def _uld(s_logits, t_logits, temperature, top_k):
-  return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature, top_k=top_k)
+  return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature, top_k=top_k,
+                      with_bound=True)
 
 
 def _aligned(s_logits, t_logits, temperature, top_k):
   return ct.aligned_kd_terms(s_logits, t_logits.logits, t_logits.vocab_map, t_logits.exact,
-                             temperature=temperature, top_k=top_k)
+                             temperature=temperature, top_k=top_k, with_bound=True)
 
 
 def _training_task(alignment: str):

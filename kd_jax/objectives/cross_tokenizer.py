@@ -63,7 +63,7 @@ class AlignedTeacher:
   vocab_map: Array
 
 
-def _sorted_l1(p: Array, q: Array, top_k: int = 0) -> Array:
+def _sorted_l1(p: Array, q: Array, top_k: int = 0, with_bound: bool = False):
   """Σ_i |sort↓(p)_i − sort↓(q)_i| over the last axis, the shorter vector zero-padded.
 
   Computed without sorting the longer vector whole: with ``m`` the shorter length, the
@@ -74,7 +74,8 @@ def _sorted_l1(p: Array, q: Array, top_k: int = 0) -> Array:
 
   ``0 < top_k < m``: the truncated form ``Σ_{i<k} |p↓_i − q↓_i| + |tail_p − tail_q|``
   (each side's mass past its top k as one bucket), a lower bound of the exact value
-  within ``2·min(tail_p, tail_q)`` (:func:`uld_tail_bound`).
+  within ``2·min(tail_p, tail_q)``; ``with_bound`` also returns that gap bound (0 when
+  exact).
   """
   if p.shape[-1] < q.shape[-1]:
     p, q = q, p                              # p: the longer (or equal) vector
@@ -85,29 +86,25 @@ def _sorted_l1(p: Array, q: Array, top_k: int = 0) -> Array:
   p_tail = jnp.maximum(jnp.sum(p, axis=-1) - jnp.sum(p_top, axis=-1), 0.0)
   q_tail = jnp.maximum(jnp.sum(q, axis=-1) - jnp.sum(q_top, axis=-1), 0.0)
   # k = m: q has no tail, and the exact value adds p's whole tail.
-  return jnp.sum(jnp.abs(p_top - q_top), axis=-1) + jnp.abs(p_tail - q_tail)
+  value = jnp.sum(jnp.abs(p_top - q_top), axis=-1) + jnp.abs(p_tail - q_tail)
+  if not with_bound:
+    return value
+  bound = (2.0 * jnp.minimum(p_tail, q_tail) if k < m else jnp.zeros_like(value))
+  return value, jax.lax.stop_gradient(bound)
 
 
-def uld_tail_bound(student_logits: ArrayLike, teacher_logits: ArrayLike, *, top_k: int,
-                   temperature: ArrayLike = 1.0) -> Array:
-  """``2·min(tail_p, tail_q)`` per position: how far the ``top_k``-truncated ULD term may lie
-  below the exact one (0 when ``top_k`` is 0 or covers the shorter vocabulary)."""
-  p = jax.nn.softmax(at_least_float32(teacher_logits) / temperature, axis=-1)
-  q = jax.nn.softmax(at_least_float32(student_logits) / temperature, axis=-1)
-  if not 0 < top_k < min(p.shape[-1], q.shape[-1]):
-    return jnp.zeros(p.shape[:-1])
-  tail = lambda x: 1.0 - jnp.sum(jax.lax.top_k(x, top_k)[0], axis=-1)
-  return 2.0 * jnp.maximum(jnp.minimum(tail(p), tail(q)), 0.0)
-
-
-def _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask):
-  """``α·CE(mask) + (1−α)·mean(distill over distill_mask)``, skipping a term of static weight 0."""
-  loss = 0.0
+def combine(student_logits: Array, labels, alpha, distill: Array, distill_mask: Array,
+            mask: Array) -> tuple[Array, dict]:
+  """``α·CE(mask) + (1−α)·mean(distill over distill_mask)`` and its two parts
+  (``{"ce", "distill"}``); a term of static weight 0 is neither computed nor returned."""
+  loss, parts = 0.0, {}
   if not (isinstance(alpha, (int, float)) and alpha == 0):
-    loss = alpha * losses.cross_entropy(student_logits, labels, mask)
+    parts["ce"] = losses.cross_entropy(student_logits, labels, mask)
+    loss = alpha * parts["ce"]
   if not (isinstance(alpha, (int, float)) and alpha == 1):
-    loss = loss + (1.0 - alpha) * masked_mean(distill, distill_mask)
-  return loss
+    parts["distill"] = masked_mean(distill, distill_mask)
+    loss = loss + (1.0 - alpha) * parts["distill"]
+  return loss, parts
 
 
 def _masks(shape, mask, aligned):
@@ -117,12 +114,13 @@ def _masks(shape, mask, aligned):
 
 
 def uld_terms(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
-              temperature: ArrayLike = 1.0, top_k: int = 0) -> Array:
+              temperature: ArrayLike = 1.0, top_k: int = 0, with_bound: bool = False):
   """The per-position ULD distance ``Σ_i |sort↓(p)_i − sort↓(q)_i|`` ``[...]`` (no mean);
-  ``top_k`` > 0: its truncated form (:func:`_sorted_l1`)."""
+  ``top_k`` > 0: its truncated form, and with ``with_bound`` also how far below the exact
+  value it may lie, ``2·min(tail_p, tail_q)`` (:func:`_sorted_l1`)."""
   p = jax.nn.softmax(at_least_float32(teacher_logits) / temperature, axis=-1)
   q = jax.nn.softmax(at_least_float32(student_logits) / temperature, axis=-1)
-  return _sorted_l1(jax.lax.stop_gradient(p), q, top_k)
+  return _sorted_l1(jax.lax.stop_gradient(p), q, top_k, with_bound)
 
 
 def uld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
@@ -151,8 +149,8 @@ def uld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
       only (positions without a teacher position count in the CE alone).
     top_k: 0 (exact), or compare each side's ``top_k`` largest probabilities and its
       remaining mass as one bucket: a lower bound within ``2·min(tail_p, tail_q)``
-      (:func:`uld_tail_bound`), for vocabularies where the exact form's
-      ``lax.top_k`` of the shorter length is too slow.
+      (:func:`uld_terms`), for vocabularies where the exact form's ``lax.top_k`` of the
+      shorter length is too slow.
 
   Returns:
     float32 scalar.
@@ -161,7 +159,7 @@ def uld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   shape = student_logits.shape[:-1]
   mask, distill_mask = _masks(shape, mask, aligned)
   distill = uld_terms(student_logits, teacher_logits, temperature=temperature, top_k=top_k)
-  return _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask)
+  return combine(student_logits, labels, alpha, distill, distill_mask, mask)[0]
 
 
 def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
@@ -188,19 +186,24 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
 
 def aligned_kd_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
                      vocab_map: ArrayLike, exact: ArrayLike, *,
-                     temperature: ArrayLike = 1.0, top_k: int = 0) -> Array:
+                     temperature: ArrayLike = 1.0, top_k: int = 0, with_bound: bool = False):
   """The per-position distillation term of :func:`aligned_kd_loss` ``[...]`` (no mean):
-  :func:`matched_kl_terms` where ``exact``, :func:`uld_terms` (with ``top_k``) elsewhere."""
+  :func:`matched_kl_terms` where ``exact``, :func:`uld_terms` (with ``top_k``) elsewhere;
+  with ``with_bound`` also the truncated ULD's gap bound (0 where ``exact``)."""
+  exact = jnp.asarray(exact, bool)
   kl = matched_kl_terms(student_logits, teacher_logits, vocab_map, temperature=temperature)
-  uld = uld_terms(student_logits, teacher_logits, temperature=temperature, top_k=top_k)
-  return jnp.where(jnp.asarray(exact, bool), kl, uld)
+  uld = uld_terms(student_logits, teacher_logits, temperature=temperature, top_k=top_k,
+                  with_bound=with_bound)
+  if not with_bound:
+    return jnp.where(exact, kl, uld)
+  return jnp.where(exact, kl, uld[0]), jnp.where(exact, 0.0, uld[1])
 
 
 def aligned_kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
                     labels: ArrayLike | None, vocab_map: ArrayLike, *,
                     exact: ArrayLike | None = None, alpha: ArrayLike = 0.5,
                     temperature: ArrayLike = 1.0, mask: ArrayLike | None = None,
-                    aligned: ArrayLike | None = None) -> Array:
+                    aligned: ArrayLike | None = None, top_k: int = 0) -> Array:
   r"""Distillation at byte-aligned positions: KL on the shared vocabulary where the next
   token is the same string on both sides, ULD elsewhere; plus the student's CE.
 
@@ -224,7 +227,7 @@ def aligned_kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
     labels: the student's targets ``[...]``; may be None when ``alpha == 0``.
     vocab_map: int ``[V_t]``: the student id of each teacher token's byte string, or −1.
     exact: optional boolean ``[...]`` (None: every position): where the matched KL applies.
-    alpha, temperature, mask, aligned: as :func:`uld_loss`.
+    alpha, temperature, mask, aligned, top_k: as :func:`uld_loss`.
 
   Returns:
     float32 scalar.
@@ -234,5 +237,5 @@ def aligned_kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   mask, distill_mask = _masks(shape, mask, aligned)
   exact = jnp.ones(shape, bool) if exact is None else checked_mask(exact, shape)
   distill = aligned_kd_terms(student_logits, teacher_logits, vocab_map, exact,
-                             temperature=temperature)
-  return _ce_plus(student_logits, labels, alpha, distill, distill_mask, mask)
+                             temperature=temperature, top_k=top_k)
+  return combine(student_logits, labels, alpha, distill, distill_mask, mask)[0]

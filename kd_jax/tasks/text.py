@@ -98,11 +98,16 @@ class Tokenization:
     tokenizer: a ``tokenizers.Tokenizer``.
     special: ``{"bos", "eos", "pad"}`` ids of the rows.
     train_stream, test_stream: the documents of each split as one token stream.
+    token_bytes: the bytes of every token (:func:`kd_jax.data.token_alignment.token_bytes`),
+      or None when its vocabulary does not give them or they do not spell the text
+      (``bytes_error`` says why).
   """
   tokenizer: object
   special: dict
   train_stream: np.ndarray
   test_stream: np.ndarray
+  token_bytes: list | None = None
+  bytes_error: str = ""
 
   @property
   def digest(self) -> str:
@@ -115,10 +120,19 @@ class Tokenization:
     return (tokens[:limit], lengths[:limit]) if limit else (tokens, lengths)
 
 
+SPELLING_SAMPLE = 64     # training documents whose bytes a tokenizer must spell exactly
+
+
 def _tokenization(tokenizer, special, train_docs, test_docs) -> Tokenization:
   streams = [text_data.token_stream(docs, tokenizer, bos=special["bos"], eos=special["eos"])
              for docs in (train_docs, test_docs)]
-  return Tokenization(tokenizer, special, *streams)
+  try:
+    token_bytes = token_alignment.token_bytes(tokenizer)
+    token_alignment.check_spelling(tokenizer, token_bytes,
+                                   [d.text for d in train_docs[:SPELLING_SAMPLE]])
+  except ValueError as e:
+    return Tokenization(tokenizer, special, *streams, None, str(e))
+  return Tokenization(tokenizer, special, *streams, token_bytes)
 
 
 def load_tokenizations(d, checkpoint: str = "") -> tuple[Tokenization, Tokenization]:
@@ -198,29 +212,46 @@ def per_byte(nll: float, counts: dict | None) -> dict:
           "nll_per_char": total / max(counts["chars"], 1)}
 
 
+def _check_own_vocabularies(config, teacher_vocab: int, student_vocab: int,
+                            hf_teacher: bool) -> None:
+  """Across tokenizers each side's ``kwargs.vocab_size``, if set, must be its own tokenizer's."""
+  sides = [("student", student_vocab)] + ([] if hf_teacher else [("teacher", teacher_vocab)])
+  for role, size in sides:
+    given = config[role].kwargs.get("vocab_size")
+    if given is not None and given != size:
+      raise ConfigError(f"{role}.kwargs.vocab_size", f"{role}.kwargs.vocab_size={given} but "
+                        f"the {role}'s tokenizer has {size} tokens")
+
+
 def _bytes_of(side: Tokenization, cross: bool):
-  """The bytes of ``side``'s tokens; None when its vocabulary does not give them and the
-  run does not need them (one tokenizer: no alignment, no bits per byte).
+  """The bytes of ``side``'s tokens; None when they are unknown and the run does not need
+  them (one tokenizer: no alignment, no bits per byte).
 
   Raises:
     ConfigError: across tokenizers, a tokenizer whose tokens' bytes are unknown.
   """
-  try:
-    return token_alignment.token_bytes(side.tokenizer)
-  except ValueError as e:
+  if side.token_bytes is None:
     if cross:
-      raise ConfigError("dataset.student_vocab_size", f"teacher and student tokenizers "
-                        f"differ, and they are aligned by bytes: {e}") from None
-    logging.info("no bits per byte: %s", e)
-    return None
+      raise ConfigError("dataset.student_vocab_size", "teacher and student tokenizers differ "
+                        f"and are aligned by bytes, but one is not byte-exact: {side.bytes_error}")
+    logging.info("no bits per byte: %s", side.bytes_error)
+  return side.token_bytes
 
 
 def _with_teacher_views(d, student_side, teacher_side, student_train, student_bytes,
-                        teacher_bytes, mesh) -> aligned_text.AlignedTokenData:
+                        teacher_bytes, teacher_vocab, mesh) -> aligned_text.AlignedTokenData:
   """The students' training rows with the teacher's view of each
   (:func:`kd_jax.data.token_alignment.teacher_views`); with one tokenizer, the identity."""
-  roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
-  vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
+  if teacher_side is student_side:
+    vocab_map = np.arange(teacher_vocab, dtype=np.int32)
+  else:
+    # BOS and EOS by role. (A checkpoint without a BOS uses its EOS for both: the map then
+    # holds EOS → EOS only, and a document's first position is never "exact": ULD there.)
+    roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
+    vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
+    # A checkpoint's model may have more rows than its tokenizer has tokens (padding).
+    vocab_map = np.pad(vocab_map, (0, max(teacher_vocab - len(vocab_map), 0)),
+                       constant_values=-1)
 
   def ends(side, token_byte_strings):
     return token_alignment.unit_ends(side.train_stream, [len(b) for b in token_byte_strings],
@@ -254,6 +285,8 @@ def prepare(config, mesh, dtype) -> Prepared:
   student_vocab = (teacher_vocab if not cross else student_side.tokenizer.get_vocab_size())
   if not hf_teacher and not cross:
     lm.check_vocabularies(config, teacher_vocab)
+  elif cross:
+    _check_own_vocabularies(config, teacher_vocab, student_vocab, bool(hf_teacher))
   teacher_bytes = _bytes_of(teacher_side, cross)
   student_bytes = teacher_bytes if not cross else _bytes_of(student_side, cross)
   if cross:
@@ -266,7 +299,7 @@ def prepare(config, mesh, dtype) -> Prepared:
                                  student_train[1], mesh)
   else:
     student_data = _with_teacher_views(d, student_side, teacher_side, student_train,
-                                       student_bytes, teacher_bytes, mesh)
+                                       student_bytes, teacher_bytes, teacher_vocab, mesh)
   student_test = student_side.rows("test", d.max_len, d.test_examples)
   student_test_data = lm.token_data(student_test[0], np.ones(len(student_test[0]), np.int32),
                                     student_test[1], mesh)

@@ -74,9 +74,17 @@ def test_aligned_positions_have_read_the_same_text(tokenizers, student, teacher)
   for r, a in enumerate(starts):
     # The view is the teacher stream from its first token that starts at or after the
     # row's text (the spelled prefixes are equally long there), for lengths[r] tokens.
-    n, start = lengths[r], len(_spelled(s_stream, s_tok, a))
+    start = len(_spelled(s_stream, s_tok, a))
     first[r] = next(i for i in range(len(t_stream) + 1)
                     if len(_spelled(t_stream, t_tok, i)) >= start)
+    # ... up to the teacher tokens whose text ends by the row's last input (at most 16).
+    last_input_end = len(_spelled(s_stream, s_tok, min(a + 14, len(s_stream) - 2) + 1))
+    n = next(i for i in range(first[r], len(t_stream) + 1)
+             if i == len(t_stream) or len(_spelled(t_stream, t_tok, i + 1)) > last_input_end)
+    n = min(n - first[r], 16)
+    if r < len(starts) - 1:      # (the views are as wide as the widest row needs)
+      assert lengths[r] >= n
+    n = lengths[r]
     np.testing.assert_array_equal(tokens[r, :n], t_stream[first[r]:first[r] + n])
     for j in np.flatnonzero(index[r] >= 0):
       k = index[r, j]
@@ -169,3 +177,58 @@ def test_the_smoke_run_distils_across_tokenizers(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / "run" / "student" / "metrics.jsonl")]
   steps = [r for r in records if "distill" in r]
   assert steps and all(r["distill"] > 0 and 0 < r["aligned_fraction"] < 1 for r in steps)
+
+
+def test_the_teacher_outputs_are_the_teachers_logits_at_the_aligned_positions():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from kd_jax import models
+  from kd_jax.core import parallel
+  from kd_jax.tasks import aligned_text
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 20, (4, 9)).astype(np.int32)
+  lengths = np.array([9, 9, 9, 5], np.int32)
+  index = np.tile(np.arange(8), (4, 1)).astype(np.int32)
+  index[1, 3] = -1                        # a position with no teacher position
+  index[2, 5] = 2                         # and one aligned elsewhere
+  exact = np.ones((4, 8), bool)
+  views = (tokens, np.array([9, 9, 9, 4], np.int32), index, exact)
+  data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20),
+                                         parallel.make_mesh(1, 1))
+  teacher = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
+                          rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(teacher)
+  run = lambda x: (nnx.merge(graphdef, state)(x), {})
+  full = np.asarray(teacher(jnp.asarray(tokens[:, :-1])))      # causal: row j reads ≤ j
+  batch = jnp.arange(4)
+  by_bytes, _ = aligned_text.AlignedNextTokens("bytes").teacher_outputs(data, batch, run)
+  np.testing.assert_allclose(np.asarray(by_bytes.logits)[0], full[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(by_bytes.logits)[2, 5], full[2, 2], rtol=1e-5, atol=1e-5)
+  assert not bool(by_bytes.aligned[1, 3]) and bool(by_bytes.aligned[1, 4])
+  by_order, _ = aligned_text.AlignedNextTokens("order").teacher_outputs(data, batch, run)
+  np.testing.assert_allclose(np.asarray(by_order.logits)[2], full[2], rtol=1e-5, atol=1e-5)
+  # Order: position j while the teacher's view has a token there (row 3: 4 tokens).
+  np.testing.assert_array_equal(np.asarray(by_order.aligned)[3], np.arange(8) < 4)
+  assert not np.asarray(by_order.exact).any()
+  del jax
+
+
+def test_a_prefix_space_normalizer_is_not_byte_exact():
+  tokenizers = pytest.importorskip("tokenizers")
+  from tokenizers import decoders, models, normalizers  # noqa: PLC0415
+  vocab = {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4}
+  tokenizer = tokenizers.Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+  tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                               normalizers.Replace(" ", "\u2581")])
+  tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+  token_bytes = ta.token_bytes(tokenizer)
+  with pytest.raises(ValueError, match="spell"):
+    ta.check_spelling(tokenizer, token_bytes, ["ab"])
+
+
+def test_a_duplicated_byte_string_is_matched_once():
+  teacher = [b"", b"A", b"A", b"b"]          # e.g. a byte-fallback <0x41> beside A
+  student = [b"", b"b", b"A", b"A"]
+  np.testing.assert_array_equal(ta.vocabulary_map(teacher, student), [-1, 2, -1, 1])

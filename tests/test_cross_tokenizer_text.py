@@ -232,3 +232,22 @@ def test_a_duplicated_byte_string_is_matched_once():
   teacher = [b"", b"A", b"A", b"b"]          # e.g. a byte-fallback <0x41> beside A
   student = [b"", b"b", b"A", b"A"]
   np.testing.assert_array_equal(ta.vocabulary_map(teacher, student), [-1, 2, -1, 1])
+
+
+def test_the_tokenizer_table_pairs_each_point_with_its_tokenizers_student_alone():
+  from kd_jax.reporting import sweep_dir, tokenizer_table
+  def run(method, size, seed, bpb):
+    return {"config": {"method": method, "seed": seed, "dataset": {"student_vocab_size": size}},
+            "teacher": {"bits_per_byte": 2.0}, "student": {"bits_per_byte": bpb}}
+  by_point = {
+      "none-2k": [run("none", 2048, s, v) for s, v in enumerate([3.0, 3.2, 3.1])],
+      "uld-2k": [run("uld", 2048, s, v) for s, v in enumerate([2.9, 3.1, 3.0])],  # −0.1 each
+      "uld-bytes": [run("uld", 259, s, v) for s, v in enumerate([2.5, 2.7, 2.6])],
+  }
+  text = tokenizer_table.table(sweep_dir.SweepDir({}, by_point, []))
+  # uld-2k: a paired difference of exactly −0.1 at every seed (no spread); gap
+  # (3.1 − 3.0) / (3.1 − 2.0) = 9.1%.
+  assert "| `uld-2k` | 2,048 tokens | uld | 3.0000 ± 0.2484 | -0.1000 ± 0.0000 | 9.1% | 3 |" in text
+  assert "`uld-2k` beats the student alone" in text
+  # No student alone of 259 tokens: nothing to pair with.
+  assert "| `uld-bytes` | 259 tokens | uld | 2.6000 ± 0.2484 | – | – | 3 |" in text

@@ -1,0 +1,92 @@
+r"""The cross-tokenizer table of a text sweep (issue 25).
+
+    python -m kd_jax.tokenizer_table --workdir=runs/xtok
+
+Reads a ``kd_jax.sweep`` directory of text runs (experiments/text/cross_tokenizer.py) and
+writes ``tokenizer_table.md`` next to its ``sweep.json``: per point, the student's
+tokenizer (``dataset.student_vocab_size``; the teacher's when 0) and method, held-out
+bits per byte (the metric that compares tokenizers), mean ± the half-width of the 95%
+Student-t interval over seeds; for a distilled point, its paired difference to the
+student of the same tokenizer trained alone (``method='none'``, same seeds) and the gap
+it recovers, ``(alone − student) / (alone − teacher)`` on the means. Then, said plainly,
+which points beat the student alone with an interval that excludes 0.
+
+Only the runs' ``results.json`` are read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kd_jax.reporting import stats, sweep_dir
+
+TABLE_FILE = "tokenizer_table.md"
+METRIC = "bits_per_byte"
+
+
+def _tokenizer(results: Mapping[str, Any]) -> int:
+  return int(results["config"]["dataset"].get("student_vocab_size", 0))
+
+
+def _by_seed(results: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+  return {r["config"]["seed"]: r["student"][METRIC] for r in results
+          if r["student"].get(METRIC) is not None}
+
+
+def _interval(interval: stats.Interval, signed: bool = False) -> str:
+  mean = f"{interval.mean:+.4f}" if signed else f"{interval.mean:.4f}"
+  return mean if math.isnan(interval.half_width) else f"{mean} ± {interval.half_width:.4f}"
+
+
+def table(sweep: sweep_dir.SweepDir) -> str:
+  runs = {point: results for point, results in sweep.by_point.items() if results}
+  if not runs:
+    return "No finished runs yet.\n"
+  teacher = [r["teacher"][METRIC] for results in runs.values() for r in results
+             if r["teacher"].get(METRIC) is not None]
+  teacher_mean = sum(teacher) / len(teacher) if teacher else math.nan
+  alone = {_tokenizer(results[0]): _by_seed(results) for results in runs.values()
+           if results[0]["config"]["method"] == "none"}
+  lines = [f"Teacher: {teacher_mean:.4f} bits per byte.", "",
+           "| point | student tokenizer | method | bits/byte | Δ vs alone (paired) | "
+           "gap recovered | n |", "|---|---|---|---|---|---|---|"]
+  verdicts = []
+  for point, results in runs.items():
+    size, method = _tokenizer(results[0]), results[0]["config"]["method"]
+    values = _by_seed(results)
+    cells = [f"`{point}`", f"{size:,} tokens" if size else "the teacher's", method,
+             _interval(stats.mean_ci(list(values.values())))]
+    reference = alone.get(size)
+    common = sorted(set(values) & set(reference or {})) if method != "none" else []
+    if common:
+      diff = stats.paired_difference([values[s] for s in common],
+                                     [reference[s] for s in common])
+      base = sum(reference[s] for s in common) / len(common)
+      gap = (base - sum(values[s] for s in common) / len(common)) / (base - teacher_mean)
+      cells += [_interval(diff, signed=True), f"{100 * gap:.1f}%"]
+      high = diff.mean + diff.half_width
+      low = diff.mean - diff.half_width
+      verdict = ("beats" if high < 0 else "is worse than" if low > 0 else
+                 "is not separated from")
+      verdicts.append(f"- `{point}` {verdict} the student alone ({_interval(diff, True)} "
+                      f"bits per byte, {len(common)} paired seeds).")
+    else:
+      cells += ["–", "–"]
+    lines.append("| " + " | ".join(cells) + f" | {len(values)} |")
+  seeds = sorted({r["config"]["seed"] for results in runs.values() for r in results})
+  lines += ["", f"Seeds {', '.join(map(str, seeds))}. Bits per byte: held-out nll in bits "
+            "over the UTF-8 bytes of the targets' text (lower is better); Δ: the point minus "
+            "the same tokenizer's student alone, per seed, mean ± 95% t half-width; gap "
+            "recovered: (alone − point) / (alone − teacher) on the means.", ""]
+  return "\n".join(lines + (verdicts or ["- No point has a student alone to compare with."])) + "\n"
+
+
+def write(workdir: str, *, allow_mixed_code: bool = False) -> str:
+  """Writes ``tokenizer_table.md`` in the sweep ``workdir`` and returns its text."""
+  text = table(sweep_dir.read(workdir, allow_mixed_code=allow_mixed_code))
+  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+    f.write(text)
+  return text

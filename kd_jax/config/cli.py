@@ -142,3 +142,19 @@ def run(main: Callable[[list[str]], None], program: str) -> None:
       fail(program, describe(e, sys.argv))
 
   app.run(guarded, flags_parser=parse_flags(program))
+
+
+def run_table(write: Callable[..., str], program: str, workdir_help: str) -> None:
+  """The command line of a table over a ``kd_jax.sweep`` directory: the required
+  ``--workdir`` and ``--allow_mixed_code``; prints ``write(workdir, allow_mixed_code=...)``
+  (which also writes the table's file)."""
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.DEFINE_bool("allow_mixed_code", False, "Tabulate runs computed by different code.")
+  flags.mark_flags_as_required(["workdir"])
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise ConfigError(None, f"unexpected arguments: {argv[1:]}")
+    print(write(flags.FLAGS.workdir, allow_mixed_code=flags.FLAGS.allow_mixed_code), end="")
+
+  run(main, program)

@@ -48,8 +48,8 @@ class AlignedTokenData(lm.TokenData):
 def aligned_token_data(tokens, lengths, views, vocab_map, mesh) -> AlignedTokenData:
   """An :class:`AlignedTokenData` on the devices (replicated) from packed rows (every real
   token after the first a target) and :func:`~kd_jax.data.token_alignment.teacher_views`."""
-  mask = lm.response_mask(np.ones(len(tokens), np.int32), np.asarray(lengths), tokens.shape[1])
-  arrays = (np.asarray(tokens, np.int32), mask, *views, np.asarray(vocab_map, np.int32))
+  arrays = (np.asarray(tokens, np.int32), lm.packed_mask(tokens, lengths), *views,
+            np.asarray(vocab_map, np.int32))
   return AlignedTokenData(*parallel.put_replicated(arrays, mesh))
 
 

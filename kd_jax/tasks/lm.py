@@ -71,6 +71,18 @@ def token_data(tokens, prompt_lengths, lengths, mesh) -> TokenData:
   return TokenData(*parallel.put_replicated((np.asarray(tokens, np.int32), mask), mesh))
 
 
+def packed_mask(tokens, lengths) -> np.ndarray:
+  """:func:`response_mask` of packed text rows: every real token after a row's first is a
+  target (no prompt)."""
+  return response_mask(np.ones(len(tokens), np.int32), np.asarray(lengths), tokens.shape[1])
+
+
+def packed_token_data(tokens, lengths, mesh) -> TokenData:
+  """A :class:`TokenData` of packed text rows (:func:`packed_mask`) on the devices."""
+  return TokenData(*parallel.put_replicated((np.asarray(tokens, np.int32),
+                                             packed_mask(tokens, lengths)), mesh))
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptSet:
   """A language task's training prompts (arithmetic: the gold training problems; the

@@ -295,23 +295,19 @@ def prepare(config, mesh, dtype) -> Prepared:
   # The students' rows, with the teacher's view of the same text.
   student_train = student_side.rows("train", d.max_len, d.train_examples)
   if student_bytes is None:   # (one tokenizer whose tokens' bytes are unknown: no views)
-    student_data = lm.token_data(student_train[0], np.ones(len(student_train[0]), np.int32),
-                                 student_train[1], mesh)
+    student_data = lm.packed_token_data(*student_train, mesh)
   else:
     student_data = _with_teacher_views(d, student_side, teacher_side, student_train,
                                        student_bytes, teacher_bytes, teacher_vocab, mesh)
   student_test = student_side.rows("test", d.max_len, d.test_examples)
-  student_test_data = lm.token_data(student_test[0], np.ones(len(student_test[0]), np.int32),
-                                    student_test[1], mesh)
+  student_test_data = lm.packed_token_data(*student_test, mesh)
   student_counts = text_counts(*student_test, student_bytes)
   # The teacher's own rows.
   if cross:
     teacher_train = teacher_side.rows("train", d.max_len, d.train_examples)
     teacher_test = teacher_side.rows("test", d.max_len, d.test_examples)
-    train_data = lm.token_data(teacher_train[0], np.ones(len(teacher_train[0]), np.int32),
-                               teacher_train[1], mesh)
-    teacher_test_data = lm.token_data(teacher_test[0], np.ones(len(teacher_test[0]), np.int32),
-                                      teacher_test[1], mesh)
+    train_data = lm.packed_token_data(*teacher_train, mesh)
+    teacher_test_data = lm.packed_token_data(*teacher_test, mesh)
     teacher_counts = text_counts(*teacher_test, teacher_bytes)
   else:
     train_data, teacher_test_data, teacher_counts = student_data, student_test_data, student_counts

@@ -236,13 +236,16 @@ def test_a_duplicated_byte_string_is_matched_once():
 
 def test_the_tokenizer_table_pairs_each_point_with_its_tokenizers_student_alone():
   from kd_jax.reporting import sweep_dir, tokenizer_table
-  def run(method, size, seed, bpb):
-    return {"config": {"method": method, "seed": seed, "dataset": {"student_vocab_size": size}},
+  def run(method, size, seed, bpb, student_data="gold"):
+    return {"config": {"method": method, "seed": seed, "dataset": {"student_vocab_size": size},
+                       "student_data": student_data},
             "teacher": {"bits_per_byte": 2.0}, "student": {"bits_per_byte": bpb}}
   by_point = {
       "none-2k": [run("none", 2048, s, v) for s, v in enumerate([3.0, 3.2, 3.1])],
       "uld-2k": [run("uld", 2048, s, v) for s, v in enumerate([2.9, 3.1, 3.0])],  # −0.1 each
       "uld-bytes": [run("uld", 259, s, v) for s, v in enumerate([2.5, 2.7, 2.6])],
+      # A seqkd point is method none on the teacher's samples: a distilled point, not alone.
+      "seqkd-2k": [run("none", 2048, s, v, "transfer") for s, v in enumerate([3.2, 3.4, 3.3])],
   }
   text = tokenizer_table.table(sweep_dir.SweepDir({}, by_point, []))
   # uld-2k: a paired difference of exactly −0.1 at every seed (no spread); gap
@@ -251,3 +254,37 @@ def test_the_tokenizer_table_pairs_each_point_with_its_tokenizers_student_alone(
   assert "`uld-2k` beats the student alone" in text
   # No student alone of 259 tokens: nothing to pair with.
   assert "| `uld-bytes` | 259 tokens | uld | 2.6000 ± 0.2484 | – | – | 3 |" in text
+  # seqkd-2k: +0.2 at every seed; gap (3.1 − 3.3) / (3.1 − 2.0) = −18.2%.
+  assert "| `seqkd-2k` | 2,048 tokens | seqkd | 3.3000 ± 0.2484 | +0.2000 ± 0.0000 | -18.2% | 3 |" in text
+  assert "`seqkd-2k` is worse than the student alone" in text
+
+
+def test_one_tokenizer_with_padded_rows_is_masked_and_too_few_rows_are_refused():
+  from kd_jax.tasks import lm
+  config = _smoke(**{"dataset.student_vocab_size": 0})
+  assert lm.output_vocabularies(config, 1024) == {"teacher": None, "student": None}
+  config.teacher.kwargs.vocab_size = 1088          # a checkpoint's padding: 64 rows never produced
+  assert lm.output_vocabularies(config, 1024) == {"teacher": 1024, "student": None}
+  assert lm.output_vocabularies(config, 1024, teacher_rows=1100) == {"teacher": 1024,
+                                                                      "student": None}
+  config.student.kwargs.vocab_size = 1000
+  with pytest.raises(ConfigError, match=r"student.kwargs.vocab_size: the student has 1000 "
+                     r"vocabulary rows \(the teacher 1088, the student 1000\) but the "
+                     "tokenizer produces 1024 ids"):
+    lm.output_vocabularies(config, 1024)
+  with pytest.raises(ConfigError, match="teacher.checkpoint: the teacher has 900"):
+    lm.output_vocabularies(config, 1024, teacher_rows=900, roles=("teacher",))
+
+
+@needs_fortunes
+def test_the_text_task_gives_a_padded_teacher_the_students_logit_width():
+  import jax.numpy as jnp
+  from kd_jax.core import parallel
+  config = _smoke(**{"dataset.student_vocab_size": 0})
+  config.teacher.kwargs.vocab_size = config.dataset.vocab_size + 64
+  prepared = text.prepare(config, parallel.make_mesh(1, 1), jnp.float32)
+  teacher = prepared.build(config.teacher, 0, "teacher")
+  student = prepared.build(config.student, 0)
+  assert teacher.vocab_size == config.dataset.vocab_size + 64
+  tokens = jnp.ones((1, 4), jnp.int32)
+  assert teacher(tokens).shape == student(tokens).shape == (1, 4, config.dataset.vocab_size)

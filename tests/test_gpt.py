@@ -222,3 +222,36 @@ def test_bad_sampling_settings_are_refused():
       generate_lib.generate(graphdef, state, prompts, lengths, max_new_tokens=2, **kwargs)
   with pytest.raises(ValueError, match="max_len"):
     generate_lib.generate(graphdef, state, prompts, lengths, max_new_tokens=SMALL["max_len"])
+
+
+def test_output_vocab_masks_the_rows_the_tokenizer_never_produces():
+  """Qwen2.5-style padding: 24 rows for 19 ids. The logits are the first 19 columns, and a
+  KD loss between a 24-row teacher and a 19-row student equals the KL of the teacher's
+  softmax with its padding rows at −inf (probability 0), computed here in NumPy."""
+  from kd_jax.objectives.losses import kd_loss
+  kwargs = dict(max_len=8, num_layers=1, num_heads=2, dim=16)
+  padded = models.create("gpt", vocab_size=24, rngs=nnx.Rngs(0), **kwargs)
+  masked = models.create("gpt", vocab_size=24, output_vocab=19, rngs=nnx.Rngs(0), **kwargs)
+  student = models.create("gpt", vocab_size=19, rngs=nnx.Rngs(1), **kwargs)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 19, (2, 8)))
+  full = np.asarray(padded(tokens), np.float64)
+  teacher_logits = np.asarray(masked(tokens))
+  assert teacher_logits.shape == (2, 8, 19)
+  np.testing.assert_allclose(teacher_logits, full[..., :19], rtol=1e-6)
+  # The fused loss's head is cut the same way.
+  hidden, head = masked.hidden_and_head(tokens)
+  np.testing.assert_allclose(np.asarray(hidden @ head), full[..., :19], rtol=1e-4, atol=1e-5)
+  # KL(p_T || p_S) with the teacher's rows 19..23 at −inf.
+  s = np.asarray(student(tokens), np.float64)
+  t = np.where(np.arange(24) < 19, full, -np.inf)
+  p = np.exp(t - t.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  log_q = s - s.max(-1, keepdims=True)
+  log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+  kept = p[..., :19]
+  expected = np.mean(np.sum(kept * (np.log(kept) - log_q), -1))
+  got = kd_loss(jnp.asarray(s).reshape(-1, 19), jnp.asarray(teacher_logits).reshape(-1, 19),
+                None, temperature=1.0, alpha=0.0, divergence="kl")
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="output_vocab=25"):
+    models.create("gpt", vocab_size=24, output_vocab=25, rngs=nnx.Rngs(0), **kwargs)

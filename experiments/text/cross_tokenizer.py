@@ -8,9 +8,11 @@ The teacher is experiments/text/token_kd.py's (4 layers, 128 wide, an 8,192-toke
 trained once and cached, shared with that experiment's runs of the same code). Each
 point is a student (2 layers, 64 wide) with its own tokenizer
 (``dataset.student_vocab_size``: 2,048, or 259 = the bytes), trained alone
-(``method='none'``), by ``uld`` (sequence-order ULD) or by ``aligned_kd`` (byte-aligned
-KL on the shared vocabulary, ULD elsewhere); the reference is the ``kd`` student that
-shares the teacher's tokenizer. Models of different tokenizers are compared by held-out
+(``method='none'``), by ``uld`` (sequence-order ULD), by ``aligned_kd`` (byte-aligned
+KL on the shared vocabulary, ULD elsewhere) or by ``seqkd`` (``student_data='transfer'``:
+it trains alone on the teacher's samples, one per training document at temperature 1,
+read in its own tokens); the reference is the ``kd`` student that shares the teacher's
+tokenizer. Models of different tokenizers are compared by held-out
 ``bits_per_byte`` (the sweep's ``metric``); per-token ``nll`` is not comparable across
 tokenizers. ``python -m kd_jax.tokenizer_table --workdir=runs/xtok`` pairs each point
 with its tokenizer's student alone.
@@ -26,7 +28,9 @@ from kd_jax import config as config_lib
 token_kd = config_lib.load_sibling(__file__, "token_kd")
 
 STUDENT_VOCABULARIES = {"2k": 2048, "bytes": 259}
-METHODS = ("none", "uld", "aligned_kd")
+# Each row's overrides: a student alone, two token-level methods, sequence-level KD.
+METHODS = {"none": "method=none", "uld": "method=uld", "aligned_kd": "method=aligned_kd",
+           "seqkd": "method=none; student_data=transfer"}
 
 
 def get_config(arg=None):
@@ -43,15 +47,19 @@ def get_config(arg=None):
   # needs the teacher's top 2,048 for the 2k student (about 3 s a step here); the logged
   # uld_tail_bound says how far below exact the truncated term may lie.
   c.uld = config_lib.uld_config(top_k=256)
-  points = [f"{m}-{name}: method={m}; dataset.student_vocab_size={size}"
-            for name, size in STUDENT_VOCABULARIES.items() for m in METHODS]
+  # seqkd: as many teacher documents as training documents, sampled from its distribution.
+  c.transfer = config_lib.transfer_config(k=1, temperature=1.0)
+  points = [f"{m}-{name}: {overrides}; dataset.student_vocab_size={size}"
+            for name, size in STUDENT_VOCABULARIES.items() for m, overrides in METHODS.items()]
   points.append("kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0")
   if arg == "smoke":
     c.dataset.student_vocab_size = 300
     c.train.steps = 6
     c.uld = config_lib.uld_config(top_k=0)     # exact
+    c.transfer.max_examples = 64       # the smoke's teacher writes 64 documents
     points = ["none-300: method=none", "uld-300: method=uld",
               "aligned_kd-300: method=aligned_kd",
+              "seqkd-300: method=none; student_data=transfer",
               "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; valid: smoke")

@@ -373,7 +373,9 @@ def transfer_config(*, k: int = 4, temperature: float = 0.7, top_k: int = 0, top
   ones are kept (``label_free``: the samples agreeing with the majority answer).
   ``max_examples`` > 0 trains on the first that many kept samples, in prompt order (all
   of a prompt's before the next prompt's: the transfer-set-size axis of a study, from
-  one generation of the full set); 0 keeps all.
+  one generation of the full set); 0 keeps all. On a text corpus every sample is kept:
+  ``k`` per training document, or ``max_examples`` > 0 documents
+  (:mod:`kd_jax.tasks.text_transfer`).
   """
   return ml_collections.ConfigDict(dict(
       k=k, label_free=label_free, max_examples=max_examples,

@@ -75,6 +75,12 @@ def special_ids(tokenizer) -> dict[str, int]:
   return {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
 
 
+def id_count(tokenizer) -> int:
+  """How many ids ``tokenizer`` can produce: one past its largest id (added tokens included)."""
+  vocab = tokenizer.get_vocab(with_added_tokens=True)
+  return max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values()) + 1)
+
+
 def token_bytes(tokenizer) -> list[bytes]:
   """The bytes every id of ``tokenizer`` stands for (``b""`` for its special tokens).
 
@@ -90,7 +96,7 @@ def token_bytes(tokenizer) -> list[bytes]:
   # Added (non-special) tokens are stored as their raw text, not in the model's alphabet.
   added = {t["id"]: t["content"].encode() for t in spec.get("added_tokens", [])
            if not t.get("special")}
-  out = [b""] * max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values()) + 1)
+  out = [b""] * id_count(tokenizer)
   if "ByteLevel" in kinds:
     alphabet = _byte_level_alphabet()
     for token, i in vocab.items():

@@ -243,13 +243,19 @@ class GPT(nnx.Module):
     norm_eps: RMSNorm epsilon.
     init_std: standard deviation of the weights (output projections are further
       scaled by 1/sqrt(2·num_layers), GPT-2's residual scaling).
+    output_vocab: the ids the tokenizer can produce, when fewer than ``vocab_size`` (a
+      checkpoint's embedding padded to a round size, as Qwen2.5's 151,936 rows for a
+      151,665-token tokenizer): the logits are those of ids ``< output_vocab`` only. That is
+      the padding rows' logits masked to −inf and dropped, so two models of one tokenizer
+      and different row counts give logits of one width. None: all ``vocab_size``.
   """
 
   def __init__(self, *, vocab_size: int, max_len: int, num_layers: int, num_heads: int,
                dim: int, rngs: nnx.Rngs, dtype=jnp.float32, num_kv_heads: int | None = None,
                head_dim: int | None = None, mlp_dim: int | None = None, mlp: str = "swiglu",
                qkv_bias: bool = False, tie_embeddings: bool = False,
-               rope_theta: float = 10000.0, norm_eps: float = 1e-6, init_std: float = 0.02):
+               rope_theta: float = 10000.0, norm_eps: float = 1e-6, init_std: float = 0.02,
+               output_vocab: int | None = None):
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or dim // num_heads
     if mlp not in MLPS:
@@ -259,12 +265,17 @@ class GPT(nnx.Module):
                        f"num_kv_heads={num_kv_heads}")
     if head_dim % 2:
       raise ValueError(f"gpt: head_dim={head_dim} must be even for RoPE")
+    if output_vocab is not None and not 0 < output_vocab <= vocab_size:
+      raise ValueError(f"gpt: output_vocab={output_vocab} must be in [1, vocab_size="
+                       f"{vocab_size}]")
     # A tuple, not a dict: module attributes end up in the (hashable) graph definition.
     self._config = tuple(dict(
         vocab_size=vocab_size, max_len=max_len, num_layers=num_layers, num_heads=num_heads,
         dim=dim, num_kv_heads=num_kv_heads, head_dim=head_dim,
         mlp_dim=mlp_dim or default_mlp_dim(dim, mlp), mlp=mlp, qkv_bias=qkv_bias,
-        tie_embeddings=tie_embeddings, rope_theta=rope_theta, norm_eps=norm_eps).items())
+        tie_embeddings=tie_embeddings, rope_theta=rope_theta, norm_eps=norm_eps,
+        output_vocab=output_vocab).items())
+    self.output_vocab = vocab_size if output_vocab is None else output_vocab
     self.vocab_size, self.max_len, self.dtype = vocab_size, max_len, dtype
     self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
     self.embed_tokens = nnx.Embed(vocab_size, dim, dtype=dtype, param_dtype=jnp.float32,
@@ -296,12 +307,12 @@ class GPT(nnx.Module):
       logits = self.embed_tokens.attend(x)
     else:
       logits = self.lm_head(x)
-    return logits.astype(jnp.float32)
+    return logits[..., :self.output_vocab].astype(jnp.float32)
 
   def hidden_and_head(self, tokens):
-    """``(hidden [B, T, D], head [D, V])`` with ``logits = hidden @ head``: the final normed
-    hidden states and the output projection (the transposed embedding when tied), the
-    inputs of :func:`kd_jax.losses.fused_linear_kd_loss`, which never makes the logits."""
+    """``(hidden [B, T, D], head [D, V])`` (V: ``output_vocab``) with ``logits = hidden @
+    head``: the final normed hidden states and the output projection (the transposed
+    embedding when tied), the inputs of :func:`kd_jax.losses.fused_linear_kd_loss`, which never makes the logits."""
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     allowed = jnp.tril(jnp.ones((t, t), bool))[None]
@@ -310,10 +321,11 @@ class GPT(nnx.Module):
       x, _, _ = layer(x, positions, allowed)
     head = (self.embed_tokens.embedding[...].T if self.lm_head is None
             else self.lm_head.kernel[...])
-    return self.norm(x), head
+    return self.norm(x), head[:, :self.output_vocab]
 
   def __call__(self, tokens, *, train: bool = False, return_features: bool = False, mask=None):
-    """Logits ``[B, T, V]`` float32 (and the features); ``train`` has no effect (no dropout)."""
+    """Logits ``[B, T, V]`` float32, V = ``output_vocab`` (and the features); ``train`` has no
+    effect (no dropout)."""
     del train
     b, t = tokens.shape
     if t > self.max_len:
@@ -382,7 +394,8 @@ def _hf_targets(model) -> dict[str, tuple[nnx.Variable, bool]]:
   return targets
 
 
-def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
+def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None,
+            output_vocab: int | None = None) -> GPT:
   """The GPT of a Llama/Qwen2 Hugging Face checkpoint directory, weights loaded (float32
   parameters).
 
@@ -392,6 +405,7 @@ def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
     dtype: the computation dtype (``jnp.bfloat16`` for mixed precision).
     max_len: the longest sequence to accept; default the checkpoint's
       ``max_position_embeddings``.
+    output_vocab: the ids its tokenizer produces, when fewer than its rows (:class:`GPT`).
 
   Raises:
     ConfigError: an unsupported architecture, or a tensor missing, misshapen or
@@ -401,6 +415,8 @@ def from_hf(path: str, dtype=jnp.float32, *, max_len: int | None = None) -> GPT:
   kwargs = hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(path))
   if max_len:
     kwargs["max_len"] = max_len
+  if output_vocab is not None and output_vocab != kwargs["vocab_size"]:
+    kwargs["output_vocab"] = output_vocab
   model = nnx.eval_shape(lambda: GPT(rngs=nnx.Rngs(0), dtype=dtype, **kwargs))
   hf_checkpoint.copy_tensors(model, hf_checkpoint.read_tensors(path), _hf_targets(model), path,
                              ignored=hf_checkpoint.IGNORED_SUFFIXES)

@@ -7,7 +7,8 @@ writes ``tokenizer_table.md`` next to its ``sweep.json``: per point, the student
 tokenizer (``dataset.student_vocab_size``; the teacher's when 0) and method, held-out
 bits per byte (the metric that compares tokenizers), mean ± the half-width of the 95%
 Student-t interval over seeds; for a distilled point, its paired difference to the
-student of the same tokenizer trained alone (``method='none'``, same seeds) and the gap
+student of the same tokenizer trained alone (``method='none'`` on the corpus, same seeds;
+a ``seqkd`` point, ``student_data='transfer'``, is one of the distilled ones) and the gap
 it recovers, ``(alone − student) / (alone − teacher)`` on the means. Then, said plainly,
 which points beat the student alone with an interval that excludes 0.
 
@@ -31,6 +32,15 @@ def _tokenizer(results: Mapping[str, Any]) -> int:
   return int(results["config"]["dataset"].get("student_vocab_size", 0))
 
 
+def _method(results: Mapping[str, Any]) -> str:
+  """The point's method; ``seqkd`` for a student trained on the teacher's samples
+  (``student_data="transfer"``, no token-level term), which is no student alone."""
+  config = results["config"]
+  if config.get("student_data") == "transfer":
+    return "seqkd" if config["method"] == "none" else f"seqkd+{config['method']}"
+  return config["method"]
+
+
 def _by_seed(results: Sequence[Mapping[str, Any]]) -> dict[int, float]:
   return {r["config"]["seed"]: r["student"][METRIC] for r in results
           if r["student"].get(METRIC) is not None}
@@ -49,13 +59,13 @@ def table(sweep: sweep_dir.SweepDir) -> str:
              if r["teacher"].get(METRIC) is not None]
   teacher_mean = sum(teacher) / len(teacher) if teacher else math.nan
   alone = {_tokenizer(results[0]): _by_seed(results) for results in runs.values()
-           if results[0]["config"]["method"] == "none"}
+           if _method(results[0]) == "none"}
   lines = [f"Teacher: {teacher_mean:.4f} bits per byte.", "",
            "| point | student tokenizer | method | bits/byte | Δ vs alone (paired) | "
            "gap recovered | n |", "|---|---|---|---|---|---|---|"]
   verdicts = []
   for point, results in runs.items():
-    size, method = _tokenizer(results[0]), results[0]["config"]["method"]
+    size, method = _tokenizer(results[0]), _method(results[0])
     values = _by_seed(results)
     cells = [f"`{point}`", f"{size:,} tokens" if size else "the teacher's", method,
              _interval(stats.mean_ci(list(values.values())))]

@@ -34,6 +34,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from kd_jax import models
@@ -388,19 +389,42 @@ def generation_report(task: LanguageModeling, module, data: TokenData, sampling)
                         for k in sampling.pass_at_k}}
 
 
-def check_vocabularies(config, vocab_size: int) -> None:
-  """Teacher and student share the task's tokenizer: any ``vocab_size`` set must be its size."""
-  teacher = config.teacher.kwargs.get("vocab_size")
-  student = config.student.kwargs.get("vocab_size")
-  if teacher is not None and student is not None and teacher != student:
-    raise ConfigError("student.kwargs.vocab_size",
-                      f"teacher vocab_size={teacher} but student vocab_size={student}: teacher "
-                      "and student must share one tokenizer")
-  for role, size in (("teacher", teacher), ("student", student)):
-    if size is not None and size != vocab_size:
-      raise ConfigError(f"{role}.kwargs.vocab_size",
-                        f"{role} vocab_size={size} but the task's tokenizer has {vocab_size} "
-                        "tokens: teacher and student must share one tokenizer")
+def output_vocabularies(config, tokens: int, *, teacher_rows: int | None = None,
+                        roles: tuple[str, ...] = ("teacher", "student")) -> dict[str, int | None]:
+  """Each side's ``output_vocab`` (:class:`kd_jax.models.gpt.GPT`) for a tokenizer of
+  ``tokens`` ids, shared by teacher and student (DESIGN §9).
+
+  A side's rows are its ``kwargs.vocab_size`` (``teacher_rows`` for a checkpoint teacher),
+  else ``tokens``. Rows past ``tokens`` are never produced by the tokenizer (a checkpoint's
+  padding, as Qwen2.5's 151,936 rows for 151,665 tokens): their logits are masked out on
+  that side (``output_vocab=tokens``), so both sides' logits have ``tokens`` columns,
+  which is said in one line.
+
+  Args:
+    roles: the sides that read this tokenizer (``("teacher",)`` when the student has
+      another: its rows are then not compared with these ids).
+
+  Returns:
+    ``{role: tokens}`` for a side with extra rows, ``{role: None}`` for one without.
+
+  Raises:
+    ConfigError: a side with fewer rows than the tokenizer has ids, naming the sizes.
+  """
+  given = {"teacher": teacher_rows or config.teacher.kwargs.get("vocab_size"),
+           "student": config.student.kwargs.get("vocab_size")}
+  rows = {role: given[role] or tokens for role in roles}
+  sizes = ", ".join(f"the {role} {size}" for role, size in rows.items())
+  for role, size in rows.items():
+    if size < tokens:
+      field = ("teacher.checkpoint" if role == "teacher" and teacher_rows
+               else f"{role}.kwargs.vocab_size")
+      raise ConfigError(field, f"{field}: the {role} has {size} vocabulary rows ({sizes}) but "
+                        f"the tokenizer produces {tokens} ids: every id needs a row")
+  if any(size > tokens for size in rows.values()):
+    logging.info("a tokenizer of %d ids and vocabulary rows of %s: the rows past %d are never "
+                 "produced, their logits are masked to -inf", tokens, sizes, tokens)
+  return {"teacher": None, "student": None,
+          **{role: tokens if size > tokens else None for role, size in rows.items()}}
 
 
 def check_models(config) -> None:

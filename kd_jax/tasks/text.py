@@ -22,6 +22,12 @@ the methods that need one vocabulary are refused before anything runs
 (:func:`tokenizers_differ`, checked by :mod:`kd_jax.run.validation`). Every report adds
 ``bits_per_byte`` and ``nll_per_char``, which compare models of different tokenizers
 (per-token ``nll`` does not).
+
+``student_data="transfer"`` is sequence-level KD (:mod:`kd_jax.tasks.text_transfer`): the
+students train on the teacher's samples, turned back into text and read in their own
+tokens, so it needs no shared vocabulary. With one tokenizer, a model may have more
+vocabulary rows than the tokenizer has ids (a checkpoint's padding): those rows' logits are
+masked out (:func:`kd_jax.tasks.lm.output_vocabularies`); fewer rows are refused.
 """
 
 from __future__ import annotations
@@ -43,13 +49,16 @@ from kd_jax.data import token_alignment
 from kd_jax.core.errors import ConfigError
 from kd_jax.tasks.base import Prepared
 from kd_jax.models import gpt, hf_checkpoint
-from kd_jax.tasks import aligned_text, lm
+from kd_jax.tasks import aligned_text, lm, text_transfer
 
 NAME = "text"
 DATASETS = text_data.CORPORA
 KIND = "text"
 LANGUAGE = True
 STUDENT_INITS = ("scratch", "baseline")
+# What the students train on: the corpus, or the teacher's samples in the student's tokens
+# (sequence-level KD, kd_jax/tasks/text_transfer.py).
+STUDENT_DATA = ("gold", "transfer")
 # Only the students' data depend on these dataset fields (not the teacher's cache key).
 STUDENT_ONLY_FIELDS = ("student_vocab_size",)
 BYTE_VOCAB = 259        # the 256 bytes and the 3 specials: a BPE of this size has no merges
@@ -65,7 +74,10 @@ def check(config) -> None:
   if student_vocab != 0:
     checks.ints_at_least("dataset", d, ("student_vocab_size",), BYTE_VOCAB)
   lm.check_models(config)
-  checks.choice("student_data", config.get("student_data", "gold"), ("gold",))
+  checks.choice("student_data", config.get("student_data", "gold"), STUDENT_DATA)
+  if config.get("student_data") == "transfer":
+    lm.check_transfer_block(config, "student_data='transfer'")
+    text_transfer.check(config)
 
 
 def _hf_teacher(config) -> str:
@@ -98,6 +110,7 @@ class Tokenization:
     tokenizer: a ``tokenizers.Tokenizer``.
     special: ``{"bos", "eos", "pad"}`` ids of the rows.
     train_stream, test_stream: the documents of each split as one token stream.
+    train_documents: how many documents ``train_stream`` holds.
     token_bytes: the bytes of every token (:func:`kd_jax.data.token_alignment.token_bytes`),
       or None when its vocabulary does not give them or they do not spell the text
       (``bytes_error`` says why).
@@ -108,6 +121,7 @@ class Tokenization:
   test_stream: np.ndarray
   token_bytes: list | None = None
   bytes_error: str = ""
+  train_documents: int = 0
 
   @property
   def digest(self) -> str:
@@ -131,8 +145,8 @@ def _tokenization(tokenizer, special, train_docs, test_docs) -> Tokenization:
     token_alignment.check_spelling(tokenizer, token_bytes,
                                    [d.text for d in train_docs[:SPELLING_SAMPLE]])
   except ValueError as e:
-    return Tokenization(tokenizer, special, *streams, None, str(e))
-  return Tokenization(tokenizer, special, *streams, token_bytes)
+    return Tokenization(tokenizer, special, *streams, None, str(e), len(train_docs))
+  return Tokenization(tokenizer, special, *streams, token_bytes, "", len(train_docs))
 
 
 def load_tokenizations(d, checkpoint: str = "") -> tuple[Tokenization, Tokenization]:
@@ -212,17 +226,6 @@ def per_byte(nll: float, counts: dict | None) -> dict:
           "nll_per_char": total / max(counts["chars"], 1)}
 
 
-def _check_own_vocabularies(config, teacher_vocab: int, student_vocab: int,
-                            hf_teacher: bool) -> None:
-  """Across tokenizers each side's ``kwargs.vocab_size``, if set, must be its own tokenizer's."""
-  sides = [("student", student_vocab)] + ([] if hf_teacher else [("teacher", teacher_vocab)])
-  for role, size in sides:
-    given = config[role].kwargs.get("vocab_size")
-    if given is not None and given != size:
-      raise ConfigError(f"{role}.kwargs.vocab_size", f"{role}.kwargs.vocab_size={given} but "
-                        f"the {role}'s tokenizer has {size} tokens")
-
-
 def _bytes_of(side: Tokenization, cross: bool):
   """The bytes of ``side``'s tokens; None when they are unknown and the run does not need
   them (one tokenizer: no alignment, no bits per byte).
@@ -239,18 +242,19 @@ def _bytes_of(side: Tokenization, cross: bool):
 
 
 def _with_teacher_views(d, student_side, teacher_side, student_train, student_bytes,
-                        teacher_bytes, teacher_vocab, mesh) -> aligned_text.AlignedTokenData:
+                        teacher_bytes, teacher_width, mesh) -> aligned_text.AlignedTokenData:
   """The students' training rows with the teacher's view of each
-  (:func:`kd_jax.data.token_alignment.teacher_views`); with one tokenizer, the identity."""
+  (:func:`kd_jax.data.token_alignment.teacher_views`); with one tokenizer, the identity.
+  ``teacher_width``: the columns of the teacher's logits (the vocabulary map's length)."""
   if teacher_side is student_side:
-    vocab_map = np.arange(teacher_vocab, dtype=np.int32)
+    vocab_map = np.arange(teacher_width, dtype=np.int32)
   else:
     # BOS and EOS by role. (A checkpoint without a BOS uses its EOS for both: the map then
     # holds EOS → EOS only, and a document's first position is never "exact": ULD there.)
     roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
     vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
     # A checkpoint's model may have more rows than its tokenizer has tokens (padding).
-    vocab_map = np.pad(vocab_map, (0, max(teacher_vocab - len(vocab_map), 0)),
+    vocab_map = np.pad(vocab_map, (0, max(teacher_width - len(vocab_map), 0)),
                        constant_values=-1)
 
   def ends(side, token_byte_strings):
@@ -280,13 +284,22 @@ def prepare(config, mesh, dtype) -> Prepared:
   if cross != tokenizers_differ(config):     # the validation's answer must be this one
     raise AssertionError(f"tokenizers_differ={tokenizers_differ(config)} but the digests "
                          f"are {teacher_side.digest} and {student_side.digest}")
-  teacher_vocab = (hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(hf_teacher))["vocab_size"]
-                   if hf_teacher else teacher_side.tokenizer.get_vocab_size())
-  student_vocab = (teacher_vocab if not cross else student_side.tokenizer.get_vocab_size())
-  if not hf_teacher and not cross:
-    lm.check_vocabularies(config, teacher_vocab)
-  elif cross:
-    _check_own_vocabularies(config, teacher_vocab, student_vocab, bool(hf_teacher))
+  # Each side's vocabulary rows, and the ids its logits cover (rows its tokenizer never
+  # produces, a checkpoint's padding, are masked out: DESIGN §9).
+  hf_rows = (hf_checkpoint.gpt_kwargs(hf_checkpoint.read_config(hf_teacher))["vocab_size"]
+             if hf_teacher else None)
+  teacher_ids = token_alignment.id_count(teacher_side.tokenizer)
+  teacher_vocab = hf_rows or teacher_ids
+  if cross:     # each side against its own tokenizer
+    student_vocab = token_alignment.id_count(student_side.tokenizer)
+    output_vocab = {**lm.output_vocabularies(config, teacher_ids, teacher_rows=hf_rows,
+                                             roles=("teacher",)),
+                    "student": lm.output_vocabularies(config, student_vocab,
+                                                      roles=("student",))["student"]}
+  else:
+    student_vocab = teacher_vocab
+    output_vocab = lm.output_vocabularies(config, teacher_ids, teacher_rows=hf_rows)
+  teacher_width = output_vocab["teacher"] or teacher_vocab     # the teacher's logits
   teacher_bytes = _bytes_of(teacher_side, cross)
   student_bytes = teacher_bytes if not cross else _bytes_of(student_side, cross)
   if cross:
@@ -298,7 +311,7 @@ def prepare(config, mesh, dtype) -> Prepared:
     student_data = lm.packed_token_data(*student_train, mesh)
   else:
     student_data = _with_teacher_views(d, student_side, teacher_side, student_train,
-                                       student_bytes, teacher_bytes, teacher_vocab, mesh)
+                                       student_bytes, teacher_bytes, teacher_width, mesh)
   student_test = student_side.rows("test", d.max_len, d.test_examples)
   student_test_data = lm.packed_token_data(*student_test, mesh)
   student_counts = text_counts(*student_test, student_bytes)
@@ -315,13 +328,14 @@ def prepare(config, mesh, dtype) -> Prepared:
 
   def build(spec, seed, role="student"):
     if role == "teacher" and hf_teacher:
-      model = gpt.from_hf(hf_teacher, dtype)
+      model = gpt.from_hf(hf_teacher, dtype, output_vocab=output_vocab["teacher"])
       if model.max_len < d.max_len:
         raise ConfigError("dataset.max_len", f"dataset.max_len={d.max_len} exceeds the "
                           f"teacher's max_position_embeddings ({model.max_len})")
       return model
     vocab_size = teacher_vocab if role == "teacher" else student_vocab
-    kwargs = {"vocab_size": vocab_size, "max_len": d.max_len, **spec.kwargs.to_dict()}
+    kwargs = {"vocab_size": vocab_size, "max_len": d.max_len, "output_vocab": output_vocab[role],
+              **spec.kwargs.to_dict()}
     try:
       return models.create(spec.model, rngs=nnx.Rngs(seed), dtype=dtype, **kwargs)
     except (TypeError, ValueError) as e:
@@ -343,6 +357,17 @@ def prepare(config, mesh, dtype) -> Prepared:
     return {**fit.final, **compared, **per_byte(compared["nll"], student_counts),
             "best_bits_per_byte": best, "train_tokens": fit.train_rows * (d.max_len - 1)}
 
+  def teacher_data(teacher_module, teacher_identity, cache_dir):
+    """Sequence-level KD: the teacher's samples as the student's packed rows."""
+    stream, stats = text_transfer.write(
+        config, teacher_module, teacher_identity, cache_dir, documents=teacher_side.train_documents,
+        teacher_side=teacher_side, student_side=student_side)
+    tokens, lengths = text_data.rows_of(stream, d.max_len, student_side.special["pad"])
+    if d.train_examples:
+      tokens, lengths = tokens[:d.train_examples], lengths[:d.train_examples]
+    return lm.packed_token_data(tokens, lengths, mesh), {**stats, "rows": len(tokens)}
+
   return Prepared(task, train_data, student_data, student_test_data, teacher_vocab, build,
-                  evaluate_teacher, student_report, mesh=mesh,
-                  teacher_test_data=teacher_test_data)
+                  evaluate_teacher, student_report,
+                  teacher_data if config.get("student_data") == "transfer" else None,
+                  mesh=mesh, teacher_test_data=teacher_test_data)

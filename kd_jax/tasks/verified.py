@@ -87,8 +87,9 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
     baseline_train: what the baseline trains on when it is not ``student_train``.
 
   Raises:
-    ConfigError: language models in several processes; a model's ``vocab_size``
-      differs from the tokenizer's (or the teacher's from the student's).
+    ConfigError: language models in several processes; a model with fewer vocabulary
+      rows than the tokenizer has ids (more are masked:
+      :func:`kd_jax.tasks.lm.output_vocabularies`).
   """
   if jax.process_count() > 1:
     # Evaluation generates on each process's own devices from whole-split arrays.
@@ -109,7 +110,7 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
 
   student_train_data = on_devices(student_train)
   baseline_train_data = None if baseline_train is None else on_devices(baseline_train)
-  lm.check_vocabularies(config, tokenizer.vocab_size)
+  output_vocab = lm.output_vocabularies(config, tokenizer.vocab_size)
 
   # A row, or a prompt and its generation, of every split (RoPE has no learnt positions:
   # max_len is only a bound the model checks).
@@ -118,7 +119,8 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
                     for s in ood_splits.values()])
 
   def build(spec, seed, role="student"):
-    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": needed_len, **spec.kwargs.to_dict()}
+    kwargs = {"vocab_size": tokenizer.vocab_size, "max_len": needed_len,
+              "output_vocab": output_vocab[role], **spec.kwargs.to_dict()}
     if kwargs["max_len"] < needed_len:
       raise ConfigError(f"{role}.kwargs.max_len", f"{role}.kwargs.max_len={kwargs['max_len']} "
                         f"is below the {needed_len} positions the task needs (dataset.max_len + "

@@ -361,3 +361,23 @@ def test_text_module_smoke_run(tmp_path, teacher_dir):
     assert r["nll"] > 0 and r["perplexity"] == pytest.approx(np.exp(r["nll"]))
   assert results["student"]["best_nll"] == min(h["nll"] for h in results["student"]["history"])
   assert results["student"]["train_tokens"] == 8 * 32 * 63       # 256 rows / 32, × 63 positions
+
+
+@pytest.mark.parametrize("spec", sorted(
+    f"{os.path.relpath(p, ROOT)}{arg}"
+    for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
+    if not p.endswith("__init__.py") for arg in ("", ":smoke")))
+def test_every_sweep_point_of_every_module_is_a_valid_config(spec):
+  """What ``python -m kd_jax.sweep --config=<module>`` would run: each point's overrides
+  parse against the module's config and the result passes validation (a point naming a
+  field the module lacks failed only when the sweep reached it)."""
+  from kd_jax import sweep
+  from kd_jax.run import grid
+  config = cli_load(spec)
+  grid_specs, point_specs, seeds = sweep.default_grid(config, (), (), None)
+  if not grid_specs and not point_specs:
+    pytest.skip("no sweep of its own")
+  names, points = zip(*grid.combine(grid.parse_points(point_specs, config),
+                                    grid.parse_grid(grid_specs, config)))
+  for run in sweep.plan_runs(config, points, seeds, names)[:len(points)]:
+    validation.validate(run.config)

@@ -48,6 +48,7 @@ def get_config(arg=None):
   # uld_tail_bound says how far below exact the truncated term may lie.
   c.uld = config_lib.uld_config(top_k=256)
   # seqkd: as many teacher documents as training documents, sampled from its distribution.
+  c.student_data = "gold"
   c.transfer = config_lib.transfer_config(k=1, temperature=1.0)
   points = [f"{m}-{name}: {overrides}; dataset.student_vocab_size={size}"
             for name, size in STUDENT_VOCABULARIES.items() for m, overrides in METHODS.items()]

@@ -28,6 +28,20 @@ A study whose rows are not a product lists named points instead (`parse_points`)
 Each runs in ``DIR/runs/<name>/seed<seed>``, and the summary has one ``name``
 column; ``--grid`` flags given as well multiply every named point.
 
+Where the runs execute is ``--launcher`` (DESIGN §10, :mod:`kd_jax.run.launchers`):
+``local`` (this process, one after another; the default), ``ray`` (Ray tasks, at most
+``--max_parallel`` in flight, each with ``sweep.resources`` CPUs and GPUs; a run whose
+worker dies is retried and resumes) or ``slurm`` (one submitit job array; ``--no_wait``
+returns once it is submitted)::
+
+    python -m kd_jax.sweep --config=... --workdir=$PWD/runs/x --launcher=ray --max_parallel=4
+    python -m kd_jax.sweep --config=... --workdir=/shared/runs/x --launcher=slurm \
+        --slurm_partition=gpu --slurm_time=120 --gpus_per_run=1 --no_wait
+
+Every run is the same ordinary run whatever the launcher, so skipping, resuming, failure
+records and the summary do not change; ray and slurm need ``--workdir`` (and
+``--teacher_dir``) as absolute paths on storage every worker sees.
+
 Grid values are typed like the field they override (`parse_grid`). A schedule field
 (a group with an ``init`` key, like ``temperature``) also takes a bare number:
 ``--grid temperature=1,4`` means a constant schedule, i.e. it sets
@@ -43,15 +57,13 @@ import functools
 import json
 import os
 import sys
-import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
 
-from kd_jax.run import pipeline, validation
+from kd_jax.run import launchers, pipeline, validation
 from kd_jax.config import cli
 from kd_jax.core import files
 from kd_jax.core import fingerprint as source_code
@@ -153,7 +165,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
               points: Sequence[Point] = ({},), *, num_seeds: int | None = None,
               names: Sequence[str | None] | None = None,
               teacher_dir: str | None = None, run_fn: RunFn | None = None,
-              allow_mixed_code: bool = False, metric: str | None = None) -> dict:
+              allow_mixed_code: bool = False, metric: str | None = None,
+              launcher: str = "local", settings: launchers.Settings | None = None) -> dict:
   """Runs every point × seed (skipping finished runs), then writes the summary.
 
   Args:
@@ -171,9 +184,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     allow_mixed_code: keep finished runs computed by other code (another code
       fingerprint, :mod:`kd_jax.core.fingerprint`) and tabulate them with the new ones.
     metric: what the summary ranks by (`write_summary`); None: the runs' headline.
+    launcher: where the runs execute (:data:`kd_jax.run.launchers.LAUNCHERS`: ``local``,
+      ``ray``, ``slurm``); ``run_fn`` must then be picklable.
+    settings: the launcher's (:class:`kd_jax.run.launchers.Settings`).
 
   Returns:
-    The sweep record, as written to ``workdir/sweep.json``.
+    The sweep record, as written to ``workdir/sweep.json`` (without the summary when a
+    SLURM array was submitted without waiting for it).
 
   Raises:
     ConfigError: bad grid/seeds.
@@ -229,37 +246,18 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   todo = [i for i, e in enumerate(record["runs"]) if e["status"] != "done"]
   logging.info("Sweep %s: %d runs, %d already done.", workdir, len(runs),
                len(runs) - len(todo))
-  elapsed = []
-  for count, index in enumerate(todo):
-    run, entry = runs[index], record["runs"][index]
-    finished = sum(e["status"] == "done" for e in record["runs"])
-    failed = sum(e["status"] == "failed" for e in record["runs"])
-    # The first run also trains the teacher and compiles: leave it out once others exist.
-    typical = elapsed[1:] or elapsed
-    eta = _eta(sum(typical) / len(typical) * (len(todo) - count)) if typical else "?"
-    print(f"[sweep {finished}/{len(runs)} done, {failed} failed, ETA {eta}] running {run.name}",
-          flush=True)
-    run_dir = os.path.join(workdir, run.workdir)
-    os.makedirs(run_dir, exist_ok=True)
-    entry.pop("error", None)
-    entry.pop("traceback", None)
-    entry["status"] = "running"
-    _write_json(record_path, record)
-    start = time.time()
-    try:
-      results = run_fn(run.config, run_dir, teacher_dir=teacher_dir)
-      results_path = os.path.join(run_dir, "results.json")
-      if not os.path.exists(results_path):
-        _write_json(results_path, results)
-      entry["status"] = "done"
-    except Exception as e:  # pylint: disable=broad-except
-      # One bad point must not cost the rest of the sweep; KeyboardInterrupt still stops.
-      entry.update(status="failed", error=f"{type(e).__name__}: {e}",
-                   traceback="".join(traceback.format_exc().splitlines(True)[-20:]))
-      logging.error("Run %s failed: %s", run.name, entry["error"])
-    entry["seconds"] = round(time.time() - start, 3)
-    elapsed.append(entry["seconds"])
-    _write_json(record_path, record)
+  jobs = [launchers.Job(i, runs[i].name, runs[i].config,
+                        os.path.abspath(os.path.join(workdir, runs[i].workdir)), teacher_dir)
+          for i in todo]
+  settings = settings or launchers.Settings()
+  progress = _Progress(record, record_path, parallel=launcher != "local")
+  all_finished = launchers.LAUNCHERS[launcher](
+      jobs, run_fn, settings, progress, storage={"--workdir": workdir,
+                                                 "--teacher_dir": teacher_dir})
+  if not all_finished:
+    print(f"[sweep] {len(jobs)} runs submitted ({launcher}); when they are done: python -m "
+          f"kd_jax.sweep --summarize_only --workdir={workdir}", flush=True)
+    return record
   changed = source_code.changed_since_import()
   if changed:   # the runs used the code loaded at the start; a later process would not
     record["code"]["changed_since_import"] = changed
@@ -272,6 +270,48 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     write_summary(workdir, allow_mixed_code=allow_mixed_code, metric=metric)
     print(finished_message(workdir, record), flush=True)
   return record
+
+
+class _Progress:
+  """Keeps ``sweep.json`` and the console up to date as the launcher's runs start and end."""
+
+  def __init__(self, record: dict, record_path: str, *, parallel: bool):
+    self.record, self.record_path, self.parallel = record, record_path, parallel
+    self.elapsed: list[float] = []
+    self.started_count = 0
+
+  def _counts(self) -> str:
+    runs = self.record["runs"]
+    done = sum(e["status"] == "done" for e in runs)
+    failed = sum(e["status"] == "failed" for e in runs)
+    return f"{done}/{len(runs)} done, {failed} failed"
+
+  def started(self, job, where: str) -> None:
+    entry = self.record["runs"][job.index]
+    entry.pop("error", None)
+    entry.pop("traceback", None)
+    entry.update(status="running", where=where)
+    _write_json(self.record_path, self.record)
+    if not self.parallel:
+      # The first run also trains the teacher and compiles: leave it out once others exist.
+      typical = self.elapsed[1:] or self.elapsed
+      remaining = sum(e["status"] != "done" for e in self.record["runs"])
+      eta = _eta(sum(typical) / len(typical) * remaining) if typical else "?"
+      print(f"[sweep {self._counts()}, ETA {eta}] running {job.name}", flush=True)
+
+  def finished(self, job, outcome: dict) -> None:
+    entry = self.record["runs"][job.index]
+    entry.update(outcome)
+    if entry["status"] == "done":
+      entry.pop("error", None)
+      entry.pop("traceback", None)
+    else:
+      logging.error("Run %s failed: %s", job.name, entry.get("error"))
+    if "seconds" in outcome:
+      self.elapsed.append(outcome["seconds"])
+    _write_json(self.record_path, self.record)
+    if self.parallel:
+      print(f"[sweep {self._counts()}] {job.name} {entry['status']}", flush=True)
 
 
 def _check_finished_runs_share_this_code(workdir: str, entries: Sequence[dict]) -> None:
@@ -328,6 +368,11 @@ def write_summary(workdir: str, *, allow_mixed_code: bool = False,
   status_counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
   failures, all_results = [], []
   for entry, results in sweep.entries:
+    if results is None and entry["status"] == "running":
+      # A run the sweep did not wait for (a SLURM array) says how it ended in its directory.
+      ended = launchers.read_outcome(os.path.join(workdir, entry["workdir"]))
+      if ended is not None and ended["status"] == "failed":
+        entry = {**entry, **ended}
     status = "done" if results is not None else entry["status"]
     status_counts[status] = status_counts.get(status, 0) + 1
     planned[entry["point"]] += 1
@@ -383,6 +428,57 @@ def _define_flags() -> None:
   flags.DEFINE_string("metric", None, "Rank the summary by this metric instead of the runs' "
                       "headline (e.g. bits_per_byte); default: the experiment module's "
                       "sweep.metric, else the headline.")
+  flags.DEFINE_enum("launcher", "local", list(launchers.LAUNCHERS),
+                    "Where the runs execute: local (this process, one after another), ray "
+                    "(Ray tasks) or slurm (a submitit job array). ray and slurm need --workdir "
+                    "(and --teacher_dir) as absolute paths on storage every worker sees.")
+  flags.DEFINE_integer("max_parallel", 0, "Runs at once (ray: in flight; slurm: the array's "
+                       "parallelism); 0: as many as the resources allow.")
+  flags.DEFINE_float("cpus_per_run", None, "CPUs per run (default config.sweep.resources.cpus, "
+                     "else 1).")
+  flags.DEFINE_float("gpus_per_run", None, "GPUs per run (default config.sweep.resources.gpus, "
+                     "else 0); a fraction shares a GPU between runs on Ray.")
+  flags.DEFINE_string("ray_address", None, "The Ray cluster (default RAY_ADDRESS, else a "
+                      "local instance).")
+  flags.DEFINE_string("slurm_partition", None, "The SLURM partition (default: the site's).")
+  flags.DEFINE_integer("slurm_time", 60, "The SLURM time limit per run, in minutes.")
+  flags.DEFINE_enum("slurm_cluster", "slurm", ["slurm", "local", "debug"],
+                    "slurm: sbatch; local/debug: submitit runs the same array on this machine.")
+  flags.DEFINE_bool("no_wait", False, "--launcher=slurm: return once the array is submitted "
+                    "(then --summarize_only when it is done).")
+
+
+def launch_settings(config: ml_collections.ConfigDict, workdir: str, flag_values
+                    ) -> launchers.Settings:
+  """The launcher's settings from the flags, per-run resources defaulting to the
+  experiment module's ``sweep.resources`` (``cpus``, ``gpus``).
+
+  Raises:
+    ConfigError: non-positive CPUs, negative GPUs, parallelism or time limit, or
+      ``--no_wait`` without ``--launcher=slurm``.
+  """
+  resources = dict((config.get("sweep") or {}).get("resources") or {})
+  unknown = sorted(set(resources) - {"cpus", "gpus"})
+  if unknown:
+    raise ConfigError("sweep.resources", f"sweep.resources: unknown keys {unknown}; valid "
+                      "keys: cpus, gpus")
+  f = flag_values
+  cpus = f.cpus_per_run if f.cpus_per_run is not None else resources.get("cpus", 1.0)
+  gpus = f.gpus_per_run if f.gpus_per_run is not None else resources.get("gpus", 0.0)
+  if cpus <= 0 or gpus < 0:
+    raise ConfigError("--cpus_per_run", f"CPUs per run must be > 0 and GPUs >= 0; got "
+                      f"cpus={cpus}, gpus={gpus}")
+  if f.max_parallel < 0 or f.slurm_time <= 0:
+    raise ConfigError("--max_parallel", f"--max_parallel must be >= 0 and --slurm_time > 0; got "
+                      f"{f.max_parallel} and {f.slurm_time}")
+  if f.no_wait and f.launcher != "slurm":
+    raise ConfigError("--no_wait", "--no_wait returns once a SLURM array is submitted: it needs "
+                      "--launcher=slurm")
+  return launchers.Settings(
+      max_parallel=f.max_parallel, cpus=float(cpus), gpus=float(gpus),
+      ray_address=f.ray_address, slurm_partition=f.slurm_partition,
+      slurm_time_min=f.slurm_time, slurm_cluster=f.slurm_cluster, wait=not f.no_wait,
+      folder=os.path.join(os.path.abspath(os.path.expanduser(workdir)), "slurm"))
 
 
 def check_metric(metric: str | None) -> str | None:
@@ -427,7 +523,9 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize_only).")
   metric = check_metric(FLAGS.metric or (FLAGS.config.get("sweep") or {}).get("metric"))
-  # Several hosts run the same sweep in lockstep, every run on all their devices.
+  settings = launch_settings(FLAGS.config, FLAGS.workdir, FLAGS)
+  # Several hosts run the same sweep in lockstep, every run on all their devices. (With
+  # ray or slurm this process only schedules; the runs start their own processes.)
   process.setup_process()
   grid, point_specs, seeds = default_grid(FLAGS.config, FLAGS.grid, FLAGS.point, FLAGS.seeds)
   names, points = zip(*combine(parse_points(point_specs, FLAGS.config),
@@ -438,11 +536,14 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
       raise ConfigError(None, f"grid point {run.slug}: {e}") from None
   # Each point was validated above and run_sweep checks its workdir: the runs do neither again.
-  run_fn = functools.partial(pipeline.execute_run, show_progress=FLAGS.progress,
+  # (Progress bars only where a terminal shows them: not in Ray or SLURM workers' logs.)
+  run_fn = functools.partial(pipeline.execute_run,
+                             show_progress=FLAGS.progress and FLAGS.launcher == "local",
                              allow_version_change=FLAGS.allow_version_change)
   run_sweep(FLAGS.config, FLAGS.workdir, points, num_seeds=seeds, names=names,
             teacher_dir=FLAGS.teacher_dir, run_fn=run_fn,
-            allow_mixed_code=FLAGS.allow_mixed_code, metric=metric)
+            allow_mixed_code=FLAGS.allow_mixed_code, metric=metric,
+            launcher=FLAGS.launcher, settings=settings)
 
 
 if __name__ == "__main__":

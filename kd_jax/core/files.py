@@ -65,3 +65,22 @@ def read_json(path: str):
       return json.load(f)
   except FileNotFoundError:
     return None
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+  """Holds a lock file (``.locks/<name>.lock`` beside ``path``: a listing of the entries
+  shows none) while the block runs: concurrent processes that would produce the same
+  shared entry ``path`` (two runs of a Ray or SLURM sweep training one teacher) take
+  turns, and the second finds the entry done.
+
+  An OS lock (``filelock``: ``flock`` on POSIX), so it is released when its process dies
+  and never goes stale; on NFS it needs the server's locking (NFSv4, or ``lockd``), on
+  Lustre the ``flock`` mount option.
+  """
+  import filelock  # noqa: PLC0415  (only runs that share a cache need it)
+  directory, name = os.path.split(os.path.abspath(path))
+  locks = os.path.join(directory, ".locks")
+  os.makedirs(locks, exist_ok=True)
+  with filelock.FileLock(os.path.join(locks, f"{name}.lock")):
+    yield

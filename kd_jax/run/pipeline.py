@@ -16,6 +16,7 @@ Phases, each resumable and skipped once finished:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -87,6 +88,14 @@ def _fit_report(fit: engine.FitResult, module, headline: str) -> dict:
   }
 
 
+def shared_entry(path: str):
+  """A lock held while this run loads or produces the shared cache entry ``path`` (a
+  teacher, a shared baseline): concurrent runs take turns (:func:`kd_jax.core.files.exclusive`).
+  A multi-process run takes none: its processes decide together, and a lock held by one
+  of them would stall the others' collectives."""
+  return files.exclusive(path) if jax.process_count() == 1 else contextlib.nullcontext()
+
+
 def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress=True) -> dict:
   """Loads the teacher into ``module`` (from a checkpoint or the cache) or trains and caches it.
 
@@ -105,38 +114,41 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
     return {**info, "source": source, "name": source, "cached": True}
   key = teachers.teacher_key(config)
   source = os.path.join(os.path.expanduser(teacher_dir), key)
-  info = teachers.load(source, module, num_classes=prepared.num_outputs)
-  if info is not None:
-    return {**info, "source": source, "name": key, "cached": True}
-  logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
-  objective = methods.make_objective(config_lib.with_method(config, "none"))
-  fit = engine.fit(name="teacher", module=module, objective=objective,
-                  train_config=config.teacher.train, train_data=prepared.train_data,
-                  test_data=(prepared.test_data if prepared.teacher_test_data is None
-                             else prepared.teacher_test_data),
-                  task=prepared.task, mesh=mesh,
-                  workdir=source + ".train",
-                  seed=config.teacher.seed, show_progress=show_progress,
-                  identity=teachers.teacher_identity(config),
-                  checkpoint_every_steps=config.checkpoint.every_steps,
-                  keep_checkpoints=config.checkpoint.keep, log_every_steps=config.log_every_steps)
-  nnx.update(module, nnx.state(fit.module))
-  info = {
-      "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
-      "num_classes": prepared.num_outputs,
-      "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
-      **fit.final, f"best_{prepared.task.headline}": fit.best, "train_seconds": fit.wall_seconds,
-      "steps": fit.steps, "key": key, "config": config.to_dict(),
-  }
-  teachers.save(source, module, info)
-  if jax.process_index() == 0:  # teachers.save ends at a barrier: every process is done with it
-    # Keep the training logs next to the cached teacher; drop its checkpoints.
-    os.makedirs(os.path.join(source, "logs"), exist_ok=True)
-    for name in (run_log.METRICS_FILE, "tb"):
-      if os.path.exists(os.path.join(source + ".train", name)):
-        shutil.move(os.path.join(source + ".train", name), os.path.join(source, "logs", name))
-    shutil.rmtree(source + ".train", ignore_errors=True)
-  return {**info, "source": source, "name": key, "cached": False}
+  # The runs of a parallel sweep that need this teacher take turns: one trains it, the
+  # others then load it.
+  with shared_entry(source):
+    info = teachers.load(source, module, num_classes=prepared.num_outputs)
+    if info is not None:
+      return {**info, "source": source, "name": key, "cached": True}
+    logging.info("training the teacher %s (cached in %s)", config.teacher.model, source)
+    objective = methods.make_objective(config_lib.with_method(config, "none"))
+    fit = engine.fit(name="teacher", module=module, objective=objective,
+                    train_config=config.teacher.train, train_data=prepared.train_data,
+                    test_data=(prepared.test_data if prepared.teacher_test_data is None
+                               else prepared.teacher_test_data),
+                    task=prepared.task, mesh=mesh,
+                    workdir=source + ".train",
+                    seed=config.teacher.seed, show_progress=show_progress,
+                    identity=teachers.teacher_identity(config),
+                    checkpoint_every_steps=config.checkpoint.every_steps,
+                    keep_checkpoints=config.checkpoint.keep, log_every_steps=config.log_every_steps)
+    nnx.update(module, nnx.state(fit.module))
+    info = {
+        "model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
+        "num_classes": prepared.num_outputs,
+        "params": metrics_lib.count_params(nnx.state(module, nnx.Param)),
+        **fit.final, f"best_{prepared.task.headline}": fit.best, "train_seconds": fit.wall_seconds,
+        "steps": fit.steps, "key": key, "config": config.to_dict(),
+    }
+    teachers.save(source, module, info)
+    if jax.process_index() == 0:  # teachers.save ends at a barrier: every process is done with it
+      # Keep the training logs next to the cached teacher; drop its checkpoints.
+      os.makedirs(os.path.join(source, "logs"), exist_ok=True)
+      for name in (run_log.METRICS_FILE, "tb"):
+        if os.path.exists(os.path.join(source + ".train", name)):
+          shutil.move(os.path.join(source + ".train", name), os.path.join(source, "logs", name))
+      shutil.rmtree(source + ".train", ignore_errors=True)
+    return {**info, "source": source, "name": key, "cached": False}
 
 
 def load_trained_student(workdir: str, mesh=None):
@@ -302,7 +314,15 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
 
   def phase(name, module, objective, teacher_for_step, data, identity, phase_dir=None,
             entry=method, phase_config=config):
-    phase_dir = phase_dir or os.path.join(workdir, name)
+    if phase_dir is None:
+      return train_phase(name, module, objective, teacher_for_step, data, identity,
+                         os.path.join(workdir, name), entry, phase_config)
+    with shared_entry(phase_dir):    # a baseline or seqkd start shared by a sweep's points
+      return train_phase(name, module, objective, teacher_for_step, data, identity, phase_dir,
+                         entry, phase_config)
+
+  def train_phase(name, module, objective, teacher_for_step, data, identity, phase_dir, entry,
+                  phase_config):
     done = files.read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done

@@ -1,0 +1,19 @@
+"""Where a sweep's runs execute (DESIGN §10): ``python -m kd_jax.sweep --launcher=...``.
+
+* ``local`` (the default): in the sweep's process, one after another.
+* ``ray``: Ray tasks on a local instance or a cluster (:mod:`.on_ray`).
+* ``slurm``: one SLURM job array through submitit (:mod:`.on_slurm`).
+
+Whatever the launcher, every point × seed is an ordinary run in its own sub-workdir
+(:func:`kd_jax.run.launchers.jobs.execute`): finished runs are skipped, interrupted ones
+resume from their checkpoints, a failing one is recorded and the others go on, and the
+summary is written by the same code. Ray and SLURM need the sweep directory (and the
+teacher cache) on storage every worker sees.
+"""
+
+from __future__ import annotations
+
+from kd_jax.run.launchers import local, on_ray, on_slurm
+from kd_jax.run.launchers.jobs import Events, Job, Settings, execute, read_outcome  # noqa: F401
+
+LAUNCHERS = {"local": local.launch, "ray": on_ray.launch, "slurm": on_slurm.launch}

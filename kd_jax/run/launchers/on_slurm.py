@@ -1,0 +1,89 @@
+"""``--launcher=slurm``: the sweep's runs as one SLURM job array, through submitit.
+
+One array task per run, each asking for the run's ``cpus`` (``--cpus-per-task``) and
+``gpus`` (``--gpus-per-node``), ``slurm_time_min`` minutes and ``slurm_partition``; the
+array's parallelism is ``max_parallel`` (``--array=0-N%P``). The sweep command then waits
+for the array and records each run as it finishes, or with ``wait=False`` returns at once:
+``python -m kd_jax.sweep --summarize_only --workdir=...`` later tabulates what finished.
+submitit keeps its scripts and logs in ``<workdir>/slurm``.
+
+``slurm_cluster="local"`` (or ``"debug"``) runs the same array on this machine with
+submitit's local (in-process) executor: a way to try a sweep's SLURM path without SLURM.
+
+submitit is an optional extra: ``pip install 'kd_jax[slurm]'``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+
+from kd_jax.core.errors import ConfigError
+from kd_jax.run.launchers.jobs import (Events, Job, RunFn, Settings, check_shared_storage,
+                                       execute)
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+def _submitit():
+  try:
+    import submitit  # noqa: PLC0415  (an optional extra)
+  except ImportError:
+    raise ConfigError("--launcher", "--launcher=slurm needs submitit: pip install "
+                      "'kd_jax[slurm]'") from None
+  return submitit
+
+
+def executor(settings: Settings, num_jobs: int):
+  """The submitit executor of the array, its resources set.
+
+  Raises:
+    ConfigError: an unknown ``slurm_cluster``, or ``slurm`` without ``sbatch`` on PATH.
+  """
+  if settings.slurm_cluster not in CLUSTERS:
+    raise ConfigError("--slurm_cluster", f"--slurm_cluster={settings.slurm_cluster!r}: valid "
+                      f"choices: {', '.join(CLUSTERS)}")
+  if settings.slurm_cluster == "slurm" and shutil.which("sbatch") is None:
+    raise ConfigError("--launcher", "--launcher=slurm submits with sbatch, which is not on "
+                      "PATH here (run the sweep on a SLURM login node, or try the array on "
+                      "this machine with --slurm_cluster=local)")
+  submitit = _submitit()
+  ex = submitit.AutoExecutor(folder=settings.folder, cluster=settings.slurm_cluster)
+  gpus = settings.gpus
+  if gpus != int(gpus):
+    raise ConfigError("--gpus_per_run", f"SLURM gives whole GPUs: gpus per run {gpus} must be "
+                      "an integer (fractions are for --launcher=ray)")
+  ex.update_parameters(name="kd_jax.sweep", timeout_min=settings.slurm_time_min,
+                       cpus_per_task=max(1, int(round(settings.cpus))), tasks_per_node=1,
+                       nodes=1, **({"gpus_per_node": int(gpus)} if gpus else {}))
+  if settings.slurm_cluster == "slurm":
+    ex.update_parameters(slurm_array_parallelism=settings.max_parallel or num_jobs,
+                         **({"slurm_partition": settings.slurm_partition}
+                            if settings.slurm_partition else {}))
+  return ex
+
+
+def launch(jobs: Sequence[Job], run_fn: RunFn, settings: Settings, events: Events,
+           *, storage: dict[str, str | None] | None = None) -> bool:
+  """Submits the jobs as one array; returns whether they all finished (False: not waited
+  for). ``storage``: see :func:`kd_jax.run.launchers.jobs.check_shared_storage`."""
+  check_shared_storage("slurm", storage or {},
+                       several_machines=settings.slurm_cluster == "slurm")
+  if not jobs:
+    return True
+  ex = executor(settings, len(jobs))
+  submitted = ex.map_array(execute, list(jobs), [run_fn] * len(jobs))
+  by_id = {}
+  for job, task in zip(jobs, submitted):
+    by_id[task.job_id] = job
+    events.started(job, f"slurm:{task.job_id}")
+  if not settings.wait:
+    return False
+  submitit = _submitit()
+  for task in submitit.helpers.as_completed(submitted):
+    try:
+      outcome = task.result()
+    except Exception as e:  # pylint: disable=broad-except  (the task died: time, memory, node)
+      outcome = {"status": "failed", "error": f"{type(e).__name__}: {str(e)[-500:]}"}
+    events.finished(by_id[task.job_id], outcome)
+  return True

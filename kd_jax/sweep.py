@@ -56,10 +56,10 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 
@@ -137,8 +137,7 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 def _is_primary() -> bool:
   """Whether this process writes the sweep's files: the only one, or process 0 of several."""
-  jax = sys.modules.get("jax")   # no JAX imported: a summary-only, single-process run
-  return jax is None or jax.process_index() == 0
+  return jax.process_index() == 0
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -200,6 +199,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
       results of other code; all before anything runs.
   """
   runs = plan_runs(config, points, num_seeds, names)
+  settings = settings or launchers.Settings()
+  storage = {"--workdir": workdir, "--teacher_dir": teacher_dir}
+  launchers.check(launcher, settings, storage)     # before anything is written
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, "sweep.json")
   old = sweep_dir.read_results(record_path) or {}
@@ -246,14 +248,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   todo = [i for i, e in enumerate(record["runs"]) if e["status"] != "done"]
   logging.info("Sweep %s: %d runs, %d already done.", workdir, len(runs),
                len(runs) - len(todo))
+  # Workers turn on this process's compilation cache too (JAX reads it when they compile).
+  cache = jax.config.jax_compilation_cache_dir or ""
   jobs = [launchers.Job(i, runs[i].name, runs[i].config,
-                        os.path.abspath(os.path.join(workdir, runs[i].workdir)), teacher_dir)
-          for i in todo]
-  settings = settings or launchers.Settings()
+                        os.path.abspath(os.path.join(workdir, runs[i].workdir)), teacher_dir,
+                        cache) for i in todo]
   progress = _Progress(record, record_path, parallel=launcher != "local")
-  all_finished = launchers.LAUNCHERS[launcher](
-      jobs, run_fn, settings, progress, storage={"--workdir": workdir,
-                                                 "--teacher_dir": teacher_dir})
+  all_finished = launchers.LAUNCHERS[launcher](jobs, run_fn, settings, progress,
+                                               storage=storage)
   if not all_finished:
     print(f"[sweep] {len(jobs)} runs submitted ({launcher}); when they are done: python -m "
           f"kd_jax.sweep --summarize_only --workdir={workdir}", flush=True)

@@ -70,7 +70,11 @@ def test_tasks_get_the_drivers_kd_jax_variables_and_share_a_gpu_without_prealloc
   assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in on_ray.task_environment(1.0, environ)
 
 
-def test_slurm_refuses_a_fraction_of_a_gpu_and_an_unknown_cluster(tmp_path):
+def test_slurm_refuses_a_fraction_of_a_gpu_an_unknown_cluster_and_no_sbatch(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.setenv("PATH", str(tmp_path))        # no sbatch
+  with pytest.raises(ConfigError, match="sbatch, which is not on PATH.*--slurm_cluster=local"):
+    on_slurm.check(launchers.Settings(slurm_cluster="slurm"))
   settings = launchers.Settings(gpus=0.5, slurm_cluster="local", folder=str(tmp_path))
   with pytest.raises(ConfigError, match="whole GPUs"):
     on_slurm.executor(settings, 4)
@@ -299,3 +303,19 @@ def test_parallel_runs_that_need_one_teacher_train_it_once(ray_instance, fashion
               f"seed{config.seed}" / "results.json") as f:
       cached.append(json.load(f)["teacher"]["cached"])
   assert sorted(cached) == [False, True]
+
+
+def test_the_command_line_refuses_a_launcher_it_cannot_use_before_writing_anything(tmp_path):
+  import subprocess
+  import sys
+  config = os.path.join(REPO, "experiments", "fashion_mnist", "kd.py:smoke")
+  def sweep_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kd_jax.sweep", f"--config={config}", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  out = sweep_cli("--workdir=runs/x", "--launcher=ray")
+  assert out.returncode == 2 and "--workdir=runs/x is relative" in out.stderr, out.stderr[-2000:]
+  out = sweep_cli(f"--workdir={tmp_path / 'x'}", "--launcher=slurm")
+  assert out.returncode == 2 and "is under /tmp, which is local to each machine" in out.stderr
+  out = sweep_cli(f"--workdir={tmp_path / 'x'}", "--no_wait")
+  assert out.returncode == 2 and "--no_wait" in out.stderr and "needs --launcher=slurm" in out.stderr
+  assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "x")

@@ -10,15 +10,13 @@ start first.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
-import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from kd_jax.config import cli
-from kd_jax.core import distributed
+from kd_jax.core import compilation_cache, distributed
 from kd_jax.run.pipeline import DEFAULT_TEACHER_DIR
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -37,35 +35,11 @@ COMPILATION_CACHE = flags.DEFINE_string(
     "JAX's persistent compilation cache, shared by all runs: a rerun, a resumed run and every "
     "sweep point after the first read their compiled programs back. '' turns it off; "
     "JAX_COMPILATION_CACHE_DIR, when set, takes precedence.")
-COMPILATION_CACHE_MAX_BYTES = 2**30
 distributed.define_flags()
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """Turns on JAX's persistent compilation cache in ``directory`` ('' leaves it off).
-
-  Every program is cached, not only those that took JAX's default 1 s to
-  compile: most of a kd_jax run's start-up is many small compilations (the
-  eager model initialisation's ops, the eval step); benchmarks/overhead.py
-  measures start-up with an empty and a filled cache. The cache is capped at
-  1 GiB (least recently used entries are evicted; the cap needs ``filelock``).
-  A directory set through ``JAX_COMPILATION_CACHE_DIR`` is left as it is.
-  """
-  if not directory or jax.config.jax_compilation_cache_dir:
-    return
-  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  # JAX refuses to use the cache at all when a size cap is set without filelock
-  # (a requirement of kd_jax); uncapped beats silently uncached.
-  if importlib.util.find_spec("filelock") is not None:
-    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
-  else:
-    logging.warning("filelock is not installed: the compilation cache in %s is not size-capped",
-                    directory)
 
 
 def setup_process() -> None:
   """What every kd_jax command does first: logging, the compilation cache, multi-host init."""
   cli.quiet_logging()
-  enable_compilation_cache(COMPILATION_CACHE.value)
+  compilation_cache.enable(COMPILATION_CACHE.value)
   distributed.initialize_from_flags()

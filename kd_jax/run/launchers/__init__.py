@@ -13,7 +13,30 @@ teacher cache) on storage every worker sees.
 
 from __future__ import annotations
 
+from kd_jax.core.errors import ConfigError
 from kd_jax.run.launchers import local, on_ray, on_slurm
-from kd_jax.run.launchers.jobs import Events, Job, Settings, execute, read_outcome  # noqa: F401
+from kd_jax.run.launchers.jobs import (Events, Job, Settings, check_shared_storage,  # noqa: F401
+                                       execute, read_outcome)
 
 LAUNCHERS = {"local": local.launch, "ray": on_ray.launch, "slurm": on_slurm.launch}
+
+
+def check(launcher: str, settings: Settings, storage: dict[str, str | None]) -> None:
+  """What a launcher needs, checked before the sweep writes anything: its library, and
+  ``storage`` (flag → path) that its workers can see (a Ray cluster's size is only known
+  once connected: :mod:`.on_ray` checks node-local paths then).
+
+  Raises:
+    ConfigError: naming the flag and the valid choices.
+  """
+  if launcher not in LAUNCHERS:
+    raise ConfigError("--launcher", f"--launcher={launcher!r}: valid choices: "
+                      f"{', '.join(LAUNCHERS)}")
+  if launcher == "local":
+    return
+  several = launcher == "slurm" and settings.slurm_cluster == "slurm"
+  check_shared_storage(launcher, storage, several_machines=several)
+  if launcher == "slurm":
+    on_slurm.check(settings)
+  else:
+    on_ray.ray_module()

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import ml_collections
 
-from kd_jax.core import files
+from kd_jax.core import compilation_cache, files
 from kd_jax.core.errors import ConfigError
 
 WORKER_FILE = "worker.json"      # where (host, pid) a job is running, written as it starts
@@ -33,12 +33,14 @@ NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
 @dataclasses.dataclass(frozen=True)
 class Job:
   """One run of a sweep: ``index`` into the sweep's runs, its ``name`` (``point/seedN``),
-  its ``config``, its absolute sub-workdir ``run_dir`` and the ``teacher_dir`` cache."""
+  its ``config``, its absolute sub-workdir ``run_dir``, the ``teacher_dir`` cache and the
+  sweep's JAX ``compilation_cache_dir`` ('' none), which a worker turns on too."""
   index: int
   name: str
   config: ml_collections.ConfigDict
   run_dir: str
   teacher_dir: str | None = None
+  compilation_cache_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,7 @@ def execute(job: Job, run_fn: RunFn) -> dict:
   ``run_fn(config, workdir, *, teacher_dir)`` writes ``results.json`` or returns the dict,
   which is then written here.
   """
+  compilation_cache.enable(job.compilation_cache_dir)   # (already on in the sweep's process)
   os.makedirs(job.run_dir, exist_ok=True)
   outcome_path = os.path.join(job.run_dir, OUTCOME_FILE)
   host = socket.gethostname()

@@ -26,7 +26,8 @@ from kd_jax.run.launchers.jobs import (Events, Job, RunFn, Settings, check_share
                                        execute)
 
 
-def _ray():
+def ray_module():
+  """``ray``, or a ConfigError saying how to install it."""
   try:
     import ray  # noqa: PLC0415  (an optional extra)
   except ImportError:
@@ -48,10 +49,11 @@ def launch(jobs: Sequence[Job], run_fn: RunFn, settings: Settings, events: Event
            *, storage: dict[str, str | None] | None = None) -> bool:
   """Runs the jobs as Ray tasks; returns True once every one has finished.
 
-  ``storage``: the flags' paths every worker must see (:func:`check_shared_storage`,
-  checked once the cluster's size is known, before anything is submitted).
+  ``storage``: the flags' paths every worker must see; node-local ones are refused once
+  the cluster turns out to have several machines, before anything is submitted
+  (:func:`check_shared_storage`; relative ones were refused before connecting).
   """
-  ray = _ray()
+  ray = ray_module()
   started_here = not ray.is_initialized()
   if started_here:
     address = settings.ray_address or os.environ.get("RAY_ADDRESS") or None

@@ -19,8 +19,7 @@ import shutil
 from collections.abc import Sequence
 
 from kd_jax.core.errors import ConfigError
-from kd_jax.run.launchers.jobs import (Events, Job, RunFn, Settings, check_shared_storage,
-                                       execute)
+from kd_jax.run.launchers.jobs import Events, Job, RunFn, Settings, execute
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -34,11 +33,12 @@ def _submitit():
   return submitit
 
 
-def executor(settings: Settings, num_jobs: int):
-  """The submitit executor of the array, its resources set.
+def check(settings: Settings) -> None:
+  """What can be checked before anything is written: the cluster choice, ``sbatch`` for a
+  real one, submitit itself and whole GPUs.
 
   Raises:
-    ConfigError: an unknown ``slurm_cluster``, or ``slurm`` without ``sbatch`` on PATH.
+    ConfigError: naming the flag.
   """
   if settings.slurm_cluster not in CLUSTERS:
     raise ConfigError("--slurm_cluster", f"--slurm_cluster={settings.slurm_cluster!r}: valid "
@@ -47,12 +47,17 @@ def executor(settings: Settings, num_jobs: int):
     raise ConfigError("--launcher", "--launcher=slurm submits with sbatch, which is not on "
                       "PATH here (run the sweep on a SLURM login node, or try the array on "
                       "this machine with --slurm_cluster=local)")
-  submitit = _submitit()
-  ex = submitit.AutoExecutor(folder=settings.folder, cluster=settings.slurm_cluster)
+  _submitit()
+  if settings.gpus != int(settings.gpus):
+    raise ConfigError("--gpus_per_run", f"SLURM gives whole GPUs: gpus per run {settings.gpus} "
+                      "must be an integer (fractions are for --launcher=ray)")
+
+
+def executor(settings: Settings, num_jobs: int):
+  """The submitit executor of the array, its resources set (:func:`check` first)."""
+  check(settings)
+  ex = _submitit().AutoExecutor(folder=settings.folder, cluster=settings.slurm_cluster)
   gpus = settings.gpus
-  if gpus != int(gpus):
-    raise ConfigError("--gpus_per_run", f"SLURM gives whole GPUs: gpus per run {gpus} must be "
-                      "an integer (fractions are for --launcher=ray)")
   ex.update_parameters(name="kd_jax.sweep", timeout_min=settings.slurm_time_min,
                        cpus_per_task=max(1, int(round(settings.cpus))), tasks_per_node=1,
                        nodes=1, **({"gpus_per_node": int(gpus)} if gpus else {}))
@@ -66,9 +71,8 @@ def executor(settings: Settings, num_jobs: int):
 def launch(jobs: Sequence[Job], run_fn: RunFn, settings: Settings, events: Events,
            *, storage: dict[str, str | None] | None = None) -> bool:
   """Submits the jobs as one array; returns whether they all finished (False: not waited
-  for). ``storage``: see :func:`kd_jax.run.launchers.jobs.check_shared_storage`."""
-  check_shared_storage("slurm", storage or {},
-                       several_machines=settings.slurm_cluster == "slurm")
+  for). ``storage`` was checked by :func:`kd_jax.run.launchers.check`."""
+  del storage
   if not jobs:
     return True
   ex = executor(settings, len(jobs))

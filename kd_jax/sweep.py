@@ -13,7 +13,10 @@ config in ``--teacher_dir``, so it trains once for the whole sweep.
 
 ``DIR/sweep.json`` records the base config, the grid, the points and every run's
 status: ``pending``, ``running`` (started and not finished: an interrupted run looks
-like this), ``done`` or ``failed`` (with the error and the traceback's tail). A run is
+like this), ``done`` or ``failed`` (with the error and the traceback's tail); where it ran
+(``where``: ``local``, ``ray``, ``slurm:<job id>``), the host, and when the sweep started
+and saw it finish (``started_at``, ``finished_at``, seconds since the epoch; ``seconds``:
+the run itself). A run is
 done when its ``results.json`` exists. Re-running the same command skips done runs,
 resumes unfinished ones from their checkpoints and retries failed ones; a run that
 raises is recorded and the sweep goes on. At the end it writes ``DIR/summary.csv``,
@@ -56,6 +59,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -252,7 +256,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   cache = jax.config.jax_compilation_cache_dir or ""
   jobs = [launchers.Job(i, runs[i].name, runs[i].config,
                         os.path.abspath(os.path.join(workdir, runs[i].workdir)), teacher_dir,
-                        cache) for i in todo]
+                        cache, record["runs"][i].get("where", "")
+                        if record["runs"][i]["status"] == "running" else "") for i in todo]
   progress = _Progress(record, record_path, parallel=launcher != "local")
   all_finished = launchers.LAUNCHERS[launcher](jobs, run_fn, settings, progress,
                                                storage=storage)
@@ -292,7 +297,8 @@ class _Progress:
     entry = self.record["runs"][job.index]
     entry.pop("error", None)
     entry.pop("traceback", None)
-    entry.update(status="running", where=where)
+    entry.update(status="running", where=where, started_at=round(time.time(), 3))
+    entry.pop("finished_at", None)
     _write_json(self.record_path, self.record)
     if not self.parallel:
       # The first run also trains the teacher and compiles: leave it out once others exist.
@@ -303,7 +309,7 @@ class _Progress:
 
   def finished(self, job, outcome: dict) -> None:
     entry = self.record["runs"][job.index]
-    entry.update(outcome)
+    entry.update(outcome, finished_at=round(time.time(), 3))
     if entry["status"] == "done":
       entry.pop("error", None)
       entry.pop("traceback", None)

@@ -88,6 +88,7 @@ def test_the_sbatch_script_carries_the_configured_resources(tmp_path, monkeypatc
   bin_dir.mkdir()
   fake = bin_dir / "sbatch"
   fake.write_text("#!/bin/sh\ncp \"$1\" \"$(dirname \"$0\")/submitted.sh\"\n"
+                  "echo x >> \"$(dirname \"$0\")/submissions\"\n"
                   "echo 'Submitted batch job 4242'\n")
   fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
   srun = bin_dir / "srun"                     # (submitit looks for it to know it is on SLURM)
@@ -114,6 +115,18 @@ def test_the_sbatch_script_carries_the_configured_resources(tmp_path, monkeypatc
     # Not waited for: every run is recorded as submitted to its array task.
     assert [r["where"] for r in record["runs"]] == [f"slurm:4242_{i}" for i in range(4)]
     assert {r["status"] for r in record["runs"]} == {"running"}
+    # The same command again, while sacct says the tasks are running (task 2: timed out):
+    # only the run whose task ended without results is submitted again.
+    sacct = bin_dir / "sacct"
+    sacct.write_text("#!/bin/sh\necho 'JobID|State|NodeList'\n"
+                     + "".join(f"echo '4242_{i}|{'TIMEOUT' if i == 2 else 'RUNNING'}|n{i}'\n"
+                               for i in range(4)))
+    sacct.chmod(sacct.stat().st_mode | stat.S_IEXEC)
+    again = sweep.run_sweep(config, shared, points, num_seeds=2, launcher="slurm",
+                            settings=settings, run_fn=_run_fn())
+    assert (bin_dir / "submissions").read_text().count("x") == 2
+    assert [r["where"] for r in again["runs"]] == ["slurm:4242_0", "slurm:4242_1", "slurm:4242",
+                                                   "slurm:4242_3"]
   finally:
     import shutil
     shutil.rmtree(os.path.dirname(shared), ignore_errors=True)

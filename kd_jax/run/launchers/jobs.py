@@ -33,14 +33,16 @@ NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
 @dataclasses.dataclass(frozen=True)
 class Job:
   """One run of a sweep: ``index`` into the sweep's runs, its ``name`` (``point/seedN``),
-  its ``config``, its absolute sub-workdir ``run_dir``, the ``teacher_dir`` cache and the
-  sweep's JAX ``compilation_cache_dir`` ('' none), which a worker turns on too."""
+  its ``config``, its absolute sub-workdir ``run_dir``, the ``teacher_dir`` cache, the
+  sweep's JAX ``compilation_cache_dir`` ('' none), which a worker turns on too, and where
+  an earlier command of the sweep handed it out (``previous``: ``slurm:<job id>``, or '')."""
   index: int
   name: str
   config: ml_collections.ConfigDict
   run_dir: str
   teacher_dir: str | None = None
   compilation_cache_dir: str = ""
+  previous: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,8 @@ One array task per run, each asking for the run's ``cpus`` (``--cpus-per-task``)
 array's parallelism is ``max_parallel`` (``--array=0-N%P``). The sweep command then waits
 for the array and records each run as it finishes, or with ``wait=False`` returns at once:
 ``python -m kd_jax.sweep --summarize_only --workdir=...`` later tabulates what finished.
+Running the sweep command again submits the runs that are not done, except those whose
+task of an earlier array is still pending or running (``sacct``).
 submitit keeps its scripts and logs in ``<workdir>/slurm``.
 
 ``slurm_cluster="local"`` (or ``"debug"``) runs the same array on this machine with
@@ -18,10 +20,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
+from absl import logging
+
 from kd_jax.core.errors import ConfigError
 from kd_jax.run.launchers.jobs import Events, Job, RunFn, Settings, execute
 
 CLUSTERS = ("slurm", "local", "debug")
+# sacct states of a task that has not ended: its run must not be submitted a second time.
+NOT_ENDED = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+             "SUSPENDED")
 
 
 def _submitit():
@@ -68,11 +75,26 @@ def executor(settings: Settings, num_jobs: int):
   return ex
 
 
+def _still_in_the_queue(job: Job, settings: Settings) -> bool:
+  """Whether an earlier command's array task for ``job`` is still pending or running (asked
+  of ``sacct``): then it is left alone, not submitted again into the same directory."""
+  if settings.slurm_cluster != "slurm" or not job.previous.startswith("slurm:"):
+    return False
+  job_id = job.previous.split(":", 1)[1]
+  state = _submitit().SlurmJob(folder=settings.folder, job_id=job_id).state
+  if state.split()[0] in NOT_ENDED:
+    logging.warning("%s is still %s as SLURM task %s: not submitted again", job.name, state,
+                    job_id)
+    return True
+  return False
+
+
 def launch(jobs: Sequence[Job], run_fn: RunFn, settings: Settings, events: Events,
            *, storage: dict[str, str | None] | None = None) -> bool:
   """Submits the jobs as one array; returns whether they all finished (False: not waited
   for). ``storage`` was checked by :func:`kd_jax.run.launchers.check`."""
   del storage
+  jobs = [job for job in jobs if not _still_in_the_queue(job, settings)]
   if not jobs:
     return True
   ex = executor(settings, len(jobs))

@@ -446,6 +446,9 @@ def _define_flags() -> None:
                      "else 1).")
   flags.DEFINE_float("gpus_per_run", None, "GPUs per run (default config.sweep.resources.gpus, "
                      "else 0); a fraction shares a GPU between runs on Ray.")
+  flags.DEFINE_integer("processes_per_run", None, "JAX processes per run (--launcher=ray: "
+                       "one task each, placed together; default config.sweep.resources."
+                       "processes, else 1).")
   flags.DEFINE_string("ray_address", None, "The Ray cluster (default RAY_ADDRESS, else a "
                       "local instance).")
   flags.DEFINE_string("slurm_partition", None, "The SLURM partition (default: the site's).")
@@ -466,13 +469,17 @@ def launch_settings(config: ml_collections.ConfigDict, workdir: str, flag_values
       ``--no_wait`` without ``--launcher=slurm``.
   """
   resources = dict((config.get("sweep") or {}).get("resources") or {})
-  unknown = sorted(set(resources) - {"cpus", "gpus"})
+  unknown = sorted(set(resources) - {"cpus", "gpus", "processes"})
   if unknown:
     raise ConfigError("sweep.resources", f"sweep.resources: unknown keys {unknown}; valid "
-                      "keys: cpus, gpus")
+                      "keys: cpus, gpus, processes")
   f = flag_values
   cpus = f.cpus_per_run if f.cpus_per_run is not None else resources.get("cpus", 1.0)
   gpus = f.gpus_per_run if f.gpus_per_run is not None else resources.get("gpus", 0.0)
+  processes = (f.processes_per_run if f.processes_per_run is not None
+               else resources.get("processes", 1))
+  if processes < 1:
+    raise ConfigError("--processes_per_run", f"processes per run must be >= 1, got {processes}")
   if cpus <= 0 or gpus < 0:
     raise ConfigError("--cpus_per_run", f"CPUs per run must be > 0 and GPUs >= 0; got "
                       f"cpus={cpus}, gpus={gpus}")
@@ -483,7 +490,7 @@ def launch_settings(config: ml_collections.ConfigDict, workdir: str, flag_values
     raise ConfigError("--no_wait", "--no_wait returns once a SLURM array is submitted: it needs "
                       "--launcher=slurm")
   return launchers.Settings(
-      max_parallel=f.max_parallel, cpus=float(cpus), gpus=float(gpus),
+      max_parallel=f.max_parallel, cpus=float(cpus), gpus=float(gpus), processes=int(processes),
       ray_address=f.ray_address, slurm_partition=f.slurm_partition,
       slurm_time_min=f.slurm_time, slurm_cluster=f.slurm_cluster, wait=not f.no_wait,
       folder=os.path.join(os.path.abspath(os.path.expanduser(workdir)), "slurm"))

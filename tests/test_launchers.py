@@ -39,9 +39,9 @@ def test_relative_and_node_local_paths_are_refused_where_workers_cannot_see_them
 
 
 def _flags(**values):
-  defaults = dict(cpus_per_run=None, gpus_per_run=None, max_parallel=0, slurm_time=60,
-                  no_wait=False, launcher="local", ray_address=None, slurm_partition=None,
-                  slurm_cluster="slurm")
+  defaults = dict(cpus_per_run=None, gpus_per_run=None, processes_per_run=None, max_parallel=0,
+                  slurm_time=60, no_wait=False, launcher="local", ray_address=None,
+                  slurm_partition=None, slurm_cluster="slurm")
   return ml_collections.ConfigDict({**defaults, **values})
 
 
@@ -60,6 +60,17 @@ def test_resources_come_from_the_sweep_block_and_the_flags_override_them():
                           "/w", _flags())
   with pytest.raises(ConfigError, match="CPUs per run must be > 0"):
     sweep.launch_settings(config, "/w", _flags(cpus_per_run=0.0))
+
+
+def test_several_processes_per_run_need_ray():
+  config = ml_collections.ConfigDict({"sweep": {"resources": {"processes": 2}}})
+  assert sweep.launch_settings(config, "/w", _flags(launcher="ray")).processes == 2
+  for launcher in ("local", "slurm"):
+    settings = sweep.launch_settings(config, "/w", _flags(launcher=launcher))
+    with pytest.raises(ConfigError, match=f"--launcher={launcher} runs each point as one"):
+      launchers.check(launcher, settings, {})
+  with pytest.raises(ConfigError, match="processes per run must be >= 1"):
+    sweep.launch_settings(config, "/w", _flags(processes_per_run=0))
 
 
 def test_tasks_get_the_drivers_kd_jax_variables_and_share_a_gpu_without_preallocation():
@@ -332,3 +343,18 @@ def test_the_command_line_refuses_a_launcher_it_cannot_use_before_writing_anythi
   out = sweep_cli(f"--workdir={tmp_path / 'x'}", "--no_wait")
   assert out.returncode == 2 and "--no_wait" in out.stderr and "needs --launcher=slurm" in out.stderr
   assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_point_can_be_a_two_process_run(ray_instance, teacher_dir, fashion_mnist,
+                                                    tmp_path):
+  """Two Ray tasks placed together start jax.distributed (gloo on CPU) and train one run."""
+  import jax
+  config = tiny_config()
+  record = sweep.run_sweep(config, str(tmp_path), sweep.parse_grid(["temperature.init=4"], config),
+                           num_seeds=1, teacher_dir=teacher_dir, run_fn=_run_fn(),
+                           launcher="ray", settings=launchers.Settings(processes=2))
+  assert record["runs"][0]["status"] == "done", record["runs"][0].get("error")
+  with open(os.path.join(str(tmp_path), record["runs"][0]["workdir"], "results.json")) as f:
+    timing = json.load(f)["timing"]
+  assert timing["processes"] == 2 and timing["devices"] == 2 * jax.local_device_count()

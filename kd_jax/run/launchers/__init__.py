@@ -32,6 +32,10 @@ def check(launcher: str, settings: Settings, storage: dict[str, str | None]) -> 
   if launcher not in LAUNCHERS:
     raise ConfigError("--launcher", f"--launcher={launcher!r}: valid choices: "
                       f"{', '.join(LAUNCHERS)}")
+  if settings.processes > 1 and launcher != "ray":
+    raise ConfigError("--processes_per_run", f"--launcher={launcher} runs each point as one "
+                      "process; several processes per run need --launcher=ray (a single run: "
+                      "srun python -m kd_jax.main, docs/scale_out.md)")
   if launcher == "local":
     return
   several = launcher == "slurm" and settings.slurm_cluster == "slurm"

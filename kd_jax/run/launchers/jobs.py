@@ -53,8 +53,9 @@ class Settings:
     max_parallel: runs in flight at once (Ray), the job array's parallelism (SLURM);
       0: as many as the resources allow (Ray: the cluster's CPUs / ``cpus``), no limit
       (SLURM).
-    cpus, gpus: per run (``config.sweep.resources``); ``gpus`` may be a fraction on Ray
-      (runs then share a GPU, with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``).
+    cpus, gpus: per process of a run (``config.sweep.resources``); ``gpus`` may be a
+      fraction on Ray (runs then share a GPU, with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``).
+    processes: JAX processes per run (Ray only: one task each, placed together).
     retries: Ray: how often a run whose worker died is started again (it resumes from
       its checkpoint).
     ray_address: the Ray cluster (None: ``RAY_ADDRESS``, else a local instance).
@@ -68,6 +69,7 @@ class Settings:
   max_parallel: int = 0
   cpus: float = 1.0
   gpus: float = 0.0
+  processes: int = 1
   retries: int = 3
   ray_address: str | None = None
   slurm_partition: str | None = None

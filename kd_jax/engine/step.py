@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from kd_jax import models
 from kd_jax.engine import feeding
 from kd_jax.core import parallel
 
@@ -68,6 +69,7 @@ def forward(graphdef, params, model_state, x, *, train: bool, feature_names=(),
     out = module(x, train=train)
   elif feature_names:
     logits, features = module(x, train=train, return_features=True)
+    features = {**features, models.LOGITS_FEATURE: logits}    # (the output is a feature too)
     out = (logits, {n: features[n] for n in feature_names})
   elif isinstance(x, tuple):   # several positional inputs (a denoiser's (z_t, t, labels))
     out = (module(*x, train=train), {})

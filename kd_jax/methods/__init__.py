@@ -23,6 +23,8 @@ plus one line below.
 * :mod:`~kd_jax.methods.contrastive`: ``distillm2``
 * :mod:`~kd_jax.methods.cross_tokenizer`: ``uld``, ``aligned_kd`` (teacher and student with
   different tokenizers)
+* :mod:`~kd_jax.methods.deit`: ``deit_hard``, ``deit_soft`` (a ViT student's distillation
+  token)
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kd_jax.methods import (adversarial, consistency, contrastive, cross_tokenizer, features,
-                            logit, one_step_kd, policy_gradient, preference, progressive,
-                            sentence)
+from kd_jax.methods import (adversarial, consistency, contrastive, cross_tokenizer, deit,
+                            features, logit, one_step_kd, policy_gradient, preference,
+                            progressive, sentence)
 from kd_jax.methods.base import Method, Settings
 from kd_jax.methods.student import Student, adapter_widths, feature_pairs as _feature_pairs
 from kd_jax.methods.student import trainable_student as _trainable_student
@@ -55,6 +57,7 @@ REGISTRY: dict[str, Method] = {
     **one_step_kd.METHODS,
     **adversarial.METHODS,
     **cross_tokenizer.METHODS,
+    **deit.METHODS,
 }
 
 __all__ = ["REGISTRY", "Method", "Settings", "Student", "accepting", "adapter_widths",

@@ -65,6 +65,9 @@ class Method:
       :func:`kd_jax.llm.compute.supervised_step`.
     cross_tokenizer: whether the method works when teacher and student have different
       tokenizers (DESIGN §9); a method that runs the teacher without it is refused then.
+    distillation_head: whether it trains a ViT student's distillation token and head
+      (DeiT); a student with one is refused by the other methods, whose test-time average
+      would mix in an untrained head.
   """
   logit_term: Callable
   tasks: tuple[str, ...]
@@ -82,6 +85,7 @@ class Method:
   step_flops: Callable | None = None
   student_module: Callable | None = None
   cross_tokenizer: bool = False
+  distillation_head: bool = False
 
   def runs_teacher(self, config) -> bool:
     """Whether a run of ``config`` gives this method the teacher's outputs in its steps."""

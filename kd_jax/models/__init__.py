@@ -31,6 +31,8 @@ Models and their kwargs (besides ``input_shape``):
   mlp:  hidden=(256,)
   cnn:  widths=(32, 64, 128), batch_norm=False, hidden=None
   resnet8/14/20/32/44/56/110, resnet8x4, resnet32x4: none (see `resnet.CONFIGS`).
+  vit:  patch_size=4, dim=64, num_layers=4, num_heads=4, mlp_dim=None (4·dim),
+        distillation_token=False (DeiT's: a second head, see `kd_jax.models.vit`).
 
 The language model ``gpt`` (`kd_jax.models.gpt`) takes token ids ``[B, T]`` and
 returns ``[B, T, vocab_size]`` logits; it is created without ``num_classes``::
@@ -66,6 +68,7 @@ from kd_jax.models import gpt
 from kd_jax.models import mlp
 from kd_jax.models import resnet
 from kd_jax.models import unet
+from kd_jax.models import vit
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": mlp.MLP,
@@ -73,6 +76,7 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "gpt": gpt.GPT,
     "bert": bert.SentenceBert,
     "unet": unet.UNet,
+    "vit": vit.ViT,
     **{
         name: functools.partial(resnet.ResNet, depth=depth, widths=widths,
                                 name=name)
@@ -89,6 +93,10 @@ ENCODER_MODELS = ("bert",)
 DENOISER_MODELS = ("unet",)
 IMAGE_MODELS: tuple[str, ...] = tuple(
     n for n in NAMES if n not in SEQUENCE_MODELS + ENCODER_MODELS + DENOISER_MODELS)
+
+# Every model's output, as a feature a method may pair with (DeiT's distillation head learns
+# the teacher's logits): engine.step.forward gives it under this name.
+LOGITS_FEATURE = "logits"
 
 # Arguments that `create` supplies itself, and those fixed by a registered name.
 _RESERVED = {"num_classes", "rngs", "dtype"}
@@ -171,15 +179,16 @@ def feature_shapes(model: nnx.Module,
 
   Returns:
     ``{feature name: shape}`` for every name in ``model.feature_names``, e.g.
-    ``{"conv1": (1, 28, 28, 32), ..., "embedding": (1, 128)}`` for the default cnn.
+    ``{"conv1": (1, 28, 28, 32), ..., "embedding": (1, 128)}`` for the default cnn, and
+    ``"logits"``: every model's output is a feature too (:data:`LOGITS_FEATURE`).
   """
   if input_shape is None:
     input_shape = (1, *model.input_shape)
   graphdef, state = nnx.split(model)
 
   def features(state, x):
-    _, feats = nnx.merge(graphdef, state)(x, return_features=True)
-    return feats
+    logits, feats = nnx.merge(graphdef, state)(x, return_features=True)
+    return {**feats, LOGITS_FEATURE: logits}
 
   # Token models (a sentence encoder) take int32 ids.
   x = jax.ShapeDtypeStruct(tuple(input_shape), getattr(model, "input_dtype", jnp.float32))

@@ -28,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if method.check is not None:
     method.check(config)
   _check_tokenizers(config, family, method)
+  _check_distillation_head(config, method)
   _check_shared_fields(config, family)
 
 
@@ -44,6 +45,18 @@ def _check_tokenizers(config, family, method) -> None:
                       "by token in one vocabulary, but their tokenizers differ "
                       f"(dataset.student_vocab_size={config.dataset.student_vocab_size}): use "
                       f"one of {', '.join(across)}, or method='none' (no teacher)")
+
+
+def _check_distillation_head(config, method) -> None:
+  """A student with a distillation token (a DeiT ViT) needs a method that trains its head:
+  at test time its logits average both heads'."""
+  has_head = config.student.get("kwargs", {}).get("distillation_token", False)
+  if has_head and not method.distillation_head:
+    trains = [n for n, m in methods.REGISTRY.items() if m.distillation_head]
+    raise ConfigError("student.kwargs.distillation_token", f"method={config.method!r} does not "
+                      "train the student's distillation head, which its test-time logits "
+                      f"average in: use one of {', '.join(trains)}, or "
+                      "student.kwargs.distillation_token=False")
 
 
 def _check_training(prefix: str, t) -> None:

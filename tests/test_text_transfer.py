@@ -11,7 +11,7 @@ from kd_jax.data import text as text_data
 from kd_jax.run import validation
 from kd_jax.tasks import text, text_transfer
 from tests.conftest import needs_fortunes
-from tests.test_cross_tokenizer_text import DOCS, _smoke
+from tests.test_cross_tokenizer_text import DOCS, SMOKE, _smoke
 
 EOS = 2
 
@@ -101,3 +101,34 @@ def test_the_seqkd_smoke_trains_a_byte_student_on_the_teachers_text(tmp_path):
   assert written["samples"] == 64 and written["rows"] > 0
   assert written["student_tokens"] >= written["text_bytes"]   # bytes: one token per byte (+BOS)
   assert results["student"]["bits_per_byte"] > 0
+
+
+def test_the_sums_corpus_is_worked_arithmetic_whose_digits_a_bpe_groups_and_bytes_spell(
+    tmp_path):
+  from kd_jax.data import arithmetic
+  train, test = text_data.corpus_splits("sums")
+  assert len(train) == text_data.SUMS_DOCUMENTS["train"]
+  assert len(test) == text_data.SUMS_DOCUMENTS["test"]
+  assert not {d.text for d in train} & {d.text for d in test}
+  for document in train[:50]:      # a prompt, its worked steps and the checked answer
+    prompt, _, worked = document.text.partition("=")
+    answer = arithmetic.extract_answer(worked)
+    assert answer == eval(prompt) and arithmetic.check_answer(worked, answer)  # noqa: S307
+  assert text_data.corpus_splits("sums")[1] == test            # the same every time
+  teacher = text_data.train_tokenizer(train, 512, str(tmp_path))
+  student = text_data.train_tokenizer(train, text.BYTE_VOCAB, str(tmp_path))
+  digits = lambda tokens: [t for t in tokens if t.isdigit()]
+  grouped = digits(teacher.encode(train[0].text).tokens)
+  spelled = digits(student.encode(train[0].text).tokens)
+  assert max(map(len, grouped)) > 1 and set(map(len, spelled)) == {1}
+  with pytest.raises(ValueError, match="unknown text corpus 'poems'; valid: fortunes, sums"):
+    text_data.corpus_splits("poems")
+
+
+def test_every_point_of_the_sums_table_is_a_valid_config():
+  from kd_jax.config import cli
+  from kd_jax.run import grid
+  config = cli.load_config_file(SMOKE.replace(":smoke", ":sums"))
+  assert config.dataset.name == "sums"
+  for name, point in grid.parse_points(config.sweep.points, config):
+    validation.validate(grid.apply_point(config, point))

@@ -3,6 +3,7 @@ read the same text in a 2k BPE or in bytes (issue 25).
 
     python -m kd_jax.main --config=experiments/text/cross_tokenizer.py:smoke --workdir=/tmp/xtok
     python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py --workdir=runs/xtok
+    python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py:sums --workdir=runs/xtok_sums
 
 The teacher is experiments/text/token_kd.py's (4 layers, 128 wide, an 8,192-token BPE;
 trained once and cached, shared with that experiment's runs of the same code). Each
@@ -16,6 +17,11 @@ tokenizer. Models of different tokenizers are compared by held-out
 ``bits_per_byte`` (the sweep's ``metric``); per-token ``nll`` is not comparable across
 tokenizers. ``python -m kd_jax.tokenizer_table --workdir=runs/xtok`` pairs each point
 with its tokenizer's student alone.
+
+``:sums`` is the arithmetic variant: the ``sums`` corpus (worked chains of 3-digit
+additions and subtractions, kd_jax/data/text.py), a teacher with a 512-token BPE, which
+groups digits into multi-digit tokens, and a byte-level student, which spells every
+digit; rows of 64 tokens, 300 student steps.
 
 Measured (commit fde4e62, 2-core CPU, 66 min from an empty teacher cache; seeds 0-2;
 docs/language_models.md): teacher 2.1885 bits per byte; the 2k student alone 2.884,
@@ -53,7 +59,16 @@ def get_config(arg=None):
   points = [f"{m}-{name}: {overrides}; dataset.student_vocab_size={size}"
             for name, size in STUDENT_VOCABULARIES.items() for m, overrides in METHODS.items()]
   points.append("kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0")
-  if arg == "smoke":
+  if arg == "sums":
+    c.dataset.name = "sums"
+    c.dataset.vocab_size = 512
+    c.dataset.student_vocab_size = STUDENT_VOCABULARIES["bytes"]
+    c.dataset.max_len = 64
+    c.train.steps = 300
+    c.uld = config_lib.uld_config(top_k=0)     # exact: 259 and 512 tokens are cheap to sort
+    points = [f"{m}-bytes: {overrides}" for m, overrides in METHODS.items()]
+    points.append("kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0")
+  elif arg == "smoke":
     c.dataset.student_vocab_size = 300
     c.train.steps = 6
     c.uld = config_lib.uld_config(top_k=0)     # exact
@@ -63,7 +78,7 @@ def get_config(arg=None):
               "seqkd-300: method=none; student_data=transfer",
               "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, sums")
   # Students of different tokenizers are ranked by bits per byte (per-token nll is not
   # comparable across them).
   c.sweep = dict(points=tuple(points), seeds=1 if arg == "smoke" else 3, metric="bits_per_byte")

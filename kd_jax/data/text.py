@@ -1,6 +1,7 @@
-"""English text from Debian packages, a BPE tokenizer trained on it, and token rows.
+"""Text corpora, a BPE tokenizer trained on them, and token rows.
 
-The corpus is Debian's ``fortunes`` package (``/usr/share/games/fortunes/``, about
+:data:`CORPORA`: ``fortunes`` (English) and ``sums`` (worked arithmetic, below). The
+English corpus is Debian's ``fortunes`` package (``/usr/share/games/fortunes/``, about
 16,000 quotations, jokes and poems in 40-odd collections: computers, love, food,
 law, medicine, ...; ``sudo apt-get install fortunes``). Each fortune is a
 :class:`Document` labelled with its collection. A document's split is decided by a
@@ -12,6 +13,14 @@ library on the training documents only (so held-out text is never seen, even by
 the tokenizer), with the special tokens ``<pad>`` (id 0), ``<bos>`` (1) and
 ``<eos>`` (2); it is cached as a ``tokenizer.json`` keyed by the corpus and the
 vocabulary size. :func:`token_rows` packs documents ``<bos> text <eos>`` into rows.
+
+``sums`` is the arithmetic task's problems (:mod:`kd_jax.data.arithmetic`: chains of 3
+additions and subtractions of 3-digit numbers) written out with their worked solutions,
+one document each (``"482+25-13+7=482+25=507;507-13=494;494+7=501####501"``), in that
+task's train and test splits. A byte-level BPE trained on it groups digits (its
+pre-tokenizer keeps runs of digits together, so merges make multi-digit tokens), while a
+byte-level student spells every digit: the case where cross-tokenizer distillation is
+known to fail on numerals (issue 25).
 """
 
 from __future__ import annotations
@@ -24,11 +33,15 @@ import os
 import numpy as np
 
 from kd_jax.core import files
+from kd_jax.data import arithmetic
 from kd_jax.core import identity as identity_lib
 from kd_jax.core.errors import DatasetNotFoundError
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
-CORPORA = ("fortunes",)
+CORPORA = ("fortunes", "sums")
+# The sums corpus: the arithmetic task's problems at this difficulty, this many per split.
+SUMS_DIFFICULTY = arithmetic.Difficulty(steps=3, digits=3)
+SUMS_DOCUMENTS = {"train": 20_000, "test": 1_000}
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 PAD, BOS, EOS = 0, 1, 2
 TEST_FRACTION = 0.05
@@ -70,10 +83,36 @@ def read_fortunes(directory: str | None = None) -> list[Document]:
   return documents
 
 
-def corpus_digest(directory: str | None = None) -> str:
-  """A 16-hex-digit hash of every document of the corpus (default :data:`FORTUNES_DIR`):
-  part of a text teacher's cache key, so that another version of the package never
-  reuses a teacher trained on different text."""
+def read_sums(split_name: str) -> list[Document]:
+  """The ``sums`` corpus's documents of ``split_name`` (``train`` or ``test``): problems
+  with their worked solutions, drawn by the arithmetic task's seeded generator."""
+  problems = arithmetic.generate_split(split_name, SUMS_DOCUMENTS[split_name], seed=0,
+                                       difficulty=SUMS_DIFFICULTY)
+  return [Document("sums", p.prompt + p.response) for p in problems]
+
+
+def corpus_splits(name: str) -> tuple[list[Document], list[Document]]:
+  """``(train, test)`` documents of corpus ``name`` (:data:`CORPORA`).
+
+  Raises:
+    ValueError: an unknown corpus.
+    DatasetNotFoundError: the fortunes package is not installed.
+  """
+  if name == "fortunes":
+    return split(read_fortunes())
+  if name == "sums":
+    return read_sums("train"), read_sums("test")
+  raise ValueError(f"unknown text corpus {name!r}; valid: {', '.join(CORPORA)}")
+
+
+def corpus_digest(name: str = "fortunes", directory: str | None = None) -> str:
+  """A 16-hex-digit hash of every document of corpus ``name`` (the fortunes from
+  ``directory``, default :data:`FORTUNES_DIR`): part of a text teacher's cache key, so
+  that another version of the package (or of the generator) never reuses a teacher
+  trained on different text."""
+  if name == "sums":
+    return identity_lib.digest([(d.collection, d.text) for part in corpus_splits("sums")
+                                for d in part])
   return _digest(directory or FORTUNES_DIR)
 
 

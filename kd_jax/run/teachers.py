@@ -57,7 +57,7 @@ def teacher_identity(config: ml_collections.ConfigDict) -> dict:
   }
   if config.dataset.name in text_data.CORPORA:
     # A text corpus comes from an installed package whose version the config cannot name.
-    identity["corpus"] = text_data.corpus_digest()
+    identity["corpus"] = text_data.corpus_digest(config.dataset.name)
   return identity
 
 

@@ -1,6 +1,7 @@
-"""A text corpus (kd_jax/data/text.py) as a next-token task: language modelling on real English.
+"""A text corpus (kd_jax/data/text.py) as a next-token task: language modelling.
 
-:func:`prepare` reads the corpus (Debian ``fortunes``), splits it by document,
+:func:`prepare` reads the corpus (``dataset.name``: Debian's ``fortunes``, or ``sums``,
+worked arithmetic), splits it by document,
 trains (or reads back) the BPE tokenizer on the training documents, packs both
 splits into rows of ``dataset.max_len`` tokens, and returns the engine's
 :class:`kd_jax.tasks.base.Prepared` for :class:`kd_jax.tasks.lm.NextTokens`: every model
@@ -159,7 +160,7 @@ def load_tokenizations(d, checkpoint: str = "") -> tuple[Tokenization, Tokenizat
   Raises:
     ConfigError: a checkpoint's BOS or EOS id is not one of its tokenizer's special tokens.
   """
-  train_docs, test_docs = text_data.split(text_data.read_fortunes())
+  train_docs, test_docs = text_data.corpus_splits(d.name)
   defaults = dict(bos=text_data.BOS, eos=text_data.EOS, pad=text_data.PAD)
   if checkpoint:
     tokenizer, bos, eos = hf_checkpoint.load_tokenizer(checkpoint)

@@ -20,7 +20,7 @@ def _with(**overrides):
     ({"alpha": 1.5}, r"alpha.* must be in \[0, 1\]"),
     ({"alpha": -0.1}, r"alpha.* must be in \[0, 1\]"),
     ({"student.model": "vgg"}, r"student.model: unknown value 'vgg'; valid choices: mlp, cnn"),
-    ({"teacher.model": "vit"}, r"teacher.model: unknown value 'vit'"),
+    ({"teacher.model": "swin"}, r"teacher.model: unknown value 'swin'"),
     ({"dataset.name": "cifar10"}, r"dataset.name: unknown value 'cifar10'; valid choices: fashion_mnist"),
     ({"train.optimizer": "lion"}, r"train.optimizer: unknown value 'lion'; valid choices: sgd"),
     ({"train.batch_size": 0}, r"train.batch_size must be a positive int"),

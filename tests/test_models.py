@@ -156,17 +156,17 @@ def test_feature_shapes_helper_matches_features():
   cnn = models.create("cnn", num_classes=10, rngs=_rngs(0), hidden=48)
   assert models.feature_shapes(cnn) == {
       "conv1": (1, 28, 28, 32), "conv2": (1, 14, 14, 64),
-      "conv3": (1, 7, 7, 128), "embedding": (1, 48)}
+      "conv3": (1, 7, 7, 128), "embedding": (1, 48), "logits": (1, 10)}
   mlp = models.create("mlp", num_classes=3, rngs=_rngs(0), hidden=(64, 32),
                       input_shape=(8, 8, 3))
   assert mlp.feature_names == ("hidden1", "hidden2", "embedding")
   assert models.feature_shapes(mlp, (5, 8, 8, 3)) == {
-      "hidden1": (5, 64), "hidden2": (5, 32), "embedding": (5, 32)}
+      "hidden1": (5, 64), "hidden2": (5, 32), "embedding": (5, 32), "logits": (5, 3)}
   resnet = _cached_model("resnet8x4", (32, 32, 3), 10)
   shapes = models.feature_shapes(resnet, (3, 32, 32, 3))
   assert shapes == {"stem": (3, 32, 32, 32), "stage1": (3, 32, 32, 64),
                     "stage2": (3, 16, 16, 128), "stage3": (3, 8, 8, 256),
-                    "embedding": (3, 256)}
+                    "embedding": (3, 256), "logits": (3, 10)}
 
 
 # Published sizes: He et al. 2016 Table 6 (CIFAR-10, 10 classes) and the CRD /

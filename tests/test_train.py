@@ -118,8 +118,11 @@ def test_teacher_is_trained_once_and_cached(tmp_path):
       first["teacher"]["source"].rsplit("/", 1)[-1]]
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
-  c = tiny_config(**{"checkpoint.every_steps": 2, "baseline": True})
+# Also with augmentation and mixup (issue 27): the views of a resumed step are the same.
+@pytest.mark.parametrize("augmentation", [{}, {"dataset.crop_padding": 2, "dataset.flip": True,
+                                               "dataset.mixup": 0.4, "alpha": 0.0}])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, augmentation):
+  c = tiny_config(**{"checkpoint.every_steps": 2, "baseline": True, **augmentation})
   # Separate teacher and baseline caches, so the resumed run trains its own of each
   # instead of reading the straight run's.
   straight = run_experiment(c, str(tmp_path / "straight"),

@@ -59,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
       test_examples=0,    # 0 = the whole test split
       crop_padding=0,     # random crop after zero-padding by this many pixels (0 = off)
       flip=False,         # random horizontal flip
+      # Mix each training view with another example's (a Beta(a, a) share; 0 = off; one of
+      # the two): the labels are mixed alike, and a live teacher reads the same mixed view.
+      mixup=0.0,
+      cutmix=0.0,
       # Classes left out of the student's transfer set (baseline and distilled
       # student; the teacher sees them): Hinton et al. 2015 §3's "omitted class".
       omit_classes=(),

@@ -122,3 +122,53 @@ def augment(rng: jax.Array, images: jax.Array, *, crop_padding: int = 0,
   if flip:
     images = random_flip(flip_rng, images)
   return images
+
+
+def mix_partners(batch: int) -> jax.Array:
+  """The example each example is mixed with: the batch in reverse order (timm's "flip"
+  pairing; an example in the middle of an odd batch is mixed with itself)."""
+  return jnp.arange(batch)[::-1]
+
+
+def mixup(rng: jax.Array, images: jax.Array, concentration: float
+          ) -> tuple[jax.Array, jax.Array]:
+  """Mixup (Zhang et al. 2018), per example: ``λ_i · x_i + (1 − λ_i) · x_partner(i)`` with
+  ``λ_i ~ Beta(a, a)`` (:func:`mix_partners`).
+
+  Args:
+    rng: a PRNG key.
+    images: float ``[B, H, W, C]`` (normalised: mixing happens after `normalize`).
+    concentration: ``a`` > 0 of the Beta distribution.
+
+  Returns:
+    ``(mixed, λ [B])``: what is left of each example's own image.
+  """
+  weight = jax.random.beta(rng, concentration, concentration, (images.shape[0],))
+  partner = images[mix_partners(images.shape[0])]
+  w = weight.astype(images.dtype)[:, None, None, None]
+  return w * images + (1 - w) * partner, weight
+
+
+def cutmix(rng: jax.Array, images: jax.Array, concentration: float
+           ) -> tuple[jax.Array, jax.Array]:
+  """CutMix (Yun et al. 2019), per example: a box of ``x_partner(i)`` pasted into ``x_i``,
+  of area ``(1 − λ_i)·H·W`` for ``λ_i ~ Beta(a, a)``, centred uniformly and clipped to the
+  image.
+
+  Returns:
+    ``(mixed, λ [B])`` with λ the fraction of each image's pixels that stayed its own
+    (after clipping, so the labels' weights match the pixels).
+  """
+  batch, height, width, _ = images.shape
+  draw, ys, xs = jax.random.split(rng, 3)
+  side = jnp.sqrt(1.0 - jax.random.beta(draw, concentration, concentration, (batch,)))
+  cy = jax.random.uniform(ys, (batch,)) * height
+  cx = jax.random.uniform(xs, (batch,)) * width
+  half_h, half_w = side * height / 2, side * width / 2
+  rows, cols = jnp.arange(height)[None, :] + 0.5, jnp.arange(width)[None, :] + 0.5
+  in_rows = (rows >= (cy - half_h)[:, None]) & (rows < (cy + half_h)[:, None])
+  in_cols = (cols >= (cx - half_w)[:, None]) & (cols < (cx + half_w)[:, None])
+  box = in_rows[:, :, None] & in_cols[:, None, :]                       # [B, H, W]
+  mixed = jnp.where(box[..., None], images[mix_partners(batch)], images)
+  weight = 1.0 - box.mean(axis=(1, 2))
+  return mixed, weight

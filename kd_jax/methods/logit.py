@@ -35,7 +35,7 @@ def regression(settings, step, prediction, t_logits, target, mask):
 def _hard_labels(settings, step, s_logits, t_logits, labels, mask):
   """``none``: the task's own supervised loss, no teacher: cross-entropy on integer labels,
   or :func:`regression` on real-valued targets."""
-  if jnp.issubdtype(labels.dtype, jnp.floating):
+  if not isinstance(labels, losses.MixedLabels) and jnp.issubdtype(labels.dtype, jnp.floating):
     return regression(settings, step, s_logits, t_logits, labels, mask)
   ce = losses.cross_entropy(s_logits, labels, mask)
   return ce, {}
@@ -92,6 +92,13 @@ def _decoupled(settings, step, s_logits, t_logits, labels, mask):
   distill = losses.dkd_loss(s_logits, t_logits, labels, alpha=dkd.alpha, beta=dkd.beta,
                             temperature=t, mask=mask)
   return ce + ramp * distill, {"temperature": t, "ce": ce, "dkd": distill}
+
+
+def _check_dkd(config) -> None:
+  d = config.dataset
+  if d.get("mixup", 0.0) > 0 or d.get("cutmix", 0.0) > 0:
+    raise ConfigError("dataset.mixup", "dkd splits the logits at the gold class, which a mixed "
+                      "image does not have: set dataset.mixup and dataset.cutmix to 0, or use kd")
 
 
 def _generalized_jsd(settings, step, s_logits, t_logits, labels, mask):
@@ -164,7 +171,7 @@ METHODS = {
                    train_overrides=_warm_phase("sft")),
     "kd": Method(hinton_term, LABELLED_TASKS,
                  head_inputs=lambda c: int(c.get("loss_chunk_size", 0)) > 0),
-    "dkd": Method(_decoupled, ("classification",)),
+    "dkd": Method(_decoupled, ("classification",), check=_check_dkd),
     "gkd": Method(_generalized_jsd, PROMPT_TASKS, check=_check_gkd,
                   train_overrides=_warm_phase("gkd"),
                   training_task=_on_policy_task, step_flops=_gkd_step_flops),

@@ -44,7 +44,8 @@ def feature_pairs(config, student_features: dict, teacher_features: dict,
     pairs = default_pairs(student_features, teacher_features)
   if not pairs:
     if method in _SPATIAL_METHODS:
-      shared = [n for n in student_features if n in teacher_features and n != "embedding"
+      shared = [n for n in student_features if n in teacher_features
+                and len(student_features[n]) == len(teacher_features[n]) == 4    # NHWC maps
                 and student_features[n][1:3] == teacher_features[n][1:3]]
       if not shared:
         raise ConfigError(

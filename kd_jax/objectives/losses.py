@@ -17,7 +17,7 @@ losses do not stop gradients: the train step differentiates only the student.
 
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +47,28 @@ def _valid_labels(labels: ArrayLike, mask: ArrayLike | None) -> Array:
   return jnp.where(mask, labels, 0)
 
 
-def cross_entropy(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> Array:
+class MixedLabels(NamedTuple):
+  """The labels of a batch whose inputs were mixed (mixup, cutmix): example i is
+  ``weight[i]`` of an image of class ``first[i]`` and ``1 − weight[i]`` of one of class
+  ``second[i]``. Its cross-entropy is that of the mixed one-hot target,
+  ``w·CE(z, first) + (1 − w)·CE(z, second)`` (CE is linear in the target)."""
+  first: ArrayLike
+  second: ArrayLike
+  weight: ArrayLike
+
+  def dominant(self):
+    """The class with the larger share of each example (what accuracy compares with)."""
+    return jnp.where(jnp.asarray(self.weight) >= 0.5, self.first, self.second)
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike | MixedLabels,
+                  mask: ArrayLike | None = None) -> Array:
   """Mean softmax cross-entropy with integer ``labels`` over the positions where ``mask`` is true.
 
   Args:
     logits: ``[..., C]``, any float dtype (computed in float32).
     labels: integer class ids ``[...]``; values under the mask may be anything
-      (e.g. -100 padding) without producing a NaN.
+      (e.g. -100 padding) without producing a NaN. Or :class:`MixedLabels`.
     mask: optional boolean ``[...]`` (or a leading prefix of it).
 
   Returns:
@@ -64,6 +79,12 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None =
     ...                           mask=jnp.array([True, False]))), 4)  # log 4
     1.3863
   """
+  if isinstance(labels, MixedLabels):
+    per_example = lambda y: optax.softmax_cross_entropy_with_integer_labels(
+        _f32(logits), _valid_labels(y, mask))
+    w = _f32(labels.weight)
+    return _masked_mean(w * per_example(labels.first) + (1 - w) * per_example(labels.second),
+                        mask)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       _f32(logits), _valid_labels(labels, mask))
   return _masked_mean(ce, mask)

@@ -26,6 +26,7 @@ from kd_jax.core import parallel
 from kd_jax.engine import step
 from kd_jax.engine.splits import DeviceSplit, device_split
 from kd_jax.data import augment as augment_lib
+from kd_jax.objectives import losses
 from kd_jax.core.errors import ConfigError
 from kd_jax.objectives.masked import masked_mean
 from kd_jax.tasks.base import Prepared
@@ -49,12 +50,24 @@ def check(config) -> None:
                       f"dataset.omit_classes must be a tuple of class ids >= 0, got {omit!r}")
   for role in ("teacher", "student"):
     checks.choice(f"{role}.model", config[role].model, models.IMAGE_MODELS)
-  augmented = config.dataset.crop_padding > 0 or config.dataset.flip
+  d = config.dataset
+  for field in ("mixup", "cutmix"):
+    checks.nonnegative(f"dataset.{field}", d.get(field, 0.0))
+  mixes = d.get("mixup", 0.0) > 0 or d.get("cutmix", 0.0) > 0
+  if d.get("mixup", 0.0) > 0 and d.get("cutmix", 0.0) > 0:
+    raise ConfigError("dataset.cutmix", "dataset.mixup and dataset.cutmix are both > 0: "
+                      "choose one (the other 0)")
+  if mixes and config.teacher_fixed_views:
+    raise ConfigError("teacher_fixed_views", "teacher_fixed_views=True shows the teacher the "
+                      "un-augmented image, but with dataset.mixup/cutmix the student's view is "
+                      "two images mixed: the teacher must read that same view (function "
+                      "matching, Beyer et al. 2022); set teacher_fixed_views=False")
+  augmented = config.dataset.crop_padding > 0 or config.dataset.flip or mixes
   if (augmented and config.teacher_cache in ("memory", "disk", "shared")
       and not config.teacher_fixed_views):
     raise ConfigError("teacher_cache",
         f"teacher_cache={config.teacher_cache!r} with augmentation (dataset.crop_padding/"
-        "dataset.flip): the teacher must see the same random view as the student "
+        "flip/mixup/cutmix): the teacher must see the same random view as the student "
         "(consistent teaching, Beyer et al. 2022), so its outputs cannot be cached. "
         "Use teacher_cache='none' or 'auto', turn augmentation off, or set "
         "teacher_fixed_views=True (the teacher then sees the un-augmented image).")
@@ -76,14 +89,19 @@ class Classification:
   """The batch side of the task: uint8 → normalised float, plus on-device augmentation.
 
   ``mean``/``std`` normalise pixels scaled to [0, 1]; ``crop_padding`` and ``flip``
-  augment the training views (never the evaluation inputs); ``dtype`` is the
-  model's compute dtype.
+  augment the training views (never the evaluation inputs); ``mixup`` / ``cutmix`` > 0
+  (a Beta concentration) then mix each view with another example's, and the labels
+  become :class:`~kd_jax.objectives.losses.MixedLabels` (a method that reads no labels,
+  ``kd`` at α = 0, is unaffected by them). The teacher, live in the step, reads the
+  same mixed view as the student. ``dtype`` is the model's compute dtype.
   """
   mean: float
   std: float
   crop_padding: int = 0
   flip: bool = False
   dtype: Any = jnp.float32
+  mixup: float = 0.0
+  cutmix: float = 0.0
   headline: ClassVar[str] = "test_accuracy"
 
   def preprocess(self, images, rng=None):
@@ -94,7 +112,7 @@ class Classification:
 
   @property
   def augments(self) -> bool:
-    return bool(self.crop_padding or self.flip)
+    return bool(self.crop_padding or self.flip or self.mixup or self.cutmix)
 
   def input_identity(self) -> dict:
     """What turns the stored images into model inputs (for caches of teacher outputs)."""
@@ -104,12 +122,20 @@ class Classification:
   def train_batch(self, data: DeviceData, index, mask, rng, policy=None, teacher=None):
     """``(images [B, H, W, C], labels [B], mask [B], {})`` of a training batch (inside the step)."""
     del policy, teacher
-    return self.preprocess(data.images[index], rng), data.labels[index], mask, {}
+    images, labels = self.preprocess(data.images[index], rng), data.labels[index]
+    if rng is not None and (self.mixup or self.cutmix):
+      # (its own key: the crop and flip draws stay those of a run without mixing)
+      mix = augment_lib.mixup if self.mixup else augment_lib.cutmix
+      images, weight = mix(jax.random.fold_in(rng, 1), images, self.mixup or self.cutmix)
+      labels = losses.MixedLabels(labels, labels[augment_lib.mix_partners(len(index))], weight)
+    return images, labels, mask, {}
 
   def eval_inputs(self, data: DeviceData, index):
     return self.preprocess(data.images[index])
 
   def train_metrics(self, logits, labels, mask) -> dict:
+    if isinstance(labels, losses.MixedLabels):
+      labels = labels.dominant()
     correct = jnp.argmax(logits, -1) == labels
     return {"accuracy": masked_mean(correct.astype(jnp.float32), mask)}
 
@@ -181,7 +207,9 @@ def prepare(config, mesh, dtype) -> Prepared:
   """The classification experiment's data, task and reports (see :class:`kd_jax.tasks.base.Prepared`)."""
   train_data, test_data, test_labels, num_classes, input_shape = load_data(config, mesh)
   mean, std = data_lib.normalization(config.dataset.name)
-  task = Classification(mean, std, config.dataset.crop_padding, config.dataset.flip, dtype)
+  d = config.dataset
+  task = Classification(mean, std, d.crop_padding, d.flip, dtype, mixup=float(d.get("mixup", 0)),
+                        cutmix=float(d.get("cutmix", 0)))
 
   def build(spec, seed, role="student"):
     return build_model(spec, num_classes=num_classes, input_shape=input_shape, seed=seed,

@@ -363,10 +363,15 @@ def test_text_module_smoke_run(tmp_path, teacher_dir):
   assert results["student"]["train_tokens"] == 8 * 32 * 63       # 256 rows / 32, × 63 positions
 
 
+# Modules whose other arguments are sweeps of their own.
+EXTRA_SWEEP_ARGS = {"function_matching.py": (":vit", ":vit_smoke"), "cross_tokenizer.py": (":sums",)}
+
+
 @pytest.mark.parametrize("spec", sorted(
     f"{os.path.relpath(p, ROOT)}{arg}"
     for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
-    if not p.endswith("__init__.py") for arg in ("", ":smoke")))
+    if not p.endswith("__init__.py")
+    for arg in ("", ":smoke", *EXTRA_SWEEP_ARGS.get(os.path.basename(p), ()))))
 def test_every_sweep_point_of_every_module_is_a_valid_config(spec):
   """What ``python -m kd_jax.sweep --config=<module>`` would run: each point's overrides
   parse against the module's config and the result passes validation (a point naming a

@@ -128,3 +128,15 @@ def test_a_teacher_cache_and_fixed_views_are_refused_with_mixing():
   with pytest.raises(ConfigError, match="dkd splits the logits at the gold class"):
     validation.validate(tiny_config("dkd", **{"dataset.mixup": 1.0}))
   validation.validate(tiny_config(**{"dataset.mixup": 0.2}))
+
+
+@pytest.mark.usefixtures("idx_source")
+def test_the_teacher_trains_without_the_students_mixing():
+  from kd_jax.run import teachers
+  from tests.conftest import MISSING_FASHION_MNIST, have_fashion_mnist, skip_or_fail
+  mixed = tiny_config(**{"dataset.mixup": 0.4})
+  assert teachers.teacher_key(mixed) == teachers.teacher_key(tiny_config())
+  if not have_fashion_mnist():
+    skip_or_fail(MISSING_FASHION_MNIST)
+  prepared = classification.prepare(mixed, parallel.make_mesh(1, 1), jnp.float32)
+  assert prepared.task.mixup == 0.4 and prepared.teacher_task.mixup == 0.0

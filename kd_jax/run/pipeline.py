@@ -126,7 +126,7 @@ def obtain_teacher(config, *, module, prepared, mesh, teacher_dir, show_progress
                     train_config=config.teacher.train, train_data=prepared.train_data,
                     test_data=(prepared.test_data if prepared.teacher_test_data is None
                                else prepared.teacher_test_data),
-                    task=prepared.task, mesh=mesh,
+                    task=prepared.teacher_task or prepared.task, mesh=mesh,
                     workdir=source + ".train",
                     seed=config.teacher.seed, show_progress=show_progress,
                     identity=teachers.teacher_identity(config),

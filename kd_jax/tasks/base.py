@@ -43,6 +43,8 @@ class Prepared:
     teacher_test_data: the held-out split the teacher is evaluated on while it trains,
       when it reads other inputs than the students (another tokenizer's rows); None:
       ``test_data``. (``train_data`` is always the teacher's.)
+    teacher_task: the task the teacher trains on when it is not the students' (their
+      views mixed by mixup, which the teacher's own training does not use); None: ``task``.
   """
   task: Any
   train_data: Any
@@ -59,6 +61,7 @@ class Prepared:
   baseline_train_data: Any = None
   use_run_dirs: Callable | None = None
   teacher_test_data: Any = None
+  teacher_task: Any = None
 
   @property
   def baseline_data(self):

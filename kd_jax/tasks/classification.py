@@ -39,6 +39,11 @@ LANGUAGE = False
 STUDENT_INITS = ("scratch", "baseline")
 
 
+# Only the students' training depends on these dataset fields (not the teacher's cache key:
+# the teacher trains without mixing, Prepared.teacher_task).
+STUDENT_ONLY_FIELDS = ("mixup", "cutmix")
+
+
 def check(config) -> None:
   """An image dataset's fields and models, and the caches augmentation allows."""
   checks.ints_at_least("dataset", config.dataset, ("train_examples", "test_examples",
@@ -224,8 +229,12 @@ def prepare(config, mesh, dtype) -> Prepared:
     return phase_report(fit.test_outputs, test_labels, teacher_test_logits,
                         config.dataset.omit_classes)
 
+  # The teacher trains on its own recipe: the students' mixing is theirs alone.
+  teacher_task = (dataclasses.replace(task, mixup=0.0, cutmix=0.0)
+                  if task.mixup or task.cutmix else None)
   return Prepared(task, train_data, transfer_set(config, train_data, num_classes),
-                  test_data, num_classes, build, evaluate_teacher, student_report, mesh=mesh)
+                  test_data, num_classes, build, evaluate_teacher, student_report, mesh=mesh,
+                  teacher_task=teacher_task)
 
 
 def phase_report(logits, labels, teacher_test_logits, omitted_classes=()) -> dict:

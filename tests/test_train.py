@@ -31,7 +31,10 @@ def _final_student_state(workdir):
 # The method's own loss term, as logged in metrics.jsonl (kd_jax.methods.make_objective).
 OWN_TERM = {"none": None, "kd": "distill", "dkd": "dkd", "fitnets": "feature_loss",
             "at": "feature_loss", "rkd": "feature_loss", "sp": "feature_loss",
-            "pkt": "feature_loss"}
+            "pkt": "feature_loss", "deit_hard": "feature_loss", "deit_soft": "feature_loss"}
+# DeiT's methods need a ViT student with its distillation token.
+DEIT_STUDENT = dict(model="vit", kwargs=dict(patch_size=7, dim=16, num_layers=1, num_heads=2,
+                                             distillation_token=True))
 
 
 def _records(path):
@@ -43,6 +46,8 @@ def _records(path):
 def test_every_method_runs_end_to_end(method, tmp_path, teacher_dir):
   overrides = {"feature_layers": {"conv2": "conv2"}} if method == "fitnets" else {}
   c = tiny_config(method, **overrides)
+  if method.startswith("deit"):
+    c.student.model, c.student.kwargs = DEIT_STUDENT["model"], DEIT_STUDENT["kwargs"]
   results = run_experiment(c, str(tmp_path / "run"), teacher_dir=teacher_dir,
                            show_progress=False)
   with open(tmp_path / "run" / "results.json") as f:
@@ -81,7 +86,8 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_dir):
     if method == "dkd":
       expected = r["ce"] + r["dkd"]                          # dkd.warmup_steps = 0
     else:
-      expected = c.alpha * r["ce"] + (1 - c.alpha) * r["distill"]
+      # (DeiT's logit term is α·CE alone: its teacher term is the feature term)
+      expected = c.alpha * r["ce"] + (1 - c.alpha) * r.get("distill", 0.0)
       expected += c.feature_weight * r.get("feature_loss", 0.0)
     assert r["loss"] == pytest.approx(expected, rel=1e-5)
 

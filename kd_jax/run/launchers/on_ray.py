@@ -29,6 +29,7 @@ import dataclasses
 import os
 import random
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,11 +103,17 @@ def _submit(ray, job: Job, run_fn: RunFn, settings: Settings, options: dict) -> 
   ray.get(group.ready())
   coordinator = _coordinator(ray, group)
   remote = ray.remote(max_calls=1)(run_process)
-  refs = [remote.options(
-      name=f"{job.name}#{i}", max_retries=0,
-      scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
-      **options).remote(job, run_fn, coordinator, settings.processes, i)
-          for i in range(settings.processes)]
+  env = options.get("runtime_env", {}).get("env_vars", {})
+  refs = []
+  for i in range(settings.processes):
+    # A runtime environment of its own starts a worker of its own: a pooled worker that
+    # has run JAX already could not start jax.distributed.
+    fresh = {"env_vars": {**env, "KD_JAX_RUN_PROCESS": f"{job.name}#{i}@{time.time()}"}}
+    refs.append(remote.options(
+        name=f"{job.name}#{i}", max_retries=0, runtime_env=fresh,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
+        **{k: v for k, v in options.items() if k != "runtime_env"}
+    ).remote(job, run_fn, coordinator, settings.processes, i))
   return _Running(job, refs, set(refs), group)
 
 

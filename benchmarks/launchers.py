@@ -1,6 +1,6 @@
 r"""What a sweep launcher costs: the 4-run smoke sweep with the local launcher and with Ray.
 
-    python benchmarks/launchers.py [--max_parallel 2]
+    python benchmarks/launchers.py [--max_parallel 2] [--compilation_cache]
 
 The sweep is experiments/fashion_mnist/kd.py:smoke over ``temperature.init=1,4`` × 2 seeds.
 Its teacher is trained once beforehand and copied into a fresh cache for each launcher
@@ -38,6 +38,7 @@ os.environ.setdefault("KD_JAX_DATA_SOURCE", "idx")
 from benchmarks import common  # noqa: E402
 from kd_jax import sweep  # noqa: E402
 from kd_jax.config import cli  # noqa: E402
+from kd_jax.core import compilation_cache  # noqa: E402
 from kd_jax.run import launchers, pipeline  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "experiments", "fashion_mnist", "kd.py:smoke")
@@ -68,10 +69,13 @@ def _sweep(config, root: str, teachers: str, launcher: str, settings) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--max_parallel", type=int, default=2)
+  parser.add_argument("--compilation_cache", action="store_true")
   args = parser.parse_args()
   import ray  # noqa: PLC0415
   config = cli.load_config_file(CONFIG)
   scratch = tempfile.mkdtemp(prefix="kd_jax_launchers_")
+  if args.compilation_cache:
+    compilation_cache.enable(os.path.join(scratch, "xla"))
   try:
     teachers = os.path.join(scratch, "warm", "teachers")
     print("training the smoke teacher once ...", flush=True)
@@ -105,7 +109,10 @@ def main() -> None:
                common.target(ray_overhead, OVERHEAD_TARGET_SECONDS)))
   common.print_table(f"4-run smoke sweep, local vs Ray ({args.max_parallel} in flight)", rows)
   path = common.write_results("launchers", {"max_parallel": args.max_parallel, "grid": GRID,
-                                            "seeds": SEEDS, "config": CONFIG, **results})
+                                            "seeds": SEEDS, "config": CONFIG,
+                                            "compilation_cache": args.compilation_cache,
+                                            **results},
+                              tag="cached" if args.compilation_cache else "")
   print(f"\nwrote {path}")
 
 

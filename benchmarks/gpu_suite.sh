@@ -14,6 +14,7 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c "import jax, sys; d = jax.devices()[0]; print('device:', d.device_kind); \
 sys.exit(0 if d.platform == 'gpu' else 'no GPU: jax.devices() = %s' % jax.devices())"
 for pair in resnet default; do
+  # (also the function-matching step: crop, flip and mixup read by the live teacher, issue 27)
   "$PYTHON" benchmarks/kd_step.py --precision bf16 --pair "$pair" --tag "gpu-$pair-bf16"
   "$PYTHON" benchmarks/vs_pytorch.py --precision bf16 --pair "$pair" --tag "gpu-$pair-bf16"
 done

@@ -18,7 +18,10 @@ all built by ``engine.make_train_step`` over the same device-resident batches:
 
 * student-only (``method='none'``, hard-label CE);
 * KD (the default experiment's logit KD; the teacher runs inside the step);
-* cached KD (``teacher_cache='memory'``: teacher logits gathered by index).
+* cached KD (``teacher_cache='memory'``: teacher logits gathered by index);
+* function matching (issue 27): pure KD (α = 0) on consistent views, the batch cropped,
+  flipped and mixed (mixup, Beta(1, 1)) on the device and read by the live teacher and the
+  student alike (``function_matching_over_kd``: what the views cost over the KD step).
 
 Writes ``benchmarks/results/kd_step.json`` with ``kd_over_student``,
 ``ideal_ratio``, ``cached_over_student`` (medians of per-repeat ratios; targets: ``kd_over_student`` ≤ 1.2 ×
@@ -30,6 +33,7 @@ against the dense matmul rate measured in the same run and precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 
 import jax
@@ -157,10 +161,17 @@ def main(argv=None) -> dict:
   _, cached_state = common.initial_state(setup.student, optimizer, mesh)
   cached_step = engine.make_train_step(kd_graphdef, kd_objective, optimizer, setup.preprocess,
                                       None, cached_data, mesh)
+  views = dataclasses.replace(setup.preprocess, crop_padding=2, flip=True, mixup=1.0)
+  pure = config.copy_and_resolve_references()
+  pure.alpha = 0.0
+  _, views_state = common.initial_state(setup.student, optimizer, mesh)
+  views_step = engine.make_train_step(kd_graphdef, methods.make_objective(pure), optimizer,
+                                      views, setup.teacher, setup.train_data, mesh)
   times = common.time_steps({
       "student": common.step_runner(student_step, student_state, batches),
       "kd": common.step_runner(kd_step, kd_state, batches),
       "cached": common.step_runner(cached_step, cached_state, batches),
+      "function_matching": common.step_runner(views_step, views_state, batches),
   }, steps=steps, repeats=repeats)
 
   f_teacher = common.forward_flops(setup.teacher_module, b, setup.input_shape, setup.dtype,
@@ -182,6 +193,7 @@ def main(argv=None) -> dict:
       "kd_over_student": kd_over_student,
       "ideal_ratio": ideal,
       "cached_over_student": cached_over_student,
+      "function_matching_over_kd": common.paired_ratio(times, "function_matching", "kd"),
       "kd_over_ideal": kd_over_student / ideal,
       "from_medians": {"kd_over_student": t_kd / t_student,
                        "cached_over_student": t_cached / t_student},
@@ -201,6 +213,8 @@ def main(argv=None) -> dict:
       ("student-only step (ms)", t_student * 1e3),
       ("KD step (ms)", t_kd * 1e3),
       ("cached-teacher KD step (ms)", t_cached * 1e3),
+      ("function-matching step (ms)",
+       times["function_matching"]["median_s"] * 1e3),
       ("teacher forward GFLOP / batch", f_teacher / 1e9),
       ("student forward GFLOP / batch", f_student / 1e9),
       ("ideal ratio 1 + F_t / (3 F_s)", ideal),

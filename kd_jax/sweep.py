@@ -139,14 +139,9 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _is_primary() -> bool:
-  """Whether this process writes the sweep's files: the only one, or process 0 of several."""
-  return jax.process_index() == 0
-
-
 def _write_json(path: str, data: dict) -> None:
   """Atomic write, so a kill never leaves a truncated sweep.json behind (process 0 only)."""
-  if _is_primary():
+  if launchers.is_primary():
     files.write_json(path, data, indent=1)
 
 
@@ -273,7 +268,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
           f"({', '.join(changed[:3])}{', …' if len(changed) > 3 else ''}); every run used "
           f"the code loaded at its start (fingerprint {record['code']['fingerprint']}).",
           flush=True)
-  if _is_primary():
+  if launchers.is_primary():
     write_summary(workdir, allow_mixed_code=allow_mixed_code, metric=metric)
     print(finished_message(workdir, record), flush=True)
   return record
@@ -285,7 +280,6 @@ class _Progress:
   def __init__(self, record: dict, record_path: str, *, parallel: bool):
     self.record, self.record_path, self.parallel = record, record_path, parallel
     self.elapsed: list[float] = []
-    self.started_count = 0
 
   def _counts(self) -> str:
     runs = self.record["runs"]
@@ -309,11 +303,8 @@ class _Progress:
 
   def finished(self, job, outcome: dict) -> None:
     entry = self.record["runs"][job.index]
-    entry.update(outcome, finished_at=round(time.time(), 3))
-    if entry["status"] == "done":
-      entry.pop("error", None)
-      entry.pop("traceback", None)
-    else:
+    entry.update(outcome, finished_at=round(time.time(), 3))   # (started() cleared errors)
+    if entry["status"] != "done":
       logging.error("Run %s failed: %s", job.name, entry.get("error"))
     if "seconds" in outcome:
       self.elapsed.append(outcome["seconds"])
@@ -453,7 +444,7 @@ def _define_flags() -> None:
                       "local instance).")
   flags.DEFINE_string("slurm_partition", None, "The SLURM partition (default: the site's).")
   flags.DEFINE_integer("slurm_time", 60, "The SLURM time limit per run, in minutes.")
-  flags.DEFINE_enum("slurm_cluster", "slurm", ["slurm", "local", "debug"],
+  flags.DEFINE_enum("slurm_cluster", "slurm", list(launchers.on_slurm.CLUSTERS),
                     "slurm: sbatch; local/debug: submitit runs the same array on this machine.")
   flags.DEFINE_bool("no_wait", False, "--launcher=slurm: return once the array is submitted "
                     "(then --summarize_only when it is done).")

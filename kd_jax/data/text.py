@@ -161,14 +161,17 @@ def train_tokenizer(documents: list[Document], vocab_size: int, cache_dir: str):
 
 
 def token_stream(documents: list[Document], tokenizer, *, bos: int = BOS,
-                 eos: int = EOS) -> np.ndarray:
+                 eos: int = EOS, ended=None) -> np.ndarray:
   """int32 ``[n]``: the documents as one stream ``<bos> text <eos> <bos> text <eos> ...``.
 
   ``add_special_tokens=False``: the stream gets these BOS/EOS, whatever the tokenizer's
-  post-processor would add.
+  post-processor would add. ``ended`` (bool per document; default all): a document that
+  did not end (a sample the generation budget cut) gets no EOS.
   """
   encodings = tokenizer.encode_batch([d.text for d in documents], add_special_tokens=False)
-  return np.concatenate([np.array([bos, *e.ids, eos], np.int32) for e in encodings])
+  ended = [True] * len(encodings) if ended is None else ended
+  return np.concatenate([np.array([bos, *e.ids] + ([eos] if end else []), np.int32)
+                         for e, end in zip(encodings, ended)] or [np.zeros(0, np.int32)])
 
 
 def row_starts(stream_length: int, max_len: int) -> range:

@@ -56,10 +56,11 @@ def check(config) -> None:
   for role in ("teacher", "student"):
     checks.choice(f"{role}.model", config[role].model, models.IMAGE_MODELS)
   d = config.dataset
-  for field in ("mixup", "cutmix"):
-    checks.nonnegative(f"dataset.{field}", d.get(field, 0.0))
-  mixes = d.get("mixup", 0.0) > 0 or d.get("cutmix", 0.0) > 0
-  if d.get("mixup", 0.0) > 0 and d.get("cutmix", 0.0) > 0:
+  mixup, cutmix = d.get("mixup", 0.0), d.get("cutmix", 0.0)
+  checks.nonnegative("dataset.mixup", mixup)
+  checks.nonnegative("dataset.cutmix", cutmix)
+  mixes = mixup > 0 or cutmix > 0
+  if mixup > 0 and cutmix > 0:
     raise ConfigError("dataset.cutmix", "dataset.mixup and dataset.cutmix are both > 0: "
                       "choose one (the other 0)")
   if mixes and config.teacher_fixed_views:
@@ -67,7 +68,7 @@ def check(config) -> None:
                       "un-augmented image, but with dataset.mixup/cutmix the student's view is "
                       "two images mixed: the teacher must read that same view (function "
                       "matching, Beyer et al. 2022); set teacher_fixed_views=False")
-  augmented = config.dataset.crop_padding > 0 or config.dataset.flip or mixes
+  augmented = d.crop_padding > 0 or d.flip or mixes
   if (augmented and config.teacher_cache in ("memory", "disk", "shared")
       and not config.teacher_fixed_views):
     raise ConfigError("teacher_cache",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from kd_jax.core.errors import ConfigError
+from kd_jax.data import text as text_data
 from kd_jax.llm import compute
 from kd_jax.llm import transfer
 
@@ -59,15 +60,6 @@ def sample_texts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings, eo
   return texts, ended
 
 
-def student_stream(texts: list[str], ended: np.ndarray, tokenizer, *, bos: int, eos: int
-                   ) -> np.ndarray:
-  """int32 ``[n]``: the samples in the student's tokens, ``<bos> text <eos>`` each (no EOS
-  after a sample the budget cut)."""
-  encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-  return np.concatenate([np.array([bos, *e.ids] + ([eos] if end else []), np.int32)
-                         for e, end in zip(encodings, ended)] or [np.zeros(0, np.int32)])
-
-
 def write(config, teacher_module, teacher_identity: dict, cache_dir: str, *, documents: int,
           teacher_side, student_side) -> tuple[np.ndarray, dict]:
   """The teacher's corpus in the student's tokens, and what writing it did.
@@ -82,7 +74,8 @@ def write(config, teacher_module, teacher_identity: dict, cache_dir: str, *, doc
     teacher_side, student_side: :class:`kd_jax.tasks.text.Tokenization` of each side.
 
   Returns:
-    ``(stream, stats)``: the student's token stream (:func:`student_stream`) and
+    ``(stream, stats)``: the samples in the student's tokens, ``<bos> text <eos>`` each (no
+    EOS after a sample the budget cut; :func:`kd_jax.data.text.token_stream`), and
     ``samples``, ``ended_fraction``, ``replacement_chars``, ``generated_tokens``,
     ``student_tokens``, ``text_bytes``, ``generation_seconds``, ``teacher_flops``.
   """
@@ -104,8 +97,9 @@ def write(config, teacher_module, teacher_identity: dict, cache_dir: str, *, doc
     texts = [teacher_side.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
     ended = np.array([n > 0 and row[n - 1] == teacher_side.special["eos"]
                       for row, n in zip(tokens, lengths)], bool)
-  stream = student_stream(texts, ended, student_side.tokenizer,
-                          bos=student_side.special["bos"], eos=student_side.special["eos"])
+  stream = text_data.token_stream([text_data.Document("transfer", text) for text in texts],
+                                  student_side.tokenizer, bos=student_side.special["bos"],
+                                  eos=student_side.special["eos"], ended=ended)
   model_config = getattr(teacher_module, "config", None)
   stats = {"samples": count, "ended_fraction": float(ended.mean()),
            "replacement_chars": sum(text.count(REPLACEMENT) for text in texts),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from kd_jax.core.errors import ConfigError
 from kd_jax.run.launchers import local, on_ray, on_slurm
 from kd_jax.run.launchers.jobs import (Events, Job, Settings, check_shared_storage,  # noqa: F401
-                                       execute, read_outcome)
+                                       execute, is_primary, read_outcome)
 
 LAUNCHERS = {"local": local.launch, "ray": on_ray.launch, "slurm": on_slurm.launch}
 

@@ -10,15 +10,14 @@ checkpoints in its sub-workdir.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from typing import Protocol
 
+import jax
 import ml_collections
 
 from kd_jax.core import compilation_cache, files
@@ -90,9 +89,10 @@ class Events(Protocol):
 RunFn = Callable[..., dict]
 
 
-def _is_primary() -> bool:
-  jax = sys.modules.get("jax")
-  return jax is None or jax.process_index() == 0
+def is_primary() -> bool:
+  """Whether this process writes a sweep's and a run's files: the only one, or process 0
+  of several."""
+  return jax.process_index() == 0
 
 
 def execute(job: Job, run_fn: RunFn) -> dict:
@@ -108,7 +108,7 @@ def execute(job: Job, run_fn: RunFn) -> dict:
   os.makedirs(job.run_dir, exist_ok=True)
   outcome_path = os.path.join(job.run_dir, OUTCOME_FILE)
   host = socket.gethostname()
-  if _is_primary():
+  if is_primary():
     if os.path.exists(outcome_path):
       os.remove(outcome_path)
     files.write_json(os.path.join(job.run_dir, WORKER_FILE),
@@ -117,25 +117,21 @@ def execute(job: Job, run_fn: RunFn) -> dict:
   try:
     results = run_fn(job.config, job.run_dir, teacher_dir=job.teacher_dir)
     results_path = os.path.join(job.run_dir, "results.json")
-    if not os.path.exists(results_path) and _is_primary():
+    if not os.path.exists(results_path) and is_primary():
       files.write_json(results_path, results, indent=1)
     outcome = {"status": "done"}
   except Exception as e:  # pylint: disable=broad-except
     outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                "traceback": "".join(traceback.format_exc().splitlines(True)[-20:])}
   outcome.update(seconds=round(time.time() - start, 3), host=host)
-  if _is_primary():
+  if is_primary():
     files.write_json(outcome_path, outcome, indent=1)
   return outcome
 
 
 def read_outcome(run_dir: str) -> dict | None:
   """The outcome :func:`execute` left in ``run_dir``, or None."""
-  path = os.path.join(run_dir, OUTCOME_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(os.path.join(run_dir, OUTCOME_FILE))
 
 
 def check_shared_storage(launcher: str, paths: dict[str, str | None], *, several_machines: bool

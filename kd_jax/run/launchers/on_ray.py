@@ -89,10 +89,13 @@ def _coordinator(ray, group) -> str:
   return f"{host}:{random.randint(20000, 60000)}"
 
 
-def _submit(ray, job: Job, run_fn: RunFn, settings: Settings, options: dict) -> _Running:
+def _submit(ray, job: Job, run_fn: RunFn, settings: Settings, options: dict,
+            remote) -> _Running:
+  """Hands ``job`` to Ray: ``remote`` is :func:`execute` (one process) or
+  :func:`run_process` (several), made remote once per sweep."""
   if settings.processes == 1:
-    ref = ray.remote(execute).options(name=job.name, max_retries=settings.retries,
-                                      **options).remote(job, run_fn)
+    ref = remote.options(name=job.name, max_retries=settings.retries,
+                         **options).remote(job, run_fn)
     return _Running(job, [ref], {ref})
   # Several processes: scheduled together, each in a worker of its own (a worker that has
   # run JAX cannot join a jax.distributed job); one lost process fails the run, which the
@@ -102,7 +105,6 @@ def _submit(ray, job: Job, run_fn: RunFn, settings: Settings, options: dict) -> 
   group = ray.util.placement_group([bundle] * settings.processes, strategy="PACK")
   ray.get(group.ready())
   coordinator = _coordinator(ray, group)
-  remote = ray.remote(max_calls=1)(run_process)
   env = options.get("runtime_env", {}).get("env_vars", {})
   refs = []
   for i in range(settings.processes):
@@ -137,13 +139,16 @@ def launch(jobs: Sequence[Job], run_fn: RunFn, settings: Settings, events: Event
     env = task_environment(settings.gpus)
     options = dict(num_cpus=settings.cpus, num_gpus=settings.gpus,
                    **({"runtime_env": {"env_vars": env}} if env else {}))
+    # (a worker that ran a process of a multi-process run is not reused: max_calls=1)
+    remote = (ray.remote(execute) if settings.processes == 1
+              else ray.remote(max_calls=1)(run_process))
     per_run = max(settings.cpus, 1e-9) * settings.processes
     limit = settings.max_parallel or max(
         1, int(ray.cluster_resources().get("CPU", 1) // per_run))
     pending, by_ref = list(jobs), {}
     while pending or by_ref:
       while pending and len({id(r) for r in by_ref.values()}) < limit:
-        running = _submit(ray, pending.pop(0), run_fn, settings, options)
+        running = _submit(ray, pending.pop(0), run_fn, settings, options, remote)
         by_ref.update({ref: running for ref in running.refs})
         events.started(running.job, "ray")
       done, _ = ray.wait(list(by_ref), num_returns=1)

@@ -49,7 +49,8 @@ def _uld(s_logits, t_logits, temperature, top_k):
 
 def _aligned(s_logits, t_logits, temperature, top_k):
   return ct.aligned_kd_terms(s_logits, t_logits.logits, t_logits.vocab_map, t_logits.exact,
-                             temperature=temperature, top_k=top_k, with_bound=True)
+                             temperature=temperature, top_k=top_k, with_bound=True,
+                             aligned=t_logits.aligned)
 
 
 def _training_task(alignment: str):

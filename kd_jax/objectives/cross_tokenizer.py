@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -166,15 +167,28 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
                      vocab_map: ArrayLike, *, temperature: ArrayLike = 1.0) -> Array:
   r"""``T²·KL(p̃ ‖ q̃)`` per position ``[...]``: both distributions restricted to the shared
   vocabulary (the teacher tokens with ``vocab_map[v] ≥ 0`` and their student tokens) and
-  renormalised there. With the identity map it is ``T²·KL(p ‖ q)``."""
+  renormalised there. With the identity map it is ``T²·KL(p ‖ q)``.
+
+  ``vocab_map`` must be injective (no student id twice: what
+  :func:`kd_jax.data.token_alignment.vocabulary_map` builds). The sum runs over the
+  student's vocabulary, through the inverse map: the teacher's log-probabilities are
+  gathered onto the student's ids, so the student's gradient needs no scatter of a
+  ``[..., V_t]`` gather back onto ``V_s`` (on XLA:CPU such a scatter is what the term's
+  cost was made of; ``benchmarks/cross_tokenizer.py`` times both forms).
+  """
   vocab_map = jnp.asarray(vocab_map)
-  matched = vocab_map >= 0
-  index = jnp.where(matched, vocab_map, 0)
-  log_p = jnp.where(matched, jax.nn.log_softmax(
-      at_least_float32(teacher_logits) / temperature, -1), -jnp.inf)
+  width = jnp.shape(student_logits)[-1]
+  # inverse[u] = the teacher id of student id u's byte string, −1 where none is.
+  inverse = jnp.full((width,), -1, jnp.int32).at[
+      jnp.where(vocab_map >= 0, vocab_map, width)].set(
+          jnp.arange(vocab_map.shape[0], dtype=jnp.int32), mode="drop")
+  matched = inverse >= 0
+  teacher_log_p = jax.nn.log_softmax(at_least_float32(teacher_logits) / temperature, -1)
+  log_p = jnp.where(matched, jnp.take(teacher_log_p, jnp.where(matched, inverse, 0), axis=-1),
+                    -jnp.inf)
   log_p = jax.lax.stop_gradient(log_p - jax.nn.logsumexp(log_p, -1, keepdims=True))
-  log_q = jnp.where(matched, jax.nn.log_softmax(
-      at_least_float32(student_logits) / temperature, -1)[..., index], -jnp.inf)
+  log_q = jnp.where(matched, jax.nn.log_softmax(at_least_float32(student_logits) / temperature,
+                                                -1), -jnp.inf)
   log_q = log_q - jax.nn.logsumexp(log_q, -1, keepdims=True)
   p = jnp.exp(log_p)
   # Σ p (log p − log q) over the matched tokens; an entry with p = 0 adds 0 (and no NaN).
@@ -184,16 +198,55 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
   return temperature ** 2 * kl
 
 
+def _only_where(needed: Array, per_position, *arrays: Array, chunk_size: int = 256):
+  """``per_position(*rows)`` (rows ``[n, V]`` → values ``[n]``, or a tuple of them) at the
+  positions where ``needed`` ``[...]`` holds, 0 elsewhere, computing it only there.
+
+  The positions are ordered needed-first and evaluated in chunks of ``chunk_size``
+  (``lax.map``); a chunk without a needed position takes the ``lax.cond`` branch that
+  returns zeros, so the cost follows the number of needed positions, not the shape. The
+  values (and gradients) equal evaluating everywhere and masking.
+  """
+  shape, size = needed.shape, math.prod(needed.shape)
+  chunks = -(-size // chunk_size)
+  need = jnp.concatenate([needed.reshape(size), jnp.zeros(chunks * chunk_size - size, bool)])
+  order = jnp.argsort(~need, stable=True)           # needed first; the padding stays last
+  rows = [jnp.concatenate([a.reshape(size, a.shape[-1]),
+                           jnp.zeros((chunks * chunk_size - size, a.shape[-1]), a.dtype)])[order]
+          .reshape(chunks, chunk_size, a.shape[-1]) for a in arrays]
+  chunk_needs = need[order].reshape(chunks, chunk_size)
+  zeros = jax.tree.map(lambda out: jnp.zeros(out.shape, out.dtype), jax.eval_shape(
+      per_position, *[jax.ShapeDtypeStruct((chunk_size, a.shape[-1]), a.dtype) for a in arrays]))
+
+  def chunk(args):
+    *chunk_rows, chunk_need = args
+    return jax.lax.cond(chunk_need.any(), lambda: per_position(*chunk_rows), lambda: zeros)
+
+  values = jax.lax.map(chunk, (*rows, chunk_needs))
+  back = jnp.argsort(order)                         # the inverse permutation
+  return jax.tree.map(
+      lambda v: jnp.where(needed, v.reshape(-1)[back][:size].reshape(shape), 0), values)
+
+
 def aligned_kd_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
                      vocab_map: ArrayLike, exact: ArrayLike, *,
-                     temperature: ArrayLike = 1.0, top_k: int = 0, with_bound: bool = False):
+                     temperature: ArrayLike = 1.0, top_k: int = 0, with_bound: bool = False,
+                     aligned: ArrayLike | None = None):
   """The per-position distillation term of :func:`aligned_kd_loss` ``[...]`` (no mean):
   :func:`matched_kl_terms` where ``exact``, :func:`uld_terms` (with ``top_k``) elsewhere;
-  with ``with_bound`` also the truncated ULD's gap bound (0 where ``exact``)."""
+  with ``with_bound`` also the truncated ULD's gap bound (0 where ``exact``).
+
+  ULD, the costly part, is computed only at the positions that are not exact (and, with
+  ``aligned``, are aligned: elsewhere the term is 0), by :func:`_only_where`.
+  """
+  student_logits = jnp.asarray(student_logits)
+  teacher_logits = jnp.asarray(teacher_logits)
   exact = jnp.asarray(exact, bool)
+  needs_uld = ~exact if aligned is None else ~exact & jnp.asarray(aligned, bool)
   kl = matched_kl_terms(student_logits, teacher_logits, vocab_map, temperature=temperature)
-  uld = uld_terms(student_logits, teacher_logits, temperature=temperature, top_k=top_k,
-                  with_bound=with_bound)
+  uld = _only_where(needs_uld, lambda s, t: uld_terms(
+      s, t, temperature=temperature, top_k=top_k, with_bound=with_bound),
+      student_logits, teacher_logits)
   if not with_bound:
     return jnp.where(exact, kl, uld)
   return jnp.where(exact, kl, uld[0]), jnp.where(exact, 0.0, uld[1])
@@ -237,5 +290,5 @@ def aligned_kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike,
   mask, distill_mask = _masks(shape, mask, aligned)
   exact = jnp.ones(shape, bool) if exact is None else checked_mask(exact, shape)
   distill = aligned_kd_terms(student_logits, teacher_logits, vocab_map, exact,
-                             temperature=temperature, top_k=top_k)
+                             temperature=temperature, top_k=top_k, aligned=distill_mask)
   return combine(student_logits, labels, alpha, distill, distill_mask, mask)[0]

@@ -1,0 +1,83 @@
+r"""The cross-tokenizer distillation terms, forward + backward, at the text table's shapes.
+
+    python benchmarks/cross_tokenizer.py [--quick] [--exact 0.5] [--tag T]
+
+``uld`` (every aligned position, by sequence order) and ``aligned_kd`` (the matched KL at
+exact positions, ULD at the other aligned ones), both with ``uld.top_k`` = 256 as in
+experiments/text/cross_tokenizer.py, as ``jax.value_and_grad`` of the mean term with respect
+to the student's logits, jitted: a batch of 32 rows × 127 positions, an 8,192-token teacher,
+a 2,048-token BPE or a byte-level (259) student. The logits are random (the cost does not
+depend on them); which positions are aligned is drawn at the fraction the table logged for
+each student (``aligned_fraction``: 81% and 30% by bytes, 97% and 76% by order), and
+``--exact`` of the aligned positions are exact (the next token the same string on both
+sides). Reports the median seconds of repeats; writes
+``benchmarks/results/cross_tokenizer[-T].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common  # noqa: F401  (puts the repository on sys.path)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax.objectives import cross_tokenizer as ct
+
+BATCH, POSITIONS, TEACHER_VOCAB, TOP_K = 32, 127, 8192, 256
+# Student vocabulary → the aligned fraction the table logged, by bytes and by order.
+STUDENTS = {2048: (0.81, 0.97), 259: (0.30, 0.76)}
+
+
+def _inputs(student_vocab: int, aligned_fraction: float, exact: float, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  shape = (BATCH, POSITIONS)
+  student = jnp.asarray(rng.normal(size=(*shape, student_vocab)), jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(*shape, TEACHER_VOCAB)), jnp.float32)
+  # An injective map: three quarters of the student's tokens have a teacher twin.
+  vocab_map = np.full(TEACHER_VOCAB, -1, np.int32)
+  shared = rng.permutation(student_vocab)[: student_vocab * 3 // 4]
+  vocab_map[rng.choice(TEACHER_VOCAB, len(shared), replace=False)] = shared
+  aligned = rng.random(shape) < aligned_fraction
+  return (student, teacher, jnp.asarray(vocab_map), jnp.asarray(aligned),
+          jnp.asarray(aligned & (rng.random(shape) < exact)))
+
+
+def _mean(values, where):
+  return jnp.sum(jnp.where(where, values, 0.0)) / jnp.maximum(jnp.sum(where), 1)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+  parser.add_argument("--exact", type=float, default=0.5,
+                      help="the fraction of aligned positions that are exact")
+  parser.add_argument("--tag", default="")
+  args = parser.parse_args(argv)
+  repeats = 3 if args.quick else 7
+  rows, results = [], {}
+  for student_vocab, (by_bytes, by_order) in STUDENTS.items():
+    s, t, vocab_map, aligned, exact = _inputs(student_vocab, by_bytes, args.exact)
+    order_aligned = _inputs(student_vocab, by_order, args.exact)[3]
+    terms = {
+        "uld": lambda x: _mean(ct.uld_terms(x, t, top_k=TOP_K), order_aligned),
+        "aligned_kd": lambda x: _mean(ct.aligned_kd_terms(
+            x, t, vocab_map, exact, top_k=TOP_K, aligned=aligned), aligned),
+    }
+    for name, term in terms.items():
+      seconds = common.median_seconds(jax.jit(jax.value_and_grad(term)), s, repeats=repeats)
+      results[f"{name}/{student_vocab}"] = seconds
+      rows.append((f"{name}, {student_vocab}-token student", seconds, "s (forward + backward)"))
+  common.print_table(f"Cross-tokenizer terms, {BATCH}×{POSITIONS} positions, "
+                     f"{TEACHER_VOCAB}-token teacher, top {TOP_K}", rows)
+  path = common.write_results("cross_tokenizer", {
+      "seconds": results, "exact_fraction_of_aligned": args.exact,
+      "shape": {"batch": BATCH, "positions": POSITIONS, "teacher_vocab": TEACHER_VOCAB,
+                "top_k": TOP_K}}, args.tag)
+  print(f"\nwrote {path}")
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -239,7 +239,9 @@ def test_the_tokenizer_table_pairs_each_point_with_its_tokenizers_student_alone(
   def run(method, size, seed, bpb, student_data="gold"):
     return {"config": {"method": method, "seed": seed, "dataset": {"student_vocab_size": size},
                        "student_data": student_data},
-            "teacher": {"bits_per_byte": 2.0}, "student": {"bits_per_byte": bpb}}
+            "teacher": {"bits_per_byte": 2.0}, "student": {"bits_per_byte": bpb},
+            # What a run records of the teacher's samples it trained on (text_transfer.write).
+            **({"transfer_set": {"samples": 100}} if student_data == "transfer" else {})}
   by_point = {
       "none-2k": [run("none", 2048, s, v) for s, v in enumerate([3.0, 3.2, 3.1])],
       "uld-2k": [run("uld", 2048, s, v) for s, v in enumerate([2.9, 3.1, 3.0])],  # −0.1 each

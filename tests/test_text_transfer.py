@@ -19,7 +19,9 @@ EOS = 2
 def test_sample_texts_spell_the_tokens_and_mark_the_samples_that_ended():
   token_bytes = [b"", b"", b"", b"Caf", "é".encode(), b"\xc3", b" ok"]
   tokens = np.array([[3, 4, EOS, 0], [3, 5, 0, 0], [6, 99, EOS, 0], [0, 0, 0, 0]])
-  texts, ended = text_transfer.sample_texts(tokens, np.array([3, 2, 3, 0]), token_bytes, EOS)
+  lengths = np.array([3, 2, 3, 0])
+  texts = text_transfer.sample_texts(tokens, lengths, token_bytes)
+  ended = text_transfer.samples_ended(tokens, lengths, EOS)
   # A cut multi-byte character becomes U+FFFD; an id past the vocabulary (a padding row)
   # spells nothing; an empty sample is empty text that did not end.
   assert texts == ["Café", "Caf\ufffd", " ok", ""]

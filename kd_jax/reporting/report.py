@@ -77,11 +77,17 @@ def _ms(row, steps: int) -> str:
   return "-" if value is None else f"{value:.2f}"
 
 
-def _student_label(results: dict) -> str:
-  """The distilled student's method, and whether it trained on teacher-written data."""
+def student_method(results: dict) -> str:
+  """The student's method, ``seqkd`` (or ``seqkd+<method>``) where the teacher wrote its
+  data (a transfer set: sequence-level KD, a token-level term on top with another method)."""
   method = results["config"]["method"]
-  if "transfer_set" in results:      # sequence-level KD (and token KD on top with kd)
+  if "transfer_set" in results:
     return "seqkd" if method == "none" else f"seqkd+{method}"
+  return method
+
+
+def _student_label(results: dict) -> str:
+  method = student_method(results)
   return method if method != "none" else "no teacher"
 
 

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kd_jax.reporting import stats, sweep_dir
+from kd_jax.reporting import report, stats, sweep_dir
 
 TABLE_FILE = "tokenizer_table.md"
 METRIC = "bits_per_byte"
@@ -30,15 +30,6 @@ METRIC = "bits_per_byte"
 
 def _tokenizer(results: Mapping[str, Any]) -> int:
   return int(results["config"]["dataset"].get("student_vocab_size", 0))
-
-
-def _method(results: Mapping[str, Any]) -> str:
-  """The point's method; ``seqkd`` for a student trained on the teacher's samples
-  (``student_data="transfer"``, no token-level term), which is no student alone."""
-  config = results["config"]
-  if config.get("student_data") == "transfer":
-    return "seqkd" if config["method"] == "none" else f"seqkd+{config['method']}"
-  return config["method"]
 
 
 def _by_seed(results: Sequence[Mapping[str, Any]]) -> dict[int, float]:
@@ -59,13 +50,13 @@ def table(sweep: sweep_dir.SweepDir) -> str:
              if r["teacher"].get(METRIC) is not None]
   teacher_mean = sum(teacher) / len(teacher) if teacher else math.nan
   alone = {_tokenizer(results[0]): _by_seed(results) for results in runs.values()
-           if _method(results[0]) == "none"}
+           if report.student_method(results[0]) == "none"}
   lines = [f"Teacher: {teacher_mean:.4f} bits per byte.", "",
            "| point | student tokenizer | method | bits/byte | Δ vs alone (paired) | "
            "gap recovered | n |", "|---|---|---|---|---|---|---|"]
   verdicts = []
   for point, results in runs.items():
-    size, method = _tokenizer(results[0]), _method(results[0])
+    size, method = _tokenizer(results[0]), report.student_method(results[0])
     values = _by_seed(results)
     cells = [f"`{point}`", f"{size:,} tokens" if size else "the teacher's", method,
              _interval(stats.mean_ci(list(values.values())))]

@@ -36,28 +36,26 @@ def check(config) -> None:
                       "a text corpus has none: the text task keeps every sample (set it False)")
 
 
-def sample_texts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings, eos: int
-                 ) -> tuple[list[str], np.ndarray]:
-  """The text of each generated sample and whether it ended.
+def sample_texts(tokens: np.ndarray, lengths: np.ndarray, token_byte_strings) -> list[str]:
+  """The text of each generated sample, UTF-8 decoded with invalid bytes replaced.
 
   Args:
     tokens: int ``[M, T]`` generated tokens (pad after EOS).
     lengths: int ``[M]``, each sample's length up to and including its EOS.
     token_byte_strings: the bytes of each token id (``b""`` for special tokens); ids past
       its end (a model's padding rows, never produced by the tokenizer) count as ``b""``.
-    eos: the EOS id.
-
-  Returns:
-    ``(texts, ended)``: UTF-8 decoded with invalid bytes replaced, and bool ``[M]``.
   """
-  texts, ended = [], np.zeros(len(tokens), bool)
   vocabulary = len(token_byte_strings)
-  for i, (row, n) in enumerate(zip(np.asarray(tokens), np.asarray(lengths))):
-    ids = row[:n]
-    ended[i] = n > 0 and ids[-1] == eos
-    raw = b"".join(token_byte_strings[t] if 0 <= t < vocabulary else b"" for t in ids)
-    texts.append(raw.decode("utf-8", errors="replace"))
-  return texts, ended
+  return [b"".join(token_byte_strings[t] if 0 <= t < vocabulary else b"" for t in row[:n])
+          .decode("utf-8", errors="replace")
+          for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
+
+
+def samples_ended(tokens: np.ndarray, lengths: np.ndarray, eos: int) -> np.ndarray:
+  """bool ``[M]``: whether each sample ended with EOS (an empty sample did not)."""
+  tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+  last = tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)]
+  return (lengths > 0) & (last == eos)
 
 
 def write(config, teacher_module, teacher_identity: dict, cache_dir: str, *, documents: int,
@@ -90,13 +88,11 @@ def write(config, teacher_module, teacher_identity: dict, cache_dir: str, *, doc
       pad_id=teacher_side.special["pad"], directory=cache_dir, identity=teacher_identity,
       seed=config.seed)
   tokens, lengths = samples.tokens[0], samples.lengths[0]
+  ended = samples_ended(tokens, lengths, teacher_side.special["eos"])
   if teacher_side.token_bytes is not None:
-    texts, ended = sample_texts(tokens, lengths, teacher_side.token_bytes,
-                                teacher_side.special["eos"])
+    texts = sample_texts(tokens, lengths, teacher_side.token_bytes)
   else:   # a tokenizer whose tokens' bytes are unknown: its own decoder
     texts = [teacher_side.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
-    ended = np.array([n > 0 and row[n - 1] == teacher_side.special["eos"]
-                      for row, n in zip(tokens, lengths)], bool)
   stream = text_data.token_stream([text_data.Document("transfer", text) for text in texts],
                                   student_side.tokenizer, bos=student_side.special["bos"],
                                   eos=student_side.special["eos"], ended=ended)

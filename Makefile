@@ -103,7 +103,7 @@ lock:
 
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # Without the tests marked slow (end-to-end smoke runs, TFDS preparation).
 test-fast: install

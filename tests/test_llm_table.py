@@ -165,6 +165,37 @@ def test_policy_gradient_curves_average_the_seeds_logs(tmp_path):
   assert not os.path.exists(tmp_path / "x.png")
 
 
+def test_displacement_reports_the_first_and_last_logged_log_probs(tmp_path):
+  import json
+  def runs(name, chosen, rejected):
+    out = []
+    for seed in range(2):
+      log_dir = tmp_path / f"{name}{seed}"
+      log_dir.mkdir()
+      with open(log_dir / "metrics.jsonl", "w") as f:
+        for i, step in enumerate(range(0, 200, 10)):     # 20 logged steps
+          f.write(json.dumps({"step": step, "chosen_log_prob": chosen(i) + seed,
+                              "rejected_log_prob": rejected(i) - seed,
+                              "reward_margin": 0.1}) + "\n")
+      out.append({"student": {"logs": str(log_dir)}})
+    return out
+  by_point = {
+      # Both fall: chosen −2 − i/10, rejected −3 − i/5 (plus ±seed, which averages out).
+      "dpo": runs("dpo", lambda i: -2 - i / 10, lambda i: -3 - i / 5),
+      "dpo-nll": runs("nll", lambda i: -2 + i / 20, lambda i: -3 - i / 5),
+      "sft": [{"student": {"logs": str(tmp_path / "none")}}],
+  }
+  lines = llm_table.displacement(by_point)
+  # The first five logged steps, i = 0..4: mean i = 2; the last five, i = 15..19: 17;
+  # seeds 0 and 1 add 0.5 (chosen) and −0.5 (rejected) on average.
+  assert "- `dpo`: chosen -1.70 → -3.20, rejected -3.90 → -6.90 (both fell: likelihood " \
+         "displacement)." in lines
+  assert "- `dpo-nll`: chosen -1.40 → -0.65, rejected -3.90 → -6.90 (the chosen rose)." in lines
+  assert not any("`sft`" in line for line in lines)
+  assert llm_table.plot_preference_curves(by_point, str(tmp_path / "p.png"), "t")
+  assert llm_table.displacement({"sft": by_point["sft"]}) == []
+
+
 def test_the_table_names_its_code_and_refuses_runs_of_different_code(tmp_path):
   workdir = _sweep(tmp_path, names=("sft", "good"))
   paths = sorted(glob.glob(os.path.join(workdir, "runs", "*", "seed*", "results.json")))

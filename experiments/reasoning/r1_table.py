@@ -27,7 +27,10 @@ phase trains 3,000 steps of 64 rows, evaluated every 300. The points
   64 sampled rows counts 1.965 SFT steps' FLOPs: tests/test_compute.py checks the two
   within 1%);
 * the rank and RL rows from the same base, at their own learning rate (1e-4):
-  ``dpo`` (DPO on the base's ranked samples, a verified answer chosen), ``dpkd`` (DPO on
+  ``dpo`` (DPO on the base's ranked samples, a verified answer chosen), ``dpo-nll`` (the
+  same with λ = 1 times the chosen answers' length-normalised NLL, Pang et al. 2024's
+  remedy for likelihood displacement: llm_table reports whether both answers' log-probs
+  fall), ``dpkd`` (DPO on
   teacher-versus-student pairs), ``distillm2`` (DistiLLM-2's contrastive loss on those
   pairs), ``minillm`` (MiniLLM's policy gradient), each 3,000 steps, and their control
   ``sft-gold-more``: the base trained on by SFT at 1e-4 for 3,000 steps;
@@ -63,6 +66,8 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
   from_seqkd = f"student_init=seqkd; baseline=true; transfer.max_examples={max(sizes)}"
   warm = (
       f"dpo: method=dpo; {FROM_BASE}",
+      # DPO with λ = 1 times the chosen answers' length-normalised NLL (Pang et al. 2024).
+      f"dpo-nll: method=dpo; dpo.nll_weight=1.0; {FROM_BASE}",
       f"dpkd: method=dpo; dpo.pairs=teacher; {FROM_BASE}",
       f"distillm2: method=distillm2; {FROM_BASE}",
       f"minillm: method=minillm; {FROM_BASE}",

@@ -18,6 +18,10 @@ experiments and writes, next to ``sweep.json``:
 * ``policy_gradient_curves.png`` — for the policy-gradient students (``grpo``,
   ``minillm``): the verifier's and the teacher's rewards of their samples and their KL
   to the starting SFT student, step by step (mean over seeds), from their logs;
+* ``preference_curves.png`` — for the preference students (``dpo`` and its kin): their
+  chosen and rejected answers' sequence log-probabilities and the reward margin, step by
+  step, with the start and end values in ``llm_table.md`` (likelihood displacement:
+  both falling);
 * ``transfer_vs_temperature.png`` — when the points differ in the teacher's
   sampling temperature for the transfer set: its acceptance rate, its distinct
   accepted answers per prompt and the student's exact match against it.
@@ -432,18 +436,24 @@ def _training_curve(runs: Sequence[Mapping[str, Any]], metric: str, smooth: int 
   return np.array(steps[width - 1:]), np.convolve(mean, np.ones(width) / width, mode="valid")
 
 
-def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
-                                title: str) -> bool:
-  """The reward curves and the KL to the reference of the points whose steps log them
-  (the policy-gradient students); False (nothing written) when no point does."""
-  curves = {name: [_training_curve(runs, metric) for metric, _ in RL_CURVES]
+# The preference students' curves (DPO and its kin): the likelihood-displacement signature.
+PREFERENCE_CURVES = (("chosen_log_prob", "chosen answers: mean sequence log-prob"),
+                     ("rejected_log_prob", "rejected answers: mean sequence log-prob"),
+                     ("reward_margin", "β · (chosen − rejected log-ratio)"))
+
+
+def _plot_training_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]],
+                          metrics: Sequence[tuple[str, str]], path: str, title: str) -> bool:
+  """One panel per logged training metric, a line per point that logs them all (mean over
+  seeds, moving average of 5 logged steps); False (nothing written) when no point does."""
+  curves = {name: [_training_curve(runs, metric) for metric, _ in metrics]
             for name, runs in by_point.items() if runs}
   curves = {name: c for name, c in curves.items() if all(x is not None for x in c)}
   if not curves:
     return False
   from kd_jax.reporting import plots  # matplotlib is slow to import
-  fig, axes = plots.plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4), dpi=130)
-  for ax, (metric, label), i in zip(axes, RL_CURVES, range(len(RL_CURVES))):
+  fig, axes = plots.plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=130)
+  for ax, (metric, label), i in zip(axes, metrics, range(len(metrics))):
     for name, c in curves.items():
       steps, values = c[i]
       ax.plot(steps, values, label=name)
@@ -452,12 +462,54 @@ def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any
     ax.grid(True, alpha=0.3)
   axes[0].legend(fontsize=8)
   n = min(len(by_point[name]) for name in curves)
-  fig.suptitle(f"{title}: policy-gradient students during training (mean over {n}+ seeds, "
-               "moving average of 5 logged steps)", fontsize=10)
+  fig.suptitle(f"{title} (mean over {n}+ seeds, moving average of 5 logged steps)",
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path)
   plots.plt.close(fig)
   return True
+
+
+def plot_policy_gradient_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                                title: str) -> bool:
+  """The reward curves and the KL to the reference of the points whose steps log them
+  (the policy-gradient students); False (nothing written) when no point does."""
+  return _plot_training_curves(by_point, RL_CURVES, path,
+                               f"{title}: policy-gradient students during training")
+
+
+def plot_preference_curves(by_point: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                           title: str) -> bool:
+  """The chosen and rejected answers' log-probabilities and the reward margin of the points
+  whose steps log them (the preference students); False when no point does."""
+  return _plot_training_curves(by_point, PREFERENCE_CURVES, path,
+                               f"{title}: preference students during training")
+
+
+def displacement(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+  """The likelihood-displacement lines of ``llm_table.md``: for each preference student,
+  its chosen and rejected answers' mean sequence log-probabilities at the start and the
+  end of training (means of the first and last 5 logged steps, over seeds), and whether
+  both fell (DPO raising its margin by lowering both: Pang et al. 2024, Razin et al. 2024)."""
+  lines = []
+  for name, runs in by_point.items():
+    if not runs:
+      continue
+    chosen, rejected = (_training_curve(runs, metric, smooth=1)
+                        for metric in ("chosen_log_prob", "rejected_log_prob"))
+    if chosen is None or rejected is None:
+      continue
+    ends = [(float(np.mean(v[:5])), float(np.mean(v[-5:]))) for _, v in (chosen, rejected)]
+    (c0, c1), (r0, r1) = ends
+    said = ("both fell: likelihood displacement" if c1 < c0 and r1 < r0 else
+            "the chosen rose" if c1 >= c0 else "the chosen fell, the rejected rose")
+    lines.append(f"- `{name}`: chosen {c0:.2f} → {c1:.2f}, rejected {r0:.2f} → {r1:.2f} "
+                 f"({said}).")
+  if not lines:
+    return []
+  return ["", "Preference students: their answers' mean sequence log-probabilities (nats) "
+          "at the start → the end of training (the first and last 5 logged steps, mean over "
+          "seeds):", "", *lines]
 
 
 def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = False) -> str:
@@ -493,6 +545,9 @@ def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = Fals
   if plot_policy_gradient_curves(by_point, os.path.join(workdir, "policy_gradient_curves.png"),
                                  title):
     text += "\n![policy_gradient_curves.png](policy_gradient_curves.png)\n"
+  if plot_preference_curves(by_point, os.path.join(workdir, "preference_curves.png"), title):
+    text += "\n".join(displacement(by_point)) + "\n"
+    text += "\n![preference_curves.png](preference_curves.png)\n"
   with open(os.path.join(workdir, TABLE_FILE), "w") as f:
     f.write(text)
   return text

@@ -290,3 +290,22 @@ def test_the_text_task_gives_a_padded_teacher_the_students_logit_width():
   assert teacher.vocab_size == config.dataset.vocab_size + 64
   tokens = jnp.ones((1, 4), jnp.int32)
   assert teacher(tokens).shape == student(tokens).shape == (1, 4, config.dataset.vocab_size)
+
+
+def test_the_tokenizer_tables_calibration_gives_spread_plateau_and_detectable_difference():
+  from kd_jax.reporting import sweep_dir, tokenizer_table
+  def run(method, seed, bpb, late_drop):
+    # Bits per byte are half the per-token nll here; the evaluation at step 80 (the first
+    # of the last 20% of 100 steps) lies `late_drop` bits per byte above the final one.
+    history = [{"step": 70, "nll": 9.0}, {"step": 80, "nll": 2 * (bpb + late_drop)},
+               {"step": 100, "nll": 2 * bpb}]
+    return {"config": {"method": method, "seed": seed, "dataset": {"student_vocab_size": 2048}},
+            "teacher": {"bits_per_byte": 2.0},
+            "student": {"bits_per_byte": bpb, "nll": 2 * bpb, "steps": 100, "history": history}}
+  by_point = {"none-2k": [run("none", s, v, 0.1) for s, v in enumerate([3.0, 3.2, 3.1])],
+              "uld-2k": [run("uld", s, v, 0.0) for s, v in enumerate([2.9, 3.0, 3.1])]}
+  text = tokenizer_table.table(sweep_dir.SweepDir({}, by_point, []))
+  # sd of 3.0/3.2/3.1 and of 2.9/3.0/3.1: 0.1. uld − alone per seed: −0.1, −0.2, 0.0 (sd
+  # 0.1): detectable (t_.975,2 + t_.8,2) · 0.1/√3 = (4.30265 + 1.06066) · 0.057735 = 0.3097.
+  assert "| `none-2k` | 0.1000 | -0.1000 | – | 3 |" in text
+  assert "| `uld-2k` | 0.1000 | +0.0000 | 0.3097 | 3 |" in text

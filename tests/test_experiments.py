@@ -364,7 +364,7 @@ def test_text_module_smoke_run(tmp_path, teacher_dir):
 
 
 # Modules whose other arguments are sweeps of their own.
-EXTRA_SWEEP_ARGS = {"function_matching.py": (":vit", ":vit_smoke"), "cross_tokenizer.py": (":sums",)}
+EXTRA_SWEEP_ARGS = {"function_matching.py": (":vit", ":vit_smoke"), "cross_tokenizer.py": (":sums", ":calibrate")}
 
 
 def _sweep_specs() -> list[str]:

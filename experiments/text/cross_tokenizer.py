@@ -4,6 +4,8 @@ read the same text in a 2k BPE or in bytes (issue 25).
     python -m kd_jax.main --config=experiments/text/cross_tokenizer.py:smoke --workdir=/tmp/xtok
     python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py --workdir=runs/xtok
     python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py:sums --workdir=runs/xtok_sums
+    python -m kd_jax.sweep --config=experiments/text/cross_tokenizer.py:calibrate \
+        --workdir=runs/xtok_calibrate          # the students alone at 200, 800, 3,200 steps
 
 The teacher is experiments/text/token_kd.py's (4 layers, 128 wide, an 8,192-token BPE;
 trained once and cached, shared with that experiment's runs of the same code). Each
@@ -39,6 +41,7 @@ STUDENT_VOCABULARIES = {"2k": 2048, "bytes": 259}
 # Each row's overrides: a student alone, two token-level methods, sequence-level KD.
 METHODS = {"none": "method=none", "uld": "method=uld", "aligned_kd": "method=aligned_kd",
            "seqkd": "method=none; student_data=transfer"}
+CALIBRATION_STEPS = (200, 800, 3200)
 
 
 def get_config(arg=None):
@@ -79,8 +82,16 @@ def get_config(arg=None):
               "aligned_kd-300: method=aligned_kd",
               "seqkd-300: method=none; student_data=transfer",
               "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
+  elif arg == "calibrate":
+    # Before a table that ranks methods: each student alone at 1x, 4x and 16x the table's
+    # 200 steps, evaluated 8 times per run, for the plateau (the change over the last 20%
+    # of the steps), the seed spread and the smallest detectable difference (the
+    # calibration section of tokenizer_table.md).
+    points = [f"none-{name}-{steps}: method=none; dataset.student_vocab_size={size}; "
+              f"train.steps={steps}; train.eval_every_steps={steps // 8}"
+              for steps in CALIBRATION_STEPS for name, size in STUDENT_VOCABULARIES.items()]
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, sums")
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, sums, calibrate")
   # Students of different tokenizers are ranked by bits per byte (per-token nll is not
   # comparable across them).
   c.sweep = dict(points=tuple(points), seeds=1 if arg == "smoke" else 3, metric="bits_per_byte")

@@ -10,7 +10,8 @@ Student-t interval over seeds; for a distilled point, its paired difference to t
 student of the same tokenizer trained alone (``method='none'`` on the corpus, same seeds;
 a ``seqkd`` point, ``student_data='transfer'``, is one of the distilled ones) and the gap
 it recovers, ``(alone − student) / (alone − teacher)`` on the means. Then, said plainly,
-which points beat the student alone with an interval that excludes 0.
+which points beat the student alone with an interval that excludes 0, and the
+calibration: seed spread, plateau and the smallest detectable difference.
 
 Only the runs' ``results.json`` are read.
 """
@@ -40,6 +41,58 @@ def _by_seed(results: Sequence[Mapping[str, Any]]) -> dict[int, float]:
 def _interval(interval: stats.Interval, signed: bool = False) -> str:
   mean = f"{interval.mean:+.4f}" if signed else f"{interval.mean:.4f}"
   return mean if math.isnan(interval.half_width) else f"{mean} ± {interval.half_width:.4f}"
+
+
+def late_change(results: Mapping[str, Any], last: float = 0.2) -> float | None:
+  """The plateau check of one run: bits per byte at its final evaluation minus at its first
+  evaluation in the last ``last`` of the steps (None without two evaluations there). The
+  history holds per-token nll; on one held-out text bits per byte is a fixed multiple of
+  it (tokens / bytes / ln 2), taken from the run's final values."""
+  student = results["student"]
+  if not student.get("nll") or student.get(METRIC) is None:
+    return None
+  per_nll = student[METRIC] / student["nll"]
+  late = [h for h in student.get("history", [])
+          if "nll" in h and h["step"] >= (1 - last) * student.get("steps", 0)]
+  if len(late) < 2:
+    return None
+  return (late[-1]["nll"] - late[0]["nll"]) * per_nll
+
+
+def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                alone: Mapping[int, Mapping[int, float]]) -> list[str]:
+  """The table's calibration lines: per point, the seed-to-seed sd of bits per byte, its
+  change over the last 20% of the steps (mean over seeds: a plateau is near 0) and, for a
+  distilled point, the smallest true difference to its student alone that a paired 95%
+  interval over these seeds excludes from 0 four times in five
+  (:func:`kd_jax.reporting.stats.detectable_difference`, from the observed spread of the
+  paired differences)."""
+  rows = []
+  for point, results in runs.items():
+    values = _by_seed(results)
+    if len(values) < 2:
+      continue
+    changes = [c for c in map(late_change, results) if c is not None]
+    change = f"{sum(changes) / len(changes):+.4f}" if changes else "–"
+    reference = alone.get(_tokenizer(results[0]))
+    common = (sorted(set(values) & set(reference))
+              if reference and report.student_method(results[0]) != "none" else [])
+    detectable = "–"
+    if len(common) > 1:
+      diff = stats.paired_difference([values[s] for s in common],
+                                     [reference[s] for s in common])
+      detectable = f"{stats.detectable_difference(diff.std, diff.n):.4f}"
+    sd = stats.mean_ci(list(values.values())).std
+    rows.append(f"| `{point}` | {sd:.4f} | {change} | {detectable} | {len(values)} |")
+  if not rows:
+    return []
+  return ["", "Calibration: the seed-to-seed standard deviation of bits per byte; its change "
+          "over the last 20% of the steps (final minus the first evaluation there, mean over "
+          "seeds: a plateau is near 0, a falling curve is negative); and the smallest true "
+          "difference to the same tokenizer's student alone that a paired 95% interval over "
+          "these seeds would exclude from 0 four times in five (80% power).", "",
+          "| point | sd (bits/byte) | change, last 20% of steps | detectable Δ | n |",
+          "|---|---|---|---|---|", *rows]
 
 
 def table(sweep: sweep_dir.SweepDir) -> str:
@@ -82,7 +135,8 @@ def table(sweep: sweep_dir.SweepDir) -> str:
             "over the UTF-8 bytes of the targets' text (lower is better); Δ: the point minus "
             "the same tokenizer's student alone, per seed, mean ± 95% t half-width; gap "
             "recovered: (alone − point) / (alone − teacher) on the means.", ""]
-  return "\n".join(lines + (verdicts or ["- No point has a student alone to compare with."])) + "\n"
+  lines += verdicts or ["- No point has a student alone to compare with."]
+  return "\n".join(lines + calibration(runs, alone)) + "\n"
 
 
 def write(workdir: str, *, allow_mixed_code: bool = False) -> str:

@@ -124,12 +124,12 @@ def test_aligned_kd_with_a_partial_map_matches_numpy():
 
 @pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
 def test_only_where_equals_evaluating_everywhere_then_masking(density):
-  """Values and gradients, over several chunks, the last one partial (23 positions in
-  chunks of 4), with none, some or all positions needed."""
+  """Values and gradients, over several columns, the last one partial (rows of 23
+  positions in columns of 4), with none, some or all positions needed."""
   rng = np.random.default_rng(5)
-  s = jnp.asarray(rng.normal(size=(23, 6)), jnp.float32)
-  t = jnp.asarray(rng.normal(size=(23, 9)), jnp.float32)
-  needed = jnp.asarray(rng.random(23) < density)
+  s = jnp.asarray(rng.normal(size=(2, 3, 23, 6)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(2, 3, 23, 9)), jnp.float32)
+  needed = jnp.asarray(rng.random((2, 3, 23)) < density)
   fn = lambda a, b: (ct.uld_terms(a, b, top_k=3, with_bound=True))
   def masked_everywhere(x):
     value, bound = fn(x, t)
@@ -137,7 +137,7 @@ def test_only_where_equals_evaluating_everywhere_then_masking(density):
   only = lambda x: ct._only_where(needed, fn, x, t, chunk_size=4)
   for got, want in zip(only(s), masked_everywhere(s)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
-  weights = jnp.asarray(rng.normal(size=23), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 3, 23)), jnp.float32)
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x)[0] * weights))(s)
   np.testing.assert_allclose(np.asarray(grad(only)), np.asarray(grad(masked_everywhere)),
                              rtol=1e-6, atol=1e-7)

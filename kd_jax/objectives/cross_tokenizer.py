@@ -198,34 +198,44 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
   return temperature ** 2 * kl
 
 
-def _only_where(needed: Array, per_position, *arrays: Array, chunk_size: int = 256):
-  """``per_position(*rows)`` (rows ``[n, V]`` → values ``[n]``, or a tuple of them) at the
-  positions where ``needed`` ``[...]`` holds, 0 elsewhere, computing it only there.
+def _only_where(needed: Array, per_position, *arrays: Array, chunk_size: int = 8):
+  """``per_position(*rows)`` (rows ``[R, C, V]`` → values ``[R, C]``, or a tuple of them) at
+  the positions where ``needed`` ``[..., T]`` holds, 0 elsewhere, computing it only there.
 
-  The positions are ordered needed-first and evaluated in chunks of ``chunk_size``
-  (``lax.map``); a chunk without a needed position takes the ``lax.cond`` branch that
-  returns zeros, so the cost follows the number of needed positions, not the shape. The
-  values (and gradients) equal evaluating everywhere and masking.
+  Within each row the positions are ordered needed-first (a sort along ``T`` alone, so a
+  batch sharded over devices stays where it is), and the ordered positions are evaluated
+  in columns of ``chunk_size`` for every row at once (``lax.map``); a column that no row
+  needs takes the ``lax.cond`` branch that returns zeros. The cost follows the largest
+  number of needed positions in a row, not ``T``. The values (and gradients) equal
+  evaluating everywhere and masking.
   """
-  shape, size = needed.shape, math.prod(needed.shape)
-  chunks = -(-size // chunk_size)
-  need = jnp.concatenate([needed.reshape(size), jnp.zeros(chunks * chunk_size - size, bool)])
-  order = jnp.argsort(~need, stable=True)           # needed first; the padding stays last
-  rows = [jnp.concatenate([a.reshape(size, a.shape[-1]),
-                           jnp.zeros((chunks * chunk_size - size, a.shape[-1]), a.dtype)])[order]
-          .reshape(chunks, chunk_size, a.shape[-1]) for a in arrays]
-  chunk_needs = need[order].reshape(chunks, chunk_size)
+  *lead, length = needed.shape
+  rows = math.prod(lead)
+  chunks = -(-length // chunk_size)
+  pad = chunks * chunk_size - length
+  need = jnp.pad(needed.reshape(rows, length), ((0, 0), (0, pad)))
+  order = jnp.argsort(~need, axis=-1, stable=True)  # needed first; the padding stays last
+
+  def columns(a):     # [..., T, V] → [chunks, rows, chunk_size, V], each row ordered
+    a = jnp.pad(a.reshape(rows, length, a.shape[-1]), ((0, 0), (0, pad), (0, 0)))
+    a = jnp.take_along_axis(a, order[..., None], axis=1)
+    return a.reshape(rows, chunks, chunk_size, a.shape[-1]).swapaxes(0, 1)
+
+  column_needs = jnp.take_along_axis(need, order, axis=1).reshape(
+      rows, chunks, chunk_size).swapaxes(0, 1)
   zeros = jax.tree.map(lambda out: jnp.zeros(out.shape, out.dtype), jax.eval_shape(
-      per_position, *[jax.ShapeDtypeStruct((chunk_size, a.shape[-1]), a.dtype) for a in arrays]))
+      per_position, *[jax.ShapeDtypeStruct((rows, chunk_size, a.shape[-1]), a.dtype)
+                      for a in arrays]))
 
-  def chunk(args):
-    *chunk_rows, chunk_need = args
-    return jax.lax.cond(chunk_need.any(), lambda: per_position(*chunk_rows), lambda: zeros)
+  def column(args):
+    *column_rows, column_need = args
+    return jax.lax.cond(column_need.any(), lambda: per_position(*column_rows), lambda: zeros)
 
-  values = jax.lax.map(chunk, (*rows, chunk_needs))
-  back = jnp.argsort(order)                         # the inverse permutation
-  return jax.tree.map(
-      lambda v: jnp.where(needed, v.reshape(-1)[back][:size].reshape(shape), 0), values)
+  values = jax.lax.map(column, (*[columns(a) for a in arrays], column_needs))
+  back = jnp.argsort(order, axis=-1)                # the inverse permutation of each row
+  return jax.tree.map(lambda v: jnp.where(needed, jnp.take_along_axis(
+      v.swapaxes(0, 1).reshape(rows, chunks * chunk_size), back, axis=1)[:, :length]
+      .reshape(needed.shape), 0), values)
 
 
 def aligned_kd_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,

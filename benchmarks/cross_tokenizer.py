@@ -24,28 +24,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.objectives import cross_tokenizer as ct
+from kd_jax.objectives.masked import masked_mean
 
 BATCH, POSITIONS, TEACHER_VOCAB, TOP_K = 32, 127, 8192, 256
 # Student vocabulary → the aligned fraction the table logged, by bytes and by order.
 STUDENTS = {2048: (0.81, 0.97), 259: (0.30, 0.76)}
 
 
-def _inputs(student_vocab: int, aligned_fraction: float, exact: float, seed: int = 0):
+def _logits(student_vocab: int, seed: int = 0):
+  """Random student and teacher logits and an injective map: three quarters of the
+  student's tokens have a teacher twin."""
   rng = np.random.default_rng(seed)
   shape = (BATCH, POSITIONS)
   student = jnp.asarray(rng.normal(size=(*shape, student_vocab)), jnp.float32)
   teacher = jnp.asarray(rng.normal(size=(*shape, TEACHER_VOCAB)), jnp.float32)
-  # An injective map: three quarters of the student's tokens have a teacher twin.
   vocab_map = np.full(TEACHER_VOCAB, -1, np.int32)
   shared = rng.permutation(student_vocab)[: student_vocab * 3 // 4]
   vocab_map[rng.choice(TEACHER_VOCAB, len(shared), replace=False)] = shared
-  aligned = rng.random(shape) < aligned_fraction
-  return (student, teacher, jnp.asarray(vocab_map), jnp.asarray(aligned),
-          jnp.asarray(aligned & (rng.random(shape) < exact)))
+  return student, teacher, jnp.asarray(vocab_map)
 
 
-def _mean(values, where):
-  return jnp.sum(jnp.where(where, values, 0.0)) / jnp.maximum(jnp.sum(where), 1)
+def _positions(aligned_fraction: float, exact: float, seed: int = 0):
+  """Aligned positions at that fraction, and ``exact`` of them exact."""
+  rng = np.random.default_rng(seed)
+  aligned = rng.random((BATCH, POSITIONS)) < aligned_fraction
+  return jnp.asarray(aligned), jnp.asarray(aligned & (rng.random(aligned.shape) < exact))
 
 
 def main(argv=None) -> dict:
@@ -58,11 +61,12 @@ def main(argv=None) -> dict:
   repeats = 3 if args.quick else 7
   rows, results = [], {}
   for student_vocab, (by_bytes, by_order) in STUDENTS.items():
-    s, t, vocab_map, aligned, exact = _inputs(student_vocab, by_bytes, args.exact)
-    order_aligned = _inputs(student_vocab, by_order, args.exact)[3]
+    s, t, vocab_map = _logits(student_vocab)
+    aligned, exact = _positions(by_bytes, args.exact)
+    order_aligned, _ = _positions(by_order, args.exact)
     terms = {
-        "uld": lambda x: _mean(ct.uld_terms(x, t, top_k=TOP_K), order_aligned),
-        "aligned_kd": lambda x: _mean(ct.aligned_kd_terms(
+        "uld": lambda x: masked_mean(ct.uld_terms(x, t, top_k=TOP_K), order_aligned),
+        "aligned_kd": lambda x: masked_mean(ct.aligned_kd_terms(
             x, t, vocab_map, exact, top_k=TOP_K, aligned=aligned), aligned),
     }
     for name, term in terms.items():

@@ -143,6 +143,52 @@ def test_only_where_equals_evaluating_everywhere_then_masking(density):
                              rtol=1e-6, atol=1e-7)
 
 
+def test_only_where_evaluates_only_the_columns_a_row_needs():
+  """Rows of 23 positions in columns of 4; no row needs more than 5 positions, so after
+  ordering them needed-first only the first 2 of 6 columns are evaluated."""
+  rng = np.random.default_rng(6)
+  needed = np.zeros((3, 23), bool)
+  for row, count in enumerate([5, 2, 0]):
+    needed[row, rng.choice(23, count, replace=False)] = True
+  calls = []
+  def per_position(a, b):
+    jax.debug.callback(lambda: calls.append(1))
+    return ct.uld_terms(a, b)
+  s = jnp.asarray(rng.normal(size=(3, 23, 6)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(3, 23, 9)), jnp.float32)
+  got = ct._only_where(jnp.asarray(needed), per_position, s, t, chunk_size=4)
+  jax.block_until_ready(got)
+  jax.effects_barrier()
+  assert len(calls) == 2
+  np.testing.assert_allclose(np.asarray(got), np.where(needed, np.asarray(ct.uld_terms(s, t)), 0),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_aligned_kd_terms_skip_nothing_they_need_and_broadcast_their_masks():
+  """The method's path (a bound, ``aligned``) against the term written out everywhere; a
+  mask of the positions alone broadcasts over the batch; a single position (rank 0)."""
+  rng = np.random.default_rng(7)
+  s = jnp.asarray(rng.normal(size=(2, 5, 6)) * 2, jnp.float32)
+  t = jnp.asarray(rng.normal(size=(2, 5, 8)) * 2, jnp.float32)
+  vocab_map = jnp.array([2, -1, 0, 5, -1, -1, 1, -1])
+  exact = jnp.asarray(rng.random((2, 5)) > 0.5)
+  aligned = jnp.asarray(rng.random((2, 5)) > 0.3)
+  value, bound = ct.aligned_kd_terms(s, t, vocab_map, exact, top_k=3, with_bound=True,
+                                     aligned=aligned)
+  kl = ct.matched_kl_terms(s, t, vocab_map)
+  uld, uld_bound = ct.uld_terms(s, t, top_k=3, with_bound=True)
+  used = aligned | exact            # where the term is defined (0 at unaligned ULD positions)
+  np.testing.assert_allclose(np.where(used, value, 0), np.where(
+      used, np.where(exact, kl, uld), 0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(np.where(used, bound, 0), np.where(
+      used & ~exact, uld_bound, 0), rtol=1e-6, atol=1e-7)
+  row_mask = exact[0]               # [T]: broadcast over the batch
+  np.testing.assert_allclose(ct.aligned_kd_terms(s, t, vocab_map, row_mask),
+                             np.where(row_mask, kl, ct.uld_terms(s, t)), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ct.aligned_kd_terms(s[0, 0], t[0, 0], vocab_map, False),
+                             ct.uld_terms(s[0, 0], t[0, 0]), rtol=1e-6)
+
+
 def test_aligned_kd_is_finite_where_either_side_puts_no_mass_on_a_shared_token():
   s = jnp.array([[0.0, -1e9, 2.0]])       # student token 1 has probability 0
   t = jnp.array([[1.0, 0.5, 0.0, -1e9]])  # teacher token 3 has probability 0

@@ -307,5 +307,13 @@ def test_the_tokenizer_tables_calibration_gives_spread_plateau_and_detectable_di
   text = tokenizer_table.table(sweep_dir.SweepDir({}, by_point, []))
   # sd of 3.0/3.2/3.1 and of 2.9/3.0/3.1: 0.1. uld − alone per seed: −0.1, −0.2, 0.0 (sd
   # 0.1): detectable (t_.975,2 + t_.8,2) · 0.1/√3 = (4.30265 + 1.06066) · 0.057735 = 0.3097.
-  assert "| `none-2k` | 0.1000 | -0.1000 | – | 3 |" in text
+  # Alone: √2 · 0.1 in place of the paired sd: 5.36331 · 0.141421/√3 = 0.4379.
+  assert "| `none-2k` | 0.1000 | -0.1000 | 0.4379 (√2·sd) | 3 |" in text
   assert "| `uld-2k` | 0.1000 | +0.0000 | 0.3097 | 3 |" in text
+  # A calibration sweep (students alone only), and two alone points of one budget.
+  calibrating = {"none-2k": by_point["none-2k"]}
+  assert "- Every point is a student alone: no method to compare." in tokenizer_table.table(
+      sweep_dir.SweepDir({}, calibrating, []))
+  with pytest.raises(ValueError, match="both the student alone"):
+    tokenizer_table.table(sweep_dir.SweepDir({}, {**calibrating, "again": calibrating["none-2k"]},
+                                             []))

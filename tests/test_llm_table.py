@@ -183,6 +183,7 @@ def test_displacement_reports_the_first_and_last_logged_log_probs(tmp_path):
       # Both fall: chosen −2 − i/10, rejected −3 − i/5 (plus ±seed, which averages out).
       "dpo": runs("dpo", lambda i: -2 - i / 10, lambda i: -3 - i / 5),
       "dpo-nll": runs("nll", lambda i: -2 + i / 20, lambda i: -3 - i / 5),
+      "dpkd": runs("dpkd", lambda i: -2 - i / 10, lambda i: -3 + i / 5),
       "sft": [{"student": {"logs": str(tmp_path / "none")}}],
   }
   lines = llm_table.displacement(by_point)
@@ -190,7 +191,10 @@ def test_displacement_reports_the_first_and_last_logged_log_probs(tmp_path):
   # seeds 0 and 1 add 0.5 (chosen) and −0.5 (rejected) on average.
   assert "- `dpo`: chosen -1.70 → -3.20, rejected -3.90 → -6.90 (both fell: likelihood " \
          "displacement)." in lines
-  assert "- `dpo-nll`: chosen -1.40 → -0.65, rejected -3.90 → -6.90 (the chosen rose)." in lines
+  assert "- `dpo-nll`: chosen -1.40 → -0.65, rejected -3.90 → -6.90 (the chosen did not " \
+         "fall)." in lines
+  assert "- `dpkd`: chosen -1.70 → -3.20, rejected -3.10 → -0.10 (the chosen fell, the " \
+         "rejected did not)." in lines
   assert not any("`sft`" in line for line in lines)
   assert llm_table.plot_preference_curves(by_point, str(tmp_path / "p.png"), "t")
   assert llm_table.displacement({"sft": by_point["sft"]}) == []

@@ -75,6 +75,13 @@ def test_vocabulary_map_matches_byte_strings_and_specials_by_role():
   np.testing.assert_array_equal(got, [-1, 0, -1, 1, 4, 3])
 
 
+def test_vocabulary_map_gives_a_student_id_shared_by_two_roles_to_the_later_pair():
+  # The teacher's BOS (0) and EOS (1) are two ids; the student's BOS is its EOS (id 0).
+  teacher, student = [b"", b"", b"a"], [b"", b"a"]
+  got = ta.vocabulary_map(teacher, student, special_pairs={0: 0, 1: 0})
+  np.testing.assert_array_equal(got, [-1, 0, 1])         # EOS → EOS only: still injective
+
+
 def test_target_counts_count_a_split_character_once():
   vocab = [b"", b"\xc3", b"\xa9", "é".encode(), b"ab"]
   counted_bytes, chars = ta.target_counts([0, 1, 2, 3, 4], vocab)

@@ -179,7 +179,9 @@ def vocabulary_map(teacher_bytes: list[bytes], student_bytes: list[bytes],
 
   The map is injective: where a vocabulary holds one byte string twice (a byte-fallback
   ``<0x41>`` beside ``A``), only the first id of each side is matched, so that no student
-  probability is counted twice in the matched KL.
+  probability is counted twice in the matched KL; where two special pairs name one student
+  id (a student whose BOS is its EOS), the later pair keeps it (pass EOS after BOS: EOS is
+  the one ever predicted).
   """
   index: dict[bytes, int] = {}
   for u, b in enumerate(student_bytes):
@@ -192,6 +194,7 @@ def vocabulary_map(teacher_bytes: list[bytes], student_bytes: list[bytes],
       out[v] = index[b]
     seen.add(b)
   for v, u in (special_pairs or {}).items():
+    out[out == u] = -1
     out[v] = u
   return out
 

@@ -32,7 +32,7 @@ def _term(distill_terms):
     t, a = settings.temperature(step), settings.alpha(step)
     top_k = int(settings.uld.top_k) if settings.uld is not None else 0
     aligned = mask & t_logits.aligned
-    distill, bound = distill_terms(s_logits, t_logits, t, top_k)
+    distill, bound = distill_terms(s_logits, t_logits, t, top_k, aligned)
     loss, parts = ct.combine(s_logits, labels, a, distill, aligned, mask)
     metrics = {"temperature": t, "alpha": a, **parts,
                "aligned_fraction": masked_mean(t_logits.aligned.astype("float32"), mask)}
@@ -42,15 +42,16 @@ def _term(distill_terms):
   return term
 
 
-def _uld(s_logits, t_logits, temperature, top_k):
+def _uld(s_logits, t_logits, temperature, top_k, aligned):
+  del aligned   # by order nearly every position is aligned: nothing to skip
   return ct.uld_terms(s_logits, t_logits.logits, temperature=temperature, top_k=top_k,
                       with_bound=True)
 
 
-def _aligned(s_logits, t_logits, temperature, top_k):
+def _aligned(s_logits, t_logits, temperature, top_k, aligned):
   return ct.aligned_kd_terms(s_logits, t_logits.logits, t_logits.vocab_map, t_logits.exact,
                              temperature=temperature, top_k=top_k, with_bound=True,
-                             aligned=t_logits.aligned)
+                             aligned=aligned)
 
 
 def _training_task(alignment: str):

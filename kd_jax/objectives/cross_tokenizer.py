@@ -170,11 +170,11 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
   renormalised there. With the identity map it is ``T²·KL(p ‖ q)``.
 
   ``vocab_map`` must be injective (no student id twice: what
-  :func:`kd_jax.data.token_alignment.vocabulary_map` builds). The sum runs over the
-  student's vocabulary, through the inverse map: the teacher's log-probabilities are
-  gathered onto the student's ids, so the student's gradient needs no scatter of a
-  ``[..., V_t]`` gather back onto ``V_s`` (on XLA:CPU such a scatter is what the term's
-  cost was made of; ``benchmarks/cross_tokenizer.py`` times both forms).
+  :func:`kd_jax.data.token_alignment.vocabulary_map` builds); an entry at or past the
+  student's logits width counts as unmatched. The sum runs over the student's vocabulary,
+  through the inverse map: the teacher's log-probabilities are gathered onto the
+  student's ids, so the student's gradient needs no scatter back from a ``[..., V_t]``
+  gather.
   """
   vocab_map = jnp.asarray(vocab_map)
   width = jnp.shape(student_logits)[-1]
@@ -200,27 +200,23 @@ def matched_kl_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
 
 def _only_where(needed: Array, per_position, *arrays: Array, chunk_size: int = 8):
   """``per_position(*rows)`` (rows ``[R, C, V]`` → values ``[R, C]``, or a tuple of them) at
-  the positions where ``needed`` ``[..., T]`` holds, 0 elsewhere, computing it only there.
+  the positions where ``needed`` ``[..., T]`` holds, 0 elsewhere, evaluated only on the
+  columns of positions some row needs.
 
   Within each row the positions are ordered needed-first (a sort along ``T`` alone, so a
-  batch sharded over devices stays where it is), and the ordered positions are evaluated
-  in columns of ``chunk_size`` for every row at once (``lax.map``); a column that no row
-  needs takes the ``lax.cond`` branch that returns zeros. The cost follows the largest
-  number of needed positions in a row, not ``T``. The values (and gradients) equal
-  evaluating everywhere and masking.
+  batch sharded over devices stays where it is). ``lax.map`` walks the ordered positions
+  in columns of ``chunk_size``, all rows at once: a column is gathered from ``arrays`` and
+  evaluated only when a row needs it (``lax.cond``), so ``per_position`` runs on
+  ⌈max needed per row / ``chunk_size``⌉ columns and no permuted copy of ``arrays`` is
+  made. The values (and gradients) equal evaluating everywhere and masking.
   """
-  *lead, length = needed.shape
+  *lead, length = needed.shape or (1,)
   rows = math.prod(lead)
   chunks = -(-length // chunk_size)
-  pad = chunks * chunk_size - length
-  need = jnp.pad(needed.reshape(rows, length), ((0, 0), (0, pad)))
+  need = jnp.pad(needed.reshape(rows, length), ((0, 0), (0, chunks * chunk_size - length)))
   order = jnp.argsort(~need, axis=-1, stable=True)  # needed first; the padding stays last
-
-  def columns(a):     # [..., T, V] → [chunks, rows, chunk_size, V], each row ordered
-    a = jnp.pad(a.reshape(rows, length, a.shape[-1]), ((0, 0), (0, pad), (0, 0)))
-    a = jnp.take_along_axis(a, order[..., None], axis=1)
-    return a.reshape(rows, chunks, chunk_size, a.shape[-1]).swapaxes(0, 1)
-
+  flat = [a.reshape(rows, length, a.shape[-1]) for a in arrays]
+  column_positions = order.reshape(rows, chunks, chunk_size).swapaxes(0, 1)
   column_needs = jnp.take_along_axis(need, order, axis=1).reshape(
       rows, chunks, chunk_size).swapaxes(0, 1)
   zeros = jax.tree.map(lambda out: jnp.zeros(out.shape, out.dtype), jax.eval_shape(
@@ -228,10 +224,13 @@ def _only_where(needed: Array, per_position, *arrays: Array, chunk_size: int = 8
                       for a in arrays]))
 
   def column(args):
-    *column_rows, column_need = args
-    return jax.lax.cond(column_need.any(), lambda: per_position(*column_rows), lambda: zeros)
+    positions, column_need = args
+    # A padding position (past T) is never needed; it reads position T − 1, masked below.
+    at = jnp.minimum(positions, length - 1)[..., None]
+    evaluate = lambda: per_position(*[jnp.take_along_axis(a, at, axis=1) for a in flat])
+    return jax.lax.cond(column_need.any(), evaluate, lambda: zeros)
 
-  values = jax.lax.map(column, (*[columns(a) for a in arrays], column_needs))
+  values = jax.lax.map(column, (column_positions, column_needs))
   back = jnp.argsort(order, axis=-1)                # the inverse permutation of each row
   return jax.tree.map(lambda v: jnp.where(needed, jnp.take_along_axis(
       v.swapaxes(0, 1).reshape(rows, chunks * chunk_size), back, axis=1)[:, :length]
@@ -246,13 +245,16 @@ def aligned_kd_terms(student_logits: ArrayLike, teacher_logits: ArrayLike,
   :func:`matched_kl_terms` where ``exact``, :func:`uld_terms` (with ``top_k``) elsewhere;
   with ``with_bound`` also the truncated ULD's gap bound (0 where ``exact``).
 
-  ULD, the costly part, is computed only at the positions that are not exact (and, with
-  ``aligned``, are aligned: elsewhere the term is 0), by :func:`_only_where`.
+  ULD is evaluated only at the positions that are not exact and, with ``aligned``, are
+  aligned (elsewhere the term is 0), by :func:`_only_where`. ``exact`` and ``aligned``
+  broadcast to the logits' leading shape.
   """
   student_logits = jnp.asarray(student_logits)
   teacher_logits = jnp.asarray(teacher_logits)
-  exact = jnp.asarray(exact, bool)
+  shape = student_logits.shape[:-1]
+  exact = jnp.broadcast_to(jnp.asarray(exact, bool), shape)
   needs_uld = ~exact if aligned is None else ~exact & jnp.asarray(aligned, bool)
+  needs_uld = jnp.broadcast_to(needs_uld, shape)
   kl = matched_kl_terms(student_logits, teacher_logits, vocab_map, temperature=temperature)
   uld = _only_where(needs_uld, lambda s, t: uld_terms(
       s, t, temperature=temperature, top_k=top_k, with_bound=with_bound),

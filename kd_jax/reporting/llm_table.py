@@ -499,10 +499,13 @@ def displacement(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[st
                         for metric in ("chosen_log_prob", "rejected_log_prob"))
     if chosen is None or rejected is None:
       continue
+    if min(len(chosen[1]), len(rejected[1])) < 10:    # the two windows would overlap
+      lines.append(f"- `{name}`: fewer than 10 logged steps.")
+      continue
     ends = [(float(np.mean(v[:5])), float(np.mean(v[-5:]))) for _, v in (chosen, rejected)]
     (c0, c1), (r0, r1) = ends
     said = ("both fell: likelihood displacement" if c1 < c0 and r1 < r0 else
-            "the chosen rose" if c1 >= c0 else "the chosen fell, the rejected rose")
+            "the chosen fell, the rejected did not" if c1 < c0 else "the chosen did not fall")
     lines.append(f"- `{name}`: chosen {c0:.2f} → {c1:.2f}, rejected {r0:.2f} → {r1:.2f} "
                  f"({said}).")
   if not lines:
@@ -545,8 +548,8 @@ def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = Fals
   if plot_policy_gradient_curves(by_point, os.path.join(workdir, "policy_gradient_curves.png"),
                                  title):
     text += "\n![policy_gradient_curves.png](policy_gradient_curves.png)\n"
+  text += "".join(line + "\n" for line in displacement(by_point))
   if plot_preference_curves(by_point, os.path.join(workdir, "preference_curves.png"), title):
-    text += "\n".join(displacement(by_point)) + "\n"
     text += "\n![preference_curves.png](preference_curves.png)\n"
   with open(os.path.join(workdir, TABLE_FILE), "w") as f:
     f.write(text)

@@ -7,7 +7,7 @@ writes ``tokenizer_table.md`` next to its ``sweep.json``: per point, the student
 tokenizer (``dataset.student_vocab_size``; the teacher's when 0) and method, held-out
 bits per byte (the metric that compares tokenizers), mean ± the half-width of the 95%
 Student-t interval over seeds; for a distilled point, its paired difference to the
-student of the same tokenizer trained alone (``method='none'`` on the corpus, same seeds;
+student of the same tokenizer and steps trained alone (``method='none'`` on the corpus, same seeds;
 a ``seqkd`` point, ``student_data='transfer'``, is one of the distilled ones) and the gap
 it recovers, ``(alone − student) / (alone − teacher)`` on the means. Then, said plainly,
 which points beat the student alone with an interval that excludes 0, and the
@@ -33,6 +33,11 @@ def _tokenizer(results: Mapping[str, Any]) -> int:
   return int(results["config"]["dataset"].get("student_vocab_size", 0))
 
 
+def _budget(results: Mapping[str, Any]) -> tuple[int, int | None]:
+  """What a point is compared within: its student's tokenizer and its training steps."""
+  return _tokenizer(results), results["config"].get("train", {}).get("steps")
+
+
 def _by_seed(results: Sequence[Mapping[str, Any]]) -> dict[int, float]:
   return {r["config"]["seed"]: r["student"][METRIC] for r in results
           if r["student"].get(METRIC) is not None}
@@ -43,30 +48,66 @@ def _interval(interval: stats.Interval, signed: bool = False) -> str:
   return mean if math.isnan(interval.half_width) else f"{mean} ± {interval.half_width:.4f}"
 
 
+def _students_alone(runs: Mapping[str, Sequence[Mapping[str, Any]]]
+                    ) -> dict[tuple[int, int | None], tuple[str, dict[int, float]]]:
+  """``{(tokenizer, steps): (point, bits per byte by seed)}`` of the points trained alone.
+
+  Raises:
+    ValueError: two such points share a tokenizer and a budget (which would a distilled
+      point be compared with?).
+  """
+  alone = {}
+  for point, results in runs.items():
+    if report.student_method(results[0]) != "none":
+      continue
+    key = _budget(results[0])
+    if key in alone:
+      raise ValueError(f"points {alone[key][0]!r} and {point!r} are both the student alone "
+                       f"with {key[0] or 'the teacher'}'s tokenizer and {key[1]} steps")
+    alone[key] = (point, _by_seed(results))
+  return alone
+
+
+def _paired(results: Sequence[Mapping[str, Any]], alone) -> tuple[stats.Interval, float] | None:
+  """A distilled point's paired difference to its student alone (same tokenizer, steps and
+  seeds) and the alone students' mean bits per byte over those seeds; None for a student
+  alone, or when there is none to pair with."""
+  if report.student_method(results[0]) == "none" or _budget(results[0]) not in alone:
+    return None
+  values, reference = _by_seed(results), alone[_budget(results[0])][1]
+  common = sorted(set(values) & set(reference))
+  if not common:
+    return None
+  diff = stats.paired_difference([values[s] for s in common], [reference[s] for s in common])
+  return diff, sum(reference[s] for s in common) / len(common)
+
+
 def late_change(results: Mapping[str, Any], last: float = 0.2) -> float | None:
   """The plateau check of one run: bits per byte at its final evaluation minus at its first
-  evaluation in the last ``last`` of the steps (None without two evaluations there). The
-  history holds per-token nll; on one held-out text bits per byte is a fixed multiple of
-  it (tokens / bytes / ln 2), taken from the run's final values."""
+  evaluation in the last ``last`` of the steps (None without two evaluations there, or
+  without a recorded step count). The history holds per-token nll; on one held-out text
+  bits per byte is a fixed multiple of it (tokens / bytes / ln 2), taken from the run's
+  final values."""
   student = results["student"]
-  if not student.get("nll") or student.get(METRIC) is None:
+  if not student.get("nll") or student.get(METRIC) is None or not student.get("steps"):
     return None
   per_nll = student[METRIC] / student["nll"]
   late = [h for h in student.get("history", [])
-          if "nll" in h and h["step"] >= (1 - last) * student.get("steps", 0)]
+          if "nll" in h and h["step"] >= (1 - last) * student["steps"]]
   if len(late) < 2:
     return None
   return (late[-1]["nll"] - late[0]["nll"]) * per_nll
 
 
-def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]],
-                alone: Mapping[int, Mapping[int, float]]) -> list[str]:
+def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]], alone) -> list[str]:
   """The table's calibration lines: per point, the seed-to-seed sd of bits per byte, its
-  change over the last 20% of the steps (mean over seeds: a plateau is near 0) and, for a
-  distilled point, the smallest true difference to its student alone that a paired 95%
-  interval over these seeds excludes from 0 four times in five
-  (:func:`kd_jax.reporting.stats.detectable_difference`, from the observed spread of the
-  paired differences)."""
+  change over the last 20% of the steps (mean over seeds: a plateau is near 0) and the
+  smallest true difference to its student alone that a paired 95% interval over these
+  seeds excludes from 0 four times in five
+  (:func:`kd_jax.reporting.stats.detectable_difference`): from the observed spread of the
+  paired differences for a distilled point, from √2 × its own sd for a student alone
+  (as if the pairs shared nothing: what a method compared with it would face at most,
+  unless the method's seeds spread more)."""
   rows = []
   for point, results in runs.items():
     values = _by_seed(results)
@@ -74,15 +115,14 @@ def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]],
       continue
     changes = [c for c in map(late_change, results) if c is not None]
     change = f"{sum(changes) / len(changes):+.4f}" if changes else "–"
-    reference = alone.get(_tokenizer(results[0]))
-    common = (sorted(set(values) & set(reference))
-              if reference and report.student_method(results[0]) != "none" else [])
-    detectable = "–"
-    if len(common) > 1:
-      diff = stats.paired_difference([values[s] for s in common],
-                                     [reference[s] for s in common])
-      detectable = f"{stats.detectable_difference(diff.std, diff.n):.4f}"
     sd = stats.mean_ci(list(values.values())).std
+    paired = _paired(results, alone)
+    if report.student_method(results[0]) == "none":
+      detectable = f"{stats.detectable_difference(math.sqrt(2) * sd, len(values)):.4f} (√2·sd)"
+    elif paired is not None and paired[0].n > 1:
+      detectable = f"{stats.detectable_difference(paired[0].std, paired[0].n):.4f}"
+    else:
+      detectable = "–"
     rows.append(f"| `{point}` | {sd:.4f} | {change} | {detectable} | {len(values)} |")
   if not rows:
     return []
@@ -90,8 +130,9 @@ def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]],
           "over the last 20% of the steps (final minus the first evaluation there, mean over "
           "seeds: a plateau is near 0, a falling curve is negative); and the smallest true "
           "difference to the same tokenizer's student alone that a paired 95% interval over "
-          "these seeds would exclude from 0 four times in five (80% power).", "",
-          "| point | sd (bits/byte) | change, last 20% of steps | detectable Δ | n |",
+          "these seeds would exclude from 0 four times in five (80% power): from the paired "
+          "differences' spread for a distilled point, from √2 × its sd for a student alone.",
+          "", "| point | sd (bits/byte) | change, last 20% of steps | detectable Δ | n |",
           "|---|---|---|---|---|", *rows]
 
 
@@ -102,8 +143,7 @@ def table(sweep: sweep_dir.SweepDir) -> str:
   teacher = [r["teacher"][METRIC] for results in runs.values() for r in results
              if r["teacher"].get(METRIC) is not None]
   teacher_mean = sum(teacher) / len(teacher) if teacher else math.nan
-  alone = {_tokenizer(results[0]): _by_seed(results) for results in runs.values()
-           if report.student_method(results[0]) == "none"}
+  alone = _students_alone(runs)
   lines = [f"Teacher: {teacher_mean:.4f} bits per byte.", "",
            "| point | student tokenizer | method | bits/byte | Δ vs alone (paired) | "
            "gap recovered | n |", "|---|---|---|---|---|---|---|"]
@@ -113,30 +153,28 @@ def table(sweep: sweep_dir.SweepDir) -> str:
     values = _by_seed(results)
     cells = [f"`{point}`", f"{size:,} tokens" if size else "the teacher's", method,
              _interval(stats.mean_ci(list(values.values())))]
-    reference = alone.get(size)
-    common = sorted(set(values) & set(reference or {})) if method != "none" else []
-    if common:
-      diff = stats.paired_difference([values[s] for s in common],
-                                     [reference[s] for s in common])
-      base = sum(reference[s] for s in common) / len(common)
-      gap = (base - sum(values[s] for s in common) / len(common)) / (base - teacher_mean)
+    paired = _paired(results, alone)
+    if paired is not None:
+      diff, base = paired
+      gap = -diff.mean / (base - teacher_mean)
       cells += [_interval(diff, signed=True), f"{100 * gap:.1f}%"]
-      high = diff.mean + diff.half_width
-      low = diff.mean - diff.half_width
-      verdict = ("beats" if high < 0 else "is worse than" if low > 0 else
+      verdict = ("beats" if diff.high < 0 else "is worse than" if diff.low > 0 else
                  "is not separated from")
       verdicts.append(f"- `{point}` {verdict} the student alone ({_interval(diff, True)} "
-                      f"bits per byte, {len(common)} paired seeds).")
+                      f"bits per byte, {diff.n} paired seeds).")
     else:
       cells += ["–", "–"]
     lines.append("| " + " | ".join(cells) + f" | {len(values)} |")
   seeds = sorted({r["config"]["seed"] for results in runs.values() for r in results})
   lines += ["", f"Seeds {', '.join(map(str, seeds))}. Bits per byte: held-out nll in bits "
             "over the UTF-8 bytes of the targets' text (lower is better); Δ: the point minus "
-            "the same tokenizer's student alone, per seed, mean ± 95% t half-width; gap "
-            "recovered: (alone − point) / (alone − teacher) on the means.", ""]
-  lines += verdicts or ["- No point has a student alone to compare with."]
-  return "\n".join(lines + calibration(runs, alone)) + "\n"
+            "the student alone of the same tokenizer and steps, per seed, mean ± 95% t "
+            "half-width; gap recovered: (alone − point) / (alone − teacher) on the means.", ""]
+  if not verdicts:
+    verdicts = ["- Every point is a student alone: no method to compare." if
+                all(report.student_method(r[0]) == "none" for r in runs.values()) else
+                "- No point has a student alone to compare with."]
+  return "\n".join(lines + verdicts + calibration(runs, alone)) + "\n"
 
 
 def write(workdir: str, *, allow_mixed_code: bool = False) -> str:

@@ -250,8 +250,9 @@ def _with_teacher_views(d, student_side, teacher_side, student_train, student_by
   if teacher_side is student_side:
     vocab_map = np.arange(teacher_width, dtype=np.int32)
   else:
-    # BOS and EOS by role. (A checkpoint without a BOS uses its EOS for both: the map then
-    # holds EOS → EOS only, and a document's first position is never "exact": ULD there.)
+    # BOS and EOS by role, EOS last so that it wins an id either side uses for both. (A
+    # checkpoint without a BOS uses its EOS for both: the map then holds EOS → EOS only,
+    # and a document's first position is never "exact": ULD there.)
     roles = {teacher_side.special[r]: student_side.special[r] for r in ("bos", "eos")}
     vocab_map = token_alignment.vocabulary_map(teacher_bytes, student_bytes, roles)
     # A checkpoint's model may have more rows than its tokenizer has tokens (padding).

@@ -42,9 +42,8 @@ phase trains 3,000 steps of 64 rows, evaluated every 300. The points
   3,000 steps.
 
 Seeds 0–4 change the student's initialisation, the batch order, the transfer set's
-samples and the RL samples; the teacher and the problems are fixed. Not yet run as a
-table (issue 23): the calibration of its reference students is in
-docs/language_models.md.
+samples and the RL samples; the teacher and the problems are fixed. Being computed (issue
+23): the core rows' first seeds and the commands are in docs/language_models.md.
 """
 
 from kd_jax import config as config_lib

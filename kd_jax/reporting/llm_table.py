@@ -135,15 +135,9 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
 def _late_change(runs: Sequence[Mapping[str, Any]], last: float = 0.2) -> float | None:
   """The plateau check: mean over seeds of the final exact match minus the exact match at
   the first evaluation in the last ``last`` of the steps (None without such evaluations)."""
-  changes = []
-  for r in runs:
-    student = r["student"]
-    history = [h for h in student.get("history", []) if "exact_match" in h]
-    late = [h for h in history if h["step"] >= (1 - last) * student["steps"]]
-    if len(late) < 2:
-      return None
-    changes.append(late[-1]["exact_match"] - late[0]["exact_match"])
-  return float(np.mean(changes))
+  changes = [stats.late_change(r["student"].get("history", []), "exact_match",
+                                r["student"]["steps"], last) for r in runs]
+  return None if None in changes else float(np.mean(changes))
 
 
 def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:

@@ -162,6 +162,17 @@ def detectable_difference(std: float, n: int, confidence: float = 0.95,
   return float(quantiles * std / math.sqrt(n))
 
 
+def late_change(history: Sequence[Mapping[str, Any]], metric: str, steps: int,
+                last: float = 0.2) -> float | None:
+  """The plateau check of one run: ``metric`` at its final evaluation in ``history`` minus at
+  its first evaluation in the last ``last`` of ``steps`` (None without two evaluations
+  there). A plateau is near 0."""
+  late = [h for h in history if metric in h and h["step"] >= (1 - last) * steps]
+  if len(late) < 2:
+    return None
+  return late[-1][metric] - late[0][metric]
+
+
 def paired_by_seed(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
                    value: Callable[[Mapping[str, Any]], float | None],
                    reference_value: Callable[[Mapping[str, Any]], float | None] | None = None

@@ -91,23 +91,20 @@ def late_change(results: Mapping[str, Any], last: float = 0.2) -> float | None:
   student = results["student"]
   if not student.get("nll") or student.get(METRIC) is None or not student.get("steps"):
     return None
-  per_nll = student[METRIC] / student["nll"]
-  late = [h for h in student.get("history", [])
-          if "nll" in h and h["step"] >= (1 - last) * student["steps"]]
-  if len(late) < 2:
-    return None
-  return (late[-1]["nll"] - late[0]["nll"]) * per_nll
+  change = stats.late_change(student.get("history", []), "nll", student["steps"], last)
+  return None if change is None else change * student[METRIC] / student["nll"]
 
 
-def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]], alone) -> list[str]:
+def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                pairs: Mapping[str, tuple[stats.Interval, float] | None]) -> list[str]:
   """The table's calibration lines: per point, the seed-to-seed sd of bits per byte, its
   change over the last 20% of the steps (mean over seeds: a plateau is near 0) and the
   smallest true difference to its student alone that a paired 95% interval over these
   seeds excludes from 0 four times in five
   (:func:`kd_jax.reporting.stats.detectable_difference`): from the observed spread of the
-  paired differences for a distilled point, from √2 × its own sd for a student alone
-  (as if the pairs shared nothing: what a method compared with it would face at most,
-  unless the method's seeds spread more)."""
+  paired differences for a distilled point (``pairs``: each point's :func:`_paired`), from
+  √2 × its own sd for a student alone (as if the pairs shared nothing: what a method
+  compared with it would face at most, unless the method's seeds spread more)."""
   rows = []
   for point, results in runs.items():
     values = _by_seed(results)
@@ -116,7 +113,7 @@ def calibration(runs: Mapping[str, Sequence[Mapping[str, Any]]], alone) -> list[
     changes = [c for c in map(late_change, results) if c is not None]
     change = f"{sum(changes) / len(changes):+.4f}" if changes else "–"
     sd = stats.mean_ci(list(values.values())).std
-    paired = _paired(results, alone)
+    paired = pairs[point]
     if report.student_method(results[0]) == "none":
       detectable = f"{stats.detectable_difference(math.sqrt(2) * sd, len(values)):.4f} (√2·sd)"
     elif paired is not None and paired[0].n > 1:
@@ -148,14 +145,14 @@ def table(sweep: sweep_dir.SweepDir) -> str:
            "| point | student tokenizer | method | bits/byte | Δ vs alone (paired) | "
            "gap recovered | n |", "|---|---|---|---|---|---|---|"]
   verdicts = []
+  pairs = {point: _paired(results, alone) for point, results in runs.items()}
   for point, results in runs.items():
     size, method = _tokenizer(results[0]), report.student_method(results[0])
     values = _by_seed(results)
     cells = [f"`{point}`", f"{size:,} tokens" if size else "the teacher's", method,
              _interval(stats.mean_ci(list(values.values())))]
-    paired = _paired(results, alone)
-    if paired is not None:
-      diff, base = paired
+    if pairs[point] is not None:
+      diff, base = pairs[point]
       gap = -diff.mean / (base - teacher_mean)
       cells += [_interval(diff, signed=True), f"{100 * gap:.1f}%"]
       verdict = ("beats" if diff.high < 0 else "is worse than" if diff.low > 0 else
@@ -174,7 +171,7 @@ def table(sweep: sweep_dir.SweepDir) -> str:
     verdicts = ["- Every point is a student alone: no method to compare." if
                 all(report.student_method(r[0]) == "none" for r in runs.values()) else
                 "- No point has a student alone to compare with."]
-  return "\n".join(lines + verdicts + calibration(runs, alone)) + "\n"
+  return "\n".join(lines + verdicts + calibration(runs, pairs)) + "\n"
 
 
 def write(workdir: str, *, allow_mixed_code: bool = False) -> str:

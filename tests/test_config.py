@@ -34,6 +34,8 @@ def _with(**overrides):
      r"student_init: unknown value 'pretrained'; valid choices: scratch"),
     ({"student_init": "baseline", "baseline": False}, r"student_init='baseline' .* baseline=True"),
     ({"train.eval_every_steps": -5}, r"train.eval_every_steps must be an int >= 0"),
+    ({"baseline_steps": -1}, r"baseline_steps must be an int >= 0"),
+    ({"baseline_steps": 4, "baseline": False}, r"baseline_steps is the trained baseline's budget"),
 ])
 def test_bad_values_name_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -82,6 +84,12 @@ def test_cache_keys_ignore_only_fields_that_change_no_result():
     assert records.result_fields(changed) != records.result_fields(base), field
   for field, value in (("train.epochs", 3.0), ("seed", 1), ("student.kwargs", {"widths": (4, 8)})):
     assert teachers.baseline_key(tiny_config(**{field: value})) != teachers.baseline_key(base)
+  # The baseline's own budget keys it; set to the students' budget it is that budget.
+  steps = tiny_config(**{"train.steps": 5, "baseline": True})
+  assert teachers.baseline_key(tiny_config(**{"train.steps": 5, "baseline": True,
+                                              "baseline_steps": 5})) == teachers.baseline_key(steps)
+  assert teachers.baseline_key(tiny_config(**{"train.steps": 5, "baseline": True,
+                                              "baseline_steps": 3})) != teachers.baseline_key(steps)
   # The method's settings do not change the teacher or the baseline, only the run.
   kd_settings = tiny_config(alpha=0.9, divergence="js")
   assert teachers.teacher_key(kd_settings) == teachers.teacher_key(base)

@@ -124,6 +124,17 @@ def test_teacher_is_trained_once_and_cached(tmp_path):
       first["teacher"]["source"].rsplit("/", 1)[-1]]
 
 
+def test_a_baseline_with_its_own_budget_is_the_warm_started_students_start(tmp_path):
+  # baseline_steps=3: the base trains 3 steps, the student from it its own 8 (2 epochs of 4).
+  c = tiny_config(method="none", baseline=True, student_init="baseline", baseline_steps=3)
+  results = run_experiment(c, str(tmp_path / "run"), teacher_dir=str(tmp_path / "teachers"),
+                           show_progress=False)
+  assert results["baseline"]["steps"] == 3 and results["student"]["steps"] == 8
+  logged = [r["step"] for r in _records(tmp_path / "run" / "student" / "metrics.jsonl")
+            if "loss" in r]
+  assert logged == list(range(8))      # its own 8 steps from 0, not from the base's 3
+
+
 # Also with augmentation and mixup (issue 27): the views of a resumed step are the same.
 @pytest.mark.parametrize("augmentation", [{}, {"dataset.crop_padding": 2, "dataset.flip": True,
                                                "dataset.mixup": 0.4, "alpha": 0.0}])

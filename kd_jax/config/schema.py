@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # budgets for students whose training sets differ in size (a teacher-written set).
   c.train.steps = 0
   c.baseline = True       # also train the student from scratch with the same budget
+  # > 0: the baseline trains this many steps instead of the students' budget: the base that
+  # warm-started students (student_init="baseline") start from, trained to its own budget
+  # (the reasoning R1 table's weak base). It is then a start, not the same-budget control.
+  c.baseline_steps = 0
   # A language-model teacher's outputs cached as their top k logits per token (0: full
   # logits), compared with the student as `mode` says (kd_jax/objectives/topk.py: renormalize, tail).
   c.topk = ml_collections.ConfigDict(dict(k=0, mode="tail"))

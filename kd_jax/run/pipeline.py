@@ -326,7 +326,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     done = files.read_json(os.path.join(phase_dir, RESULT_FILE))
     if done is not None:
       return done
-    train_config = methods.student_train_config(phase_config) if name != "baseline" else config.train
+    train_config = (teachers.baseline_train_config(config) if name == "baseline"
+                    else methods.student_train_config(phase_config))
     fit = engine.fit(name=name, module=module, objective=objective, train_config=train_config,
                     train_data=data, test_data=test_data,
                     task=student_task if name == "student" else task, mesh=mesh,
@@ -368,7 +369,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   # run of the points that start from it (the reasoning R1 table's sft-gold), not trained twice.
   is_the_baseline = (config.baseline and config.method == "none" and not from_baseline
                      and prepared.teacher_data is None and not teacher_cache.topk_k(config)
-                     and prepared.baseline_data is prepared.student_train_data)
+                     and prepared.baseline_data is prepared.student_train_data
+                     and teachers.baseline_train_config(config) is config.train)  # same budget
   if config.baseline and (uses_teacher or from_baseline or is_the_baseline):
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher
@@ -381,7 +383,7 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
                                 phase_dir=shared_dir, entry=methods.REGISTRY["none"])
     copy_report("baseline", results["baseline"])
     if from_baseline:   # e.g. SFT, then on-policy distillation (GKD starts from an SFT student)
-      engine.load_trained(student_model, config.train, shared_dir,
+      engine.load_trained(student_model, teachers.baseline_train_config(config), shared_dir,
                         teachers.baseline_identity(config))
     if seqkd_start:     # then SFT on the teacher's traces (R1's recipe), then this method
       start_config, start_dir, start_identity = shared_seqkd_phase()

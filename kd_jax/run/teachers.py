@@ -66,6 +66,17 @@ def teacher_key(config: ml_collections.ConfigDict) -> str:
   return f"{config.teacher.model}-{identity_lib.digest(teacher_identity(config))}"
 
 
+def baseline_train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.train`` with the baseline's own budget: ``baseline_steps`` steps when > 0."""
+  steps = config.get("baseline_steps", 0)
+  if not steps or steps == config.train.get("steps", 0):
+    return config.train
+  train_config = config.train.copy_and_resolve_references()
+  with train_config.unlocked():
+    train_config.steps = int(steps)
+  return train_config
+
+
 def baseline_identity(config: ml_collections.ConfigDict) -> dict:
   """What determines the from-scratch baseline's report.
 
@@ -75,7 +86,7 @@ def baseline_identity(config: ml_collections.ConfigDict) -> dict:
   """
   return {
       "student": config.student.to_dict(),
-      "train": records.without_fields(config.train, ["eval_batch_size"]),
+      "train": records.without_fields(baseline_train_config(config), ["eval_batch_size"]),
       "data": config.dataset.to_dict(),
       "seed": config.seed,
       "precision": config.precision,

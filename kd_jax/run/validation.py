@@ -78,6 +78,7 @@ def _check_shared_fields(config, family) -> None:
   checks.ints_at_least("train", config.train, ("steps",))
   checks.choice("divergence", config.divergence, divergences.NAMES)
   _check_student_init(config, family)
+  _check_baseline_steps(config)
   _check_topk(config, family)
   _check_fused(config, family)
   for field, bounds in (("temperature", dict(positive=True)), ("alpha", dict(unit_interval=True))):
@@ -123,6 +124,16 @@ def _check_student_init(config, family) -> None:
   if init in schema.WARM_STARTS and not config.baseline:
     raise ConfigError("student_init", f"student_init={init!r} starts the student from the "
                       "trained baseline: set baseline=True")
+
+
+def _check_baseline_steps(config) -> None:
+  steps = config.get("baseline_steps", 0)
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    raise ConfigError("baseline_steps", "baseline_steps must be an int >= 0 (0: the "
+                      f"students' budget), got {steps!r}")
+  if steps and not config.baseline:
+    raise ConfigError("baseline_steps", "baseline_steps is the trained baseline's budget: set "
+                      "baseline=True, or leave it at 0")
 
 
 def _check_topk(config, family) -> None:

@@ -142,22 +142,25 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
              f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
              "--noprogress", module="kd_jax.sweep", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert f"[sweep 8/8 done, 0 failed] {sweep_dir}" in out.stdout
+  assert f"[sweep 9/9 done, 0 failed] {sweep_dir}" in out.stdout
 
   def results(point):
     with open(sweep_dir / "runs" / point / "seed0" / "results.json") as f:
       return json.load(f)
 
-  # sft-gold is the shared baseline the warm-started rows start from, not a second run.
-  gold, seqkd, rl_zero = results("sft-gold"), results("seqkd-8"), results("rl-zero")
-  assert gold["student"]["is_the_baseline"] and "is_the_baseline" not in results(
-      "sft-answers")["student"]
-  assert gold["student"]["history"] == seqkd["baseline"]["history"] == (
+  # The base (sft-gold's first baseline_steps = 4 steps) is the shared baseline the
+  # warm-started rows start from, not a second run; sft-gold trains its own 8 steps.
+  base, seqkd, rl_zero = results("base"), results("seqkd-8"), results("rl-zero")
+  gold = results("sft-gold")
+  assert base["student"]["is_the_baseline"] and base["student"]["steps"] == 4
+  assert "is_the_baseline" not in gold["student"] and gold["student"]["steps"] == 8
+  assert base["student"]["history"] == seqkd["baseline"]["history"] == (
       rl_zero["baseline"]["history"])
+  assert seqkd["baseline"]["steps"] == 4 and seqkd["student"]["steps"] == 8
   # seqkd+kd and its control start from seqkd-8's student: that very run, not a retrain.
   chained, more = results("seqkd+kd"), results("seqkd-more")
   assert chained["start"]["history"] == more["start"]["history"] == seqkd["student"]["history"]
-  assert chained["baseline"]["history"] == gold["student"]["history"]
+  assert chained["baseline"]["history"] == base["student"]["history"]
   assert chained["start"]["logs"] == more["start"]["logs"] == seqkd["student"]["logs"]
   assert "-seqkd-" in os.path.basename(seqkd["student"]["logs"])     # in the shared cache
   assert chained["config"]["gkd"]["fraction"] == 1.0 and chained["student"]["steps"] == 8
@@ -168,11 +171,11 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   assert rl_zero["student"]["flops"]["teacher"] == 0
   assert rl_zero["student"]["flops"]["student"] == pytest.approx(
       seqkd["student"]["flops"]["student"], rel=0.01)
-  # A supervised phase: 3 × the forward FLOPs of each of its rows (8 steps × 64 rows).
+  # A supervised phase: 3 × the forward FLOPs of each of its rows (the base's 4 steps × 64 rows).
   from kd_jax.models import gpt
   config = seqkd["config"]
   student = {"vocab_size": arithmetic.CharTokenizer().vocab_size, **config["student"]["kwargs"]}
-  assert seqkd["baseline"]["flops"]["student"] == 8 * 64 * 3 * gpt.forward_flops(
+  assert seqkd["baseline"]["flops"]["student"] == 4 * 64 * 3 * gpt.forward_flops(
       student, config["dataset"]["max_len"] - 1)
   table = _cli(f"--workdir={sweep_dir}", "--reference=sft-answers", module="kd_jax.llm_table",
                timeout=300)
@@ -180,7 +183,7 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   rows = first_table(table.stdout)
   assert "| student FLOPs | teacher FLOPs |" in rows[0]
   assert [r.split(" | ")[0] for r in rows[1:]] == [
-      "| teacher", "| `sft-answers`", "| `sft-gold`", "| `seqkd-4`", "| `seqkd-8`",
+      "| teacher", "| `sft-answers`", "| `sft-gold`", "| `base`", "| `seqkd-4`", "| `seqkd-8`",
       "| `seqkd-4-k1`", "| `rl-zero`", "| `seqkd+kd`", "| `seqkd-more`"]
   # A chained start's budget counts: the baseline's, then the start's, then its own.
   from kd_jax.reporting import llm_table

@@ -148,7 +148,7 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
     with open(sweep_dir / "runs" / point / "seed0" / "results.json") as f:
       return json.load(f)
 
-  # The base (sft-gold's first baseline_steps = 4 steps) is the shared baseline the
+  # The base (the gold solutions for baseline_steps = 4 steps) is the shared baseline the
   # warm-started rows start from, not a second run; sft-gold trains its own 8 steps.
   base, seqkd, rl_zero = results("base"), results("seqkd-8"), results("rl-zero")
   gold = results("sft-gold")

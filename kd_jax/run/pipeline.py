@@ -365,12 +365,13 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
   uses_teacher = method.runs_teacher(config)
   from_baseline = config.get("student_init") in config_lib.WARM_STARTS
   # A student trained exactly as the baseline is (no method, from scratch, on the baseline's
-  # data with the same train block) is that baseline: with baseline=True it is the shared
-  # run of the points that start from it (the reasoning R1 table's sft-gold), not trained twice.
+  # data with the same train block and budget: baseline_train_config is config.train itself
+  # then) is that baseline: with baseline=True it is the shared run of the points that start
+  # from it (the reasoning R1 table's base), not trained twice.
   is_the_baseline = (config.baseline and config.method == "none" and not from_baseline
                      and prepared.teacher_data is None and not teacher_cache.topk_k(config)
                      and prepared.baseline_data is prepared.student_train_data
-                     and teachers.baseline_train_config(config) is config.train)  # same budget
+                     and teachers.baseline_train_config(config) is config.train)
   if config.baseline and (uses_teacher or from_baseline or is_the_baseline):
     scratch = prepared.build(config.student, config.seed)
     # Shared by every run with the same student, data, budget, seed and teacher

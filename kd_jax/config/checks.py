@@ -34,13 +34,16 @@ def nonnegative(field: str, value) -> None:
     raise ConfigError(field, f"{field} must be >= 0, got {value}")
 
 
+def int_at_least(field: str, value, minimum: int = 0) -> None:
+  """``value`` must be an int >= ``minimum``; booleans are refused."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(field, f"{field} must be an int >= {minimum}, got {value!r}")
+
+
 def ints_at_least(prefix: str, node, fields, minimum: int = 0) -> None:
   """Each of ``node``'s ``fields`` (named ``prefix.field``) must be an int >= ``minimum``."""
   for field in fields:
-    value = node[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-      raise ConfigError(f"{prefix}.{field}",
-                        f"{prefix}.{field} must be an int >= {minimum}, got {value!r}")
+    int_at_least(f"{prefix}.{field}", node[field], minimum)
 
 
 def in_unit_interval(field: str, value, *, closed: bool = True) -> None:

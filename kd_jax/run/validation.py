@@ -128,9 +128,7 @@ def _check_student_init(config, family) -> None:
 
 def _check_baseline_steps(config) -> None:
   steps = config.get("baseline_steps", 0)
-  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-    raise ConfigError("baseline_steps", "baseline_steps must be an int >= 0 (0: the "
-                      f"students' budget), got {steps!r}")
+  checks.int_at_least("baseline_steps", steps)      # 0: the students' budget
   if steps and not config.baseline:
     raise ConfigError("baseline_steps", "baseline_steps is the trained baseline's budget: set "
                       "baseline=True, or leave it at 0")
@@ -164,8 +162,7 @@ def _require_language_kd(config, family, field: str, setting: str, what: str) ->
 
 def _check_fused(config, family) -> None:
   chunk = config.get("loss_chunk_size", 0)
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-    raise ConfigError("loss_chunk_size", f"loss_chunk_size must be an int >= 0, got {chunk!r}")
+  checks.int_at_least("loss_chunk_size", chunk)
   if not chunk:
     return
   field = f"loss_chunk_size={chunk}"

@@ -217,7 +217,7 @@ def test_the_baseline_trains_on_dataset_baseline_data_whatever_the_student_train
   assert all((";" in r) == (baseline_data == "gold") for r in responses)
 
 
-@pytest.mark.parametrize("arg", ["", ":smoke"])
+@pytest.mark.parametrize("arg", ["", ":smoke", ":core"])
 def test_every_r1_table_point_is_a_valid_run(arg):
   from kd_jax import sweep
   c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
@@ -225,3 +225,22 @@ def test_every_r1_table_point_is_a_valid_run(arg):
   assert len(set(names)) == len(names)
   for run in sweep.plan_runs(c, points, 1, names):
     validation.validate(run.config)
+
+
+def test_the_r1_core_runs_are_the_full_tables_own_runs():
+  # The full table, run later in :core's workdir, must find :core's runs finished (the
+  # same run directories and result fields), not refuse or retrain them.
+  from kd_jax import sweep
+  from kd_jax.config import records
+
+  def runs(arg):
+    c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
+    names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
+    return {r.workdir: records.result_fields(r.config)
+            for r in sweep.plan_runs(c, points, c.sweep.seeds, names)}
+
+  core, full = runs(":core"), runs("")
+  assert sorted({w.split("/")[1] for w in core}) == ["base", "rl-zero", "seqkd-64k"]
+  assert len(core) == 15
+  for workdir, fields in core.items():
+    assert full[workdir] == fields, workdir

@@ -4,6 +4,10 @@ against the student's own data and against RL on the student alone, 5 seeds.
     python -m kd_jax.sweep --config=experiments/reasoning/r1_table.py --workdir=runs/reasoning_r1
     python -m kd_jax.llm_table --workdir=runs/reasoning_r1 --reference=sft-answers
 
+``:core`` runs R1's comparison alone (``base``, ``seqkd-64k``, ``rl-zero``, 5 seeds: about a
+fifth of the table's compute). Its runs are the table's own (the same configs and run
+directories), so the full table, later run in the same workdir, skips them.
+
 The data, teacher, student and budget of experiments/reasoning/sft.py: every student
 phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The points
 (``config.sweep.points``):
@@ -63,6 +67,8 @@ BASE_STEPS = 600
 # The student compute of train.steps = 3,000 SFT steps: a GRPO step of 64 sampled rows of
 # the 128-wide student counts 1.965 SFT steps (tests/test_compute.py checks it within 1%).
 RL_ZERO_STEPS = 1527
+# ``:core``: R1's finding (the teacher's traces against RL on the student, from one base).
+CORE_POINTS = ("base", "seqkd-64k", "rl-zero")
 
 
 def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS,
@@ -101,8 +107,8 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke")
+  if arg not in (None, "smoke", "core"):
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, core")
   c = sft.base(arg)
   c.experiment = "reasoning/r1_table"
   c.student_data = "answers"
@@ -115,6 +121,8 @@ def get_config(arg=None):
   c.sft = config_lib.sft_config()
   c.gkd = config_lib.gkd_config()
   c.sweep = dict(points=points(), seeds=5)
+  if arg == "core":
+    c.sweep.points = tuple(p for p in points() if p.split(":")[0] in CORE_POINTS)
   if arg == "smoke":
     c.dataset.pool_examples = 128
     c.transfer.k = 2

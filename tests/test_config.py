@@ -36,6 +36,8 @@ def _with(**overrides):
     ({"train.eval_every_steps": -5}, r"train.eval_every_steps must be an int >= 0"),
     ({"baseline_steps": -1}, r"baseline_steps must be an int >= 0"),
     ({"baseline_steps": 4, "baseline": False}, r"baseline_steps is the trained baseline's budget"),
+    # Without a warm start the baseline is the same-budget control (or the run itself).
+    ({"baseline_steps": 4, "baseline": True}, r"baseline_steps .* set student_init to one of baseline, seqkd"),
 ])
 def test_bad_values_name_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):

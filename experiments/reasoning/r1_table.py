@@ -4,9 +4,10 @@ against the student's own data and against RL on the student alone, 5 seeds.
     python -m kd_jax.sweep --config=experiments/reasoning/r1_table.py --workdir=runs/reasoning_r1
     python -m kd_jax.llm_table --workdir=runs/reasoning_r1 --reference=sft-answers
 
-``:core`` runs R1's comparison alone (``base``, ``seqkd-64k``, ``rl-zero``, 5 seeds: about a
-fifth of the table's compute). Its runs are the table's own (the same configs and run
-directories), so the full table, later run in the same workdir, skips them.
+``:core`` runs R1's comparison alone: 3 of the 18 points (``base``, ``seqkd-64k``,
+``rl-zero``), 5 seeds. Its runs are the table's own (the same configs and run
+directories), so the full table, later run in the same workdir, skips them. Its table has
+no ``sft-answers``: ``python -m kd_jax.llm_table --workdir=... --reference=rl-zero``.
 
 The data, teacher, student and budget of experiments/reasoning/sft.py: every student
 phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The points

@@ -89,10 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
   # The students' budget in optimiser steps when > 0 (instead of train.epochs): equal
   # budgets for students whose training sets differ in size (a teacher-written set).
   c.train.steps = 0
-  c.baseline = True       # also train the student from scratch with the same budget
+  # Also train the student from scratch with the same budget (or, with baseline_steps, the
+  # base that warm-started students start from).
+  c.baseline = True
   # > 0: the baseline trains this many steps instead of the students' budget: the base that
-  # warm-started students (student_init="baseline") start from, trained to its own budget
-  # (the reasoning R1 table's weak base). It is then a start, not the same-budget control.
+  # warm-started students (student_init "baseline" or "seqkd") start from, trained to its own
+  # budget (the reasoning R1 table's weak base). It is then a start, not the same-budget
+  # control, so validation refuses it without a warm start.
   c.baseline_steps = 0
   # A language-model teacher's outputs cached as their top k logits per token (0: full
   # logits), compared with the student as `mode` says (kd_jax/objectives/topk.py: renormalize, tail).

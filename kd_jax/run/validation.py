@@ -132,6 +132,14 @@ def _check_baseline_steps(config) -> None:
   if steps and not config.baseline:
     raise ConfigError("baseline_steps", "baseline_steps is the trained baseline's budget: set "
                       "baseline=True, or leave it at 0")
+  # Only a warm start uses a baseline of another budget. Elsewhere the baseline is the
+  # students' same-budget control (the report's "KD gain"), or, for a student alone, the
+  # run itself, where the field would be silently ignored.
+  if steps and config.get("student_init", "scratch") not in schema.WARM_STARTS:
+    raise ConfigError("baseline_steps", "baseline_steps is the budget of the base that a "
+                      "warm-started student starts from: set student_init to one of "
+                      f"{', '.join(schema.WARM_STARTS)}, or leave it at 0 (for the base "
+                      "itself, set train.steps)")
 
 
 def _check_topk(config, family) -> None:

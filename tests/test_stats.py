@@ -154,6 +154,18 @@ def test_baseline_over_seeds_averages_repeats_of_a_seed_first():
   assert stats.baseline_over_seeds([_results(0, 0.8)]) is None
 
 
+def test_baseline_over_seeds_pools_only_one_baseline_per_seed():
+  # A grid over the baseline's own budget (train.steps, baseline_steps) trains a different
+  # baseline per point: a pooled "baseline" line would average, e.g., 20 and 80 epochs.
+  def run(seed, baseline, logs):
+    r = _results(seed, 0.8, baseline)
+    r["baseline"]["logs"] = f"/cache/baselines/{logs}"
+    return r
+  shared = [run(0, 0.70, "mlp-a0"), run(0, 0.70, "mlp-a0"), run(1, 0.74, "mlp-a1")]
+  assert stats.baseline_over_seeds(shared).mean == pytest.approx(0.72)
+  assert stats.baseline_over_seeds(shared + [run(1, 0.80, "mlp-b1")]) is None
+
+
 def test_sort_rows_best_final_accuracy_first_missing_last():
   rows = [{"test_accuracy_mean": v} for v in (0.8, math.nan, 0.9, 0.85)]
   assert [r["test_accuracy_mean"] for r in stats.sort_rows(rows)][:3] == [0.9, 0.85, 0.8]

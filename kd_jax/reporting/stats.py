@@ -15,6 +15,7 @@ Significance in Natural Language Processing".
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -267,23 +268,32 @@ def baseline_over_seeds(
     headline: str = "test_accuracy") -> Interval | None:
   """The from-scratch baseline's final headline metric, pooled over the whole sweep.
 
-  The baseline does not depend on the distillation settings a grid varies, so every
-  point trains it again for the same seeds; values are first averaged per seed (they
-  should be identical up to nondeterminism) and the interval is taken over seeds.
+  Where a grid varies only distillation settings, every point has the same baseline for
+  a seed (one shared run, ``baseline.logs`` naming its cache entry); values are first
+  averaged per seed (repeats of one run are identical) and the interval is taken over
+  seeds. A grid that changes the baseline itself (the budget, ``baseline_steps``, the
+  data) has no one baseline to pool: each point's KD gain is paired with its own
+  (`aggregate_point`).
 
   Args:
     results: results dicts of all finished runs; ``config.seed`` identifies the seed.
     confidence: the coverage of the interval.
 
   Returns:
-    `Interval` over distinct seeds, or None when no run has a baseline.
+    `Interval` over distinct seeds, or None when no run has a baseline or when one seed
+    has several different baselines.
   """
   by_seed: dict[Any, list[float]] = {}
+  runs_of_seed: dict[Any, set[str]] = {}
   for r in results:
     accuracy = _metric(r, "baseline", headline)
     if accuracy is not None:
-      by_seed.setdefault((r.get("config") or {}).get("seed"), []).append(accuracy)
-  if not by_seed:
+      seed = (r.get("config") or {}).get("seed")
+      by_seed.setdefault(seed, []).append(accuracy)
+      # The shared run's directory (its cache key); records written before it was
+      # reported count as one run.
+      runs_of_seed.setdefault(seed, set()).add(os.path.basename(r["baseline"].get("logs", "")))
+  if not by_seed or any(len(runs) > 1 for runs in runs_of_seed.values()):
     return None
   return mean_ci([float(np.mean(v)) for v in by_seed.values()], confidence)
 

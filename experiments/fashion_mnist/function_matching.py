@@ -6,6 +6,7 @@ r"""Patient and consistent teaching (Beyer et al. 2022) and DeiT's distillation 
         --workdir=runs/function_matching_vit
     python -m kd_jax.sweep --config=experiments/fashion_mnist/function_matching.py:smoke \
         --workdir=/tmp/fm_smoke                   # (:vit_smoke likewise)
+    python -m kd_jax.patience_table --workdir=runs/function_matching   # table + plot
 
 The default experiment's teacher (kd.py) and MLP student, every point at budgets of 1×,
 4×, 16× and 64× the default 20 epochs (``budget=...`` in the point names):

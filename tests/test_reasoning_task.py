@@ -13,7 +13,7 @@ from kd_jax.data import arithmetic
 from kd_jax.run import teachers, validation
 from kd_jax.tasks import reasoning
 from tests import multidevice
-from tests.test_experiments import _cli, assert_refused_field, cli_load, first_table
+from tests.test_experiments import ROOT, _cli, assert_refused_field, cli_load, first_table
 
 SFT, SEQKD = "experiments/reasoning/sft.py", "experiments/reasoning/seqkd.py"
 
@@ -217,7 +217,7 @@ def test_the_baseline_trains_on_dataset_baseline_data_whatever_the_student_train
   assert all((";" in r) == (baseline_data == "gold") for r in responses)
 
 
-@pytest.mark.parametrize("arg", ["", ":smoke", ":core"])
+@pytest.mark.parametrize("arg", ["", ":smoke", ":core", ":rank"])
 def test_every_r1_table_point_is_a_valid_run(arg):
   from kd_jax import sweep
   c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
@@ -227,11 +227,14 @@ def test_every_r1_table_point_is_a_valid_run(arg):
     validation.validate(run.config)
 
 
-def test_the_r1_core_runs_are_the_full_tables_own_runs():
-  # The full table, run later in :core's workdir, must find :core's runs finished (the
+def test_the_r1_tables_parts_are_its_own_runs_each_point_in_one_part():
+  # The full table, run later in a part's workdir, must find the part's runs finished (the
   # same run directories and result fields), not refuse or retrain them.
   from kd_jax import sweep
   from kd_jax.config import records
+  from kd_jax.config import schema
+  r1_table = schema.load_sibling(os.path.join(ROOT, "experiments", "reasoning", "sft.py"),
+                                 "r1_table")
 
   def runs(arg):
     c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
@@ -239,8 +242,14 @@ def test_the_r1_core_runs_are_the_full_tables_own_runs():
     return {r.workdir: records.result_fields(r.config)
             for r in sweep.plan_runs(c, points, c.sweep.seeds, names)}
 
-  core, full = runs(":core"), runs("")
-  assert sorted({w.split("/")[1] for w in core}) == ["base", "rl-zero", "seqkd-64k"]
-  assert len(core) == 15
-  for workdir, fields in core.items():
-    assert full[workdir] == fields, workdir
+  full = runs("")
+  covered = {}
+  for part, names in r1_table.PARTS.items():
+    own = runs(f":{part}")
+    assert sorted({w.split("/")[1] for w in own}) == sorted(names), part
+    assert len(own) == 5 * len(names)
+    for workdir, fields in own.items():
+      assert full[workdir] == fields, workdir
+      assert workdir not in covered, f"{workdir} is in parts {covered[workdir]} and {part}"
+      covered[workdir] = part
+  assert covered.keys() == full.keys()

@@ -4,10 +4,19 @@ against the student's own data and against RL on the student alone, 5 seeds.
     python -m kd_jax.sweep --config=experiments/reasoning/r1_table.py --workdir=runs/reasoning_r1
     python -m kd_jax.llm_table --workdir=runs/reasoning_r1 --reference=sft-answers
 
-``:core`` runs R1's comparison alone: 3 of the 18 points (``base``, ``seqkd-64k``,
-``rl-zero``), 5 seeds. Its runs are the table's own (the same configs and run
-directories), so the full table, later run in the same workdir, skips them. Its table has
-no ``sft-answers``: ``python -m kd_jax.llm_table --workdir=... --reference=rl-zero``.
+The table also runs in parts (``PARTS``), 5 seeds each, whose runs are the table's own
+(the same configs and run directories): parts and the full table share one workdir and
+skip what another already finished, so a table too long for one sitting is computed part
+by part:
+
+* ``:core`` — R1's comparison alone: ``base``, ``seqkd-64k``, ``rl-zero``. Its table has
+  no ``sft-answers``: ``python -m kd_jax.llm_table --workdir=... --reference=rl-zero``;
+* ``:references`` — ``sft-answers``, ``sft-gold``;
+* ``:sizes`` — the transfer-set-size and k axes: ``seqkd-1k``, ``-4k``, ``-16k``,
+  ``-16k-k1``;
+* ``:on_policy`` — ``seqkd+kd`` and its control ``seqkd-more``;
+* ``:rank`` — ``dpo``, ``dpo-nll``, ``dpkd``, ``distillm2``, ``minillm`` and their control
+  ``sft-gold-more``.
 
 The data, teacher, student and budget of experiments/reasoning/sft.py: every student
 phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The points
@@ -70,8 +79,15 @@ BASE_STEPS = 600
 # The student compute of train.steps = 3,000 SFT steps: a GRPO step of 64 sampled rows of
 # the 128-wide student counts 1.965 SFT steps (tests/test_compute.py checks it within 1%).
 RL_ZERO_STEPS = 1527
-# ``:core``: R1's finding (the teacher's traces against RL on the student, from one base).
-CORE_POINTS = ("base", "seqkd-64k", "rl-zero")
+# The table in parts (``:core`` is R1's finding: the teacher's traces against RL on the
+# student, from one base); together they are the table's points, each in one part.
+PARTS = {
+    "core": ("base", "seqkd-64k", "rl-zero"),
+    "references": ("sft-answers", "sft-gold"),
+    "sizes": ("seqkd-1k", "seqkd-4k", "seqkd-16k", "seqkd-16k-k1"),
+    "on_policy": ("seqkd+kd", "seqkd-more"),
+    "rank": ("dpo", "dpo-nll", "dpkd", "distillm2", "minillm", "sft-gold-more"),
+}
 
 
 def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STEPS,
@@ -110,8 +126,8 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke", "core"):
-    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, core")
+  if arg not in (None, "smoke", *PARTS):
+    raise ValueError(f"unknown config argument {arg!r}; valid: smoke, {', '.join(PARTS)}")
   c = sft.base(arg)
   c.experiment = "reasoning/r1_table"
   c.student_data = "answers"
@@ -124,8 +140,8 @@ def get_config(arg=None):
   c.sft = config_lib.sft_config()
   c.gkd = config_lib.gkd_config()
   c.sweep = dict(points=points(), seeds=5)
-  if arg == "core":
-    c.sweep.points = tuple(p for p in points() if p.split(":")[0] in CORE_POINTS)
+  if arg in PARTS:
+    c.sweep.points = tuple(p for p in points() if p.split(":")[0] in PARTS[arg])
   if arg == "smoke":
     c.dataset.pool_examples = 128
     c.transfer.k = 2

@@ -220,3 +220,31 @@ def test_truncated_uld_is_a_lower_bound_within_twice_the_smaller_tail():
                             top_k=12, with_bound=True)
   np.testing.assert_allclose(np.asarray(got), exact, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(bound).max()) == 0.0
+
+
+@pytest.mark.parametrize("student_vocab,teacher_vocab", [(12, 20), (20, 12)])
+@pytest.mark.parametrize("top_k", [0, 1, 3, 8, 12, 19, 30])
+def test_uld_from_the_teachers_sorted_side_is_uld(student_vocab, teacher_vocab, top_k):
+  # The teacher's side computed once (sorted_teacher, kept at width min(top_k, V_t), or V_t
+  # when exact) gives uld_terms' value, bound and gradient at every truncation.
+  rng = np.random.default_rng(top_k)
+  s = jnp.asarray(rng.normal(size=(3, 5, student_vocab)) * 1.5, jnp.float32)
+  t = jnp.asarray(rng.normal(size=(3, 5, teacher_vocab)) * 1.5, jnp.float32)
+  aligned = jnp.asarray(rng.random((3, 5)) < 0.8)
+  for temperature in (1.0, 2.0):
+    width = min(top_k, teacher_vocab) if top_k else teacher_vocab
+    teacher = ct.sorted_teacher(t, aligned, temperature=temperature, width=width)
+    assert teacher.top.shape == (3, 5, width)
+    np.testing.assert_array_equal(np.asarray(teacher[jnp.array([2, 0])].aligned),
+                                  np.asarray(aligned)[[2, 0]])
+    live = ct.uld_terms(s, t, temperature=temperature, top_k=top_k, with_bound=True)
+    cached = ct.uld_terms_from_sorted(s, teacher, temperature=temperature, with_bound=True)
+    np.testing.assert_allclose(np.asarray(cached[0]), np.asarray(live[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cached[1]), np.asarray(live[1]), atol=1e-6)
+    if top_k == 0 or top_k >= min(student_vocab, teacher_vocab):     # exact: no gap at all
+      assert float(jnp.abs(cached[1]).max()) == 0.0
+    grad_live = jax.grad(lambda x: ct.uld_terms(x, t, temperature=temperature,
+                                                top_k=top_k).sum())(s)
+    grad_cached = jax.grad(lambda x: ct.uld_terms_from_sorted(
+        x, teacher, temperature=temperature).sum())(s)
+    np.testing.assert_allclose(np.asarray(grad_cached), np.asarray(grad_live), atol=1e-6)

@@ -179,6 +179,28 @@ def test_the_smoke_run_distils_across_tokenizers(tmp_path):
   assert steps and all(r["distill"] > 0 and 0 < r["aligned_fraction"] < 1 for r in steps)
 
 
+@needs_fortunes
+@pytest.mark.slow
+def test_a_uld_run_with_the_sorted_teacher_cached_trains_as_with_it_live(tmp_path):
+  import json
+  from kd_jax.run.pipeline import run_experiment
+
+  def losses(cache):
+    config = _smoke(method="uld", teacher_cache=cache, **{"uld.top_k": 8})
+    workdir = tmp_path / cache
+    results = run_experiment(config, str(workdir), teacher_dir=str(tmp_path / "t"),
+                             show_progress=False)
+    records = [json.loads(line) for line in open(workdir / "student" / "metrics.jsonl")]
+    return results["student"], [r["loss"] for r in records if "loss" in r]
+
+  cached, cached_losses = losses("auto")
+  live, live_losses = losses("none")
+  assert cached["teacher_cached"] and not live["teacher_cached"]
+  assert len(cached_losses) == len(live_losses) >= 3
+  np.testing.assert_allclose(cached_losses, live_losses, rtol=1e-4)
+  assert cached["bits_per_byte"] == pytest.approx(live["bits_per_byte"], rel=1e-4)
+
+
 def test_the_teacher_outputs_are_the_teachers_logits_at_the_aligned_positions():
   import jax
   import jax.numpy as jnp
@@ -212,6 +234,83 @@ def test_the_teacher_outputs_are_the_teachers_logits_at_the_aligned_positions():
   np.testing.assert_array_equal(np.asarray(by_order.aligned)[3], np.arange(8) < 4)
   assert not np.asarray(by_order.exact).any()
   del jax
+
+
+def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
+  # with_sorted_teacher over rows in batches (the last one short) gives, row for row, the
+  # sorted side of the live teacher outputs; the uld term reads it as it reads them live.
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from kd_jax import methods, models
+  from kd_jax.core import parallel
+  from kd_jax.objectives import cross_tokenizer as ct
+  from kd_jax.tasks import aligned_text
+  rng = np.random.default_rng(1)
+  rows, length = 5, 9
+  tokens = rng.integers(3, 20, (rows, length)).astype(np.int32)
+  lengths = np.array([9, 9, 6, 9, 4], np.int32)
+  views = (tokens, lengths, np.tile(np.arange(8), (rows, 1)).astype(np.int32),
+           np.zeros((rows, 8), bool))
+  mesh = parallel.make_mesh(1, 1)
+  data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
+  model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
+                        rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+
+  class Teacher:      # engine.step.Teacher's interface: variables, and (variables, x) -> out
+    variables = state
+    def __call__(self, variables, x):
+      return nnx.merge(graphdef, variables)(x), {}
+
+  task = aligned_text.AlignedNextTokens("order")
+  cached = task.with_sorted_teacher(data, Teacher(), temperature=2.0, top_k=6, batch_size=2,
+                                    mesh=mesh)
+  assert cached.teacher_logits.top.shape == (rows, 8, 6)
+  live, _ = task.teacher_outputs(data, jnp.arange(rows), lambda x: Teacher()(state, x))
+  expected = ct.sorted_teacher(live.logits, live.aligned, temperature=2.0, width=6)
+  for field in ("top", "tail", "aligned"):
+    np.testing.assert_allclose(np.asarray(getattr(cached.teacher_logits, field)),
+                               np.asarray(getattr(expected, field)), rtol=1e-5, atol=1e-6)
+  config = _smoke(method="uld", temperature={"schedule": "constant", "init": 2.0},
+                  **{"uld.top_k": 6})
+  objective = methods.make_objective(config)
+  index = jnp.array([4, 1, 2])
+  student = jnp.asarray(rng.normal(size=(3, 8, 12)), jnp.float32)
+  labels, mask = data.tokens[index][:, 1:] % 12, data.loss_mask[index]
+  live_rows = jax.tree.map(lambda x: x[index] if x.ndim > 1 else x, live)   # not vocab_map
+  loss_live, metrics_live = objective(0, (student, {}), (live_rows, {}), labels, mask)
+  loss_cached, metrics_cached = objective(0, (student, {}), (cached.teacher_logits[index], {}),
+                                          labels, mask)
+  np.testing.assert_allclose(float(loss_cached), float(loss_live), rtol=1e-5)
+  for name in ("distill", "uld_tail_bound", "aligned_fraction"):
+    np.testing.assert_allclose(float(metrics_cached[name]), float(metrics_live[name]),
+                               rtol=1e-5, atol=1e-7)
+  # The method's hook: cached under 'auto' within the engine cache's size limit (here 5 rows
+  # × 8 positions × 7 floats × 4 bytes = 1,120), live past it unless 'memory' insists.
+  from kd_jax.engine import teacher_cache
+  hook = methods.REGISTRY["uld"].teacher_outputs
+  assert hook(config, Teacher(), data, task, mesh).teacher_logits.top.shape == (rows, 8, 6)
+  monkeypatch.setattr(teacher_cache, "AUTO_CACHE_MAX_BYTES", 1119)
+  assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
+  config.teacher_cache = "memory"
+  assert hook(config, Teacher(), data, task, mesh).teacher_logits is not None
+  config.teacher_cache = "none"
+  assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
+
+
+def test_a_teacher_cache_uld_cannot_use_is_refused_by_name():
+  validation.validate(_smoke(method="uld", teacher_cache="memory", **{"uld.top_k": 8}))
+  validation.validate(_smoke(method="aligned_kd", teacher_cache="none"))
+  refused = [dict(method="uld", teacher_cache="disk", **{"uld.top_k": 8}),
+             dict(method="uld", teacher_cache="memory"),                  # exact ULD
+             dict(method="uld", teacher_cache="memory", **{"uld.top_k": 8},
+                  temperature={"schedule": "linear", "init": 2.0, "end": 1.0, "steps": 4}),
+             dict(method="aligned_kd", teacher_cache="memory")]
+  for overrides in refused:
+    with pytest.raises(ConfigError, match="teacher_cache='(disk|memory)': method='(uld|"
+                       "aligned_kd)' reads the teacher on its own tokens.*'auto' or 'none'"):
+      validation.validate(_smoke(**overrides))
 
 
 def test_a_prefix_space_normalizer_is_not_byte_exact():

@@ -68,6 +68,11 @@ class Method:
     distillation_head: whether it trains a ViT student's distillation token and head
       (DeiT); a student with one is refused by the other methods, whose test-time average
       would mix in an untrained head.
+    teacher_outputs: ``(config, teacher, data, task, mesh) -> data``: the teacher's
+      outputs computed once, in the method's own form (``data.teacher_logits`` set), or
+      ``data`` unchanged (the teacher runs in the steps); used instead of
+      :mod:`kd_jax.engine.teacher_cache` by methods whose task cannot use that cache's
+      layout (ULD's sorted probabilities across tokenizers). None: that cache.
   """
   logit_term: Callable
   tasks: tuple[str, ...]
@@ -86,6 +91,7 @@ class Method:
   student_module: Callable | None = None
   cross_tokenizer: bool = False
   distillation_head: bool = False
+  teacher_outputs: Callable | None = None
 
   def runs_teacher(self, config) -> bool:
     """Whether a run of ``config`` gives this method the teacher's outputs in its steps."""

@@ -64,6 +64,79 @@ class AlignedTeacher:
   vocab_map: Array
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SortedTeacher:
+  """The teacher's side of ULD, computed once (:func:`sorted_teacher`): at each student
+  position its ``k`` largest probabilities at temperature T and the mass of the rest (a
+  pytree; ``teacher[index]`` gathers rows, as from a cached split).
+
+  Attributes:
+    top: float32 ``[..., k]``, decreasing.
+    tail: float32 ``[...]``: ``1 − Σ top`` (clipped at 0).
+    aligned: bool ``[...]``: whether the position has an aligned teacher position.
+  """
+  top: Array
+  tail: Array
+  aligned: Array
+
+  def __getitem__(self, index) -> SortedTeacher:
+    return SortedTeacher(self.top[index], self.tail[index], self.aligned[index])
+
+
+def uld_width(teacher_vocab: int, student_vocab: int, top_k: int = 0) -> int:
+  """How many sorted probabilities of each side ULD compares: ``top_k`` when
+  ``0 < top_k < m``, else ``m = min(teacher_vocab, student_vocab)`` (exact: the longer
+  side's entries past its ``m`` largest meet the shorter's zero padding, so they count as
+  its tail, :func:`_sorted_l1`)."""
+  m = min(teacher_vocab, student_vocab)
+  return top_k if 0 < top_k < m else m
+
+
+def _top_and_tail(p: Array, k: int) -> tuple[Array, Array]:
+  """``p``'s ``k`` largest entries, decreasing, and the sum of the rest (exactly 0 when ``k``
+  is ``p``'s length: no rounding residue, so an exact distance reports no gap)."""
+  top = jax.lax.top_k(p, k)[0]
+  if k == p.shape[-1]:
+    return top, jnp.zeros(p.shape[:-1], p.dtype)
+  return top, jnp.maximum(jnp.sum(p, axis=-1) - jnp.sum(top, axis=-1), 0.0)
+
+
+def _l1_of_sorted(p_top, p_tail, q_top, q_tail, with_bound: bool):
+  """``Σ_i |p_top_i − q_top_i| + |p_tail − q_tail|``, and with ``with_bound`` the gap to
+  the exact distance, ``2·min(p_tail, q_tail)`` (0 when one side has no tail: exact)."""
+  value = jnp.sum(jnp.abs(p_top - q_top), axis=-1) + jnp.abs(p_tail - q_tail)
+  if not with_bound:
+    return value
+  return value, jax.lax.stop_gradient(2.0 * jnp.minimum(p_tail, q_tail))
+
+
+def sorted_teacher(teacher_logits: ArrayLike, aligned: ArrayLike, *, temperature: float,
+                   width: int) -> SortedTeacher:
+  """The teacher's ``width`` largest probabilities at ``temperature`` and its tail mass, per
+  position: ``width = min(top_k, V_t)`` for ULD truncated at ``top_k``, ``V_t`` for exact
+  ULD (:func:`uld_terms_from_sorted`)."""
+  p = jax.nn.softmax(at_least_float32(teacher_logits) / temperature, axis=-1)
+  return SortedTeacher(*_top_and_tail(jax.lax.stop_gradient(p), width),
+                       jnp.asarray(aligned, bool))
+
+
+def uld_terms_from_sorted(student_logits: ArrayLike, teacher: SortedTeacher, *,
+                          temperature: ArrayLike = 1.0, with_bound: bool = False):
+  """:func:`uld_terms` with the teacher's side precomputed by :func:`sorted_teacher` at the
+  same temperature: ULD truncated at ``k = min(width, V_s)``, which is
+  ``uld_width(V_t, V_s, top_k)`` for the widths :func:`sorted_teacher` names, so the value
+  (and bound) is :func:`uld_terms`'s with that ``top_k``, up to rounding."""
+  q = jax.nn.softmax(at_least_float32(student_logits) / temperature, axis=-1)
+  width = teacher.top.shape[-1]
+  k = min(width, q.shape[-1])
+  # A student shorter than the teacher's kept width: the teacher's entries past k join its
+  # tail, as they would meet the student's zero padding.
+  p_tail = (teacher.tail if k == width
+            else teacher.tail + jnp.sum(teacher.top[..., k:], axis=-1))
+  return _l1_of_sorted(teacher.top[..., :k], p_tail, *_top_and_tail(q, k), with_bound)
+
+
 def _sorted_l1(p: Array, q: Array, top_k: int = 0, with_bound: bool = False):
   """Σ_i |sort↓(p)_i − sort↓(q)_i| over the last axis, the shorter vector zero-padded.
 
@@ -78,20 +151,9 @@ def _sorted_l1(p: Array, q: Array, top_k: int = 0, with_bound: bool = False):
   within ``2·min(tail_p, tail_q)``; ``with_bound`` also returns that gap bound (0 when
   exact).
   """
-  if p.shape[-1] < q.shape[-1]:
-    p, q = q, p                              # p: the longer (or equal) vector
-  m = q.shape[-1]
-  k = top_k if 0 < top_k < m else m
-  p_top = jax.lax.top_k(p, k)[0]             # descending
-  q_top = jax.lax.top_k(q, k)[0]
-  p_tail = jnp.maximum(jnp.sum(p, axis=-1) - jnp.sum(p_top, axis=-1), 0.0)
-  q_tail = jnp.maximum(jnp.sum(q, axis=-1) - jnp.sum(q_top, axis=-1), 0.0)
-  # k = m: q has no tail, and the exact value adds p's whole tail.
-  value = jnp.sum(jnp.abs(p_top - q_top), axis=-1) + jnp.abs(p_tail - q_tail)
-  if not with_bound:
-    return value
-  bound = (2.0 * jnp.minimum(p_tail, q_tail) if k < m else jnp.zeros_like(value))
-  return value, jax.lax.stop_gradient(bound)
+  k = uld_width(p.shape[-1], q.shape[-1], top_k)
+  # k = m: the shorter side has no tail, and the exact value adds the longer's whole tail.
+  return _l1_of_sorted(*_top_and_tail(p, k), *_top_and_tail(q, k), with_bound)
 
 
 def combine(student_logits: Array, labels, alpha, distill: Array, distill_mask: Array,

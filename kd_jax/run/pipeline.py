@@ -405,6 +405,9 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str, *,
     if config.get("loss_chunk_size", 0):
       # The fused-linear kd loss: the teacher gives its hidden states and head in every step.
       data, student_teacher = student_train_data, dataclasses.replace(teacher, head_inputs=True)
+    elif method.teacher_outputs is not None:    # the method's own form of cached outputs
+      data = method.teacher_outputs(config, teacher, student_train_data, student_task, mesh)
+      student_teacher = None if data.teacher_logits is not None else teacher
     else:
       data = teacher_cache.attach(config, teacher, student_train_data, student_task, mesh,
                                   workdir, shared_dir=os.path.join(cache_root, "teacher_outputs"),

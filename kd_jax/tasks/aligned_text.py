@@ -22,6 +22,7 @@ import numpy as np
 
 from kd_jax.core import parallel
 from kd_jax.engine.splits import device_split
+from kd_jax.objectives import cross_tokenizer as ct
 from kd_jax.objectives.cross_tokenizer import AlignedTeacher
 from kd_jax.tasks import lm
 
@@ -81,3 +82,36 @@ class AlignedNextTokens(lm.NextTokens):
     gathered = jnp.take_along_axis(logits, jnp.clip(at, 0, logits.shape[1] - 1)[..., None],
                                    axis=1)
     return AlignedTeacher(gathered, aligned, exact, data.vocab_map), {}
+
+  def with_sorted_teacher(self, data: AlignedTokenData, teacher, *, temperature: float,
+                          top_k: int, batch_size: int, mesh) -> AlignedTokenData:
+    """``data`` with ``teacher_logits`` the teacher's side of ULD for every row, computed
+    once (:func:`kd_jax.objectives.cross_tokenizer.sorted_teacher`, a
+    :class:`~kd_jax.objectives.cross_tokenizer.SortedTeacher` ``[N, L-1, k]`` on the
+    devices): the rows are fixed, so the step's teacher forward pass, softmax and
+    ``lax.top_k`` over the teacher's vocabulary need not be redone every epoch.
+
+    Args:
+      teacher: the frozen teacher (:class:`kd_jax.engine.step.Teacher`).
+      temperature: the (constant) T of both softmaxes.
+      top_k: ULD's truncation (> 0): ``k = min(top_k, V_t)`` probabilities are kept.
+      batch_size: rows per teacher pass.
+    """
+    def sort_rows(variables, data, index):
+      aligned, _ = self.teacher_outputs(data, index, lambda x: teacher(variables, x))
+      width = min(top_k, aligned.logits.shape[-1])
+      return ct.sorted_teacher(aligned.logits, aligned.aligned, temperature=temperature,
+                               width=width)
+
+    sort_rows = jax.jit(sort_rows)
+    size = data.size
+    chunks = []
+    for start in range(0, size, batch_size):
+      # A full batch every time (one compilation): the last one repeats the final row.
+      index = jnp.minimum(jnp.arange(start, start + batch_size), size - 1)
+      rows = min(batch_size, size - start)
+      chunks.append(jax.tree.map(lambda x: np.asarray(x)[:rows],
+                                 jax.device_get(sort_rows(teacher.variables, data, index))))
+    sorted_rows = jax.tree.map(lambda *parts: np.concatenate(parts), *chunks)
+    return dataclasses.replace(data, teacher_logits=parallel.put_replicated(sorted_rows, mesh))
+

@@ -22,8 +22,8 @@ from __future__ import annotations
 from absl import logging
 
 from kd_jax.config import checks
-from kd_jax.engine import teacher_cache
 from kd_jax.core.errors import ConfigError
+from kd_jax.engine import teacher_cache
 from kd_jax.methods.base import Method
 from kd_jax.objectives import cross_tokenizer as ct
 from kd_jax.objectives import schedules

@@ -23,7 +23,6 @@ import numpy as np
 from kd_jax.core import parallel
 from kd_jax.engine.splits import device_split
 from kd_jax.objectives import cross_tokenizer as ct
-from kd_jax.objectives.cross_tokenizer import AlignedTeacher
 from kd_jax.tasks import lm
 
 ALIGNMENTS = ("bytes", "order")
@@ -66,7 +65,7 @@ class AlignedNextTokens(lm.NextTokens):
   teacher_outputs_cacheable: ClassVar[bool] = False
 
   def teacher_outputs(self, data: AlignedTokenData, index, run_teacher):
-    """``(AlignedTeacher, {})``: the teacher run on its view of the rows ``index``
+    """``(ct.AlignedTeacher, {})``: the teacher run on its view of the rows ``index``
     (``run_teacher(tokens) -> (logits, features)``), its logits at the positions aligned
     with the student's ``[B, L-1, V_t]``."""
     logits, _ = run_teacher(data.teacher_tokens[index])
@@ -81,7 +80,7 @@ class AlignedNextTokens(lm.NextTokens):
     aligned = (at >= 0) & (at < logits.shape[1])
     gathered = jnp.take_along_axis(logits, jnp.clip(at, 0, logits.shape[1] - 1)[..., None],
                                    axis=1)
-    return AlignedTeacher(gathered, aligned, exact, data.vocab_map), {}
+    return ct.AlignedTeacher(gathered, aligned, exact, data.vocab_map), {}
 
   def with_sorted_teacher(self, data: AlignedTokenData, teacher, *, temperature: float,
                           top_k: int, batch_size: int, mesh) -> AlignedTokenData:

@@ -230,21 +230,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
                  seed=run.seed, workdir=run.workdir)
     # A run's workdir belongs to its config: stale results of another config are refused.
     workdir_lib.check(os.path.join(workdir, run.workdir), run.config)
-    if os.path.exists(os.path.join(workdir, run.workdir, "results.json")):
-      entry["status"] = "done"
-      entry.pop("error", None)
-      entry.pop("traceback", None)
-    elif entry.get("status") == "done":     # its results were deleted since: run it again
-      entry["status"] = "pending"
-    entry.setdefault("status", "pending")
-    record["runs"].append(entry)
+    record["runs"].append(_refreshed(workdir, entry))
+  _keep_earlier_points(record, old, workdir)
   if not allow_mixed_code:
     _check_finished_runs_share_this_code(workdir, record["runs"])
   record["code"] = source_code.record()
   _write_json(record_path, record)
 
   run_fn = run_fn or _default_run_fn()
-  todo = [i for i, e in enumerate(record["runs"]) if e["status"] != "done"]
+  # This invocation's runs (the first len(runs) entries; earlier points' are only kept).
+  todo = [i for i, e in enumerate(record["runs"][:len(runs)]) if e["status"] != "done"]
   logging.info("Sweep %s: %d runs, %d already done.", workdir, len(runs),
                len(runs) - len(todo))
   # Workers turn on this process's compilation cache too (JAX reads it when they compile).
@@ -253,7 +248,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
                         os.path.abspath(os.path.join(workdir, runs[i].workdir)), teacher_dir,
                         cache, record["runs"][i].get("where", "")
                         if record["runs"][i]["status"] == "running" else "") for i in todo]
-  progress = _Progress(record, record_path, parallel=launcher != "local")
+  progress = _Progress(record, record_path, parallel=launcher != "local", planned=len(runs))
   all_finished = launchers.LAUNCHERS[launcher](jobs, run_fn, settings, progress,
                                                storage=storage)
   if not all_finished:
@@ -274,11 +269,47 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   return record
 
 
+def _refreshed(workdir: str, entry: dict) -> dict:
+  """A run's record entry with its status as its run directory says (``results.json``)."""
+  if os.path.exists(os.path.join(workdir, entry["workdir"], "results.json")):
+    entry["status"] = "done"
+    entry.pop("error", None)
+    entry.pop("traceback", None)
+  elif entry.get("status") == "done":     # its results were deleted since: run it again
+    entry["status"] = "pending"
+  entry.setdefault("status", "pending")
+  return entry
+
+
+def _keep_earlier_points(record: dict, old: dict, workdir: str) -> None:
+  """Adds to ``record`` the points (and their runs) of the workdir's earlier sweep record
+  that this invocation does not plan, when both vary the same keys (named points, or one
+  grid's fields): a workdir's sweep grows, so a table over it covers every point run there,
+  e.g. a table computed part by part (experiments/reasoning/r1_table.py's ``PARTS``). The
+  base configs are already known to agree. Of another kind of sweep, the record is
+  replaced."""
+  if not old or set(old.get("grid", {})) != set(record["grid"]):
+    return
+  planned = {p["slug"] for p in record["points"]}
+  earlier = [p for p in old.get("points", []) if p["slug"] not in planned]
+  if not earlier:
+    return
+  kept = {p["slug"] for p in earlier}
+  record["points"] = earlier + record["points"]
+  record["runs"] += [_refreshed(workdir, dict(e)) for e in old.get("runs", [])
+                     if e["point"] in kept]
+  record["seeds"] = _unique([*old.get("seeds", []), *record["seeds"]])
+  record["grid"] = ({"name": [p["slug"] for p in record["points"]]} if "name" in record["grid"]
+                    else {k: _unique(v for p in record["points"] for v in [p["values"][k]])
+                          for k in record["grid"]})
+
+
 class _Progress:
   """Keeps ``sweep.json`` and the console up to date as the launcher's runs start and end."""
 
-  def __init__(self, record: dict, record_path: str, *, parallel: bool):
+  def __init__(self, record: dict, record_path: str, *, parallel: bool, planned: int):
     self.record, self.record_path, self.parallel = record, record_path, parallel
+    self.planned = planned      # this invocation's runs: the record's first entries
     self.elapsed: list[float] = []
 
   def _counts(self) -> str:
@@ -297,7 +328,7 @@ class _Progress:
     if not self.parallel:
       # The first run also trains the teacher and compiles: leave it out once others exist.
       typical = self.elapsed[1:] or self.elapsed
-      remaining = sum(e["status"] != "done" for e in self.record["runs"])
+      remaining = sum(e["status"] != "done" for e in self.record["runs"][:self.planned])
       eta = _eta(sum(typical) / len(typical) * remaining) if typical else "?"
       print(f"[sweep {self._counts()}, ETA {eta}] running {job.name}", flush=True)
 

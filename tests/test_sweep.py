@@ -20,6 +20,7 @@ import pytest
 from kd_jax import sweep
 from kd_jax.core import fingerprint
 from kd_jax.core.errors import ConfigError, WorkdirConflictError
+from kd_jax.reporting import sweep_dir
 
 T_975_1 = 12.706204736174704  # t_{0.975} with 1 degree of freedom (tables).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -507,6 +508,47 @@ def test_a_sweep_of_named_points_summarises_by_name(tmp_path):
   assert float(by_name["cold"]["test_accuracy_mean"]) == pytest.approx(0.805)
   md = (tmp_path / "summary.md").read_text()
   assert md.index("| 1 | hot | **82.50 ± ") < md.index("| 2 | cold | **80.50 ± ")
+
+
+def test_a_workdirs_sweep_grows_by_named_points_and_runs_only_the_new_ones(tmp_path):
+  # A table computed part by part (r1_table.py's PARTS): each invocation runs its points,
+  # and the record (so every table over the workdir) keeps the earlier ones.
+  config = base_config()
+
+  def run(specs, seeds=2):
+    names, points = zip(*sweep.parse_points(specs, config))
+    fake = FakeRun()
+    record = sweep.run_sweep(config, str(tmp_path), points, num_seeds=seeds, names=names,
+                             teacher_dir="/teachers", run_fn=fake)
+    return record, sorted(fake.calls)
+
+  run(["cold: temperature=1", "hot: temperature=4"])
+  record, calls = run(["warm: temperature=2"])
+  assert calls == [os.path.join("runs", "warm", s) for s in ("seed10", "seed11")]
+  assert record["grid"] == {"name": ["cold", "hot", "warm"]}
+  assert sorted(_statuses(tmp_path)) == [f"{p}/seed{s}" for p in ("cold", "hot", "warm")
+                                         for s in (10, 11)]
+  assert set(_statuses(tmp_path).values()) == {"done"}
+  rows = check_sweep_outputs(tmp_path, num_points=3, num_seeds=2, temperature_plot=False)
+  assert {r["name"] for r in rows} == {"cold", "hot", "warm"}
+  assert [p["slug"] for p in sweep_dir.read(str(tmp_path)).record["points"]] == [
+      "cold", "hot", "warm"]
+  # A point planned again is this invocation's (here one seed); the others stay as they were.
+  record, calls = run(["hot: temperature=4"], seeds=1)
+  assert calls == [] and record["seeds"] == [10, 11]
+  assert sorted(_statuses(tmp_path)) == ["cold/seed10", "cold/seed11", "hot/seed10",
+                                         "warm/seed10", "warm/seed11"]
+
+
+def test_a_sweep_of_other_fields_replaces_the_workdirs_record(tmp_path):
+  _sweep(tmp_path, FakeRun())                                   # a temperature grid
+  record = _sweep(tmp_path, FakeRun(), grid=("alpha=0.3",), seeds=1)
+  assert record["grid"] == {"alpha": [0.3]}
+  assert sorted(_statuses(tmp_path)) == ["alpha=0.3/seed10"]
+  # The same field, other values: one grid of both.
+  _sweep(tmp_path / "t", FakeRun())
+  record = _sweep(tmp_path / "t", FakeRun(), grid=("temperature=2",), seeds=1)
+  assert record["grid"] == {"temperature": [1.0, 4.0, 2.0]}
 
 
 def test_a_sweep_of_a_lower_is_better_headline_sorts_and_shows_nats(tmp_path):

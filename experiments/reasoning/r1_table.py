@@ -61,8 +61,9 @@ phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The poi
 
 Seeds 0–4 change the student's initialisation, the batch order, the transfer set's
 samples and the RL samples; the teacher and the problems are fixed. Measured so far with
-this base: ``:core`` at commit a21d031 (``seqkd-64k`` − ``rl-zero`` = +89.6 ± 15.3 points
-over 5 seeds, paired); the full table is not yet computed (issue 23). Those runs, the ones
+this base, at commit a21d031's code: ``:core`` (``seqkd-64k`` − ``rl-zero`` = +89.6 ± 15.3
+points over 5 seeds, paired) and ``sft-answers`` (``seqkd-64k`` − ``sft-answers`` = +84.6
+± 17.9); the other parts are not yet computed (issue 23). Those runs, the ones
 that chose the base, and the earlier table from the ``sft-gold`` base are in
 docs/language_models.md.
 """

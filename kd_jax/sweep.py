@@ -283,21 +283,22 @@ def _refreshed(workdir: str, entry: dict) -> dict:
 
 def _keep_earlier_points(record: dict, old: dict, workdir: str) -> None:
   """Adds to ``record`` the points (and their runs) of the workdir's earlier sweep record
-  that this invocation does not plan, when both vary the same keys (named points, or one
-  grid's fields): a workdir's sweep grows, so a table over it covers every point run there,
-  e.g. a table computed part by part (experiments/reasoning/r1_table.py's ``PARTS``). The
-  base configs are already known to agree. Of another kind of sweep, the record is
-  replaced."""
+  that this invocation does not plan and that have finished runs, when both vary the same
+  keys (named points, or one grid's fields): a workdir's sweep grows, so a table over it
+  covers every point run there, e.g. a table computed part by part
+  (experiments/reasoning/r1_table.py's ``PARTS``). The base configs are already known to
+  agree. Of another kind of sweep, the record is replaced."""
   if not old or set(old.get("grid", {})) != set(record["grid"]):
     return
   planned = {p["slug"] for p in record["points"]}
-  earlier = [p for p in old.get("points", []) if p["slug"] not in planned]
+  runs = [_refreshed(workdir, dict(e)) for e in old.get("runs", []) if e["point"] not in planned]
+  # Only points with finished runs: one whose run directories were deleted leaves the table.
+  kept = {e["point"] for e in runs if e["status"] == "done"}
+  earlier = [p for p in old.get("points", []) if p["slug"] in kept]
   if not earlier:
     return
-  kept = {p["slug"] for p in earlier}
   record["points"] = earlier + record["points"]
-  record["runs"] += [_refreshed(workdir, dict(e)) for e in old.get("runs", [])
-                     if e["point"] in kept]
+  record["runs"] += [e for e in runs if e["point"] in kept]
   record["seeds"] = _unique([*old.get("seeds", []), *record["seeds"]])
   record["grid"] = ({"name": [p["slug"] for p in record["points"]]} if "name" in record["grid"]
                     else {k: _unique(v for p in record["points"] for v in [p["values"][k]])

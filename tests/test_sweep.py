@@ -538,6 +538,13 @@ def test_a_workdirs_sweep_grows_by_named_points_and_runs_only_the_new_ones(tmp_p
   assert calls == [] and record["seeds"] == [10, 11]
   assert sorted(_statuses(tmp_path)) == ["cold/seed10", "cold/seed11", "hot/seed10",
                                          "warm/seed10", "warm/seed11"]
+  # A point whose run directories were deleted leaves the record (one still finished stays).
+  shutil.rmtree(tmp_path / "runs" / "cold")
+  shutil.rmtree(tmp_path / "runs" / "warm" / "seed10")
+  record, calls = run(["hot: temperature=4"], seeds=1)
+  assert record["grid"] == {"name": ["warm", "hot"]}
+  assert _statuses(tmp_path) == {"hot/seed10": "done", "warm/seed10": "pending",
+                                 "warm/seed11": "done"}
 
 
 def test_a_sweep_of_other_fields_replaces_the_workdirs_record(tmp_path):

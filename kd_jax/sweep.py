@@ -283,24 +283,30 @@ def _refreshed(workdir: str, entry: dict) -> dict:
 
 def _keep_earlier_points(record: dict, old: dict, workdir: str) -> None:
   """Adds to ``record`` the points (and their runs) of the workdir's earlier sweep record
-  that this invocation does not plan and that have finished runs, when both vary the same
-  keys (named points, or one grid's fields): a workdir's sweep grows, so a table over it
-  covers every point run there, e.g. a table computed part by part
+  that this invocation does not plan and that have runs finished or under way, when both
+  vary the same keys (named points, or one grid's fields): a workdir's sweep grows, so a
+  table over it covers every point run there, e.g. a table computed part by part
   (experiments/reasoning/r1_table.py's ``PARTS``). The base configs are already known to
-  agree. Of another kind of sweep, the record is replaced."""
+  agree; the kept runs' code is checked with this invocation's (``allow_mixed_code``). Of
+  another kind of sweep, the record is replaced. One invocation per workdir at a time:
+  each rewrites the record."""
   if not old or set(old.get("grid", {})) != set(record["grid"]):
     return
-  planned = {p["slug"] for p in record["points"]}
-  runs = [_refreshed(workdir, dict(e)) for e in old.get("runs", []) if e["point"] not in planned]
-  # Only points with finished runs: one whose run directories were deleted leaves the table.
-  kept = {e["point"] for e in runs if e["status"] == "done"}
-  earlier = [p for p in old.get("points", []) if p["slug"] in kept]
-  if not earlier:
+  # A point is its name, or its values (a grid's slug follows the order of the flags).
+  named = "name" in record["grid"]
+  same = (lambda p: p["slug"]) if named else (lambda p: json.dumps(p["values"], sort_keys=True))
+  planned = {same(p) for p in record["points"]}
+  earlier = {p["slug"]: p for p in old.get("points", []) if same(p) not in planned}
+  runs = [_refreshed(workdir, dict(e)) for e in old.get("runs", []) if e["point"] in earlier]
+  # Points with runs finished, or in flight (also submitted to SLURM: "running" with its
+  # task in "where"); one whose run directories were all deleted leaves the record.
+  kept = {e["point"] for e in runs if e["status"] in ("done", "running")}
+  if not kept:
     return
-  record["points"] = earlier + record["points"]
+  record["points"] = [p for p in earlier.values() if p["slug"] in kept] + record["points"]
   record["runs"] += [e for e in runs if e["point"] in kept]
-  record["seeds"] = _unique([*old.get("seeds", []), *record["seeds"]])
-  record["grid"] = ({"name": [p["slug"] for p in record["points"]]} if "name" in record["grid"]
+  record["seeds"] = _unique(e["seed"] for e in record["runs"])
+  record["grid"] = ({"name": [p["slug"] for p in record["points"]]} if named
                     else {k: _unique(v for p in record["points"] for v in [p["values"][k]])
                           for k in record["grid"]})
 

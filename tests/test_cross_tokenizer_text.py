@@ -256,12 +256,13 @@ def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
   data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
   model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
                         rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(model)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = (params, rest)
 
   class Teacher:      # engine.step.Teacher's interface: variables, and (variables, x) -> out
     variables = state
     def __call__(self, variables, x):
-      return nnx.merge(graphdef, variables)(x), {}
+      return nnx.merge(graphdef, *variables)(x), {}
 
   task = aligned_text.AlignedNextTokens("order")
   cached = task.with_sorted_teacher(data, Teacher(), temperature=2.0, top_k=6, batch_size=2,
@@ -287,16 +288,55 @@ def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
     np.testing.assert_allclose(float(metrics_cached[name]), float(metrics_live[name]),
                                rtol=1e-5, atol=1e-7)
   # The method's hook: cached under 'auto' within the engine cache's size limit (here 5 rows
-  # × 8 positions × 7 floats × 4 bytes = 1,120), live past it unless 'memory' insists.
+  # × 8 positions × (7 floats × 4 bytes + 1 bool) = 1,160), live past it unless 'memory'.
   from kd_jax.engine import teacher_cache
   hook = methods.REGISTRY["uld"].teacher_outputs
   assert hook(config, Teacher(), data, task, mesh).teacher_logits.top.shape == (rows, 8, 6)
-  monkeypatch.setattr(teacher_cache, "AUTO_CACHE_MAX_BYTES", 1119)
+  monkeypatch.setattr(teacher_cache, "AUTO_CACHE_MAX_BYTES", 1159)
   assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
   config.teacher_cache = "memory"
   assert hook(config, Teacher(), data, task, mesh).teacher_logits is not None
   config.teacher_cache = "none"
   assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
+
+
+_SORTED_ON_DEVICES = r"""
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from kd_jax import models
+from kd_jax.core import parallel
+from kd_jax.engine import step
+from kd_jax.objectives import cross_tokenizer as ct
+from kd_jax.tasks import aligned_text
+assert len(jax.devices()) == 2
+rng = np.random.default_rng(2)
+rows = 5
+tokens = rng.integers(3, 20, (rows, 9)).astype(np.int32)
+lengths = np.array([9, 7, 9, 9, 5], np.int32)
+views = (tokens, lengths, np.tile(np.arange(8), (rows, 1)).astype(np.int32),
+         np.zeros((rows, 8), bool))
+mesh = parallel.make_mesh(2, 1)
+data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
+model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
+                      rngs=nnx.Rngs(0))
+graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+teacher = step.Teacher(graphdef, (params, rest))
+task = aligned_text.AlignedNextTokens("order")
+cached = task.with_sorted_teacher(data, teacher, temperature=1.5, top_k=6, batch_size=3,
+                                  mesh=mesh).teacher_logits
+live, _ = task.teacher_outputs(data, jnp.arange(rows), lambda x: teacher((params, rest), x))
+expected = ct.sorted_teacher(live.logits, live.aligned, temperature=1.5, width=6)
+print("max difference", max(float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max())
+                             for a, b in zip(jax.tree.leaves(cached), jax.tree.leaves(expected))))
+"""
+
+
+@pytest.mark.slow
+def test_the_sorted_teacher_side_is_the_same_on_two_devices():
+  from tests import multidevice
+  out = multidevice.finish(multidevice.start(_SORTED_ON_DEVICES, 2))
+  difference = float(out.strip().splitlines()[-1].split()[-1])
+  assert difference < 1e-5, out[-2000:]
 
 
 def test_a_teacher_cache_uld_cannot_use_is_refused_by_name():

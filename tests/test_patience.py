@@ -136,3 +136,13 @@ def test_the_command_line_names_the_valid_families(tmp_path):
   assert out.returncode == 2
   assert "--reference=nope: no such family; valid: kd, scratch" in out.stderr
   assert not os.path.exists(os.path.join(workdir, patience.TABLE_FILE))
+
+
+def test_no_gap_is_recovered_where_the_student_alone_reaches_the_teacher(tmp_path):
+  by_point = patience.read([_sweep(tmp_path, teacher=0.83)]).by_point
+  rows = {(r["family"], r["epochs"]): r for r in patience.rows(by_point)[0]}
+  assert rows[("kd", 1.0)]["gap"] is not None          # alone 0.82 < 0.83
+  assert rows[("kd", 4.0)]["gap"] is None              # alone 0.84 ≥ 0.83
+  assert rows[("kd", 4.0)]["difference"].mean == pytest.approx(0.04)
+  text = patience.write(str(tmp_path))
+  assert "- `kd2`: no budget has `scratch` runs of the same seeds below the teacher" in text

@@ -547,6 +547,36 @@ def test_a_workdirs_sweep_grows_by_named_points_and_runs_only_the_new_ones(tmp_p
                                  "warm/seed11": "done"}
 
 
+def test_a_grid_point_given_in_another_flag_order_is_the_same_point(tmp_path):
+  # A grid's slug (its run directory) follows the flags' order, so the reordered point
+  # runs in a directory of its own; the record holds it once, not as a second row.
+  config = base_config()
+
+  def run(grid):
+    fake = FakeRun()
+    record = sweep.run_sweep(config, str(tmp_path), sweep.parse_grid(grid, config),
+                             num_seeds=1, teacher_dir="/teachers", run_fn=fake)
+    return record, fake.calls
+
+  first, _ = run(["temperature=1,4", "alpha=0.3"])
+  cold = first["points"][0]["slug"]
+  record, calls = run(["alpha=0.3", "temperature=4"])
+  assert len(calls) == 1 and len(record["points"]) == 2 and len(record["runs"]) == 2
+  assert [p["values"]["temperature"] for p in record["points"]] == [1.0, 4.0]
+  # A submitted or running run keeps its point in the record while another part is run.
+  with open(tmp_path / "sweep.json") as f:
+    saved = json.load(f)
+  for entry in saved["runs"]:
+    if entry["point"] == cold:
+      entry["status"], entry["where"] = "running", "slurm:17_0"
+      shutil.rmtree(tmp_path / entry["workdir"])
+  with open(tmp_path / "sweep.json", "w") as f:
+    json.dump(saved, f)
+  record, calls = run(["alpha=0.3", "temperature=4"])
+  assert calls == [] and [p["slug"] for p in record["points"]][0] == cold
+  assert record["runs"][1]["where"] == "slurm:17_0"
+
+
 def test_a_sweep_of_other_fields_replaces_the_workdirs_record(tmp_path):
   _sweep(tmp_path, FakeRun())                                   # a temperature grid
   record = _sweep(tmp_path, FakeRun(), grid=("alpha=0.3",), seeds=1)

@@ -38,7 +38,8 @@ def _term(distill_terms):
   (:func:`kd_jax.objectives.cross_tokenizer.combine`), its two parts logged apart (``ce``,
   ``distill``), the aligned fraction of the targets and, for a truncated ULD
   (``uld.top_k``), ``uld_tail_bound``: how far below exact ULD its term may lie on average."""
-  def term(settings, step, s_logits, t_logits: ct.AlignedTeacher, labels, mask):
+  def term(settings, step, s_logits, t_logits: ct.AlignedTeacher | ct.SortedTeacher, labels,
+           mask):
     t, a = settings.temperature(step), settings.alpha(step)
     top_k = int(settings.uld.top_k) if settings.uld is not None else 0
     aligned = mask & t_logits.aligned
@@ -79,9 +80,10 @@ def _sorted_teacher_outputs(config, teacher, data, task, mesh):
   (:data:`kd_jax.engine.teacher_cache.AUTO_CACHE_MAX_BYTES`); ``'memory'`` at any size."""
   if config.teacher_cache == "none" or not _uld_cacheable(config):
     return data
-  # float32 [N, L-1, k] probabilities and [N, L-1] tails (k ≤ the teacher's vocabulary).
+  # float32 [N, L-1, k] probabilities and [N, L-1] tails (k ≤ the teacher's vocabulary),
+  # and the bool [N, L-1] aligned mask.
   width = min(int(config.uld.top_k), data.vocab_map.shape[0])
-  size = data.size * data.loss_mask.shape[1] * (width + 1) * 4
+  size = data.size * data.loss_mask.shape[1] * ((width + 1) * 4 + 1)
   if config.teacher_cache == "auto" and size > teacher_cache.AUTO_CACHE_MAX_BYTES:
     logging.info("uld's sorted teacher side would take %.1f GB: the teacher runs live "
                  "(teacher_cache='memory' keeps it anyway)", size / 1e9)

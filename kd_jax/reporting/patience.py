@@ -145,8 +145,9 @@ def rows(runs: Mapping[str, Sequence[Mapping[str, Any]]], reference: str | None 
     difference = stats.paired_difference(mine, theirs)
     scale = teacher - float(np.mean(theirs))
     row["difference"] = difference
-    row["gap"] = stats.Interval(difference.mean / scale, difference.std / scale,
-                                difference.half_width / scale, difference.n)
+    if scale > 0:     # else the student alone reaches the teacher: no gap to recover
+      row["gap"] = stats.Interval(difference.mean / scale, difference.std / scale,
+                                  difference.half_width / scale, difference.n)
   table.sort(key=lambda row: (row["family"] != reference, row["family"], row["epochs"]))
   return table, teacher, reference
 
@@ -160,8 +161,8 @@ def _verdicts(table: Sequence[dict], reference: str) -> list[str]:
   for family in sorted({row["family"] for row in table} - {reference}):
     paired = [row for row in table if row["family"] == family and row["gap"] is not None]
     if not paired:
-      lines.append(f"- `{family}`: no budget has `{reference}` runs of the same seeds to "
-                   "compare with.")
+      lines.append(f"- `{family}`: no budget has `{reference}` runs of the same seeds below "
+                   "the teacher to compare with.")
       continue
     last = max(paired, key=lambda row: row["epochs"])
     above = last["difference"].low > 0

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.core import parallel
+from kd_jax.engine import feeding, step
 from kd_jax.engine.splits import device_split
 from kd_jax.objectives import cross_tokenizer as ct
 from kd_jax.tasks import lm
@@ -88,29 +89,26 @@ class AlignedNextTokens(lm.NextTokens):
     once (:func:`kd_jax.objectives.cross_tokenizer.sorted_teacher`, a
     :class:`~kd_jax.objectives.cross_tokenizer.SortedTeacher` ``[N, L-1, k]`` on the
     devices): the rows are fixed, so the step's teacher forward pass, softmax and
-    ``lax.top_k`` over the teacher's vocabulary need not be redone every epoch.
+    ``lax.top_k`` over the teacher's vocabulary need not be redone every epoch. Batched
+    as the engine's teacher cache is (:func:`kd_jax.engine.step.predict_all`: the batch
+    split over the data devices, every row once).
 
     Args:
       teacher: the frozen teacher (:class:`kd_jax.engine.step.Teacher`).
       temperature: the (constant) T of both softmaxes.
       top_k: ULD's truncation (> 0): ``k = min(top_k, V_t)`` probabilities are kept.
-      batch_size: rows per teacher pass.
+      batch_size: rows per teacher pass (rounded to the data devices).
     """
-    def sort_rows(variables, data, index):
-      aligned, _ = self.teacher_outputs(data, index, lambda x: teacher(variables, x))
+    def sorted_rows(params, model_state, data, index):
+      aligned, _ = self.teacher_outputs(data, index,
+                                        lambda x: teacher((params, model_state), x))
       width = min(top_k, aligned.logits.shape[-1])
       return ct.sorted_teacher(aligned.logits, aligned.aligned, temperature=temperature,
-                               width=width)
+                               width=width), {}
 
-    sort_rows = jax.jit(sort_rows)
-    size = data.size
-    chunks = []
-    for start in range(0, size, batch_size):
-      # A full batch every time (one compilation): the last one repeats the final row.
-      index = jnp.minimum(jnp.arange(start, start + batch_size), size - 1)
-      rows = min(batch_size, size - start)
-      chunks.append(jax.tree.map(lambda x: np.asarray(x)[:rows],
-                                 jax.device_get(sort_rows(teacher.variables, data, index))))
-    sorted_rows = jax.tree.map(lambda *parts: np.concatenate(parts), *chunks)
-    return dataclasses.replace(data, teacher_logits=parallel.put_replicated(sorted_rows, mesh))
-
+    predict = jax.jit(sorted_rows, in_shardings=(None, None, parallel.replicated(mesh),
+                                                 parallel.batch_sharding(mesh)),
+                      out_shardings=parallel.replicated(mesh))
+    rows, _ = step.predict_all(predict, teacher.variables, data,
+                               feeding.eval_batch_size(batch_size, data.size, mesh), mesh)
+    return dataclasses.replace(data, teacher_logits=parallel.put_replicated(rows, mesh))

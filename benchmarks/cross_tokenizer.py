@@ -68,15 +68,19 @@ def main(argv=None) -> dict:
     # uld's teacher side as the table's runs read it with teacher_cache='auto': computed
     # once per run (ct.sorted_teacher), so a step pays for the student's side alone.
     sorted_t = ct.sorted_teacher(t, order_aligned, temperature=1.0, width=TOP_K)
+    # Every array is an argument (not a constant the compiler would fold for minutes).
     terms = {
-        "uld": lambda x: masked_mean(ct.uld_terms(x, t, top_k=TOP_K), order_aligned),
-        "uld_cached": lambda x: masked_mean(ct.uld_terms_from_sorted(x, sorted_t),
-                                            order_aligned),
-        "aligned_kd": lambda x: masked_mean(ct.aligned_kd_terms(
-            x, t, vocab_map, exact, top_k=TOP_K, aligned=aligned), aligned),
+        "uld": (lambda x, t, aligned: masked_mean(ct.uld_terms(x, t, top_k=TOP_K), aligned),
+                (t, order_aligned)),
+        "uld_cached": (lambda x, teacher: masked_mean(ct.uld_terms_from_sorted(x, teacher),
+                                                      teacher.aligned), (sorted_t,)),
+        "aligned_kd": (lambda x, t, vocab_map, exact, aligned: masked_mean(
+            ct.aligned_kd_terms(x, t, vocab_map, exact, top_k=TOP_K, aligned=aligned),
+            aligned), (t, vocab_map, exact, aligned)),
     }
-    for name, term in terms.items():
-      seconds = common.median_seconds(jax.jit(jax.value_and_grad(term)), s, repeats=repeats)
+    for name, (term, arrays) in terms.items():
+      seconds = common.median_seconds(jax.jit(jax.value_and_grad(term)), s, *arrays,
+                                      repeats=repeats)
       results[f"{name}/{student_vocab}"] = seconds
       rows.append((f"{name}, {student_vocab}-token student", seconds, "s (forward + backward)"))
   common.print_table(f"Cross-tokenizer terms, {BATCH}×{POSITIONS} positions, "

@@ -28,10 +28,12 @@ digit; rows of 64 tokens, 300 student steps. Measured (commit 3ef640b, 30 min, s
 0-2; docs/language_models.md): teacher 1.3656 bits per byte, the byte student alone 2.670;
 ``uld``, ``aligned_kd`` and ``seqkd`` none separated from it (all worse on the mean).
 
-Measured with the 4-epoch teacher (commit fde4e62, 2-core CPU, 66 min from an empty
-teacher cache; seeds 0-2; docs/language_models.md): teacher 2.1885 bits per byte; the 2k student alone 2.884,
+The first table, at 200 steps with the 4-epoch teacher, before any calibration (commit
+fde4e62, 2-core CPU, 66 min from an empty teacher cache; seeds 0-2;
+docs/language_models.md): teacher 2.1885 bits per byte; the 2k student alone 2.884,
 ``uld`` 2.981 (worse by 0.097 ± 0.020, paired), ``aligned_kd`` 2.853 (not separated); the
-byte student alone 4.340, neither method separated from it at 200 steps.
+byte student alone 4.340, neither method separated from it. The table now runs 3,200
+steps with the 7-epoch teacher (the calibration); it is not yet computed.
 """
 
 from kd_jax import config as config_lib
@@ -44,6 +46,7 @@ METHODS = {"none": "method=none", "uld": "method=uld", "aligned_kd": "method=ali
            "seqkd": "method=none; student_data=transfer"}
 CALIBRATION_STEPS = (200, 800, 3200)
 TEACHER_EPOCHS = 7
+TABLE_STEPS = 3200
 
 
 def get_config(arg=None):
@@ -52,10 +55,12 @@ def get_config(arg=None):
   c.dataset.student_vocab_size = STUDENT_VOCABULARIES["2k"]
   c.method = "aligned_kd"
   c.baseline = False
-  # Every student the same number of steps (batch 32 rows of 128 tokens): on this CPU the
-  # teacher in every step and the ULD term cost 0.6-1 s a step, so the table is sized by
-  # steps, not epochs (the byte-level student sees 4.5x less text per step).
-  c.train.steps = 200
+  # Every student the same number of steps (batch 32 rows of 128 tokens; the byte-level
+  # student sees 4.5x less text per step): 3,200, where the calibration found the 2k
+  # student alone nearly flat (-0.006 bits per byte over the last 20%), 0.143 behind the
+  # 7-epoch teacher, sd 0.003 over 3 seeds (docs/language_models.md). The byte student is
+  # still falling there. (The first table, at 200 steps, was not calibrated.)
+  c.train.steps = TABLE_STEPS
   # ULD over each side's 256 largest probabilities and one bucket for the rest: exact ULD
   # needs the teacher's top 2,048 for the 2k student (about 3 s a step here); the logged
   # uld_tail_bound says how far below exact the truncated term may lie.
@@ -66,6 +71,8 @@ def get_config(arg=None):
   points = [f"{m}-{name}: {overrides}; dataset.student_vocab_size={size}"
             for name, size in STUDENT_VOCABULARIES.items() for m, overrides in METHODS.items()]
   points.append("kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0")
+  if arg is None:
+    c.train.eval_every_steps = TABLE_STEPS // 10     # the curves the plateau is read from
   if arg in (None, "calibrate"):
     # A teacher the students cannot match alone: token_kd's 4 epochs (728 steps) leave it
     # at 2.1885 bits per byte, which the 2k student alone reaches at 3,200 steps (the
@@ -92,8 +99,8 @@ def get_config(arg=None):
               "seqkd-300: method=none; student_data=transfer",
               "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
   elif arg == "calibrate":
-    # Before a table that ranks methods: each student alone at 1x, 4x and 16x the table's
-    # 200 steps, evaluated 10 times per run (one evaluation at 80% of the steps), for the
+    # Before a table that ranks methods: each student alone at 1x, 4x and 16x the first
+    # table's 200 steps, evaluated 10 times per run (one evaluation at 80% of the steps), for the
     # plateau (the change over the last 20% of the steps), the seed spread and the
     # smallest detectable difference (the calibration section of tokenizer_table.md).
     points = [f"none-{name}-{steps}: method=none; dataset.student_vocab_size={size}; "

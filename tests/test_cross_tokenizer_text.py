@@ -236,40 +236,51 @@ def test_the_teacher_outputs_are_the_teachers_logits_at_the_aligned_positions():
   del jax
 
 
+def _sorted_side_and_live(mesh, lengths, *, seed, temperature, batch_size, top_k=6):
+  """Hand-made rows (the teacher reads the student's tokens, aligned by order), a one-layer
+  GPT teacher, and uld's sorted teacher side for them computed once
+  (``with_sorted_teacher``) and from the live teacher outputs of every row at once:
+  ``(data, teacher, task, cached data, live outputs, expected SortedTeacher)``. Shared by
+  the one-device test and the two-device subprocess (which imports it)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from kd_jax import models
+  from kd_jax.engine import step
+  from kd_jax.objectives import cross_tokenizer as ct
+  from kd_jax.tasks import aligned_text
+  rng = np.random.default_rng(seed)
+  rows = len(lengths)
+  tokens = rng.integers(3, 20, (rows, 9)).astype(np.int32)
+  lengths = np.asarray(lengths, np.int32)
+  views = (tokens, lengths, np.tile(np.arange(8), (rows, 1)).astype(np.int32),
+           np.zeros((rows, 8), bool))
+  data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
+  model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
+                        rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  teacher = step.Teacher(graphdef, (params, rest))
+  task = aligned_text.AlignedNextTokens("order")
+  cached = task.with_sorted_teacher(data, teacher, temperature=temperature, top_k=top_k,
+                                    batch_size=batch_size, mesh=mesh)
+  live, _ = task.teacher_outputs(data, jnp.arange(rows),
+                                 lambda x: teacher(teacher.variables, x))
+  expected = ct.sorted_teacher(live.logits, live.aligned, temperature=temperature,
+                               width=top_k)
+  return data, teacher, task, cached, live, expected
+
+
 def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
   # with_sorted_teacher over rows in batches (the last one short) gives, row for row, the
   # sorted side of the live teacher outputs; the uld term reads it as it reads them live.
   import jax
   import jax.numpy as jnp
-  from flax import nnx
-  from kd_jax import methods, models
+  from kd_jax import methods
   from kd_jax.core import parallel
-  from kd_jax.objectives import cross_tokenizer as ct
-  from kd_jax.tasks import aligned_text
-  rng = np.random.default_rng(1)
-  rows, length = 5, 9
-  tokens = rng.integers(3, 20, (rows, length)).astype(np.int32)
-  lengths = np.array([9, 9, 6, 9, 4], np.int32)
-  views = (tokens, lengths, np.tile(np.arange(8), (rows, 1)).astype(np.int32),
-           np.zeros((rows, 8), bool))
   mesh = parallel.make_mesh(1, 1)
-  data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
-  model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
-                        rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = (params, rest)
-
-  class Teacher:      # engine.step.Teacher's interface: variables, and (variables, x) -> out
-    variables = state
-    def __call__(self, variables, x):
-      return nnx.merge(graphdef, *variables)(x), {}
-
-  task = aligned_text.AlignedNextTokens("order")
-  cached = task.with_sorted_teacher(data, Teacher(), temperature=2.0, top_k=6, batch_size=2,
-                                    mesh=mesh)
+  rows = 5
+  data, teacher, task, cached, live, expected = _sorted_side_and_live(
+      mesh, [9, 9, 6, 9, 4], seed=1, temperature=2.0, batch_size=2)
   assert cached.teacher_logits.top.shape == (rows, 8, 6)
-  live, _ = task.teacher_outputs(data, jnp.arange(rows), lambda x: Teacher()(state, x))
-  expected = ct.sorted_teacher(live.logits, live.aligned, temperature=2.0, width=6)
   for field in ("top", "tail", "aligned"):
     np.testing.assert_allclose(np.asarray(getattr(cached.teacher_logits, field)),
                                np.asarray(getattr(expected, field)), rtol=1e-5, atol=1e-6)
@@ -277,7 +288,7 @@ def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
                   **{"uld.top_k": 6})
   objective = methods.make_objective(config)
   index = jnp.array([4, 1, 2])
-  student = jnp.asarray(rng.normal(size=(3, 8, 12)), jnp.float32)
+  student = jnp.asarray(np.random.default_rng(3).normal(size=(3, 8, 12)), jnp.float32)
   labels, mask = data.tokens[index][:, 1:] % 12, data.loss_mask[index]
   live_rows = jax.tree.map(lambda x: x[index] if x.ndim > 1 else x, live)   # not vocab_map
   loss_live, metrics_live = objective(0, (student, {}), (live_rows, {}), labels, mask)
@@ -291,43 +302,25 @@ def test_uld_computes_the_teachers_sorted_side_once_for_every_row(monkeypatch):
   # × 8 positions × (7 floats × 4 bytes + 1 bool) = 1,160), live past it unless 'memory'.
   from kd_jax.engine import teacher_cache
   hook = methods.REGISTRY["uld"].teacher_outputs
-  assert hook(config, Teacher(), data, task, mesh).teacher_logits.top.shape == (rows, 8, 6)
+  assert hook(config, teacher, data, task, mesh).teacher_logits.top.shape == (rows, 8, 6)
   monkeypatch.setattr(teacher_cache, "AUTO_CACHE_MAX_BYTES", 1159)
-  assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
+  assert hook(config, teacher, data, task, mesh).teacher_logits is None
   config.teacher_cache = "memory"
-  assert hook(config, Teacher(), data, task, mesh).teacher_logits is not None
+  assert hook(config, teacher, data, task, mesh).teacher_logits is not None
   config.teacher_cache = "none"
-  assert hook(config, Teacher(), data, task, mesh).teacher_logits is None
+  assert hook(config, teacher, data, task, mesh).teacher_logits is None
 
 
 _SORTED_ON_DEVICES = r"""
-import jax, jax.numpy as jnp, numpy as np
-from flax import nnx
-from kd_jax import models
+import jax, numpy as np
 from kd_jax.core import parallel
-from kd_jax.engine import step
-from kd_jax.objectives import cross_tokenizer as ct
-from kd_jax.tasks import aligned_text
+from tests.test_cross_tokenizer_text import _sorted_side_and_live
 assert len(jax.devices()) == 2
-rng = np.random.default_rng(2)
-rows = 5
-tokens = rng.integers(3, 20, (rows, 9)).astype(np.int32)
-lengths = np.array([9, 7, 9, 9, 5], np.int32)
-views = (tokens, lengths, np.tile(np.arange(8), (rows, 1)).astype(np.int32),
-         np.zeros((rows, 8), bool))
-mesh = parallel.make_mesh(2, 1)
-data = aligned_text.aligned_token_data(tokens, lengths, views, np.arange(20), mesh)
-model = models.create("gpt", vocab_size=20, max_len=9, num_layers=1, num_heads=2, dim=8,
-                      rngs=nnx.Rngs(0))
-graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-teacher = step.Teacher(graphdef, (params, rest))
-task = aligned_text.AlignedNextTokens("order")
-cached = task.with_sorted_teacher(data, teacher, temperature=1.5, top_k=6, batch_size=3,
-                                  mesh=mesh).teacher_logits
-live, _ = task.teacher_outputs(data, jnp.arange(rows), lambda x: teacher((params, rest), x))
-expected = ct.sorted_teacher(live.logits, live.aligned, temperature=1.5, width=6)
+*_, cached, _, expected = _sorted_side_and_live(parallel.make_mesh(2, 1), [9, 7, 9, 9, 5],
+                                                 seed=2, temperature=1.5, batch_size=3)
 print("max difference", max(float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max())
-                             for a, b in zip(jax.tree.leaves(cached), jax.tree.leaves(expected))))
+                             for a, b in zip(jax.tree.leaves(cached.teacher_logits),
+                                             jax.tree.leaves(expected))))
 """
 
 

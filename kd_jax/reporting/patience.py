@@ -79,11 +79,8 @@ def read(workdirs: Sequence[str], *, allow_mixed_code: bool = False) -> sweep_di
       by_point[point] = results
   merged = sweep_dir.SweepDir(sweeps[0].record, by_point,
                               [entry for sweep in sweeps for entry in sweep.entries])
-  groups = sweep_dir.by_code(merged.finished)
-  if len(groups) > 1 and not allow_mixed_code:
-    raise ConfigError("allow_mixed_code", f"these sweeps mix runs of different code: "
-                      f"{sweep_dir.describe_code(groups)}. Rerun them at one commit, or "
-                      "pass --allow_mixed_code to tabulate them anyway.")
+  if not allow_mixed_code:
+    sweep_dir.refuse_mixed_code(merged, f"--workdir={','.join(workdirs)}")
   return merged
 
 

@@ -101,9 +101,16 @@ def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:
     if results is not None:
       by_point[entry["point"]].append(results)
   sweep = SweepDir(record, by_point, entries)
+  if not allow_mixed_code:
+    refuse_mixed_code(sweep, f"--workdir={workdir}")
+  return sweep
+
+
+def refuse_mixed_code(sweep: SweepDir, where: str) -> None:
+  """Raises ConfigError (naming ``--allow_mixed_code``) when ``sweep``'s finished runs
+  record different code fingerprints; ``where`` names the sweep directory (or directories)."""
   groups = by_code(sweep.finished)
-  if len(groups) > 1 and not allow_mixed_code:
-    raise ConfigError("allow_mixed_code", f"--workdir={workdir} mixes runs of different code: "
+  if len(groups) > 1:
+    raise ConfigError("allow_mixed_code", f"{where} mixes runs of different code: "
                       f"{describe_code(groups)}. Rerun them at one commit in a new --workdir, "
                       "or pass --allow_mixed_code to tabulate them anyway.")
-  return sweep

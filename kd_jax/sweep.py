@@ -213,14 +213,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
   old_runs = {r["name"]: r for r in old.get("runs", [])}
   slugs = _unique(r.slug for r in runs)
   named = names is not None and any(names)
-  keys = list(points[0]) if points else []
+  planned = [dict(slug=slug, values=p, **({"name": slug} if named else {}))
+             for slug, p in zip(slugs, points)]
   record = {
       "experiment": config.get("experiment"),
       "config": _config_json(config),
-      "grid": ({"name": slugs} if named else {k: _unique(p[k] for p in points) for k in keys}),
+      "grid": _grid(planned, named),
       "seeds": _unique(r.seed for r in runs),
-      "points": [dict(slug=slug, values=p, **({"name": slug} if named else {}))
-                 for slug, p in zip(slugs, points)],
+      "points": planned,
       "runs": [],
       # What the summary ranks by, so that --summarize_only ranks the same way.
       **({"metric": metric} if metric else {}),
@@ -306,9 +306,16 @@ def _keep_earlier_points(record: dict, old: dict, workdir: str) -> None:
   record["points"] = [p for p in earlier.values() if p["slug"] in kept] + record["points"]
   record["runs"] += [e for e in runs if e["point"] in kept]
   record["seeds"] = _unique(e["seed"] for e in record["runs"])
-  record["grid"] = ({"name": [p["slug"] for p in record["points"]]} if named
-                    else {k: _unique(v for p in record["points"] for v in [p["values"][k]])
-                          for k in record["grid"]})
+  record["grid"] = _grid(record["points"], named)
+
+
+def _grid(points: Sequence[dict], named: bool) -> dict:
+  """A record's ``grid``: its points' names, or each field the points set, with its values
+  in first-seen order."""
+  if named:
+    return {"name": [p["slug"] for p in points]}
+  keys = list(points[0]["values"]) if points else []
+  return {k: _unique(p["values"][k] for p in points) for k in keys}
 
 
 class _Progress:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kd_jax.core import tracing
 from kd_jax.objectives import diffusion as df
 from kd_jax.tasks import diffusion_sampler
 
@@ -80,13 +81,13 @@ def test_guidance_mixes_the_conditional_and_null_predictions():
 
 def test_each_shape_and_step_count_compiles_once():
   graphdef, state = _split(GaussianDenoiser([0.0], 0.5))
-  before = diffusion_sampler._sample._cache_size()
+  before = tracing.traces(diffusion_sampler._sample)
   for seed in range(3):
     noise = jax.random.normal(jax.random.key(seed), (2, 4, 4, 1))
     diffusion_sampler.sample(graphdef, state, noise, steps=4)
-  assert diffusion_sampler._sample._cache_size() == before + 1
+  assert tracing.traces(diffusion_sampler._sample) == before + 1
   diffusion_sampler.sample(graphdef, state, noise, steps=2)
-  assert diffusion_sampler._sample._cache_size() == before + 2
+  assert tracing.traces(diffusion_sampler._sample) == before + 2
 
 
 def test_bad_sampler_arguments_are_refused():

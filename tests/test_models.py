@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from kd_jax import models
+from kd_jax.core import tracing
 
 RESNETS = tuple(n for n in models.NAMES if n.startswith("resnet"))
 EPS = 1e-5  # BatchNorm epsilon
@@ -329,6 +330,7 @@ def test_jitted_split_merge_step_updates_batch_stats():
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
 
   @functools.partial(jax.jit, donate_argnums=(1,))
+  @tracing.count_traces
   def step(params, batch_stats, x):
     def loss_fn(params):
       # copy=True: fresh Variables at the grad trace level; BatchNorm can only
@@ -357,7 +359,7 @@ def test_jitted_split_merge_step_updates_batch_stats():
   np.testing.assert_allclose(merged(x), reference(x), rtol=1e-5, atol=1e-5)
   # Same structure/dtypes in and out, so a second call reuses the compilation.
   step(params, new_stats, x)
-  assert step._cache_size() == 1
+  assert tracing.traces(step) == 1
 
 
 def test_jitted_merge_call_split_round_trip():

@@ -63,7 +63,7 @@ class FitResult:
   steps_run: int               # steps run in this call
   resumed_from_step: int       # 0 for a fresh run
   compile_seconds: float
-  step_compiles: int           # compilations of the train step in this call (1 expected)
+  step_compiles: int           # programs built for the train step in this call (1 expected)
   # Rows trained on in all: steps × batch size × the task's rows per example (a DPO pair is
   # 2 rows, a policy-gradient prompt its k samples); the budget in sequences.
   train_rows: int = 0
@@ -246,7 +246,7 @@ def fit(*, name: str, module: nnx.Module, objective: Callable, train_config,
                    eval_seconds=eval_seconds, checkpoint_seconds=checkpoint_seconds,
                    steps=total_steps, steps_run=total_steps - start_step,
                    resumed_from_step=start_step, compile_seconds=compile_seconds,
-                   step_compiles=train_step.jitted._cache_size(),  # pylint: disable=protected-access
+                   step_compiles=train_step.compilations,
                    train_rows=total_steps * t.batch_size * getattr(task, "rows_per_example", 1))
 
 

@@ -34,7 +34,7 @@ from flax import nnx
 
 from kd_jax import models
 from kd_jax.engine import feeding
-from kd_jax.core import parallel
+from kd_jax.core import parallel, tracing
 
 
 @flax.struct.dataclass
@@ -102,7 +102,8 @@ class TrainStep:
   Closes over the device-resident data and the teacher's variables and passes
   them to the jitted function as (non-donated) arguments rather than baking
   them into the program as constants. ``jitted`` is the underlying
-  ``jax.jit`` function (its ``_cache_size()`` counts compilations).
+  ``jax.jit`` function, of a :func:`kd_jax.core.tracing.count_traces` step:
+  :attr:`compilations` counts the programs built for it.
   """
 
   def __init__(self, jitted, teacher_variables, data):
@@ -112,6 +113,11 @@ class TrainStep:
 
   def __call__(self, state: TrainState, batch, rng):
     return self.jitted(state, self._teacher_variables, self._data, batch, rng)
+
+  @property
+  def compilations(self) -> int:
+    """Programs built for the step so far (its traces: 1 unless a batch changed shape)."""
+    return tracing.traces(self.jitted)
 
 
 def logs_at(step, every: int, total_steps: int | None):
@@ -200,7 +206,7 @@ def make_train_step(graphdef, objective: Callable, optimizer: optax.GradientTran
   replicated = parallel.replicated(mesh)
   batch_sharding = parallel.batch_sharding(mesh)
   compiled = jax.jit(
-      step_fn, donate_argnums=(0,),
+      tracing.count_traces(step_fn), donate_argnums=(0,),
       in_shardings=(replicated, None, replicated, batch_sharding, replicated),
       out_shardings=(replicated, replicated))
   return TrainStep(compiled, teacher.variables if teacher is not None else None, data)

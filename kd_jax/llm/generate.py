@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kd_jax.core import tracing
+
 
 def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   """``logits`` ``[B, V]`` with the tokens outside top-k / the top-p nucleus set to -inf.
@@ -69,6 +71,7 @@ def _mixture_logits(logits, mix_logits, weight):
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
     "mix_graphdef", "mix_weight"))
+@tracing.count_traces
 def _generate(graphdef, state, prompts, prompt_lengths, rng, *, max_new_tokens, temperature,
               top_k, top_p, eos_id, pad_id, mix_graphdef=None, mix_state=None, mix_weight=0.0):
   # With a mixing model (MiniLLM's teacher-mixed sampling) both models decode side by
@@ -164,5 +167,6 @@ def sample_in_trace(graphdef, state, prompts, prompt_lengths, rng, *, max_new_to
 
 
 def compilations() -> int:
-  """How many programs :func:`generate` has compiled in this process (one per shape)."""
-  return _generate._cache_size()  # pylint: disable=protected-access
+  """How many programs :func:`generate` has compiled in this process (one per shape and
+  static argument: its traces, :mod:`kd_jax.core.tracing`)."""
+  return tracing.traces(_generate)

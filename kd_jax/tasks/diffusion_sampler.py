@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kd_jax.core import tracing
 from kd_jax.objectives import diffusion
 
 
@@ -46,6 +47,7 @@ def guided_prediction(model, z, t, labels, guidance, guided: bool):
 
 @functools.partial(jax.jit, static_argnames=("steps", "ddim", "parameterization", "guided",
                                              "clip"))
+@tracing.count_traces
 def _sample(graphdef, state, noise, labels, guidance, rng, *, steps: int, ddim: bool,
             parameterization: str, guided: bool, clip: bool):
   model = nnx.merge(graphdef, state)

@@ -103,7 +103,7 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
                           if all("transfer_set" in r for r in runs) else None),
       **_mean_flops(runs),
   }
-  row["late_change"] = _late_change(runs)
+  row["late_change"] = stats.mean_late_change(runs, "exact_match")
   mine, theirs = stats.paired_by_seed(runs, reference, lambda r: r["student"]["exact_match"])
   row["detectable"] = math.nan
   if mine:
@@ -130,14 +130,6 @@ def point_row(name: str, runs: Sequence[Mapping[str, Any]],
           [s["pass_at_k"]["1"] for s, _ in warm_runs],
           [b["pass_at_k"]["1"] for _, b in warm_runs], confidence)
   return row
-
-
-def _late_change(runs: Sequence[Mapping[str, Any]], last: float = 0.2) -> float | None:
-  """The plateau check: mean over seeds of the final exact match minus the exact match at
-  the first evaluation in the last ``last`` of the steps (None without such evaluations)."""
-  changes = [stats.late_change(r["student"].get("history", []), "exact_match",
-                                r["student"]["steps"], last) for r in runs]
-  return None if None in changes else float(np.mean(changes))
 
 
 def run_flops(results: Mapping[str, Any]) -> dict[str, int] | None:

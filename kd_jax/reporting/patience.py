@@ -119,7 +119,9 @@ def _epochs(point: str, results: Sequence[Mapping[str, Any]]) -> float:
 def rows(runs: Mapping[str, Sequence[Mapping[str, Any]]], reference: str | None = None
          ) -> tuple[list[dict], float, str]:
   """``(rows, teacher accuracy, reference family)``; a row per point with finished runs:
-  ``family``, ``epochs``, ``accuracy`` (:class:`~kd_jax.reporting.stats.Interval`), and for
+  ``family``, ``epochs``, ``accuracy`` (:class:`~kd_jax.reporting.stats.Interval`),
+  ``late_change`` (the plateau check: the accuracy's change over the last 20% of the steps,
+  mean over seeds; None without the evaluations), and for
   a distilled family ``difference`` (paired with the reference at the same epochs) and
   ``gap`` (the gap recovered, an Interval; None without a reference to pair with)."""
   runs = {point: results for point, results in runs.items() if results}
@@ -129,6 +131,7 @@ def rows(runs: Mapping[str, Sequence[Mapping[str, Any]]], reference: str | None 
   reference = _reference_family(runs, reference)
   table = [{"point": point, "family": family_of(point), "epochs": _epochs(point, results),
             "accuracy": stats.mean_ci(r["student"][METRIC] for r in results),
+            "late_change": stats.mean_late_change(results, METRIC),
             "runs": results, "difference": None, "gap": None}
            for point, results in runs.items()]
   alone = {row["epochs"]: row["runs"] for row in table if row["family"] == reference}
@@ -179,17 +182,20 @@ def markdown(table: Sequence[dict], teacher: float, reference: str,
   seeds = sorted({r["config"]["seed"] for row in table for r in row["runs"]})
   lines = [f"# {experiment or 'sweep'}: patience (test accuracy against epochs)", "",
            f"Teacher: {teacher:.2%}. Reference: `{reference}` (the student alone).", "",
-           "| family | epochs | test accuracy % | Δ vs alone (pp, paired) | gap recovered % "
-           "| n |", "|---|---|---|---|---|---|"]
+           "| family | epochs | test accuracy % | change, last 20% (pp) "
+           "| Δ vs alone (pp, paired) | gap recovered % | n |", "|---|---|---|---|---|---|---|"]
   for row in table:
     gap = row["gap"]
     gap_text = "–" if gap is None else stats.format_interval(gap, digits=1)
-    lines.append(f"| `{row['family']}` | {row['epochs']:g} | {_pm(row['accuracy'])} | "
+    late = "–" if row["late_change"] is None else f"{100 * row['late_change']:+.2f}"
+    lines.append(f"| `{row['family']}` | {row['epochs']:g} | {_pm(row['accuracy'])} | {late} | "
                  f"{_pm(row['difference'], sign=True)} | {gap_text} | {row['accuracy'].n} |")
   lines += ["", f"Seeds {', '.join(map(str, seeds))}; mean ± half-width of the 95% Student-t "
             "interval over seeds. Δ: the point minus the student alone at the same epochs, "
             "per seed. Gap recovered: Δ / (teacher − the student alone's mean), its interval "
-            "Δ's scaled alike (kd_jax/reporting/patience.py).", ""]
+            "Δ's scaled alike. Change, last 20%: the final test accuracy minus the first "
+            "evaluation's in the last 20% of the steps, mean over seeds (a plateau is near 0; "
+            "kd_jax/reporting/patience.py).", ""]
   return "\n".join(lines + _verdicts(table, reference)) + "\n"
 
 

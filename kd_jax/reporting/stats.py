@@ -174,6 +174,22 @@ def late_change(history: Sequence[Mapping[str, Any]], metric: str, steps: int,
   return late[-1][metric] - late[0][metric]
 
 
+def mean_late_change(runs: Sequence[Mapping[str, Any]], metric: str,
+                     last: float = 0.2) -> float | None:
+  """The plateau check of a point: the mean over its runs of :func:`late_change` of the
+  student's ``metric`` (None when a run lacks two evaluations in the last ``last`` of its
+  steps, or a step count).
+
+  >>> run = lambda a, b: {"student": {"steps": 100, "history": [
+  ...     {"step": 50, "acc": 0.5}, {"step": 80, "acc": a}, {"step": 100, "acc": b}]}}
+  >>> round(mean_late_change([run(0.80, 0.81), run(0.70, 0.73)], "acc"), 6)
+  0.02
+  """
+  changes = [late_change(r["student"].get("history", []), metric, r["student"]["steps"], last)
+             if r["student"].get("steps") else None for r in runs]
+  return None if not changes or None in changes else float(np.mean(changes))
+
+
 def paired_by_seed(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
                    value: Callable[[Mapping[str, Any]], float | None],
                    reference_value: Callable[[Mapping[str, Any]], float | None] | None = None

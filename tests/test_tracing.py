@@ -15,7 +15,7 @@ def test_traces_count_new_signatures_not_calls():
     return by * x
 
   scale(jnp.ones(3), by=2.0)
-  scale(jnp.zeros(3), by=2.0)          # same shapes and static-free call: no new program
+  scale(jnp.zeros(3), by=3.0)          # same shapes and dtypes (by is traced): no new program
   assert tracing.traces(scale) == 1
   scale(jnp.ones(4), by=2.0)           # a new shape: a second program
   assert tracing.traces(scale) == 2

@@ -101,6 +101,7 @@ def test_the_none_method_regresses_real_valued_targets():
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_the_teacher_smoke_run_reports_every_sampler_step_count(tmp_path, teacher_dir):
   out = _cli(f"--config={TEACHER}:smoke", f"--workdir={tmp_path / 'd'}",
              f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
@@ -157,6 +158,7 @@ def test_a_student_initialised_from_the_teacher_starts_as_its_copy(tmp_path, tea
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_a_class_conditional_one_step_student_exports_with_its_labels_and_guidance(
     tmp_path, teacher_dir):
   from kd_jax.run import pipeline
@@ -193,6 +195,7 @@ STUDENTS = ("progressive", "consistency", "one_step_kd", "adversarial")
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_the_table_smoke_runs_every_student_and_tabulates_them(tmp_path, teacher_dir):
   sweep = tmp_path / "table"
   out = _cli("--config=experiments/diffusion/table.py:smoke", f"--workdir={sweep}",

@@ -101,7 +101,7 @@ def get_config(arg=None):
     points = ["none-300: method=none", "uld-300: method=uld",
               "aligned_kd-300: method=aligned_kd",
               "seqkd-300: method=none; student_data=transfer",
-              "kd-teacher-tokenizer: method=kd; dataset.student_vocab_size=0"]
+              REFERENCE[-1]]      # the kd row only: its student alone adds a run, not a path
   elif arg == "calibrate":
     # Before a table that ranks methods: each student alone at 1x, 4x and 16x the first
     # table's 200 steps, evaluated 10 times per run (one evaluation at 80% of the steps), for the

@@ -91,23 +91,6 @@ def test_a_too_short_row_names_dataset_max_len():
     reasoning.prepare(c, parallel.make_mesh(1, 1, jax.devices()[:1]), np.float32)
 
 
-@pytest.mark.slow
-def test_the_seqkd_smoke_run_writes_traces_for_the_pool(tmp_path, teacher_dir):
-  out = _cli(f"--config={SEQKD}:smoke", f"--workdir={tmp_path / 'seqkd'}",
-             f"--teacher_dir={teacher_dir}", f"--compilation_cache_dir={multidevice.CACHE}",
-             "--noprogress", timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  with open(tmp_path / "seqkd" / "results.json") as f:
-    results = json.load(f)
-  assert results["headline"] == "exact_match"
-  written = results["transfer_set"]
-  assert written["prompts"] == 128 and written["samples"] == 2 * 128 and written["accepted"] > 0
-  for phase in ("teacher", "student"):
-    assert set(results[phase]["ood_exact_match"]) == {"terms+1"}
-    assert 0 <= results[phase]["exact_match"] <= 1
-  assert os.path.isdir(tmp_path / "seqkd" / "student")
-
-
 def test_policy_gradient_rollouts_verify_each_pool_prompt_against_its_own_answer():
   # The rollouts sample the PromptSet's prompts (the pool) and check them against its answers:
   # the gold rows (the teacher's data) with the pool's answers would score every sample
@@ -152,6 +135,13 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   # warm-started rows start from, not a second run; sft-gold trains its own 8 steps.
   base, seqkd, rl_zero = results("base"), results("seqkd-8"), results("rl-zero")
   gold = results("sft-gold")
+  # The seqkd rows' transfer set: k = 2 traces for each of the pool's 128 prompts, verified.
+  assert seqkd["headline"] == "exact_match"
+  written = seqkd["transfer_set"]
+  assert written["prompts"] == 128 and written["samples"] == 2 * 128 and written["accepted"] > 0
+  for phase in ("teacher", "student"):
+    assert set(seqkd[phase]["ood_exact_match"]) == {"terms+1"}
+    assert 0 <= seqkd[phase]["exact_match"] <= 1
   assert base["student"]["is_the_baseline"] and base["student"]["steps"] == 4
   assert "is_the_baseline" not in gold["student"] and gold["student"]["steps"] == 8
   assert base["student"]["history"] == seqkd["baseline"]["history"] == (

@@ -33,8 +33,12 @@ fde4e62, 2-core CPU, 66 min from an empty teacher cache; seeds 0-2;
 docs/language_models.md): teacher 2.1885 bits per byte; the 2k student alone 2.884,
 ``uld`` 2.981 (worse by 0.097 ± 0.020, paired), ``aligned_kd`` 2.853 (not separated); the
 byte student alone 4.340, neither method separated from it. The table now runs 3,200
-steps with the 7-epoch teacher (the calibration); its rows so far (docs/language_models.md,
-records/xtok_3200*): no cross-tokenizer method beats its student alone.
+steps with the 7-epoch teacher (the calibration). Measured there (commit 52f2f96, seeds
+0-2, bits per byte, paired with the student alone; docs/language_models.md,
+records/xtok_3200*): teacher 2.030; no cross-tokenizer method beats its student alone
+(2k: ``uld`` +0.025, ``seqkd`` +0.114, ``aligned_kd`` not separated; bytes: ``uld``
++0.277, ``seqkd`` +0.058, ``aligned_kd`` +0.281), while ``kd`` with the teacher's own
+tokenizer recovers the whole gap (-0.074 ± 0.011).
 """
 
 from kd_jax import config as config_lib

@@ -63,8 +63,10 @@ Seeds 0–4 change the student's initialisation, the batch order, the transfer s
 samples and the RL samples; the teacher and the problems are fixed. Measured so far with
 this base, at commit a21d031's code: ``:core`` (``seqkd-64k`` − ``rl-zero`` = +89.6 ± 15.3
 points over 5 seeds, paired) and ``sft-answers`` (``seqkd-64k`` − ``sft-answers`` = +84.6
-± 17.9); the other parts are not yet computed (issue 23). Those runs, the ones
-that chose the base, and the earlier table from the ``sft-gold`` base are in
+± 17.9). At commit e572497 (the table restarted, its runs in records/reasoning_r1/):
+``:core`` again, ``seqkd-64k`` − ``rl-zero`` = +83.6 ± 21.2 points over 5 seeds, paired;
+the other parts are not yet computed at that code (issue 23). Those runs, the ones that
+chose the base, and the earlier table from the ``sft-gold`` base are in
 docs/language_models.md.
 """
 

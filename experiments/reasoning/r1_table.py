@@ -24,7 +24,8 @@ phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The poi
 
 * ``sft-answers`` — the student on its original data, the 4,000 answers-only problems;
 * ``sft-gold`` — the student on the teacher's 4,000 worked solutions (the reference that
-  learns the procedure; seed-dependent: 56–81% at b2cbbe2, docs/language_models.md);
+  learns the procedure; seed-dependent: 56–81% at b2cbbe2, 60–83% at e572497,
+  docs/language_models.md);
 * ``base`` — the shared baseline (``baseline=true``, ``dataset.baseline_data="gold"``,
   ``baseline_steps=600``) that the warm-started rows start from: the same student on the
   gold solutions for 600 steps (a schedule of its own). It writes the worked-solution
@@ -64,8 +65,10 @@ samples and the RL samples; the teacher and the problems are fixed. Measured so 
 this base, at commit a21d031's code: ``:core`` (``seqkd-64k`` − ``rl-zero`` = +89.6 ± 15.3
 points over 5 seeds, paired) and ``sft-answers`` (``seqkd-64k`` − ``sft-answers`` = +84.6
 ± 17.9). At commit e572497 (the table restarted, its runs in records/reasoning_r1/):
-``:core`` again, ``seqkd-64k`` − ``rl-zero`` = +83.6 ± 21.2 points over 5 seeds, paired;
-the other parts are not yet computed at that code (issue 23). Those runs, the ones that
+``:core`` again, ``seqkd-64k`` − ``rl-zero`` = +83.6 ± 21.2 points over 5 seeds, paired,
+and ``:references``: ``seqkd-64k`` − ``sft-answers`` = +81.0 ± 22.0, ``seqkd-64k`` −
+``sft-gold`` = +9.5 ± 20.7 (not separated); the other parts are not yet computed at that
+code (issue 23). Those runs, the ones that
 chose the base, and the earlier table from the ``sft-gold`` base are in
 docs/language_models.md.
 """

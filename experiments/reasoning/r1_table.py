@@ -67,8 +67,10 @@ points over 5 seeds, paired) and ``sft-answers`` (``seqkd-64k`` − ``sft-answer
 ± 17.9). At commit e572497 (the table restarted, its runs in records/reasoning_r1/):
 ``:core`` again, ``seqkd-64k`` − ``rl-zero`` = +83.6 ± 21.2 points over 5 seeds, paired,
 and ``:references``: ``seqkd-64k`` − ``sft-answers`` = +81.0 ± 22.0, ``seqkd-64k`` −
-``sft-gold`` = +9.5 ± 20.7 (not separated); the other parts are not yet computed at that
-code (issue 23). Those runs, the ones that
+``sft-gold`` = +9.5 ± 20.7 (not separated); ``:sizes``, paired: 1k → 4k traces +49.3 ±
+30.5, 4k → 16k +25.3 ± 13.3, 16k → 64k +7.5 ± 18.8 (not separated), k = 1 against k = 4
+at 16k traces −3.8 ± 32.5 (not separated); ``:on_policy`` and ``:rank`` are not yet
+computed at that code (issue 23). Those runs, the ones that
 chose the base, and the earlier table from the ``sft-gold`` base are in
 docs/language_models.md.
 """

@@ -217,6 +217,19 @@ def test_every_r1_table_point_is_a_valid_run(arg):
     validation.validate(run.config)
 
 
+def test_the_r1_tables_on_policy_row_is_the_per_token_reverse_kl_at_temperature_1():
+  # Thinking Machines' on-policy distillation / GKD λ = 1, β = 1: every batch sampled by the
+  # student, KL(student ‖ teacher) at T = 1. The loss reads `temperature`, whose schema
+  # default (4.0) is the image KD one, so the row must set it.
+  from kd_jax import sweep
+  c = cli_load("experiments/reasoning/r1_table.py:on_policy")
+  names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
+  run = next(r for r in sweep.plan_runs(c, points, 1, names) if r.workdir.startswith("runs/seqkd+kd"))
+  assert run.config.method == "gkd"
+  assert (run.config.gkd.fraction, run.config.gkd.beta) == (1.0, 1.0)
+  assert (run.config.temperature.schedule, run.config.temperature.init) == ("constant", 1.0)
+
+
 def test_the_r1_tables_parts_are_its_own_runs_each_point_in_one_part():
   # The full table, run later in a part's workdir, must find the part's runs finished (the
   # same run directories and result fields), not refuse or retrain them.

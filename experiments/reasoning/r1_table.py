@@ -55,8 +55,8 @@ phase trains 3,000 steps of 64 rows (the base 600), evaluated every 300. The poi
   ``sft-gold-more``: the base trained on by SFT at 1e-4 for 3,000 steps;
 * ``seqkd+kd`` — on-policy distillation from the ``seqkd-64k`` student
   (``student_init=seqkd``: the same seed's run of that point, shared, not retrained): GKD
-  with λ = 1 and β = 1, the per-token reverse KL to the teacher on the student's own
-  samples (Thinking Machines' on-policy distillation), at 1e-4 for 3,000 steps; its
+  with λ = 1 and β = 1, the per-token reverse KL to the teacher at T = 1 on the student's
+  own samples (Thinking Machines' on-policy distillation), at 1e-4 for 3,000 steps; its
   control ``seqkd-more``: that start trained on by SFT on its 64k traces at 1e-4 for
   3,000 steps.
 

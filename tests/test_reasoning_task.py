@@ -207,13 +207,20 @@ def test_the_baseline_trains_on_dataset_baseline_data_whatever_the_student_train
   assert all((";" in r) == (baseline_data == "gold") for r in responses)
 
 
-@pytest.mark.parametrize("arg", ["", ":smoke", ":core", ":rank"])
-def test_every_r1_table_point_is_a_valid_run(arg):
+def _planned_r1_table_runs(arg, seeds=None):
+  """The point names of r1_table.py``arg`` and the runs a sweep of it plans (``seeds``
+  seeds, by default the config's)."""
   from kd_jax import sweep
   c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
   names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
+  return names, sweep.plan_runs(c, points, seeds or c.sweep.seeds, names)
+
+
+@pytest.mark.parametrize("arg", ["", ":smoke", ":core", ":rank"])
+def test_every_r1_table_point_is_a_valid_run(arg):
+  names, runs = _planned_r1_table_runs(arg, seeds=1)
   assert len(set(names)) == len(names)
-  for run in sweep.plan_runs(c, points, 1, names):
+  for run in runs:
     validation.validate(run.config)
 
 
@@ -221,10 +228,8 @@ def test_the_r1_tables_on_policy_row_is_the_per_token_reverse_kl_at_temperature_
   # Thinking Machines' on-policy distillation / GKD λ = 1, β = 1: every batch sampled by the
   # student, KL(student ‖ teacher) at T = 1. The loss reads `temperature`, whose schema
   # default (4.0) is the image KD one, so the row must set it.
-  from kd_jax import sweep
-  c = cli_load("experiments/reasoning/r1_table.py:on_policy")
-  names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
-  run = next(r for r in sweep.plan_runs(c, points, 1, names) if r.workdir.startswith("runs/seqkd+kd"))
+  _, runs = _planned_r1_table_runs(":on_policy", seeds=1)
+  run = next(r for r in runs if r.workdir.startswith("runs/seqkd+kd"))
   assert run.config.method == "gkd"
   assert (run.config.gkd.fraction, run.config.gkd.beta) == (1.0, 1.0)
   assert (run.config.temperature.schedule, run.config.temperature.init) == ("constant", 1.0)
@@ -233,17 +238,14 @@ def test_the_r1_tables_on_policy_row_is_the_per_token_reverse_kl_at_temperature_
 def test_the_r1_tables_parts_are_its_own_runs_each_point_in_one_part():
   # The full table, run later in a part's workdir, must find the part's runs finished (the
   # same run directories and result fields), not refuse or retrain them.
-  from kd_jax import sweep
   from kd_jax.config import records
   from kd_jax.config import schema
   r1_table = schema.load_sibling(os.path.join(ROOT, "experiments", "reasoning", "sft.py"),
                                  "r1_table")
 
   def runs(arg):
-    c = cli_load(f"experiments/reasoning/r1_table.py{arg}")
-    names, points = zip(*sweep.parse_points(list(c.sweep.points), c))
-    return {r.workdir: records.result_fields(r.config)
-            for r in sweep.plan_runs(c, points, c.sweep.seeds, names)}
+    _, planned = _planned_r1_table_runs(arg)
+    return {r.workdir: records.result_fields(r.config) for r in planned}
 
   full = runs("")
   covered = {}

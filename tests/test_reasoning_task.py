@@ -157,6 +157,11 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
   # The size axis takes the first traces of one generation; k=1 is another generation.
   assert [results(p)["transfer_set"]["used"] for p in ("seqkd-4", "seqkd-8")] == [4, 8]
   assert results("seqkd-4-k1")["transfer_set"]["samples_per_prompt"] == 1
+  # ... and each is charged the teacher's samples up to its last trace's prompt, k per prompt.
+  small, large = (results(p)["transfer_set"] for p in ("seqkd-4", "seqkd-8"))
+  assert small["teacher_flops"] * large["prompts_sampled"] == (
+      large["teacher_flops"] * small["prompts_sampled"])
+  assert -(-4 // small["samples_per_prompt"]) <= small["prompts_sampled"] <= small["prompts"]
   # R1-Zero: no teacher in the step, and the student compute of a seqkd row.
   assert rl_zero["student"]["flops"]["teacher"] == 0
   assert rl_zero["student"]["flops"]["student"] == pytest.approx(
@@ -183,6 +188,21 @@ def test_the_r1_table_smoke_runs_every_row_and_counts_their_compute(tmp_path, te
                                 + chained["baseline"]["flops"]["student"])
   assert counted["teacher"] == (chained["student"]["flops"]["teacher"]
                                 + chained["transfer_set"]["teacher_flops"])
+
+
+def test_a_first_n_transfer_set_counts_the_prompts_sampled_up_to_its_last_trace():
+  from kd_jax.llm import transfer
+  from kd_jax.tasks import verified
+  # 6 prompts, k = 2: accepted samples answer prompts 0, 0, 1, 3, 3, 5 (2, 4 rejected twice).
+  index = np.array([0, 0, 1, 3, 3, 5], np.int32)
+  written = transfer.TransferSet(index, np.zeros((6, 3), np.int32), np.full(6, 3, np.int32),
+                                 {"prompts": 6, "samples_per_prompt": 2, "samples": 12})
+  for count, sampled in [(1, 1), (2, 1), (3, 2), (4, 4), (5, 4), (6, 6), (0, 6)]:
+    kept, stats = verified._first_examples(written, count)
+    assert stats["prompts_sampled"] == sampled, count
+    assert stats["used"] == (count or 6) and len(kept.prompt_index) == (count or 6)
+  with pytest.raises(ConfigError, match="transfer.max_examples"):
+    verified._first_examples(written, 7)
 
 
 def test_the_baselines_key_names_the_data_it_trains_on():
@@ -227,7 +247,7 @@ def test_every_r1_table_point_is_a_valid_run(arg):
 def test_the_r1_tables_on_policy_row_is_the_per_token_reverse_kl_at_temperature_1():
   # Thinking Machines' on-policy distillation / GKD λ = 1, β = 1: every batch sampled by the
   # student, KL(student ‖ teacher) at T = 1. The loss reads `temperature`, whose schema
-  # default (4.0) is the image KD one, so the row must set it.
+  # default (4.0) is the image KD one, so the reasoning family must set it.
   _, runs = _planned_r1_table_runs(":on_policy", seeds=1)
   run = next(r for r in runs if r.workdir.startswith("runs/seqkd+kd"))
   assert run.config.method == "gkd"

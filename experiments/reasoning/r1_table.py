@@ -124,11 +124,10 @@ def points(sizes=(1000, 4000, 16000, 64000), k1_size=16000, rl_steps=RL_ZERO_STE
       f"seqkd-{name(k1_size)}-k1: {seqkd}; transfer.k=1; transfer.max_examples={k1_size}",
       f"rl-zero: method=grpo; rl.teacher_weight=0.0; rl.steps={rl_steps}; {from_base}",
       # On-policy distillation after seqkd (Thinking Machines; GKD with λ = 1, β = 1: the
-      # per-token reverse KL on the student's own samples), and its control. The loss's
-      # temperature is `temperature` (schema default 4.0, the image KD value), not
-      # gkd.temperature (the sampling one): the form is at T = 1, so it is set here.
+      # per-token reverse KL on the student's own samples, at the family's T = 1), and its
+      # control.
       f"seqkd+kd: method=gkd; gkd.fraction=1.0; gkd.beta=1.0; gkd.learning_rate=1e-4; "
-      f"temperature=1.0; {from_seqkd}",
+      f"{from_seqkd}",
       f"seqkd-more: method=none; student_data=transfer; sft.learning_rate=1e-4; {from_seqkd}",
       *(warm if warm_rows else ()),
   )

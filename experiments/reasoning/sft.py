@@ -40,6 +40,9 @@ def base(arg=None):
   # ≤ 1.1 points, below the spread the table must resolve.
   c.student.kwargs = dict(num_layers=2, num_heads=4, dim=128)
   c.method = "none"
+  # Token-level distillation on text is at T = 1 (GKD, on-policy KD); the schema's 4.0 is
+  # image KD's. `sampling`'s and each method block's temperatures are the sampling ones.
+  c.temperature = dict(schedule="constant", init=1.0)
   c.baseline = False    # the points that start from it (or are it) set baseline=True
   c.train.steps = 3000
   c.train.eval_every_steps = 300      # the learning curve: its last 20% shows the plateau

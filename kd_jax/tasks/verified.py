@@ -177,9 +177,12 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
     written, stats = _first_examples(written, config.transfer.get("max_examples", 0))
     rows, prompt_lengths, lengths = transfer_rows(written, prompts.tokens, prompts.prompt_lengths,
                                                   d.max_len)
-    # What writing it cost (also when it was read back from the cache: the row's compute).
-    flops = compute.generation(teacher_module.config, len(prompts.answers) * config.transfer.k,
-                               prompt_len, task.max_new_tokens)
+    # What writing the traces it trains on cost (also when they were read back from the
+    # cache: the row's compute): k samples for each prompt up to the last one used, not the
+    # whole pool a shared cache may hold.
+    flops = compute.generation(teacher_module.config,
+                               stats["prompts_sampled"] * config.transfer.k, prompt_len,
+                               task.max_new_tokens)
     return lm.token_data(rows, prompt_lengths, lengths, mesh), {**stats, "teacher_flops": flops}
 
   prompt_set = lm.PromptSet(prompts.tokens, prompts.prompt_lengths, prompts.lengths,
@@ -203,7 +206,8 @@ def prepare(config, mesh, dtype, *, tokenizer, teacher_train: Rows, student_trai
 
 def _first_examples(written: transfer.TransferSet, count: int):
   """The first ``count`` accepted samples of ``written`` (in prompt order; 0: all) and its
-  stats with ``used``, the number kept.
+  stats with ``used``, the number kept, and ``prompts_sampled``, the prompts the teacher had
+  to sample (``k`` times each) to write them: the pool up to the last kept sample's prompt.
 
   Raises:
     ConfigError: fewer accepted samples than ``count``, naming ``transfer.max_examples``.
@@ -215,11 +219,13 @@ def _first_examples(written: transfer.TransferSet, count: int):
                       f"{written.stats['samples']}): lower it, or raise transfer.k or the "
                       "number of prompts")
   if not count:
-    return written, {**written.stats, "used": accepted}
+    return written, {**written.stats, "used": accepted,
+                     "prompts_sampled": written.stats["prompts"]}
   kept = dataclasses.replace(written, prompt_index=written.prompt_index[:count],
                              responses=written.responses[:count],
                              lengths=written.lengths[:count])
-  return kept, {**written.stats, "used": count}
+  return kept, {**written.stats, "used": count,
+                "prompts_sampled": int(written.prompt_index[count - 1]) + 1}
 
 
 def transfer_rows(written: transfer.TransferSet, tokens, prompt_lengths, max_len: int):

@@ -69,8 +69,9 @@ points over 5 seeds, paired) and ``sft-answers`` (``seqkd-64k`` − ``sft-answer
 and ``:references``: ``seqkd-64k`` − ``sft-answers`` = +81.0 ± 22.0, ``seqkd-64k`` −
 ``sft-gold`` = +9.5 ± 20.7 (not separated); ``:sizes``, paired: 1k → 4k traces +49.3 ±
 30.5, 4k → 16k +25.3 ± 13.3, 16k → 64k +7.5 ± 18.8 (not separated), k = 1 against k = 4
-at 16k traces −3.8 ± 32.5 (not separated); ``:on_policy`` and ``:rank`` are not yet
-computed at that code (issue 23). Those runs, the ones that chose the base, and the
+at 16k traces −3.8 ± 32.5 (not separated); ``:on_policy`` (from 81d280a, the same code
+with ``seqkd+kd`` at T = 1): ``seqkd+kd`` − ``seqkd-more`` = −2.5 ± 2.6 (not separated);
+``:rank`` is not yet computed at that code (issue 23). Those runs, the ones that chose the base, and the
 earlier table from the ``sft-gold`` base are in docs/language_models.md.
 """
 

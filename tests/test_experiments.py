@@ -389,3 +389,30 @@ def test_every_sweep_point_of_every_module_is_a_valid_config(spec):
                                     grid.parse_grid(grid_specs, config)))
   for run in sweep.plan_runs(config, points, seeds, names)[:len(points)]:
     validation.validate(run.config)
+
+
+def _language_model_specs() -> list[str]:
+  """Every experiment module (bare and ``:smoke``) of a language-model task family."""
+  from kd_jax import tasks
+  specs = sorted(f"{os.path.relpath(p, ROOT)}{arg}"
+                 for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
+                 if not p.endswith("__init__.py") for arg in ("", ":smoke"))
+  return [spec for spec in specs
+          if tasks.family_of(cli_load(spec).dataset.name).LANGUAGE]
+
+
+LANGUAGE_MODEL_SPECS = _language_model_specs()
+assert LANGUAGE_MODEL_SPECS, "no language-model experiment modules found"
+
+
+@pytest.mark.parametrize("spec", LANGUAGE_MODEL_SPECS)
+def test_language_model_modules_distil_at_loss_temperature_one(spec):
+  """The schema's loss temperature, 4.0, is image KD's (Hinton et al.); a language-model
+  family's token-level losses are the forms of T = 1 (GKD, MiniLLM, on-policy distillation),
+  so each LM family sets it (experiments/{text,arithmetic,reasoning}). A new LM module that
+  inherits the image default would distil at T = 4 without saying so: this catches it.
+  (Sampling has its own ``*.temperature`` fields; only the loss's is checked.)"""
+  config = cli_load(spec)
+  assert dict(config.temperature) == {"schedule": "constant", "init": 1.0}, (
+      f"{spec}: loss temperature {dict(config.temperature)}; an LM module states T = 1 "
+      "(or this test names it with the reason it differs)")

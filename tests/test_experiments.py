@@ -367,13 +367,19 @@ def test_text_module_smoke_run(tmp_path, teacher_dir):
 EXTRA_SWEEP_ARGS = {"function_matching.py": (":vit", ":vit_smoke"), "cross_tokenizer.py": (":sums", ":calibrate")}
 
 
+def _module_specs(*, extra_sweeps: bool = False) -> list[str]:
+  """Every experiment module, bare and ``:smoke`` (with ``extra_sweeps``, also the
+  arguments of EXTRA_SWEEP_ARGS)."""
+  return sorted(f"{os.path.relpath(p, ROOT)}{arg}"
+                for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
+                if not p.endswith("__init__.py")
+                for arg in ("", ":smoke", *(EXTRA_SWEEP_ARGS.get(os.path.basename(p), ())
+                                            if extra_sweeps else ())))
+
+
 def _sweep_specs() -> list[str]:
   """Every module (and argument) whose config carries a sweep of its own."""
-  specs = sorted(f"{os.path.relpath(p, ROOT)}{arg}"
-                 for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
-                 if not p.endswith("__init__.py")
-                 for arg in ("", ":smoke", *EXTRA_SWEEP_ARGS.get(os.path.basename(p), ())))
-  return [spec for spec in specs if cli_load(spec).get("sweep")]
+  return [spec for spec in _module_specs(extra_sweeps=True) if cli_load(spec).get("sweep")]
 
 
 @pytest.mark.parametrize("spec", _sweep_specs())
@@ -394,10 +400,7 @@ def test_every_sweep_point_of_every_module_is_a_valid_config(spec):
 def _language_model_specs() -> list[str]:
   """Every experiment module (bare and ``:smoke``) of a language-model task family."""
   from kd_jax import tasks
-  specs = sorted(f"{os.path.relpath(p, ROOT)}{arg}"
-                 for p in glob.glob(os.path.join(ROOT, "experiments", "*", "*.py"))
-                 if not p.endswith("__init__.py") for arg in ("", ":smoke"))
-  return [spec for spec in specs
+  return [spec for spec in _module_specs()
           if tasks.family_of(cli_load(spec).dataset.name).LANGUAGE]
 
 

@@ -71,7 +71,9 @@ and ``:references``: ``seqkd-64k`` − ``sft-answers`` = +81.0 ± 22.0, ``seqkd-
 30.5, 4k → 16k +25.3 ± 13.3, 16k → 64k +7.5 ± 18.8 (not separated), k = 1 against k = 4
 at 16k traces −3.8 ± 32.5 (not separated); ``:on_policy`` (from 81d280a, the same code
 with ``seqkd+kd`` at T = 1): ``seqkd+kd`` − ``seqkd-more`` = −2.5 ± 2.6 (not separated);
-``:rank`` is not yet computed at that code (issue 23). Those runs, the ones that chose
+``:rank`` (from 81d280a), against ``sft-gold-more``: ``dpo`` −2.8 ± 1.5, ``dpkd`` −2.7 ±
+1.5, ``dpo-nll`` −1.9 ± 1.5 (worse), ``distillm2`` +16.6 ± 28.1 and ``minillm`` +6.0 ± 18.1
+(not separated; two and one seeds of five take off). Those runs, the ones that chose
 the base, and the earlier table from the ``sft-gold`` base are in docs/language_models.md.
 """
 

@@ -223,6 +223,23 @@ def test_the_table_names_its_code_and_refuses_runs_of_different_code(tmp_path):
   assert "Code: commit abc123, fingerprint " + "f" * 16 in llm_table.write(workdir)
 
 
+def test_the_wall_time_is_the_union_of_the_finished_runs_intervals():
+  def run(name, start=None, end=None, finished=True):
+    entry = {"name": name}
+    entry.update({} if start is None else {"started_at": start, "finished_at": end})
+    return entry, ({"student": {}} if finished else None)
+  sweep = sweep_dir.SweepDir({}, {}, [
+      run("a", 100.0, 110.0), run("b", 105.0, 130.0),    # side by side: 100..130, 30 s
+      run("c", 200.0, 210.0),                             # after a gap: 10 s
+      run("d", 300.0, 400.0, finished=False),             # not finished: not counted
+      run("e")])                                          # no times recorded: not counted
+  assert sweep_dir.wall_seconds(sweep) == pytest.approx(40.0)
+  assert sweep_dir.wall_line(sweep).startswith("Wall time: 40 s for the 4 finished runs")
+  long = sweep_dir.SweepDir({}, {}, [run("a", 0.0, 5400.0), run("b", 3600.0, 9000.0)])
+  assert sweep_dir.wall_line(long).startswith("Wall time: 2.5 h for the 2 finished runs")
+  assert sweep_dir.wall_line(sweep_dir.SweepDir({}, {}, [run("e")])) == ""
+
+
 def test_the_calibration_gives_the_plateau_the_spread_and_the_detectable_difference(tmp_path):
   import copy
   by_point = sweep_dir.read(_sweep(tmp_path)).by_point

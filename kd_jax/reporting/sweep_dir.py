@@ -83,6 +83,39 @@ def code_line(sweep: SweepDir) -> str:
           f"{code['fingerprint']} (kd_jax.core.fingerprint).")
 
 
+def wall_seconds(sweep: SweepDir) -> float:
+  """The sweep's wall time: the union of its finished runs' ``[started_at, finished_at]``.
+
+  Runs side by side (``--max_parallel``, a cluster) count once, and the gaps between
+  sittings not at all. A run resumed in a later sitting records the time of its resumption
+  as ``started_at`` (kd_jax.sweep), so it counts from there: the union is then a lower bound.
+  """
+  spans = sorted((entry["started_at"], entry["finished_at"]) for entry, results in sweep.entries
+                 if results is not None and "started_at" in entry and "finished_at" in entry)
+  total, current = 0.0, None
+  for start, end in spans:
+    if current is None or start > current[1]:       # a gap: close the current stretch
+      total += 0.0 if current is None else current[1] - current[0]
+      current = [start, end]
+    else:
+      current[1] = max(current[1], end)
+  return total + (0.0 if current is None else current[1] - current[0])
+
+
+def wall_line(sweep: SweepDir) -> str:
+  """The line a table states its wall time with (:func:`wall_seconds`); empty when no
+  finished run recorded when it started and ended."""
+  seconds = wall_seconds(sweep)
+  if not seconds:
+    return ""
+  shown = (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+           else f"{seconds / 3600:.1f} h")
+  runs = len(sweep.finished)
+  return (f"Wall time: {shown} for the {runs} finished run{'s' if runs != 1 else ''} (the union "
+          "of their start-to-finish intervals in sweep.json: runs side by side count once; a run "
+          "resumed in a later sitting counts from its resumption).")
+
+
 def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:
   """The sweep in ``workdir``.
 

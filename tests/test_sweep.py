@@ -328,6 +328,8 @@ def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path):
   assert rows["4"]["test_accuracy_n"] == "2"
   md = (tmp_path / "summary.md").read_text()
   assert "## Failed runs" in md and "diverged at T=1.0" in md
+  # The wall-time line counts the two finished runs only (the union: tests/test_llm_table.py).
+  assert "Wall time: " in md and "for the 2 finished runs" in md
 
   retry = FakeRun()  # a re-run retries the failed runs only
   _sweep(tmp_path, retry)

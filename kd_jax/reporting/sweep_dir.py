@@ -92,14 +92,12 @@ def wall_seconds(sweep: SweepDir) -> float:
   """
   spans = sorted((entry["started_at"], entry["finished_at"]) for entry, results in sweep.entries
                  if results is not None and "started_at" in entry and "finished_at" in entry)
-  total, current = 0.0, None
-  for start, end in spans:
-    if current is None or start > current[1]:       # a gap: close the current stretch
-      total += 0.0 if current is None else current[1] - current[0]
-      current = [start, end]
-    else:
-      current[1] = max(current[1], end)
-  return total + (0.0 if current is None else current[1] - current[0])
+  total, covered_until = 0.0, float("-inf")
+  for start, end in spans:        # by start: each span adds only what reaches past the others
+    if end > covered_until:
+      total += end - max(start, covered_until)
+      covered_until = end
+  return total
 
 
 def wall_line(sweep: SweepDir) -> str:

@@ -450,8 +450,7 @@ def write_summary(workdir: str, *, allow_mixed_code: bool = False,
       rows, keys=keys, experiment=record.get("experiment"), grid=record["grid"],
       seeds=record["seeds"], status_counts=status_counts, teacher_accuracies=teachers,
       baseline=baseline, failures=failures, plots=written, headline=headline)
-  text += "\n" + sweep_dir.code_line(sweep) + "\n"
-  text += sweep_dir.wall_line(sweep) + "\n"
+  text += "\n" + sweep_dir.footer(sweep)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
   return rows

@@ -234,10 +234,26 @@ def test_the_wall_time_is_the_union_of_the_finished_runs_intervals():
       run("d", 300.0, 400.0, finished=False),             # not finished: not counted
       run("e")])                                          # no times recorded: not counted
   assert sweep_dir.wall_seconds(sweep) == pytest.approx(40.0)
-  assert sweep_dir.wall_line(sweep).startswith("Wall time: 40 s for the 4 finished runs")
+  line = sweep_dir.wall_line(sweep)
+  assert line.startswith("Wall time: 40 s for the 3 finished runs that recorded their times")
+  assert line.endswith("; 1 more recorded none.")
   long = sweep_dir.SweepDir({}, {}, [run("a", 0.0, 5400.0), run("b", 3600.0, 9000.0)])
   assert sweep_dir.wall_line(long).startswith("Wall time: 2.5 h for the 2 finished runs")
+  assert sweep_dir.wall_line(long).endswith("its resumption).")
   assert sweep_dir.wall_line(sweep_dir.SweepDir({}, {}, [run("e")])) == ""
+
+
+def test_a_tables_footer_is_its_code_line_then_its_wall_line_when_runs_were_timed():
+  code = {"fingerprint": "f" * 16, "commit": "abc123", "dirty": False}
+  timed = ({"name": "a", "started_at": 0.0, "finished_at": 30.0}, {"code": code})
+  untimed = ({"name": "b"}, {"code": code})
+  footer = sweep_dir.footer(sweep_dir.SweepDir({}, {}, [timed, untimed]))
+  assert footer.splitlines() == [
+      f"Code: commit abc123, fingerprint {'f' * 16} (kd_jax.core.fingerprint).",
+      sweep_dir.wall_line(sweep_dir.SweepDir({}, {}, [timed, untimed]))]
+  assert footer.splitlines()[1].startswith("Wall time: 30 s for the 1 finished run that")
+  assert sweep_dir.footer(sweep_dir.SweepDir({}, {}, [untimed])) == (
+      f"Code: commit abc123, fingerprint {'f' * 16} (kd_jax.core.fingerprint).\n")
 
 
 def test_the_calibration_gives_the_plateau_the_spread_and_the_detectable_difference(tmp_path):

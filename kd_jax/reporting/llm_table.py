@@ -524,8 +524,7 @@ def write(workdir: str, reference: str = "sft", *, allow_mixed_code: bool = Fals
   finished = sorted({r["config"]["seed"] for runs in by_point.values() for r in runs})
   text = markdown(rows, teacher, reference=reference, experiment=record.get("experiment"),
                   seeds=finished)
-  text += "\n" + sweep_dir.code_line(sweep) + "\n"
-  text += sweep_dir.wall_line(sweep) + "\n"
+  text += "\n" + sweep_dir.footer(sweep)
   plot_exact_match_vs_tokens(by_point, teacher, os.path.join(workdir, "exact_match_vs_tokens.png"),
                              title)
   if plot_transfer_vs_temperature(by_point, os.path.join(workdir, "transfer_vs_temperature.png"),

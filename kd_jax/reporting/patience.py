@@ -253,8 +253,7 @@ def write(workdirs: str | Sequence[str], *, allow_mixed_code: bool = False,
   table, teacher, reference = rows(sweep.by_point, reference)
   experiment = sweep.record.get("experiment")
   text = markdown(table, teacher, reference, experiment)
-  text += "\n" + sweep_dir.code_line(sweep) + "\n"
-  text += sweep_dir.wall_line(sweep) + "\n"
+  text += "\n" + sweep_dir.footer(sweep)
   plot(table, teacher, reference, os.path.join(workdirs[0], PLOT_FILE), experiment or "sweep")
   text += f"\n![{PLOT_FILE}]({PLOT_FILE})\n"
   with open(os.path.join(workdirs[0], TABLE_FILE), "w") as f:

@@ -83,6 +83,12 @@ def code_line(sweep: SweepDir) -> str:
           f"{code['fingerprint']} (kd_jax.core.fingerprint).")
 
 
+def _timed_spans(sweep: SweepDir) -> list[tuple[float, float]]:
+  """The finished runs' ``(started_at, finished_at)`` from ``sweep.json``, by start."""
+  return sorted((entry["started_at"], entry["finished_at"]) for entry, results in sweep.entries
+                if results is not None and "started_at" in entry and "finished_at" in entry)
+
+
 def wall_seconds(sweep: SweepDir) -> float:
   """The sweep's wall time: the union of its finished runs' ``[started_at, finished_at]``.
 
@@ -90,10 +96,8 @@ def wall_seconds(sweep: SweepDir) -> float:
   sittings not at all. A run resumed in a later sitting records the time of its resumption
   as ``started_at`` (kd_jax.sweep), so it counts from there: the union is then a lower bound.
   """
-  spans = sorted((entry["started_at"], entry["finished_at"]) for entry, results in sweep.entries
-                 if results is not None and "started_at" in entry and "finished_at" in entry)
   total, covered_until = 0.0, float("-inf")
-  for start, end in spans:        # by start: each span adds only what reaches past the others
+  for start, end in _timed_spans(sweep):   # each span adds only what reaches past the others
     if end > covered_until:
       total += end - max(start, covered_until)
       covered_until = end
@@ -108,10 +112,17 @@ def wall_line(sweep: SweepDir) -> str:
     return ""
   shown = (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
            else f"{seconds / 3600:.1f} h")
-  runs = len(sweep.finished)
-  return (f"Wall time: {shown} for the {runs} finished run{'s' if runs != 1 else ''} (the union "
-          "of their start-to-finish intervals in sweep.json: runs side by side count once; a run "
-          "resumed in a later sitting counts from its resumption).")
+  timed, untimed = len(_timed_spans(sweep)), len(sweep.finished) - len(_timed_spans(sweep))
+  return (f"Wall time: {shown} for the {timed} finished run{'s' if timed != 1 else ''} that "
+          "recorded their times (the union of their start-to-finish intervals in sweep.json: "
+          "runs side by side count once; a run resumed in a later sitting counts from its "
+          f"resumption){f'; {untimed} more recorded none' if untimed else ''}.")
+
+
+def footer(sweep: SweepDir) -> str:
+  """What every table of a sweep ends with: its code (:func:`code_line`) and, where its runs
+  recorded their times, its wall time (:func:`wall_line`), one per line."""
+  return "".join(f"{line}\n" for line in (code_line(sweep), wall_line(sweep)) if line)
 
 
 def read(workdir: str, *, allow_mixed_code: bool = False) -> SweepDir:

@@ -129,7 +129,7 @@ def write(workdir: str, *, allow_mixed_code: bool = False) -> str:
   if not any(r["k"] for r in table):
     raise ConfigError(None, f"no finished run in {workdir} used a top-k cache (topk.k > 0)")
   text = markdown(table, record.get("experiment"), record["seeds"])
-  text += "\n" + sweep_dir.code_line(sweep) + "\n"
+  text += "\n" + sweep_dir.footer(sweep)
   plot(table, os.path.join(workdir, PLOT), record.get("experiment") or "sweep")
   text += f"\n![{PLOT}]({PLOT})\n"
   with open(os.path.join(workdir, FILE), "w") as f:

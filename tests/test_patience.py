@@ -129,11 +129,22 @@ def test_the_reference_must_be_one_family(tmp_path):
     patience.rows(no_alone)
 
 
-def test_runs_of_different_teachers_are_refused(tmp_path):
+def test_runs_taught_by_different_teachers_are_refused(tmp_path):
   by_point = patience.read([_sweep(tmp_path / "a", cells=[("kd", 1.0)])]).by_point
-  other = patience.read([_sweep(tmp_path / "b", cells=[("scratch", 1.0)], teacher=0.8)]).by_point
-  with pytest.raises(ConfigError, match="teachers of different test accuracy"):
+  other = patience.read([_sweep(tmp_path / "b", cells=[("kd2", 4.0)], teacher=0.8)]).by_point
+  with pytest.raises(ConfigError, match=r"teachers of different test accuracy \(\[0.8, 0.9\]\)"):
     patience.rows({**by_point, **other})
+
+
+def test_the_student_alone_reads_no_teacher_so_the_one_it_names_is_not_compared(tmp_path):
+  taught = patience.read([_sweep(tmp_path / "a", cells=[("kd", 1.0)])]).by_point
+  alone = patience.read([_sweep(tmp_path / "b", cells=[("scratch", 1.0)], teacher=0.8)]).by_point
+  table, teacher, reference = patience.rows({**taught, **alone})
+  assert teacher == TEACHER and reference == "scratch"
+  kd = next(row for row in table if row["family"] == "kd")
+  # The gap's top is the kd runs' teacher, not the 0.8 the alone runs name:
+  # Δ = +0.04 on the mean, over 0.90 − 0.82.
+  assert kd["gap"].mean == pytest.approx(0.04 / 0.08)
 
 
 def test_the_command_line_names_the_valid_families(tmp_path):

@@ -112,7 +112,8 @@ def wall_line(sweep: SweepDir) -> str:
     return ""
   shown = (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
            else f"{seconds / 3600:.1f} h")
-  timed, untimed = len(_timed_spans(sweep)), len(sweep.finished) - len(_timed_spans(sweep))
+  timed = len(_timed_spans(sweep))
+  untimed = len(sweep.finished) - timed
   return (f"Wall time: {shown} for the {timed} finished run{'s' if timed != 1 else ''} that "
           "recorded their times (the union of their start-to-finish intervals in sweep.json: "
           "runs side by side count once; a run resumed in a later sitting counts from its "
